@@ -1,0 +1,530 @@
+//! Dynamic batching: one worker thread owns the model and the device; requests wait in a bounded
+//! queue and run together, up to `max_batch_size`, as soon as the batch is full or its oldest
+//! request has waited `max_batch_delay`. While a batch runs, the next one accumulates.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+use tokio::sync::oneshot;
+
+use crate::imaging::PreparedPair;
+use crate::metrics::{Metrics, RejectReason};
+use crate::models::{ModelError, TryOnBatch, TryOnModel, MODEL_HEIGHT, MODEL_WIDTH};
+
+/// Batching and admission settings.
+#[derive(Debug, Clone)]
+pub struct BatcherConfig {
+    pub max_batch_size: usize,
+    pub max_batch_delay: Duration,
+    pub queue_capacity: usize,
+    pub request_timeout: Duration,
+}
+
+/// What a request gets back from its batch.
+#[derive(Debug)]
+pub struct JobOutput {
+    /// The try-on image, `3×H×W` in [-1, 1], on the CPU.
+    pub image: Tensor,
+    pub batch_size: usize,
+    pub queue_time: Duration,
+    pub inference_time: Duration,
+}
+
+/// Why an admitted request got no image.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JobError {
+    #[error("deadline exceeded after waiting {waited:?}")]
+    Deadline { waited: Duration, timeout: Duration },
+    #[error("model failure: {0}")]
+    Model(String),
+    #[error("the server shut down before the request ran")]
+    ShutDown,
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AdmitError {
+    #[error("queue full")]
+    QueueFull { retry_after_s: u64 },
+    #[error("draining")]
+    Draining,
+}
+
+type Reply = oneshot::Sender<Result<JobOutput, JobError>>;
+
+struct Job {
+    inputs: PreparedPair,
+    admitted_at: Instant,
+    reply: Reply,
+}
+
+struct State {
+    jobs: VecDeque<Job>,
+    /// No new admissions (draining).
+    closed: bool,
+    /// The worker should exit once the queue is empty.
+    stop: bool,
+    /// Measured forward seconds per item (moving average), for the backlog estimate.
+    seconds_per_item: f64,
+    /// The current batch cap, lowered after out-of-memory errors.
+    batch_cap: usize,
+    /// Requests taken by the worker and not yet answered.
+    running: usize,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    config: BatcherConfig,
+    metrics: Metrics,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish_queue(&self, state: &State) {
+        self.metrics.queue_length.set(state.jobs.len() as i64);
+        self.metrics
+            .backlog_seconds
+            .set(state.jobs.len() as f64 * state.seconds_per_item);
+    }
+}
+
+/// Handle to the batching queue; cheap to clone.
+#[derive(Clone)]
+pub struct Batcher {
+    shared: Arc<Shared>,
+}
+
+impl Batcher {
+    /// Starts the worker thread. It first runs one full warm-up batch, then calls `on_ready`.
+    pub fn start(
+        model: Box<dyn TryOnModel>,
+        config: BatcherConfig,
+        metrics: Metrics,
+        on_ready: impl FnOnce(Result<(), ModelError>) + Send + 'static,
+    ) -> (Batcher, JoinHandle<()>) {
+        let cap = config.max_batch_size.max(1);
+        metrics.batch_cap.set(cap as i64);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                jobs: VecDeque::with_capacity(config.queue_capacity),
+                closed: false,
+                stop: false,
+                seconds_per_item: 0.0,
+                batch_cap: cap,
+                running: 0,
+            }),
+            wake: Condvar::new(),
+            config,
+            metrics,
+        });
+        let worker_shared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("virtualfit-worker".into())
+            .spawn(move || {
+                let warm = warm_up(model.as_ref(), &worker_shared);
+                let ok = warm.is_ok();
+                on_ready(warm);
+                if ok {
+                    worker_loop(model.as_ref(), &worker_shared);
+                }
+            })
+            .expect("spawning the worker thread");
+        (Batcher { shared }, handle)
+    }
+
+    /// Admits a request, or refuses it at once when the queue is full or closed.
+    pub fn submit(
+        &self,
+        inputs: PreparedPair,
+    ) -> Result<oneshot::Receiver<Result<JobOutput, JobError>>, AdmitError> {
+        let (tx, rx) = oneshot::channel();
+        let mut state = self.shared.lock();
+        if state.closed {
+            return Err(AdmitError::Draining);
+        }
+        if state.jobs.len() >= self.shared.config.queue_capacity {
+            let backlog = (state.jobs.len() + state.running) as f64 * state.seconds_per_item;
+            return Err(AdmitError::QueueFull {
+                retry_after_s: (backlog.ceil() as u64).max(1),
+            });
+        }
+        state.jobs.push_back(Job {
+            inputs,
+            admitted_at: Instant::now(),
+            reply: tx,
+        });
+        self.shared.publish_queue(&state);
+        drop(state);
+        self.shared.wake.notify_one();
+        Ok(rx)
+    }
+
+    /// Stops admitting new requests; queued ones still run.
+    pub fn close(&self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_all();
+    }
+
+    /// Answers every queued request with [`JobError::ShutDown`] and lets the worker exit.
+    pub fn abort_pending(&self) {
+        let mut state = self.shared.lock();
+        state.closed = true;
+        state.stop = true;
+        for job in state.jobs.drain(..) {
+            let _ = job.reply.send(Err(JobError::ShutDown));
+        }
+        self.shared.publish_queue(&state);
+        drop(state);
+        self.shared.wake.notify_all();
+    }
+
+    /// Queued plus running requests.
+    pub fn pending(&self) -> usize {
+        let state = self.shared.lock();
+        state.jobs.len() + state.running
+    }
+
+    /// The estimated seconds to drain what is queued now, at least 1 (for `Retry-After`).
+    pub fn retry_after_s(&self) -> u64 {
+        let state = self.shared.lock();
+        let backlog = (state.jobs.len() + state.running) as f64 * state.seconds_per_item;
+        (backlog.ceil() as u64).max(1)
+    }
+
+    /// The current batch cap (lowered after out-of-memory errors).
+    pub fn batch_cap(&self) -> usize {
+        self.shared.lock().batch_cap
+    }
+}
+
+/// Runs one full batch of blank inputs so that the first request meets a warm model.
+fn warm_up(model: &dyn TryOnModel, shared: &Shared) -> Result<(), ModelError> {
+    let n = shared.config.max_batch_size.max(1);
+    let device = model.device();
+    let image = Tensor::zeros(
+        (n, 3, MODEL_HEIGHT, MODEL_WIDTH),
+        candle_core::DType::F32,
+        device,
+    )?;
+    let mask = Tensor::zeros(
+        (n, 1, MODEL_HEIGHT, MODEL_WIDTH),
+        candle_core::DType::F32,
+        device,
+    )?;
+    let batch = TryOnBatch {
+        person: image.clone(),
+        cloth: image,
+        cloth_mask: mask,
+    };
+    let start = Instant::now();
+    model.forward(&batch)?;
+    shared.lock().seconds_per_item = start.elapsed().as_secs_f64() / n as f64;
+    Ok(())
+}
+
+fn worker_loop(model: &dyn TryOnModel, shared: &Shared) {
+    let config = &shared.config;
+    loop {
+        let jobs = {
+            let mut state = shared.lock();
+            while state.jobs.is_empty() {
+                if state.stop {
+                    return;
+                }
+                state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+            // Let the batch fill until it is full or its oldest request has waited long enough.
+            loop {
+                let Some(oldest) = state.jobs.front().map(|j| j.admitted_at) else {
+                    break;
+                };
+                let waited = oldest.elapsed();
+                if state.jobs.len() >= state.batch_cap
+                    || waited >= config.max_batch_delay
+                    || state.closed
+                {
+                    break;
+                }
+                state = shared
+                    .wake
+                    .wait_timeout(state, config.max_batch_delay - waited)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            let take = state.jobs.len().min(state.batch_cap);
+            let jobs: Vec<Job> = state.jobs.drain(..take).collect();
+            state.running += jobs.len();
+            shared.publish_queue(&state);
+            jobs
+        };
+        let taken = jobs.len();
+        let live = drop_dead_jobs(jobs, shared);
+        if !live.is_empty() {
+            run_batch(model, shared, live);
+        }
+        shared.lock().running -= taken;
+    }
+}
+
+/// Answers expired requests with 504 and forgets those whose client has gone.
+fn drop_dead_jobs(jobs: Vec<Job>, shared: &Shared) -> Vec<Job> {
+    let timeout = shared.config.request_timeout;
+    let mut live = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let waited = job.admitted_at.elapsed();
+        if job.reply.is_closed() {
+            shared.metrics.reject(RejectReason::Cancelled);
+        } else if waited > timeout {
+            shared.metrics.reject(RejectReason::Deadline);
+            let _ = job.reply.send(Err(JobError::Deadline { waited, timeout }));
+        } else {
+            live.push(job);
+        }
+    }
+    live
+}
+
+/// Runs a batch; on a device out-of-memory error it splits the batch in half, lowers the cap
+/// and retries each half.
+fn run_batch(model: &dyn TryOnModel, shared: &Shared, jobs: Vec<Job>) {
+    let started = Instant::now();
+    let n = jobs.len();
+    match forward(model, &jobs) {
+        Ok(images) => {
+            let elapsed = started.elapsed();
+            let m = &shared.metrics;
+            m.batch_size.observe(n as f64);
+            m.batch_duration.observe(elapsed.as_secs_f64());
+            {
+                let mut state = shared.lock();
+                let per_item = elapsed.as_secs_f64() / n as f64;
+                state.seconds_per_item = if state.seconds_per_item == 0.0 {
+                    per_item
+                } else {
+                    0.8 * state.seconds_per_item + 0.2 * per_item
+                };
+                shared.publish_queue(&state);
+            }
+            for (job, image) in jobs.into_iter().zip(images) {
+                let queue_time = started.saturating_duration_since(job.admitted_at);
+                m.queue_duration.observe(queue_time.as_secs_f64());
+                let output = JobOutput {
+                    image,
+                    batch_size: n,
+                    queue_time,
+                    inference_time: elapsed,
+                };
+                if job.reply.send(Ok(output)).is_err() {
+                    m.reject(RejectReason::Cancelled);
+                }
+            }
+        }
+        Err(e) if e.is_out_of_memory() && n > 1 => {
+            let half = n / 2;
+            {
+                let mut state = shared.lock();
+                state.batch_cap = state.batch_cap.min(half).max(1);
+                shared.metrics.batch_cap.set(state.batch_cap as i64);
+            }
+            shared.metrics.oom_recoveries_total.inc();
+            tracing::warn!(
+                batch = n,
+                cap = half,
+                "device out of memory: splitting the batch"
+            );
+            let mut first = jobs;
+            let second = first.split_off(half);
+            run_batch(model, shared, first);
+            run_batch(model, shared, second);
+        }
+        Err(e) => {
+            tracing::error!(batch = n, error = %e, "batch failed");
+            let message = e.to_string();
+            for job in jobs {
+                let _ = job.reply.send(Err(JobError::Model(message.clone())));
+            }
+        }
+    }
+}
+
+fn forward(model: &dyn TryOnModel, jobs: &[Job]) -> Result<Vec<Tensor>, ModelError> {
+    let pairs: Vec<(Tensor, Tensor, Tensor)> = jobs
+        .iter()
+        .map(|j| {
+            (
+                j.inputs.person.clone(),
+                j.inputs.cloth.clone(),
+                j.inputs.cloth_mask.clone(),
+            )
+        })
+        .collect();
+    let batch = TryOnBatch::stack(&pairs, model.device())?;
+    let out = model.forward(&batch)?.to_device(&Device::Cpu)?;
+    (0..jobs.len())
+        .map(|i| out.get(i).map_err(ModelError::from))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::imaging::Rect;
+
+    /// A model that fails with out-of-memory above `max_ok` items and records batch sizes.
+    struct FlakyModel {
+        device: Device,
+        max_ok: usize,
+        calls: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl TryOnModel for FlakyModel {
+        fn name(&self) -> &str {
+            "flaky"
+        }
+        fn device(&self) -> &Device {
+            &self.device
+        }
+        fn forward(&self, batch: &TryOnBatch) -> Result<Tensor, ModelError> {
+            let n = batch.len();
+            self.calls.lock().expect("lock").push(n);
+            if n > self.max_ok {
+                return Err(ModelError::OutOfMemory(format!("{n} items")));
+            }
+            Ok((batch.person.clone() * -1.0)?)
+        }
+    }
+
+    fn pair(value: f32) -> PreparedPair {
+        let t = Tensor::full(value, (3, MODEL_HEIGHT, MODEL_WIDTH), &Device::Cpu).expect("t");
+        let m = Tensor::ones(
+            (1, MODEL_HEIGHT, MODEL_WIDTH),
+            candle_core::DType::F32,
+            &Device::Cpu,
+        )
+        .expect("m");
+        PreparedPair {
+            person: t.clone(),
+            cloth: t,
+            cloth_mask: m,
+            content: Rect {
+                x: 0,
+                y: 0,
+                width: MODEL_WIDTH as u32,
+                height: MODEL_HEIGHT as u32,
+            },
+        }
+    }
+
+    fn config(max_batch: usize, delay_ms: u64) -> BatcherConfig {
+        BatcherConfig {
+            max_batch_size: max_batch,
+            max_batch_delay: Duration::from_millis(delay_ms),
+            queue_capacity: 64,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn start(model: FlakyModel, config: BatcherConfig, metrics: Metrics) -> Batcher {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (batcher, _handle) = Batcher::start(Box::new(model), config, metrics, move |r| {
+            let _ = tx.send(r.is_ok());
+        });
+        assert!(rx.recv().expect("warm-up result"));
+        batcher
+    }
+
+    #[tokio::test]
+    async fn out_of_memory_splits_the_batch_and_lowers_the_cap() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let metrics = Metrics::new();
+        let model = FlakyModel {
+            device: Device::Cpu,
+            max_ok: 2,
+            calls: calls.clone(),
+        };
+        // The warm-up runs at the configured 2 and succeeds.
+        let batcher = start(model, config(2, 200), metrics.clone());
+        // Raise the cap to 8 to provoke the failure, as if the device's free memory had shrunk.
+        batcher.shared.lock().batch_cap = 8;
+        let receivers: Vec<_> = (0..8)
+            .map(|i| batcher.submit(pair(i as f32 / 10.0)).expect("admitted"))
+            .collect();
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let out = rx.await.expect("answered").expect("image");
+            let v = out
+                .image
+                .mean_all()
+                .expect("mean")
+                .to_scalar::<f32>()
+                .expect("scalar");
+            assert!((v + i as f32 / 10.0).abs() < 1e-6, "item {i} got {v}");
+            assert!(out.batch_size <= 2);
+        }
+        assert_eq!(batcher.batch_cap(), 2);
+        assert_eq!(metrics.oom_recoveries_total.get(), 3, "8 -> 4+4 -> 2+2+2+2");
+        let sizes = calls.lock().expect("lock").clone();
+        assert_eq!(sizes, vec![2, 8, 4, 2, 2, 4, 2, 2]);
+    }
+
+    #[tokio::test]
+    async fn full_queue_refuses_with_retry_after_and_closed_queue_refuses_as_draining() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let model = FlakyModel {
+            device: Device::Cpu,
+            max_ok: 64,
+            calls,
+        };
+        let mut cfg = config(8, 5_000);
+        cfg.queue_capacity = 2;
+        let batcher = start(model, cfg, Metrics::new());
+        let _a = batcher.submit(pair(0.0)).expect("first");
+        let _b = batcher.submit(pair(0.0)).expect("second");
+        match batcher.submit(pair(0.0)) {
+            Err(AdmitError::QueueFull { retry_after_s }) => assert!(retry_after_s >= 1),
+            other => panic!("expected QueueFull, got {:?}", other.map(|_| ())),
+        }
+        batcher.close();
+        assert_eq!(
+            batcher.submit(pair(0.0)).map(|_| ()),
+            Err(AdmitError::Draining)
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_requests_are_answered_without_running() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let model = FlakyModel {
+            device: Device::Cpu,
+            max_ok: 64,
+            calls: calls.clone(),
+        };
+        let mut cfg = config(8, 100);
+        cfg.request_timeout = Duration::from_millis(20);
+        let metrics = Metrics::new();
+        let batcher = start(model, cfg, metrics.clone());
+        let before = calls.lock().expect("lock").len();
+        let rx = batcher.submit(pair(0.0)).expect("admitted");
+        match rx.await.expect("answered") {
+            Err(JobError::Deadline { .. }) => {}
+            other => panic!("expected deadline, got {other:?}"),
+        }
+        assert_eq!(
+            calls.lock().expect("lock").len(),
+            before,
+            "the model never ran"
+        );
+        let deadline = metrics
+            .rejected_total
+            .with_label_values(&[RejectReason::Deadline.label()])
+            .get();
+        assert_eq!(deadline, 1);
+    }
+}

@@ -1,0 +1,497 @@
+//! Image decoding with limits, fitting to the model resolution, tensor conversion, encoding and
+//! the garment mask of a product photo.
+
+use std::collections::VecDeque;
+use std::io::Cursor;
+
+use candle_core::{Device, Tensor};
+use image::{
+    imageops::FilterType, DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, Luma,
+    Rgb, RgbImage,
+};
+
+use crate::models::{MODEL_HEIGHT, MODEL_WIDTH};
+
+/// Why an uploaded image cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ImageError {
+    /// Not one of the supported formats (JPEG, PNG, WebP).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A supported format that cannot be decoded, is empty, or is too large.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The output encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    Jpeg,
+    Png,
+}
+
+impl OutputFormat {
+    pub fn mime(self) -> &'static str {
+        match self {
+            OutputFormat::Jpeg => "image/jpeg",
+            OutputFormat::Png => "image/png",
+        }
+    }
+
+    /// The format a file name asks for by its extension.
+    pub fn from_path(path: &std::path::Path) -> Option<Self> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "jpg" | "jpeg" => Some(OutputFormat::Jpeg),
+            "png" => Some(OutputFormat::Png),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for OutputFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "jpeg" | "jpg" => Ok(OutputFormat::Jpeg),
+            "png" => Ok(OutputFormat::Png),
+            other => Err(format!("unknown format `{other}` (use jpeg or png)")),
+        }
+    }
+}
+
+/// Sniffs the format from the first bytes; only JPEG, PNG and WebP are accepted.
+pub fn sniff_format(bytes: &[u8]) -> Result<ImageFormat, ImageError> {
+    match image::guess_format(bytes) {
+        Ok(f @ (ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP)) => Ok(f),
+        Ok(other) => Err(ImageError::Unsupported(format!(
+            "{} images are not supported (use JPEG, PNG or WebP)",
+            other
+                .extensions_str()
+                .first()
+                .copied()
+                .unwrap_or("this format")
+        ))),
+        Err(_) if bytes.is_empty() => Err(ImageError::Invalid("the image is empty".into())),
+        Err(_) => Err(ImageError::Invalid(
+            "the bytes are not a JPEG, PNG or WebP image".into(),
+        )),
+    }
+}
+
+/// Decodes a JPEG, PNG or WebP image to RGB, applying its EXIF orientation.
+///
+/// The pixel count is read from the header and checked against `max_pixels` before any pixel
+/// buffer is allocated.
+pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
+    let format = sniff_format(bytes)?;
+    let invalid = |e: image::ImageError| ImageError::Invalid(format!("cannot decode image: {e}"));
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(64 << 20));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(invalid)?;
+    let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 {
+        return Err(ImageError::Invalid("the image has zero size".into()));
+    }
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > max_pixels {
+        return Err(ImageError::Invalid(format!(
+            "the image is {w}x{h} = {pixels} pixels, over the limit of {max_pixels}"
+        )));
+    }
+    let orientation = decoder.orientation().map_err(invalid)?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(invalid)?;
+    img.apply_orientation(orientation);
+    Ok(img.to_rgb8())
+}
+
+/// Decodes a mask image (white = garment) to grayscale.
+pub fn decode_mask(bytes: &[u8], max_pixels: u64) -> Result<GrayImage, ImageError> {
+    let rgb = decode(bytes, max_pixels)?;
+    Ok(DynamicImage::ImageRgb8(rgb).to_luma8())
+}
+
+/// The part of a fitted image that holds the original picture (the rest is padding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rect {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Where a `w×h` picture lands inside the model frame when fitted keeping its aspect ratio.
+pub fn fit_rect(w: u32, h: u32) -> Rect {
+    let (fw, fh) = (MODEL_WIDTH as f64, MODEL_HEIGHT as f64);
+    let scale = (fw / w as f64).min(fh / h as f64);
+    let width = ((w as f64 * scale).round() as u32).clamp(1, MODEL_WIDTH as u32);
+    let height = ((h as f64 * scale).round() as u32).clamp(1, MODEL_HEIGHT as u32);
+    Rect {
+        x: (MODEL_WIDTH as u32 - width) / 2,
+        y: (MODEL_HEIGHT as u32 - height) / 2,
+        width,
+        height,
+    }
+}
+
+fn fit_into<P: image::Pixel<Subpixel = u8> + 'static>(
+    img: &image::ImageBuffer<P, Vec<u8>>,
+    rect: Rect,
+    pad: P,
+    filter: FilterType,
+) -> image::ImageBuffer<P, Vec<u8>> {
+    if img.width() == MODEL_WIDTH as u32 && img.height() == MODEL_HEIGHT as u32 {
+        return img.clone();
+    }
+    let resized = image::imageops::resize(img, rect.width, rect.height, filter);
+    let mut out = image::ImageBuffer::from_pixel(MODEL_WIDTH as u32, MODEL_HEIGHT as u32, pad);
+    image::imageops::replace(&mut out, &resized, rect.x.into(), rect.y.into());
+    out
+}
+
+/// Fits an RGB picture into the model frame, padding with white; answers the frame and where
+/// the picture lies in it.
+pub fn fit(img: &RgbImage) -> (RgbImage, Rect) {
+    let rect = fit_rect(img.width(), img.height());
+    (
+        fit_into(img, rect, Rgb([255, 255, 255]), FilterType::Triangle),
+        rect,
+    )
+}
+
+/// Fits a garment mask the same way as its garment photo (`garment_size`), padding with 0.
+pub fn fit_mask(mask: &GrayImage, garment_size: (u32, u32)) -> GrayImage {
+    let (gw, gh) = garment_size;
+    let mask = if mask.dimensions() != (gw, gh) {
+        image::imageops::resize(mask, gw, gh, FilterType::Triangle)
+    } else {
+        mask.clone()
+    };
+    fit_into(&mask, fit_rect(gw, gh), Luma([0]), FilterType::Triangle)
+}
+
+/// An RGB image as a `3×H×W` f32 tensor in [-1, 1] (`pixel / 255 · 2 − 1`).
+pub fn rgb_to_tensor(img: &RgbImage) -> candle_core::Result<Tensor> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let plane = w * h;
+    let mut data = vec![0f32; 3 * plane];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            data[c * plane + i] = px[c] as f32 / 255.0 * 2.0 - 1.0;
+        }
+    }
+    Tensor::from_vec(data, (3, h, w), &Device::Cpu)
+}
+
+/// A mask as a `1×H×W` f32 tensor of 0 and 1 (pixel / 255 > 0.5).
+pub fn mask_to_tensor(mask: &GrayImage) -> candle_core::Result<Tensor> {
+    let (w, h) = (mask.width() as usize, mask.height() as usize);
+    let data: Vec<f32> = mask
+        .pixels()
+        .map(|p| if p[0] as f32 / 255.0 > 0.5 { 1.0 } else { 0.0 })
+        .collect();
+    Tensor::from_vec(data, (1, h, w), &Device::Cpu)
+}
+
+/// Converts a value in [-1, 1] to 8 bits: `trunc(clamp((x + 1) / 2, 0, 1) · 255 + 0.5)`.
+#[inline]
+pub fn to_u8(x: f32) -> u8 {
+    (((x + 1.0) * 0.5).clamp(0.0, 1.0) * 255.0 + 0.5) as u8
+}
+
+/// A `3×H×W` tensor in [-1, 1] as an RGB image.
+pub fn tensor_to_rgb(t: &Tensor) -> candle_core::Result<RgbImage> {
+    let (c, h, w) = t.dims3()?;
+    if c != 3 {
+        candle_core::bail!("expected 3 channels, got {c}");
+    }
+    let data = t
+        .to_device(&Device::Cpu)?
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let plane = h * w;
+    let mut img = RgbImage::new(w as u32, h as u32);
+    for (i, px) in img.pixels_mut().enumerate() {
+        *px = Rgb([
+            to_u8(data[i]),
+            to_u8(data[plane + i]),
+            to_u8(data[2 * plane + i]),
+        ]);
+    }
+    Ok(img)
+}
+
+/// Cuts the padding off a fitted answer.
+pub fn crop(img: &RgbImage, rect: Rect) -> RgbImage {
+    if rect.x == 0 && rect.y == 0 && rect.width == img.width() && rect.height == img.height() {
+        return img.clone();
+    }
+    image::imageops::crop_imm(img, rect.x, rect.y, rect.width, rect.height).to_image()
+}
+
+/// Encodes an RGB image as JPEG (with `quality`, 1–100) or PNG.
+pub fn encode(img: &RgbImage, format: OutputFormat, quality: u8) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(img.len() / 4);
+    match format {
+        OutputFormat::Jpeg => {
+            let enc =
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100));
+            img.write_with_encoder(enc).map_err(|e| e.to_string())?;
+        }
+        OutputFormat::Png => {
+            let enc = image::codecs::png::PngEncoder::new(&mut out);
+            img.write_with_encoder(enc).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(out)
+}
+
+/// The garment mask of a product photo on a plain light background.
+///
+/// The background colour is the median of the border pixels; background is what is close to it
+/// and connected to the border, so light parts inside the garment stay garment. Small specks
+/// are removed and the garment's holes filled.
+pub fn cloth_mask(img: &RgbImage) -> GrayImage {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w == 0 || h == 0 {
+        return GrayImage::new(img.width(), img.height());
+    }
+    let bg = border_median(img);
+    let close = |p: &Rgb<u8>| {
+        let d: i32 = (0..3)
+            .map(|c| (p[c] as i32 - bg[c] as i32).abs())
+            .max()
+            .unwrap_or(0);
+        d <= BACKGROUND_TOLERANCE
+    };
+    // Flood the background from every border pixel.
+    let mut background = vec![false; w * h];
+    let mut queue = VecDeque::new();
+    let mut seed = |x: usize, y: usize, queue: &mut VecDeque<(usize, usize)>| {
+        let i = y * w + x;
+        if !background[i] && close(img.get_pixel(x as u32, y as u32)) {
+            background[i] = true;
+            queue.push_back((x, y));
+        }
+    };
+    for x in 0..w {
+        seed(x, 0, &mut queue);
+        seed(x, h - 1, &mut queue);
+    }
+    for y in 0..h {
+        seed(0, y, &mut queue);
+        seed(w - 1, y, &mut queue);
+    }
+    while let Some((x, y)) = queue.pop_front() {
+        let mut visit = |nx: usize, ny: usize| {
+            let i = ny * w + nx;
+            if !background[i] && close(img.get_pixel(nx as u32, ny as u32)) {
+                background[i] = true;
+                queue.push_back((nx, ny));
+            }
+        };
+        if x > 0 {
+            visit(x - 1, y);
+        }
+        if x + 1 < w {
+            visit(x + 1, y);
+        }
+        if y > 0 {
+            visit(x, y - 1);
+        }
+        if y + 1 < h {
+            visit(x, y + 1);
+        }
+    }
+    let garment: Vec<bool> = background.iter().map(|b| !b).collect();
+    let garment = keep_large_components(&garment, w, h, (w * h) / 200);
+    GrayImage::from_fn(img.width(), img.height(), |x, y| {
+        Luma([if garment[y as usize * w + x as usize] {
+            255
+        } else {
+            0
+        }])
+    })
+}
+
+/// How far (max over channels) a pixel may be from the background colour and still be background.
+const BACKGROUND_TOLERANCE: i32 = 18;
+
+fn border_median(img: &RgbImage) -> [u8; 3] {
+    let (w, h) = img.dimensions();
+    let mut channels: [Vec<u8>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let mut push = |x: u32, y: u32| {
+        let p = img.get_pixel(x, y);
+        for c in 0..3 {
+            channels[c].push(p[c]);
+        }
+    };
+    for x in 0..w {
+        push(x, 0);
+        push(x, h - 1);
+    }
+    for y in 0..h {
+        push(0, y);
+        push(w - 1, y);
+    }
+    let mut median = [255u8; 3];
+    for c in 0..3 {
+        channels[c].sort_unstable();
+        median[c] = channels[c][channels[c].len() / 2];
+    }
+    median
+}
+
+/// Keeps the 4-connected components of `mask` with at least `min_size` pixels.
+fn keep_large_components(mask: &[bool], w: usize, h: usize, min_size: usize) -> Vec<bool> {
+    let mut label = vec![usize::MAX; w * h];
+    let mut keep = vec![false; w * h];
+    let mut stack = Vec::new();
+    let mut members = Vec::new();
+    for start in 0..w * h {
+        if !mask[start] || label[start] != usize::MAX {
+            continue;
+        }
+        members.clear();
+        label[start] = start;
+        stack.push(start);
+        while let Some(i) = stack.pop() {
+            members.push(i);
+            let (x, y) = (i % w, i / w);
+            let neighbours = [
+                (x > 0).then(|| i - 1),
+                (x + 1 < w).then(|| i + 1),
+                (y > 0).then(|| i - w),
+                (y + 1 < h).then(|| i + w),
+            ];
+            for n in neighbours.into_iter().flatten() {
+                if mask[n] && label[n] == usize::MAX {
+                    label[n] = start;
+                    stack.push(n);
+                }
+            }
+        }
+        if members.len() >= min_size {
+            for &i in &members {
+                keep[i] = true;
+            }
+        }
+    }
+    keep
+}
+
+/// One request's inputs, fitted and converted, ready for the batcher.
+#[derive(Debug, Clone)]
+pub struct PreparedPair {
+    pub person: Tensor,
+    pub cloth: Tensor,
+    pub cloth_mask: Tensor,
+    /// Where the person picture lies in the frame; the answer is cropped to it.
+    pub content: Rect,
+}
+
+/// Decodes and prepares a person/garment pair (and the optional garment mask).
+pub fn prepare_pair(
+    person: &[u8],
+    cloth: &[u8],
+    cloth_mask_bytes: Option<&[u8]>,
+    max_pixels: u64,
+) -> Result<PreparedPair, ImageError> {
+    let person = decode(person, max_pixels)?;
+    let cloth = decode(cloth, max_pixels)?;
+    let mask = match cloth_mask_bytes {
+        Some(bytes) => Some(decode_mask(bytes, max_pixels)?),
+        None => None,
+    };
+    prepare_decoded(&person, &cloth, mask.as_ref())
+        .map_err(|e| ImageError::Invalid(format!("cannot convert image: {e}")))
+}
+
+/// Prepares already decoded images.
+pub fn prepare_decoded(
+    person: &RgbImage,
+    cloth: &RgbImage,
+    mask: Option<&GrayImage>,
+) -> candle_core::Result<PreparedPair> {
+    let (person_fit, content) = fit(person);
+    let (cloth_fit, _) = fit(cloth);
+    let mask_fit = match mask {
+        Some(m) => fit_mask(m, cloth.dimensions()),
+        None => cloth_mask(&cloth_fit),
+    };
+    Ok(PreparedPair {
+        person: rgb_to_tensor(&person_fit)?,
+        cloth: rgb_to_tensor(&cloth_fit)?,
+        cloth_mask: mask_to_tensor(&mask_fit)?,
+        content,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_rect_keeps_aspect_ratio_and_centres() {
+        assert_eq!(
+            fit_rect(192, 256),
+            Rect {
+                x: 0,
+                y: 0,
+                width: 192,
+                height: 256
+            }
+        );
+        let r = fit_rect(1024, 768);
+        assert_eq!((r.width, r.height), (192, 144));
+        assert_eq!((r.x, r.y), (0, 56));
+        let r = fit_rect(100, 1000);
+        assert_eq!((r.width, r.height, r.y), (26, 256, 0));
+    }
+
+    #[test]
+    fn u8_rule_matches_reference_rounding() {
+        assert_eq!(to_u8(-1.0), 0);
+        assert_eq!(to_u8(1.0), 255);
+        assert_eq!(to_u8(2.0), 255);
+        assert_eq!(to_u8(0.0), 128);
+        assert_eq!(to_u8(-2.0), 0);
+    }
+
+    #[test]
+    fn tensor_round_trip_is_lossless() {
+        let img = RgbImage::from_fn(7, 5, |x, y| Rgb([(x * 30) as u8, (y * 50) as u8, 200]));
+        let t = rgb_to_tensor(&img).expect("tensor");
+        assert_eq!(t.dims(), &[3, 5, 7]);
+        assert_eq!(tensor_to_rgb(&t).expect("image"), img);
+    }
+
+    #[test]
+    fn fitting_pads_with_white_and_crop_removes_it() {
+        let img = RgbImage::from_pixel(400, 300, Rgb([10, 20, 30]));
+        let (fitted, rect) = fit(&img);
+        assert_eq!(fitted.dimensions(), (192, 256));
+        assert_eq!(fitted.get_pixel(0, 0), &Rgb([255, 255, 255]));
+        assert_eq!(fitted.get_pixel(96, 128), &Rgb([10, 20, 30]));
+        let cropped = crop(&fitted, rect);
+        assert_eq!(cropped.dimensions(), (192, 144));
+        assert!(cropped.pixels().all(|p| *p == Rgb([10, 20, 30])));
+    }
+
+    #[test]
+    fn sniffing_tells_unsupported_from_garbage() {
+        assert!(matches!(
+            sniff_format(b"GIF89a\x01\x00\x01\x00"),
+            Err(ImageError::Unsupported(_))
+        ));
+        assert!(matches!(
+            sniff_format(b"hello world, not an image"),
+            Err(ImageError::Invalid(_))
+        ));
+        assert!(matches!(sniff_format(b""), Err(ImageError::Invalid(_))));
+    }
+}

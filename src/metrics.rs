@@ -1,0 +1,281 @@
+//! Every Prometheus metric the server exports, defined once: the names here are the contract
+//! with `k8s/` (KEDA triggers, alerts, dashboards) and the benchmark harness.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+
+pub const QUEUE_LENGTH: &str = "virtualfit_queue_length";
+pub const ACTIVE_REQUESTS: &str = "virtualfit_active_requests";
+pub const REQUEST_DURATION: &str = "virtualfit_request_duration_seconds";
+pub const REQUESTS_TOTAL: &str = "virtualfit_requests_total";
+pub const QUEUE_DURATION: &str = "virtualfit_queue_duration_seconds";
+pub const BATCH_SIZE: &str = "virtualfit_batch_size";
+pub const BATCH_DURATION: &str = "virtualfit_batch_duration_seconds";
+pub const REJECTED_TOTAL: &str = "virtualfit_rejected_requests_total";
+pub const BACKLOG_SECONDS: &str = "virtualfit_backlog_seconds";
+pub const MODEL_INFO: &str = "virtualfit_model_info";
+pub const OOM_RECOVERIES_TOTAL: &str = "virtualfit_oom_recoveries_total";
+pub const BATCH_CAP: &str = "virtualfit_effective_max_batch_size";
+pub const GPU_UTILIZATION: &str = "virtualfit_gpu_utilization_ratio";
+pub const GPU_MEMORY_USED: &str = "virtualfit_gpu_memory_used_bytes";
+pub const GPU_MEMORY_TOTAL: &str = "virtualfit_gpu_memory_total_bytes";
+pub const GPU_TEMPERATURE: &str = "virtualfit_gpu_temperature_celsius";
+pub const GPU_POWER: &str = "virtualfit_gpu_power_watts";
+
+/// The names of the contract's metrics that every build exports (the GPU gauges excepted).
+pub const CONTRACT_NAMES: &[&str] = &[
+    QUEUE_LENGTH,
+    ACTIVE_REQUESTS,
+    REQUEST_DURATION,
+    REQUESTS_TOTAL,
+    QUEUE_DURATION,
+    BATCH_SIZE,
+    BATCH_DURATION,
+    REJECTED_TOTAL,
+    BACKLOG_SECONDS,
+    MODEL_INFO,
+];
+
+/// Latency buckets in seconds; 5 s is the P95 autoscaling trigger's threshold.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Batch size buckets.
+pub const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
+/// Why an admitted or arriving request was not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    QueueFull,
+    Draining,
+    Deadline,
+    Cancelled,
+    Invalid,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 5] = [
+        RejectReason::QueueFull,
+        RejectReason::Draining,
+        RejectReason::Deadline,
+        RejectReason::Cancelled,
+        RejectReason::Invalid,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::QueueFull => "queue_full",
+            RejectReason::Draining => "draining",
+            RejectReason::Deadline => "deadline",
+            RejectReason::Cancelled => "cancelled",
+            RejectReason::Invalid => "invalid",
+        }
+    }
+}
+
+/// The server's metrics and the registry that exposes them.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub queue_length: IntGauge,
+    pub active_requests: IntGauge,
+    pub request_duration: HistogramVec,
+    pub requests_total: IntCounterVec,
+    pub queue_duration: Histogram,
+    pub batch_size: Histogram,
+    pub batch_duration: Histogram,
+    pub rejected_total: IntCounterVec,
+    pub backlog_seconds: Gauge,
+    pub model_info: GaugeVec,
+    pub oom_recoveries_total: prometheus::IntCounter,
+    pub batch_cap: IntGauge,
+    pub gpu: GaugeVecs,
+}
+
+/// The per-GPU gauges, registered only when a GPU is monitored.
+#[derive(Clone)]
+pub struct GaugeVecs {
+    pub utilization: GaugeVec,
+    pub memory_used: GaugeVec,
+    pub memory_total: GaugeVec,
+    pub temperature: GaugeVec,
+    pub power: GaugeVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique and valid");
+    metric
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+                .expect("valid histogram")
+        };
+        let gpu_gauge = |name: &str, help: &str| {
+            GaugeVec::new(Opts::new(name, help), &["gpu"]).expect("valid gauge")
+        };
+        let metrics = Metrics {
+            queue_length: register(
+                r,
+                IntGauge::new(QUEUE_LENGTH, "Admitted requests waiting for a batch.")
+                    .expect("valid gauge"),
+            ),
+            active_requests: register(
+                r,
+                IntGauge::new(
+                    ACTIVE_REQUESTS,
+                    "Admitted /tryon requests not yet answered (queued, running or encoding).",
+                )
+                .expect("valid gauge"),
+            ),
+            request_duration: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(REQUEST_DURATION, "Whole /tryon request time.")
+                        .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["code"],
+                )
+                .expect("valid histogram"),
+            ),
+            requests_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(REQUESTS_TOTAL, "/tryon answers by HTTP status."),
+                    &["code"],
+                )
+                .expect("valid counter"),
+            ),
+            queue_duration: register(
+                r,
+                histogram(
+                    QUEUE_DURATION,
+                    "Time from admission to the start of the request's batch.",
+                    LATENCY_BUCKETS,
+                ),
+            ),
+            batch_size: register(
+                r,
+                histogram(
+                    BATCH_SIZE,
+                    "Requests per executed batch.",
+                    BATCH_SIZE_BUCKETS,
+                ),
+            ),
+            batch_duration: register(
+                r,
+                histogram(
+                    BATCH_DURATION,
+                    "Model forward time per batch.",
+                    LATENCY_BUCKETS,
+                ),
+            ),
+            rejected_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(REJECTED_TOTAL, "Requests not run, by reason."),
+                    &["reason"],
+                )
+                .expect("valid counter"),
+            ),
+            backlog_seconds: register(
+                r,
+                Gauge::new(
+                    BACKLOG_SECONDS,
+                    "Estimated seconds to drain the queue at the measured per-item time.",
+                )
+                .expect("valid gauge"),
+            ),
+            model_info: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        MODEL_INFO,
+                        "The model and device this replica runs (always 1).",
+                    ),
+                    &["model", "device"],
+                )
+                .expect("valid gauge"),
+            ),
+            oom_recoveries_total: register(
+                r,
+                prometheus::IntCounter::new(
+                    OOM_RECOVERIES_TOTAL,
+                    "Batches split in half after a device out-of-memory error.",
+                )
+                .expect("valid counter"),
+            ),
+            batch_cap: register(
+                r,
+                IntGauge::new(
+                    BATCH_CAP,
+                    "Current batch size cap (lowered after device out-of-memory errors).",
+                )
+                .expect("valid gauge"),
+            ),
+            gpu: GaugeVecs {
+                utilization: gpu_gauge(GPU_UTILIZATION, "GPU utilization, 0 to 1."),
+                memory_used: gpu_gauge(GPU_MEMORY_USED, "GPU memory in use, bytes."),
+                memory_total: gpu_gauge(GPU_MEMORY_TOTAL, "GPU memory in all, bytes."),
+                temperature: gpu_gauge(GPU_TEMPERATURE, "GPU temperature, degrees Celsius."),
+                power: gpu_gauge(GPU_POWER, "GPU power draw, watts."),
+            },
+            registry,
+        };
+        for reason in RejectReason::ALL {
+            metrics.rejected_total.with_label_values(&[reason.label()]);
+        }
+        metrics
+    }
+
+    /// Registers the GPU gauges; called once a GPU monitor is running.
+    pub fn register_gpu_gauges(&self) {
+        for g in [
+            &self.gpu.utilization,
+            &self.gpu.memory_used,
+            &self.gpu.memory_total,
+            &self.gpu.temperature,
+            &self.gpu.power,
+        ] {
+            let _ = self.registry.register(Box::new(g.clone()));
+        }
+    }
+
+    pub fn reject(&self, reason: RejectReason) {
+        self.rejected_total
+            .with_label_values(&[reason.label()])
+            .inc();
+    }
+
+    /// Counts one /tryon answer with its status and whole duration.
+    pub fn observe_answer(&self, status: u16, seconds: f64) {
+        let code = status.to_string();
+        self.requests_total.with_label_values(&[&code]).inc();
+        self.request_duration
+            .with_label_values(&[&code])
+            .observe(seconds);
+    }
+
+    /// The Prometheus text exposition of every registered metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let families = self.registry.gather();
+        if TextEncoder::new().encode(&families, &mut out).is_err() {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,113 @@
+//! The batched try-on model interface and the registry of models by name.
+
+pub mod overlay;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+/// Model input height in pixels (the networks' native resolution).
+pub const MODEL_HEIGHT: usize = 256;
+/// Model input width in pixels.
+pub const MODEL_WIDTH: usize = 192;
+
+/// Names accepted by `--model`, in the order `/v1/models` lists them.
+pub const MODEL_NAMES: &[&str] = &["overlay", "dmvton"];
+
+/// One batch of try-on inputs, all on the model's device, all `B×C×256×192` f32.
+#[derive(Debug, Clone)]
+pub struct TryOnBatch {
+    /// Person photos, `B×3×H×W`, in [-1, 1].
+    pub person: Tensor,
+    /// Garment product photos, `B×3×H×W`, in [-1, 1].
+    pub cloth: Tensor,
+    /// Garment masks, `B×1×H×W`, 1 on the garment and 0 elsewhere.
+    pub cloth_mask: Tensor,
+}
+
+impl TryOnBatch {
+    /// Number of pairs in the batch.
+    pub fn len(&self) -> usize {
+        self.person.dims().first().copied().unwrap_or(0)
+    }
+
+    /// Whether the batch holds no pair.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stacks single-pair tensors (`3×H×W`, `3×H×W`, `1×H×W`) into one batch.
+    pub fn stack(
+        pairs: &[(Tensor, Tensor, Tensor)],
+        device: &Device,
+    ) -> candle_core::Result<TryOnBatch> {
+        let take = |f: fn(&(Tensor, Tensor, Tensor)) -> &Tensor| -> candle_core::Result<Tensor> {
+            let items: Vec<&Tensor> = pairs.iter().map(f).collect();
+            Tensor::stack(&items, 0)?.to_device(device)
+        };
+        Ok(TryOnBatch {
+            person: take(|p| &p.0)?,
+            cloth: take(|p| &p.1)?,
+            cloth_mask: take(|p| &p.2)?,
+        })
+    }
+}
+
+/// Why a model could not be loaded or could not run a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("unknown model `{0}` (known: overlay, dmvton)")]
+    UnknownModel(String),
+    #[error("model `{model}` needs --model-dir with its weights")]
+    MissingModelDir { model: String },
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error("device out of memory: {0}")]
+    OutOfMemory(String),
+    #[error("{0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl ModelError {
+    /// True when the error is a device out-of-memory error that a smaller batch may avoid.
+    pub fn is_out_of_memory(&self) -> bool {
+        match self {
+            ModelError::OutOfMemory(_) => true,
+            ModelError::Candle(e) => {
+                let text = e.to_string().to_ascii_lowercase();
+                text.contains("out of memory") || text.contains("out_of_memory")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A try-on network that runs whole batches on one candle device.
+///
+/// The worker thread owns the model, so it needs `Send` but not `Sync`.
+pub trait TryOnModel: Send {
+    /// The registry name (`overlay`, `dmvton`).
+    fn name(&self) -> &str;
+    /// The device the model's weights live on; inputs must be on it too.
+    fn device(&self) -> &Device;
+    /// Runs one batch and answers the try-on images, `B×3×H×W` in [-1, 1].
+    fn forward(&self, batch: &TryOnBatch) -> Result<Tensor, ModelError>;
+}
+
+/// Loads the model registered under `name`.
+pub fn load(
+    name: &str,
+    model_dir: Option<&Path>,
+    device: &Device,
+) -> Result<Box<dyn TryOnModel>, ModelError> {
+    match name {
+        "overlay" => Ok(Box::new(overlay::OverlayModel::new(device.clone()))),
+        "dmvton" => {
+            let _dir = model_dir.ok_or_else(|| ModelError::MissingModelDir {
+                model: name.to_string(),
+            })?;
+            Err(ModelError::UnknownModel(name.to_string()))
+        }
+        other => Err(ModelError::UnknownModel(other.to_string())),
+    }
+}

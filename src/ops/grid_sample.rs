@@ -1,0 +1,165 @@
+//! Bilinear `grid_sample`, with the semantics of PyTorch's `F.grid_sample(mode="bilinear")`.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::contiguous_f32;
+
+/// What a sample outside the input reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GridPadding {
+    /// Zero outside the input.
+    Zeros,
+    /// The nearest edge value (coordinates clamped into the input).
+    Border,
+}
+
+/// Samples `input` (`N×C×H×W`) at the normalised coordinates of `grid` (`N×Ho×Wo×2`, x then y,
+/// -1..1) with bilinear interpolation; answers `N×C×Ho×Wo`.
+pub fn grid_sample(
+    input: &Tensor,
+    grid: &Tensor,
+    padding: GridPadding,
+    align_corners: bool,
+) -> Result<Tensor> {
+    let (n, _c, _h, _w) = input.dims4()?;
+    let (gn, _ho, _wo, two) = grid.dims4()?;
+    if gn != n || two != 2 {
+        candle_core::bail!(
+            "grid_sample: grid {:?} does not match input {:?}",
+            grid.dims(),
+            input.dims()
+        );
+    }
+    let input = input.to_dtype(candle_core::DType::F32)?.contiguous()?;
+    let grid = grid.to_dtype(candle_core::DType::F32)?.contiguous()?;
+    input.apply_op2_no_bwd(
+        &grid,
+        &GridSample {
+            padding,
+            align_corners,
+        },
+    )
+}
+
+/// The custom op behind [`grid_sample`].
+#[derive(Debug, Clone, Copy)]
+pub struct GridSample {
+    pub padding: GridPadding,
+    pub align_corners: bool,
+}
+
+/// Maps a normalised coordinate to a pixel coordinate along an axis of `size` pixels.
+#[inline]
+fn unnormalize(coord: f32, size: usize, align_corners: bool) -> f32 {
+    if align_corners {
+        (coord + 1.0) * 0.5 * (size as f32 - 1.0)
+    } else {
+        ((coord + 1.0) * size as f32 - 1.0) * 0.5
+    }
+}
+
+/// One bilinear tap set: four flat indices (or `None` outside) and their weights.
+#[derive(Clone, Copy)]
+struct Taps {
+    index: [Option<usize>; 4],
+    weight: [f32; 4],
+}
+
+#[inline]
+fn taps(gx: f32, gy: f32, h: usize, w: usize, padding: GridPadding, align: bool) -> Taps {
+    let mut x = unnormalize(gx, w, align);
+    let mut y = unnormalize(gy, h, align);
+    if padding == GridPadding::Border {
+        x = x.clamp(0.0, (w - 1) as f32);
+        y = y.clamp(0.0, (h - 1) as f32);
+    }
+    let x0 = x.floor();
+    let y0 = y.floor();
+    let fx = x - x0;
+    let fy = y - y0;
+    let (x0, y0) = (x0 as i64, y0 as i64);
+    let at = |xx: i64, yy: i64| -> Option<usize> {
+        (xx >= 0 && yy >= 0 && (xx as usize) < w && (yy as usize) < h)
+            .then(|| yy as usize * w + xx as usize)
+    };
+    Taps {
+        index: [
+            at(x0, y0),
+            at(x0 + 1, y0),
+            at(x0, y0 + 1),
+            at(x0 + 1, y0 + 1),
+        ],
+        weight: [
+            (1.0 - fx) * (1.0 - fy),
+            fx * (1.0 - fy),
+            (1.0 - fx) * fy,
+            fx * fy,
+        ],
+    }
+}
+
+/// The CPU kernel on contiguous slices; `out` is `N×C×Ho×Wo`.
+#[allow(clippy::too_many_arguments)]
+pub fn grid_sample_cpu(
+    input: &[f32],
+    grid: &[f32],
+    (n, c, h, w): (usize, usize, usize, usize),
+    (ho, wo): (usize, usize),
+    padding: GridPadding,
+    align_corners: bool,
+) -> Vec<f32> {
+    let plane_out = ho * wo;
+    let mut out = vec![0f32; n * c * plane_out];
+    out.par_chunks_mut(c * plane_out)
+        .enumerate()
+        .for_each(|(b, out_b)| {
+            let grid_b = &grid[b * plane_out * 2..(b + 1) * plane_out * 2];
+            let taps: Vec<Taps> = grid_b
+                .chunks_exact(2)
+                .map(|g| taps(g[0], g[1], h, w, padding, align_corners))
+                .collect();
+            for ch in 0..c {
+                let src = &input[(b * c + ch) * h * w..(b * c + ch + 1) * h * w];
+                let dst = &mut out_b[ch * plane_out..(ch + 1) * plane_out];
+                for (d, t) in dst.iter_mut().zip(&taps) {
+                    let mut acc = 0f32;
+                    for k in 0..4 {
+                        if let Some(i) = t.index[k] {
+                            acc += src[i] * t.weight[k];
+                        }
+                    }
+                    *d = acc;
+                }
+            }
+        });
+    out
+}
+
+impl CustomOp2 for GridSample {
+    fn name(&self) -> &'static str {
+        "grid_sample"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let (_, ho, wo, _) = l2.shape().dims4()?;
+        let input = contiguous_f32(s1, l1, "grid_sample")?;
+        let grid = contiguous_f32(s2, l2, "grid_sample")?;
+        let out = grid_sample_cpu(
+            input,
+            grid,
+            (n, c, h, w),
+            (ho, wo),
+            self.padding,
+            self.align_corners,
+        );
+        Ok((CpuStorage::F32(out), Shape::from((n, c, ho, wo))))
+    }
+}
