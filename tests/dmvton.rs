@@ -330,3 +330,74 @@ fn registry_loads_dmvton_from_model_dir() {
     let missing = virtualfit::models::load("dmvton", None, &Device::Cpu);
     assert!(matches!(missing, Err(ModelError::MissingModelDir { .. })));
 }
+
+// ---- speed (a measurement, not a check): cargo test --release --test dmvton -- --ignored --nocapture ----
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn median_secs(iterations: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times: Vec<f64> = (0..iterations)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(|a, b| a.total_cmp(b));
+    times[times.len() / 2]
+}
+
+#[test]
+#[ignore = "timing measurement; run explicitly"]
+fn speed_profile() {
+    let sizes: Vec<usize> = std::env::var("DMVTON_BENCH_BATCHES")
+        .unwrap_or_else(|_| "1,4,8".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let iterations: usize = std::env::var("DMVTON_BENCH_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let model = model();
+    for b in sizes {
+        let idx: Vec<u32> = (0..b as u32).map(|i| i % 6).collect();
+        let idx = Tensor::new(idx.as_slice(), &Device::Cpu).unwrap();
+        let pick = |n: &str| reference(n).index_select(&idx, 0).unwrap();
+        let batch = TryOnBatch {
+            person: pick("input.person"),
+            cloth: pick("input.cloth"),
+            cloth_mask: pick("input.cloth_mask"),
+        };
+        let warp = model.warp_module();
+        let fpn = median_secs(iterations, || {
+            warp.pyramids(&batch.person, &batch.cloth).unwrap();
+        });
+        let warp_all = median_secs(iterations, || {
+            warp.forward(&batch.person, &batch.cloth).unwrap();
+        });
+        let total = median_secs(iterations, || {
+            model.forward(&batch).unwrap();
+        });
+        println!(
+            "batch {b}: {:.3} s/batch, {:.1} ms/image | fpn x2 {:.3} s, aflow {:.3} s, gen+rest {:.3} s | peak RSS {:.0} MiB",
+            total,
+            total / b as f64 * 1000.0,
+            fpn,
+            warp_all - fpn,
+            total - warp_all,
+            peak_rss_mib()
+        );
+    }
+}

@@ -19,6 +19,14 @@ pub struct Checkpoint {
     tensors: HashMap<String, Tensor>,
 }
 
+/// The message of a candle error without a captured backtrace.
+fn message(e: candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => message(*inner),
+        other => other.to_string(),
+    }
+}
+
 /// A checkpoint error naming `path`.
 pub(crate) fn error(path: &Path, reason: impl std::fmt::Display) -> ModelError {
     ModelError::Checkpoint {
@@ -38,14 +46,19 @@ impl Checkpoint {
             .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
         let tensors: HashMap<String, Tensor> = if is_safetensors {
             candle_core::safetensors::load(path, device)
-                .map_err(|e| error(path, format!("cannot read safetensors: {e}")))?
+                .map_err(|e| error(path, format!("cannot read safetensors: {}", message(e))))?
         } else {
             candle_core::pickle::read_all_with_key(path, Some(STATE_DICT_KEY))
-                .map_err(|e| error(path, format!("cannot read PyTorch checkpoint: {e}")))?
+                .map_err(|e| {
+                    error(
+                        path,
+                        format!("cannot read PyTorch checkpoint: {}", message(e)),
+                    )
+                })?
                 .into_iter()
                 .map(|(name, t)| Ok((name, t.to_device(device)?)))
                 .collect::<candle_core::Result<_>>()
-                .map_err(|e| error(path, e))?
+                .map_err(|e| error(path, message(e)))?
         };
         if tensors.is_empty() {
             return Err(error(path, "no tensors found"));
@@ -79,7 +92,11 @@ impl Checkpoint {
         what: &str,
         f: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
     ) -> Result<T, ModelError> {
-        f(self.var_builder(device))
-            .map_err(|e| error(&self.path, format!("not a DM-VTON {what} checkpoint: {e}")))
+        f(self.var_builder(device)).map_err(|e| {
+            error(
+                &self.path,
+                format!("not a DM-VTON {what} checkpoint: {}", message(e)),
+            )
+        })
     }
 }

@@ -4,7 +4,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::ops::depthwise_conv3x3;
+use crate::ops::{conv2d_fused, depthwise_conv3x3, ConvActivation};
 
 /// BatchNorm epsilon of every `nn.BatchNorm2d` in the reference networks.
 const BN_EPS: f64 = 1e-5;
@@ -18,11 +18,11 @@ pub enum Activation {
 }
 
 impl Activation {
-    fn apply(self, x: Tensor) -> Result<Tensor> {
+    fn fused(self) -> ConvActivation {
         match self {
-            Activation::None => Ok(x),
-            Activation::Relu6 => x.clamp(0f32, 6f32),
-            Activation::LeakyRelu(slope) => candle_nn::ops::leaky_relu(&x, slope),
+            Activation::None => ConvActivation::None,
+            Activation::Relu6 => ConvActivation::Relu6,
+            Activation::LeakyRelu(slope) => ConvActivation::LeakyRelu(slope as f32),
         }
     }
 }
@@ -42,7 +42,7 @@ fn batch_norm(vb: &VarBuilder, channels: usize) -> Result<(Tensor, Tensor)> {
 #[derive(Debug, Clone)]
 pub struct Conv {
     weight: Tensor,
-    bias: Option<Tensor>,
+    bias: Tensor,
     stride: usize,
     padding: usize,
     activation: Activation,
@@ -63,9 +63,9 @@ impl Conv {
     ) -> Result<Self> {
         let weight = vb.get((c_out, c_in, kernel, kernel), "weight")?;
         let bias = if bias {
-            Some(vb.get(c_out, "bias")?.reshape((1, c_out, 1, 1))?)
+            vb.get(c_out, "bias")?
         } else {
-            None
+            Tensor::zeros(c_out, weight.dtype(), weight.device())?
         };
         Ok(Self {
             weight,
@@ -91,10 +91,12 @@ impl Conv {
     ) -> Result<Self> {
         let weight = conv.get((c_out, c_in, kernel, kernel), "weight")?;
         let (scale, shift) = batch_norm(&bn, c_out)?;
-        let weight = weight.broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
+        let weight = weight
+            .broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?
+            .contiguous()?;
         Ok(Self {
             weight,
-            bias: Some(shift.reshape((1, c_out, 1, 1))?),
+            bias: shift,
             stride,
             padding,
             activation,
@@ -104,12 +106,14 @@ impl Conv {
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        self.activation.apply(y)
+        conv2d_fused(
+            x,
+            &self.weight,
+            &self.bias,
+            self.stride,
+            self.padding,
+            self.activation.fused(),
+        )
     }
 }
 

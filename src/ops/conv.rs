@@ -1,0 +1,366 @@
+//! Dense 2-D convolution (square kernel, zero padding) as banded im2col + one GEMM per band,
+//! with the bias and the activation fused in. The bands run in parallel and each builds only a
+//! small im2col block, so the peak memory stays at the output size.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::contiguous_f32;
+
+/// The activation fused after the bias.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ConvActivation {
+    /// Identity.
+    None,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+    /// `x` for `x ≥ 0`, `slope · x` otherwise.
+    LeakyRelu(f32),
+}
+
+impl ConvActivation {
+    #[inline]
+    fn apply(self, v: f32) -> f32 {
+        match self {
+            ConvActivation::None => v,
+            ConvActivation::Relu6 => v.clamp(0.0, 6.0),
+            ConvActivation::LeakyRelu(s) => {
+                if v >= 0.0 {
+                    v
+                } else {
+                    v * s
+                }
+            }
+        }
+    }
+}
+
+/// `act(conv2d(input, weight) + bias)`: `input` `N×Ci×H×W`, `weight` `Co×Ci×K×K`, `bias` `Co`.
+pub fn conv2d_fused(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+    activation: ConvActivation,
+) -> Result<Tensor> {
+    let (_n, ci, h, w) = input.dims4()?;
+    let (co, wci, kh, kw) = weight.dims4()?;
+    if wci != ci || kh != kw || bias.elem_count() != co || stride == 0 {
+        candle_core::bail!(
+            "conv2d_fused: input {:?}, weight {:?}, bias {:?}, stride {stride} do not fit",
+            input.dims(),
+            weight.dims(),
+            bias.dims()
+        );
+    }
+    if h + 2 * padding < kh || w + 2 * padding < kw {
+        candle_core::bail!("conv2d_fused: kernel {kh}×{kw} larger than padded input {h}×{w}");
+    }
+    let input = input.contiguous()?;
+    let weight = weight.contiguous()?;
+    let bias = bias.flatten_all()?.contiguous()?;
+    input.apply_op3_no_bwd(
+        &weight,
+        &bias,
+        &Conv2dFused {
+            stride,
+            padding,
+            activation,
+        },
+    )
+}
+
+/// The custom op behind [`conv2d_fused`].
+#[derive(Debug, Clone, Copy)]
+pub struct Conv2dFused {
+    pub stride: usize,
+    pub padding: usize,
+    pub activation: ConvActivation,
+}
+
+/// Geometry of one convolution.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    n: usize,
+    ci: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geometry {
+    fn pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.padding == 0
+    }
+}
+
+/// A raw pointer that bands may share: each band writes a disjoint set of output elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the bands write disjoint column ranges of the output (see `conv2d_fused_cpu`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Fills `col` (`Ci·K·K × rows·Wo`) with the im2col block of output rows `oy0..oy0 + rows`.
+fn im2col(input: &[f32], g: &Geometry, oy0: usize, rows: usize, col: &mut [f32]) {
+    let p = rows * g.wo;
+    for c in 0..g.ci {
+        let plane = &input[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let r = (c * g.k + ky) * g.k + kx;
+                let dst = &mut col[r * p..(r + 1) * p];
+                for dy in 0..rows {
+                    let drow = &mut dst[dy * g.wo..(dy + 1) * g.wo];
+                    let iy = ((oy0 + dy) * g.stride + ky) as isize - g.padding as isize;
+                    if iy < 0 || iy as usize >= g.h {
+                        drow.fill(0.0);
+                        continue;
+                    }
+                    let srow = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    // Output x reads input x·stride + kx − padding.
+                    let off = kx as isize - g.padding as isize;
+                    if g.stride == 1 {
+                        let lo = (-off).max(0) as usize;
+                        let hi =
+                            ((g.w as isize - off).min(g.wo as isize)).max(lo as isize) as usize;
+                        drow[..lo].fill(0.0);
+                        drow[lo..hi].copy_from_slice(
+                            &srow[(lo as isize + off) as usize..(hi as isize + off) as usize],
+                        );
+                        drow[hi..].fill(0.0);
+                    } else {
+                        for (ox, d) in drow.iter_mut().enumerate() {
+                            let ix = (ox * g.stride) as isize + off;
+                            *d = if ix >= 0 && (ix as usize) < g.w {
+                                srow[ix as usize]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Output rows per band: about `TARGET` output pixels, at least one row.
+fn band_rows(g: &Geometry) -> usize {
+    const TARGET: usize = 768;
+    (TARGET / g.wo.max(1)).clamp(1, g.ho)
+}
+
+fn conv2d_fused_cpu(
+    input: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    g: Geometry,
+    activation: ConvActivation,
+) -> Vec<f32> {
+    let out_plane = g.ho * g.wo;
+    let kdim = g.ci * g.k * g.k;
+    let mut out = vec![0f32; g.n * g.co * out_plane];
+    let rows = band_rows(&g);
+    let bands_per_image = g.ho.div_ceil(rows);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    (0..g.n * bands_per_image)
+        .into_par_iter()
+        .for_each_init(Vec::<f32>::new, |col, task| {
+            let (b, band) = (task / bands_per_image, task % bands_per_image);
+            let oy0 = band * rows;
+            let r = rows.min(g.ho - oy0);
+            let p = r * g.wo;
+            let image = &input[b * g.ci * g.h * g.w..(b + 1) * g.ci * g.h * g.w];
+            let (rhs, rhs_rs) = if g.pointwise() {
+                (image[oy0 * g.w..].as_ptr(), (g.h * g.w) as isize)
+            } else {
+                col.resize(kdim * p, 0.0);
+                im2col(image, &g, oy0, r, col);
+                (col.as_ptr(), p as isize)
+            };
+            let dst = out_ptr;
+            // SAFETY: `dst` points into `out` at image `b`, column `oy0·Wo`; this task alone
+            // writes columns `oy0·Wo .. oy0·Wo + p` of the `Co × Ho·Wo` matrix of image `b`.
+            // `rhs` and `weight` are live slices of at least the sizes the strides describe.
+            unsafe {
+                let dst = dst.0.add(b * g.co * out_plane + oy0 * g.wo);
+                gemm::gemm(
+                    g.co,
+                    p,
+                    kdim,
+                    dst,
+                    1,
+                    out_plane as isize,
+                    false,
+                    weight.as_ptr(),
+                    1,
+                    kdim as isize,
+                    rhs,
+                    1,
+                    rhs_rs,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                for (c, &bc) in bias.iter().enumerate() {
+                    let row = std::slice::from_raw_parts_mut(dst.add(c * out_plane), p);
+                    for v in row {
+                        *v = activation.apply(*v + bc);
+                    }
+                }
+            }
+        });
+    out
+}
+
+impl CustomOp3 for Conv2dFused {
+    fn name(&self) -> &'static str {
+        "conv2d_fused"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, ci, h, w) = l1.shape().dims4()?;
+        let (co, _, k, _) = l2.shape().dims4()?;
+        let ho = (h + 2 * self.padding - k) / self.stride + 1;
+        let wo = (w + 2 * self.padding - k) / self.stride + 1;
+        let g = Geometry {
+            n,
+            ci,
+            h,
+            w,
+            co,
+            k,
+            stride: self.stride,
+            padding: self.padding,
+            ho,
+            wo,
+        };
+        let input = contiguous_f32(s1, l1, "conv2d_fused")?;
+        let weight = contiguous_f32(s2, l2, "conv2d_fused")?;
+        let bias = contiguous_f32(s3, l3, "conv2d_fused")?;
+        let out = conv2d_fused_cpu(input, weight, bias, g, self.activation);
+        Ok((CpuStorage::F32(out), Shape::from((n, co, ho, wo))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        x: &[f32],
+        wt: &[f32],
+        b: &[f32],
+        (n, ci, h, w): (usize, usize, usize, usize),
+        co: usize,
+        k: usize,
+        s: usize,
+        pad: usize,
+        act: ConvActivation,
+    ) -> (Vec<f32>, usize, usize) {
+        let ho = (h + 2 * pad - k) / s + 1;
+        let wo = (w + 2 * pad - k) / s + 1;
+        let mut out = vec![0f32; n * co * ho * wo];
+        for i in 0..n {
+            for o in 0..co {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut acc = b[o] as f64;
+                        for c in 0..ci {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (oy * s + ky) as isize - pad as isize;
+                                    let ix = (ox * s + kx) as isize - pad as isize;
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w
+                                    {
+                                        acc += wt[((o * ci + c) * k + ky) * k + kx] as f64
+                                            * x[((i * ci + c) * h + iy as usize) * w + ix as usize]
+                                                as f64;
+                                    }
+                                }
+                            }
+                        }
+                        out[((i * co + o) * ho + oy) * wo + ox] = act.apply(acc as f32);
+                    }
+                }
+            }
+        }
+        (out, ho, wo)
+    }
+
+    #[test]
+    fn matches_naive_reference() -> Result<()> {
+        let dev = Device::Cpu;
+        let cases = [
+            // (dims, co, k, stride, padding)
+            ((2, 3, 9, 7), 5, 3, 1, 1),
+            ((1, 4, 8, 6), 3, 3, 2, 1),
+            ((2, 6, 5, 4), 7, 1, 1, 0),
+            ((1, 2, 1, 1), 4, 3, 1, 1),
+            ((1, 3, 40, 30), 2, 3, 1, 1),
+            ((1, 5, 7, 7), 3, 1, 2, 0),
+        ];
+        for &(dims, co, k, s, pad) in &cases {
+            for act in [
+                ConvActivation::None,
+                ConvActivation::Relu6,
+                ConvActivation::LeakyRelu(0.1),
+            ] {
+                let x = Tensor::randn(0f32, 2.0, dims, &dev)?;
+                let wt = Tensor::randn(0f32, 1.0, (co, dims.1, k, k), &dev)?;
+                let b = Tensor::randn(0f32, 1.0, co, &dev)?;
+                let got = conv2d_fused(&x, &wt, &b, s, pad, act)?;
+                let (want, ho, wo) = naive(
+                    &x.flatten_all()?.to_vec1()?,
+                    &wt.flatten_all()?.to_vec1()?,
+                    &b.to_vec1()?,
+                    dims,
+                    co,
+                    k,
+                    s,
+                    pad,
+                    act,
+                );
+                assert_eq!(got.dims(), &[dims.0, co, ho, wo]);
+                let got: Vec<f32> = got.flatten_all()?.to_vec1()?;
+                for (g, r) in got.iter().zip(&want) {
+                    assert!(
+                        (g - r).abs() <= 1e-4 * (1.0 + r.abs()),
+                        "{dims:?} k{k} s{s}: {g} vs {r}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_mismatched_weights() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 4, 5, 5), candle_core::DType::F32, &dev)?;
+        let wt = Tensor::zeros((2, 3, 3, 3), candle_core::DType::F32, &dev)?;
+        let b = Tensor::zeros(2, candle_core::DType::F32, &dev)?;
+        assert!(conv2d_fused(&x, &wt, &b, 1, 1, ConvActivation::None).is_err());
+        Ok(())
+    }
+}
