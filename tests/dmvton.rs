@@ -345,6 +345,19 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// CPU seconds (user + system) this process has used, from /proc/self/stat (100 Hz ticks).
+fn cpu_secs() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            let user: f64 = rest.get(11)?.parse().ok()?;
+            let system: f64 = rest.get(12)?.parse().ok()?;
+            Some((user + system) / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
 fn median_secs(iterations: usize, mut f: impl FnMut()) -> f64 {
     f();
     let mut times: Vec<f64> = (0..iterations)
@@ -387,13 +400,16 @@ fn speed_profile() {
         let warp_all = median_secs(iterations, || {
             warp.forward(&batch.person, &batch.cloth).unwrap();
         });
+        let cpu0 = cpu_secs();
         let total = median_secs(iterations, || {
             model.forward(&batch).unwrap();
         });
+        let cpu = (cpu_secs() - cpu0) / (iterations + 1) as f64;
         println!(
-            "batch {b}: {:.3} s/batch, {:.1} ms/image | fpn x2 {:.3} s, aflow {:.3} s, gen+rest {:.3} s | peak RSS {:.0} MiB",
+            "batch {b}: {:.3} s/batch, {:.1} ms/image ({:.1} CPU-ms/image) | fpn x2 {:.3} s, aflow {:.3} s, gen+rest {:.3} s | peak RSS {:.0} MiB",
             total,
             total / b as f64 * 1000.0,
+            cpu / b as f64 * 1000.0,
             fpn,
             warp_all - fpn,
             total - warp_all,

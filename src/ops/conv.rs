@@ -223,6 +223,199 @@ fn conv2d_fused_cpu(
     out
 }
 
+/// Whether the Winograd F(2×2, 3×3) path applies: a 3×3, stride 1, padding 1 convolution with
+/// enough input channels for the transforms to pay off.
+fn use_winograd(g: &Geometry) -> bool {
+    g.k == 3 && g.stride == 1 && g.padding == 1 && g.ci >= 16 && g.h >= 2 && g.w >= 2
+}
+
+/// The 16 transformed kernels `U = G·g·Gᵀ`, as `16 × Co × Ci`.
+fn winograd_kernels(weight: &[f32], co: usize, ci: usize) -> Vec<f32> {
+    let mut u = vec![0f32; 16 * co * ci];
+    for o in 0..co {
+        for c in 0..ci {
+            let g = &weight[(o * ci + c) * 9..(o * ci + c) * 9 + 9];
+            // G·g: 4×3.
+            let mut gg = [[0f32; 3]; 4];
+            for j in 0..3 {
+                let (a, b, d) = (g[j], g[3 + j], g[6 + j]);
+                gg[0][j] = a;
+                gg[1][j] = 0.5 * (a + b + d);
+                gg[2][j] = 0.5 * (a - b + d);
+                gg[3][j] = d;
+            }
+            for (i, row) in gg.iter().enumerate() {
+                let (a, b, d) = (row[0], row[1], row[2]);
+                let t = [a, 0.5 * (a + b + d), 0.5 * (a - b + d), d];
+                for (j, v) in t.iter().enumerate() {
+                    u[((i * 4 + j) * co + o) * ci + c] = *v;
+                }
+            }
+        }
+    }
+    u
+}
+
+/// Per-thread scratch of the Winograd path.
+#[derive(Default)]
+struct WinogradScratch {
+    v: Vec<f32>,
+    m: Vec<f32>,
+    rows: Vec<f32>,
+}
+
+/// Winograd F(2×2, 3×3) convolution (padding 1, stride 1): per band of tile rows, the input
+/// transform `Bᵀ·d·B`, 16 GEMMs against the transformed kernels and the output transform
+/// `Aᵀ·m·A`, with bias and activation fused.
+fn winograd_cpu(
+    input: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    g: Geometry,
+    activation: ConvActivation,
+) -> Vec<f32> {
+    let (ci, co, h, w) = (g.ci, g.co, g.h, g.w);
+    let u = winograd_kernels(weight, co, ci);
+    let (tiles_y, tiles_x) = (h.div_ceil(2), w.div_ceil(2));
+    const TARGET_TILES: usize = 384;
+    let band = (TARGET_TILES / tiles_x).clamp(1, tiles_y);
+    let bands = tiles_y.div_ceil(band);
+    let mut out = vec![0f32; g.n * co * h * w];
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let padded_w = 2 * tiles_x + 2;
+    (0..g.n * bands)
+        .into_par_iter()
+        .for_each_init(WinogradScratch::default, |scratch, task| {
+            let (b, bi) = (task / bands, task % bands);
+            let ty0 = bi * band;
+            let tr = band.min(tiles_y - ty0);
+            let t_count = tr * tiles_x;
+            let image = &input[b * ci * h * w..(b + 1) * ci * h * w];
+            scratch.v.resize(16 * ci * t_count, 0.0);
+            scratch.m.resize(16 * co * t_count, 0.0);
+            scratch.rows.resize(8 * padded_w, 0.0);
+            let (v, m, rows) = (&mut scratch.v, &mut scratch.m, &mut scratch.rows);
+            // Input transform, vectorised along each tile row: first Bᵀ·d down the 4 input
+            // rows (whole rows at once), then ·B across each tile's 4 columns.
+            for c in 0..ci {
+                let plane = &image[c * h * w..(c + 1) * h * w];
+                for ty in 0..tr {
+                    // The 4 input rows of this tile row, zero padded: column 0 is x = −1.
+                    let y0 = 2 * (ty0 + ty) as isize - 1;
+                    let (d, t) = rows.split_at_mut(4 * padded_w);
+                    for (i, prow) in d.chunks_exact_mut(padded_w).enumerate() {
+                        let y = y0 + i as isize;
+                        if y >= 0 && (y as usize) < h {
+                            prow[0] = 0.0;
+                            prow[1..1 + w]
+                                .copy_from_slice(&plane[y as usize * w..(y as usize + 1) * w]);
+                            prow[1 + w..].fill(0.0);
+                        } else {
+                            prow.fill(0.0);
+                        }
+                    }
+                    let (d0, rest) = d.split_at(padded_w);
+                    let (d1, rest) = rest.split_at(padded_w);
+                    let (d2, d3) = rest.split_at(padded_w);
+                    for x in 0..padded_w {
+                        t[x] = d0[x] - d2[x];
+                        t[padded_w + x] = d1[x] + d2[x];
+                        t[2 * padded_w + x] = d2[x] - d1[x];
+                        t[3 * padded_w + x] = d1[x] - d3[x];
+                    }
+                    let base = ty * tiles_x;
+                    for (i, ti) in t.chunks_exact(padded_w).enumerate() {
+                        let at = |j: usize| ((i * 4 + j) * ci + c) * t_count + base;
+                        let (a0, a1, a2, a3) = (at(0), at(1), at(2), at(3));
+                        for tx in 0..tiles_x {
+                            let (e0, e1, e2, e3) =
+                                (ti[2 * tx], ti[2 * tx + 1], ti[2 * tx + 2], ti[2 * tx + 3]);
+                            v[a0 + tx] = e0 - e2;
+                            v[a1 + tx] = e1 + e2;
+                            v[a2 + tx] = e2 - e1;
+                            v[a3 + tx] = e1 - e3;
+                        }
+                    }
+                }
+            }
+            // 16 GEMMs: M_k (Co × T) = U_k (Co × Ci) · V_k (Ci × T).
+            for k in 0..16 {
+                // SAFETY: the three buffers hold 16 blocks of the sizes and strides given.
+                unsafe {
+                    gemm::gemm(
+                        co,
+                        t_count,
+                        ci,
+                        m.as_mut_ptr().add(k * co * t_count),
+                        1,
+                        t_count as isize,
+                        false,
+                        u.as_ptr().add(k * co * ci),
+                        1,
+                        ci as isize,
+                        v.as_ptr().add(k * ci * t_count),
+                        1,
+                        t_count as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+            // Output transform, bias, activation, vectorised along each tile row.
+            let dst_image = out_ptr;
+            let mut s0 = vec![0f32; 4 * tiles_x];
+            let mut s1 = vec![0f32; 4 * tiles_x];
+            for (o, &bo) in bias.iter().enumerate() {
+                // SAFETY: this task alone writes output rows 2·ty0 .. 2·(ty0 + tr) of image `b`.
+                let plane = unsafe {
+                    std::slice::from_raw_parts_mut(dst_image.0.add((b * co + o) * h * w), h * w)
+                };
+                for ty in 0..tr {
+                    let row_of = |k: usize| {
+                        let at = (k * co + o) * t_count + ty * tiles_x;
+                        &m[at..at + tiles_x]
+                    };
+                    // Aᵀ·m down the 4 rows of each tile, for each of the 4 columns j.
+                    for j in 0..4 {
+                        let (m0, m1, m2, m3) =
+                            (row_of(j), row_of(4 + j), row_of(8 + j), row_of(12 + j));
+                        let top = &mut s0[j * tiles_x..(j + 1) * tiles_x];
+                        for tx in 0..tiles_x {
+                            top[tx] = m0[tx] + m1[tx] + m2[tx];
+                        }
+                        let bottom = &mut s1[j * tiles_x..(j + 1) * tiles_x];
+                        for tx in 0..tiles_x {
+                            bottom[tx] = m1[tx] - m2[tx] - m3[tx];
+                        }
+                    }
+                    let oy = 2 * (ty0 + ty);
+                    for (a, sv) in [&s0, &s1].into_iter().enumerate() {
+                        if oy + a >= h {
+                            continue;
+                        }
+                        let (c0, rest) = sv.split_at(tiles_x);
+                        let (c1, rest) = rest.split_at(tiles_x);
+                        let (c2, c3) = rest.split_at(tiles_x);
+                        let row = &mut plane[(oy + a) * w..(oy + a + 1) * w];
+                        let full = w / 2;
+                        for tx in 0..full {
+                            row[2 * tx] = activation.apply(c0[tx] + c1[tx] + c2[tx] + bo);
+                            row[2 * tx + 1] = activation.apply(c1[tx] - c2[tx] - c3[tx] + bo);
+                        }
+                        if w % 2 == 1 {
+                            row[2 * full] = activation.apply(c0[full] + c1[full] + c2[full] + bo);
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
 impl CustomOp3 for Conv2dFused {
     fn name(&self) -> &'static str {
         "conv2d_fused"
@@ -256,7 +449,11 @@ impl CustomOp3 for Conv2dFused {
         let input = contiguous_f32(s1, l1, "conv2d_fused")?;
         let weight = contiguous_f32(s2, l2, "conv2d_fused")?;
         let bias = contiguous_f32(s3, l3, "conv2d_fused")?;
-        let out = conv2d_fused_cpu(input, weight, bias, g, self.activation);
+        let out = if use_winograd(&g) {
+            winograd_cpu(input, weight, bias, g, self.activation)
+        } else {
+            conv2d_fused_cpu(input, weight, bias, g, self.activation)
+        };
         Ok((CpuStorage::F32(out), Shape::from((n, co, ho, wo))))
     }
 }
@@ -319,6 +516,13 @@ mod tests {
             ((1, 2, 1, 1), 4, 3, 1, 1),
             ((1, 3, 40, 30), 2, 3, 1, 1),
             ((1, 5, 7, 7), 3, 1, 2, 0),
+            // Winograd path (3×3, stride 1, padding 1, ≥ 16 input channels), even and odd sizes.
+            ((2, 16, 8, 6), 5, 3, 1, 1),
+            ((1, 20, 7, 5), 3, 3, 1, 1),
+            ((1, 16, 2, 3), 4, 3, 1, 1),
+            ((1, 32, 41, 9), 6, 3, 1, 1),
+            // Several bands of tile rows per image.
+            ((2, 16, 101, 40), 3, 3, 1, 1),
         ];
         for &(dims, co, k, s, pad) in &cases {
             for act in [
