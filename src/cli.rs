@@ -125,9 +125,10 @@ pub fn tryon(args: &TryOnArgs) -> anyhow::Result<()> {
     let device = crate::device::select(&args.model.device)?;
     let model = models::load(&args.model.model, args.model.model_dir.as_deref(), &device)?;
     let pair = imaging::prepare_decoded(&person, &cloth, mask.as_ref())?;
-    let batch = TryOnBatch::stack(&[(pair.person, pair.cloth, pair.cloth_mask)], &device)?;
-    let out = model.forward(&batch)?;
-    let rgb = imaging::tensor_to_rgb(&out.get(0)?)?;
+    let batch = TryOnBatch::from_pairs(&[&pair], &device)?;
+    let out = models::forward_u8(model.as_ref(), &batch)?;
+    let first = out.first().context("the model answered no image")?;
+    let rgb = imaging::tensor_to_rgb(first)?;
     let bytes = imaging::encode(
         &imaging::crop(&rgb, pair.content),
         format,
