@@ -6,3 +6,4 @@ pub mod imaging;
 pub mod metrics;
 pub mod models;
 pub mod ops;
+pub mod simulate;
