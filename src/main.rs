@@ -1,7 +1,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "virtualfit", version, about = "GPU inference server for virtual try-on")]
+#[command(
+    name = "virtualfit",
+    version,
+    about = "GPU inference server for virtual try-on"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -13,9 +13,7 @@ use super::keda::{Activation, ScaledObject};
 use super::replica::{Outcome, Replica, ReplicaConfig};
 use super::trace::Trace;
 use super::tsdb::{Labels, Tsdb};
-use crate::metrics::{
-    ACTIVE_REQUESTS, LATENCY_BUCKETS, QUEUE_LENGTH, REQUEST_DURATION,
-};
+use crate::metrics::{ACTIVE_REQUESTS, LATENCY_BUCKETS, QUEUE_LENGTH, REQUEST_DURATION};
 
 /// Prometheus' scrape interval and the HPA's sync period.
 pub const SCRAPE_S: i64 = 15;
@@ -144,7 +142,12 @@ fn pod_labels(r: &Replica) -> Labels {
     .into()
 }
 
-fn scrape(db: &mut Tsdb, replicas: &[Replica], t: f64, busy_prev: &mut BTreeMap<usize, (f64, f64)>) {
+fn scrape(
+    db: &mut Tsdb,
+    replicas: &[Replica],
+    t: f64,
+    busy_prev: &mut BTreeMap<usize, (f64, f64)>,
+) {
     for r in replicas.iter().filter(|r| r.serving(t)) {
         let base = pod_labels(r);
         db.push(QUEUE_LENGTH, base.clone(), t, r.queue_len() as f64);
@@ -177,7 +180,12 @@ fn scrape(db: &mut Tsdb, replicas: &[Replica], t: f64, busy_prev: &mut BTreeMap<
         db.push("DCGM_FI_DEV_GPU_UTIL", g.clone(), t, util.round());
         let cfg = r.config();
         db.push("DCGM_FI_DEV_FB_USED", g.clone(), t, cfg.fb_used_mib);
-        db.push("DCGM_FI_DEV_FB_FREE", g, t, cfg.fb_total_mib - cfg.fb_used_mib);
+        db.push(
+            "DCGM_FI_DEV_FB_FREE",
+            g,
+            t,
+            cfg.fb_total_mib - cfg.fb_used_mib,
+        );
     }
 }
 
@@ -252,7 +260,8 @@ pub fn simulate(so: &ScaledObject, trace: &Trace, cfg: &SimConfig) -> Run {
                 .filter(|r| r.draining_since.is_none())
                 .count() as i64
         };
-        let ready = |replicas: &[Replica]| replicas.iter().filter(|r| r.is_ready(now)).count() as i64;
+        let ready =
+            |replicas: &[Replica]| replicas.iter().filter(|r| r.is_ready(now)).count() as i64;
         let mut keda_desired = None;
         if s % so.polling_interval_s == 0 {
             let active = so.triggers.iter().any(|t| t.read(&db, now).active);
@@ -338,7 +347,8 @@ pub fn simulate(so: &ScaledObject, trace: &Trace, cfg: &SimConfig) -> Run {
         .iter()
         .flat_map(|b| b.latencies.iter().copied())
         .collect();
-    let rejected = counters.queue_full + counters.deadline + counters.unavailable + counters.drain_lost;
+    let rejected =
+        counters.queue_full + counters.deadline + counters.unavailable + counters.drain_lost;
     let summary = Summary {
         scaledobject: so.name.clone(),
         duration_s: end,
@@ -380,7 +390,13 @@ fn next_arrival_after(trace: &Trace, mut t: f64, rng: &mut StdRng) -> Option<f64
 
 /// Sets spec.replicas to `n`: new pods start, or pods are deleted the way a ReplicaSet picks
 /// them (not ready before ready, then the most recently ready).
-fn scale_to(replicas: &mut Vec<Replica>, next_id: &mut usize, n: i64, now: f64, rc: &ReplicaConfig) {
+fn scale_to(
+    replicas: &mut Vec<Replica>,
+    next_id: &mut usize,
+    n: i64,
+    now: f64,
+    rc: &ReplicaConfig,
+) {
     let mut alive: Vec<usize> = replicas
         .iter()
         .enumerate()
@@ -475,7 +491,10 @@ mod tests {
                 .find(|p| p.t <= t - 60.0)
                 .map_or(*from, |p| p.replicas);
             let start = earlier.max(*from);
-            assert!(*to >= start / 2, "{from} -> {to} at {t} (60 s before: {earlier})");
+            assert!(
+                *to >= start / 2,
+                "{from} -> {to} at {t} (60 s before: {earlier})"
+            );
         }
         assert_eq!(tl.last().map(|p| p.replicas), Some(1));
         assert!(downs.len() >= 3, "gradual scale-down: {downs:?}");

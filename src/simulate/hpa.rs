@@ -206,7 +206,10 @@ impl Hpa {
                 }
             };
             let raw_clamped = raw.max(0);
-            (self.normalize_with_behaviors(now, current, raw_clamped), Some(raw))
+            (
+                self.normalize_with_behaviors(now, current, raw_clamped),
+                Some(raw),
+            )
         };
         if desired != current {
             self.store_scale_event(now, current, desired);
@@ -221,8 +224,7 @@ impl Hpa {
     /// `normalizeDesiredReplicasWithBehaviors`: stabilize, then apply the rate policies.
     fn normalize_with_behaviors(&mut self, now: f64, current: i64, raw: i64) -> i64 {
         // maybeInitScaleDownStabilizationWindow
-        if self.recommendations.is_empty() && self.behavior.scale_down.stabilization_window_s > 0
-        {
+        if self.recommendations.is_empty() && self.behavior.scale_down.stabilization_window_s > 0 {
             self.recommendations.push(Stamped {
                 value: current,
                 t: now,
@@ -324,7 +326,11 @@ impl Hpa {
 
 fn change_in_period(now: f64, period_s: i64, events: &[Stamped]) -> i64 {
     let cutoff = now - period_s as f64;
-    events.iter().filter(|e| e.t > cutoff).map(|e| e.value).sum()
+    events
+        .iter()
+        .filter(|e| e.t > cutoff)
+        .map(|e| e.value)
+        .sum()
 }
 
 /// `computeReplicasForMetrics`: the max over valid proposals; an error when every metric
@@ -407,9 +413,15 @@ mod tests {
     #[test]
     fn tolerance_keeps_the_count() {
         // AverageValue: 3 replicas carrying 31.5 against 10 each: ratio 1.05.
-        assert_eq!(metric_proposal(MetricTarget::AverageValue(10.0), 31.5, 3, 3), 3);
+        assert_eq!(
+            metric_proposal(MetricTarget::AverageValue(10.0), 31.5, 3, 3),
+            3
+        );
         // Just outside: ratio 1.11 proposes ceil(33.3 / 10) = 4.
-        assert_eq!(metric_proposal(MetricTarget::AverageValue(10.0), 33.3, 3, 3), 4);
+        assert_eq!(
+            metric_proposal(MetricTarget::AverageValue(10.0), 33.3, 3, 3),
+            4
+        );
         // Value: 5.4 against 5 is ratio 1.08.
         assert_eq!(metric_proposal(MetricTarget::Value(5.0), 5.4, 4, 4), 4);
         assert_eq!(metric_proposal(MetricTarget::Value(5.0), 6.0, 4, 4), 5);
@@ -420,9 +432,18 @@ mod tests {
     // ceil(total / target) whatever the current count.
     #[test]
     fn average_value_gives_ceil_total_over_target() {
-        assert_eq!(metric_proposal(MetricTarget::AverageValue(10.0), 85.0, 1, 1), 9);
-        assert_eq!(metric_proposal(MetricTarget::AverageValue(70.0), 100.0, 8, 8), 2);
-        assert_eq!(metric_proposal(MetricTarget::AverageValue(5.0), 0.0, 3, 3), 0);
+        assert_eq!(
+            metric_proposal(MetricTarget::AverageValue(10.0), 85.0, 1, 1),
+            9
+        );
+        assert_eq!(
+            metric_proposal(MetricTarget::AverageValue(70.0), 100.0, 8, 8),
+            2
+        );
+        assert_eq!(
+            metric_proposal(MetricTarget::AverageValue(5.0), 0.0, 3, 3),
+            0
+        );
     }
 
     // replica_calculator_test.go, TestReplicaCalcScaleUpCMExternal (Value): the ratio scales

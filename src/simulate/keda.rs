@@ -161,7 +161,10 @@ fn cron_field(field: &str, lo: u32, hi: u32) -> Result<Vec<u32>, String> {
     let mut out = Vec::new();
     for part in field.split(',') {
         let (range, step) = match part.split_once('/') {
-            Some((r, s)) => (r, s.parse::<u32>().map_err(|_| format!("bad step `{part}`"))?),
+            Some((r, s)) => (
+                r,
+                s.parse::<u32>().map_err(|_| format!("bad step `{part}`"))?,
+            ),
             None => (part, 1),
         };
         let (a, b) = if range == "*" {
@@ -172,7 +175,9 @@ fn cron_field(field: &str, lo: u32, hi: u32) -> Result<Vec<u32>, String> {
                 b.parse().map_err(|_| format!("bad cron field `{part}`"))?,
             )
         } else {
-            let v: u32 = range.parse().map_err(|_| format!("bad cron field `{part}`"))?;
+            let v: u32 = range
+                .parse()
+                .map_err(|_| format!("bad cron field `{part}`"))?;
             (v, if step > 1 { hi } else { v })
         };
         if a < lo || b > hi || step == 0 {
@@ -219,10 +224,7 @@ pub struct ScaledObject {
     pub triggers: Vec<Trigger>,
 }
 
-fn metadata_str<'a>(
-    meta: &'a serde_yaml::Mapping,
-    key: &str,
-) -> Result<Option<&'a str>, String> {
+fn metadata_str<'a>(meta: &'a serde_yaml::Mapping, key: &str) -> Result<Option<&'a str>, String> {
     match meta.get(key) {
         None => Ok(None),
         Some(Yaml::String(s)) => Ok(Some(s.as_str())),
@@ -246,7 +248,11 @@ fn rules(raw: Option<RawRules>, default: ScalingRules) -> Result<ScalingRules, S
         None | Some("Max") => SelectPolicy::Max,
         Some("Min") => SelectPolicy::Min,
         Some("Disabled") => SelectPolicy::Disabled,
-        Some(other) => return Err(format!("selectPolicy `{other}` is not Max, Min or Disabled")),
+        Some(other) => {
+            return Err(format!(
+                "selectPolicy `{other}` is not Max, Min or Disabled"
+            ))
+        }
     };
     let policies = match raw.policies {
         None => default.policies,
@@ -254,7 +260,10 @@ fn rules(raw: Option<RawRules>, default: ScalingRules) -> Result<ScalingRules, S
             .into_iter()
             .map(|p| {
                 if p.period_seconds <= 0 || p.period_seconds > 1800 {
-                    return Err(format!("periodSeconds {} not in 1..=1800", p.period_seconds));
+                    return Err(format!(
+                        "periodSeconds {} not in 1..=1800",
+                        p.period_seconds
+                    ));
                 }
                 match p.kind.as_str() {
                     "Pods" => Ok(Policy::Pods {
@@ -335,7 +344,10 @@ impl ScaledObject {
                     "advanced.scalingModifiers is not supported by the simulator".into(),
                 ));
             }
-            if let Some(raw) = adv.horizontal_pod_autoscaler_config.and_then(|c| c.behavior) {
+            if let Some(raw) = adv
+                .horizontal_pod_autoscaler_config
+                .and_then(|c| c.behavior)
+            {
                 behavior = Behavior {
                     scale_up: rules(raw.scale_up, ScalingRules::default_up()).map_err(spec_err)?,
                     scale_down: rules(raw.scale_down, ScalingRules::default_down())
@@ -374,14 +386,13 @@ impl ScaledObject {
                         .transpose()
                         .map_err(terr)?
                         .unwrap_or(0.0);
-                    let ignore_null_values = match metadata_str(meta, "ignoreNullValues")
-                        .map_err(terr)?
-                    {
-                        None => true,
-                        Some(v) => v.trim().parse::<bool>().map_err(|_| {
-                            terr(format!("metadata.ignoreNullValues `{v}` is not true/false"))
-                        })?,
-                    };
+                    let ignore_null_values =
+                        match metadata_str(meta, "ignoreNullValues").map_err(terr)? {
+                            None => true,
+                            Some(v) => v.trim().parse::<bool>().map_err(|_| {
+                                terr(format!("metadata.ignoreNullValues `{v}` is not true/false"))
+                            })?,
+                        };
                     let target = match raw.metric_type.as_deref() {
                         None | Some("AverageValue") => MetricTarget::AverageValue(threshold),
                         Some("Value") => MetricTarget::Value(threshold),
@@ -416,7 +427,9 @@ impl ScaledObject {
                     let end = Cron::parse(get("end")?).map_err(terr)?;
                     let desired_text = get("desiredReplicas")?;
                     let desired_replicas = desired_text.trim().parse::<i64>().map_err(|_| {
-                        terr(format!("desiredReplicas `{desired_text}` is not an integer"))
+                        terr(format!(
+                            "desiredReplicas `{desired_text}` is not an integer"
+                        ))
                     })?;
                     Trigger {
                         name,
@@ -509,7 +522,11 @@ impl Trigger {
                     _ => false,
                 };
                 TriggerReading {
-                    value: Ok(if active { *desired_replicas as f64 } else { 1.0 }),
+                    value: Ok(if active {
+                        *desired_replicas as f64
+                    } else {
+                        1.0
+                    }),
                     active,
                 }
             }
@@ -613,7 +630,10 @@ spec:
 "#;
         let err = ScaledObject::from_yaml("f.yaml", text).expect_err("avg unsupported");
         let msg = err.to_string();
-        assert!(msg.contains("avg(DCGM_FI_DEV_GPU_UTIL)") && msg.contains("f.yaml"), "{msg}");
+        assert!(
+            msg.contains("avg(DCGM_FI_DEV_GPU_UTIL)") && msg.contains("f.yaml"),
+            "{msg}"
+        );
     }
 
     #[test]

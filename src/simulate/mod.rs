@@ -100,19 +100,82 @@ fn load_scaledobject(path: &Path) -> anyhow::Result<ScaledObject> {
 pub fn format_summaries(summaries: &[&Summary]) -> String {
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
     let rows: Vec<(&str, Vec<String>)> = vec![
-        ("scaledobject", summaries.iter().map(|s| s.scaledobject.clone()).collect()),
-        ("requests", summaries.iter().map(|s| s.requests.to_string()).collect()),
-        ("served", summaries.iter().map(|s| s.served.to_string()).collect()),
-        ("rejected", summaries.iter().map(|s| s.rejected.to_string()).collect()),
-        ("  429 queue full", summaries.iter().map(|s| s.rejected_queue_full.to_string()).collect()),
-        ("  504 deadline", summaries.iter().map(|s| s.rejected_deadline.to_string()).collect()),
-        ("  503 no endpoint", summaries.iter().map(|s| s.rejected_unavailable.to_string()).collect()),
-        ("  lost in drain", summaries.iter().map(|s| s.lost_in_drain.to_string()).collect()),
-        ("SLO violation s (p95 > 5 s)", summaries.iter().map(|s| s.slo_violation_s.to_string()).collect()),
-        ("p95 s (served)", summaries.iter().map(|s| opt(s.p95_s)).collect()),
-        ("GPU-seconds", summaries.iter().map(|s| format!("{:.0}", s.gpu_seconds)).collect()),
-        ("max replicas", summaries.iter().map(|s| s.max_replicas.to_string()).collect()),
-        ("scale events", summaries.iter().map(|s| s.scale_events.to_string()).collect()),
+        (
+            "scaledobject",
+            summaries.iter().map(|s| s.scaledobject.clone()).collect(),
+        ),
+        (
+            "requests",
+            summaries.iter().map(|s| s.requests.to_string()).collect(),
+        ),
+        (
+            "served",
+            summaries.iter().map(|s| s.served.to_string()).collect(),
+        ),
+        (
+            "rejected",
+            summaries.iter().map(|s| s.rejected.to_string()).collect(),
+        ),
+        (
+            "  429 queue full",
+            summaries
+                .iter()
+                .map(|s| s.rejected_queue_full.to_string())
+                .collect(),
+        ),
+        (
+            "  504 deadline",
+            summaries
+                .iter()
+                .map(|s| s.rejected_deadline.to_string())
+                .collect(),
+        ),
+        (
+            "  503 no endpoint",
+            summaries
+                .iter()
+                .map(|s| s.rejected_unavailable.to_string())
+                .collect(),
+        ),
+        (
+            "  lost in drain",
+            summaries
+                .iter()
+                .map(|s| s.lost_in_drain.to_string())
+                .collect(),
+        ),
+        (
+            "SLO violation s (p95 > 5 s)",
+            summaries
+                .iter()
+                .map(|s| s.slo_violation_s.to_string())
+                .collect(),
+        ),
+        (
+            "p95 s (served)",
+            summaries.iter().map(|s| opt(s.p95_s)).collect(),
+        ),
+        (
+            "GPU-seconds",
+            summaries
+                .iter()
+                .map(|s| format!("{:.0}", s.gpu_seconds))
+                .collect(),
+        ),
+        (
+            "max replicas",
+            summaries
+                .iter()
+                .map(|s| s.max_replicas.to_string())
+                .collect(),
+        ),
+        (
+            "scale events",
+            summaries
+                .iter()
+                .map(|s| s.scale_events.to_string())
+                .collect(),
+        ),
     ];
     let label_w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let col_w: Vec<usize> = (0..summaries.len())
@@ -129,7 +192,12 @@ pub fn format_summaries(summaries: &[&Summary]) -> String {
     out
 }
 
-fn write_timeline(path: &Path, run: &Run, profile: &Profile, rc: &ReplicaConfig) -> anyhow::Result<()> {
+fn write_timeline(
+    path: &Path,
+    run: &Run,
+    profile: &Profile,
+    rc: &ReplicaConfig,
+) -> anyhow::Result<()> {
     let file = TimelineFile {
         timeline: &run.timeline,
         summary: &run.summary,
@@ -156,8 +224,14 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         Some(p) => Profile::from_json(&p.display().to_string(), &read(p)?)?,
         None => Profile::default(),
     };
-    anyhow::ensure!(args.max_batch_size >= 1, "--max-batch-size must be at least 1");
-    anyhow::ensure!(args.queue_capacity >= 1, "--queue-capacity must be at least 1");
+    anyhow::ensure!(
+        args.max_batch_size >= 1,
+        "--max-batch-size must be at least 1"
+    );
+    anyhow::ensure!(
+        args.queue_capacity >= 1,
+        "--queue-capacity must be at least 1"
+    );
     anyhow::ensure!(
         args.startup_s >= 0.0 && args.max_batch_delay_ms >= 0.0 && args.request_timeout_s > 0.0,
         "--startup-s, --max-batch-delay-ms and --request-timeout-s must not be negative"
@@ -214,7 +288,11 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     println!(
         "wrote {}{} and {}",
         args.out.join("timeline.json").display(),
-        if b.is_some() { " (+ timeline-compare.json)" } else { "" },
+        if b.is_some() {
+            " (+ timeline-compare.json)"
+        } else {
+            ""
+        },
         plot.display()
     );
     Ok(())

@@ -15,7 +15,10 @@ pub enum PlotError {
 
 const COLORS: [RGBColor; 2] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, runs: &[(&str, &Run)]) -> Result<(), String>
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    runs: &[(&str, &Run)],
+) -> Result<(), String>
 where
     DB::ErrorType: 'static,
 {
@@ -28,7 +31,11 @@ where
     let panels = root.split_evenly((3, 1));
     let load_max = runs
         .iter()
-        .flat_map(|(_, r)| r.timeline.iter().map(|p| p.load_rps.max(p.served as f64 / 15.0)))
+        .flat_map(|(_, r)| {
+            r.timeline
+                .iter()
+                .map(|p| p.load_rps.max(p.served as f64 / 15.0))
+        })
         .fold(1.0, f64::max)
         * 1.1;
     let repl_max = runs
@@ -42,7 +49,7 @@ where
         .fold(SLO_P95_S, f64::max)
         * 1.1;
 
-    // Load: offered, served and rejected per second.
+    // Load: offered, served and refused (429, 504, 503) per second.
     let mut chart = ChartBuilder::on(&panels[0])
         .caption("load (requests/s)", ("sans-serif", 18))
         .margin(8)
@@ -54,7 +61,7 @@ where
     if let Some((_, first)) = runs.first() {
         chart
             .draw_series(LineSeries::new(
-                first.timeline.iter().map(|p| (p.t, p.load_rps)),
+                stepped(first.timeline.iter().map(|p| (p.t, p.load_rps))),
                 BLACK.stroke_width(2),
             ))
             .map_err(e)?
@@ -77,7 +84,7 @@ where
                 c.mix(0.4).stroke_width(1),
             ))
             .map_err(e)?
-            .label(format!("rejected ({name})"))
+            .label(format!("refused ({name})"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.mix(0.4)));
     }
     chart
@@ -137,13 +144,15 @@ where
             BLACK.mix(0.5),
         ))
         .map_err(e)?
-        .label("objective")
+        .label("5 s target")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.5)));
     for (i, (name, run)) in runs.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         chart
             .draw_series(LineSeries::new(
-                run.timeline.iter().filter_map(|p| p.p95_s.map(|v| (p.t, v))),
+                run.timeline
+                    .iter()
+                    .filter_map(|p| p.p95_s.map(|v| (p.t, v))),
                 c.stroke_width(2),
             ))
             .map_err(e)?
@@ -182,9 +191,11 @@ pub fn write_plot(dir: &Path, runs: &[(&str, &Run)]) -> Result<PathBuf, PlotErro
     }
     let _ = std::fs::remove_file(&png);
     let svg = dir.join("plot.svg");
-    draw(SVGBackend::new(&svg, SIZE).into_drawing_area(), runs).map_err(|what| PlotError::Draw {
-        path: svg.display().to_string(),
-        what,
+    draw(SVGBackend::new(&svg, SIZE).into_drawing_area(), runs).map_err(|what| {
+        PlotError::Draw {
+            path: svg.display().to_string(),
+            what,
+        }
     })?;
     Ok(svg)
 }

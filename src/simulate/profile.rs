@@ -130,15 +130,21 @@ impl Profile {
                 _ => return Err(invalid("expected a JSON object or array".into())),
             };
             let mut points = Vec::new();
-            let mut model = outer.and_then(|o| o.get("model")).and_then(Value::as_str).map(String::from);
-            let mut device = outer.and_then(|o| o.get("device")).and_then(Value::as_str).map(String::from);
+            let mut model = outer
+                .and_then(|o| o.get("model"))
+                .and_then(Value::as_str)
+                .map(String::from);
+            let mut device = outer
+                .and_then(|o| o.get("device"))
+                .and_then(Value::as_str)
+                .map(String::from);
             for item in list {
                 let p: BenchPoint = serde_json::from_value(item).map_err(|e| {
                     invalid(format!(
                         "each measurement needs batch_size and median_batch_s: {e}"
                     ))
                 })?;
-                if p.batch_size == 0 || !(p.median_batch_s > 0.0) {
+                if p.batch_size == 0 || p.median_batch_s.is_nan() || p.median_batch_s <= 0.0 {
                     return Err(invalid(format!(
                         "batch_size {} / median_batch_s {} must be positive",
                         p.batch_size, p.median_batch_s
@@ -181,7 +187,10 @@ impl Profile {
         if let Some(d) = value.get("device").and_then(Value::as_str) {
             profile.device = d.to_string();
         }
-        if !(profile.a_s > 0.0) || profile.b_s < 0.0 || profile.fb_total_mib <= profile.fb_used_mib
+        if profile.a_s.is_nan()
+            || profile.a_s <= 0.0
+            || profile.b_s < 0.0
+            || profile.fb_total_mib <= profile.fb_used_mib
         {
             return Err(invalid(format!(
                 "unusable figures: a = {} s, b = {} s, memory {} of {} MiB",
@@ -199,7 +208,10 @@ mod tests {
     #[test]
     fn fits_a_line_through_bench_points() {
         let (a, b) = fit(&[(1, 0.018), (4, 0.036), (8, 0.060)]).expect("fit");
-        assert!((a - 0.006).abs() < 1e-9 && (b - 0.012).abs() < 1e-9, "{a} {b}");
+        assert!(
+            (a - 0.006).abs() < 1e-9 && (b - 0.012).abs() < 1e-9,
+            "{a} {b}"
+        );
     }
 
     #[test]

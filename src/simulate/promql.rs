@@ -121,7 +121,9 @@ fn lex(query: &str) -> Result<Vec<Tok>, PromqlError> {
                 toks.push(Tok::Dur(parse_duration(text.trim()).ok_or_else(|| {
                     PromqlError::Unsupported {
                         query: query.to_string(),
-                        what: format!("range `[{text}]` (a duration like 2m, 30s, 1h; no subqueries)"),
+                        what: format!(
+                            "range `[{text}]` (a duration like 2m, 30s, 1h; no subqueries)"
+                        ),
                     }
                 })?));
                 i += end + 1;
@@ -471,9 +473,7 @@ impl Parser<'_> {
             _ => {
                 let matchers = self.matchers()?;
                 match self.peek() {
-                    Some(Tok::Dur(_)) => {
-                        Err(self.unsupported("a range selector outside rate()"))
-                    }
+                    Some(Tok::Dur(_)) => Err(self.unsupported("a range selector outside rate()")),
                     Some(Tok::Ident(w)) if w == "offset" => Err(self.unsupported("`offset`")),
                     _ => Ok(Expr::Selector { name, matchers }),
                 }
@@ -624,9 +624,7 @@ fn eval(expr: &Expr, db: &Tsdb, t: f64) -> Result<Value, String> {
             Value::Scalar(v) => Value::Scalar(-v),
             Value::Vector(v) => Value::Vector(v.into_iter().map(|(l, x)| (l, -x)).collect()),
         },
-        Expr::Binary { op, lhs, rhs } => {
-            binary(op, eval(lhs, db, t)?, eval(rhs, db, t)?)?
-        }
+        Expr::Binary { op, lhs, rhs } => binary(op, eval(lhs, db, t)?, eval(rhs, db, t)?)?,
     })
 }
 
@@ -715,7 +713,12 @@ fn binary(op: &str, lhs: Value, rhs: Value) -> Result<Value, String> {
 }
 
 /// Prometheus' `extrapolatedRate` for a counter with `isRate` (promql/functions.go).
-pub fn extrapolated_rate(samples: &[(f64, f64)], start: f64, end: f64, range_s: f64) -> Option<f64> {
+pub fn extrapolated_rate(
+    samples: &[(f64, f64)],
+    start: f64,
+    end: f64,
+    range_s: f64,
+) -> Option<f64> {
     if samples.len() < 2 {
         return None;
     }
@@ -845,11 +848,19 @@ mod tests {
             15.0,
             4.0,
         );
-        db.push("q", labels(&[("namespace", "other"), ("pod", "c")]), 15.0, 100.0);
+        db.push(
+            "q",
+            labels(&[("namespace", "other"), ("pod", "c")]),
+            15.0,
+            100.0,
+        );
         let q = Query::parse(r#"sum(q{namespace="virtualfit"})"#).expect("parses");
         assert_eq!(scalar_of(q.eval(&db, 20.0).expect("evaluates")), vec![7.0]);
         let q = Query::parse(r#"sum(q{namespace!="virtualfit"})"#).expect("parses");
-        assert_eq!(scalar_of(q.eval(&db, 20.0).expect("evaluates")), vec![100.0]);
+        assert_eq!(
+            scalar_of(q.eval(&db, 20.0).expect("evaluates")),
+            vec![100.0]
+        );
         // No match: sum of nothing is an empty vector.
         let q = Query::parse(r#"sum(q{namespace="none"})"#).expect("parses");
         assert_eq!(q.eval(&db, 20.0).expect("evaluates"), Value::Vector(vec![]));
@@ -875,7 +886,9 @@ mod tests {
         // A counter rising 10 per 15 s scrape, sampled at 15..120 within a 2m window ending at
         // 120: 8 samples cover 105 s; the 15 s gap to the window's start is under 1.1 times the
         // average interval, so the rate extrapolates over all of it.
-        let samples: Vec<(f64, f64)> = (1..=8).map(|i| (15.0 * i as f64, 100.0 + 10.0 * i as f64)).collect();
+        let samples: Vec<(f64, f64)> = (1..=8)
+            .map(|i| (15.0 * i as f64, 100.0 + 10.0 * i as f64))
+            .collect();
         let r = extrapolated_rate(&samples, 0.0, 120.0, 120.0).expect("two samples or more");
         let expected = 70.0 * (105.0 + 15.0) / 105.0 / 120.0;
         // A window starting 30 s before the first sample extrapolates only half an interval.
@@ -895,7 +908,12 @@ mod tests {
     #[test]
     fn bucket_quantile_interpolates() {
         // 100 observations: 50 under 1, 90 under 2.5, all under 5.
-        let b = vec![(1.0, 50.0), (2.5, 90.0), (5.0, 100.0), (f64::INFINITY, 100.0)];
+        let b = vec![
+            (1.0, 50.0),
+            (2.5, 90.0),
+            (5.0, 100.0),
+            (f64::INFINITY, 100.0),
+        ];
         // rank 95 in (2.5, 5]: 2.5 + 2.5 * (5 / 10) = 3.75.
         assert!((bucket_quantile(0.95, b.clone()) - 3.75).abs() < 1e-12);
         // rank in +Inf: the largest finite bound.

@@ -25,7 +25,9 @@ impl Trace {
     pub fn from_rows(rows: Vec<(f64, f64)>) -> Option<Trace> {
         let ok = !rows.is_empty()
             && rows.windows(2).all(|w| w[1].0 > w[0].0)
-            && rows.iter().all(|r| r.0 >= 0.0 && r.1 >= 0.0 && r.1.is_finite());
+            && rows
+                .iter()
+                .all(|r| r.0 >= 0.0 && r.1 >= 0.0 && r.1.is_finite());
         ok.then_some(Trace { rows })
     }
 
@@ -55,7 +57,10 @@ impl Trace {
             };
             let fields: Vec<&str> = line.split(',').map(str::trim).collect();
             let [s, r] = fields.as_slice() else {
-                return Err(row_err(format!("expected 2 fields, found {}", fields.len())));
+                return Err(row_err(format!(
+                    "expected 2 fields, found {}",
+                    fields.len()
+                )));
             };
             let s: f64 = s
                 .parse()
@@ -63,7 +68,7 @@ impl Trace {
             let r: f64 = r
                 .parse()
                 .map_err(|_| row_err(format!("`{r}` is not a rate")))?;
-            if !(s >= 0.0 && s.is_finite()) || !(r >= 0.0 && r.is_finite()) {
+            if !(s.is_finite() && s >= 0.0 && r.is_finite() && r >= 0.0) {
                 return Err(row_err("seconds and rate must be finite and >= 0".into()));
             }
             if let Some(&(prev, _)) = rows.last() {
