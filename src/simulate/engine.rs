@@ -534,6 +534,34 @@ mod tests {
         assert!((run.summary.gpu_seconds - 600.0).abs() < 1e-9);
     }
 
+    #[test]
+    fn an_unbounded_queue_turns_overload_into_latency_and_504s() {
+        let so = ScaledObject::from_yaml(
+            "t",
+            include_str!("../../k8s/autoscaling/keda-gpu-scaler.yaml"),
+        )
+        .expect("parses");
+        let mut cfg = default_config(900);
+        cfg.replica.queue_capacity = 1_000_000;
+        let load = 3.0 * cfg.replica.capacity_rps();
+        let trace = Trace::from_rows(vec![(0.0, load), (300.0, 0.0)]).expect("trace");
+        let run = simulate(&so, &trace, &cfg);
+        let s = &run.summary;
+        assert_eq!(s.rejected_queue_full, 0);
+        // Waits beyond --request-timeout-s 30 are answered 504 when their batch is taken.
+        assert!(s.rejected_deadline > 0, "{s:?}");
+        assert!(s.slo_violation_s > 0, "{s:?}");
+        // The P95 trigger sees it through the histogram.
+        let p95_seen = run
+            .timeline
+            .iter()
+            .filter_map(|p| p.metrics.get("p95-latency").copied().flatten())
+            .fold(0.0, f64::max);
+        assert!(p95_seen > 5.0, "{p95_seen}");
+        assert!(s.max_replicas >= 3);
+        assert_eq!(s.requests, s.served + s.rejected + s.in_flight_at_end);
+    }
+
     const ZERO: &str = r#"
 kind: ScaledObject
 metadata:

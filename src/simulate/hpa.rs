@@ -408,8 +408,8 @@ mod tests {
         }
     }
 
-    // replica_calculator_test.go, TestReplicaCalcToleranceCM / TestReplicaCalcTolerance*:
-    // a usage ratio within 10 % of 1 keeps the current count.
+    // replica_calculator_test.go, TestReplicaCalcToleranceCMExternal (and the other
+    // TestReplicaCalcTolerance* cases): a usage ratio within 10 % of 1 keeps the count.
     #[test]
     fn tolerance_keeps_the_count() {
         // AverageValue: 3 replicas carrying 31.5 against 10 each: ratio 1.05.
@@ -427,11 +427,15 @@ mod tests {
         assert_eq!(metric_proposal(MetricTarget::Value(5.0), 6.0, 4, 4), 5);
     }
 
-    // replica_calculator_test.go, TestReplicaCalcScaleUpCMExternalNoLabels /
-    // TestReplicaCalcScaleDownCMExternalPerPod: External AverageValue proposes
-    // ceil(total / target) whatever the current count.
+    // replica_calculator_test.go, TestReplicaCalcScaleUpPerPodCMExternal: External
+    // AverageValue proposes ceil(total / target) whatever the current count.
     #[test]
     fn average_value_gives_ceil_total_over_target() {
+        // The Kubernetes case: 3 replicas, 8600 against 2150 per pod: 4.
+        assert_eq!(
+            metric_proposal(MetricTarget::AverageValue(2150.0), 8600.0, 3, 3),
+            4
+        );
         assert_eq!(
             metric_proposal(MetricTarget::AverageValue(10.0), 85.0, 1, 1),
             9
@@ -446,17 +450,31 @@ mod tests {
         );
     }
 
-    // replica_calculator_test.go, TestReplicaCalcScaleUpCMExternal (Value): the ratio scales
-    // the ready pods, not the spec count.
+    // replica_calculator_test.go, TestReplicaCalcScaleUpCMExternal,
+    // TestReplicaCalcScaleDownCMExternal and TestReplicaCalcScaleUpCMExternalIgnoresUnreadyPods:
+    // Value scales the ready pods by the ratio.
     #[test]
     fn value_scales_ready_pods() {
+        assert_eq!(
+            metric_proposal(MetricTarget::Value(4400.0), 8600.0, 1, 1),
+            2
+        );
+        assert_eq!(
+            metric_proposal(MetricTarget::Value(14334.0), 8600.0, 5, 5),
+            3
+        );
+        // 3 in spec, 1 ready: 2, not the 6 that counting unready pods would give.
+        assert_eq!(
+            metric_proposal(MetricTarget::Value(4400.0), 8600.0, 3, 1),
+            2
+        );
         // 6 in spec, 4 ready, P95 at twice the target: ceil(2 * 4) = 8.
         assert_eq!(metric_proposal(MetricTarget::Value(5.0), 10.0, 6, 4), 8);
     }
 
-    // horizontal_test.go, TestScaleUpWithScalingRules / TestConvertDesiredReplicasWithRules
-    // ("scaleUp with percent policy more than pods policy", selectPolicy Max): the step is the
-    // larger of Percent 100 and Pods 2 per period.
+    // horizontal_test.go, TestScalingWithRules ("scaleUp with percent policy larger than pods
+    // policy", selectPolicy Max): the step is the larger of Percent 100 and Pods 2 per period,
+    // and the events of the period count against it.
     #[test]
     fn scale_up_policy_limits_the_step() {
         let mut hpa = Hpa::new(1, 10, guide_behavior());
@@ -471,8 +489,8 @@ mod tests {
         assert_eq!(hpa.sync(60.0, 6, 6, &readings).desired, 10);
     }
 
-    // horizontal_test.go, TestConvertDesiredReplicasWithRules, selectPolicy Min: the smaller
-    // change wins.
+    // horizontal_test.go, TestCalculateScaleUpLimitWithScalingRules (selectPolicy Min): the
+    // smaller change wins; Disabled keeps the count.
     #[test]
     fn select_policy_min_takes_the_smaller_step() {
         let mut behavior = guide_behavior();
@@ -486,9 +504,8 @@ mod tests {
         assert_eq!(hpa.sync(0.0, 4, 4, &[avg(10.0, 1000.0)]).desired, 4);
     }
 
-    // horizontal_test.go, TestNormalizeDesiredReplicasWithBehavior / TestScaleDownWithScalingRules
-    // ("scaleDown with stabilization window"): the highest recommendation of the last 300 s
-    // holds the count.
+    // horizontal_test.go, TestNormalizeDesiredReplicasWithBehaviors (scale-down stabilization):
+    // the highest recommendation of the last 300 s holds the count.
     #[test]
     fn scale_down_window_holds_the_highest_recommendation_for_300_s() {
         let mut hpa = Hpa::new(1, 10, guide_behavior());
@@ -509,8 +526,8 @@ mod tests {
         assert_eq!(hpa.sync(360.0, 4, 4, &[avg(10.0, 0.0)]).desired, 2);
     }
 
-    // horizontal_test.go, TestScaleDownWithScalingRules ("scaleDown with percent policy"):
-    // int32(start * (1 - p/100)) truncates.
+    // horizontal_test.go, TestCalculateScaleDownLimitWithBehaviors and the percent
+    // scale-down cases of TestScalingWithRules: int32(start * (1 - p/100)) truncates.
     #[test]
     fn percent_scale_down_truncates() {
         let mut behavior = guide_behavior();
@@ -527,9 +544,10 @@ mod tests {
         assert_eq!(hpa.sync(0.0, 3, 3, &[avg(10.0, 0.0)]).desired, 1);
     }
 
-    // horizontal_test.go, TestScaleUpCMExternal max clamp / TestMinReplicas /
-    // TestMaxReplicas / TestSuperfluousMetrics: desired is clamped to [min, max], and a
-    // count outside the range is brought back without reading metrics.
+    // horizontal_test.go, TestScalingWithRules ("maxReplicas is the limit because maxReplicas
+    // < scaleUpLimit", "prenormalized desired replicas < minReplicas") and horizontal.go
+    // reconcileAutoscaler: desired is clamped to [min, max], and a count outside the range
+    // is brought back without reading metrics.
     #[test]
     fn clamping_to_min_and_max() {
         let mut hpa = Hpa::new(2, 10, guide_behavior());
@@ -552,8 +570,8 @@ mod tests {
         assert_eq!(hpa.sync(0.0, 4, 4, &[avg(10.0, 0.0)]).desired, 2);
     }
 
-    // horizontal_test.go, TestScaleUpOneMetricInvalid / TestScaleDownOneMetricInvalid /
-    // TestScaleDownOneMetricEmpty: an invalid metric blocks a scale-down, not a scale-up.
+    // horizontal_test.go, TestScaleUpOneMetricInvalid and TestScaleDownOneMetricInvalid: an
+    // invalid metric blocks a scale-down, not a scale-up.
     #[test]
     fn a_metric_error_blocks_scale_down_but_not_scale_up() {
         let mut b = guide_behavior();
@@ -583,7 +601,7 @@ mod tests {
         assert!(all.skipped.is_some());
     }
 
-    // horizontal_test.go, TestScaleUpCM with several metrics: the max over the metrics.
+    // horizontal.go, computeReplicasForMetrics: the max over the metrics.
     #[test]
     fn max_over_metrics() {
         let mut hpa = Hpa::new(1, 10, guide_behavior());
@@ -613,7 +631,8 @@ mod tests {
         assert_eq!(out.desired, 0);
     }
 
-    // horizontal_test.go, TestScaleUpWithDefaultBehavior: Pods 4 and Percent 100 per 15 s.
+    // horizontal_test.go, TestScalingWithRules ("scaleUp with default behavior"): Pods 4 and
+    // Percent 100 per 15 s.
     #[test]
     fn default_behavior_scale_up() {
         let mut hpa = Hpa::new(1, 100, Behavior::default());
@@ -621,5 +640,99 @@ mod tests {
         assert_eq!(hpa.sync(0.0, 1, 1, &[avg(1.0, 100.0)]).desired, 5);
         // 15 s later, outside the period: from 5, Percent gives 10, Pods 9.
         assert_eq!(hpa.sync(15.0, 5, 5, &[avg(1.0, 100.0)]).desired, 10);
+    }
+
+    fn rules(pods: i64, percent: i64, period_s: i64, window_s: i64) -> ScalingRules {
+        let mut policies = Vec::new();
+        if pods != 0 {
+            policies.push(Policy::Pods {
+                value: pods,
+                period_s,
+            });
+        }
+        if percent != 0 {
+            policies.push(Policy::Percent {
+                value: percent,
+                period_s,
+            });
+        }
+        ScalingRules {
+            stabilization_window_s: window_s,
+            select_policy: SelectPolicy::Max,
+            policies,
+        }
+    }
+
+    fn one_sync(min: i64, max: i64, behavior: Behavior, current: i64, raw: i64) -> i64 {
+        let mut hpa = Hpa::new(min, max, behavior);
+        hpa.sync(0.0, current, current, &[avg(1.0, raw as f64)])
+            .desired
+    }
+
+    // horizontal_test.go, TestScalingWithRules: the table's cases with no prior events.
+    #[test]
+    fn kubernetes_scaling_with_rules_cases() {
+        let no_window = |up: ScalingRules, down: ScalingRules| Behavior {
+            scale_up: up,
+            scale_down: down,
+        };
+        let mut default_down_no_window = ScalingRules::default_down();
+        default_down_no_window.stabilization_window_s = 0;
+        // "scaleUp with default behavior": 10 -> 20.
+        assert_eq!(
+            one_sync(
+                1,
+                1000,
+                no_window(ScalingRules::default_up(), default_down_no_window.clone()),
+                10,
+                50
+            ),
+            20
+        );
+        // "scaleUp with pods policy larger than percent policy": Pods 100 gives 110.
+        assert_eq!(
+            one_sync(
+                1,
+                1000,
+                no_window(rules(100, 100, 60, 0), default_down_no_window.clone()),
+                10,
+                500
+            ),
+            110
+        );
+        // "scaleUp with percent policy larger than pods policy": Percent 100 gives 20.
+        assert_eq!(
+            one_sync(
+                1,
+                1000,
+                no_window(rules(2, 100, 60, 0), default_down_no_window.clone()),
+                10,
+                500
+            ),
+            20
+        );
+        // "scaleDownLimit is the limit because scaleDownLimit > minReplicas with user defined
+        // policies": Pods 20 per 60 s from 1000 gives 980.
+        assert_eq!(
+            one_sync(
+                3,
+                2000,
+                no_window(ScalingRules::default_up(), rules(20, 0, 60, 0)),
+                1000,
+                3
+            ),
+            980
+        );
+        // "desired replica count is more than the maximum replica count": 150.
+        assert_eq!(
+            one_sync(
+                100,
+                150,
+                no_window(ScalingRules::default_up(), default_down_no_window),
+                100,
+                1000
+            ),
+            150
+        );
     }
 }
