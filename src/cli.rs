@@ -30,6 +30,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Render one try-on offline and write it to a file.
     Tryon(TryOnArgs),
+    /// Replay a load trace against a KEDA ScaledObject with the HPA's algorithm.
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 /// `virtualfit tryon`.
@@ -71,6 +73,7 @@ pub fn main() -> anyhow::Result<()> {
             init_logging(LogFormat::Text, "warn");
             tryon(&args)
         }
+        Some(Command::Simulate(args)) => crate::simulate::run(&args),
     }
 }
 
