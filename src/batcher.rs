@@ -247,10 +247,7 @@ fn worker_loop(model: &dyn TryOnModel, shared: &Shared) {
                     break;
                 };
                 let waited = oldest.elapsed();
-                if state.jobs.len() >= state.batch_cap
-                    || waited >= config.max_batch_delay
-                    || state.closed
-                {
+                if state.jobs.len() >= state.batch_cap || waited >= config.max_batch_delay {
                     break;
                 }
                 state = shared

@@ -86,6 +86,11 @@ pub fn sniff_format(bytes: &[u8]) -> Result<ImageFormat, ImageError> {
 /// buffer is allocated.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
     let format = sniff_format(bytes)?;
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(ImageError::Invalid(
+            "the JPEG is truncated (no end-of-image marker)".into(),
+        ));
+    }
     let invalid = |e: image::ImageError| ImageError::Invalid(format!("cannot decode image: {e}"));
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
@@ -106,6 +111,17 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
     let mut img = DynamicImage::from_decoder(decoder).map_err(invalid)?;
     img.apply_orientation(orientation);
     Ok(img.to_rgb8())
+}
+
+/// Whether a JPEG ends with its end-of-image marker (allowing a little trailing padding); the
+/// decoder itself fills a truncated scan with grey instead of failing.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != 0 && !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    let tail = &bytes[end.saturating_sub(32)..end];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 /// Decodes a mask image (white = garment) to grayscale.
