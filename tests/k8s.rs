@@ -57,12 +57,14 @@ fn run_tool(program: &str, args: &[&str], stdin: Option<&str>, hint: &str) -> Ou
     });
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("stdin was piped");
-        pipe.write_all(input.as_bytes()).expect("write to the tool's stdin");
+        pipe.write_all(input.as_bytes())
+            .expect("write to the tool's stdin");
     }
     child.wait_with_output().expect("wait for the tool")
 }
 
-const PROMETHEUS_HINT: &str = "install it with `apt-get install -y prometheus` (k8s/CI-REQUIREMENTS.md)";
+const PROMETHEUS_HINT: &str =
+    "install it with `apt-get install -y prometheus` (k8s/CI-REQUIREMENTS.md)";
 const PYTHON_HINT: &str =
     "install it with `pip install kubernetes-validate==1.37.0` (k8s/CI-REQUIREMENTS.md)";
 
@@ -101,8 +103,8 @@ fn python(script: &str, args: &[&str], stdin: Option<&str>) -> Output {
 // Loading manifests
 
 fn load_docs(path: &Path) -> Vec<Value> {
-    let content = fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let content =
+        fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let mut docs = Vec::new();
     for de in serde_yaml::Deserializer::from_str(&content) {
         let v = Value::deserialize(de)
@@ -216,7 +218,12 @@ fn build(dir: &Path, files: &mut BTreeSet<PathBuf>, mut acc: Vec<Value>) -> Vec<
     for c in seq(k.get("components")) {
         let p = dir.join(c.as_str().expect("component path"));
         let comp = load_one(&p.join("kustomization.yaml"));
-        assert_eq!(kind(&comp), "Component", "{} is not a Component", p.display());
+        assert_eq!(
+            kind(&comp),
+            "Component",
+            "{} is not a Component",
+            p.display()
+        );
         acc = build(&p, files, acc);
     }
     let generators = seq(k.get("configMapGenerator"));
@@ -237,11 +244,18 @@ fn build(dir: &Path, files: &mut BTreeSet<PathBuf>, mut acc: Vec<Value>) -> Vec<
             files.insert(canonical(&p));
             let content = fs::read_to_string(&p)
                 .unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
-            let key = p.file_name().expect("file name").to_string_lossy().to_string();
+            let key = p
+                .file_name()
+                .expect("file name")
+                .to_string_lossy()
+                .to_string();
             data.insert(Value::from(key), Value::from(content));
         }
         let mut meta = Mapping::new();
-        meta.insert("name".into(), g.get("name").expect("generator name").clone());
+        meta.insert(
+            "name".into(),
+            g.get("name").expect("generator name").clone(),
+        );
         if let Some(labels) = g.get("options").and_then(|o| o.get("labels")) {
             meta.insert("labels".into(), labels.clone());
         }
@@ -335,7 +349,10 @@ fn apply_patch(objs: &mut [Value], patch: &Value, kpath: &Path) {
                         m.insert(last.as_str().into(), value.expect("value"));
                     }
                     (Value::Mapping(m), _) => {
-                        assert!(m.remove(last.as_str()).is_some(), "{ctx}: nothing to remove");
+                        assert!(
+                            m.remove(last.as_str()).is_some(),
+                            "{ctx}: nothing to remove"
+                        );
                     }
                     _ => panic!("{ctx}: parent is not a container"),
                 }
@@ -417,7 +434,11 @@ fn every_manifest_parses_and_is_applied_by_a_kustomization() {
         for o in &objs {
             assert!(!kind(o).is_empty() && !name(o).is_empty(), "{o:?}");
             assert!(
-                seen.insert((kind(o).to_string(), namespace(o).to_string(), name(o).to_string())),
+                seen.insert((
+                    kind(o).to_string(),
+                    namespace(o).to_string(),
+                    name(o).to_string()
+                )),
                 "{}: duplicate {} {}/{}",
                 dir.display(),
                 kind(o),
@@ -452,7 +473,10 @@ fn every_manifest_parses_and_is_applied_by_a_kustomization() {
             rel.display()
         );
     }
-    assert!(manifests >= 15, "expected the k8s/ manifests, found {manifests}");
+    assert!(
+        manifests >= 15,
+        "expected the k8s/ manifests, found {manifests}"
+    );
     // The top level applies the whole setup.
     let top = render("");
     for (k, n) in [
@@ -494,7 +518,13 @@ fn kustomize_renderer_matches_kubectl() {
             .map(|d| Value::deserialize(d).expect("kubectl output parses"))
             .collect();
         let ours = build(&dir, &mut BTreeSet::new(), Vec::new());
-        let key = |o: &Value| (kind(o).to_string(), namespace(o).to_string(), name(o).to_string());
+        let key = |o: &Value| {
+            (
+                kind(o).to_string(),
+                namespace(o).to_string(),
+                name(o).to_string(),
+            )
+        };
         let real: BTreeMap<_, _> = real.iter().map(|o| (key(o), o)).collect();
         let ours: BTreeMap<_, _> = ours.iter().map(|o| (key(o), o)).collect();
         assert_eq!(
@@ -559,8 +589,15 @@ fn core_kinds_validate_against_the_kubernetes_schemas() {
         let out = kubernetes_validate(&objs);
         assert!(out.status.success(), "k8s/{target}:\n{}", text(&out));
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let passed = stdout.lines().filter(|l| l.contains(" passed for resource ")).count();
-        assert_eq!(passed, objs.len(), "k8s/{target}: not every object validated:\n{stdout}");
+        let passed = stdout
+            .lines()
+            .filter(|l| l.contains(" passed for resource "))
+            .count();
+        assert_eq!(
+            passed,
+            objs.len(),
+            "k8s/{target}: not every object validated:\n{stdout}"
+        );
     }
     // The validator does reject a broken Deployment (a misspelt field).
     let mut broken = find(&render("base"), "Deployment", "virtualfit-inference").clone();
@@ -575,7 +612,11 @@ fn core_kinds_validate_against_the_kubernetes_schemas() {
         .expect("container")
         .insert("resource".into(), resources);
     let out = kubernetes_validate(&[broken]);
-    assert!(!out.status.success(), "a misspelt field must fail:\n{}", text(&out));
+    assert!(
+        !out.status.success(),
+        "a misspelt field must fail:\n{}",
+        text(&out)
+    );
 }
 
 const KEDA_VALIDATE: &str = r#"
@@ -596,15 +637,16 @@ sys.exit(1 if bad else 0)
 fn keda_validate(objs: &[&Value]) -> Output {
     let json = serde_json::to_string(objs).expect("to JSON");
     let crd = shared().join("schemas/keda.sh_scaledobjects.yaml");
-    python(KEDA_VALIDATE, &[crd.to_str().expect("utf-8 path")], Some(&json))
+    python(
+        KEDA_VALIDATE,
+        &[crd.to_str().expect("utf-8 path")],
+        Some(&json),
+    )
 }
 
 /// The ScaledObjects of every target, with the objects rendered beside them.
 fn scaled_objects() -> Vec<(String, Vec<Value>)> {
-    TARGETS
-        .iter()
-        .map(|t| (t.to_string(), render(t)))
-        .collect()
+    TARGETS.iter().map(|t| (t.to_string(), render(t))).collect()
 }
 
 #[test]
@@ -623,7 +665,11 @@ fn scaled_objects_validate_against_the_keda_crd_schema() {
     let mut so = find(&objs, "ScaledObject", "virtualfit-inference-gpu-scaler").clone();
     so["spec"]["triggers"][1]["metadata"]["threshold"] = Value::from(10);
     let out = keda_validate(&[&so]);
-    assert!(!out.status.success(), "a numeric threshold must fail:\n{}", text(&out));
+    assert!(
+        !out.status.success(),
+        "a numeric threshold must fail:\n{}",
+        text(&out)
+    );
 }
 
 /// Which of the query forms a trigger uses (the forms the autoscaling simulator reads).
@@ -657,7 +703,9 @@ fn query_form(q: &str) -> Option<QueryForm> {
     let inner = rest.strip_suffix("]))) >= 0) or vector(0)")?;
     let (selector, window) = inner.rsplit_once('[')?;
     let window_ok = window.len() > 1
-        && window[..window.len() - 1].chars().all(|c| c.is_ascii_digit())
+        && window[..window.len() - 1]
+            .chars()
+            .all(|c| c.is_ascii_digit())
         && window.ends_with(['s', 'm', 'h']);
     let bucket = selector.split_once('{')?.0.ends_with("_bucket");
     (quantile > 0.0 && quantile < 1.0 && window_ok && bucket && selector_ok(selector))
@@ -714,21 +762,42 @@ fn scaled_objects_mean_what_they_say() {
         };
         assert_eq!(
             policies(up),
-            [("Percent".to_string(), 100, 30), ("Pods".to_string(), 2, 30)].into(),
+            [
+                ("Percent".to_string(), 100, 30),
+                ("Pods".to_string(), 2, 30)
+            ]
+            .into(),
             "{ctx}"
         );
         let down = &behavior["scaleDown"];
-        assert_eq!(down["stabilizationWindowSeconds"].as_u64(), Some(300), "{ctx}");
-        assert_eq!(policies(down), [("Percent".to_string(), 50, 60)].into(), "{ctx}");
+        assert_eq!(
+            down["stabilizationWindowSeconds"].as_u64(),
+            Some(300),
+            "{ctx}"
+        );
+        assert_eq!(
+            policies(down),
+            [("Percent".to_string(), 50, 60)].into(),
+            "{ctx}"
+        );
 
         let mut names = BTreeSet::new();
         let mut prometheus = 0;
         for t in triggers(so) {
-            let tname = t["name"].as_str().expect("every trigger is named").to_string();
-            assert!(names.insert(tname.clone()), "{ctx}: duplicate trigger {tname}");
+            let tname = t["name"]
+                .as_str()
+                .expect("every trigger is named")
+                .to_string();
+            assert!(
+                names.insert(tname.clone()),
+                "{ctx}: duplicate trigger {tname}"
+            );
             let meta = t["metadata"].as_mapping().expect("metadata");
             for (k, v) in meta {
-                assert!(v.is_string(), "{ctx} {tname}: metadata {k:?} must be a string: {v:?}");
+                assert!(
+                    v.is_string(),
+                    "{ctx} {tname}: metadata {k:?} must be a string: {v:?}"
+                );
             }
             match t["type"].as_str() {
                 Some("prometheus") => {
@@ -741,7 +810,9 @@ fn scaled_objects_mean_what_they_say() {
                         .expect("numeric threshold");
                     assert!(threshold > 0.0, "{ctx} {tname}");
                     assert!(
-                        meta["serverAddress"].as_str().is_some_and(|a| a.starts_with("http")),
+                        meta["serverAddress"]
+                            .as_str()
+                            .is_some_and(|a| a.starts_with("http")),
                         "{ctx} {tname}: serverAddress"
                     );
                     assert!(
@@ -760,7 +831,10 @@ fn scaled_objects_mean_what_they_say() {
                         ),
                         None => panic!("{ctx} {tname}: unsupported query form: {query}"),
                     }
-                    assert!(!query.contains("avg("), "{ctx} {tname}: avg under AverageValue");
+                    assert!(
+                        !query.contains("avg("),
+                        "{ctx} {tname}: avg under AverageValue"
+                    );
                 }
                 Some("cron") => {
                     for key in ["timezone", "start", "end", "desiredReplicas"] {
@@ -775,8 +849,16 @@ fn scaled_objects_mean_what_they_say() {
                 other => panic!("{ctx}: unexpected trigger type {other:?}"),
             }
         }
-        assert_eq!(prometheus, 4, "{ctx}: GPU, queue, active requests and P95 triggers");
-        for want in ["gpu-utilization", "queue-length", "active-requests", "p95-latency"] {
+        assert_eq!(
+            prometheus, 4,
+            "{ctx}: GPU, queue, active requests and P95 triggers"
+        );
+        for want in [
+            "gpu-utilization",
+            "queue-length",
+            "active-requests",
+            "p95-latency",
+        ] {
             assert!(names.contains(want), "{ctx}: trigger {want} missing");
         }
         if target == "overlays/dev" {
@@ -789,12 +871,18 @@ fn scaled_objects_mean_what_they_say() {
     // Thresholds are quoted strings in the shipped file itself (not only after parsing).
     let raw = fs::read_to_string(k8s_dir().join("autoscaling/keda-gpu-scaler.yaml"))
         .expect("read ScaledObject");
-    for line in raw.lines().filter(|l| l.trim_start().starts_with("threshold:")) {
+    for line in raw
+        .lines()
+        .filter(|l| l.trim_start().starts_with("threshold:"))
+    {
         assert!(line.contains('"'), "unquoted threshold: {line}");
     }
     // The regional ScaledObject is a separate object in a separate namespace.
     let eu = render("overlays/eu-west");
-    let so = eu.iter().find(|o| kind(o) == "ScaledObject").expect("ScaledObject");
+    let so = eu
+        .iter()
+        .find(|o| kind(o) == "ScaledObject")
+        .expect("ScaledObject");
     assert_eq!(namespace(so), "virtualfit-eu-west");
     assert_ne!(name(so), "virtualfit-inference-gpu-scaler");
     find(&eu, "Namespace", "virtualfit-eu-west");
@@ -805,7 +893,8 @@ fn query_form_recognises_only_the_supported_forms() {
     assert_eq!(query_form("sum(m{a=\"b\"})"), Some(QueryForm::Sum));
     assert_eq!(query_form("avg(m{a=\"b\"})"), None);
     assert_eq!(query_form("sum(m{a=\"b\"}) by (pod)"), None);
-    let p95 = "(histogram_quantile(0.95, sum by (le) (rate(m_bucket{a=\"b\"}[2m]))) >= 0) or vector(0)";
+    let p95 =
+        "(histogram_quantile(0.95, sum by (le) (rate(m_bucket{a=\"b\"}[2m]))) >= 0) or vector(0)";
     assert_eq!(query_form(p95), Some(QueryForm::Quantile));
     let per_pod = "histogram_quantile(0.95, rate(m_bucket{a=\"b\"}[2m])) * 1000";
     assert_eq!(query_form(per_pod), None);
@@ -817,7 +906,12 @@ fn query_form_recognises_only_the_supported_forms() {
 fn env_of(container: &Value) -> BTreeMap<String, String> {
     seq(container.get("env"))
         .iter()
-        .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["value"].as_str()?.to_string(),
+            ))
+        })
         .collect()
 }
 
@@ -841,33 +935,65 @@ fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
         let pod = &dep["spec"]["template"]["spec"];
         let c = &seq(pod.get("containers"))[0];
         let env = env_of(c);
-        let drain: f64 = env["VIRTUALFIT_DRAIN_TIMEOUT_S"].parse().expect("drain timeout");
+        let drain: f64 = env["VIRTUALFIT_DRAIN_TIMEOUT_S"]
+            .parse()
+            .expect("drain timeout");
         let pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
             .as_f64()
             .expect("preStop sleep");
-        let grace = pod["terminationGracePeriodSeconds"].as_f64().expect("grace period");
+        let grace = pod["terminationGracePeriodSeconds"]
+            .as_f64()
+            .expect("grace period");
         assert!(pre_stop > 0.0, "{ctx}");
         assert!(
             grace > pre_stop + drain,
             "{ctx}: grace {grace} s must exceed preStop {pre_stop} s + drain {drain} s"
         );
         // Probes.
-        assert_eq!(c["startupProbe"]["httpGet"]["path"].as_str(), Some("/readyz"), "{ctx}");
-        assert_eq!(c["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"), "{ctx}");
-        assert_eq!(c["livenessProbe"]["httpGet"]["path"].as_str(), Some("/livez"), "{ctx}");
+        assert_eq!(
+            c["startupProbe"]["httpGet"]["path"].as_str(),
+            Some("/readyz"),
+            "{ctx}"
+        );
+        assert_eq!(
+            c["readinessProbe"]["httpGet"]["path"].as_str(),
+            Some("/readyz"),
+            "{ctx}"
+        );
+        assert_eq!(
+            c["livenessProbe"]["httpGet"]["path"].as_str(),
+            Some("/livez"),
+            "{ctx}"
+        );
         // One GPU.
-        assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"].as_str(), Some("1"), "{ctx}");
+        assert_eq!(
+            c["resources"]["limits"]["nvidia.com/gpu"].as_str(),
+            Some("1"),
+            "{ctx}"
+        );
         // Locked down.
         let sc = &c["securityContext"];
         assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true), "{ctx}");
-        assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false), "{ctx}");
-        assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true), "{ctx}");
+        assert_eq!(
+            sc["allowPrivilegeEscalation"].as_bool(),
+            Some(false),
+            "{ctx}"
+        );
+        assert_eq!(
+            pod["securityContext"]["runAsNonRoot"].as_bool(),
+            Some(true),
+            "{ctx}"
+        );
         // Configuration through the environment; the ports match the bind addresses.
         let http = port_named(c, "http");
         let metrics = port_named(c, "metrics");
         assert_eq!(http, 8000, "{ctx}");
         assert_eq!(env["VIRTUALFIT_BIND"], format!("0.0.0.0:{http}"), "{ctx}");
-        assert_eq!(env["VIRTUALFIT_METRICS_BIND"], format!("0.0.0.0:{metrics}"), "{ctx}");
+        assert_eq!(
+            env["VIRTUALFIT_METRICS_BIND"],
+            format!("0.0.0.0:{metrics}"),
+            "{ctx}"
+        );
         for k in env.keys() {
             assert!(k.starts_with("VIRTUALFIT_"), "{ctx}: {k}");
         }
@@ -876,7 +1002,9 @@ fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
         let sp = &seq(svc["spec"].get("ports"))[0];
         assert_eq!(sp["port"].as_u64(), Some(8000), "{ctx}");
         assert_eq!(sp["targetPort"].as_str(), Some("http"), "{ctx}");
-        let labels = dep["spec"]["template"]["metadata"]["labels"].as_mapping().expect("labels");
+        let labels = dep["spec"]["template"]["metadata"]["labels"]
+            .as_mapping()
+            .expect("labels");
         for (k, v) in svc["spec"]["selector"].as_mapping().expect("selector") {
             assert_eq!(labels.get(k), Some(v), "{ctx}: Service selector");
         }
@@ -897,7 +1025,10 @@ fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
                     other => panic!("{other:?}"),
                 })
                 .collect();
-            if ports.iter().any(|p| p == "metrics" || *p == metrics.to_string()) {
+            if ports
+                .iter()
+                .any(|p| p == "metrics" || *p == metrics.to_string())
+            {
                 metrics_rules += 1;
                 let from = seq(rule.get("from"));
                 assert_eq!(from.len(), 1, "{ctx}: metrics reachable from one peer");
@@ -909,7 +1040,10 @@ fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
                 );
                 assert!(from[0].get("podSelector").is_none() && from[0].get("ipBlock").is_none());
             } else {
-                assert!(!ports.is_empty(), "{ctx}: a rule without ports opens every port");
+                assert!(
+                    !ports.is_empty(),
+                    "{ctx}: a rule without ports opens every port"
+                );
             }
         }
         assert_eq!(metrics_rules, 1, "{ctx}");
@@ -919,8 +1053,12 @@ fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
 fn prometheus_config() -> Value {
     let objs = render("");
     let cm = find(&objs, "ConfigMap", "virtualfit-prometheus");
-    serde_yaml::from_str(cm["data"]["prometheus.yml"].as_str().expect("prometheus.yml"))
-        .expect("prometheus.yml parses")
+    serde_yaml::from_str(
+        cm["data"]["prometheus.yml"]
+            .as_str()
+            .expect("prometheus.yml"),
+    )
+    .expect("prometheus.yml parses")
 }
 
 fn job<'a>(config: &'a Value, job_name: &str) -> &'a Value {
@@ -957,7 +1095,9 @@ fn scrape_jobs_label_pods_and_gpus_with_their_namespace() {
         "the dcgm job must not overwrite `namespace` with the exporter's own"
     );
     // The scrape interval keeps up with the HPA's 15 s sync.
-    let interval = config["global"]["scrape_interval"].as_str().expect("interval");
+    let interval = config["global"]["scrape_interval"]
+        .as_str()
+        .expect("interval");
     assert_eq!(interval, "15s");
     // Service discovery: pods for the app, the exporter's Service endpoints in gpu-operator.
     let sd = |j: &Value| seq(j.get("kubernetes_sd_configs"));
@@ -978,7 +1118,10 @@ fn scrape_jobs_label_pods_and_gpus_with_their_namespace() {
         let target: Value = serde_yaml::from_str("[{targets: ['127.0.0.1:9090']}]").expect("yaml");
         j.insert("static_configs".into(), target);
     }
-    checked.as_mapping_mut().expect("config").remove("rule_files");
+    checked
+        .as_mapping_mut()
+        .expect("config")
+        .remove("rule_files");
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("prometheus.yml");
     fs::write(&file, serde_yaml::to_string(&checked).expect("yaml")).expect("write");
@@ -991,7 +1134,10 @@ fn prometheus_adapter_serves_the_custom_metrics_api_only() {
     let objs = render("");
     let services: Vec<&Value> = objs.iter().filter(|o| kind(o) == "APIService").collect();
     assert_eq!(services.len(), 1);
-    assert_eq!(services[0]["spec"]["group"].as_str(), Some("custom.metrics.k8s.io"));
+    assert_eq!(
+        services[0]["spec"]["group"].as_str(),
+        Some("custom.metrics.k8s.io")
+    );
     for o in &objs {
         let s = serde_yaml::to_string(o).expect("yaml");
         assert!(
@@ -1013,7 +1159,11 @@ fn prometheus_adapter_serves_the_custom_metrics_api_only() {
         for rule in seq(o.get("rules")) {
             for verb in seq(rule.get("verbs")) {
                 let verb = verb.as_str().expect("verb");
-                assert!(["get", "list", "watch"].contains(&verb), "{}: {verb}", name(o));
+                assert!(
+                    ["get", "list", "watch"].contains(&verb),
+                    "{}: {verb}",
+                    name(o)
+                );
             }
         }
     }
@@ -1068,18 +1218,31 @@ const DCGM_EXPORTED: &[&str] = &[
 #[test]
 fn every_dcgm_name_is_exported_by_the_dcgm_exporter() {
     let used = names_in_k8s("DCGM_FI_");
-    assert!(used.contains_key("DCGM_FI_DEV_GPU_UTIL"), "the GPU trigger's metric");
+    assert!(
+        used.contains_key("DCGM_FI_DEV_GPU_UTIL"),
+        "the GPU trigger's metric"
+    );
     for (n, files) in &used {
-        assert!(DCGM_EXPORTED.contains(&n.as_str()), "{n} (in {files:?}) is not exported");
+        assert!(
+            DCGM_EXPORTED.contains(&n.as_str()),
+            "{n} (in {files:?}) is not exported"
+        );
     }
 }
 
 #[test]
 fn names_in_finds_whole_identifiers() {
-    let found = names_in("sum(virtualfit_a{x}) + virtualfit_b_bucket, my_virtualfit_c", "virtualfit_");
+    let found = names_in(
+        "sum(virtualfit_a{x}) + virtualfit_b_bucket, my_virtualfit_c",
+        "virtualfit_",
+    );
     assert_eq!(
         found,
-        ["virtualfit_a".to_string(), "virtualfit_b_bucket".to_string()].into()
+        [
+            "virtualfit_a".to_string(),
+            "virtualfit_b_bucket".to_string()
+        ]
+        .into()
     );
 }
 
@@ -1130,7 +1293,10 @@ fn trigger_queries_pass_promtool_with_one_three_and_eight_pods() {
         .map(|t| {
             (
                 t["metadata"]["query"].as_str().expect("query").to_string(),
-                t["metricType"].as_str().unwrap_or("AverageValue").to_string(),
+                t["metricType"]
+                    .as_str()
+                    .unwrap_or("AverageValue")
+                    .to_string(),
             )
         })
         .collect();
@@ -1158,7 +1324,12 @@ fn trigger_queries_pass_promtool_with_one_three_and_eight_pods() {
             );
             let samples = seq(case.get("exp_samples"));
             if !pods.is_empty() {
-                assert_eq!(samples.len(), 1, "{expr}: exactly one sample with {} pods", pods.len());
+                assert_eq!(
+                    samples.len(),
+                    1,
+                    "{expr}: exactly one sample with {} pods",
+                    pods.len()
+                );
                 covered.insert((pods.len(), expr.clone()));
             }
             if shipped[&expr] == "Value" {
@@ -1171,9 +1342,15 @@ fn trigger_queries_pass_promtool_with_one_three_and_eight_pods() {
     }
     for n in [1, 3, 8] {
         for q in shipped.keys() {
-            assert!(covered.contains(&(n, q.clone())), "no case with {n} pods for {q}");
+            assert!(
+                covered.contains(&(n, q.clone())),
+                "no case with {n} pods for {q}"
+            );
         }
-        assert!(p95_zero.contains(&n), "no zero-traffic P95 case with {n} pods");
+        assert!(
+            p95_zero.contains(&n),
+            "no zero-traffic P95 case with {n} pods"
+        );
     }
     let out = promtool(&["test", "rules", path.to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", text(&out));
@@ -1298,7 +1475,12 @@ async fn tryon(client: &reqwest::Client, addr: &str, person: &[u8], cloth: &[u8]
                 .mime_str("image/jpeg")
                 .expect("mime"),
         );
-    match client.post(format!("http://{addr}/tryon")).multipart(form).send().await {
+    match client
+        .post(format!("http://{addr}/tryon"))
+        .multipart(form)
+        .send()
+        .await
+    {
         Ok(r) => {
             let status = r.status().as_u16();
             let _ = r.bytes().await;
@@ -1338,21 +1520,33 @@ fn static_prometheus_config(replicas: &[Replica], scrape_interval: &str) -> Stri
         for (addr, port_name) in [(&r.metrics_addr, "metrics"), (&r.addr, "http")] {
             let labels: Mapping = [
                 ("__meta_kubernetes_namespace", "virtualfit".to_string()),
-                ("__meta_kubernetes_pod_name", format!("virtualfit-inference-{i}")),
+                (
+                    "__meta_kubernetes_pod_name",
+                    format!("virtualfit-inference-{i}"),
+                ),
                 ("__meta_kubernetes_pod_node_name", "node-0".to_string()),
                 ("__meta_kubernetes_pod_phase", "Running".to_string()),
-                ("__meta_kubernetes_pod_label_app_kubernetes_io_name", "virtualfit".to_string()),
+                (
+                    "__meta_kubernetes_pod_label_app_kubernetes_io_name",
+                    "virtualfit".to_string(),
+                ),
                 (
                     "__meta_kubernetes_pod_label_app_kubernetes_io_component",
                     "inference".to_string(),
                 ),
-                ("__meta_kubernetes_pod_container_port_name", port_name.to_string()),
+                (
+                    "__meta_kubernetes_pod_container_port_name",
+                    port_name.to_string(),
+                ),
             ]
             .into_iter()
             .map(|(k, v)| (Value::from(k), Value::from(v)))
             .collect();
             let mut entry = Mapping::new();
-            entry.insert("targets".into(), Value::Sequence(vec![Value::from(addr.as_str())]));
+            entry.insert(
+                "targets".into(),
+                Value::Sequence(vec![Value::from(addr.as_str())]),
+            );
             entry.insert("labels".into(), Value::Mapping(labels));
             statics.push(Value::Mapping(entry));
         }
@@ -1378,7 +1572,11 @@ async fn prom_query(client: &reqwest::Client, base: &str, query: &str) -> serde_
 /// The one finite sample of a query's answer.
 fn single_value(body: &serde_json::Value, query: &str) -> f64 {
     let result = body["data"]["result"].as_array().expect("vector result");
-    assert_eq!(result.len(), 1, "{query} must return exactly one sample: {body}");
+    assert_eq!(
+        result.len(),
+        1,
+        "{query} must return exactly one sample: {body}"
+    );
     let v: f64 = result[0]["value"][1]
         .as_str()
         .expect("sample value")
@@ -1541,14 +1739,20 @@ async fn live_prometheus_reads_every_trigger_from_two_replicas_under_load() {
         }
         for t in app_triggers {
             let body = prom_query(&client, &base, &queries[t]).await;
-            if body["data"]["result"].as_array().is_some_and(|r| r.is_empty()) {
+            if body["data"]["result"]
+                .as_array()
+                .is_some_and(|r| r.is_empty())
+            {
                 continue; // not scraped yet
             }
             let v = single_value(&body, &queries[t]);
             let m = max_seen.entry(t).or_insert(f64::MIN);
             *m = m.max(v);
         }
-        if up_both && max_seen.get("queue-length").is_some_and(|v| *v > 0.0) && max_seen.get("p95-latency").is_some_and(|v| *v > 0.0) {
+        if up_both
+            && max_seen.get("queue-length").is_some_and(|v| *v > 0.0)
+            && max_seen.get("p95-latency").is_some_and(|v| *v > 0.0)
+        {
             break;
         }
     }
@@ -1572,16 +1776,27 @@ async fn live_prometheus_reads_every_trigger_from_two_replicas_under_load() {
     eprintln!("trigger values at the end of the load: {last:?}");
     eprintln!("gpu-utilization query: {}", gpu["data"]["result"]);
 
-    assert!(up_both, "Prometheus scraped both replicas (and only their metrics ports)");
+    assert!(
+        up_both,
+        "Prometheus scraped both replicas (and only their metrics ports)"
+    );
     assert!(codes.get(&200).copied().unwrap_or(0) > 0, "{codes:?}");
     assert!(
         max_seen.get("queue-length").is_some_and(|v| *v > 0.0),
         "the queue-length trigger reads > 0 while the replicas are overloaded: {max_seen:?}"
     );
-    assert!(max_seen.get("active-requests").is_some_and(|v| *v > 0.0), "{max_seen:?}");
-    assert!(max_seen.get("p95-latency").is_some_and(|v| *v > 0.0), "{max_seen:?}");
     assert!(
-        gpu["data"]["result"].as_array().is_some_and(|r| r.is_empty()),
+        max_seen.get("active-requests").is_some_and(|v| *v > 0.0),
+        "{max_seen:?}"
+    );
+    assert!(
+        max_seen.get("p95-latency").is_some_and(|v| *v > 0.0),
+        "{max_seen:?}"
+    );
+    assert!(
+        gpu["data"]["result"]
+            .as_array()
+            .is_some_and(|r| r.is_empty()),
         "no DCGM series on a CPU-only test: {gpu}"
     );
 
@@ -1602,7 +1817,10 @@ async fn live_prometheus_reads_every_trigger_from_two_replicas_under_load() {
     let used = names_in_k8s("virtualfit_");
     assert!(used.len() >= 10, "{used:?}");
     for (n, files) in &used {
-        assert!(exported.contains(n), "{n} (used in {files:?}) is not exported by the server");
+        assert!(
+            exported.contains(n),
+            "{n} (used in {files:?}) is not exported by the server"
+        );
     }
     // Every alert and dashboard expression is valid PromQL for this Prometheus.
     for e in shipped_expressions() {
