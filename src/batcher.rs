@@ -242,10 +242,7 @@ fn worker_loop(model: &dyn TryOnModel, shared: &Shared) {
                 state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
             }
             // Let the batch fill until it is full or its oldest request has waited long enough.
-            loop {
-                let Some(oldest) = state.jobs.front().map(|j| j.admitted_at) else {
-                    break;
-                };
+            while let Some(oldest) = state.jobs.front().map(|j| j.admitted_at) {
                 let waited = oldest.elapsed();
                 if state.jobs.len() >= state.batch_cap || waited >= config.max_batch_delay {
                     break;

@@ -91,6 +91,10 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
             "the JPEG is truncated (no end-of-image marker)".into(),
         ));
     }
+    // The size comes from the header alone, before any decoder state or pixel buffer exists.
+    if let Ok(size) = imagesize::blob_size(bytes) {
+        check_size(size.width as u64, size.height as u64, max_pixels)?;
+    }
     let invalid = |e: image::ImageError| ImageError::Invalid(format!("cannot decode image: {e}"));
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
@@ -98,19 +102,24 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(invalid)?;
     let (w, h) = decoder.dimensions();
+    check_size(w.into(), h.into(), max_pixels)?;
+    let orientation = decoder.orientation().map_err(invalid)?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(invalid)?;
+    img.apply_orientation(orientation);
+    Ok(img.to_rgb8())
+}
+
+fn check_size(w: u64, h: u64, max_pixels: u64) -> Result<(), ImageError> {
     if w == 0 || h == 0 {
         return Err(ImageError::Invalid("the image has zero size".into()));
     }
-    let pixels = u64::from(w) * u64::from(h);
+    let pixels = w.saturating_mul(h);
     if pixels > max_pixels {
         return Err(ImageError::Invalid(format!(
             "the image is {w}x{h} = {pixels} pixels, over the limit of {max_pixels}"
         )));
     }
-    let orientation = decoder.orientation().map_err(invalid)?;
-    let mut img = DynamicImage::from_decoder(decoder).map_err(invalid)?;
-    img.apply_orientation(orientation);
-    Ok(img.to_rgb8())
+    Ok(())
 }
 
 /// Whether a JPEG ends with its end-of-image marker (allowing a little trailing padding); the
