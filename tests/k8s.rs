@@ -1181,7 +1181,8 @@ fn names_in(text: &str, prefix: &str) -> BTreeSet<String> {
         let end = tail
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(tail.len());
-        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+        // A bare prefix (`virtualfit_*` in prose) is a pattern, not a name.
+        if end > prefix.len() && !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
             out.insert(tail[..end].to_string());
         }
         rest = &tail[end..];
@@ -1233,7 +1234,7 @@ fn every_dcgm_name_is_exported_by_the_dcgm_exporter() {
 #[test]
 fn names_in_finds_whole_identifiers() {
     let found = names_in(
-        "sum(virtualfit_a{x}) + virtualfit_b_bucket, my_virtualfit_c",
+        "sum(virtualfit_a{x}) + virtualfit_b_bucket, my_virtualfit_c, any virtualfit_*",
         "virtualfit_",
     );
     assert_eq!(
