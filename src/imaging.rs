@@ -86,6 +86,15 @@ pub fn sniff_format(bytes: &[u8]) -> Result<ImageFormat, ImageError> {
 /// buffer is allocated.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
     let format = sniff_format(bytes)?;
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(ImageError::Invalid(
+            "the JPEG is truncated (no end-of-image marker)".into(),
+        ));
+    }
+    // The size comes from the header alone, before any decoder state or pixel buffer exists.
+    if let Ok(size) = imagesize::blob_size(bytes) {
+        check_size(size.width as u64, size.height as u64, max_pixels)?;
+    }
     let invalid = |e: image::ImageError| ImageError::Invalid(format!("cannot decode image: {e}"));
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
@@ -93,19 +102,35 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(invalid)?;
     let (w, h) = decoder.dimensions();
+    check_size(w.into(), h.into(), max_pixels)?;
+    let orientation = decoder.orientation().map_err(invalid)?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(invalid)?;
+    img.apply_orientation(orientation);
+    Ok(img.to_rgb8())
+}
+
+fn check_size(w: u64, h: u64, max_pixels: u64) -> Result<(), ImageError> {
     if w == 0 || h == 0 {
         return Err(ImageError::Invalid("the image has zero size".into()));
     }
-    let pixels = u64::from(w) * u64::from(h);
+    let pixels = w.saturating_mul(h);
     if pixels > max_pixels {
         return Err(ImageError::Invalid(format!(
             "the image is {w}x{h} = {pixels} pixels, over the limit of {max_pixels}"
         )));
     }
-    let orientation = decoder.orientation().map_err(invalid)?;
-    let mut img = DynamicImage::from_decoder(decoder).map_err(invalid)?;
-    img.apply_orientation(orientation);
-    Ok(img.to_rgb8())
+    Ok(())
+}
+
+/// Whether a JPEG ends with its end-of-image marker (allowing a little trailing padding); the
+/// decoder itself fills a truncated scan with grey instead of failing.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != 0 && !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    let tail = &bytes[end.saturating_sub(32)..end];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 /// Decodes a mask image (white = garment) to grayscale.
@@ -173,56 +198,31 @@ pub fn fit_mask(mask: &GrayImage, garment_size: (u32, u32)) -> GrayImage {
     fit_into(&mask, fit_rect(gw, gh), Luma([0]), FilterType::Triangle)
 }
 
-/// An RGB image as a `3×H×W` f32 tensor in [-1, 1] (`pixel / 255 · 2 − 1`).
+/// An RGB image as an 8-bit `H×W×3` tensor (the batcher converts batches on the device).
 pub fn rgb_to_tensor(img: &RgbImage) -> candle_core::Result<Tensor> {
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let plane = w * h;
-    let mut data = vec![0f32; 3 * plane];
-    for (i, px) in img.pixels().enumerate() {
-        for c in 0..3 {
-            data[c * plane + i] = px[c] as f32 / 255.0 * 2.0 - 1.0;
-        }
-    }
-    Tensor::from_vec(data, (3, h, w), &Device::Cpu)
+    Tensor::from_vec(img.as_raw().clone(), (h, w, 3), &Device::Cpu)
 }
 
-/// A mask as a `1×H×W` f32 tensor of 0 and 1 (pixel / 255 > 0.5).
+/// A mask as an 8-bit `H×W×1` tensor (white = garment).
 pub fn mask_to_tensor(mask: &GrayImage) -> candle_core::Result<Tensor> {
     let (w, h) = (mask.width() as usize, mask.height() as usize);
-    let data: Vec<f32> = mask
-        .pixels()
-        .map(|p| if p[0] as f32 / 255.0 > 0.5 { 1.0 } else { 0.0 })
-        .collect();
-    Tensor::from_vec(data, (1, h, w), &Device::Cpu)
+    Tensor::from_vec(mask.as_raw().clone(), (h, w, 1), &Device::Cpu)
 }
 
-/// Converts a value in [-1, 1] to 8 bits: `trunc(clamp((x + 1) / 2, 0, 1) · 255 + 0.5)`.
-#[inline]
-pub fn to_u8(x: f32) -> u8 {
-    (((x + 1.0) * 0.5).clamp(0.0, 1.0) * 255.0 + 0.5) as u8
-}
-
-/// A `3×H×W` tensor in [-1, 1] as an RGB image.
+/// An 8-bit `H×W×3` tensor (as the models' answers come back) as an RGB image.
 pub fn tensor_to_rgb(t: &Tensor) -> candle_core::Result<RgbImage> {
-    let (c, h, w) = t.dims3()?;
-    if c != 3 {
-        candle_core::bail!("expected 3 channels, got {c}");
+    let (h, w, c) = t.dims3()?;
+    if c != 3 || t.dtype() != candle_core::DType::U8 {
+        candle_core::bail!(
+            "expected an H×W×3 u8 image, got {:?} {:?}",
+            t.dtype(),
+            t.dims()
+        );
     }
-    let data = t
-        .to_device(&Device::Cpu)?
-        .to_dtype(candle_core::DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let plane = h * w;
-    let mut img = RgbImage::new(w as u32, h as u32);
-    for (i, px) in img.pixels_mut().enumerate() {
-        *px = Rgb([
-            to_u8(data[i]),
-            to_u8(data[plane + i]),
-            to_u8(data[2 * plane + i]),
-        ]);
-    }
-    Ok(img)
+    let data = t.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<u8>()?;
+    RgbImage::from_raw(w as u32, h as u32, data)
+        .ok_or_else(|| candle_core::Error::Msg("image buffer size mismatch".into()))
 }
 
 /// Cuts the padding off a fitted answer.
@@ -384,11 +384,14 @@ fn keep_large_components(mask: &[bool], w: usize, h: usize, min_size: usize) -> 
     keep
 }
 
-/// One request's inputs, fitted and converted, ready for the batcher.
+/// One request's inputs, fitted to the model frame, as 8-bit `H×W×C` CPU tensors.
 #[derive(Debug, Clone)]
 pub struct PreparedPair {
+    /// `H×W×3`.
     pub person: Tensor,
+    /// `H×W×3`.
     pub cloth: Tensor,
+    /// `H×W×1`, white = garment.
     pub cloth_mask: Tensor,
     /// Where the person picture lies in the frame; the answer is cropped to it.
     pub content: Rect,
@@ -454,19 +457,10 @@ mod tests {
     }
 
     #[test]
-    fn u8_rule_matches_reference_rounding() {
-        assert_eq!(to_u8(-1.0), 0);
-        assert_eq!(to_u8(1.0), 255);
-        assert_eq!(to_u8(2.0), 255);
-        assert_eq!(to_u8(0.0), 128);
-        assert_eq!(to_u8(-2.0), 0);
-    }
-
-    #[test]
     fn tensor_round_trip_is_lossless() {
         let img = RgbImage::from_fn(7, 5, |x, y| Rgb([(x * 30) as u8, (y * 50) as u8, 200]));
         let t = rgb_to_tensor(&img).expect("tensor");
-        assert_eq!(t.dims(), &[3, 5, 7]);
+        assert_eq!(t.dims(), &[5, 7, 3]);
         assert_eq!(tensor_to_rgb(&t).expect("image"), img);
     }
 

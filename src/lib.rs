@@ -1,8 +1,18 @@
 //! VirtualFit: a batched virtual try-on inference server.
+//!
+//! The router side (HTTP, admission, batching, metrics) lives in [`server`], [`batcher`] and
+//! [`metrics`]; the models and their ops in [`models`] and [`ops`].
 
 pub mod batcher;
+pub mod cli;
+pub mod config;
+pub mod device;
 pub mod error;
+pub mod gpu;
 pub mod imaging;
 pub mod metrics;
 pub mod models;
+pub mod openapi;
 pub mod ops;
+pub mod server;
+pub mod simulate;

@@ -1,3 +1,6 @@
 fn main() {
-    println!("virtualfit");
+    if let Err(e) = virtualfit::cli::main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -417,3 +417,49 @@ fn speed_profile() {
         );
     }
 }
+
+// ---- end to end through the CLI ----
+
+#[test]
+fn cli_tryon_matches_reference_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = fixture_dir();
+    let png = fx.join("png");
+    for n in 0..6 {
+        let out = dir.path().join(format!("out_{n}.png"));
+        let arg = |p: PathBuf| p.display().to_string();
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_virtualfit"))
+            .args(["tryon", "--model", "dmvton", "--model-dir"])
+            .arg(arg(fx.clone()))
+            .args(["--person", &arg(png.join(format!("person_{n}.png")))])
+            .args(["--cloth", &arg(png.join(format!("cloth_{n}.png")))])
+            .args(["--cloth-mask", &arg(png.join(format!("mask_{n}.png")))])
+            .args(["--output", &arg(out.clone())])
+            .output()
+            .expect("run virtualfit");
+        assert!(
+            status.status.success(),
+            "pair {n}: virtualfit tryon failed: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let got = image::open(&out).unwrap().to_rgb8();
+        let want = image::open(png.join(format!("tryon_{n}.png")))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(got.dimensions(), want.dimensions(), "pair {n}: size");
+        let total = want.as_raw().len();
+        let within = got
+            .as_raw()
+            .iter()
+            .zip(want.as_raw())
+            .filter(|(a, b)| a.abs_diff(**b) <= 1)
+            .count();
+        let share = within as f64 / total as f64;
+        println!("cli pair {n}: {:.4}% within 1 level", share * 100.0);
+        assert!(
+            share >= 0.999,
+            "pair {n}: only {:.4}% within one level",
+            share * 100.0
+        );
+    }
+}

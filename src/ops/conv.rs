@@ -57,6 +57,17 @@ pub fn conv2d_fused(
     if h + 2 * padding < kh || w + 2 * padding < kw {
         candle_core::bail!("conv2d_fused: kernel {kh}×{kw} larger than padded input {h}×{w}");
     }
+    if !input.device().is_cpu() {
+        // Other devices use candle's convolution (cuDNN / cuBLAS on CUDA).
+        let y = input
+            .conv2d(weight, padding, stride, 1, 1)?
+            .broadcast_add(&bias.reshape((1, co, 1, 1))?)?;
+        return match activation {
+            ConvActivation::None => Ok(y),
+            ConvActivation::Relu6 => y.clamp(0f32, 6f32),
+            ConvActivation::LeakyRelu(s) => candle_nn::ops::leaky_relu(&y, s as f64),
+        };
+    }
     let input = input.contiguous()?;
     let weight = weight.contiguous()?;
     let bias = bias.flatten_all()?.contiguous()?;

@@ -3,7 +3,10 @@
 //! device-agnostic.
 
 pub mod conv;
+pub mod convert;
 pub mod correlation;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod depthwise;
 pub mod grid_sample;
 pub mod resize;

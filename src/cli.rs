@@ -1,0 +1,144 @@
+//! The `virtualfit` command line: `serve` (the default), `tryon`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{LogFormat, ModelArgs, ServeArgs};
+use crate::imaging::{self, OutputFormat};
+use crate::models::{self, TryOnBatch};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "virtualfit",
+    version,
+    about = "Virtual try-on inference server"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `serve` flags, when no subcommand is given.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API (the default).
+    Serve(ServeArgs),
+    /// Render one try-on offline and write it to a file.
+    Tryon(TryOnArgs),
+    /// Replay a load trace against a KEDA ScaledObject with the HPA's algorithm.
+    Simulate(crate::simulate::SimulateArgs),
+}
+
+/// `virtualfit tryon`.
+#[derive(Debug, Args)]
+pub struct TryOnArgs {
+    /// Person photo (JPEG, PNG or WebP).
+    #[arg(long)]
+    pub person: PathBuf,
+    /// Garment product photo.
+    #[arg(long)]
+    pub cloth: PathBuf,
+    /// Garment mask (white = garment); computed from the garment photo when absent.
+    #[arg(long)]
+    pub cloth_mask: Option<PathBuf>,
+    /// Output file; `.png` writes PNG, `.jpg`/`.jpeg` JPEG.
+    #[arg(long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Largest accepted image, in pixels.
+    #[arg(
+        long,
+        env = "VIRTUALFIT_MAX_IMAGE_PIXELS",
+        default_value_t = 36_000_000
+    )]
+    pub max_image_pixels: u64,
+    /// JPEG quality.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub jpeg_quality: u8,
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Tryon(args)) => {
+            init_logging(LogFormat::Text, "warn");
+            tryon(&args)
+        }
+        Some(Command::Simulate(args)) => crate::simulate::run(&args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format, "info");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(crate::server::serve(args))
+}
+
+/// Sets up `tracing` logs on stdout; `RUST_LOG` overrides the level.
+pub fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+fn read(path: &PathBuf, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+}
+
+/// `virtualfit tryon`: one pair through the model, written to `--output`.
+pub fn tryon(args: &TryOnArgs) -> anyhow::Result<()> {
+    let Some(format) = OutputFormat::from_path(&args.output) else {
+        bail!(
+            "cannot tell the output format of {}: use a .png, .jpg or .jpeg name",
+            args.output.display()
+        );
+    };
+    let max = args.max_image_pixels;
+    let decode = |path: &PathBuf, what: &str| -> anyhow::Result<image::RgbImage> {
+        imaging::decode(&read(path, what)?, max)
+            .with_context(|| format!("the {what} {} is not usable", path.display()))
+    };
+    let person = decode(&args.person, "person photo")?;
+    let cloth = decode(&args.cloth, "garment photo")?;
+    let mask = match &args.cloth_mask {
+        Some(p) => Some(
+            imaging::decode_mask(&read(p, "garment mask")?, max)
+                .with_context(|| format!("the garment mask {} is not usable", p.display()))?,
+        ),
+        None => None,
+    };
+    let device = crate::device::select(&args.model.device)?;
+    let model = models::load(&args.model.model, args.model.model_dir.as_deref(), &device)?;
+    let pair = imaging::prepare_decoded(&person, &cloth, mask.as_ref())?;
+    let batch = TryOnBatch::from_pairs(&[&pair], &device)?;
+    let out = models::forward_u8(model.as_ref(), &batch)?;
+    let first = out.first().context("the model answered no image")?;
+    let rgb = imaging::tensor_to_rgb(first)?;
+    let bytes = imaging::encode(
+        &imaging::crop(&rgb, pair.content),
+        format,
+        args.jpeg_quality,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot encode the answer: {e}"))?;
+    std::fs::write(&args.output, bytes)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! Device selection: `auto`, `cpu`, `cuda` or `cuda:N`.
+
+use candle_core::Device;
+
+/// Why the requested device cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("unknown device `{0}` (use auto, cpu, cuda or cuda:N)")]
+    Unknown(String),
+    #[error("device `{0}` needs a binary built with `--features cuda`")]
+    NoCudaSupport(String),
+    #[error("cannot open CUDA device {ordinal}: {reason}")]
+    CudaOpen { ordinal: usize, reason: String },
+}
+
+/// Opens the device named by `spec`; `auto` falls back to the CPU when no CUDA device opens.
+pub fn select(spec: &str) -> Result<Device, DeviceError> {
+    let spec = spec.trim().to_ascii_lowercase();
+    match spec.as_str() {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => {
+            if cfg!(feature = "cuda") {
+                match open_cuda(0) {
+                    Ok(d) => {
+                        tracing::info!("device auto: using cuda:0");
+                        return Ok(d);
+                    }
+                    Err(e) => {
+                        tracing::info!(reason = %e, "device auto: no CUDA device, using the CPU")
+                    }
+                }
+            } else {
+                tracing::info!("device auto: built without CUDA, using the CPU");
+            }
+            Ok(Device::Cpu)
+        }
+        "cuda" => open_cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => open_cuda(n),
+            _ => Err(DeviceError::Unknown(spec.clone())),
+        },
+    }
+}
+
+fn open_cuda(ordinal: usize) -> Result<Device, DeviceError> {
+    if !cfg!(feature = "cuda") {
+        return Err(DeviceError::NoCudaSupport(format!("cuda:{ordinal}")));
+    }
+    std::panic::catch_unwind(|| Device::new_cuda(ordinal))
+        .map_err(|_| DeviceError::CudaOpen {
+            ordinal,
+            reason: "the CUDA driver could not be loaded".into(),
+        })?
+        .map_err(|e| DeviceError::CudaOpen {
+            ordinal,
+            reason: e.to_string(),
+        })
+}
+
+/// A short name for logs, headers and metrics: `cpu` or `cuda:N`.
+pub fn name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_and_auto_open_here() {
+        assert!(matches!(select("cpu"), Ok(Device::Cpu)));
+        assert!(select("auto").is_ok());
+        assert!(matches!(select("tpu"), Err(DeviceError::Unknown(_))));
+        assert!(matches!(select("cuda:x"), Err(DeviceError::Unknown(_))));
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_is_a_clear_error() {
+        let e = select("cuda:1").expect_err("no CUDA here");
+        assert!(e.to_string().contains("--features cuda"), "{e}");
+    }
+}

@@ -1,0 +1,146 @@
+//! Helpers shared by the integration tests: a real server on 127.0.0.1:0, fixture images and
+//! multipart requests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use reqwest::multipart::{Form, Part};
+use virtualfit::config::ServeArgs;
+use virtualfit::server::Server;
+
+/// `virtualfit serve` flags, parsed the way the binary parses them.
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+pub fn serve_args(extra: &[&str]) -> ServeArgs {
+    let mut argv = vec!["virtualfit", "--bind", "127.0.0.1:0"];
+    argv.extend_from_slice(extra);
+    Flags::try_parse_from(argv).expect("valid flags").serve
+}
+
+/// Starts a server with the given extra flags and waits until it is ready.
+pub async fn start(extra: &[&str]) -> (Server, String) {
+    let mut server = Server::start(serve_args(extra))
+        .await
+        .expect("server starts");
+    server.ready().await.expect("warm-up");
+    let base = format!("http://{}", server.addr);
+    (server, base)
+}
+
+pub fn demo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/viton-demo")
+}
+
+pub fn fixture(rel: &str) -> Vec<u8> {
+    let path = demo_dir().join(rel);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// The viton-demo pairs as (person, cloth) file names.
+pub fn pairs() -> Vec<(String, String)> {
+    String::from_utf8(fixture("pairs.txt"))
+        .expect("utf-8")
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.to_string(), it.next()?.to_string()))
+        })
+        .collect()
+}
+
+pub fn image_part(bytes: Vec<u8>, mime: &str) -> Part {
+    Part::bytes(bytes)
+        .file_name("image")
+        .mime_str(mime)
+        .expect("mime")
+}
+
+/// A form with the first viton-demo pair.
+pub fn pair_form(index: usize) -> Form {
+    let pairs = pairs();
+    let (p, c) = &pairs[index % pairs.len()];
+    Form::new()
+        .part(
+            "person_image",
+            image_part(fixture(&format!("person/{p}")), "image/jpeg"),
+        )
+        .part(
+            "cloth_image",
+            image_part(fixture(&format!("cloth/{c}")), "image/jpeg"),
+        )
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+/// Reads one sample of the Prometheus text format (`name{labels} value`), summed over matches
+/// of the given label fragment.
+pub fn metric(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let series = key.split('{').next()?;
+            (series == name && key.contains(label)).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+pub async fn metrics_text(base: &str) -> String {
+    client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// A successful /tryon proves the server is still up and serving.
+pub async fn assert_still_serves(base: &str) {
+    let r = client()
+        .post(format!("{base}/tryon"))
+        .multipart(pair_form(0))
+        .send()
+        .await
+        .expect("server answers");
+    assert_eq!(r.status(), 200, "the server still serves /tryon");
+}
+
+/// A PNG header claiming `w×h` pixels, with no image data: decoding it would need w·h·3 bytes.
+pub fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = b"IHDR".to_vec();
+    chunk.extend_from_slice(&w.to_be_bytes());
+    chunk.extend_from_slice(&h.to_be_bytes());
+    chunk.extend_from_slice(&[8, 2, 0, 0, 0]);
+    out.extend_from_slice(&13u32.to_be_bytes());
+    out.extend_from_slice(&chunk);
+    out.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    out
+}
