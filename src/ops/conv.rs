@@ -234,32 +234,70 @@ fn conv2d_fused_cpu(
     out
 }
 
-/// Whether the Winograd F(2×2, 3×3) path applies: a 3×3, stride 1, padding 1 convolution with
+/// Whether the Winograd F(4×4, 3×3) path applies: a 3×3, stride 1, padding 1 convolution with
 /// enough input channels for the transforms to pay off.
 fn use_winograd(g: &Geometry) -> bool {
-    g.k == 3 && g.stride == 1 && g.padding == 1 && g.ci >= 16 && g.h >= 2 && g.w >= 2
+    g.k == 3 && g.stride == 1 && g.padding == 1 && g.ci >= 16
 }
 
-/// The 16 transformed kernels `U = G·g·Gᵀ`, as `16 × Co × Ci`.
+/// Output tile size of F(4×4, 3×3).
+const TILE: usize = 4;
+/// Transformed tile size: `TILE + 3 − 1`.
+const ALPHA: usize = 6;
+/// Number of transformed elements per tile, and of GEMMs.
+const ALPHA2: usize = ALPHA * ALPHA;
+
+/// `G·g` for one kernel column or row (interpolation points 0, ±1, ±2, ∞).
+#[inline(always)]
+fn kernel_transform([g0, g1, g2]: [f32; 3]) -> [f32; ALPHA] {
+    [
+        g0 / 4.0,
+        -(g0 + g1 + g2) / 6.0,
+        -(g0 - g1 + g2) / 6.0,
+        g0 / 24.0 + g1 / 12.0 + g2 / 6.0,
+        g0 / 24.0 - g1 / 12.0 + g2 / 6.0,
+        g2,
+    ]
+}
+
+/// `Bᵀ·d` for one column or row of a 6×6 input tile.
+#[inline(always)]
+fn input_transform([d0, d1, d2, d3, d4, d5]: [f32; ALPHA]) -> [f32; ALPHA] {
+    [
+        4.0 * d0 - 5.0 * d2 + d4,
+        -4.0 * (d1 + d2) + d3 + d4,
+        4.0 * (d1 - d2) - d3 + d4,
+        2.0 * (d3 - d1) - d2 + d4,
+        2.0 * (d1 - d3) - d2 + d4,
+        4.0 * d1 - 5.0 * d3 + d5,
+    ]
+}
+
+/// `Aᵀ·m` for one column or row of a 6×6 transformed output tile.
+#[inline(always)]
+fn output_transform([m0, m1, m2, m3, m4, m5]: [f32; ALPHA]) -> [f32; TILE] {
+    let (a, b) = (m1 + m2, m1 - m2);
+    let (c, d) = (m3 + m4, m3 - m4);
+    [m0 + a + c, b + 2.0 * d, a + 4.0 * c, b + 8.0 * d + m5]
+}
+
+/// The 36 transformed kernels `U = G·g·Gᵀ`, as `36 × Co × Ci`.
 fn winograd_kernels(weight: &[f32], co: usize, ci: usize) -> Vec<f32> {
-    let mut u = vec![0f32; 16 * co * ci];
+    let mut u = vec![0f32; ALPHA2 * co * ci];
     for o in 0..co {
         for c in 0..ci {
             let g = &weight[(o * ci + c) * 9..(o * ci + c) * 9 + 9];
-            // G·g: 4×3.
-            let mut gg = [[0f32; 3]; 4];
+            // G·g, column by column: 6×3.
+            let mut gg = [[0f32; 3]; ALPHA];
             for j in 0..3 {
-                let (a, b, d) = (g[j], g[3 + j], g[6 + j]);
-                gg[0][j] = a;
-                gg[1][j] = 0.5 * (a + b + d);
-                gg[2][j] = 0.5 * (a - b + d);
-                gg[3][j] = d;
+                let col = kernel_transform([g[j], g[3 + j], g[6 + j]]);
+                for i in 0..ALPHA {
+                    gg[i][j] = col[i];
+                }
             }
             for (i, row) in gg.iter().enumerate() {
-                let (a, b, d) = (row[0], row[1], row[2]);
-                let t = [a, 0.5 * (a + b + d), 0.5 * (a - b + d), d];
-                for (j, v) in t.iter().enumerate() {
-                    u[((i * 4 + j) * co + o) * ci + c] = *v;
+                for (j, v) in kernel_transform(*row).iter().enumerate() {
+                    u[((i * ALPHA + j) * co + o) * ci + c] = *v;
                 }
             }
         }
@@ -273,11 +311,13 @@ struct WinogradScratch {
     v: Vec<f32>,
     m: Vec<f32>,
     rows: Vec<f32>,
+    out_rows: Vec<f32>,
 }
 
-/// Winograd F(2×2, 3×3) convolution (padding 1, stride 1): per band of tile rows, the input
-/// transform `Bᵀ·d·B`, 16 GEMMs against the transformed kernels and the output transform
-/// `Aᵀ·m·A`, with bias and activation fused.
+/// Winograd F(4×4, 3×3) convolution (padding 1, stride 1): per band of tile rows, the input
+/// transform `Bᵀ·d·B`, 36 GEMMs against the transformed kernels and the output transform
+/// `Aᵀ·m·A`, with bias and activation fused. The transforms run along whole tile rows so that
+/// they vectorise.
 fn winograd_cpu(
     input: &[f32],
     weight: &[f32],
@@ -287,13 +327,14 @@ fn winograd_cpu(
 ) -> Vec<f32> {
     let (ci, co, h, w) = (g.ci, g.co, g.h, g.w);
     let u = winograd_kernels(weight, co, ci);
-    let (tiles_y, tiles_x) = (h.div_ceil(2), w.div_ceil(2));
-    const TARGET_TILES: usize = 384;
+    let (tiles_y, tiles_x) = (h.div_ceil(TILE), w.div_ceil(TILE));
+    const TARGET_TILES: usize = 192;
     let band = (TARGET_TILES / tiles_x).clamp(1, tiles_y);
     let bands = tiles_y.div_ceil(band);
     let mut out = vec![0f32; g.n * co * h * w];
     let out_ptr = OutPtr(out.as_mut_ptr());
-    let padded_w = 2 * tiles_x + 2;
+    // Padded input row: column 0 is x = −1; tiles read up to x = TILE·tiles_x + 1.
+    let padded_w = TILE * tiles_x + 2;
     (0..g.n * bands)
         .into_par_iter()
         .for_each_init(WinogradScratch::default, |scratch, task| {
@@ -302,18 +343,17 @@ fn winograd_cpu(
             let tr = band.min(tiles_y - ty0);
             let t_count = tr * tiles_x;
             let image = &input[b * ci * h * w..(b + 1) * ci * h * w];
-            scratch.v.resize(16 * ci * t_count, 0.0);
-            scratch.m.resize(16 * co * t_count, 0.0);
-            scratch.rows.resize(8 * padded_w, 0.0);
-            let (v, m, rows) = (&mut scratch.v, &mut scratch.m, &mut scratch.rows);
-            // Input transform, vectorised along each tile row: first Bᵀ·d down the 4 input
-            // rows (whole rows at once), then ·B across each tile's 4 columns.
+            scratch.v.resize(ALPHA2 * ci * t_count, 0.0);
+            scratch.m.resize(ALPHA2 * co * t_count, 0.0);
+            scratch.rows.resize(2 * ALPHA * padded_w, 0.0);
+            scratch.out_rows.resize(TILE * ALPHA * tiles_x, 0.0);
+            let (v, m) = (&mut scratch.v, &mut scratch.m);
+            let (rows, out_rows) = (&mut scratch.rows, &mut scratch.out_rows);
             for c in 0..ci {
                 let plane = &image[c * h * w..(c + 1) * h * w];
                 for ty in 0..tr {
-                    // The 4 input rows of this tile row, zero padded: column 0 is x = −1.
-                    let y0 = 2 * (ty0 + ty) as isize - 1;
-                    let (d, t) = rows.split_at_mut(4 * padded_w);
+                    let (d, t) = rows.split_at_mut(ALPHA * padded_w);
+                    let y0 = (TILE * (ty0 + ty)) as isize - 1;
                     for (i, prow) in d.chunks_exact_mut(padded_w).enumerate() {
                         let y = y0 + i as isize;
                         if y >= 0 && (y as usize) < h {
@@ -325,33 +365,30 @@ fn winograd_cpu(
                             prow.fill(0.0);
                         }
                     }
-                    let (d0, rest) = d.split_at(padded_w);
-                    let (d1, rest) = rest.split_at(padded_w);
-                    let (d2, d3) = rest.split_at(padded_w);
+                    // Bᵀ·d down the 6 rows, whole rows at once.
                     for x in 0..padded_w {
-                        t[x] = d0[x] - d2[x];
-                        t[padded_w + x] = d1[x] + d2[x];
-                        t[2 * padded_w + x] = d2[x] - d1[x];
-                        t[3 * padded_w + x] = d1[x] - d3[x];
+                        let col = input_transform(std::array::from_fn(|i| d[i * padded_w + x]));
+                        for (i, val) in col.iter().enumerate() {
+                            t[i * padded_w + x] = *val;
+                        }
                     }
+                    // ·B across each tile's 6 columns.
                     let base = ty * tiles_x;
                     for (i, ti) in t.chunks_exact(padded_w).enumerate() {
-                        let at = |j: usize| ((i * 4 + j) * ci + c) * t_count + base;
-                        let (a0, a1, a2, a3) = (at(0), at(1), at(2), at(3));
+                        let at = |j: usize| ((i * ALPHA + j) * ci + c) * t_count + base;
                         for tx in 0..tiles_x {
-                            let (e0, e1, e2, e3) =
-                                (ti[2 * tx], ti[2 * tx + 1], ti[2 * tx + 2], ti[2 * tx + 3]);
-                            v[a0 + tx] = e0 - e2;
-                            v[a1 + tx] = e1 + e2;
-                            v[a2 + tx] = e2 - e1;
-                            v[a3 + tx] = e1 - e3;
+                            let x = TILE * tx;
+                            let row = input_transform(std::array::from_fn(|k| ti[x + k]));
+                            for (j, val) in row.iter().enumerate() {
+                                v[at(j) + tx] = *val;
+                            }
                         }
                     }
                 }
             }
-            // 16 GEMMs: M_k (Co × T) = U_k (Co × Ci) · V_k (Ci × T).
-            for k in 0..16 {
-                // SAFETY: the three buffers hold 16 blocks of the sizes and strides given.
+            // 36 GEMMs: M_k (Co × T) = U_k (Co × Ci) · V_k (Ci × T).
+            for k in 0..ALPHA2 {
+                // SAFETY: the three buffers hold 36 blocks of the sizes and strides given.
                 unsafe {
                     gemm::gemm(
                         co,
@@ -376,49 +413,39 @@ fn winograd_cpu(
                     );
                 }
             }
-            // Output transform, bias, activation, vectorised along each tile row.
-            let dst_image = out_ptr;
-            let mut s0 = vec![0f32; 4 * tiles_x];
-            let mut s1 = vec![0f32; 4 * tiles_x];
+            // Output transform, bias, activation.
+            let out_base = out_ptr;
             for (o, &bo) in bias.iter().enumerate() {
-                // SAFETY: this task alone writes output rows 2·ty0 .. 2·(ty0 + tr) of image `b`.
+                // SAFETY: this task alone writes output rows TILE·ty0 .. TILE·(ty0 + tr) of
+                // image `b`.
                 let plane = unsafe {
-                    std::slice::from_raw_parts_mut(dst_image.0.add((b * co + o) * h * w), h * w)
+                    std::slice::from_raw_parts_mut(out_base.0.add((b * co + o) * h * w), h * w)
                 };
                 for ty in 0..tr {
-                    let row_of = |k: usize| {
-                        let at = (k * co + o) * t_count + ty * tiles_x;
-                        &m[at..at + tiles_x]
-                    };
-                    // Aᵀ·m down the 4 rows of each tile, for each of the 4 columns j.
-                    for j in 0..4 {
-                        let (m0, m1, m2, m3) =
-                            (row_of(j), row_of(4 + j), row_of(8 + j), row_of(12 + j));
-                        let top = &mut s0[j * tiles_x..(j + 1) * tiles_x];
+                    let base = ty * tiles_x;
+                    // Aᵀ·m down each tile's 6 rows, for each of the 6 columns j:
+                    // out_rows[a][j][tx].
+                    for j in 0..ALPHA {
                         for tx in 0..tiles_x {
-                            top[tx] = m0[tx] + m1[tx] + m2[tx];
-                        }
-                        let bottom = &mut s1[j * tiles_x..(j + 1) * tiles_x];
-                        for tx in 0..tiles_x {
-                            bottom[tx] = m1[tx] - m2[tx] - m3[tx];
+                            let col = output_transform(std::array::from_fn(|i| {
+                                m[((i * ALPHA + j) * co + o) * t_count + base + tx]
+                            }));
+                            for (a, val) in col.iter().enumerate() {
+                                out_rows[(a * ALPHA + j) * tiles_x + tx] = *val;
+                            }
                         }
                     }
-                    let oy = 2 * (ty0 + ty);
-                    for (a, sv) in [&s0, &s1].into_iter().enumerate() {
-                        if oy + a >= h {
-                            continue;
-                        }
-                        let (c0, rest) = sv.split_at(tiles_x);
-                        let (c1, rest) = rest.split_at(tiles_x);
-                        let (c2, c3) = rest.split_at(tiles_x);
+                    let oy = TILE * (ty0 + ty);
+                    for a in 0..TILE.min(h - oy) {
                         let row = &mut plane[(oy + a) * w..(oy + a + 1) * w];
-                        let full = w / 2;
-                        for tx in 0..full {
-                            row[2 * tx] = activation.apply(c0[tx] + c1[tx] + c2[tx] + bo);
-                            row[2 * tx + 1] = activation.apply(c1[tx] - c2[tx] - c3[tx] + bo);
-                        }
-                        if w % 2 == 1 {
-                            row[2 * full] = activation.apply(c0[full] + c1[full] + c2[full] + bo);
+                        let s = &out_rows[a * ALPHA * tiles_x..(a + 1) * ALPHA * tiles_x];
+                        for tx in 0..tiles_x {
+                            let vals =
+                                output_transform(std::array::from_fn(|j| s[j * tiles_x + tx]));
+                            let x = TILE * tx;
+                            for (bx, val) in vals.iter().enumerate().take(w.saturating_sub(x)) {
+                                row[x + bx] = activation.apply(val + bo);
+                            }
                         }
                     }
                 }
@@ -485,15 +512,18 @@ mod tests {
         s: usize,
         pad: usize,
         act: ConvActivation,
-    ) -> (Vec<f32>, usize, usize) {
+    ) -> (Vec<f32>, Vec<f32>, usize, usize) {
         let ho = (h + 2 * pad - k) / s + 1;
         let wo = (w + 2 * pad - k) / s + 1;
         let mut out = vec![0f32; n * co * ho * wo];
+        // Σ|terms| per output: the scale that float rounding errors are relative to.
+        let mut scale = vec![0f32; n * co * ho * wo];
         for i in 0..n {
             for o in 0..co {
                 for oy in 0..ho {
                     for ox in 0..wo {
                         let mut acc = b[o] as f64;
+                        let mut mag = (b[o] as f64).abs();
                         for c in 0..ci {
                             for ky in 0..k {
                                 for kx in 0..k {
@@ -501,19 +531,22 @@ mod tests {
                                     let ix = (ox * s + kx) as isize - pad as isize;
                                     if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w
                                     {
-                                        acc += wt[((o * ci + c) * k + ky) * k + kx] as f64
+                                        let term = wt[((o * ci + c) * k + ky) * k + kx] as f64
                                             * x[((i * ci + c) * h + iy as usize) * w + ix as usize]
                                                 as f64;
+                                        acc += term;
+                                        mag += term.abs();
                                     }
                                 }
                             }
                         }
                         out[((i * co + o) * ho + oy) * wo + ox] = act.apply(acc as f32);
+                        scale[((i * co + o) * ho + oy) * wo + ox] = mag as f32;
                     }
                 }
             }
         }
-        (out, ho, wo)
+        (out, scale, ho, wo)
     }
 
     #[test]
@@ -527,10 +560,13 @@ mod tests {
             ((1, 2, 1, 1), 4, 3, 1, 1),
             ((1, 3, 40, 30), 2, 3, 1, 1),
             ((1, 5, 7, 7), 3, 1, 2, 0),
-            // Winograd path (3×3, stride 1, padding 1, ≥ 16 input channels), even and odd sizes.
+            // Winograd path (3×3, stride 1, padding 1, ≥ 16 input channels), sizes that are
+            // and are not multiples of the tile.
             ((2, 16, 8, 6), 5, 3, 1, 1),
             ((1, 20, 7, 5), 3, 3, 1, 1),
             ((1, 16, 2, 3), 4, 3, 1, 1),
+            ((1, 16, 1, 1), 2, 3, 1, 1),
+            ((1, 24, 8, 6), 5, 3, 1, 1),
             ((1, 32, 41, 9), 6, 3, 1, 1),
             // Several bands of tile rows per image.
             ((2, 16, 101, 40), 3, 3, 1, 1),
@@ -545,7 +581,7 @@ mod tests {
                 let wt = Tensor::randn(0f32, 1.0, (co, dims.1, k, k), &dev)?;
                 let b = Tensor::randn(0f32, 1.0, co, &dev)?;
                 let got = conv2d_fused(&x, &wt, &b, s, pad, act)?;
-                let (want, ho, wo) = naive(
+                let (want, scale, ho, wo) = naive(
                     &x.flatten_all()?.to_vec1()?,
                     &wt.flatten_all()?.to_vec1()?,
                     &b.to_vec1()?,
@@ -558,10 +594,11 @@ mod tests {
                 );
                 assert_eq!(got.dims(), &[dims.0, co, ho, wo]);
                 let got: Vec<f32> = got.flatten_all()?.to_vec1()?;
-                for (g, r) in got.iter().zip(&want) {
+                // Winograd F(4×4, 3×3) rounds to a few 1e-6 of the terms' magnitude.
+                for ((g, r), m) in got.iter().zip(&want).zip(&scale) {
                     assert!(
-                        (g - r).abs() <= 1e-4 * (1.0 + r.abs()),
-                        "{dims:?} k{k} s{s}: {g} vs {r}"
+                        (g - r).abs() <= 2e-5 * (1.0 + m),
+                        "{dims:?} k{k} s{s}: {g} vs {r} (scale {m})"
                     );
                 }
             }
