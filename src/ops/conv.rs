@@ -19,7 +19,23 @@ pub enum ConvActivation {
 }
 
 impl ConvActivation {
-    #[inline]
+    /// Adds `bias` to every element of `row`, then applies the activation. The match is outside
+    /// the loops so that each loop vectorises.
+    #[inline(always)]
+    pub fn bias_apply(self, row: &mut [f32], bias: f32) {
+        match self {
+            ConvActivation::None => row.iter_mut().for_each(|v| *v += bias),
+            ConvActivation::Relu6 => row
+                .iter_mut()
+                .for_each(|v| *v = (*v + bias).max(0.0).min(6.0)),
+            ConvActivation::LeakyRelu(s) => row.iter_mut().for_each(|v| {
+                let x = *v + bias;
+                *v = if x >= 0.0 { x } else { x * s };
+            }),
+        }
+    }
+
+    #[cfg(test)]
     fn apply(self, v: f32) -> f32 {
         match self {
             ConvActivation::None => v,
@@ -225,9 +241,7 @@ fn conv2d_fused_cpu(
                 );
                 for (c, &bc) in bias.iter().enumerate() {
                     let row = std::slice::from_raw_parts_mut(dst.add(c * out_plane), p);
-                    for v in row {
-                        *v = activation.apply(*v + bc);
-                    }
+                    activation.bias_apply(row, bc);
                 }
             }
         });
@@ -335,123 +349,189 @@ fn winograd_cpu(
     let out_ptr = OutPtr(out.as_mut_ptr());
     // Padded input row: column 0 is x = −1; tiles read up to x = TILE·tiles_x + 1.
     let padded_w = TILE * tiles_x + 2;
+    let ctx = WinogradBand {
+        input,
+        u: &u,
+        bias,
+        g,
+        activation,
+        tiles_x,
+        tiles_y,
+        band,
+        bands,
+        padded_w,
+        out: out_ptr,
+    };
     (0..g.n * bands)
         .into_par_iter()
         .for_each_init(WinogradScratch::default, |scratch, task| {
-            let (b, bi) = (task / bands, task % bands);
-            let ty0 = bi * band;
-            let tr = band.min(tiles_y - ty0);
-            let t_count = tr * tiles_x;
-            let image = &input[b * ci * h * w..(b + 1) * ci * h * w];
-            scratch.v.resize(ALPHA2 * ci * t_count, 0.0);
-            scratch.m.resize(ALPHA2 * co * t_count, 0.0);
-            scratch.rows.resize(2 * ALPHA * padded_w, 0.0);
-            scratch.out_rows.resize(TILE * ALPHA * tiles_x, 0.0);
-            let (v, m) = (&mut scratch.v, &mut scratch.m);
-            let (rows, out_rows) = (&mut scratch.rows, &mut scratch.out_rows);
-            for c in 0..ci {
-                let plane = &image[c * h * w..(c + 1) * h * w];
-                for ty in 0..tr {
-                    let (d, t) = rows.split_at_mut(ALPHA * padded_w);
-                    let y0 = (TILE * (ty0 + ty)) as isize - 1;
-                    for (i, prow) in d.chunks_exact_mut(padded_w).enumerate() {
-                        let y = y0 + i as isize;
-                        if y >= 0 && (y as usize) < h {
-                            prow[0] = 0.0;
-                            prow[1..1 + w]
-                                .copy_from_slice(&plane[y as usize * w..(y as usize + 1) * w]);
-                            prow[1 + w..].fill(0.0);
-                        } else {
-                            prow.fill(0.0);
-                        }
-                    }
-                    // Bᵀ·d down the 6 rows, whole rows at once.
-                    for x in 0..padded_w {
-                        let col = input_transform(std::array::from_fn(|i| d[i * padded_w + x]));
-                        for (i, val) in col.iter().enumerate() {
-                            t[i * padded_w + x] = *val;
-                        }
-                    }
-                    // ·B across each tile's 6 columns.
-                    let base = ty * tiles_x;
-                    for (i, ti) in t.chunks_exact(padded_w).enumerate() {
-                        let at = |j: usize| ((i * ALPHA + j) * ci + c) * t_count + base;
-                        for tx in 0..tiles_x {
-                            let x = TILE * tx;
-                            let row = input_transform(std::array::from_fn(|k| ti[x + k]));
-                            for (j, val) in row.iter().enumerate() {
-                                v[at(j) + tx] = *val;
-                            }
-                        }
-                    }
-                }
-            }
-            // 36 GEMMs: M_k (Co × T) = U_k (Co × Ci) · V_k (Ci × T).
-            for k in 0..ALPHA2 {
-                // SAFETY: the three buffers hold 36 blocks of the sizes and strides given.
-                unsafe {
-                    gemm::gemm(
-                        co,
-                        t_count,
-                        ci,
-                        m.as_mut_ptr().add(k * co * t_count),
-                        1,
-                        t_count as isize,
-                        false,
-                        u.as_ptr().add(k * co * ci),
-                        1,
-                        ci as isize,
-                        v.as_ptr().add(k * ci * t_count),
-                        1,
-                        t_count as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-            }
-            // Output transform, bias, activation.
-            let out_base = out_ptr;
-            for (o, &bo) in bias.iter().enumerate() {
-                // SAFETY: this task alone writes output rows TILE·ty0 .. TILE·(ty0 + tr) of
-                // image `b`.
-                let plane = unsafe {
-                    std::slice::from_raw_parts_mut(out_base.0.add((b * co + o) * h * w), h * w)
-                };
-                for ty in 0..tr {
-                    let base = ty * tiles_x;
-                    // Aᵀ·m down each tile's 6 rows, for each of the 6 columns j:
-                    // out_rows[a][j][tx].
-                    for j in 0..ALPHA {
-                        for tx in 0..tiles_x {
-                            let col = output_transform(std::array::from_fn(|i| {
-                                m[((i * ALPHA + j) * co + o) * t_count + base + tx]
-                            }));
-                            for (a, val) in col.iter().enumerate() {
-                                out_rows[(a * ALPHA + j) * tiles_x + tx] = *val;
-                            }
-                        }
-                    }
-                    let oy = TILE * (ty0 + ty);
-                    for a in 0..TILE.min(h - oy) {
-                        let row = &mut plane[(oy + a) * w..(oy + a + 1) * w];
-                        let s = &out_rows[a * ALPHA * tiles_x..(a + 1) * ALPHA * tiles_x];
-                        for tx in 0..tiles_x {
-                            let vals =
-                                output_transform(std::array::from_fn(|j| s[j * tiles_x + tx]));
-                            let x = TILE * tx;
-                            for (bx, val) in vals.iter().enumerate().take(w.saturating_sub(x)) {
-                                row[x + bx] = activation.apply(val + bo);
-                            }
-                        }
-                    }
-                }
-            }
+            winograd_band_dispatch(&ctx, scratch, task)
         });
     out
+}
+
+/// Everything one band of the Winograd path needs.
+struct WinogradBand<'a> {
+    input: &'a [f32],
+    u: &'a [f32],
+    bias: &'a [f32],
+    g: Geometry,
+    activation: ConvActivation,
+    tiles_x: usize,
+    tiles_y: usize,
+    band: usize,
+    bands: usize,
+    padded_w: usize,
+    out: OutPtr,
+}
+
+/// Runs [`winograd_band`] compiled for AVX2 when the CPU has it.
+fn winograd_band_dispatch(ctx: &WinogradBand, scratch: &mut WinogradScratch, task: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { winograd_band_avx2(ctx, scratch, task) };
+    }
+    winograd_band(ctx, scratch, task)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn winograd_band_avx2(ctx: &WinogradBand, scratch: &mut WinogradScratch, task: usize) {
+    winograd_band(ctx, scratch, task)
+}
+
+/// One band of tile rows of one image: input transform, 36 GEMMs, output transform.
+#[inline(always)]
+fn winograd_band(ctx: &WinogradBand, scratch: &mut WinogradScratch, task: usize) {
+    let WinogradBand {
+        input,
+        u,
+        bias,
+        g,
+        activation,
+        tiles_x,
+        tiles_y,
+        band,
+        bands,
+        padded_w,
+        out: out_ptr,
+    } = *ctx;
+    let (ci, co, h, w) = (g.ci, g.co, g.h, g.w);
+    {
+        let (b, bi) = (task / bands, task % bands);
+        let ty0 = bi * band;
+        let tr = band.min(tiles_y - ty0);
+        let t_count = tr * tiles_x;
+        let image = &input[b * ci * h * w..(b + 1) * ci * h * w];
+        scratch.v.resize(ALPHA2 * ci * t_count, 0.0);
+        scratch.m.resize(ALPHA2 * co * t_count, 0.0);
+        scratch.rows.resize(2 * ALPHA * padded_w, 0.0);
+        scratch.out_rows.resize(TILE * ALPHA * tiles_x, 0.0);
+        let (v, m) = (&mut scratch.v, &mut scratch.m);
+        let (rows, out_rows) = (&mut scratch.rows, &mut scratch.out_rows);
+        for c in 0..ci {
+            let plane = &image[c * h * w..(c + 1) * h * w];
+            for ty in 0..tr {
+                let (d, t) = rows.split_at_mut(ALPHA * padded_w);
+                let y0 = (TILE * (ty0 + ty)) as isize - 1;
+                for (i, prow) in d.chunks_exact_mut(padded_w).enumerate() {
+                    let y = y0 + i as isize;
+                    if y >= 0 && (y as usize) < h {
+                        prow[0] = 0.0;
+                        prow[1..1 + w]
+                            .copy_from_slice(&plane[y as usize * w..(y as usize + 1) * w]);
+                        prow[1 + w..].fill(0.0);
+                    } else {
+                        prow.fill(0.0);
+                    }
+                }
+                // Bᵀ·d down the 6 rows, whole rows at once.
+                for x in 0..padded_w {
+                    let col = input_transform(std::array::from_fn(|i| d[i * padded_w + x]));
+                    for (i, val) in col.iter().enumerate() {
+                        t[i * padded_w + x] = *val;
+                    }
+                }
+                // ·B across each tile's 6 columns.
+                let base = ty * tiles_x;
+                for (i, ti) in t.chunks_exact(padded_w).enumerate() {
+                    let at = |j: usize| ((i * ALPHA + j) * ci + c) * t_count + base;
+                    for tx in 0..tiles_x {
+                        let x = TILE * tx;
+                        let row = input_transform(std::array::from_fn(|k| ti[x + k]));
+                        for (j, val) in row.iter().enumerate() {
+                            v[at(j) + tx] = *val;
+                        }
+                    }
+                }
+            }
+        }
+        // 36 GEMMs: M_k (Co × T) = U_k (Co × Ci) · V_k (Ci × T).
+        for k in 0..ALPHA2 {
+            // SAFETY: the three buffers hold 36 blocks of the sizes and strides given.
+            unsafe {
+                gemm::gemm(
+                    co,
+                    t_count,
+                    ci,
+                    m.as_mut_ptr().add(k * co * t_count),
+                    1,
+                    t_count as isize,
+                    false,
+                    u.as_ptr().add(k * co * ci),
+                    1,
+                    ci as isize,
+                    v.as_ptr().add(k * ci * t_count),
+                    1,
+                    t_count as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+        // Output transform, bias, activation.
+        let out_base = out_ptr;
+        for (o, &bo) in bias.iter().enumerate() {
+            // SAFETY: this task alone writes output rows TILE·ty0 .. TILE·(ty0 + tr) of
+            // image `b`.
+            let plane = unsafe {
+                std::slice::from_raw_parts_mut(out_base.0.add((b * co + o) * h * w), h * w)
+            };
+            for ty in 0..tr {
+                let base = ty * tiles_x;
+                // Aᵀ·m down each tile's 6 rows, for each of the 6 columns j:
+                // out_rows[a][j][tx].
+                for j in 0..ALPHA {
+                    for tx in 0..tiles_x {
+                        let col = output_transform(std::array::from_fn(|i| {
+                            m[((i * ALPHA + j) * co + o) * t_count + base + tx]
+                        }));
+                        for (a, val) in col.iter().enumerate() {
+                            out_rows[(a * ALPHA + j) * tiles_x + tx] = *val;
+                        }
+                    }
+                }
+                let oy = TILE * (ty0 + ty);
+                for a in 0..TILE.min(h - oy) {
+                    let row = &mut plane[(oy + a) * w..(oy + a + 1) * w];
+                    let s = &out_rows[a * ALPHA * tiles_x..(a + 1) * ALPHA * tiles_x];
+                    for tx in 0..tiles_x {
+                        let vals = output_transform(std::array::from_fn(|j| s[j * tiles_x + tx]));
+                        let x = TILE * tx;
+                        for (bx, val) in vals.iter().enumerate().take(w.saturating_sub(x)) {
+                            row[x + bx] = *val;
+                        }
+                    }
+                    activation.bias_apply(row, bo);
+                }
+            }
+        }
+    }
 }
 
 impl CustomOp3 for Conv2dFused {

@@ -31,7 +31,36 @@ pub fn correlation(first: &Tensor, second: &Tensor) -> Result<Tensor> {
 #[derive(Debug, Clone, Copy)]
 pub struct Correlation;
 
+/// [`image_row`] compiled for AVX2 when the CPU has it.
+fn image_row_dispatch(
+    first: &[f32],
+    second: &[f32],
+    chw: (usize, usize, usize),
+    y: usize,
+    rows: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { image_row_avx2(first, second, chw, y, rows) };
+    }
+    image_row(first, second, chw, y, rows)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn image_row_avx2(
+    first: &[f32],
+    second: &[f32],
+    chw: (usize, usize, usize),
+    y: usize,
+    rows: &mut [f32],
+) {
+    image_row(first, second, chw, y, rows)
+}
+
 /// The 49 output rows of one image row `y`, as `49×W` in `rows`.
+#[inline(always)]
 fn image_row(
     first: &[f32],
     second: &[f32],
@@ -88,7 +117,7 @@ pub fn correlation_cpu(
         .map(|by| {
             let (b, y) = (by / h, by % h);
             let mut rows = vec![0f32; DISPLACEMENTS * w];
-            image_row(
+            image_row_dispatch(
                 &first[b * image..(b + 1) * image],
                 &second[b * image..(b + 1) * image],
                 (c, h, w),

@@ -48,8 +48,45 @@ pub fn out_size(size: usize, stride: usize) -> usize {
     (size - 1) / stride + 1
 }
 
+/// [`plane`] compiled for AVX2 when the CPU has it.
+#[allow(clippy::too_many_arguments)]
+fn plane_dispatch(
+    src: &[f32],
+    dst: &mut [f32],
+    hw: (usize, usize),
+    out_hw: (usize, usize),
+    k: &[f32],
+    bias: f32,
+    stride: usize,
+    relu6: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { plane_avx2(src, dst, hw, out_hw, k, bias, stride, relu6) };
+    }
+    plane(src, dst, hw, out_hw, k, bias, stride, relu6)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn plane_avx2(
+    src: &[f32],
+    dst: &mut [f32],
+    hw: (usize, usize),
+    out_hw: (usize, usize),
+    k: &[f32],
+    bias: f32,
+    stride: usize,
+    relu6: bool,
+) {
+    plane(src, dst, hw, out_hw, k, bias, stride, relu6)
+}
+
 /// One channel plane: `src` is `h×w`, `dst` is `ho×wo`.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn plane(
     src: &[f32],
     dst: &mut [f32],
@@ -97,7 +134,7 @@ fn plane(
         }
         if relu6 {
             for v in out_row.iter_mut() {
-                *v = v.clamp(0.0, 6.0);
+                *v = v.max(0.0).min(6.0);
             }
         }
     }
@@ -120,7 +157,7 @@ pub fn depthwise_conv3x3_cpu(
         .for_each(|(plane_index, dst)| {
             let ch = plane_index % c;
             let src = &input[plane_index * h * w..(plane_index + 1) * h * w];
-            plane(
+            plane_dispatch(
                 src,
                 dst,
                 (h, w),
