@@ -1,4 +1,4 @@
-//! The `virtualfit` command line: `serve` (the default), `tryon`.
+//! The `virtualfit` command line: `serve` (the default), `tryon`, `bench`.
 
 use std::path::PathBuf;
 
@@ -30,6 +30,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Render one try-on offline and write it to a file.
     Tryon(TryOnArgs),
+    /// Benchmarks: HTTP load (`http`, `sweep`) and raw model speed (`model`).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// `virtualfit tryon`.
@@ -70,6 +72,10 @@ pub fn main() -> anyhow::Result<()> {
         Some(Command::Tryon(args)) => {
             init_logging(LogFormat::Text, "warn");
             tryon(&args)
+        }
+        Some(Command::Bench(args)) => {
+            init_logging(LogFormat::Text, "warn");
+            crate::bench::run(args).map_err(anyhow::Error::from)
         }
     }
 }
