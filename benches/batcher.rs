@@ -72,7 +72,7 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("batcher");
     g.sample_size(20)
         .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+        .measurement_time(Duration::from_secs(3));
     // `burst` requests submitted at once, answered in batches of up to `max_batch` (1 request:
     // the round trip of a lone request).
     for (max_batch, burst) in [(1usize, 1u64), (1, 32), (8, 32)] {

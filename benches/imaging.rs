@@ -38,7 +38,7 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("imaging");
     g.sample_size(20)
         .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(3))
         .throughput(Throughput::Elements(1));
     g.bench_function("decode_fit_normalise/192x256", |b| {
         b.iter(|| decode_fit_normalise(black_box(&small)))
