@@ -1,5 +1,6 @@
 //! The batcher's own cost per request, with a model that does nothing: admission, the wait for
-//! the worker, stacking the batch, splitting the answer and the reply.
+//! the worker, stacking and converting the batch, converting the answer to 8 bits, splitting it
+//! and the reply.
 
 use std::time::Duration;
 

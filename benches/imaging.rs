@@ -8,6 +8,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use image::RgbImage;
 use virtualfit::imaging::{self, OutputFormat};
+use virtualfit::ops::convert::{to_model_input, InputKind};
 
 const MAX_PIXELS: u64 = 36_000_000;
 
@@ -18,10 +19,14 @@ fn demo(rel: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
+/// Decode, fit to 192×256, and normalise to the model's `1×3×H×W` f32 input in [-1, 1].
 fn decode_fit_normalise(bytes: &[u8]) -> candle_core::Tensor {
     let img = imaging::decode(bytes, MAX_PIXELS).expect("decodes");
     let (fitted, _) = imaging::fit(&img);
-    imaging::rgb_to_tensor(&fitted).expect("tensor")
+    let t = imaging::rgb_to_tensor(&fitted)
+        .and_then(|t| t.unsqueeze(0))
+        .expect("tensor");
+    to_model_input(&t, InputKind::Image).expect("normalises")
 }
 
 fn benches(c: &mut Criterion) {

@@ -18,17 +18,17 @@ fn batch(n: usize) -> TryOnBatch {
     let prepared: Vec<_> = (0..n)
         .map(|i| {
             let p = &pairs[i % pairs.len()];
-            let q = virtualfit::imaging::prepare_pair(
+            virtualfit::imaging::prepare_pair(
                 &p.person.bytes,
                 &p.cloth.bytes,
                 p.mask.as_ref().map(|m| &m.bytes[..]),
                 u64::MAX,
             )
-            .expect("prepares");
-            (q.person, q.cloth, q.cloth_mask)
+            .expect("prepares")
         })
         .collect();
-    TryOnBatch::stack(&prepared, &Device::Cpu).expect("stacks")
+    let refs: Vec<_> = prepared.iter().collect();
+    TryOnBatch::from_pairs(&refs, &Device::Cpu).expect("converts")
 }
 
 fn benches(c: &mut Criterion) {

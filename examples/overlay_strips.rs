@@ -22,11 +22,8 @@ fn main() -> anyhow::Result<()> {
         let person = imaging::decode(&std::fs::read(demo.join("person").join(p))?, u64::MAX)?;
         let cloth = imaging::decode(&std::fs::read(demo.join("cloth").join(c))?, u64::MAX)?;
         let pair = imaging::prepare_decoded(&person, &cloth, None)?;
-        let batch = TryOnBatch::stack(
-            &[(pair.person, pair.cloth, pair.cloth_mask)],
-            &candle_core::Device::Cpu,
-        )?;
-        let out = imaging::tensor_to_rgb(&model.forward(&batch)?.get(0)?)?;
+        let batch = TryOnBatch::from_pairs(&[&pair], &candle_core::Device::Cpu)?;
+        let out = imaging::tensor_to_rgb(&models::forward_u8(model.as_ref(), &batch)?[0])?;
         let mut strip = image::RgbImage::new(576, 256);
         image::imageops::replace(&mut strip, &person, 0, 0);
         image::imageops::replace(&mut strip, &cloth, 192, 0);

@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use tokio::sync::oneshot;
 
 use crate::imaging::PreparedPair;
@@ -26,7 +26,7 @@ pub struct BatcherConfig {
 /// What a request gets back from its batch.
 #[derive(Debug)]
 pub struct JobOutput {
-    /// The try-on image, `3×H×W` in [-1, 1], on the CPU.
+    /// The try-on image, 8-bit `H×W×3`, on the CPU.
     pub image: Tensor,
     pub batch_size: usize,
     pub queue_time: Duration,
@@ -350,27 +350,16 @@ fn run_batch(model: &dyn TryOnModel, shared: &Shared, jobs: Vec<Job>) {
 }
 
 fn forward(model: &dyn TryOnModel, jobs: &[Job]) -> Result<Vec<Tensor>, ModelError> {
-    let pairs: Vec<(Tensor, Tensor, Tensor)> = jobs
-        .iter()
-        .map(|j| {
-            (
-                j.inputs.person.clone(),
-                j.inputs.cloth.clone(),
-                j.inputs.cloth_mask.clone(),
-            )
-        })
-        .collect();
-    let batch = TryOnBatch::stack(&pairs, model.device())?;
-    let out = model.forward(&batch)?.to_device(&Device::Cpu)?;
-    (0..jobs.len())
-        .map(|i| out.get(i).map_err(ModelError::from))
-        .collect()
+    let pairs: Vec<&PreparedPair> = jobs.iter().map(|j| &j.inputs).collect();
+    let batch = TryOnBatch::from_pairs(&pairs, model.device())?;
+    crate::models::forward_u8(model, &batch)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::imaging::Rect;
+    use candle_core::Device;
 
     /// A model that fails with out-of-memory above `max_ok` items and records batch sizes.
     struct FlakyModel {
@@ -396,14 +385,9 @@ mod tests {
         }
     }
 
-    fn pair(value: f32) -> PreparedPair {
-        let t = Tensor::full(value, (3, MODEL_HEIGHT, MODEL_WIDTH), &Device::Cpu).expect("t");
-        let m = Tensor::ones(
-            (1, MODEL_HEIGHT, MODEL_WIDTH),
-            candle_core::DType::F32,
-            &Device::Cpu,
-        )
-        .expect("m");
+    fn pair(value: u8) -> PreparedPair {
+        let t = Tensor::full(value, (MODEL_HEIGHT, MODEL_WIDTH, 3), &Device::Cpu).expect("t");
+        let m = Tensor::full(255u8, (MODEL_HEIGHT, MODEL_WIDTH, 1), &Device::Cpu).expect("m");
         PreparedPair {
             person: t.clone(),
             cloth: t,
@@ -449,17 +433,21 @@ mod tests {
         // Raise the cap to 8 to provoke the failure, as if the device's free memory had shrunk.
         batcher.shared.lock().batch_cap = 8;
         let receivers: Vec<_> = (0..8)
-            .map(|i| batcher.submit(pair(i as f32 / 10.0)).expect("admitted"))
+            .map(|i| batcher.submit(pair(i as u8 * 20)).expect("admitted"))
             .collect();
         for (i, rx) in receivers.into_iter().enumerate() {
             let out = rx.await.expect("answered").expect("image");
-            let v = out
+            // The model negates its input: v ↦ 255 − v on the 8-bit scale.
+            let v: Vec<u8> = out
                 .image
-                .mean_all()
-                .expect("mean")
-                .to_scalar::<f32>()
-                .expect("scalar");
-            assert!((v + i as f32 / 10.0).abs() < 1e-6, "item {i} got {v}");
+                .flatten_all()
+                .and_then(|t| t.to_vec1())
+                .expect("pixels");
+            assert!(
+                v.iter().all(|&p| p == 255 - i as u8 * 20),
+                "item {i} got {}",
+                v[0]
+            );
             assert!(out.batch_size <= 2);
         }
         assert_eq!(batcher.batch_cap(), 2);
@@ -479,15 +467,15 @@ mod tests {
         let mut cfg = config(8, 5_000);
         cfg.queue_capacity = 2;
         let batcher = start(model, cfg, Metrics::new());
-        let _a = batcher.submit(pair(0.0)).expect("first");
-        let _b = batcher.submit(pair(0.0)).expect("second");
-        match batcher.submit(pair(0.0)) {
+        let _a = batcher.submit(pair(0)).expect("first");
+        let _b = batcher.submit(pair(0)).expect("second");
+        match batcher.submit(pair(0)) {
             Err(AdmitError::QueueFull { retry_after_s }) => assert!(retry_after_s >= 1),
             other => panic!("expected QueueFull, got {:?}", other.map(|_| ())),
         }
         batcher.close();
         assert_eq!(
-            batcher.submit(pair(0.0)).map(|_| ()),
+            batcher.submit(pair(0)).map(|_| ()),
             Err(AdmitError::Draining)
         );
     }
@@ -505,7 +493,7 @@ mod tests {
         let metrics = Metrics::new();
         let batcher = start(model, cfg, metrics.clone());
         let before = calls.lock().expect("lock").len();
-        let rx = batcher.submit(pair(0.0)).expect("admitted");
+        let rx = batcher.submit(pair(0)).expect("admitted");
         match rx.await.expect("answered") {
             Err(JobError::Deadline { .. }) => {}
             other => panic!("expected deadline, got {other:?}"),

@@ -1,4 +1,4 @@
-//! The `virtualfit` command line: `serve` (the default), `tryon`, `bench`.
+//! The `virtualfit` command line: `serve` (the default), `tryon`, `simulate`, `bench`.
 
 use std::path::PathBuf;
 
@@ -30,6 +30,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Render one try-on offline and write it to a file.
     Tryon(TryOnArgs),
+    /// Replay a load trace against a KEDA ScaledObject with the HPA's algorithm.
+    Simulate(crate::simulate::SimulateArgs),
     /// Benchmarks: HTTP load (`http`, `sweep`) and raw model speed (`model`).
     Bench(crate::bench::BenchArgs),
 }
@@ -73,6 +75,7 @@ pub fn main() -> anyhow::Result<()> {
             init_logging(LogFormat::Text, "warn");
             tryon(&args)
         }
+        Some(Command::Simulate(args)) => crate::simulate::run(&args),
         Some(Command::Bench(args)) => {
             init_logging(LogFormat::Text, "warn");
             crate::bench::run(args).map_err(anyhow::Error::from)
@@ -131,9 +134,10 @@ pub fn tryon(args: &TryOnArgs) -> anyhow::Result<()> {
     let device = crate::device::select(&args.model.device)?;
     let model = models::load(&args.model.model, args.model.model_dir.as_deref(), &device)?;
     let pair = imaging::prepare_decoded(&person, &cloth, mask.as_ref())?;
-    let batch = TryOnBatch::stack(&[(pair.person, pair.cloth, pair.cloth_mask)], &device)?;
-    let out = model.forward(&batch)?;
-    let rgb = imaging::tensor_to_rgb(&out.get(0)?)?;
+    let batch = TryOnBatch::from_pairs(&[&pair], &device)?;
+    let out = models::forward_u8(model.as_ref(), &batch)?;
+    let first = out.first().context("the model answered no image")?;
+    let rgb = imaging::tensor_to_rgb(first)?;
     let bytes = imaging::encode(
         &imaging::crop(&rgb, pair.content),
         format,

@@ -198,56 +198,31 @@ pub fn fit_mask(mask: &GrayImage, garment_size: (u32, u32)) -> GrayImage {
     fit_into(&mask, fit_rect(gw, gh), Luma([0]), FilterType::Triangle)
 }
 
-/// An RGB image as a `3×H×W` f32 tensor in [-1, 1] (`pixel / 255 · 2 − 1`).
+/// An RGB image as an 8-bit `H×W×3` tensor (the batcher converts batches on the device).
 pub fn rgb_to_tensor(img: &RgbImage) -> candle_core::Result<Tensor> {
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let plane = w * h;
-    let mut data = vec![0f32; 3 * plane];
-    for (i, px) in img.pixels().enumerate() {
-        for c in 0..3 {
-            data[c * plane + i] = px[c] as f32 / 255.0 * 2.0 - 1.0;
-        }
-    }
-    Tensor::from_vec(data, (3, h, w), &Device::Cpu)
+    Tensor::from_vec(img.as_raw().clone(), (h, w, 3), &Device::Cpu)
 }
 
-/// A mask as a `1×H×W` f32 tensor of 0 and 1 (pixel / 255 > 0.5).
+/// A mask as an 8-bit `H×W×1` tensor (white = garment).
 pub fn mask_to_tensor(mask: &GrayImage) -> candle_core::Result<Tensor> {
     let (w, h) = (mask.width() as usize, mask.height() as usize);
-    let data: Vec<f32> = mask
-        .pixels()
-        .map(|p| if p[0] as f32 / 255.0 > 0.5 { 1.0 } else { 0.0 })
-        .collect();
-    Tensor::from_vec(data, (1, h, w), &Device::Cpu)
+    Tensor::from_vec(mask.as_raw().clone(), (h, w, 1), &Device::Cpu)
 }
 
-/// Converts a value in [-1, 1] to 8 bits: `trunc(clamp((x + 1) / 2, 0, 1) · 255 + 0.5)`.
-#[inline]
-pub fn to_u8(x: f32) -> u8 {
-    (((x + 1.0) * 0.5).clamp(0.0, 1.0) * 255.0 + 0.5) as u8
-}
-
-/// A `3×H×W` tensor in [-1, 1] as an RGB image.
+/// An 8-bit `H×W×3` tensor (as the models' answers come back) as an RGB image.
 pub fn tensor_to_rgb(t: &Tensor) -> candle_core::Result<RgbImage> {
-    let (c, h, w) = t.dims3()?;
-    if c != 3 {
-        candle_core::bail!("expected 3 channels, got {c}");
+    let (h, w, c) = t.dims3()?;
+    if c != 3 || t.dtype() != candle_core::DType::U8 {
+        candle_core::bail!(
+            "expected an H×W×3 u8 image, got {:?} {:?}",
+            t.dtype(),
+            t.dims()
+        );
     }
-    let data = t
-        .to_device(&Device::Cpu)?
-        .to_dtype(candle_core::DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let plane = h * w;
-    let mut img = RgbImage::new(w as u32, h as u32);
-    for (i, px) in img.pixels_mut().enumerate() {
-        *px = Rgb([
-            to_u8(data[i]),
-            to_u8(data[plane + i]),
-            to_u8(data[2 * plane + i]),
-        ]);
-    }
-    Ok(img)
+    let data = t.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<u8>()?;
+    RgbImage::from_raw(w as u32, h as u32, data)
+        .ok_or_else(|| candle_core::Error::Msg("image buffer size mismatch".into()))
 }
 
 /// Cuts the padding off a fitted answer.
@@ -409,11 +384,14 @@ fn keep_large_components(mask: &[bool], w: usize, h: usize, min_size: usize) -> 
     keep
 }
 
-/// One request's inputs, fitted and converted, ready for the batcher.
+/// One request's inputs, fitted to the model frame, as 8-bit `H×W×C` CPU tensors.
 #[derive(Debug, Clone)]
 pub struct PreparedPair {
+    /// `H×W×3`.
     pub person: Tensor,
+    /// `H×W×3`.
     pub cloth: Tensor,
+    /// `H×W×1`, white = garment.
     pub cloth_mask: Tensor,
     /// Where the person picture lies in the frame; the answer is cropped to it.
     pub content: Rect,
@@ -479,19 +457,10 @@ mod tests {
     }
 
     #[test]
-    fn u8_rule_matches_reference_rounding() {
-        assert_eq!(to_u8(-1.0), 0);
-        assert_eq!(to_u8(1.0), 255);
-        assert_eq!(to_u8(2.0), 255);
-        assert_eq!(to_u8(0.0), 128);
-        assert_eq!(to_u8(-2.0), 0);
-    }
-
-    #[test]
     fn tensor_round_trip_is_lossless() {
         let img = RgbImage::from_fn(7, 5, |x, y| Rgb([(x * 30) as u8, (y * 50) as u8, 200]));
         let t = rgb_to_tensor(&img).expect("tensor");
-        assert_eq!(t.dims(), &[3, 5, 7]);
+        assert_eq!(t.dims(), &[5, 7, 3]);
         assert_eq!(tensor_to_rgb(&t).expect("image"), img);
     }
 

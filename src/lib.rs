@@ -16,3 +16,4 @@ pub mod models;
 pub mod openapi;
 pub mod ops;
 pub mod server;
+pub mod simulate;

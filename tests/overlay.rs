@@ -17,14 +17,15 @@ fn head_is_kept_and_torso_changes() {
         let person = imaging::decode(&fixture(&format!("person/{p}")), u64::MAX).expect("person");
         let cloth = imaging::decode(&fixture(&format!("cloth/{c}")), u64::MAX).expect("cloth");
         let pair = imaging::prepare_decoded(&person, &cloth, None).expect("prepared");
-        inputs.push((pair.person, pair.cloth, pair.cloth_mask));
+        inputs.push(pair);
         persons.push(person);
     }
-    let batch = TryOnBatch::stack(&inputs, &Device::Cpu).expect("batch");
-    let out = model.forward(&batch).expect("forward");
-    assert_eq!(out.dims(), &[6, 3, 256, 192]);
+    let refs: Vec<&_> = inputs.iter().collect();
+    let batch = TryOnBatch::from_pairs(&refs, &Device::Cpu).expect("batch");
+    let out = models::forward_u8(model.as_ref(), &batch).expect("forward");
+    assert_eq!(out.len(), 6);
     for (i, person) in persons.iter().enumerate() {
-        let result = imaging::tensor_to_rgb(&out.get(i).expect("item")).expect("image");
+        let result = imaging::tensor_to_rgb(&out[i]).expect("image");
         let mean_diff = |rows: std::ops::Range<u32>, cols: std::ops::Range<u32>| {
             let mut sum = 0f64;
             let mut n = 0f64;
@@ -53,17 +54,16 @@ fn batch_items_are_independent() {
     let prepare = |p: &str, c: &str| {
         let person = imaging::decode(&fixture(&format!("person/{p}")), u64::MAX).expect("person");
         let cloth = imaging::decode(&fixture(&format!("cloth/{c}")), u64::MAX).expect("cloth");
-        let pair = imaging::prepare_decoded(&person, &cloth, None).expect("prepared");
-        (pair.person, pair.cloth, pair.cloth_mask)
+        imaging::prepare_decoded(&person, &cloth, None).expect("prepared")
     };
     let all = pairs();
     let a = prepare(&all[0].0, &all[0].1);
     let b = prepare(&all[1].0, &all[1].1);
     let alone = model
-        .forward(&TryOnBatch::stack(std::slice::from_ref(&b), &Device::Cpu).expect("batch"))
+        .forward(&TryOnBatch::from_pairs(&[&b], &Device::Cpu).expect("batch"))
         .expect("forward");
     let together = model
-        .forward(&TryOnBatch::stack(&[a, b], &Device::Cpu).expect("batch"))
+        .forward(&TryOnBatch::from_pairs(&[&a, &b], &Device::Cpu).expect("batch"))
         .expect("forward");
     let diff = (alone.get(0).expect("x") - together.get(1).expect("y"))
         .expect("sub")

@@ -80,14 +80,14 @@ fn inputs(args: &ModelBenchArgs, device: &Device) -> Result<TryOnBatch, BenchErr
                         p.mask.as_ref().map(|m| &m.bytes[..]),
                         u64::MAX,
                     )
-                    .map(|q| (q.person, q.cloth, q.cloth_mask))
                     .map_err(|e| BenchError::Image {
                         path: dir.join("person").join(&p.person.name),
                         reason: e.to_string(),
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(TryOnBatch::stack(&prepared, device)?)
+            let refs: Vec<&imaging::PreparedPair> = prepared.iter().collect();
+            Ok(TryOnBatch::from_pairs(&refs, device)?)
         }
     }
 }

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
+use crate::imaging::PreparedPair;
+use crate::ops::convert::{to_model_input, to_u8_images, InputKind};
+
 /// Model input height in pixels (the networks' native resolution).
 pub const MODEL_HEIGHT: usize = 256;
 /// Model input width in pixels.
@@ -36,21 +39,28 @@ impl TryOnBatch {
         self.len() == 0
     }
 
-    /// Stacks single-pair tensors (`3×H×W`, `3×H×W`, `1×H×W`) into one batch.
-    pub fn stack(
-        pairs: &[(Tensor, Tensor, Tensor)],
-        device: &Device,
-    ) -> candle_core::Result<TryOnBatch> {
-        let take = |f: fn(&(Tensor, Tensor, Tensor)) -> &Tensor| -> candle_core::Result<Tensor> {
-            let items: Vec<&Tensor> = pairs.iter().map(f).collect();
-            Tensor::stack(&items, 0)?.to_device(device)
-        };
+    /// Builds a batch on `device` from prepared 8-bit pairs, converting them there.
+    pub fn from_pairs(pairs: &[&PreparedPair], device: &Device) -> candle_core::Result<TryOnBatch> {
+        let stack =
+            |f: fn(&PreparedPair) -> &Tensor, kind: InputKind| -> candle_core::Result<Tensor> {
+                let items: Vec<&Tensor> = pairs.iter().map(|p| f(p)).collect();
+                to_model_input(&Tensor::stack(&items, 0)?.to_device(device)?, kind)
+            };
         Ok(TryOnBatch {
-            person: take(|p| &p.0)?,
-            cloth: take(|p| &p.1)?,
-            cloth_mask: take(|p| &p.2)?,
+            person: stack(|p| &p.person, InputKind::Image)?,
+            cloth: stack(|p| &p.cloth, InputKind::Image)?,
+            cloth_mask: stack(|p| &p.cloth_mask, InputKind::Mask)?,
         })
     }
+}
+
+/// Runs a batch and answers each try-on as an 8-bit `H×W×3` CPU tensor (converted on the
+/// model's device, so only bytes come back).
+pub fn forward_u8(model: &dyn TryOnModel, batch: &TryOnBatch) -> Result<Vec<Tensor>, ModelError> {
+    let images = to_u8_images(&model.forward(batch)?)?.to_device(&Device::Cpu)?;
+    (0..batch.len())
+        .map(|i| images.get(i).map_err(ModelError::from))
+        .collect()
 }
 
 /// Why a model could not be loaded or could not run a batch.

@@ -162,4 +162,27 @@ impl CustomOp2 for GridSample {
         );
         Ok((CpuStorage::F32(out), Shape::from((n, c, ho, wo))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let (_, ho, wo, _) = l2.shape().dims4()?;
+        let out = super::cuda::launch_grid_sample(
+            s1,
+            l1,
+            s2,
+            l2,
+            (n, c, h, w),
+            (ho, wo),
+            self.padding == GridPadding::Border,
+            self.align_corners,
+        )?;
+        Ok((out, Shape::from((n, c, ho, wo))))
+    }
 }

@@ -2,6 +2,9 @@
 //! implementation here and a CUDA one under the `cuda` feature, so model code is
 //! device-agnostic.
 
+pub mod convert;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod grid_sample;
 
 pub use grid_sample::{grid_sample, GridPadding};
