@@ -2,7 +2,7 @@
 # Reproduces the performance table of benches/README.md on this machine.
 #
 #   benches/perf.sh                                                   # overlay
-#   MODEL=dmvton MODEL_DIR=../shared/fixtures/dmvton benches/perf.sh  # dmvton
+#   MODEL=dmvton MODEL_DIR=../shared/fixtures/dmvton ITERATIONS=10 benches/perf.sh  # dmvton
 #
 # It needs a release build (`cargo build --release`) and writes every report under
 # target/perf/<model>/. Each server runs alone, one after the other, on 127.0.0.1.
@@ -18,7 +18,7 @@ OUT=${OUT:-target/perf/$MODEL}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 SATURATION=${SATURATION:-16}
-ITERATIONS=${ITERATIONS:-30}
+ITERATIONS=${ITERATIONS:-200}
 SWEEP=${SWEEP:-1,2,4,8,16}
 PORT=${PORT:-18400}
 URL=http://127.0.0.1:$PORT
