@@ -279,7 +279,8 @@ fn timeline(samples: &[Sample], elapsed: Duration) -> Vec<TimelinePoint> {
     } else {
         (total / 10.0).max(0.01)
     };
-    let slices = ((total / width).ceil() as usize).max(1);
+    // A short remainder joins the last slice, so no slice is a sliver with a noisy rate.
+    let slices = ((total / width + 0.5).floor() as usize).max(1);
     let mut answers = vec![0u64; slices];
     let mut ok_latency: Vec<Vec<f64>> = vec![Vec::new(); slices];
     for s in samples {
@@ -290,13 +291,21 @@ fn timeline(samples: &[Sample], elapsed: Duration) -> Vec<TimelinePoint> {
         }
     }
     (0..slices)
-        .map(|i| TimelinePoint {
-            start_s: i as f64 * width,
-            width_s: width,
-            answers: answers[i],
-            ok: ok_latency[i].len() as u64,
-            ok_rps: ok_latency[i].len() as f64 / width,
-            p50_ms: Percentiles::of(&ok_latency[i]).p50,
+        .map(|i| {
+            let start_s = i as f64 * width;
+            let width_s = if i + 1 == slices {
+                (total - start_s).max(1e-9)
+            } else {
+                width
+            };
+            TimelinePoint {
+                start_s,
+                width_s,
+                answers: answers[i],
+                ok: ok_latency[i].len() as u64,
+                ok_rps: ok_latency[i].len() as f64 / width_s,
+                p50_ms: Percentiles::of(&ok_latency[i]).p50,
+            }
         })
         .collect()
 }
@@ -431,6 +440,33 @@ mod tests {
         assert_eq!(Percentiles::of(&[]), Percentiles::default());
         let one = Percentiles::of(&[7.0]);
         assert_eq!((one.p50, one.p99, one.max), (7.0, 7.0, 7.0));
+    }
+
+    fn sample(done_ms: u64, status: u16) -> Sample {
+        Sample {
+            scheduled: Duration::ZERO,
+            sent: Duration::ZERO,
+            done: Duration::from_millis(done_ms),
+            outcome: Outcome::Status(status),
+        }
+    }
+
+    #[test]
+    fn timeline_slices_cover_the_run_and_count_every_answer() {
+        // 10.3 s: ten slices, the last one 1.3 s long.
+        let samples: Vec<Sample> = (0..103)
+            .map(|i| sample(i * 100, if i % 10 == 0 { 429 } else { 200 }))
+            .collect();
+        let t = timeline(&samples, Duration::from_millis(10_300));
+        assert_eq!(t.len(), 10);
+        let last = &t[9];
+        assert!((last.start_s - 9.0).abs() < 1e-9 && (last.width_s - 1.3).abs() < 1e-9);
+        assert_eq!(t.iter().map(|p| p.answers).sum::<u64>(), 103);
+        assert_eq!(t.iter().map(|p| p.ok).sum::<u64>(), 92);
+        assert_eq!((t[0].answers, t[0].ok), (10, 9));
+        assert!((t[0].ok_rps - 9.0).abs() < 1e-9);
+        assert_eq!(last.answers, 13);
+        assert!((last.ok_rps - 11.0 / 1.3).abs() < 1e-9);
     }
 
     #[test]
