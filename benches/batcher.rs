@@ -28,9 +28,9 @@ impl TryOnModel for Noop {
 
 fn pair() -> PreparedPair {
     let image =
-        Tensor::zeros((3, MODEL_HEIGHT, MODEL_WIDTH), DType::F32, &Device::Cpu).expect("tensor");
+        Tensor::zeros((MODEL_HEIGHT, MODEL_WIDTH, 3), DType::U8, &Device::Cpu).expect("tensor");
     let mask =
-        Tensor::zeros((1, MODEL_HEIGHT, MODEL_WIDTH), DType::F32, &Device::Cpu).expect("tensor");
+        Tensor::zeros((MODEL_HEIGHT, MODEL_WIDTH, 1), DType::U8, &Device::Cpu).expect("tensor");
     PreparedPair {
         person: image.clone(),
         cloth: image,
