@@ -1,4 +1,4 @@
-//! The `virtualfit` command line: `serve` (the default), `tryon`.
+//! The `virtualfit` command line: `serve` (the default), `tryon`, `simulate`, `bench`.
 
 use std::path::PathBuf;
 
@@ -34,6 +34,8 @@ pub enum Command {
     GpuCheck(crate::gpu_check::GpuCheckArgs),
     /// Replay a load trace against a KEDA ScaledObject with the HPA's algorithm.
     Simulate(crate::simulate::SimulateArgs),
+    /// Benchmarks: HTTP load (`http`, `sweep`) and raw model speed (`model`).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// `virtualfit tryon`.
@@ -79,6 +81,10 @@ pub fn main() -> anyhow::Result<()> {
         Some(Command::GpuCheck(args)) => {
             init_logging(LogFormat::Text, "warn");
             crate::gpu_check::run(&args)
+        }
+        Some(Command::Bench(args)) => {
+            init_logging(LogFormat::Text, "warn");
+            crate::bench::run(args).map_err(anyhow::Error::from)
         }
     }
 }

@@ -4,6 +4,7 @@
 //! [`metrics`]; the models and their ops in [`models`] and [`ops`].
 
 pub mod batcher;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod device;
