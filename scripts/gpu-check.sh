@@ -29,6 +29,7 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64 /usr/local/cuda/targets
          $(ls -d /opt/*/.venv/lib/python3*/site-packages/nvidia/*/lib 2>/dev/null); do
   [ -d "$d" ] && LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done
+[ -d "$BUNDLE/lib" ] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$BUNDLE/lib"
 export LD_LIBRARY_PATH
 missing=$(ldd "$BIN" | grep 'not found')
 ldd "$BIN" | grep -E 'libcuda|cublas|curand|cudart|nvrtc' | sed 's/^\s*/  /'
@@ -72,7 +73,7 @@ for t in g.get("timings", []):
 raw = 32 * 1000.0 / (m.get("median_batch_s", float("nan")) * 1000.0) if "median_batch_s" in m else float("nan")
 rps = h.get("throughput_rps", float("nan"))
 lat = h.get("latency_ms", {})
-print(f"http: {rps:.1f} req/s at concurrency 128, p50 {lat.get('p50', float('nan')):.1f} ms, p95 {lat.get('p95', float('nan')):.1f} ms, mean batch {h.get('server', {}).get('mean_batch_size', float('nan'))}")
+print(f"http: {rps:.1f} req/s at concurrency 128, p50 {lat.get('p50', float('nan')):.1f} ms, p95 {lat.get('p95', float('nan')):.1f} ms, mean batch {(h.get('server') or {}).get('mean_batch_size')}")
 print(f"raw forward at batch 32: {raw:.1f} images/s; serving efficiency {rps / raw:.2f}")
 PY
 exit $check_rc

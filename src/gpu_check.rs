@@ -126,12 +126,22 @@ fn kernel(
     op: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>,
 ) -> anyhow::Result<Check> {
     let cpu_out = op(inputs).with_context(|| format!("{name} on the CPU"))?;
-    let gpu_inputs = inputs
+    let gpu_out = inputs
         .iter()
         .map(|t| t.to_device(gpu))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let gpu_out = op(&gpu_inputs).with_context(|| format!("{name} on the GPU"))?;
-    check(name, &gpu_out, &cpu_out, KERNEL_TOLERANCE)
+        .collect::<candle_core::Result<Vec<_>>>()
+        .and_then(|gpu_inputs| op(&gpu_inputs));
+    match gpu_out {
+        Ok(out) => check(name, &out, &cpu_out, KERNEL_TOLERANCE),
+        // A kernel that fails to launch is a failed check, and the others still run.
+        Err(e) => Ok(Check {
+            name: format!("{name}: {e}"),
+            rel_l2: f64::INFINITY,
+            max_abs: f64::INFINITY,
+            nan: false,
+            pass: false,
+        }),
+    }
 }
 
 /// Every custom op, CUDA against CPU, at several sizes, including odd ones and the edges.

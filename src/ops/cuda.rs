@@ -24,9 +24,14 @@ pub fn view<'a, T: CudaDType + DeviceRepr>(
     }
 }
 
-/// One thread per element, 256 a block.
+/// One thread per element, 256 a block (the register-heavy kernels cannot launch 1024).
 pub fn elementwise(n: usize) -> LaunchConfig {
-    LaunchConfig::for_num_elems(n as u32)
+    const THREADS: u32 = 256;
+    LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(THREADS).max(1), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 pub fn device(storage: &CudaStorage) -> CudaDevice {
