@@ -16,5 +16,6 @@ pub mod metrics;
 pub mod models;
 pub mod openapi;
 pub mod ops;
+pub mod plotting;
 pub mod server;
 pub mod simulate;

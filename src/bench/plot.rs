@@ -40,6 +40,7 @@ fn kind(path: &Path) -> Result<Kind, BenchError> {
 
 /// `bench http --plot`: the latency histogram (left) and the throughput over time (right).
 pub fn http_plot(path: &Path, run: &Run) -> Result<(), BenchError> {
+    crate::plotting::ensure_fonts();
     let latencies: Vec<f64> = run
         .samples
         .iter()
@@ -203,6 +204,7 @@ where
 
 /// `bench sweep --plot`: latency percentiles against throughput, one point per load level.
 pub fn sweep_plot(path: &Path, points: &[HttpReport]) -> Result<(), BenchError> {
+    crate::plotting::ensure_fonts();
     let size = (960, 640);
     let result = match kind(path)? {
         Kind::Png => draw_sweep(BitMapBackend::new(path, size).into_drawing_area(), points),

@@ -185,6 +185,7 @@ const SIZE: (u32, u32) = (1200, 900);
 /// Writes `plot.png` in `dir`, or `plot.svg` when text cannot be rendered to a bitmap (no
 /// usable fonts). Returns the path written.
 pub fn write_plot(dir: &Path, runs: &[(&str, &Run)]) -> Result<PathBuf, PlotError> {
+    crate::plotting::ensure_fonts();
     let png = dir.join("plot.png");
     if draw(BitMapBackend::new(&png, SIZE).into_drawing_area(), runs).is_ok() {
         return Ok(png);
