@@ -27,7 +27,7 @@ impl ConvActivation {
             ConvActivation::None => row.iter_mut().for_each(|v| *v += bias),
             ConvActivation::Relu6 => row
                 .iter_mut()
-                .for_each(|v| *v = (*v + bias).max(0.0).min(6.0)),
+                .for_each(|v| *v = (*v + bias).clamp(0.0, 6.0)),
             ConvActivation::LeakyRelu(s) => row.iter_mut().for_each(|v| {
                 let x = *v + bias;
                 *v = if x >= 0.0 { x } else { x * s };
