@@ -468,3 +468,54 @@ fn cli_tryon_matches_reference_images() {
         );
     }
 }
+
+// ---- served over HTTP ----
+
+mod common;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_over_http_and_matches_reference() {
+    let dir = fixture_dir().display().to_string();
+    let (_server, base) = common::start(&["--model", "dmvton", "--model-dir", &dir]).await;
+    let png = fixture_dir().join("png");
+    let read = |name: String| std::fs::read(png.join(name)).unwrap();
+    for n in [0usize, 4] {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "person_image",
+                common::image_part(read(format!("person_{n}.png")), "image/png"),
+            )
+            .part(
+                "cloth_image",
+                common::image_part(read(format!("cloth_{n}.png")), "image/png"),
+            )
+            .part(
+                "cloth_mask",
+                common::image_part(read(format!("mask_{n}.png")), "image/png"),
+            );
+        let r = common::client()
+            .post(format!("{base}/tryon?format=png"))
+            .multipart(form)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-model"], "dmvton");
+        let got = image::load_from_memory(&r.bytes().await.unwrap())
+            .unwrap()
+            .to_rgb8();
+        let want = image::open(png.join(format!("tryon_{n}.png")))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(got.dimensions(), want.dimensions());
+        let within = got
+            .as_raw()
+            .iter()
+            .zip(want.as_raw())
+            .filter(|(a, b)| a.abs_diff(**b) <= 1)
+            .count() as f64
+            / want.as_raw().len() as f64;
+        println!("http pair {n}: {:.4}% within 1 level", within * 100.0);
+        assert!(within >= 0.999, "pair {n}: {:.4}%", within * 100.0);
+    }
+}
