@@ -1,1 +1,81 @@
-fn main() {}
+//! Request preparation and answer encoding: decode + fit + normalise for a 192×256 JPEG (the
+//! fixtures' size) and a 1024×768 one (a phone-sized upload), the garment mask, and JPEG encode.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use image::RgbImage;
+use virtualfit::imaging::{self, OutputFormat};
+use virtualfit::ops::convert::{to_model_input, InputKind};
+
+const MAX_PIXELS: u64 = 36_000_000;
+
+fn demo(rel: &str) -> Vec<u8> {
+    let path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/viton-demo")
+        .join(rel);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// Decode, fit to 192×256, and normalise to the model's `1×3×H×W` f32 input in [-1, 1].
+fn decode_fit_normalise(bytes: &[u8]) -> candle_core::Tensor {
+    let img = imaging::decode(bytes, MAX_PIXELS).expect("decodes");
+    let (fitted, _) = imaging::fit(&img);
+    let t = imaging::rgb_to_tensor(&fitted)
+        .and_then(|t| t.unsqueeze(0))
+        .expect("tensor");
+    to_model_input(&t, InputKind::Image).expect("normalises")
+}
+
+fn benches(c: &mut Criterion) {
+    let small = demo("person/000066_0.jpg");
+    let person: RgbImage = imaging::decode(&small, MAX_PIXELS).expect("decodes");
+    let big_image =
+        image::imageops::resize(&person, 1024, 768, image::imageops::FilterType::Triangle);
+    let big = imaging::encode(&big_image, OutputFormat::Jpeg, 90).expect("encodes");
+    let cloth_bytes = demo("cloth/017575_1.jpg");
+    let mask_bytes = demo("cloth-mask/017575_1.jpg");
+    let cloth = imaging::decode(&cloth_bytes, MAX_PIXELS).expect("decodes");
+    let (cloth_fit, _) = imaging::fit(&cloth);
+
+    let mut g = c.benchmark_group("imaging");
+    g.sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(1));
+    g.bench_function("decode_fit_normalise/192x256", |b| {
+        b.iter(|| decode_fit_normalise(black_box(&small)))
+    });
+    g.bench_function("decode_fit_normalise/1024x768", |b| {
+        b.iter(|| decode_fit_normalise(black_box(&big)))
+    });
+    g.bench_function("cloth_mask/192x256", |b| {
+        b.iter(|| imaging::cloth_mask(black_box(&cloth_fit)))
+    });
+    g.bench_function("prepare_pair/with_mask", |b| {
+        b.iter(|| {
+            imaging::prepare_pair(
+                black_box(&small),
+                black_box(&cloth_bytes),
+                Some(&mask_bytes),
+                MAX_PIXELS,
+            )
+            .expect("prepares")
+        })
+    });
+    g.bench_function("prepare_pair/computed_mask", |b| {
+        b.iter(|| {
+            imaging::prepare_pair(black_box(&small), black_box(&cloth_bytes), None, MAX_PIXELS)
+                .expect("prepares")
+        })
+    });
+    g.bench_function("encode_jpeg_q90/192x256", |b| {
+        b.iter(|| imaging::encode(black_box(&person), OutputFormat::Jpeg, 90).expect("encodes"))
+    });
+    g.finish();
+}
+
+criterion_group!(imaging_benches, benches);
+criterion_main!(imaging_benches);

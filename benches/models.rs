@@ -1,1 +1,60 @@
-fn main() {}
+//! Each model's forward pass on the CPU at batch 1, 4 and 8, on the viton-demo pairs. dmvton
+//! runs only when its weights in `../shared/fixtures/dmvton` load.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use candle_core::Device;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use virtualfit::models::{self, TryOnBatch, MODEL_NAMES};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+}
+
+fn batch(n: usize) -> TryOnBatch {
+    let demo = fixtures().join("viton-demo");
+    let pairs = virtualfit::bench::load_dataset(&demo, true).expect("viton-demo pairs");
+    let prepared: Vec<_> = (0..n)
+        .map(|i| {
+            let p = &pairs[i % pairs.len()];
+            virtualfit::imaging::prepare_pair(
+                &p.person.bytes,
+                &p.cloth.bytes,
+                p.mask.as_ref().map(|m| &m.bytes[..]),
+                u64::MAX,
+            )
+            .expect("prepares")
+        })
+        .collect();
+    let refs: Vec<_> = prepared.iter().collect();
+    TryOnBatch::from_pairs(&refs, &Device::Cpu).expect("converts")
+}
+
+fn benches(c: &mut Criterion) {
+    let model_dir = fixtures().join("dmvton");
+    let mut g = c.benchmark_group("models");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    for &name in MODEL_NAMES {
+        let model = match models::load(name, Some(&model_dir), &Device::Cpu) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("skipping {name}: {e}");
+                continue;
+            }
+        };
+        for n in [1usize, 4, 8] {
+            let inputs = batch(n);
+            g.throughput(Throughput::Elements(n as u64));
+            g.bench_with_input(BenchmarkId::new(name, n), &inputs, |b, inputs| {
+                b.iter(|| model.forward(inputs).expect("forward"))
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(model_benches, benches);
+criterion_main!(model_benches);

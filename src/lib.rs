@@ -4,11 +4,13 @@
 //! [`metrics`]; the models and their ops in [`models`] and [`ops`].
 
 pub mod batcher;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod device;
 pub mod error;
 pub mod gpu;
+pub mod gpu_check;
 pub mod imaging;
 pub mod metrics;
 pub mod models;

@@ -156,6 +156,19 @@ impl CustomOp2 for Correlation {
         let out = correlation_cpu(first, second, (n, c, h, w));
         Ok((CpuStorage::F32(out), Shape::from((n, DISPLACEMENTS, h, w))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let out = super::cuda::launch_correlation(s1, l1, s2, l2, (n, c, h, w), DISPLACEMENTS)?;
+        Ok((out, Shape::from((n, DISPLACEMENTS, h, w))))
+    }
 }
 
 #[cfg(test)]

@@ -193,6 +193,33 @@ impl CustomOp3 for DepthwiseConv3x3 {
         let shape = Shape::from((n, c, out_size(h, self.stride), out_size(w, self.stride)));
         Ok((CpuStorage::F32(out), shape))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let (ho, wo) = (out_size(h, self.stride), out_size(w, self.stride));
+        let out = super::cuda::launch_depthwise(
+            s1,
+            l1,
+            s2,
+            l2,
+            s3,
+            l3,
+            (n, c, h, w),
+            (ho, wo),
+            self.stride,
+            self.relu6,
+        )?;
+        Ok((out, Shape::from((n, c, ho, wo))))
+    }
 }
 
 #[cfg(test)]

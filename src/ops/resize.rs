@@ -80,6 +80,17 @@ impl CustomOp1 for ResizeBilinear {
             Shape::from((n, c, self.out_h, self.out_w)),
         ))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let out = super::cuda::launch_resize(s, l, (n, c, h, w), (self.out_h, self.out_w))?;
+        Ok((out, Shape::from((n, c, self.out_h, self.out_w))))
+    }
 }
 
 #[cfg(test)]
