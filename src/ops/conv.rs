@@ -178,10 +178,18 @@ fn im2col(input: &[f32], g: &Geometry, oy0: usize, rows: usize, col: &mut [f32])
     }
 }
 
-/// Output rows per band: about `TARGET` output pixels, at least one row.
+/// Bands per image so that a batch of `n` gives each thread at least two tasks.
+fn bands_per_image(n: usize) -> usize {
+    (2 * rayon::current_num_threads()).div_ceil(n.max(1))
+}
+
+/// Output rows per band: about `TARGET` output pixels, at least one row, and enough bands to
+/// keep every thread busy.
 fn band_rows(g: &Geometry) -> usize {
     const TARGET: usize = 768;
-    (TARGET / g.wo.max(1)).clamp(1, g.ho)
+    (TARGET / g.wo.max(1))
+        .min(g.ho.div_ceil(bands_per_image(g.n)))
+        .clamp(1, g.ho)
 }
 
 fn conv2d_fused_cpu(
@@ -342,7 +350,10 @@ fn winograd_cpu(
     let (co, h, w) = (g.co, g.h, g.w);
     let (tiles_y, tiles_x) = (h.div_ceil(TILE), w.div_ceil(TILE));
     const TARGET_TILES: usize = 192;
-    let band = (TARGET_TILES / tiles_x).clamp(1, tiles_y);
+    // Bands of about TARGET_TILES tiles, but enough of them to keep every thread busy.
+    let band = (TARGET_TILES / tiles_x)
+        .min(tiles_y.div_ceil(bands_per_image(g.n)))
+        .clamp(1, tiles_y);
     let bands = tiles_y.div_ceil(band);
     let mut out = vec![0f32; g.n * co * h * w];
     let out_ptr = OutPtr(out.as_mut_ptr());
