@@ -27,7 +27,7 @@ impl ConvActivation {
             ConvActivation::None => row.iter_mut().for_each(|v| *v += bias),
             ConvActivation::Relu6 => row
                 .iter_mut()
-                .for_each(|v| *v = (*v + bias).max(0.0).min(6.0)),
+                .for_each(|v| *v = (*v + bias).clamp(0.0, 6.0)),
             ConvActivation::LeakyRelu(s) => row.iter_mut().for_each(|v| {
                 let x = *v + bias;
                 *v = if x >= 0.0 { x } else { x * s };
@@ -178,10 +178,18 @@ fn im2col(input: &[f32], g: &Geometry, oy0: usize, rows: usize, col: &mut [f32])
     }
 }
 
-/// Output rows per band: about `TARGET` output pixels, at least one row.
+/// Bands per image so that a batch of `n` gives each thread at least two tasks.
+fn bands_per_image(n: usize) -> usize {
+    (2 * rayon::current_num_threads()).div_ceil(n.max(1))
+}
+
+/// Output rows per band: about `TARGET` output pixels, at least one row, and enough bands to
+/// keep every thread busy.
 fn band_rows(g: &Geometry) -> usize {
     const TARGET: usize = 768;
-    (TARGET / g.wo.max(1)).clamp(1, g.ho)
+    (TARGET / g.wo.max(1))
+        .min(g.ho.div_ceil(bands_per_image(g.n)))
+        .clamp(1, g.ho)
 }
 
 fn conv2d_fused_cpu(
@@ -334,16 +342,18 @@ struct WinogradScratch {
 /// they vectorise.
 fn winograd_cpu(
     input: &[f32],
-    weight: &[f32],
+    u: &[f32],
     bias: &[f32],
     g: Geometry,
     activation: ConvActivation,
 ) -> Vec<f32> {
-    let (ci, co, h, w) = (g.ci, g.co, g.h, g.w);
-    let u = winograd_kernels(weight, co, ci);
+    let (co, h, w) = (g.co, g.h, g.w);
     let (tiles_y, tiles_x) = (h.div_ceil(TILE), w.div_ceil(TILE));
     const TARGET_TILES: usize = 192;
-    let band = (TARGET_TILES / tiles_x).clamp(1, tiles_y);
+    // Bands of about TARGET_TILES tiles, but enough of them to keep every thread busy.
+    let band = (TARGET_TILES / tiles_x)
+        .min(tiles_y.div_ceil(bands_per_image(g.n)))
+        .clamp(1, tiles_y);
     let bands = tiles_y.div_ceil(band);
     let mut out = vec![0f32; g.n * co * h * w];
     let out_ptr = OutPtr(out.as_mut_ptr());
@@ -351,7 +361,7 @@ fn winograd_cpu(
     let padded_w = TILE * tiles_x + 2;
     let ctx = WinogradBand {
         input,
-        u: &u,
+        u,
         bias,
         g,
         activation,
@@ -568,11 +578,105 @@ impl CustomOp3 for Conv2dFused {
         let weight = contiguous_f32(s2, l2, "conv2d_fused")?;
         let bias = contiguous_f32(s3, l3, "conv2d_fused")?;
         let out = if use_winograd(&g) {
-            winograd_cpu(input, weight, bias, g, self.activation)
+            let u = winograd_kernels(weight, co, ci);
+            winograd_cpu(input, &u, bias, g, self.activation)
         } else {
             conv2d_fused_cpu(input, weight, bias, g, self.activation)
         };
         Ok((CpuStorage::F32(out), Shape::from((n, co, ho, wo))))
+    }
+}
+
+/// Whether [`conv2d_winograd`] can run a convolution with this weight (`Co×Ci×K×K`), stride and
+/// padding: 3×3, stride 1, padding 1, at least 16 input channels.
+pub fn winograd_applies(weight: &Tensor, stride: usize, padding: usize) -> bool {
+    match weight.dims4() {
+        Ok((_, ci, 3, 3)) => stride == 1 && padding == 1 && ci >= 16,
+        _ => false,
+    }
+}
+
+/// The Winograd F(4×4, 3×3) transform of a 3×3 weight (`Co×Ci×3×3`), as `36×Co×Ci`: compute it
+/// once at load time and run [`conv2d_winograd`] with it.
+pub fn winograd_weights(weight: &Tensor) -> Result<Tensor> {
+    let (co, ci, kh, kw) = weight.dims4()?;
+    if (kh, kw) != (3, 3) {
+        candle_core::bail!("winograd_weights: kernel {kh}×{kw} is not 3×3");
+    }
+    let w: Vec<f32> = weight
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    Tensor::from_vec(
+        winograd_kernels(&w, co, ci),
+        (ALPHA2, co, ci),
+        weight.device(),
+    )
+}
+
+/// `act(conv2d(input, weight, padding 1) + bias)` for a 3×3 stride-1 convolution whose weight
+/// was transformed by [`winograd_weights`] (`u`: `36×Co×Ci`). CPU only.
+pub fn conv2d_winograd(
+    input: &Tensor,
+    u: &Tensor,
+    bias: &Tensor,
+    activation: ConvActivation,
+) -> Result<Tensor> {
+    let (_n, ci, _h, _w) = input.dims4()?;
+    let (a2, co, uci) = u.dims3()?;
+    if a2 != ALPHA2 || uci != ci || bias.elem_count() != co {
+        candle_core::bail!(
+            "conv2d_winograd: input {:?}, transformed weight {:?}, bias {:?} do not fit",
+            input.dims(),
+            u.dims(),
+            bias.dims()
+        );
+    }
+    let input = input.contiguous()?;
+    let u = u.contiguous()?;
+    let bias = bias.flatten_all()?.contiguous()?;
+    input.apply_op3_no_bwd(&u, &bias, &Conv2dWinograd { activation })
+}
+
+/// The custom op behind [`conv2d_winograd`].
+#[derive(Debug, Clone, Copy)]
+pub struct Conv2dWinograd {
+    pub activation: ConvActivation,
+}
+
+impl CustomOp3 for Conv2dWinograd {
+    fn name(&self) -> &'static str {
+        "conv2d_winograd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, ci, h, w) = l1.shape().dims4()?;
+        let (_, co, _) = l2.shape().dims3()?;
+        let g = Geometry {
+            n,
+            ci,
+            h,
+            w,
+            co,
+            k: 3,
+            stride: 1,
+            padding: 1,
+            ho: h,
+            wo: w,
+        };
+        let input = contiguous_f32(s1, l1, "conv2d_winograd")?;
+        let u = contiguous_f32(s2, l2, "conv2d_winograd")?;
+        let bias = contiguous_f32(s3, l3, "conv2d_winograd")?;
+        let out = winograd_cpu(input, u, bias, g, self.activation);
+        Ok((CpuStorage::F32(out), Shape::from((n, co, h, w))))
     }
 }
 
@@ -683,6 +787,22 @@ mod tests {
                 }
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn precomputed_winograd_weights_give_the_same_output() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 24, 13, 10), &dev)?;
+        let wt = Tensor::randn(0f32, 1.0, (7, 24, 3, 3), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, 7, &dev)?;
+        assert!(winograd_applies(&wt, 1, 1));
+        assert!(!winograd_applies(&wt, 2, 1));
+        let act = ConvActivation::LeakyRelu(0.1);
+        let direct = conv2d_fused(&x, &wt, &b, 1, 1, act)?;
+        let cached = conv2d_winograd(&x, &winograd_weights(&wt)?, &b, act)?;
+        let diff = (direct - cached)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0);
         Ok(())
     }
 

@@ -134,7 +134,7 @@ fn plane(
         }
         if relu6 {
             for v in out_row.iter_mut() {
-                *v = v.max(0.0).min(6.0);
+                *v = v.clamp(0.0, 6.0);
             }
         }
     }

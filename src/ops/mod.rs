@@ -11,7 +11,7 @@ pub mod depthwise;
 pub mod grid_sample;
 pub mod resize;
 
-pub use conv::{conv2d_fused, ConvActivation};
+pub use conv::{conv2d_fused, conv2d_winograd, winograd_applies, winograd_weights, ConvActivation};
 pub use correlation::correlation;
 pub use depthwise::depthwise_conv3x3;
 pub use grid_sample::{grid_sample, GridPadding};

@@ -97,6 +97,22 @@ impl MobileFpn {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
+        // The reference builds the smooth layers as one module repeated, so the checkpoint
+        // holds one tensor under five names: keep one copy (and one Winograd transform).
+        let smooth = match smooth.split_first() {
+            Some((head, rest)) => {
+                let mut shared = vec![head.clone()];
+                for conv in rest {
+                    shared.push(if conv.same_parameters(head)? {
+                        head.clone()
+                    } else {
+                        conv.clone()
+                    });
+                }
+                shared
+            }
+            None => smooth,
+        };
         Ok(Self {
             first,
             blocks,

@@ -4,7 +4,10 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::ops::{conv2d_fused, depthwise_conv3x3, ConvActivation};
+use crate::ops::{
+    conv2d_fused, conv2d_winograd, depthwise_conv3x3, winograd_applies, winograd_weights,
+    ConvActivation,
+};
 
 /// BatchNorm epsilon of every `nn.BatchNorm2d` in the reference networks.
 const BN_EPS: f64 = 1e-5;
@@ -46,6 +49,8 @@ pub struct Conv {
     stride: usize,
     padding: usize,
     activation: Activation,
+    /// The Winograd transform of `weight`, on the CPU where it applies.
+    winograd: Option<Tensor>,
 }
 
 impl Conv {
@@ -67,13 +72,7 @@ impl Conv {
         } else {
             Tensor::zeros(c_out, weight.dtype(), weight.device())?
         };
-        Ok(Self {
-            weight,
-            bias,
-            stride,
-            padding,
-            activation,
-        })
+        Self::finish(weight, bias, stride, padding, activation)
     }
 
     /// A bias-free `nn.Conv2d` under `conv` followed by the `nn.BatchNorm2d` under `bn`, folded
@@ -94,18 +93,52 @@ impl Conv {
         let weight = weight
             .broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?
             .contiguous()?;
+        Self::finish(weight, shift, stride, padding, activation)
+    }
+}
+
+impl Conv {
+    /// Whether `other` has exactly the same weight and bias.
+    pub fn same_parameters(&self, other: &Conv) -> Result<bool> {
+        let equal = |a: &Tensor, b: &Tensor| -> Result<bool> {
+            Ok(a.dims() == b.dims()
+                && a.ne(b)?
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_scalar::<f32>()?
+                    == 0.0)
+        };
+        Ok(equal(&self.weight, &other.weight)? && equal(&self.bias, &other.bias)?)
+    }
+
+    fn finish(
+        weight: Tensor,
+        bias: Tensor,
+        stride: usize,
+        padding: usize,
+        activation: Activation,
+    ) -> Result<Self> {
+        let winograd = if weight.device().is_cpu() && winograd_applies(&weight, stride, padding) {
+            Some(winograd_weights(&weight)?)
+        } else {
+            None
+        };
         Ok(Self {
             weight,
-            bias: shift,
+            bias,
             stride,
             padding,
             activation,
+            winograd,
         })
     }
 }
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let (Some(u), true) = (&self.winograd, x.device().is_cpu()) {
+            return conv2d_winograd(x, u, &self.bias, self.activation.fused());
+        }
         conv2d_fused(
             x,
             &self.weight,
