@@ -6,7 +6,7 @@
 #define SPAN (2 * MAX_DISP + 1)
 #define DISPLACEMENTS (SPAN * SPAN)
 
-extern "C" __global__ void correlation7_f32(
+extern "C" __global__ void __launch_bounds__(256) correlation7_f32(
     const float* __restrict__ first, const float* __restrict__ second, float* __restrict__ out,
     int n, int c, int h, int w) {
     const long plane = (long)h * w;

@@ -30,6 +30,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Render one try-on offline and write it to a file.
     Tryon(TryOnArgs),
+    /// Check the CUDA kernels, the DM-VTON parity and the forward speed on a GPU.
+    GpuCheck(crate::gpu_check::GpuCheckArgs),
     /// Replay a load trace against a KEDA ScaledObject with the HPA's algorithm.
     Simulate(crate::simulate::SimulateArgs),
     /// Benchmarks: HTTP load (`http`, `sweep`) and raw model speed (`model`).
@@ -76,6 +78,10 @@ pub fn main() -> anyhow::Result<()> {
             tryon(&args)
         }
         Some(Command::Simulate(args)) => crate::simulate::run(&args),
+        Some(Command::GpuCheck(args)) => {
+            init_logging(LogFormat::Text, "warn");
+            crate::gpu_check::run(&args)
+        }
         Some(Command::Bench(args)) => {
             init_logging(LogFormat::Text, "warn");
             crate::bench::run(args).map_err(anyhow::Error::from)

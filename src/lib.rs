@@ -10,6 +10,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod gpu;
+pub mod gpu_check;
 pub mod imaging;
 pub mod metrics;
 pub mod models;

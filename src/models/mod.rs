@@ -1,5 +1,6 @@
 //! The batched try-on model interface and the registry of models by name.
 
+pub mod dmvton;
 pub mod overlay;
 
 use std::path::{Path, PathBuf};
@@ -113,10 +114,10 @@ pub fn load(
     match name {
         "overlay" => Ok(Box::new(overlay::OverlayModel::new(device.clone()))),
         "dmvton" => {
-            let _dir = model_dir.ok_or_else(|| ModelError::MissingModelDir {
+            let dir = model_dir.ok_or_else(|| ModelError::MissingModelDir {
                 model: name.to_string(),
             })?;
-            Err(ModelError::UnknownModel(name.to_string()))
+            Ok(Box::new(dmvton::DmVton::load(dir, device)?))
         }
         other => Err(ModelError::UnknownModel(other.to_string())),
     }

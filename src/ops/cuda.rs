@@ -24,9 +24,14 @@ pub fn view<'a, T: CudaDType + DeviceRepr>(
     }
 }
 
-/// One thread per element, 256 a block.
+/// One thread per element, 256 a block (the register-heavy kernels cannot launch 1024).
 pub fn elementwise(n: usize) -> LaunchConfig {
-    LaunchConfig::for_num_elems(n as u32)
+    const THREADS: u32 = 256;
+    LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(THREADS).max(1), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 pub fn device(storage: &CudaStorage) -> CudaDevice {
@@ -135,7 +140,8 @@ pub fn launch_correlation(
     let dev = device(first);
     let a = view::<f32>(first, l1, "correlation")?;
     let b2 = view::<f32>(second, l2, "correlation")?;
-    let func = dev.get_or_load_custom_func("correlation7_f32", "vf_correlation", CORRELATION_PTX)?;
+    let func =
+        dev.get_or_load_custom_func("correlation7_f32", "vf_correlation", CORRELATION_PTX)?;
     // SAFETY: each thread writes all displacements of its pixel.
     let out = unsafe { dev.alloc::<f32>(n * displacements * h * w)? };
     let mut b = func.builder();
@@ -207,7 +213,14 @@ pub fn launch_resize(
     let mut b = func.builder();
     b.arg(&x);
     b.arg(&out);
-    candle_core::builder_arg!(b, (n * c) as i32, h as i32, w as i32, out_h as i32, out_w as i32);
+    candle_core::builder_arg!(
+        b,
+        (n * c) as i32,
+        h as i32,
+        w as i32,
+        out_h as i32,
+        out_w as i32
+    );
     // SAFETY: the arguments match the kernel's signature.
     unsafe { b.launch(elementwise(total)) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))

@@ -186,3 +186,123 @@ impl CustomOp2 for GridSample {
         Ok((out, Shape::from((n, c, ho, wo))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// PyTorch's bilinear `grid_sampler_2d` written out per output pixel, in f64.
+    fn naive(
+        x: &[f32],
+        g: &[f32],
+        (n, c, h, w): (usize, usize, usize, usize),
+        (ho, wo): (usize, usize),
+        padding: GridPadding,
+        align: bool,
+    ) -> Vec<f32> {
+        let unnorm = |v: f64, size: usize| -> f64 {
+            if align {
+                (v + 1.0) / 2.0 * (size as f64 - 1.0)
+            } else {
+                ((v + 1.0) * size as f64 - 1.0) / 2.0
+            }
+        };
+        let mut out = vec![0f32; n * c * ho * wo];
+        for b in 0..n {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let gi = ((b * ho + oy) * wo + ox) * 2;
+                    let mut px = unnorm(g[gi] as f64, w);
+                    let mut py = unnorm(g[gi + 1] as f64, h);
+                    if padding == GridPadding::Border {
+                        px = px.clamp(0.0, w as f64 - 1.0);
+                        py = py.clamp(0.0, h as f64 - 1.0);
+                    }
+                    let (x0, y0) = (px.floor(), py.floor());
+                    let (fx, fy) = (px - x0, py - y0);
+                    for ch in 0..c {
+                        let at = |yy: f64, xx: f64| -> f64 {
+                            if yy < 0.0 || xx < 0.0 || yy >= h as f64 || xx >= w as f64 {
+                                0.0
+                            } else {
+                                x[((b * c + ch) * h + yy as usize) * w + xx as usize] as f64
+                            }
+                        };
+                        let v = at(y0, x0) * (1.0 - fx) * (1.0 - fy)
+                            + at(y0, x0 + 1.0) * fx * (1.0 - fy)
+                            + at(y0 + 1.0, x0) * (1.0 - fx) * fy
+                            + at(y0 + 1.0, x0 + 1.0) * fx * fy;
+                        out[((b * c + ch) * ho + oy) * wo + ox] = v as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_naive_reference_for_both_paddings() -> Result<()> {
+        let dev = Device::Cpu;
+        for &(dims, out) in &[
+            ((2, 3, 7, 5), (6, 4)),
+            ((1, 2, 1, 1), (3, 3)),
+            ((1, 4, 16, 12), (16, 12)),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, dims, &dev)?;
+            // Coordinates well outside [-1, 1] exercise the padding; exact edges are added below.
+            let mut grid: Vec<f32> = Tensor::randn(0f32, 0.9, (dims.0, out.0, out.1, 2), &dev)?
+                .flatten_all()?
+                .to_vec1()?;
+            for (i, edge) in [-1.0f32, 1.0, -1.5, 1.5, 0.0, 1.0].iter().enumerate() {
+                if i < grid.len() {
+                    grid[i] = *edge;
+                }
+            }
+            let grid_t = Tensor::from_vec(grid.clone(), (dims.0, out.0, out.1, 2), &dev)?;
+            for padding in [GridPadding::Zeros, GridPadding::Border] {
+                for align in [true, false] {
+                    let got: Vec<f32> = grid_sample(&x, &grid_t, padding, align)?
+                        .flatten_all()?
+                        .to_vec1()?;
+                    let want = naive(
+                        &x.flatten_all()?.to_vec1()?,
+                        &grid,
+                        dims,
+                        out,
+                        padding,
+                        align,
+                    );
+                    for (g, r) in got.iter().zip(&want) {
+                        assert!(
+                            (g - r).abs() <= 1e-5 * (1.0 + r.abs()),
+                            "{padding:?} {align}: {g} vs {r}"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn identity_grid_with_aligned_corners_reproduces_the_input() -> Result<()> {
+        let dev = Device::Cpu;
+        let (h, w) = (5usize, 4usize);
+        let x = Tensor::randn(0f32, 1.0, (1, 2, h, w), &dev)?;
+        let mut grid = Vec::new();
+        for y in 0..h {
+            for xx in 0..w {
+                grid.push(xx as f32 / (w - 1) as f32 * 2.0 - 1.0);
+                grid.push(y as f32 / (h - 1) as f32 * 2.0 - 1.0);
+            }
+        }
+        let grid = Tensor::from_vec(grid, (1, h, w, 2), &dev)?;
+        for padding in [GridPadding::Zeros, GridPadding::Border] {
+            let got = grid_sample(&x, &grid, padding, true)?;
+            let diff = (got - &x)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-6, "{padding:?}: {diff}");
+        }
+        Ok(())
+    }
+}

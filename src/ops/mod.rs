@@ -2,12 +2,20 @@
 //! implementation here and a CUDA one under the `cuda` feature, so model code is
 //! device-agnostic.
 
+pub mod conv;
 pub mod convert;
+pub mod correlation;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod depthwise;
 pub mod grid_sample;
+pub mod resize;
 
+pub use conv::{conv2d_fused, ConvActivation};
+pub use correlation::correlation;
+pub use depthwise::depthwise_conv3x3;
 pub use grid_sample::{grid_sample, GridPadding};
+pub use resize::resize_bilinear;
 
 use candle_core::{CpuStorage, Layout, Result};
 

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# One-shot GPU check, a few minutes on a GPU machine:
+#   1. the card, the driver and the CUDA libraries found;
+#   2. every CUDA kernel against its CPU op on fresh random inputs (rel L2 <= 1e-5, no NaN);
+#   3. the DM-VTON parity fixtures on the GPU (the CPU tests' tolerances);
+#   4. DM-VTON forward at batch 1, 8 and 32;
+#   5. the server end to end (`bench http` at saturation) against the raw forward throughput;
+# and a short table last. See README.md ("GPU check") for how the bundle is prepared.
+#
+# Usage: scripts/gpu-check.sh BUNDLE_DIR [OUT_DIR]
+#   BUNDLE_DIR holds virtualfit (or virtualfit.gz), dmvton/ (the two checkpoints and a trimmed
+#   parity.safetensors) and viton-demo/ (the photos for the HTTP benchmark).
+set -uo pipefail
+BUNDLE=${1:?usage: scripts/gpu-check.sh BUNDLE_DIR [OUT_DIR]}
+OUT=${2:-${OUT:-/tmp/gpu-check}}
+mkdir -p "$OUT"
+BIN="$BUNDLE/virtualfit"
+if [ ! -x "$BIN" ] && [ -f "$BUNDLE/virtualfit.gz" ]; then
+  BIN=/tmp/virtualfit-gpu
+  gunzip -c "$BUNDLE/virtualfit.gz" > "$BIN" && chmod +x "$BIN"
+fi
+
+echo "== card and driver"
+nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader
+echo "== CUDA libraries"
+# The binary links libcuda.so.1, libcublas(Lt).so.13, libcurand.so.10 and libcudart.so.13.
+for d in /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+         $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null) \
+         $(ls -d /opt/*/.venv/lib/python3*/site-packages/nvidia/*/lib 2>/dev/null); do
+  [ -d "$d" ] && LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+[ -d "$BUNDLE/lib" ] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$BUNDLE/lib"
+export LD_LIBRARY_PATH
+missing=$(ldd "$BIN" | grep 'not found')
+ldd "$BIN" | grep -E 'libcuda|cublas|curand|cudart|nvrtc' | sed 's/^\s*/  /'
+[ -n "$missing" ] && { echo "missing libraries:"; echo "$missing"; exit 1; }
+
+echo "== kernels, parity and forward timings"
+"$BIN" gpu-check --device cuda:0 --model-dir "$BUNDLE/dmvton" --parity "$BUNDLE/dmvton/parity.safetensors" \
+  --batch-sizes 1,8,32 --iterations 30 --json "$OUT/gpu-check.json" 2>&1 | tee "$OUT/gpu-check.txt"
+check_rc=${PIPESTATUS[0]}
+
+echo "== server end to end"
+PORT=18080
+"$BIN" serve --bind 127.0.0.1:$PORT --model dmvton --model-dir "$BUNDLE/dmvton" --device cuda:0 \
+  --max-batch-size 32 --max-batch-delay-ms 5 --queue-capacity 512 > "$OUT/serve.log" 2>&1 &
+SERVER=$!
+for _ in $(seq 1 300); do
+  curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+"$BIN" bench model --model dmvton --model-dir "$BUNDLE/dmvton" --device cuda:0 --batch-size 32 \
+  --iterations 30 --json > "$OUT/model-b32.json" 2>"$OUT/model-b32.err"
+"$BIN" bench http --url "http://127.0.0.1:$PORT" --data "$BUNDLE/viton-demo" --concurrency 128 \
+  --duration 20s --warmup 3s --json "$OUT/http.json" > "$OUT/http.txt" 2>&1
+kill -TERM $SERVER; wait $SERVER
+
+python3 - "$OUT" <<'PY'
+import json, sys, os
+out = sys.argv[1]
+def load(name):
+    try:
+        with open(os.path.join(out, name)) as f: return json.load(f)
+    except Exception as e: return {"error": str(e)}
+g, m, h = load("gpu-check.json"), load("model-b32.json"), load("http.json")
+print("\n== summary")
+k = g.get("kernels", []); p = g.get("parity", [])
+print(f"kernels: {sum(c['pass'] for c in k)}/{len(k)} pass, worst rel L2 {max([c['rel_l2'] for c in k] or [0]):.2e}")
+print(f"parity:  {sum(c['pass'] for c in p)}/{len(p)} pass, worst rel L2 {max([c['rel_l2'] for c in p if 'u8' not in c['name']] or [0]):.2e}")
+print(f"{'batch':>6} {'batch ms':>10} {'images/s':>10}")
+for t in g.get("timings", []):
+    print(f"{t['batch_size']:>6} {t['median_batch_ms']:>10.2f} {t['images_per_s']:>10.1f}")
+raw = 32 * 1000.0 / (m.get("median_batch_s", float("nan")) * 1000.0) if "median_batch_s" in m else float("nan")
+rps = h.get("throughput_rps", float("nan"))
+lat = h.get("latency_ms", {})
+print(f"http: {rps:.1f} req/s at concurrency 128, p50 {lat.get('p50', float('nan')):.1f} ms, p95 {lat.get('p95', float('nan')):.1f} ms, mean batch {(h.get('server') or {}).get('mean_batch_size')}")
+print(f"raw forward at batch 32: {raw:.1f} images/s; serving efficiency {rps / raw:.2f}")
+PY
+exit $check_rc

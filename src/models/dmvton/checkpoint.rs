@@ -1,0 +1,102 @@
+//! Loading DM-VTON checkpoints: the official PyTorch `.pt` files (a dict with the state_dict
+//! under `model`) or safetensors files with the same tensor names.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::models::ModelError;
+
+/// The key of the state_dict inside the official `.pt` files.
+pub const STATE_DICT_KEY: &str = "model";
+
+/// The tensors of one checkpoint file.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    path: PathBuf,
+    tensors: HashMap<String, Tensor>,
+}
+
+/// The message of a candle error without a captured backtrace.
+fn message(e: candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => message(*inner),
+        other => other.to_string(),
+    }
+}
+
+/// A checkpoint error naming `path`.
+pub(crate) fn error(path: &Path, reason: impl std::fmt::Display) -> ModelError {
+    ModelError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+impl Checkpoint {
+    /// Reads `path`: safetensors when it ends in `.safetensors`, a PyTorch zip file otherwise.
+    pub fn load(path: &Path, device: &Device) -> Result<Self, ModelError> {
+        if !path.is_file() {
+            return Err(error(path, "file not found"));
+        }
+        let is_safetensors = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+        let tensors: HashMap<String, Tensor> = if is_safetensors {
+            candle_core::safetensors::load(path, device)
+                .map_err(|e| error(path, format!("cannot read safetensors: {}", message(e))))?
+        } else {
+            candle_core::pickle::read_all_with_key(path, Some(STATE_DICT_KEY))
+                .map_err(|e| {
+                    error(
+                        path,
+                        format!("cannot read PyTorch checkpoint: {}", message(e)),
+                    )
+                })?
+                .into_iter()
+                .map(|(name, t)| Ok((name, t.to_device(device)?)))
+                .collect::<candle_core::Result<_>>()
+                .map_err(|e| error(path, message(e)))?
+        };
+        if tensors.is_empty() {
+            return Err(error(path, "no tensors found"));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+        })
+    }
+
+    /// The file it was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The tensors by state_dict name.
+    pub fn tensors(&self) -> &HashMap<String, Tensor> {
+        &self.tensors
+    }
+
+    /// A `VarBuilder` over the tensors (f32), whose paths are the state_dict names.
+    pub fn var_builder(&self, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_tensors(self.tensors.clone(), DType::F32, device)
+    }
+
+    /// Builds a network from the checkpoint, turning a missing or mis-shaped tensor into an
+    /// error that names this file and the tensor.
+    pub fn build<T>(
+        &self,
+        device: &Device,
+        what: &str,
+        f: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+    ) -> Result<T, ModelError> {
+        f(self.var_builder(device)).map_err(|e| {
+            error(
+                &self.path,
+                format!("not a DM-VTON {what} checkpoint: {}", message(e)),
+            )
+        })
+    }
+}

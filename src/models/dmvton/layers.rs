@@ -1,0 +1,235 @@
+//! Building blocks shared by the DM-VTON networks: convolutions with BatchNorm folded in at load
+//! time, the fused depthwise convolution and the MobileNetV2 inverted residual block.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::ops::{conv2d_fused, depthwise_conv3x3, ConvActivation};
+
+/// BatchNorm epsilon of every `nn.BatchNorm2d` in the reference networks.
+const BN_EPS: f64 = 1e-5;
+
+/// The activation applied after a convolution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    None,
+    Relu6,
+    LeakyRelu(f64),
+}
+
+impl Activation {
+    fn fused(self) -> ConvActivation {
+        match self {
+            Activation::None => ConvActivation::None,
+            Activation::Relu6 => ConvActivation::Relu6,
+            Activation::LeakyRelu(slope) => ConvActivation::LeakyRelu(slope as f32),
+        }
+    }
+}
+
+/// The per-channel `(scale, shift)` of an eval-mode BatchNorm stored under `vb`.
+fn batch_norm(vb: &VarBuilder, channels: usize) -> Result<(Tensor, Tensor)> {
+    let gamma = vb.get(channels, "weight")?;
+    let beta = vb.get(channels, "bias")?;
+    let mean = vb.get(channels, "running_mean")?;
+    let var = vb.get(channels, "running_var")?;
+    let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
+    let shift = (beta - (mean * &scale)?)?;
+    Ok((scale, shift))
+}
+
+/// A dense 2-D convolution with an optional bias and a fused activation.
+#[derive(Debug, Clone)]
+pub struct Conv {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    padding: usize,
+    activation: Activation,
+}
+
+impl Conv {
+    /// A plain `nn.Conv2d` stored under `vb` (`weight` and, with `bias`, `bias`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vb: VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+        activation: Activation,
+    ) -> Result<Self> {
+        let weight = vb.get((c_out, c_in, kernel, kernel), "weight")?;
+        let bias = if bias {
+            vb.get(c_out, "bias")?
+        } else {
+            Tensor::zeros(c_out, weight.dtype(), weight.device())?
+        };
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            padding,
+            activation,
+        })
+    }
+
+    /// A bias-free `nn.Conv2d` under `conv` followed by the `nn.BatchNorm2d` under `bn`, folded
+    /// into one convolution with a bias.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_batch_norm(
+        conv: VarBuilder,
+        bn: VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        activation: Activation,
+    ) -> Result<Self> {
+        let weight = conv.get((c_out, c_in, kernel, kernel), "weight")?;
+        let (scale, shift) = batch_norm(&bn, c_out)?;
+        let weight = weight
+            .broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?
+            .contiguous()?;
+        Ok(Self {
+            weight,
+            bias: shift,
+            stride,
+            padding,
+            activation,
+        })
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        conv2d_fused(
+            x,
+            &self.weight,
+            &self.bias,
+            self.stride,
+            self.padding,
+            self.activation.fused(),
+        )
+    }
+}
+
+/// A depthwise 3×3 `nn.Conv2d` (padding 1) with its BatchNorm folded in and ReLU6 fused.
+#[derive(Debug, Clone)]
+pub struct Depthwise {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+}
+
+impl Depthwise {
+    /// The convolution under `conv` and its BatchNorm under `bn`.
+    pub fn with_batch_norm(
+        conv: VarBuilder,
+        bn: VarBuilder,
+        channels: usize,
+        stride: usize,
+    ) -> Result<Self> {
+        let weight = conv.get((channels, 1, 3, 3), "weight")?;
+        let (scale, shift) = batch_norm(&bn, channels)?;
+        let weight = weight
+            .reshape((channels, 9))?
+            .broadcast_mul(&scale.reshape((channels, 1))?)?
+            .contiguous()?;
+        Ok(Self {
+            weight,
+            bias: shift.contiguous()?,
+            stride,
+        })
+    }
+}
+
+impl Module for Depthwise {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        depthwise_conv3x3(x, &self.weight, &self.bias, self.stride, true)
+    }
+}
+
+/// MobileNetV2's inverted residual block: 1×1 expansion (optional), depthwise 3×3, 1×1
+/// projection, each with BatchNorm; ReLU6 after the first two; a skip when shapes allow.
+#[derive(Debug, Clone)]
+pub struct InvertedResidual {
+    expand: Option<Conv>,
+    depthwise: Depthwise,
+    project: Conv,
+    residual: bool,
+}
+
+impl InvertedResidual {
+    /// The block stored under `vb` (`conv.N.*`). With `pointwise_expand` the block has the 1×1
+    /// expansion even at ratio 1 (as the FPN encoder builds it); without it, ratio 1 means no
+    /// expansion (as torchvision-style MobileNetV2 builds it).
+    pub fn new(
+        vb: VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        stride: usize,
+        expand_ratio: usize,
+        pointwise_expand: bool,
+    ) -> Result<Self> {
+        let hidden = c_in * expand_ratio;
+        let vb = vb.pp("conv");
+        let has_expand = pointwise_expand || expand_ratio != 1;
+        let (expand, dw_at) = if has_expand {
+            let expand = Conv::with_batch_norm(
+                vb.pp("0"),
+                vb.pp("1"),
+                c_in,
+                hidden,
+                1,
+                1,
+                0,
+                Activation::Relu6,
+            )?;
+            (Some(expand), 3)
+        } else {
+            (None, 0)
+        };
+        let depthwise = Depthwise::with_batch_norm(
+            vb.pp(dw_at.to_string()),
+            vb.pp((dw_at + 1).to_string()),
+            hidden,
+            stride,
+        )?;
+        let project = Conv::with_batch_norm(
+            vb.pp((dw_at + 3).to_string()),
+            vb.pp((dw_at + 4).to_string()),
+            hidden,
+            c_out,
+            1,
+            1,
+            0,
+            Activation::None,
+        )?;
+        Ok(Self {
+            expand,
+            depthwise,
+            project,
+            residual: stride == 1 && c_in == c_out,
+        })
+    }
+}
+
+impl Module for InvertedResidual {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = match &self.expand {
+            Some(e) => e.forward(x)?,
+            None => x.clone(),
+        };
+        let h = self.depthwise.forward(&h)?;
+        let h = self.project.forward(&h)?;
+        if self.residual {
+            h + x
+        } else {
+            Ok(h)
+        }
+    }
+}

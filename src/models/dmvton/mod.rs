@@ -1,0 +1,124 @@
+//! DM-VTON ("Distilled Mobile Real-time Virtual Try-On", KiseKloset/DM-VTON): a parser-free
+//! try-on network made of a warp module (`MobileAFWM`) and a generator (`MobileNetV2_unet`).
+//!
+//! The official weights are `dmvton_pf_warp.pt` and `dmvton_pf_gen.pt` (see
+//! `models/dmvton/README.md`); `.safetensors` files with the same stem and tensor names work too.
+
+pub mod afwm;
+pub mod checkpoint;
+pub mod fpn;
+pub mod layers;
+pub mod unet;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::models::{ModelError, TryOnBatch, TryOnModel};
+use crate::ops::{grid_sample, GridPadding};
+pub use afwm::MobileAfwm;
+pub use checkpoint::Checkpoint;
+pub use unet::MobileUnet;
+
+/// File stem of the warp checkpoint.
+pub const WARP_STEM: &str = "dmvton_pf_warp";
+/// File stem of the generator checkpoint.
+pub const GEN_STEM: &str = "dmvton_pf_gen";
+
+/// Everything one forward pass computes that a caller may want to inspect.
+#[derive(Debug, Clone)]
+pub struct DmVtonOutput {
+    /// The try-on image, `N×3×H×W` in [-1, 1].
+    pub tryon: Tensor,
+    /// The garment warped onto the person, `N×3×H×W`.
+    pub warped_cloth: Tensor,
+    /// The garment mask warped the same way (zeros padding), `N×1×H×W`.
+    pub warped_mask: Tensor,
+    /// The final sampling grid, `N×2×H×W` (x then y, in [-1, 1]).
+    pub flow: Tensor,
+    /// The generator output before tanh / sigmoid, `N×4×H×W`.
+    pub gen_raw: Tensor,
+}
+
+/// The DM-VTON try-on model.
+#[derive(Debug, Clone)]
+pub struct DmVton {
+    warp: MobileAfwm,
+    gen: MobileUnet,
+    device: Device,
+}
+
+/// `DIR/STEM.pt`, or `DIR/STEM.safetensors` when only that exists.
+fn checkpoint_path(dir: &Path, stem: &str) -> PathBuf {
+    let pt = dir.join(format!("{stem}.pt"));
+    let st = dir.join(format!("{stem}.safetensors"));
+    if !pt.exists() && st.exists() {
+        st
+    } else {
+        pt
+    }
+}
+
+impl DmVton {
+    /// Loads `dmvton_pf_warp.pt` and `dmvton_pf_gen.pt` (or `.safetensors`) from `dir`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        Self::load_files(
+            &checkpoint_path(dir, WARP_STEM),
+            &checkpoint_path(dir, GEN_STEM),
+            device,
+        )
+    }
+
+    /// Loads the warp and generator checkpoints from the given files.
+    pub fn load_files(warp: &Path, gen: &Path, device: &Device) -> Result<Self, ModelError> {
+        let warp = Checkpoint::load(warp, device)?.build(device, "warp", MobileAfwm::new)?;
+        let gen = Checkpoint::load(gen, device)?
+            .build(device, "generator", |vb| MobileUnet::new(vb, 7, 4))?;
+        Ok(Self {
+            warp,
+            gen,
+            device: device.clone(),
+        })
+    }
+
+    /// The warp module.
+    pub fn warp_module(&self) -> &MobileAfwm {
+        &self.warp
+    }
+
+    /// Runs the full pipeline and answers every stage's output.
+    pub fn run(&self, batch: &TryOnBatch) -> candle_core::Result<DmVtonOutput> {
+        let mask = batch.cloth_mask.gt(0.5f64)?.to_dtype(DType::F32)?;
+        let cloth = batch.cloth.broadcast_mul(&mask)?;
+        let warp = self.warp.forward(&batch.person, &cloth)?;
+        let grid = warp.flow.permute((0, 2, 3, 1))?;
+        let warped_mask = grid_sample(&mask, &grid, GridPadding::Zeros, true)?;
+        let gen_in = Tensor::cat(&[&batch.person, &warp.warped_cloth, &warped_mask], 1)?;
+        let gen_raw = self.gen.forward(&gen_in)?;
+        let rendered = gen_raw.narrow(1, 0, 3)?.tanh()?;
+        let composite = (candle_nn::ops::sigmoid(&gen_raw.narrow(1, 3, 1)?)? * &warped_mask)?;
+        let tryon = (warp.warped_cloth.broadcast_mul(&composite)?
+            + rendered.broadcast_mul(&(1.0 - &composite)?)?)?;
+        Ok(DmVtonOutput {
+            tryon,
+            warped_cloth: warp.warped_cloth,
+            warped_mask,
+            flow: warp.flow,
+            gen_raw,
+        })
+    }
+}
+
+impl TryOnModel for DmVton {
+    fn name(&self) -> &str {
+        "dmvton"
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn forward(&self, batch: &TryOnBatch) -> Result<Tensor, ModelError> {
+        Ok(self.run(batch)?.tryon)
+    }
+}
