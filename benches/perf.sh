@@ -91,4 +91,5 @@ done
 echo "| batching gain (max batch 8 / 1, saturation) | $(f 2 "$(ratio "$(j sat-b8.json .throughput_rps)" "$(j sat-b1.json .throughput_rps)")") | sat-b8 / sat-b1 |"
 for b in 1 8; do
   echo "| serving efficiency, batch $b (HTTP / raw) | $(f 2 "$(ratio "$(j sat-b$b.json .throughput_rps)" "$(j model-b$b.json .images_per_s)")") | sat-b$b / model-b$b |"
+  echo "| model busy at saturation, max batch $b | $(f 2 "$(j sat-b$b.json .server.busy_ratio)") | sat-b$b: server forward time / wall time |"
 done

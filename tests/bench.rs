@@ -106,6 +106,11 @@ async fn closed_loop_counts_add_up_and_percentiles_are_ordered() {
     let mean_batch = s.mean_batch_size.expect("mean batch size");
     assert!((1.0..=8.0).contains(&mean_batch), "{mean_batch}");
     assert!(s.rejections.values().all(|&n| n == 0), "{s:?}");
+    // The model ran for part of the run: its busy time is the batches' forward time.
+    let forward_s = s.batches as f64 * s.mean_batch_ms.expect("forward time") / 1e3;
+    assert!((s.busy_s - forward_s).abs() < 1e-6, "{s:?}");
+    let busy = s.busy_ratio.expect("busy ratio");
+    assert!(busy > 0.0 && busy <= 1.0, "{busy}");
 
     let png = image::open(&plot).expect("the plot is an image");
     assert_eq!((png.width(), png.height()), (1280, 520));
@@ -178,6 +183,8 @@ async fn report_schema_is_stable() {
         "mean_batch_size",
         "mean_queue_ms",
         "mean_batch_ms",
+        "busy_s",
+        "busy_ratio",
         "rejections",
         "answers_by_code",
     ]

@@ -89,6 +89,11 @@ pub struct ServerStats {
     pub mean_queue_ms: Option<f64>,
     /// Mean model forward time per batch, ms.
     pub mean_batch_ms: Option<f64>,
+    /// Seconds the model spent running batches.
+    pub busy_s: f64,
+    /// `busy_s` over the measured wall time: how close the run came to keeping the model busy
+    /// (at saturation, the serving efficiency measured inside the server).
+    pub busy_ratio: Option<f64>,
     /// Requests not run, by reason (`queue_full`, `deadline`, ...).
     pub rejections: BTreeMap<String, u64>,
     /// /tryon answers counted by the server, by HTTP status.
@@ -147,6 +152,11 @@ fn ms(d: Duration) -> f64 {
 impl HttpReport {
     pub fn build(config: &LoadConfig, phase: &Phase, server: Option<ServerStats>) -> HttpReport {
         let samples = &phase.samples;
+        let server = server.map(|mut s| {
+            let secs = phase.elapsed.as_secs_f64();
+            s.busy_ratio = (secs > 0.0).then(|| s.busy_s / secs);
+            s
+        });
         let mut status_counts = BTreeMap::new();
         let mut errors = BTreeMap::new();
         for s in samples {
@@ -252,11 +262,12 @@ impl HttpReport {
                     .collect();
                 let _ = write!(
                     out,
-                    "server     {} batches, mean batch size {}, mean queue {} ms, mean forward {} ms, rejections [{}]",
+                    "server     {} batches, mean batch size {}, mean queue {} ms, mean forward {} ms, model busy {}, rejections [{}]",
                     s.batches,
                     f(s.mean_batch_size),
                     f(s.mean_queue_ms),
                     f(s.mean_batch_ms),
+                    f(s.busy_ratio),
                     rejections.join(", ")
                 );
             }
@@ -406,6 +417,8 @@ impl ServerSnapshot {
                 self.batch_duration_count - before.batch_duration_count,
                 1e3,
             ),
+            busy_s: (self.batch_duration_sum - before.batch_duration_sum).max(0.0),
+            busy_ratio: None,
             rejections: diff(&self.rejected, &before.rejected),
             answers_by_code: diff(&self.answers, &before.answers)
                 .into_iter()
@@ -489,6 +502,7 @@ mod tests {
         assert_eq!(s.mean_batch_size, Some(6.0));
         assert!((s.mean_queue_ms.unwrap_or(0.0) - 100.0).abs() < 1e-9);
         assert_eq!(s.mean_batch_ms, None);
+        assert_eq!((s.busy_s, s.busy_ratio), (0.0, None));
         assert_eq!(s.rejections.get("queue_full"), Some(&5));
         assert_eq!(s.rejections.get("deadline"), Some(&0));
         assert_eq!(s.answers_by_code.get("200"), Some(&30));
