@@ -40,6 +40,18 @@ echo "== kernels, parity and forward timings"
   --batch-sizes 1,8,32 --iterations 30 --json "$OUT/gpu-check.json" 2>&1 | tee "$OUT/gpu-check.txt"
 check_rc=${PIPESTATUS[0]}
 
+echo "== PyTorch eager baseline (same network and checkpoints)"
+TORCH_SCRIPT=$(dirname "$0")/torch_dmvton.py
+if python3 -c 'import torch' 2>/dev/null && [ -f "$TORCH_SCRIPT" ]; then
+  python3 "$TORCH_SCRIPT" --model-dir "$BUNDLE/dmvton" --parity "$BUNDLE/dmvton/parity.safetensors" \
+    --device cuda --batch-sizes 1,8,32 --iterations 30 --json "$OUT/torch.json" > "$OUT/torch.txt" 2>&1
+  python3 "$TORCH_SCRIPT" --model-dir "$BUNDLE/dmvton" --device cuda --batch-sizes 1,8,32 \
+    --iterations 30 --tf32 --cudnn-benchmark --json "$OUT/torch-tf32.json" > "$OUT/torch-tf32.txt" 2>&1
+  tail -n 12 "$OUT/torch.txt"
+else
+  echo "no PyTorch here: baseline skipped"
+fi
+
 echo "== server end to end"
 PORT=18080
 "$BIN" serve --bind 127.0.0.1:$PORT --model dmvton --model-dir "$BUNDLE/dmvton" --device cuda:0 \
@@ -49,6 +61,8 @@ for _ in $(seq 1 300); do
   curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
   sleep 0.2
 done
+echo "== GPU gauges (NVML)"
+curl -s "http://127.0.0.1:$PORT/metrics" | grep '^virtualfit_gpu_' | tee "$OUT/gpu-gauges.txt"
 "$BIN" bench model --model dmvton --model-dir "$BUNDLE/dmvton" --device cuda:0 --batch-size 32 \
   --iterations 30 --json > "$OUT/model-b32.json" 2>"$OUT/model-b32.err"
 "$BIN" bench http --url "http://127.0.0.1:$PORT" --data "$BUNDLE/viton-demo" --concurrency 128 \
@@ -63,13 +77,23 @@ def load(name):
         with open(os.path.join(out, name)) as f: return json.load(f)
     except Exception as e: return {"error": str(e)}
 g, m, h = load("gpu-check.json"), load("model-b32.json"), load("http.json")
+t32, ttf = load("torch.json"), load("torch-tf32.json")
 print("\n== summary")
 k = g.get("kernels", []); p = g.get("parity", [])
 print(f"kernels: {sum(c['pass'] for c in k)}/{len(k)} pass, worst rel L2 {max([c['rel_l2'] for c in k] or [0]):.2e}")
 print(f"parity:  {sum(c['pass'] for c in p)}/{len(p)} pass, worst rel L2 {max([c['rel_l2'] for c in p if 'u8' not in c['name']] or [0]):.2e}")
-print(f"{'batch':>6} {'batch ms':>10} {'images/s':>10}")
-for t in g.get("timings", []):
-    print(f"{t['batch_size']:>6} {t['median_batch_ms']:>10.2f} {t['images_per_s']:>10.1f}")
+def by_batch(rows):
+    return {r["batch_size"]: r for r in rows or []}
+ours, ours_tf, th, th_tf = (by_batch(g.get("timings")), by_batch(g.get("timings_tf32")),
+                            by_batch(t32.get("timings")), by_batch(ttf.get("timings")))
+print(f"{'batch':>6} | {'ours f32':>16} {'torch f32':>16} {'x':>5} | {'ours tf32':>16} {'torch tf32':>16} {'x':>5}")
+def cell(r): return f"{r['median_batch_ms']:7.2f}ms {r['images_per_s']:6.1f}/s" if r else f"{'-':>16}"
+def ratio(a, b): return f"{b['median_batch_ms'] / a['median_batch_ms']:5.2f}" if a and b else f"{'-':>5}"
+for b in sorted(ours):
+    print(f"{b:>6} | {cell(ours.get(b))} {cell(th.get(b))} {ratio(ours.get(b), th.get(b))} | "
+          f"{cell(ours_tf.get(b))} {cell(th_tf.get(b))} {ratio(ours_tf.get(b), th_tf.get(b))}")
+if t32.get("parity"):
+    print("torch parity (rel L2):", {k: f"{v:.1e}" for k, v in t32["parity"].items()})
 raw = 32 * 1000.0 / (m.get("median_batch_s", float("nan")) * 1000.0) if "median_batch_s" in m else float("nan")
 rps = h.get("throughput_rps", float("nan"))
 lat = h.get("latency_ms", {})

@@ -137,7 +137,7 @@ pub fn tryon(args: &TryOnArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let device = crate::device::select(&args.model.device)?;
+    let device = args.model.open_device()?;
     let model = models::load(&args.model.model, args.model.model_dir.as_deref(), &device)?;
     let pair = imaging::prepare_decoded(&person, &cloth, mask.as_ref())?;
     let batch = TryOnBatch::from_pairs(&[&pair], &device)?;

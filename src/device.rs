@@ -57,6 +57,11 @@ fn open_cuda(ordinal: usize) -> Result<Device, DeviceError> {
         })
 }
 
+/// Whether CUDA f32 matrix products may use TF32 (process-wide, as in candle).
+pub fn set_tf32(allow: bool) {
+    candle_core::cuda::set_gemm_reduced_precision_f32(allow);
+}
+
 /// A short name for logs, headers and metrics: `cpu` or `cuda:N`.
 pub fn name(device: &Device) -> String {
     match device.location() {

@@ -69,6 +69,8 @@ pub struct Report {
     pub kernels: Vec<Check>,
     pub parity: Vec<Check>,
     pub timings: Vec<Timing>,
+    pub parity_tf32: Vec<Check>,
+    pub timings_tf32: Vec<Timing>,
 }
 
 /// ‖a − b‖ / ‖b‖ and max |a − b| over all elements, and whether `a` holds a NaN.

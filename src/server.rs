@@ -140,7 +140,7 @@ impl Server {
     /// Loads the model, binds the listeners and starts serving; the model warms up in the
     /// background (`/readyz` turns 200 when it is done).
     pub async fn start(args: ServeArgs) -> anyhow::Result<Server> {
-        let device = crate::device::select(&args.model.device)?;
+        let device = args.model.open_device()?;
         let device_name = crate::device::name(&device);
         let model_args = args.model.clone();
         let model = tokio::task::spawn_blocking(move || {

@@ -94,7 +94,7 @@ fn inputs(args: &ModelBenchArgs, device: &Device) -> Result<TryOnBatch, BenchErr
 
 /// Times the forward passes.
 pub fn measure(args: &ModelBenchArgs) -> Result<ModelReport, BenchError> {
-    let device = crate::device::select(&args.model.device)?;
+    let device = args.model.open_device()?;
     let model = models::load(&args.model.model, args.model.model_dir.as_deref(), &device)?;
     let batch = inputs(args, &device)?;
     let run = || -> Result<f64, BenchError> {
