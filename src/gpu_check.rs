@@ -202,6 +202,7 @@ pub fn kernel_checks(gpu: &Device) -> anyhow::Result<Vec<Check>> {
         )?);
     }
     for &(n, ci, co, h, w, k, stride, pad) in &[
+        (4, 96, 24, 32, 24, 1, 1, 0),
         (2, 16, 32, 64, 48, 3, 1, 1),
         (1, 64, 64, 32, 24, 3, 2, 1),
         (3, 24, 8, 16, 12, 1, 1, 0),
@@ -216,6 +217,19 @@ pub fn kernel_checks(gpu: &Device) -> anyhow::Result<Vec<Check>> {
             gpu,
             &inputs,
             |t| ops::conv2d_fused(&t[0], &t[1], &t[2], stride, pad, ops::ConvActivation::Relu6),
+        )?);
+    }
+    for act in [
+        ops::ConvActivation::None,
+        ops::ConvActivation::Relu6,
+        ops::ConvActivation::LeakyRelu(0.1),
+    ] {
+        let inputs = [randn(&[3, 17, 9, 7])?, randn(&[17])?];
+        out.push(kernel(
+            format!("bias_activation {act:?} 3x17x9x7"),
+            gpu,
+            &inputs,
+            |t| ops::conv::bias_activation(&t[0], &t[1], act),
         )?);
     }
     for &(n, h, w) in &[(1, 256, 192), (5, 33, 17)] {
@@ -364,6 +378,26 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
             );
             report.timings.push(t);
         }
+        // The same with TF32 matrix products (`--allow-tf32`): reported, not required.
+        crate::device::set_tf32(true);
+        if let Some(path) = &args.parity {
+            let parity = candle_core::safetensors::load(path, &Device::Cpu)?;
+            report.parity_tf32 = parity_checks(&model, &parity)?;
+            print_checks(
+                "DM-VTON parity with --allow-tf32 (informative)",
+                &report.parity_tf32,
+            );
+        }
+        println!("\nDM-VTON forward with --allow-tf32");
+        for &b in &args.batch_sizes {
+            let t = time_forward(&model, b, args.iterations)?;
+            println!(
+                "{:>6} {:>14.2} {:>12.1}",
+                t.batch_size, t.median_batch_ms, t.images_per_s
+            );
+            report.timings_tf32.push(t);
+        }
+        crate::device::set_tf32(false);
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)

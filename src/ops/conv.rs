@@ -74,15 +74,7 @@ pub fn conv2d_fused(
         candle_core::bail!("conv2d_fused: kernel {kh}×{kw} larger than padded input {h}×{w}");
     }
     if !input.device().is_cpu() {
-        // Other devices use candle's convolution (cuDNN / cuBLAS on CUDA).
-        let y = input
-            .conv2d(weight, padding, stride, 1, 1)?
-            .broadcast_add(&bias.reshape((1, co, 1, 1))?)?;
-        return match activation {
-            ConvActivation::None => Ok(y),
-            ConvActivation::Relu6 => y.clamp(0f32, 6f32),
-            ConvActivation::LeakyRelu(s) => candle_nn::ops::leaky_relu(&y, s as f64),
-        };
+        return conv2d_device(input, weight, bias, stride, padding, activation);
     }
     let input = input.contiguous()?;
     let weight = weight.contiguous()?;
@@ -96,6 +88,86 @@ pub fn conv2d_fused(
             activation,
         },
     )
+}
+
+/// Off the CPU: pointwise convolutions as one batched matrix product straight into N×C×H×W
+/// (no im2col, no transpose), others through candle's convolution; then the bias and the
+/// activation in one fused pass.
+fn conv2d_device(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+    activation: ConvActivation,
+) -> Result<Tensor> {
+    let (n, ci, h, w) = input.dims4()?;
+    let (co, _, k, _) = weight.dims4()?;
+    let y = if k == 1 && stride == 1 && padding == 0 {
+        let x = input.contiguous()?.reshape((n, ci, h * w))?;
+        let wt = weight.reshape((1, co, ci))?.broadcast_as((n, co, ci))?;
+        wt.matmul(&x)?.reshape((n, co, h, w))?
+    } else {
+        input.conv2d(weight, padding, stride, 1, 1)?
+    };
+    bias_activation(&y, bias, activation)
+}
+
+/// `act(x + bias[c])` for `x` of `N×C×H×W` and a bias of `C`, in one pass.
+pub fn bias_activation(x: &Tensor, bias: &Tensor, activation: ConvActivation) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let bias = bias.flatten_all()?.contiguous()?;
+    x.apply_op2_no_bwd(&bias, &BiasActivation { activation })
+}
+
+/// The custom op behind [`bias_activation`].
+#[derive(Debug, Clone, Copy)]
+pub struct BiasActivation {
+    pub activation: ConvActivation,
+}
+
+impl candle_core::CustomOp2 for BiasActivation {
+    fn name(&self) -> &'static str {
+        "bias_activation"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = l1.shape().dims();
+        let c = dims.get(1).copied().unwrap_or(1);
+        let plane: usize = dims.iter().skip(2).product();
+        let mut out = contiguous_f32(s1, l1, "bias_activation")?.to_vec();
+        let bias = contiguous_f32(s2, l2, "bias_activation")?;
+        for (i, row) in out.chunks_mut(plane.max(1)).enumerate() {
+            self.activation.bias_apply(row, bias[i % c]);
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dims = l1.shape().dims();
+        let c = dims.get(1).copied().unwrap_or(1);
+        let plane: usize = dims.iter().skip(2).product();
+        let (act, slope) = match self.activation {
+            ConvActivation::None => (0, 0.0),
+            ConvActivation::Relu6 => (1, 0.0),
+            ConvActivation::LeakyRelu(s) => (2, s),
+        };
+        let out = super::cuda::launch_bias_act(s1, l1, s2, l2, c, plane, act, slope)?;
+        Ok((out, l1.shape().clone()))
+    }
 }
 
 /// The custom op behind [`conv2d_fused`].

@@ -225,3 +225,34 @@ pub fn launch_resize(
     unsafe { b.launch(elementwise(total)) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
+
+pub const BIAS_ACT_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/bias_act.ptx"));
+
+/// Launches `bias_act_f32`.
+#[allow(clippy::too_many_arguments)]
+pub fn launch_bias_act(
+    x: &CudaStorage,
+    lx: &Layout,
+    bias: &CudaStorage,
+    lb: &Layout,
+    c: usize,
+    plane: usize,
+    act: i32,
+    slope: f32,
+) -> Result<CudaStorage> {
+    let dev = device(x);
+    let src = view::<f32>(x, lx, "bias_activation")?;
+    let b = view::<f32>(bias, lb, "bias_activation")?;
+    let total = lx.shape().elem_count();
+    // SAFETY: one thread writes each output element.
+    let out = unsafe { dev.alloc::<f32>(total)? };
+    let func = dev.get_or_load_custom_func("bias_act_f32", "vf_bias_act", BIAS_ACT_PTX)?;
+    let mut builder = func.builder();
+    builder.arg(&src);
+    builder.arg(&b);
+    builder.arg(&out);
+    candle_core::builder_arg!(builder, total as i64, c as i32, plane as i64, act, slope);
+    // SAFETY: the arguments match the kernel's signature.
+    unsafe { builder.launch(elementwise(total)) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}
