@@ -359,43 +359,47 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
     print_checks("CUDA kernel vs CPU op (rel L2 <= 1e-5)", &report.kernels);
     if let Some(dir) = &args.model_dir {
         let model = DmVton::load(dir, &gpu)?;
-        if let Some(path) = &args.parity {
-            let parity = candle_core::safetensors::load(path, &Device::Cpu)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            report.parity = parity_checks(&model, &parity)?;
-            print_checks("DM-VTON parity on the GPU (rel L2 <= 1e-4)", &report.parity);
-        }
-        println!(
-            "\nDM-VTON forward on {} (median of {} runs)",
-            report.device, args.iterations
-        );
-        println!("{:>6} {:>14} {:>12}", "batch", "batch ms", "images/s");
-        for &b in &args.batch_sizes {
-            let t = time_forward(&model, b, args.iterations)?;
+        let parity = match &args.parity {
+            Some(path) => Some(
+                candle_core::safetensors::load(path, &Device::Cpu)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            ),
+            None => None,
+        };
+        // Strict f32 first (required), then TF32 matrix products (`--allow-tf32`, informative).
+        for tf32 in [false, true] {
+            crate::device::set_tf32(tf32);
+            let mode = if tf32 { "with --allow-tf32" } else { "in f32" };
+            if let Some(parity) = &parity {
+                let checks = parity_checks(&model, parity)?;
+                print_checks(
+                    &format!("DM-VTON parity on the GPU {mode} (rel L2 <= 1e-4)"),
+                    &checks,
+                );
+                *(if tf32 {
+                    &mut report.parity_tf32
+                } else {
+                    &mut report.parity
+                }) = checks;
+            }
             println!(
-                "{:>6} {:>14.2} {:>12.1}",
-                t.batch_size, t.median_batch_ms, t.images_per_s
+                "\nDM-VTON forward {mode} (median of {} runs)",
+                args.iterations
             );
-            report.timings.push(t);
-        }
-        // The same with TF32 matrix products (`--allow-tf32`): reported, not required.
-        crate::device::set_tf32(true);
-        if let Some(path) = &args.parity {
-            let parity = candle_core::safetensors::load(path, &Device::Cpu)?;
-            report.parity_tf32 = parity_checks(&model, &parity)?;
-            print_checks(
-                "DM-VTON parity with --allow-tf32 (informative)",
-                &report.parity_tf32,
-            );
-        }
-        println!("\nDM-VTON forward with --allow-tf32");
-        for &b in &args.batch_sizes {
-            let t = time_forward(&model, b, args.iterations)?;
-            println!(
-                "{:>6} {:>14.2} {:>12.1}",
-                t.batch_size, t.median_batch_ms, t.images_per_s
-            );
-            report.timings_tf32.push(t);
+            println!("{:>6} {:>14} {:>12}", "batch", "batch ms", "images/s");
+            for &b in &args.batch_sizes {
+                let t = time_forward(&model, b, args.iterations)?;
+                println!(
+                    "{:>6} {:>14.2} {:>12.1}",
+                    t.batch_size, t.median_batch_ms, t.images_per_s
+                );
+                if tf32 {
+                    &mut report.timings_tf32
+                } else {
+                    &mut report.timings
+                }
+                .push(t);
+            }
         }
         crate::device::set_tf32(false);
     }
