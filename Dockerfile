@@ -37,19 +37,19 @@ RUN cargo build --release --locked --bin virtualfit && strip target/release/virt
 
 # ---- CPU runtime ----
 FROM debian:bookworm-slim AS runtime-cpu
-RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin virtualfit
+RUN useradd --uid 65532 --no-create-home --shell /usr/sbin/nologin virtualfit
 COPY --from=build-cpu /src/target/release/virtualfit /usr/local/bin/virtualfit
-USER 10001
+USER 65532
 EXPOSE 8000
 ENTRYPOINT ["/usr/local/bin/virtualfit"]
 CMD ["serve"]
 
 # ---- GPU runtime (default target): cuBLAS, cuRAND and the CUDA runtime from NVIDIA's image ----
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU} AS runtime
-RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin virtualfit
+RUN useradd --uid 65532 --no-create-home --shell /usr/sbin/nologin virtualfit
 COPY --from=build-cuda /src/target/release/virtualfit /usr/local/bin/virtualfit
 ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
-USER 10001
+USER 65532
 EXPOSE 8000
 ENTRYPOINT ["/usr/local/bin/virtualfit"]
 CMD ["serve"]
