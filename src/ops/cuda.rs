@@ -3,7 +3,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, Layout, Result};
@@ -22,6 +22,13 @@ pub fn view<'a, T: CudaDType + DeviceRepr>(
         Some((a, b)) => Ok(slice.slice(a..b)),
         None => candle_core::bail!("{op}: input must be contiguous"),
     }
+}
+
+/// The output buffer of a kernel launch, left uninitialised.
+fn alloc_output<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
+    // SAFETY: every kernel in kernels/ writes each element of its output (one thread per
+    // output element, or per pixel for all of its channels or displacements).
+    unsafe { dev.alloc::<T>(len) }
 }
 
 /// One thread per element, 256 a block (the register-heavy kernels cannot launch 1024).
@@ -53,14 +60,13 @@ pub fn launch_grid_sample(
     let dev = device(input);
     let src = view::<f32>(input, li, "grid_sample")?;
     let grid = view::<f32>(grid, lg, "grid_sample")?;
+    let count = n * ho * wo;
     let func = dev.get_or_load_custom_func(
         "grid_sample_bilinear_f32",
         "vf_grid_sample",
         GRID_SAMPLE_PTX,
     )?;
-    let count = n * ho * wo;
-    // SAFETY: every element is written by the kernel (one thread per output pixel, all channels).
-    let out = unsafe { dev.alloc::<f32>(n * c * ho * wo)? };
+    let out = alloc_output::<f32>(&dev, n * c * ho * wo)?;
     let mut b = func.builder();
     b.arg(&src);
     b.arg(&grid);
@@ -90,10 +96,9 @@ pub fn launch_convert_in(
 ) -> Result<CudaStorage> {
     let dev = device(storage);
     let src = view::<u8>(storage, layout, "to_model_input")?;
-    let func = dev.get_or_load_custom_func("u8_hwc_to_f32_nchw", "vf_convert", CONVERT_PTX)?;
     let total = n * h * w * c;
-    // SAFETY: one thread writes each output element.
-    let out = unsafe { dev.alloc::<f32>(total)? };
+    let func = dev.get_or_load_custom_func("u8_hwc_to_f32_nchw", "vf_convert", CONVERT_PTX)?;
+    let out = alloc_output::<f32>(&dev, total)?;
     let mut b = func.builder();
     b.arg(&src);
     b.arg(&out);
@@ -111,10 +116,9 @@ pub fn launch_convert_out(
 ) -> Result<CudaStorage> {
     let dev = device(storage);
     let src = view::<f32>(storage, layout, "to_u8_images")?;
-    let func = dev.get_or_load_custom_func("f32_nchw_to_u8_hwc", "vf_convert", CONVERT_PTX)?;
     let total = n * c * h * w;
-    // SAFETY: one thread writes each output element.
-    let out = unsafe { dev.alloc::<u8>(total)? };
+    let func = dev.get_or_load_custom_func("f32_nchw_to_u8_hwc", "vf_convert", CONVERT_PTX)?;
+    let out = alloc_output::<u8>(&dev, total)?;
     let mut b = func.builder();
     b.arg(&src);
     b.arg(&out);
@@ -142,8 +146,7 @@ pub fn launch_correlation(
     let b2 = view::<f32>(second, l2, "correlation")?;
     let func =
         dev.get_or_load_custom_func("correlation7_f32", "vf_correlation", CORRELATION_PTX)?;
-    // SAFETY: each thread writes all displacements of its pixel.
-    let out = unsafe { dev.alloc::<f32>(n * displacements * h * w)? };
+    let out = alloc_output::<f32>(&dev, n * displacements * h * w)?;
     let mut b = func.builder();
     b.arg(&a);
     b.arg(&b2);
@@ -172,10 +175,9 @@ pub fn launch_depthwise(
     let x = view::<f32>(input, li, "depthwise_conv3x3")?;
     let k = view::<f32>(weight, lw, "depthwise_conv3x3")?;
     let bi = view::<f32>(bias, lb, "depthwise_conv3x3")?;
-    let func = dev.get_or_load_custom_func("depthwise3x3_f32", "vf_depthwise", DEPTHWISE_PTX)?;
     let total = n * c * ho * wo;
-    // SAFETY: one thread writes each output element.
-    let out = unsafe { dev.alloc::<f32>(total)? };
+    let func = dev.get_or_load_custom_func("depthwise3x3_f32", "vf_depthwise", DEPTHWISE_PTX)?;
+    let out = alloc_output::<f32>(&dev, total)?;
     let mut b = func.builder();
     b.arg(&x);
     b.arg(&k);
@@ -206,10 +208,9 @@ pub fn launch_resize(
 ) -> Result<CudaStorage> {
     let dev = device(input);
     let x = view::<f32>(input, layout, "resize_bilinear")?;
-    let func = dev.get_or_load_custom_func("resize_bilinear_f32", "vf_resize", RESIZE_PTX)?;
     let total = n * c * out_h * out_w;
-    // SAFETY: one thread writes each output element.
-    let out = unsafe { dev.alloc::<f32>(total)? };
+    let func = dev.get_or_load_custom_func("resize_bilinear_f32", "vf_resize", RESIZE_PTX)?;
+    let out = alloc_output::<f32>(&dev, total)?;
     let mut b = func.builder();
     b.arg(&x);
     b.arg(&out);
@@ -244,9 +245,8 @@ pub fn launch_bias_act(
     let src = view::<f32>(x, lx, "bias_activation")?;
     let b = view::<f32>(bias, lb, "bias_activation")?;
     let total = lx.shape().elem_count();
-    // SAFETY: one thread writes each output element.
-    let out = unsafe { dev.alloc::<f32>(total)? };
     let func = dev.get_or_load_custom_func("bias_act_f32", "vf_bias_act", BIAS_ACT_PTX)?;
+    let out = alloc_output::<f32>(&dev, total)?;
     let mut builder = func.builder();
     builder.arg(&src);
     builder.arg(&b);
