@@ -291,7 +291,19 @@ fn drop_dead_jobs(jobs: Vec<Job>, shared: &Shared) -> Vec<Job> {
 fn run_batch(model: &dyn TryOnModel, shared: &Shared, jobs: Vec<Job>) {
     let started = Instant::now();
     let n = jobs.len();
-    match forward(model, &jobs) {
+    // A panic inside the model must not take the worker (and every later request) with it.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| forward(model, &jobs)))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(ModelError::Candle(candle_core::Error::Msg(format!(
+                "the model panicked: {what}"
+            ))))
+        });
+    match result {
         Ok(images) => {
             let elapsed = started.elapsed();
             let m = &shared.metrics;
@@ -454,6 +466,52 @@ mod tests {
         assert_eq!(metrics.oom_recoveries_total.get(), 3, "8 -> 4+4 -> 2+2+2+2");
         let sizes = calls.lock().expect("lock").clone();
         assert_eq!(sizes, vec![2, 8, 4, 2, 2, 4, 2, 2]);
+    }
+
+    /// A model that panics on all-white person images.
+    struct PanickyModel(Device);
+
+    impl TryOnModel for PanickyModel {
+        fn name(&self) -> &str {
+            "panicky"
+        }
+        fn device(&self) -> &Device {
+            &self.0
+        }
+        fn forward(&self, batch: &TryOnBatch) -> Result<Tensor, ModelError> {
+            let max = batch.person.max_all()?.to_scalar::<f32>()?;
+            assert!(max < 1.0, "white input");
+            Ok(batch.person.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_model_fails_its_batch_and_the_worker_keeps_serving() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (batcher, _h) = Batcher::start(
+            Box::new(PanickyModel(Device::Cpu)),
+            config(1, 1),
+            Metrics::new(),
+            move |r| {
+                let _ = tx.send(r.is_ok());
+            },
+        );
+        assert!(rx.recv().expect("warm-up"));
+        let failed = batcher
+            .submit(pair(255))
+            .expect("admitted")
+            .await
+            .expect("answered");
+        match failed {
+            Err(JobError::Model(m)) => assert!(m.contains("panicked"), "{m}"),
+            other => panic!("expected a model error, got {other:?}"),
+        }
+        let ok = batcher
+            .submit(pair(10))
+            .expect("admitted")
+            .await
+            .expect("answered");
+        assert!(ok.is_ok(), "the worker still serves");
     }
 
     #[tokio::test]
