@@ -179,6 +179,7 @@ impl Batcher {
         state.closed = true;
         state.stop = true;
         for job in state.jobs.drain(..) {
+            self.shared.metrics.reject(RejectReason::Draining);
             let _ = job.reply.send(Err(JobError::ShutDown));
         }
         self.shared.publish_queue(&state);

@@ -95,7 +95,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(crate::server::serve(args))
+    let result = runtime.block_on(crate::server::serve(args));
+    // Blocking work still running (a decode) must not hold the exit past the drain.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }
 
 /// Sets up `tracing` logs on stdout; `RUST_LOG` overrides the level.

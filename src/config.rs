@@ -99,11 +99,20 @@ impl ServeArgs {
             max_batch_size: self.max_batch_size as usize,
             max_batch_delay: Duration::from_millis(self.max_batch_delay_ms),
             queue_capacity: self.queue_capacity as usize,
-            request_timeout: Duration::from_secs_f64(self.request_timeout_s.max(0.0)),
+            request_timeout: seconds(self.request_timeout_s),
         }
     }
 
     pub fn drain_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.drain_timeout_s.max(0.0))
+        seconds(self.drain_timeout_s)
+    }
+}
+
+/// Seconds from a flag: negative or NaN is 0, and anything over a day is a day.
+fn seconds(v: f64) -> Duration {
+    if v.is_nan() || v <= 0.0 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs_f64(v.min(86_400.0))
     }
 }

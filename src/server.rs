@@ -57,6 +57,8 @@ struct Inner {
     device: String,
     readiness: Arc<Readiness>,
     draining: AtomicBool,
+    /// Requests allowed to upload and decode at once (the queue's capacity).
+    uploads: Arc<tokio::sync::Semaphore>,
 }
 
 /// The warm-up outcome, written once by the worker thread.
@@ -188,6 +190,7 @@ impl Server {
                 }
                 let _ = warm_tx.send(r.map_err(|e| e.to_string()));
             });
+        let uploads = Arc::new(tokio::sync::Semaphore::new(args.queue_capacity as usize));
         let state = AppState {
             inner: Arc::new(Inner {
                 args,
@@ -197,6 +200,7 @@ impl Server {
                 device: device_name.clone(),
                 readiness,
                 draining: AtomicBool::new(false),
+                uploads,
             }),
         };
 
@@ -246,7 +250,7 @@ impl Server {
 
     /// Drains: refuses new work at once, answers everything admitted (or, past `timeout`,
     /// answers what is left with 503), then stops the listeners.
-    pub async fn drain(self, timeout: Duration) -> anyhow::Result<()> {
+    pub async fn drain(mut self, timeout: Duration) -> anyhow::Result<()> {
         let state = &self.state;
         state.inner.draining.store(true, Ordering::SeqCst);
         state.inner.batcher.close();
@@ -255,8 +259,13 @@ impl Server {
             active = metrics.active_requests.get(),
             "draining: refusing new requests, finishing admitted ones"
         );
-        let deadline = Instant::now() + timeout;
-        while metrics.active_requests.get() > 0 && Instant::now() < deadline {
+        // One deadline for everything; the last fifth (at most 1 s) is kept to answer what is
+        // still queued with 503 and to close the listeners.
+        let started = Instant::now();
+        let reserve = (timeout / 5).min(Duration::from_secs(1));
+        let soft = started + (timeout - reserve);
+        let hard = started + timeout;
+        while metrics.active_requests.get() > 0 && Instant::now() < soft {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if metrics.active_requests.get() > 0 {
@@ -264,20 +273,31 @@ impl Server {
                 left = metrics.active_requests.get(),
                 "drain timeout: answering the rest with 503"
             );
-            state.inner.batcher.abort_pending();
-            let grace = Instant::now() + Duration::from_secs(1);
-            while metrics.active_requests.get() > 0 && Instant::now() < grace {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
         }
         state.inner.batcher.abort_pending();
+        while metrics.active_requests.get() > 0 && Instant::now() < hard {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.shutdown.cancel();
-        for task in self.tasks {
-            match tokio::time::timeout(Duration::from_secs(2), task).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "listener stopped with an error"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "listener task failed"),
-                Err(_) => tracing::warn!("listener did not stop in time; closing"),
+        let left = hard
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(200));
+        let all = futures_util::future::join_all(self.tasks.iter_mut());
+        match tokio::time::timeout(left, all).await {
+            Ok(results) => {
+                for r in results {
+                    match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "listener stopped with an error"),
+                        Err(e) => tracing::warn!(error = %e, "listener task failed"),
+                    }
+                }
+            }
+            Err(_) => {
+                tracing::warn!("listeners did not stop in time; closing them");
+                for task in &self.tasks {
+                    task.abort();
+                }
             }
         }
         tracing::info!("drained; exiting");
@@ -478,6 +498,13 @@ async fn tryon(
         }
     };
 
+    // Uploads being read and decoded are bounded like the queue: past it, 429 at once.
+    let Ok(upload_permit) = inner.uploads.clone().try_acquire_owned() else {
+        inner.metrics.reject(RejectReason::QueueFull);
+        return Err(ApiError::Overloaded {
+            retry_after_s: inner.batcher.retry_after_s(),
+        });
+    };
     let upload = read_multipart(&parts.headers, body, args.max_body_bytes).await?;
     let person = upload
         .person
@@ -498,6 +525,10 @@ async fn tryon(
     })?;
     let content = prepared.content;
 
+    // Counted as active before admission, so a drain that starts now either waits for this
+    // request or refuses it: never both admits and forgets it.
+    inner.metrics.active_requests.inc();
+    let _active = ActiveGuard(inner.metrics.clone());
     let receiver = match inner.batcher.submit(prepared) {
         Ok(rx) => rx,
         Err(AdmitError::QueueFull { retry_after_s }) => {
@@ -512,10 +543,18 @@ async fn tryon(
             });
         }
     };
-    inner.metrics.active_requests.inc();
-    let _active = ActiveGuard(inner.metrics.clone());
+    drop(upload_permit);
 
-    let output = match receiver.await {
+    // The worker answers expired requests itself; this bound only covers a stalled device.
+    let stall_bound = args.batcher_config().request_timeout * 2 + Duration::from_secs(10);
+    let Ok(answer) = tokio::time::timeout(stall_bound, receiver).await else {
+        inner.metrics.reject(RejectReason::Deadline);
+        return Err(ApiError::DeadlineExceeded {
+            waited_ms: stall_bound.as_millis() as u64,
+            timeout_ms: args.batcher_config().request_timeout.as_millis() as u64,
+        });
+    };
+    let output = match answer {
         Ok(Ok(output)) => output,
         Ok(Err(JobError::Deadline { waited, timeout })) => {
             return Err(ApiError::DeadlineExceeded {

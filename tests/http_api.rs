@@ -569,3 +569,42 @@ async fn metrics_bind_serves_metrics_on_its_own_port() {
         .expect("answer");
     assert_eq!(r.status(), 404, "only /metrics there");
 }
+
+#[tokio::test]
+async fn uploads_beyond_the_queue_capacity_are_refused_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let (server, base) = start(&["--queue-capacity", "1"]).await;
+    // A client that announces a body and sends only part of it holds the only upload slot.
+    let mut slow = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /tryon HTTP/1.1\r\nhost: {}\r\ncontent-type: multipart/form-data; boundary=XYZ\r\ncontent-length: 100000\r\n\r\n--XYZ\r\n",
+        server.addr
+    );
+    slow.write_all(head.as_bytes()).await.expect("write");
+    slow.flush().await.expect("flush");
+    let mut refused = None;
+    for _ in 0..100 {
+        let r = post(&base, pair_form(0)).await;
+        if r.status() == 429 {
+            refused = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = refused.expect("a second upload is refused while the slot is held");
+    assert!(r.headers().contains_key("retry-after"));
+    expect_error(r, 429, "overloaded").await;
+    drop(slow);
+    // Once the slow client is gone the slot is free again.
+    let mut served = false;
+    for _ in 0..100 {
+        if post(&base, pair_form(0)).await.status() == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(served, "the server serves again");
+}
