@@ -23,7 +23,7 @@ fn demo(rel: &str) -> Vec<u8> {
 fn decode_fit_normalise(bytes: &[u8]) -> candle_core::Tensor {
     let img = imaging::decode(bytes, MAX_PIXELS).expect("decodes");
     let (fitted, _) = imaging::fit(&img);
-    let t = imaging::rgb_to_tensor(&fitted)
+    let t = imaging::rgb_to_tensor(fitted)
         .and_then(|t| t.unsqueeze(0))
         .expect("tensor");
     to_model_input(&t, InputKind::Image).expect("normalises")

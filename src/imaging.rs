@@ -199,15 +199,15 @@ pub fn fit_mask(mask: &GrayImage, garment_size: (u32, u32)) -> GrayImage {
 }
 
 /// An RGB image as an 8-bit `H×W×3` tensor (the batcher converts batches on the device).
-pub fn rgb_to_tensor(img: &RgbImage) -> candle_core::Result<Tensor> {
+pub fn rgb_to_tensor(img: RgbImage) -> candle_core::Result<Tensor> {
     let (w, h) = (img.width() as usize, img.height() as usize);
-    Tensor::from_vec(img.as_raw().clone(), (h, w, 3), &Device::Cpu)
+    Tensor::from_vec(img.into_raw(), (h, w, 3), &Device::Cpu)
 }
 
 /// A mask as an 8-bit `H×W×1` tensor (white = garment).
-pub fn mask_to_tensor(mask: &GrayImage) -> candle_core::Result<Tensor> {
+pub fn mask_to_tensor(mask: GrayImage) -> candle_core::Result<Tensor> {
     let (w, h) = (mask.width() as usize, mask.height() as usize);
-    Tensor::from_vec(mask.as_raw().clone(), (h, w, 1), &Device::Cpu)
+    Tensor::from_vec(mask.into_raw(), (h, w, 1), &Device::Cpu)
 }
 
 /// An 8-bit `H×W×3` tensor (as the models' answers come back) as an RGB image.
@@ -427,9 +427,9 @@ pub fn prepare_decoded(
         None => cloth_mask(&cloth_fit),
     };
     Ok(PreparedPair {
-        person: rgb_to_tensor(&person_fit)?,
-        cloth: rgb_to_tensor(&cloth_fit)?,
-        cloth_mask: mask_to_tensor(&mask_fit)?,
+        person: rgb_to_tensor(person_fit)?,
+        cloth: rgb_to_tensor(cloth_fit)?,
+        cloth_mask: mask_to_tensor(mask_fit)?,
         content,
     })
 }
@@ -459,7 +459,7 @@ mod tests {
     #[test]
     fn tensor_round_trip_is_lossless() {
         let img = RgbImage::from_fn(7, 5, |x, y| Rgb([(x * 30) as u8, (y * 50) as u8, 200]));
-        let t = rgb_to_tensor(&img).expect("tensor");
+        let t = rgb_to_tensor(img.clone()).expect("tensor");
         assert_eq!(t.dims(), &[5, 7, 3]);
         assert_eq!(tensor_to_rgb(&t).expect("image"), img);
     }

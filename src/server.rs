@@ -94,14 +94,18 @@ impl AppState {
         self.inner.draining.load(Ordering::SeqCst)
     }
 
+    /// The 503 of a draining server; clients may retry once the backlog (elsewhere) is gone.
+    fn draining_error(&self) -> ApiError {
+        ApiError::Unavailable {
+            reason: "the server is draining before shutdown".into(),
+            retry_after_s: self.inner.batcher.retry_after_s(),
+        }
+    }
+
     /// Why /tryon and /readyz refuse right now, if they do.
     fn unavailable(&self) -> Option<ApiError> {
-        let retry_after_s = self.inner.batcher.retry_after_s();
         if self.is_draining() {
-            return Some(ApiError::Unavailable {
-                reason: "the server is draining before shutdown".into(),
-                retry_after_s,
-            });
+            return Some(self.draining_error());
         }
         match self.phase() {
             Phase::Ready => None,
@@ -537,21 +541,19 @@ async fn tryon(
         }
         Err(AdmitError::Draining) => {
             inner.metrics.reject(RejectReason::Draining);
-            return Err(ApiError::Unavailable {
-                reason: "the server is draining before shutdown".into(),
-                retry_after_s: 1,
-            });
+            return Err(state.draining_error());
         }
     };
     drop(upload_permit);
 
     // The worker answers expired requests itself; this bound only covers a stalled device.
-    let stall_bound = args.batcher_config().request_timeout * 2 + Duration::from_secs(10);
+    let request_timeout = args.batcher_config().request_timeout;
+    let stall_bound = request_timeout * 2 + Duration::from_secs(10);
     let Ok(answer) = tokio::time::timeout(stall_bound, receiver).await else {
         inner.metrics.reject(RejectReason::Deadline);
         return Err(ApiError::DeadlineExceeded {
             waited_ms: stall_bound.as_millis() as u64,
-            timeout_ms: args.batcher_config().request_timeout.as_millis() as u64,
+            timeout_ms: request_timeout.as_millis() as u64,
         });
     };
     let output = match answer {

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -50,14 +51,7 @@ where
         * 1.1;
 
     // Load: offered, served and refused (429, 504, 503) per second.
-    let mut chart = ChartBuilder::on(&panels[0])
-        .caption("load (requests/s)", ("sans-serif", 18))
-        .margin(8)
-        .x_label_area_size(28)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0.0..t_max, 0.0..load_max)
-        .map_err(e)?;
-    chart.configure_mesh().x_desc("seconds").draw().map_err(e)?;
+    let mut chart = panel(&panels[0], "load (requests/s)", t_max, load_max).map_err(e)?;
     if let Some((_, first)) = runs.first() {
         chart
             .draw_series(LineSeries::new(
@@ -87,22 +81,10 @@ where
             .label(format!("refused ({name})"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.mix(0.4)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(e)?;
+    legend(&mut chart).map_err(e)?;
 
     // Replicas: spec and ready.
-    let mut chart = ChartBuilder::on(&panels[1])
-        .caption("replicas", ("sans-serif", 18))
-        .margin(8)
-        .x_label_area_size(28)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0.0..t_max, 0.0..repl_max)
-        .map_err(e)?;
-    chart.configure_mesh().x_desc("seconds").draw().map_err(e)?;
+    let mut chart = panel(&panels[1], "replicas", t_max, repl_max).map_err(e)?;
     for (i, (name, run)) in runs.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         chart
@@ -122,22 +104,10 @@ where
             .label(format!("ready ({name})"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.mix(0.4)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(e)?;
+    legend(&mut chart).map_err(e)?;
 
     // Latency: p95 per 15 s and the objective.
-    let mut chart = ChartBuilder::on(&panels[2])
-        .caption("p95 request time (s)", ("sans-serif", 18))
-        .margin(8)
-        .x_label_area_size(28)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0.0..t_max, 0.0..p95_max)
-        .map_err(e)?;
-    chart.configure_mesh().x_desc("seconds").draw().map_err(e)?;
+    let mut chart = panel(&panels[2], "p95 request time (s)", t_max, p95_max).map_err(e)?;
     chart
         .draw_series(LineSeries::new(
             [(0.0, SLO_P95_S), (t_max, SLO_P95_S)],
@@ -159,14 +129,39 @@ where
             .label(format!("p95 ({name})"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c));
     }
+    legend(&mut chart).map_err(e)?;
+    root.present().map_err(e)?;
+    Ok(())
+}
+
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// One panel: time on x (seconds), `caption` on y from 0 to `y_max`, with its grid drawn.
+fn panel<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: &str,
+    t_max: f64,
+    y_max: f64,
+) -> Result<Chart<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(8)
+        .x_label_area_size(28)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..t_max, 0.0..y_max)?;
+    chart.configure_mesh().x_desc("seconds").draw()?;
+    Ok(chart)
+}
+
+/// The legend box of a panel.
+fn legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Chart<'a, DB>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
-        .map_err(e)?;
-    root.present().map_err(e)?;
-    Ok(())
 }
 
 fn stepped(points: impl Iterator<Item = (f64, f64)>) -> Vec<(f64, f64)> {
