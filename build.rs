@@ -48,7 +48,7 @@ mod cuda {
                 .arg("-o")
                 .arg(&ptx)
                 .status()
-                .unwrap_or_else(|e| panic!("cannot run {nvcc}: {e} (see ../shared/docs/cuda.md)"));
+                .unwrap_or_else(|e| panic!("cannot run {nvcc}: {e} (see docs/cuda.md)"));
             assert!(status.success(), "nvcc failed on {}", src.display());
         }
     }

@@ -14,7 +14,7 @@ const MAX_PIXELS: u64 = 36_000_000;
 
 fn demo(rel: &str) -> Vec<u8> {
     let path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/viton-demo")
+        .join("assets/samples")
         .join(rel);
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }

@@ -2,7 +2,7 @@
 # Reproduces the performance table of benches/README.md on this machine.
 #
 #   benches/perf.sh                                                   # overlay
-#   MODEL=dmvton MODEL_DIR=../shared/fixtures/dmvton ITERATIONS=10 benches/perf.sh  # dmvton
+#   MODEL=dmvton MODEL_DIR=tests/fixtures/dmvton ITERATIONS=10 benches/perf.sh  # dmvton
 #
 # It needs a release build (`cargo build --release`) and writes every report under
 # target/perf/<model>/. Each server runs alone, one after the other, on 127.0.0.1.
@@ -13,7 +13,7 @@ BIN=${BIN:-target/release/virtualfit}
 MODEL=${MODEL:-overlay}
 MODEL_DIR=${MODEL_DIR:-}
 DEVICE=${DEVICE:-cpu}
-DATA=${DATA:-../shared/fixtures/viton-demo}
+DATA=${DATA:-assets/samples}
 OUT=${OUT:-target/perf/$MODEL}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}

@@ -10,7 +10,7 @@ fn main() -> anyhow::Result<()> {
         .nth(1)
         .unwrap_or_else(|| "overlay-strips".into());
     std::fs::create_dir_all(&out_dir)?;
-    let demo = Path::new("../shared/fixtures/viton-demo");
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/samples");
     let pairs = std::fs::read_to_string(demo.join("pairs.txt"))?;
     let mut sheet = image::RgbImage::new(576, 256 * 6);
     let model = models::load("overlay", None, &candle_core::Device::Cpu)?;

@@ -9,7 +9,7 @@
 #
 # Usage: scripts/gpu-check.sh BUNDLE_DIR [OUT_DIR]
 #   BUNDLE_DIR holds virtualfit (or virtualfit.gz), dmvton/ (the two checkpoints and a trimmed
-#   parity.safetensors) and viton-demo/ (the photos for the HTTP benchmark).
+#   parity.safetensors) and samples/ (assets/samples: the photos for the HTTP benchmark).
 set -uo pipefail
 BUNDLE=${1:?usage: scripts/gpu-check.sh BUNDLE_DIR [OUT_DIR]}
 OUT=${2:-${OUT:-/tmp/gpu-check}}
@@ -65,7 +65,7 @@ echo "== GPU gauges (NVML)"
 curl -s "http://127.0.0.1:$PORT/metrics" | grep '^virtualfit_gpu_' | tee "$OUT/gpu-gauges.txt"
 "$BIN" bench model --model dmvton --model-dir "$BUNDLE/dmvton" --device cuda:0 --batch-size 32 \
   --iterations 30 --json > "$OUT/model-b32.json" 2>"$OUT/model-b32.err"
-"$BIN" bench http --url "http://127.0.0.1:$PORT" --data "$BUNDLE/viton-demo" --concurrency 128 \
+"$BIN" bench http --url "http://127.0.0.1:$PORT" --data "$BUNDLE/samples" --concurrency 128 \
   --duration 20s --warmup 3s --json "$OUT/http.json" > "$OUT/http.txt" 2>&1
 kill -TERM $SERVER; wait $SERVER
 

@@ -1,11 +1,11 @@
-//! Imaging against the real viton-demo photos: garment masks, decoding and limits.
+//! Imaging against the real sample photos (assets/samples): garment masks, decoding and limits.
 
 use std::path::{Path, PathBuf};
 
 use virtualfit::imaging::{self, ImageError};
 
 fn demo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/viton-demo")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/samples")
 }
 
 fn read(path: PathBuf) -> Vec<u8> {

@@ -1,4 +1,4 @@
-//! The overlay baseline on the six viton-demo pairs: the head stays as it was, the torso
+//! The overlay baseline on the six sample pairs (assets/samples): the head stays as it was, the torso
 //! changes.
 
 mod common;

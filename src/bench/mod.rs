@@ -82,7 +82,7 @@ pub struct LoadArgs {
     /// The /metrics URL when the server serves it on another address (`--metrics-bind`).
     #[arg(long)]
     pub metrics_url: Option<String>,
-    /// Folder laid out like viton-demo: person/, cloth/, optional cloth-mask/ and pairs.txt.
+    /// Folder laid out like assets/samples: person/, cloth/, optional cloth-mask/ and pairs.txt.
     #[arg(long, conflicts_with_all = ["person", "cloth", "cloth_mask"])]
     pub data: Option<PathBuf>,
     /// A single person photo (with --cloth) instead of --data.
@@ -262,7 +262,7 @@ impl Payload {
     }
 }
 
-/// The pairs of a viton-demo-style folder: `pairs.txt` lines `person cloth`, or, without it,
+/// The pairs of a folder laid out like assets/samples: `pairs.txt` lines `person cloth`, or, without it,
 /// person/ and cloth/ matched in name order.
 pub fn load_dataset(dir: &Path, with_masks: bool) -> Result<Vec<Payload>, BenchError> {
     let pairs_file = dir.join("pairs.txt");

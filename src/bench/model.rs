@@ -27,7 +27,7 @@ pub struct ModelBenchArgs {
     /// Untimed forward passes first.
     #[arg(long, default_value_t = 3)]
     pub warmup: u64,
-    /// Use the pairs of this viton-demo-style folder (cycled) instead of random inputs.
+    /// Use the pairs of this folder laid out like assets/samples (cycled) instead of random inputs.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Print one JSON object instead of text.

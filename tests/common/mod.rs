@@ -34,7 +34,7 @@ pub async fn start(extra: &[&str]) -> (Server, String) {
 }
 
 pub fn demo_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/viton-demo")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/samples")
 }
 
 pub fn fixture(rel: &str) -> Vec<u8> {
@@ -42,7 +42,7 @@ pub fn fixture(rel: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
-/// The viton-demo pairs as (person, cloth) file names.
+/// The sample pairs as (person, cloth) file names.
 pub fn pairs() -> Vec<(String, String)> {
     String::from_utf8(fixture("pairs.txt"))
         .expect("utf-8")
@@ -61,7 +61,7 @@ pub fn image_part(bytes: Vec<u8>, mime: &str) -> Part {
         .expect("mime")
 }
 
-/// A form with the first viton-demo pair.
+/// A form with the first sample pair.
 pub fn pair_form(index: usize) -> Form {
     let pairs = pairs();
     let (p, c) = &pairs[index % pairs.len()];
