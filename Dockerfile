@@ -1,21 +1,34 @@
 # syntax=docker/dockerfile:1
 # VirtualFit images.
 #   GPU (default):  docker build -t ghcr.io/virtualfit/virtualfit:0.1.0 .
-#                   docker build --build-arg CUDA_COMPUTE_CAP=80 ...   # A100-class cards
 #   CPU variant:    docker build --target runtime-cpu -t ghcr.io/virtualfit/virtualfit:0.1.0-cpu .
+#
+# GPUs. The default GPU image runs on every GPU of compute capability 8.0 or newer up to 9.0:
+# A100 (8.0), A10/A40 (8.6), L4/L40S (8.9), H100/H200 (9.0). CUDA_COMPUTE_CAP=80 makes candle's
+# kernels and ours (build.rs) PTX for compute_80, and the driver compiles PTX for the GPU it runs
+# on (PTX is forward compatible; PTX for compute_90a, what CUDA_COMPUTE_CAP=90 gives, loads on 9.0
+# only). Matrix products run in cuBLAS, which ships machine code for all of these. The driver's
+# compilation takes a few seconds at the first warm-up of a container and is cached in
+# CUDA_CACHE_PATH (under /tmp, an emptyDir in k8s/). A tag for one architecture only, without that
+# compilation (sm_90a code for H100/H200):
+#   docker build --build-arg CUDA_COMPUTE_CAP=90 -t ghcr.io/virtualfit/virtualfit:0.1.0-sm90 .
+# Driver: CUDA 13.0 needs an NVIDIA driver of the 580 branch or newer. The base image's
+# NVIDIA_REQUIRE_CUDA makes the NVIDIA container runtime refuse to start it on an older one.
 
 ARG CUDA_VERSION=13.0.0
 ARG UBUNTU=ubuntu24.04
 
 # ---- CUDA build: nvcc compiles candle's kernels and ours (kernels/*.cu) ----
 FROM nvidia/cuda:${CUDA_VERSION}-devel-${UBUNTU} AS build-cuda
-ARG CUDA_COMPUTE_CAP=90
+ARG CUDA_COMPUTE_CAP=80
 ENV CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP} \
     CUDARC_CUDA_VERSION=13000 \
     PATH=/root/.cargo/bin:/usr/local/cuda/bin:${PATH}
+# A failing download must fail the build, not feed an empty script to sh.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update && apt-get install -y --no-install-recommends curl ca-certificates build-essential pkg-config \
     && rm -rf /var/lib/apt/lists/* \
-    && curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain 1.95.0
+    && curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain 1.95.0
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src src
@@ -48,7 +61,12 @@ CMD ["serve"]
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU} AS runtime
 RUN useradd --uid 65532 --no-create-home --shell /usr/sbin/nologin virtualfit
 COPY --from=build-cuda /src/target/release/virtualfit /usr/local/bin/virtualfit
-ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
+# The driver's PTX compilation cache (the root filesystem is read-only in k8s/, /tmp is not).
+# Lazy module loading (CUDA's default since 12.2, stated here): a kernel is loaded at its first
+# launch, so candle's quantized kernels, built as sm_80 machine code and never launched by our
+# models, do not matter on other architectures.
+ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    CUDA_CACHE_PATH=/tmp/cuda-cache CUDA_MODULE_LOADING=LAZY
 USER 65532
 EXPOSE 8000
 ENTRYPOINT ["/usr/local/bin/virtualfit"]

@@ -1,5 +1,6 @@
-//! Each model's forward pass on the CPU at batch 1, 4 and 8, on the viton-demo pairs. dmvton
-//! runs only when its weights in `../shared/fixtures/dmvton` load.
+//! Each model's forward pass on the CPU at batch 1, 4 and 8, on the sample pairs in
+//! `assets/samples`. dmvton runs on the parity fixture's weights (`tests/fixtures/dmvton`),
+//! and is skipped when they do not load.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,13 +9,13 @@ use candle_core::Device;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use virtualfit::models::{self, TryOnBatch, MODEL_NAMES};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
 }
 
 fn batch(n: usize) -> TryOnBatch {
-    let demo = fixtures().join("viton-demo");
-    let pairs = virtualfit::bench::load_dataset(&demo, true).expect("viton-demo pairs");
+    let samples = root().join("assets/samples");
+    let pairs = virtualfit::bench::load_dataset(&samples, true).expect("sample pairs");
     let prepared: Vec<_> = (0..n)
         .map(|i| {
             let p = &pairs[i % pairs.len()];
@@ -32,7 +33,7 @@ fn batch(n: usize) -> TryOnBatch {
 }
 
 fn benches(c: &mut Criterion) {
-    let model_dir = fixtures().join("dmvton");
+    let model_dir = root().join("tests/fixtures/dmvton");
     let mut g = c.benchmark_group("models");
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))

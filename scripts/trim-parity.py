@@ -2,7 +2,7 @@
 """Writes the first K pairs of a DM-VTON parity file's input.* and output.* tensors to a new
 safetensors file (small enough to travel with the GPU check bundle). Standard library only.
 
-    python3 scripts/trim-parity.py ../shared/fixtures/dmvton/parity.safetensors OUT.safetensors [K]
+    python3 scripts/trim-parity.py tests/fixtures/dmvton/parity.safetensors OUT.safetensors [K]
 """
 import json
 import struct

@@ -144,3 +144,5 @@ pub fn png_header_only(w: u32, h: u32) -> Vec<u8> {
     out.extend_from_slice(&crc32(&chunk).to_be_bytes());
     out
 }
+
+pub mod k8s;

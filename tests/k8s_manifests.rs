@@ -1,0 +1,1470 @@
+//! Checks of the Kubernetes manifests in `k8s/`, as `kubectl kustomize` renders them.
+//!
+//! - Every manifest parses, every kustomization renders, every manifest is applied by some
+//!   kustomization (except the one-off pods of k8s/jobs/).
+//! - The core kinds validate against the Kubernetes 1.37 schemas (`kubernetes-validate`), every
+//!   ScaledObject against KEDA's CRD schema (k8s/tests/schemas/), plus the checks a schema misses:
+//!   what the triggers mean, the drain budget, the restricted Pod Security Standard, the GPUs the
+//!   image supports, the spot overlay, the pre-pull DaemonSet, the opt-in prometheus-adapter, the
+//!   dashboard's units, the Dockerfile's shell.
+//! - Every `DCGM_FI_*` name is one the DCGM exporter exports.
+//!
+//! PromQL: tests/k8s_promql.rs; a real Prometheus and live servers: tests/k8s_live.rs. Tools
+//! (from PATH): tests/common/k8s.rs.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::process::Output;
+
+use common::k8s::*;
+use serde_yaml::Value;
+
+// ---------------------------------------------------------------------------------------------
+// Manifests parse, kustomizations render, nothing is orphaned
+
+/// Where the one-off pods that k8s/README.md has users create live (`kubectl apply -f`).
+const JOBS: &str = "jobs";
+
+fn job_files() -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    files_under(&k8s_dir().join(JOBS), &mut files);
+    files.retain(|f| f.extension().is_some_and(|e| e == "yaml"));
+    assert!(files.len() >= 2, "the models loader and the load test");
+    files
+}
+
+#[test]
+fn every_manifest_parses_and_is_applied_by_a_kustomization() {
+    let mut all = Vec::new();
+    files_under(&k8s_dir(), &mut all);
+    let mut referenced = BTreeSet::new();
+    for dir in kustomization_dirs() {
+        referenced_files(&dir, &mut referenced);
+        // Every kustomization renders, components included (they also apply on their own).
+        let objs = render_dir(&dir);
+        assert!(!objs.is_empty(), "{} renders nothing", dir.display());
+        let mut seen = BTreeSet::new();
+        for o in &objs {
+            assert!(!kind(o).is_empty() && !name(o).is_empty(), "{o:?}");
+            assert!(
+                seen.insert((
+                    kind(o).to_string(),
+                    namespace(o).to_string(),
+                    name(o).to_string()
+                )),
+                "{}: duplicate {} {}/{}",
+                dir.display(),
+                kind(o),
+                namespace(o),
+                name(o)
+            );
+        }
+    }
+    let mut manifests = 0;
+    for f in &all {
+        let rel = f.strip_prefix(k8s_dir()).expect("under k8s/");
+        let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("");
+        match ext {
+            "yaml" | "yml" => {
+                let docs = load_docs(f);
+                assert!(!docs.is_empty(), "{} is empty", f.display());
+            }
+            "json" => {
+                let content = fs::read_to_string(f).expect("read");
+                serde_json::from_str::<serde_json::Value>(&content)
+                    .unwrap_or_else(|e| panic!("{} does not parse: {e}", f.display()));
+            }
+            _ => continue,
+        }
+        if rel.starts_with("tests") || rel.starts_with(JOBS) {
+            continue;
+        }
+        manifests += 1;
+        assert!(
+            referenced.contains(&canonical(f)),
+            "{} is not applied by any kustomization",
+            rel.display()
+        );
+    }
+    assert!(
+        manifests >= 15,
+        "expected the k8s/ manifests, found {manifests}"
+    );
+    // The top level applies the whole setup.
+    let top = render("");
+    for (k, n) in [
+        ("Namespace", "virtualfit"),
+        ("Deployment", "virtualfit-inference"),
+        ("Service", "inference-service"),
+        ("PodDisruptionBudget", "virtualfit-inference"),
+        ("NetworkPolicy", "virtualfit-inference"),
+        ("ScaledObject", "virtualfit-inference-gpu-scaler"),
+        ("DaemonSet", "nvidia-dcgm-exporter"),
+        ("Service", "nvidia-dcgm-exporter"),
+        ("ConfigMap", "virtualfit-prometheus"),
+        ("ConfigMap", "virtualfit-alert-rules"),
+        ("ConfigMap", "virtualfit-grafana-dashboard"),
+    ] {
+        find(&top, k, n);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schemas
+
+const CORE_KINDS: &[&str] = &[
+    "Namespace",
+    "Deployment",
+    "Service",
+    "PodDisruptionBudget",
+    "DaemonSet",
+    "ServiceAccount",
+    "NetworkPolicy",
+    "ConfigMap",
+    "PersistentVolumeClaim",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "RoleBinding",
+    "APIService",
+    "Pod",
+];
+
+fn kubernetes_validate(objs: &[Value]) -> Output {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("manifests.yaml");
+    fs::write(&file, to_yaml_stream(objs)).expect("write manifests");
+    // Make sure the module is there before reading its verdict.
+    python("import kubernetes_validate", &[], None);
+    run_tool(
+        "kubernetes-validate",
+        &["--strict", "--no-warn", file.to_str().expect("utf-8 path")],
+        None,
+        PYTHON_HINT,
+    )
+}
+
+#[test]
+fn core_kinds_validate_against_the_kubernetes_schemas() {
+    let mut sets: Vec<(String, Vec<Value>)> = TARGETS
+        .iter()
+        .chain(OPTIONAL_COMPONENTS)
+        .map(|t| (format!("k8s/{t}"), render(t)))
+        .collect();
+    for f in job_files() {
+        sets.push((f.display().to_string(), load_docs(&f)));
+    }
+    for (what, objs) in sets {
+        let objs: Vec<Value> = objs
+            .into_iter()
+            .filter(|o| kind(o) != "ScaledObject")
+            .collect();
+        for o in &objs {
+            assert!(
+                CORE_KINDS.contains(&kind(o)),
+                "{what}: {} is neither a core kind nor a ScaledObject",
+                kind(o)
+            );
+        }
+        let out = kubernetes_validate(&objs);
+        assert!(out.status.success(), "{what}:\n{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let passed = stdout
+            .lines()
+            .filter(|l| l.contains(" passed for resource "))
+            .count();
+        assert_eq!(
+            passed,
+            objs.len(),
+            "{what}: not every object validated:\n{stdout}"
+        );
+    }
+    // The validator does reject a broken Deployment (a misspelt field).
+    let mut broken = find(&render("base"), "Deployment", "virtualfit-inference").clone();
+    let container = &mut broken["spec"]["template"]["spec"]["containers"][0];
+    let resources = container
+        .as_mapping_mut()
+        .expect("container")
+        .remove("resources")
+        .expect("resources");
+    container
+        .as_mapping_mut()
+        .expect("container")
+        .insert("resource".into(), resources);
+    let out = kubernetes_validate(&[broken]);
+    assert!(
+        !out.status.success(),
+        "a misspelt field must fail:\n{}",
+        text(&out)
+    );
+}
+
+const KEDA_VALIDATE: &str = r#"
+import json, sys, yaml, jsonschema
+crd = yaml.safe_load(open(sys.argv[1]))
+assert crd["spec"]["names"]["kind"] == "ScaledObject"
+schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")["schema"]["openAPIV3Schema"]
+validator = jsonschema.Draft7Validator(schema)
+bad = 0
+for doc in json.load(sys.stdin):
+    for e in sorted(validator.iter_errors(doc), key=str):
+        print(doc["metadata"]["name"], "/".join(map(str, e.path)), e.message)
+        bad += 1
+print("validated", bad, "errors")
+sys.exit(1 if bad else 0)
+"#;
+
+fn keda_validate(objs: &[&Value]) -> Output {
+    let json = serde_json::to_string(objs).expect("to JSON");
+    let crd = keda_schema("keda.sh_scaledobjects.yaml");
+    python(
+        KEDA_VALIDATE,
+        &[crd.to_str().expect("utf-8 path")],
+        Some(&json),
+    )
+}
+
+/// The ScaledObjects of every target, with the objects rendered beside them.
+fn scaled_objects() -> Vec<(String, Vec<Value>)> {
+    TARGETS.iter().map(|t| (t.to_string(), render(t))).collect()
+}
+
+#[test]
+fn the_keda_schemas_in_the_repository_are_keda_crds() {
+    for (file, crd_kind) in [
+        ("keda.sh_scaledobjects.yaml", "ScaledObject"),
+        (
+            "keda.sh_triggerauthentications.yaml",
+            "TriggerAuthentication",
+        ),
+    ] {
+        let crd = load_one(&keda_schema(file));
+        assert_eq!(kind(&crd), "CustomResourceDefinition", "{file}");
+        assert_eq!(str_at(&crd, &["spec", "group"]), Some("keda.sh"), "{file}");
+        assert_eq!(
+            str_at(&crd, &["spec", "names", "kind"]),
+            Some(crd_kind),
+            "{file}"
+        );
+        let v1alpha1 = seq(crd["spec"].get("versions"))
+            .into_iter()
+            .find(|v| v["name"].as_str() == Some("v1alpha1"))
+            .unwrap_or_else(|| panic!("{file}: no v1alpha1"));
+        assert!(
+            v1alpha1["schema"]["openAPIV3Schema"]["properties"]["spec"].is_mapping(),
+            "{file}: an OpenAPI schema"
+        );
+    }
+}
+
+#[test]
+fn scaled_objects_validate_against_the_keda_crd_schema() {
+    let mut count = 0;
+    for (target, objs) in scaled_objects() {
+        let sos: Vec<&Value> = objs.iter().filter(|o| kind(o) == "ScaledObject").collect();
+        assert_eq!(sos.len(), 1, "k8s/{target}: one ScaledObject");
+        let out = keda_validate(&sos);
+        assert!(out.status.success(), "k8s/{target}:\n{}", text(&out));
+        count += 1;
+    }
+    assert_eq!(count, TARGETS.len());
+    // The schema check is live: a numeric threshold is rejected.
+    let objs = render("");
+    let mut so = find(&objs, "ScaledObject", "virtualfit-inference-gpu-scaler").clone();
+    so["spec"]["triggers"][1]["metadata"]["threshold"] = Value::from(10);
+    let out = keda_validate(&[&so]);
+    assert!(
+        !out.status.success(),
+        "a numeric threshold must fail:\n{}",
+        text(&out)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// ScaledObjects
+
+/// Which of the query forms a trigger uses (the forms the autoscaling simulator reads).
+#[derive(Debug, PartialEq)]
+enum QueryForm {
+    /// `sum(metric{labels})`: a cluster-wide total, for AverageValue.
+    Sum,
+    /// `(histogram_quantile(Q, sum by (le) (rate(m_bucket{labels}[W]))) >= 0) or vector(0)`.
+    Quantile,
+}
+
+fn selector_ok(s: &str) -> bool {
+    let Some((metric, rest)) = s.split_once('{') else {
+        return false;
+    };
+    !metric.is_empty()
+        && metric
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        && rest.ends_with('}')
+        && !rest[..rest.len() - 1].contains(['{', '}'])
+}
+
+fn query_form(q: &str) -> Option<QueryForm> {
+    if let Some(inner) = q.strip_prefix("sum(").and_then(|r| r.strip_suffix(')')) {
+        return selector_ok(inner).then_some(QueryForm::Sum);
+    }
+    let rest = q.strip_prefix("(histogram_quantile(")?;
+    let (quantile, rest) = rest.split_once(", sum by (le) (rate(")?;
+    let quantile: f64 = quantile.parse().ok()?;
+    let inner = rest.strip_suffix("]))) >= 0) or vector(0)")?;
+    let (selector, window) = inner.rsplit_once('[')?;
+    let window_ok = window.len() > 1
+        && window[..window.len() - 1]
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        && window.ends_with(['s', 'm', 'h']);
+    let bucket = selector.split_once('{')?.0.ends_with("_bucket");
+    (quantile > 0.0 && quantile < 1.0 && window_ok && bucket && selector_ok(selector))
+        .then_some(QueryForm::Quantile)
+}
+
+#[test]
+fn scaled_objects_mean_what_they_say() {
+    for (target, objs) in scaled_objects() {
+        let so = objs
+            .iter()
+            .find(|o| kind(o) == "ScaledObject")
+            .expect("a ScaledObject");
+        let ctx = format!("k8s/{target} ScaledObject {}", name(so));
+        let spec = &so["spec"];
+        let min = spec["minReplicaCount"].as_u64().expect("minReplicaCount");
+        let max = spec["maxReplicaCount"].as_u64().expect("maxReplicaCount");
+        assert!(min <= max && max >= 1, "{ctx}: min {min} max {max}");
+        // The target exists, in the same namespace.
+        let target_ref = &spec["scaleTargetRef"];
+        let dep_kind = target_ref["kind"].as_str().unwrap_or("Deployment");
+        let dep = objs
+            .iter()
+            .find(|o| {
+                kind(o) == dep_kind
+                    && name(o) == target_ref["name"].as_str().unwrap_or("")
+                    && namespace(o) == namespace(so)
+            })
+            .unwrap_or_else(|| panic!("{ctx}: scaleTargetRef names no object in its namespace"));
+        assert!(
+            dep["spec"].get("replicas").is_none(),
+            "{ctx}: the Deployment must leave `replicas` to the autoscaler"
+        );
+        // The guide's behavior.
+        let behavior = &spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"];
+        let up = &behavior["scaleUp"];
+        assert_eq!(up["stabilizationWindowSeconds"].as_u64(), Some(0), "{ctx}");
+        assert_eq!(up["selectPolicy"].as_str(), Some("Max"), "{ctx}");
+        let policies = |v: &Value| -> BTreeSet<(String, u64, u64)> {
+            seq(v.get("policies"))
+                .iter()
+                .map(|p| {
+                    (
+                        p["type"].as_str().expect("type").to_string(),
+                        p["value"].as_u64().expect("value"),
+                        p["periodSeconds"].as_u64().expect("periodSeconds"),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            policies(up),
+            [
+                ("Percent".to_string(), 100, 30),
+                ("Pods".to_string(), 2, 30)
+            ]
+            .into(),
+            "{ctx}"
+        );
+        let down = &behavior["scaleDown"];
+        assert_eq!(
+            down["stabilizationWindowSeconds"].as_u64(),
+            Some(300),
+            "{ctx}"
+        );
+        assert_eq!(
+            policies(down),
+            [("Percent".to_string(), 50, 60)].into(),
+            "{ctx}"
+        );
+
+        let mut names = BTreeSet::new();
+        let mut prometheus = 0;
+        for t in triggers(so) {
+            let tname = t["name"]
+                .as_str()
+                .expect("every trigger is named")
+                .to_string();
+            assert!(
+                names.insert(tname.clone()),
+                "{ctx}: duplicate trigger {tname}"
+            );
+            let meta = t["metadata"].as_mapping().expect("metadata");
+            for (k, v) in meta {
+                assert!(
+                    v.is_string(),
+                    "{ctx} {tname}: metadata {k:?} must be a string: {v:?}"
+                );
+            }
+            match t["type"].as_str() {
+                Some("prometheus") => {
+                    prometheus += 1;
+                    let query = meta["query"].as_str().expect("query");
+                    let threshold: f64 = meta["threshold"]
+                        .as_str()
+                        .expect("threshold")
+                        .parse()
+                        .expect("numeric threshold");
+                    assert!(threshold > 0.0, "{ctx} {tname}");
+                    assert!(
+                        meta["serverAddress"]
+                            .as_str()
+                            .is_some_and(|a| a.starts_with("http")),
+                        "{ctx} {tname}: serverAddress"
+                    );
+                    assert!(
+                        query.contains(&format!("namespace=\"{}\"", namespace(so))),
+                        "{ctx} {tname}: the query must read this namespace only: {query}"
+                    );
+                    let metric_type = t["metricType"].as_str().unwrap_or("AverageValue");
+                    match query_form(query) {
+                        Some(QueryForm::Sum) => assert_eq!(
+                            metric_type, "AverageValue",
+                            "{ctx} {tname}: a cluster-wide sum divides by a per-replica threshold"
+                        ),
+                        Some(QueryForm::Quantile) => assert_eq!(
+                            metric_type, "Value",
+                            "{ctx} {tname}: a percentile is compared as a value"
+                        ),
+                        None => panic!("{ctx} {tname}: unsupported query form: {query}"),
+                    }
+                    assert!(
+                        !query.contains("avg("),
+                        "{ctx} {tname}: avg under AverageValue"
+                    );
+                }
+                Some("cron") => {
+                    for key in ["timezone", "start", "end", "desiredReplicas"] {
+                        assert!(meta.contains_key(key), "{ctx} {tname}: cron needs {key}");
+                    }
+                    let desired: u64 = meta["desiredReplicas"]
+                        .as_str()
+                        .and_then(|d| d.parse().ok())
+                        .expect("desiredReplicas");
+                    assert!(desired >= 1 && desired <= max, "{ctx} {tname}");
+                }
+                other => panic!("{ctx}: unexpected trigger type {other:?}"),
+            }
+        }
+        assert_eq!(
+            prometheus, 4,
+            "{ctx}: GPU, queue, active requests and P95 triggers"
+        );
+        for want in [
+            "gpu-utilization",
+            "queue-length",
+            "active-requests",
+            "p95-latency",
+        ] {
+            assert!(names.contains(want), "{ctx}: trigger {want} missing");
+        }
+        if target == "overlays/dev" {
+            assert_eq!(min, 0, "{ctx}: dev scales to zero");
+            assert!(names.contains("peak-hours"), "{ctx}: the cron trigger");
+        } else {
+            assert!(min >= 1, "{ctx}");
+        }
+    }
+    // Thresholds are quoted strings in the shipped file itself (not only after parsing).
+    let raw = fs::read_to_string(k8s_dir().join("autoscaling/keda-gpu-scaler.yaml"))
+        .expect("read ScaledObject");
+    for line in raw
+        .lines()
+        .filter(|l| l.trim_start().starts_with("threshold:"))
+    {
+        assert!(line.contains('"'), "unquoted threshold: {line}");
+    }
+    // The regional ScaledObject is a separate object in a separate namespace.
+    let eu = render("overlays/eu-west");
+    let so = eu
+        .iter()
+        .find(|o| kind(o) == "ScaledObject")
+        .expect("ScaledObject");
+    assert_eq!(namespace(so), "virtualfit-eu-west");
+    assert_ne!(name(so), "virtualfit-inference-gpu-scaler");
+    find(&eu, "Namespace", "virtualfit-eu-west");
+}
+
+#[test]
+fn query_form_recognises_only_the_supported_forms() {
+    assert_eq!(query_form("sum(m{a=\"b\"})"), Some(QueryForm::Sum));
+    assert_eq!(query_form("avg(m{a=\"b\"})"), None);
+    assert_eq!(query_form("sum(m{a=\"b\"}) by (pod)"), None);
+    let p95 =
+        "(histogram_quantile(0.95, sum by (le) (rate(m_bucket{a=\"b\"}[2m]))) >= 0) or vector(0)";
+    assert_eq!(query_form(p95), Some(QueryForm::Quantile));
+    let per_pod = "histogram_quantile(0.95, rate(m_bucket{a=\"b\"}[2m])) * 1000";
+    assert_eq!(query_form(per_pod), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deployment, Service, NetworkPolicy
+
+fn env_of(container: &Value) -> BTreeMap<String, String> {
+    seq(container.get("env"))
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["value"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn port_named(container: &Value, port_name: &str) -> u64 {
+    seq(container.get("ports"))
+        .iter()
+        .find(|p| p["name"].as_str() == Some(port_name))
+        .and_then(|p| p["containerPort"].as_u64())
+        .unwrap_or_else(|| panic!("no container port named {port_name}"))
+}
+
+fn inference_deployment(objs: &[Value]) -> &Value {
+    objs.iter()
+        .find(|o| kind(o) == "Deployment" && name(o) == "virtualfit-inference")
+        .expect("Deployment virtualfit-inference")
+}
+
+/// (preStop sleep, drain timeout, grace period) of the inference Deployment, in seconds.
+fn shutdown_budget(dep: &Value) -> (f64, f64, f64) {
+    let pod = &dep["spec"]["template"]["spec"];
+    let c = &seq(pod.get("containers"))[0];
+    let drain: f64 = env_of(c)["VIRTUALFIT_DRAIN_TIMEOUT_S"]
+        .parse()
+        .expect("drain timeout");
+    let pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_f64()
+        .expect("preStop sleep");
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_f64()
+        .expect("grace period");
+    (pre_stop, drain, grace)
+}
+
+#[test]
+fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
+    for target in TARGETS {
+        let objs = render(target);
+        let dep = inference_deployment(&objs);
+        let ctx = format!("k8s/{target}");
+        let pod = &dep["spec"]["template"]["spec"];
+        let c = &seq(pod.get("containers"))[0];
+        let env = env_of(c);
+        let (pre_stop, drain, grace) = shutdown_budget(dep);
+        assert!(pre_stop > 0.0, "{ctx}");
+        assert!(
+            grace > pre_stop + drain,
+            "{ctx}: grace {grace} s must exceed preStop {pre_stop} s + drain {drain} s"
+        );
+        // Probes.
+        assert_eq!(
+            c["startupProbe"]["httpGet"]["path"].as_str(),
+            Some("/readyz"),
+            "{ctx}"
+        );
+        assert_eq!(
+            c["readinessProbe"]["httpGet"]["path"].as_str(),
+            Some("/readyz"),
+            "{ctx}"
+        );
+        assert_eq!(
+            c["livenessProbe"]["httpGet"]["path"].as_str(),
+            Some("/livez"),
+            "{ctx}"
+        );
+        // One GPU.
+        assert_eq!(
+            c["resources"]["limits"]["nvidia.com/gpu"].as_str(),
+            Some("1"),
+            "{ctx}"
+        );
+        // Locked down.
+        let sc = &c["securityContext"];
+        assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true), "{ctx}");
+        assert_eq!(
+            sc["allowPrivilegeEscalation"].as_bool(),
+            Some(false),
+            "{ctx}"
+        );
+        assert_eq!(
+            pod["securityContext"]["runAsNonRoot"].as_bool(),
+            Some(true),
+            "{ctx}"
+        );
+        // Configuration through the environment; the ports match the bind addresses.
+        let http = port_named(c, "http");
+        let metrics = port_named(c, "metrics");
+        assert_eq!(http, 8000, "{ctx}");
+        assert_eq!(env["VIRTUALFIT_BIND"], format!("0.0.0.0:{http}"), "{ctx}");
+        assert_eq!(
+            env["VIRTUALFIT_METRICS_BIND"],
+            format!("0.0.0.0:{metrics}"),
+            "{ctx}"
+        );
+        for k in env.keys() {
+            assert!(k.starts_with("VIRTUALFIT_"), "{ctx}: {k}");
+        }
+        // The Service reaches port 8000.
+        let svc = find(&objs, "Service", "inference-service");
+        let sp = &seq(svc["spec"].get("ports"))[0];
+        assert_eq!(sp["port"].as_u64(), Some(8000), "{ctx}");
+        assert_eq!(sp["targetPort"].as_str(), Some("http"), "{ctx}");
+        let labels = dep["spec"]["template"]["metadata"]["labels"]
+            .as_mapping()
+            .expect("labels");
+        for (k, v) in svc["spec"]["selector"].as_mapping().expect("selector") {
+            assert_eq!(labels.get(k), Some(v), "{ctx}: Service selector");
+        }
+        let pdb = find(&objs, "PodDisruptionBudget", "virtualfit-inference");
+        assert_eq!(
+            &pdb["spec"]["selector"]["matchLabels"], &dep["spec"]["selector"]["matchLabels"],
+            "{ctx}"
+        );
+        // The metrics port is open to the monitoring namespace only.
+        let np = find(&objs, "NetworkPolicy", "virtualfit-inference");
+        let mut metrics_rules = 0;
+        for rule in seq(np["spec"].get("ingress")) {
+            let ports: Vec<String> = seq(rule.get("ports"))
+                .iter()
+                .map(|p| match &p["port"] {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            if ports
+                .iter()
+                .any(|p| p == "metrics" || *p == metrics.to_string())
+            {
+                metrics_rules += 1;
+                let from = seq(rule.get("from"));
+                assert_eq!(from.len(), 1, "{ctx}: metrics reachable from one peer");
+                assert_eq!(
+                    from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                        .as_str(),
+                    Some("monitoring"),
+                    "{ctx}"
+                );
+                assert!(from[0].get("podSelector").is_none() && from[0].get("ipBlock").is_none());
+            } else {
+                assert!(
+                    !ports.is_empty(),
+                    "{ctx}: a rule without ports opens every port"
+                );
+            }
+        }
+        assert_eq!(metrics_rules, 1, "{ctx}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spot nodes and the image pre-pull
+
+/// GKE's graceful node shutdown on Spot VM preemption: non-system pods get 15 s of the 30 s
+/// notice, and a longer terminationGracePeriodSeconds has no effect
+/// (https://cloud.google.com/kubernetes-engine/docs/concepts/spot-vms).
+const GKE_SPOT_POD_SHUTDOWN_S: f64 = 15.0;
+
+/// The node labels that mark spot capacity, per provider (with the value the overlay requires).
+const SPOT_LABELS: &[(&str, &str)] = &[
+    ("cloud.google.com/gke-spot", "true"),
+    ("eks.amazonaws.com/capacityType", "SPOT"),
+    ("karpenter.sh/capacity-type", "spot"),
+];
+
+fn tolerations(pod_spec: &Value) -> BTreeSet<String> {
+    seq(pod_spec.get("tolerations"))
+        .iter()
+        .map(|t| serde_json::to_string(t).expect("JSON"))
+        .collect()
+}
+
+#[test]
+fn spot_overlay_shuts_down_within_gke_preemption_budget() {
+    let objs = render("overlays/spot");
+    let (pre_stop, drain, grace) = shutdown_budget(inference_deployment(&objs));
+    assert!(
+        grace <= GKE_SPOT_POD_SHUTDOWN_S,
+        "grace {grace} s: GKE kills ordinary pods {GKE_SPOT_POD_SHUTDOWN_S} s after a preemption notice"
+    );
+    assert!(
+        pre_stop + drain < grace,
+        "preStop {pre_stop} s + drain {drain} s must end before the grace period {grace} s, so that the process exits on its own"
+    );
+    // The arithmetic is written down next to the numbers.
+    let k = fs::read_to_string(k8s_dir().join("overlays/spot/kustomization.yaml"))
+        .expect("spot kustomization");
+    for fact in [
+        format!("preStop sleep {pre_stop} s"),
+        format!("drain {drain} s"),
+        format!("= {} s", pre_stop + drain),
+        format!("SIGKILL at {grace} s"),
+    ] {
+        assert!(
+            k.contains(&fact),
+            "overlays/spot/kustomization.yaml must state the budget: `{fact}`"
+        );
+    }
+}
+
+#[test]
+fn spot_overlay_pins_spot_gpu_nodes_and_prepulls_there() {
+    let objs = render("overlays/spot");
+    let dep = inference_deployment(&objs);
+    let ds = find(&objs, "DaemonSet", "virtualfit-image-prepull");
+    let dep_pod = &dep["spec"]["template"]["spec"];
+    let ds_pod = &ds["spec"]["template"]["spec"];
+    // Every node-affinity term requires spot capacity.
+    for term in node_affinity_terms(dep_pod) {
+        assert!(
+            SPOT_LABELS.iter().any(|(key, value)| term
+                .iter()
+                .any(|e| e.key == *key && e.operator == "In" && e.values == [value.to_string()])),
+            "a node-affinity term of the spot Deployment does not require spot capacity: {term:?}"
+        );
+    }
+    // The spot taints are tolerated.
+    let dep_tol = tolerations(dep_pod);
+    for (key, value) in SPOT_LABELS {
+        assert!(
+            seq(dep_pod.get("tolerations"))
+                .iter()
+                .any(|t| t["key"].as_str() == Some(key)
+                    && t["value"].as_str() == Some(value)
+                    && t["effect"].as_str() == Some("NoSchedule")),
+            "the spot Deployment must tolerate {key}={value}:NoSchedule"
+        );
+    }
+    // The pre-pull DaemonSet runs wherever the Deployment may run: the same node affinity, at
+    // least the same tolerations, and no nodeSelector of its own.
+    assert_eq!(ds_pod["affinity"], dep_pod["affinity"]);
+    assert!(ds_pod.get("nodeSelector").is_none());
+    let ds_tol = tolerations(ds_pod);
+    assert!(
+        dep_tol.is_subset(&ds_tol),
+        "the pre-pull DaemonSet lacks tolerations of the Deployment: {:?}",
+        dep_tol.difference(&ds_tol).collect::<Vec<_>>()
+    );
+    // Same image.
+    assert_eq!(
+        seq(ds_pod.get("initContainers"))[0]["image"],
+        seq(dep_pod.get("containers"))[0]["image"]
+    );
+}
+
+#[test]
+fn prepull_init_container_loads_no_gpu_library_and_sees_no_gpu() {
+    for (what, objs) in [
+        ("k8s/base/prepull", render("base/prepull")),
+        ("k8s/overlays/spot", render("overlays/spot")),
+    ] {
+        let ds = find(&objs, "DaemonSet", "virtualfit-image-prepull");
+        let pod = &ds["spec"]["template"]["spec"];
+        let inits = seq(pod.get("initContainers"));
+        assert_eq!(inits.len(), 1, "{what}");
+        let init = &inits[0];
+        let command: Vec<String> = seq(init.get("command"))
+            .iter()
+            .chain(seq(init.get("args")).iter())
+            .map(|a| a.as_str().expect("string argument").to_string())
+            .collect();
+        // Not the image's entrypoint (the virtualfit binary links libcuda.so.1): an explicit
+        // program of the base system.
+        assert!(!command.is_empty(), "{what}: an explicit command");
+        assert!(
+            command[0].starts_with("/bin/") || command[0].starts_with("/usr/bin/"),
+            "{what}: {command:?} must be a program of the image's base system"
+        );
+        assert!(
+            !command.iter().any(|a| a.contains("virtualfit")),
+            "{what}: {command:?} runs the CUDA binary"
+        );
+        // The GPUs are hidden from it, and it requests none.
+        assert_eq!(
+            env_of(init)
+                .get("NVIDIA_VISIBLE_DEVICES")
+                .map(String::as_str),
+            Some("void"),
+            "{what}: NVIDIA_VISIBLE_DEVICES=void hides the node's GPUs"
+        );
+        for c in inits.iter().chain(seq(pod.get("containers")).iter()) {
+            let r = serde_json::to_string(&c["resources"]).expect("JSON");
+            assert!(!r.contains("nvidia.com/gpu"), "{what}: {r}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GPUs the image supports
+
+/// One `matchExpressions` entry.
+#[derive(Debug, Clone, PartialEq)]
+struct Requirement {
+    key: String,
+    operator: String,
+    values: Vec<String>,
+}
+
+fn node_affinity_terms(pod_spec: &Value) -> Vec<Vec<Requirement>> {
+    let terms = seq(pod_spec["affinity"]["nodeAffinity"]
+        ["requiredDuringSchedulingIgnoredDuringExecution"]
+        .get("nodeSelectorTerms"));
+    assert!(!terms.is_empty(), "a required node affinity");
+    terms
+        .iter()
+        .map(|t| {
+            assert!(t.get("matchFields").is_none());
+            seq(t.get("matchExpressions"))
+                .iter()
+                .map(|e| Requirement {
+                    key: e["key"].as_str().expect("key").to_string(),
+                    operator: e["operator"].as_str().expect("operator").to_string(),
+                    values: seq(e.get("values"))
+                        .iter()
+                        .map(|v| v.as_str().expect("string value").to_string())
+                        .collect(),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// GKE accelerator types and their compute capability (major × 10 + minor).
+const GKE_ACCELERATORS: &[(&str, u32)] = &[
+    ("nvidia-tesla-t4", 75),
+    ("nvidia-tesla-a100", 80),
+    ("nvidia-a100-80gb", 80),
+    ("nvidia-l4", 89),
+    ("nvidia-h100-80gb", 90),
+    ("nvidia-h100-mega-80gb", 90),
+    ("nvidia-h200-141gb", 90),
+    ("nvidia-b200", 100),
+];
+
+/// `ARG NAME=VALUE` in the Dockerfile.
+fn dockerfile_arg(dockerfile: &str, arg: &str) -> String {
+    dockerfile
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("ARG {arg}=")))
+        .unwrap_or_else(|| panic!("Dockerfile: no `ARG {arg}=`"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn inference_pods_schedule_only_on_gpus_the_image_runs_on() {
+    let dockerfile = fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    // The image's kernels: PTX for this compute capability, which the driver compiles for the
+    // same or any later architecture (a suffixed `90a` would load on 9.0 only).
+    let cap = dockerfile_arg(&dockerfile, "CUDA_COMPUTE_CAP");
+    let cap: u32 = cap.parse().unwrap_or_else(|_| {
+        panic!("CUDA_COMPUTE_CAP={cap}: a plain number, so that it is PTX for every later GPU")
+    });
+    assert!(
+        cap <= 80,
+        "CUDA_COMPUTE_CAP={cap}: the default image must run on A100 (8.0) and L4 (8.9)"
+    );
+    // CUDA 13 needs a driver of the 580 branch or newer.
+    let cuda_major: u32 = dockerfile_arg(&dockerfile, "CUDA_VERSION")
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .expect("CUDA_VERSION");
+    assert_eq!(cuda_major, 13, "the driver minimum below is CUDA 13's");
+    let min_driver = 580;
+    // The highest architecture the image is documented and checked on (H100/H200).
+    let max_cap = 90;
+
+    let mut sets: Vec<(String, Vec<Value>)> = TARGETS
+        .iter()
+        .map(|t| (format!("k8s/{t}"), render(t)))
+        .collect();
+    sets.push(("k8s/base/prepull".into(), render("base/prepull")));
+    for (what, objs) in sets {
+        for o in objs.iter().filter(|o| {
+            matches!(kind(o), "Deployment" | "DaemonSet") && namespace(o).starts_with("virtualfit")
+        }) {
+            let ctx = format!("{what} {} {}", kind(o), name(o));
+            for term in node_affinity_terms(&o["spec"]["template"]["spec"]) {
+                let get = |key: &str| term.iter().find(|e| e.key == key);
+                if let Some(gke) = get("cloud.google.com/gke-accelerator") {
+                    assert_eq!(gke.operator, "In", "{ctx}");
+                    for v in &gke.values {
+                        let c = GKE_ACCELERATORS
+                            .iter()
+                            .find(|(n, _)| n == v)
+                            .unwrap_or_else(|| panic!("{ctx}: unknown GKE accelerator {v}"))
+                            .1;
+                        assert!(
+                            (cap..=max_cap).contains(&c),
+                            "{ctx}: {v} (compute capability {c}) cannot run PTX for {cap}"
+                        );
+                    }
+                    for want in [
+                        "nvidia-tesla-a100",
+                        "nvidia-l4",
+                        "nvidia-h100-80gb",
+                        "nvidia-h200-141gb",
+                    ] {
+                        assert!(gke.values.iter().any(|v| v == want), "{ctx}: {want}");
+                    }
+                } else {
+                    let major = get("nvidia.com/gpu.compute.major").unwrap_or_else(|| {
+                        panic!("{ctx}: a term without a GPU requirement: {term:?}")
+                    });
+                    assert_eq!(major.operator, "In", "{ctx}");
+                    let majors: BTreeSet<u32> = major
+                        .values
+                        .iter()
+                        .map(|v| v.parse().expect("integer"))
+                        .collect();
+                    assert!(
+                        majors
+                            .iter()
+                            .all(|m| m * 10 >= cap / 10 * 10 && m * 10 <= max_cap),
+                        "{ctx}: compute capability majors {majors:?} against PTX for {cap}"
+                    );
+                    assert_eq!(
+                        majors,
+                        [8, 9].into(),
+                        "{ctx}: A100/L4 (8.x) and H100/H200 (9.0)"
+                    );
+                    let driver = get("nvidia.com/cuda.driver-version.major")
+                        .unwrap_or_else(|| panic!("{ctx}: no driver requirement: {term:?}"));
+                    assert_eq!(driver.operator, "Gt", "{ctx}");
+                    assert_eq!(
+                        driver.values,
+                        [(min_driver - 1).to_string()],
+                        "{ctx}: a driver of the {min_driver} branch or newer"
+                    );
+                }
+            }
+        }
+    }
+    // The base Deployment admits both kinds of nodes; the README states the driver minimum.
+    let base = render("base");
+    let terms = node_affinity_terms(&inference_deployment(&base)["spec"]["template"]["spec"]);
+    assert_eq!(
+        terms.len(),
+        2,
+        "GPU feature discovery labels, or a GKE accelerator type"
+    );
+    for readme in ["README.md", "k8s/README.md"] {
+        let t = fs::read_to_string(root().join(readme)).expect("README");
+        assert!(
+            t.contains(&format!("{min_driver} branch or newer")),
+            "{readme} must state the driver minimum (the {min_driver} branch or newer)"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pod Security Standard `restricted` (the namespace enforces it)
+
+/// The `restricted` Pod Security Standard's requirements
+/// (https://kubernetes.io/docs/concepts/security/pod-security-standards/), for one pod spec.
+fn restricted_violations(spec: &Value) -> Vec<String> {
+    let mut bad = Vec::new();
+    let psc = &spec["securityContext"];
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        if spec[host].as_bool() == Some(true) {
+            bad.push(format!("{host}: true"));
+        }
+    }
+    let allowed_volumes = [
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    ];
+    for v in seq(spec.get("volumes")) {
+        for key in v.as_mapping().expect("volume").keys() {
+            let key = key.as_str().expect("key");
+            if key != "name" && !allowed_volumes.contains(&key) {
+                bad.push(format!("volume type {key}"));
+            }
+        }
+    }
+    let seccomp_ok = |sc: &Value| {
+        matches!(
+            sc["seccompProfile"]["type"].as_str(),
+            Some("RuntimeDefault") | Some("Localhost")
+        )
+    };
+    let containers: Vec<Value> = seq(spec.get("initContainers"))
+        .into_iter()
+        .chain(seq(spec.get("containers")))
+        .collect();
+    assert!(!containers.is_empty());
+    for c in &containers {
+        let cname = c["name"].as_str().unwrap_or("?");
+        let sc = &c["securityContext"];
+        if sc["privileged"].as_bool() == Some(true) {
+            bad.push(format!("{cname}: privileged"));
+        }
+        if sc["allowPrivilegeEscalation"].as_bool() != Some(false) {
+            bad.push(format!("{cname}: allowPrivilegeEscalation must be false"));
+        }
+        let non_root = sc["runAsNonRoot"]
+            .as_bool()
+            .or(psc["runAsNonRoot"].as_bool());
+        if non_root != Some(true) {
+            bad.push(format!("{cname}: runAsNonRoot must be true"));
+        }
+        if sc["runAsUser"].as_u64().or(psc["runAsUser"].as_u64()) == Some(0) {
+            bad.push(format!("{cname}: runAsUser 0"));
+        }
+        if !(seccomp_ok(sc) || (sc["seccompProfile"].is_null() && seccomp_ok(psc))) {
+            bad.push(format!(
+                "{cname}: seccompProfile RuntimeDefault or Localhost"
+            ));
+        }
+        let caps = &sc["capabilities"];
+        if !seq(caps.get("drop"))
+            .iter()
+            .any(|d| d.as_str() == Some("ALL"))
+        {
+            bad.push(format!("{cname}: capabilities must drop ALL"));
+        }
+        for add in seq(caps.get("add")) {
+            if add.as_str() != Some("NET_BIND_SERVICE") {
+                bad.push(format!("{cname}: adds capability {add:?}"));
+            }
+        }
+        for p in seq(c.get("ports")) {
+            if p.get("hostPort").is_some_and(|h| h.as_u64() != Some(0)) {
+                bad.push(format!("{cname}: hostPort"));
+            }
+        }
+    }
+    bad
+}
+
+#[test]
+fn readme_pods_are_manifests_that_pass_the_restricted_pod_security_standard() {
+    let readme = fs::read_to_string(k8s_dir().join("README.md")).expect("k8s/README.md");
+    assert!(
+        !readme.contains("kubectl -n virtualfit run"),
+        "k8s/README.md must not have users create pods with `kubectl run` (refused by the restricted level)"
+    );
+    let base = render("base");
+    let ns = find(&base, "Namespace", "virtualfit");
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"].as_str(),
+        Some("restricted")
+    );
+    let claim = name(
+        base.iter()
+            .find(|o| kind(o) == "PersistentVolumeClaim")
+            .expect("the model claim"),
+    );
+    let mut pods = 0;
+    for f in job_files() {
+        let rel = f.strip_prefix(root()).expect("in the repository");
+        assert!(
+            readme.contains(&format!("kubectl apply -f {}", rel.display())),
+            "k8s/README.md must use {}",
+            rel.display()
+        );
+        for o in load_docs(&f) {
+            assert_eq!(namespace(&o), "virtualfit", "{}", rel.display());
+            if kind(&o) != "Pod" {
+                continue;
+            }
+            pods += 1;
+            let bad = restricted_violations(&o["spec"]);
+            assert!(bad.is_empty(), "{} {}: {bad:?}", rel.display(), name(&o));
+            assert_eq!(o["spec"]["restartPolicy"].as_str(), Some("Never"));
+            assert!(
+                o["spec"]["activeDeadlineSeconds"].as_u64().is_some(),
+                "{}: a one-off pod ends by itself",
+                rel.display()
+            );
+            for v in seq(o["spec"].get("volumes")) {
+                if let Some(c) = v["persistentVolumeClaim"]["claimName"].as_str() {
+                    assert_eq!(c, claim, "{}", rel.display());
+                }
+            }
+            // The pod's name is the one the README's `kubectl cp` / `exec` use.
+            assert!(
+                readme.contains(&format!("{}:/", name(&o))),
+                "k8s/README.md must copy files into pod {}",
+                name(&o)
+            );
+        }
+    }
+    assert_eq!(pods, 2, "the models loader and the load-test client");
+    // Every pod the kustomizations put in the restricted namespaces passes too.
+    for target in TARGETS {
+        for o in render(target) {
+            if !matches!(kind(&o), "Deployment" | "DaemonSet")
+                || !namespace(&o).starts_with("virtualfit")
+            {
+                continue;
+            }
+            let bad = restricted_violations(&o["spec"]["template"]["spec"]);
+            assert!(
+                bad.is_empty(),
+                "k8s/{target} {} {}: {bad:?}",
+                kind(&o),
+                name(&o)
+            );
+        }
+    }
+    // The check is live.
+    let mut root_pod = load_docs(&job_files()[0])
+        .into_iter()
+        .find(|o| kind(o) == "Pod")
+        .expect("a pod");
+    root_pod["spec"]["securityContext"]["runAsNonRoot"] = Value::from(false);
+    root_pod["spec"]["containers"][0]["securityContext"]["capabilities"] =
+        serde_yaml::from_str("{add: [SYS_ADMIN]}").expect("yaml");
+    assert_eq!(restricted_violations(&root_pod["spec"]).len(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scrape configuration, prometheus-adapter, exporter
+
+#[test]
+fn scrape_jobs_label_pods_and_gpus_with_their_namespace() {
+    let config = prometheus_config();
+    let pods = job(&config, "virtualfit-pods");
+    let relabel = seq(pods.get("relabel_configs"));
+    assert!(
+        relabel.iter().any(|r| {
+            r["target_label"].as_str() == Some("namespace")
+                && seq(r.get("source_labels")) == vec![Value::from("__meta_kubernetes_namespace")]
+        }),
+        "the pod job must add `namespace` from __meta_kubernetes_namespace"
+    );
+    assert_ne!(pods["honor_labels"].as_bool(), Some(true));
+    let dcgm = job(&config, "dcgm-exporter");
+    assert_eq!(
+        dcgm["honor_labels"].as_bool(),
+        Some(true),
+        "the exporter's namespace/pod labels describe the GPU's user: keep them"
+    );
+    assert!(
+        !seq(dcgm.get("relabel_configs"))
+            .iter()
+            .any(|r| r["target_label"].as_str() == Some("namespace")),
+        "the dcgm job must not overwrite `namespace` with the exporter's own"
+    );
+    // The scrape interval keeps up with the HPA's 15 s sync.
+    let interval = config["global"]["scrape_interval"]
+        .as_str()
+        .expect("interval");
+    assert_eq!(interval, "15s");
+    // Service discovery: pods for the app, the exporter's Service endpoints in gpu-operator.
+    let sd = |j: &Value| seq(j.get("kubernetes_sd_configs"));
+    assert_eq!(sd(pods).len(), 1);
+    assert_eq!(sd(pods)[0]["role"].as_str(), Some("pod"));
+    assert_eq!(sd(dcgm)[0]["role"].as_str(), Some("endpoints"));
+    assert_eq!(
+        seq(sd(dcgm)[0]["namespaces"].get("names")),
+        vec![Value::from("gpu-operator")]
+    );
+    // promtool accepts the configuration, with the Kubernetes discovery swapped for static
+    // targets (Debian's Prometheus is built without Kubernetes discovery; the relabelling,
+    // which is what matters here, is kept as shipped).
+    let mut checked = config.clone();
+    for j in checked["scrape_configs"].as_sequence_mut().expect("jobs") {
+        let j = j.as_mapping_mut().expect("job");
+        assert!(j.remove("kubernetes_sd_configs").is_some());
+        let target: Value = serde_yaml::from_str("[{targets: ['127.0.0.1:9090']}]").expect("yaml");
+        j.insert("static_configs".into(), target);
+    }
+    checked
+        .as_mapping_mut()
+        .expect("config")
+        .remove("rule_files");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("prometheus.yml");
+    fs::write(&file, serde_yaml::to_string(&checked).expect("yaml")).expect("write");
+    let out = promtool(&["check", "config", file.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn prometheus_adapter_is_an_opt_in_component_serving_the_custom_metrics_api_only() {
+    // Not applied by default: it would replace an existing custom metrics API registration.
+    for target in TARGETS {
+        for o in render(target) {
+            assert!(
+                kind(&o) != "APIService" && !name(&o).contains("prometheus-adapter"),
+                "k8s/{target} applies {} {}: the adapter is opt-in",
+                kind(&o),
+                name(&o)
+            );
+        }
+    }
+    let dir = "autoscaling/prometheus-adapter";
+    let k = load_one(&k8s_dir().join(dir).join("kustomization.yaml"));
+    assert_eq!(kind(&k), "Component");
+    let objs = render(dir);
+    let services: Vec<&Value> = objs.iter().filter(|o| kind(o) == "APIService").collect();
+    assert_eq!(services.len(), 1);
+    assert_eq!(
+        services[0]["spec"]["group"].as_str(),
+        Some("custom.metrics.k8s.io")
+    );
+    for o in &objs {
+        let s = serde_yaml::to_string(o).expect("yaml");
+        assert!(
+            !s.contains("external.metrics.k8s.io"),
+            "{} {} touches the external metrics API, which KEDA owns",
+            kind(o),
+            name(o)
+        );
+    }
+    let cm = find(&objs, "ConfigMap", "prometheus-adapter");
+    let config: Value =
+        serde_yaml::from_str(cm["data"]["config.yaml"].as_str().expect("config.yaml"))
+            .expect("adapter config parses");
+    assert!(config.get("externalRules").is_none());
+    assert!(config.get("resourceRules").is_none());
+    assert!(!seq(config.get("rules")).is_empty());
+    // The adapter's RBAC only reads, without wildcards.
+    for o in objs.iter().filter(|o| kind(o) == "ClusterRole") {
+        for rule in seq(o.get("rules")) {
+            for verb in seq(rule.get("verbs")) {
+                let verb = verb.as_str().expect("verb");
+                assert!(
+                    ["get", "list", "watch"].contains(&verb),
+                    "{}: {verb}",
+                    name(o)
+                );
+            }
+            for r in seq(rule.get("resources")) {
+                assert_ne!(r.as_str(), Some("*"), "{}", name(o));
+            }
+        }
+    }
+    // A NetworkPolicy closes the adapter's pods but for its serving port.
+    let dep = find(&objs, "Deployment", "prometheus-adapter");
+    let pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+        .as_mapping()
+        .expect("pod labels");
+    let np = objs
+        .iter()
+        .find(|o| {
+            kind(o) == "NetworkPolicy"
+                && namespace(o) == namespace(dep)
+                && o["spec"]["podSelector"]["matchLabels"]
+                    .as_mapping()
+                    .is_some_and(|m| {
+                        !m.is_empty() && m.iter().all(|(k, v)| pod_labels.get(k) == Some(v))
+                    })
+        })
+        .expect("a NetworkPolicy selecting the adapter's pods");
+    let types: BTreeSet<String> = seq(np["spec"].get("policyTypes"))
+        .iter()
+        .map(|t| t.as_str().expect("type").to_string())
+        .collect();
+    assert_eq!(types, ["Egress".to_string(), "Ingress".to_string()].into());
+    let ingress = seq(np["spec"].get("ingress"));
+    assert_eq!(ingress.len(), 1);
+    let ports = seq(ingress[0].get("ports"));
+    assert_eq!(ports.len(), 1, "only the serving port");
+    let container = &seq(dep["spec"]["template"]["spec"].get("containers"))[0];
+    assert_eq!(ports[0]["port"].as_str(), Some("https"));
+    port_named(container, "https");
+    for rule in seq(np["spec"].get("egress")) {
+        assert!(
+            !seq(rule.get("ports")).is_empty(),
+            "an egress rule without ports"
+        );
+    }
+    // It composes with the whole setup as a component of a kustomization of one's own.
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let own = tmp.path().canonicalize().expect("temp dir");
+    let k8s = relative_path(&own, &canonical(&k8s_dir()));
+    fs::write(
+        own.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n  - {}\n",
+            k8s.display(),
+            k8s.join(dir).display()
+        ),
+    )
+    .expect("write kustomization");
+    let both = render_dir(&own);
+    assert_eq!(both.len(), render("").len() + objs.len());
+    find(&both, "APIService", "v1beta1.custom.metrics.k8s.io");
+}
+
+/// The DCGM fields that dcgm-exporter exports with its default and DCP counter lists
+/// (NVIDIA/dcgm-exporter, etc/default-counters.csv and etc/dcp-metrics-included.csv).
+const DCGM_EXPORTED: &[&str] = &[
+    "DCGM_FI_DEV_GPU_UTIL",
+    "DCGM_FI_DEV_FB_USED",
+    "DCGM_FI_DEV_FB_FREE",
+    "DCGM_FI_DEV_FB_RESERVED",
+    "DCGM_FI_DEV_GPU_TEMP",
+    "DCGM_FI_DEV_POWER_USAGE",
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE",
+];
+
+#[test]
+fn every_dcgm_name_is_exported_by_the_dcgm_exporter() {
+    let used = names_in_k8s("DCGM_FI_");
+    assert!(
+        used.contains_key("DCGM_FI_DEV_GPU_UTIL"),
+        "the GPU trigger's metric"
+    );
+    for (n, files) in &used {
+        assert!(
+            DCGM_EXPORTED.contains(&n.as_str()),
+            "{n} (in {files:?}) is not exported"
+        );
+    }
+}
+
+#[test]
+fn names_in_finds_whole_identifiers() {
+    let found = names_in(
+        "sum(virtualfit_a{x}) + virtualfit_b_bucket, my_virtualfit_c, any virtualfit_*",
+        "virtualfit_",
+    );
+    assert_eq!(
+        found,
+        [
+            "virtualfit_a".to_string(),
+            "virtualfit_b_bucket".to_string()
+        ]
+        .into()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dashboard and Dockerfile
+
+/// The Grafana unit each metric is plotted in.
+const METRIC_UNITS: &[(&str, &str)] = &[
+    ("DCGM_FI_DEV_GPU_TEMP", "celsius"),
+    ("DCGM_FI_DEV_POWER_USAGE", "watt"),
+    ("DCGM_FI_DEV_GPU_UTIL", "percent"),
+    ("DCGM_FI_DEV_FB_USED", "percent"),
+    ("virtualfit_request_duration_seconds", "s"),
+    ("virtualfit_queue_duration_seconds", "s"),
+    ("virtualfit_batch_duration_seconds", "s"),
+    ("virtualfit_requests_total", "reqps"),
+    ("virtualfit_rejected_requests_total", "reqps"),
+];
+
+#[test]
+fn every_dashboard_panel_plots_one_unit() {
+    let dash = dashboard();
+    let panels = dash["panels"].as_array().expect("panels");
+    let mut ids = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    for p in panels {
+        let title = p["title"].as_str().expect("title");
+        assert!(
+            ids.insert(p["id"].as_u64().expect("id")),
+            "{title}: duplicate id"
+        );
+        let unit = p["fieldConfig"]["defaults"]["unit"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{title}: a unit"));
+        for t in p["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            for (metric, want) in METRIC_UNITS {
+                if names_in(expr, metric.split('_').next().expect("prefix"))
+                    .iter()
+                    .any(|n| {
+                        n == metric || n.strip_prefix(metric).is_some_and(|s| s.starts_with('_'))
+                    })
+                {
+                    seen.insert(*metric);
+                    assert_eq!(
+                        unit, *want,
+                        "panel `{title}` plots {metric} on a `{unit}` axis"
+                    );
+                }
+            }
+        }
+    }
+    for m in ["DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_POWER_USAGE"] {
+        assert!(seen.contains(m), "the dashboard plots {m}");
+    }
+    // No two panels overlap.
+    let cells: Vec<(u64, u64, u64, u64, &str)> = panels
+        .iter()
+        .map(|p| {
+            let g = &p["gridPos"];
+            (
+                g["x"].as_u64().expect("x"),
+                g["y"].as_u64().expect("y"),
+                g["w"].as_u64().expect("w"),
+                g["h"].as_u64().expect("h"),
+                p["title"].as_str().expect("title"),
+            )
+        })
+        .collect();
+    for (i, a) in cells.iter().enumerate() {
+        assert!(a.0 + a.2 <= 24, "{}: wider than the grid", a.4);
+        for b in &cells[i + 1..] {
+            let apart =
+                a.0 + a.2 <= b.0 || b.0 + b.2 <= a.0 || a.1 + a.3 <= b.1 || b.1 + b.3 <= a.1;
+            assert!(apart, "panels `{}` and `{}` overlap", a.4, b.4);
+        }
+    }
+}
+
+#[test]
+fn dockerfile_pipes_fail_when_a_command_in_them_fails() {
+    let dockerfile = fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    // Logical instructions: continuation lines joined, comments dropped.
+    let mut instructions = Vec::new();
+    let mut cur = String::new();
+    for line in dockerfile.lines() {
+        let t = line.trim();
+        if t.starts_with('#') && cur.is_empty() {
+            continue;
+        }
+        match t.strip_suffix('\\') {
+            Some(part) => cur.push_str(part),
+            None => {
+                cur.push_str(t);
+                if !cur.trim().is_empty() {
+                    instructions.push(std::mem::take(&mut cur));
+                }
+                cur.clear();
+            }
+        }
+    }
+    let mut pipefail = false;
+    let mut piped_runs = 0;
+    for i in &instructions {
+        if i.starts_with("FROM ") {
+            pipefail = false; // SHELL does not carry over into a new stage
+        } else if let Some(shell) = i.strip_prefix("SHELL ") {
+            let argv: Vec<String> = serde_json::from_str(shell).expect("SHELL takes JSON");
+            pipefail = argv.windows(2).any(|w| w[0] == "-o" && w[1] == "pipefail")
+                && argv[0].ends_with("bash");
+        } else if let Some(run) = i.strip_prefix("RUN ") {
+            if run.contains(" | ") {
+                piped_runs += 1;
+                assert!(pipefail, "a RUN with a pipe needs SHELL [\"/bin/bash\", \"-o\", \"pipefail\", \"-c\"] first: {run}");
+            }
+        }
+    }
+    assert!(piped_runs >= 1, "the rustup download is piped");
+}
