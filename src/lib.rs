@@ -13,6 +13,7 @@ pub mod gpu;
 pub mod gpu_check;
 pub mod imaging;
 pub mod metrics;
+pub mod metrics_text;
 pub mod models;
 pub mod openapi;
 pub mod ops;

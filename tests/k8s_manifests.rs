@@ -284,45 +284,9 @@ fn scaled_objects_validate_against_the_keda_crd_schema() {
 // ---------------------------------------------------------------------------------------------
 // ScaledObjects
 
-/// Which of the query forms a trigger uses (the forms the autoscaling simulator reads).
-#[derive(Debug, PartialEq)]
-enum QueryForm {
-    /// `sum(metric{labels})`: a cluster-wide total, for AverageValue.
-    Sum,
-    /// `(histogram_quantile(Q, sum by (le) (rate(m_bucket{labels}[W]))) >= 0) or vector(0)`.
-    Quantile,
-}
-
-fn selector_ok(s: &str) -> bool {
-    let Some((metric, rest)) = s.split_once('{') else {
-        return false;
-    };
-    !metric.is_empty()
-        && metric
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-        && rest.ends_with('}')
-        && !rest[..rest.len() - 1].contains(['{', '}'])
-}
-
-fn query_form(q: &str) -> Option<QueryForm> {
-    if let Some(inner) = q.strip_prefix("sum(").and_then(|r| r.strip_suffix(')')) {
-        return selector_ok(inner).then_some(QueryForm::Sum);
-    }
-    let rest = q.strip_prefix("(histogram_quantile(")?;
-    let (quantile, rest) = rest.split_once(", sum by (le) (rate(")?;
-    let quantile: f64 = quantile.parse().ok()?;
-    let inner = rest.strip_suffix("]))) >= 0) or vector(0)")?;
-    let (selector, window) = inner.rsplit_once('[')?;
-    let window_ok = window.len() > 1
-        && window[..window.len() - 1]
-            .chars()
-            .all(|c| c.is_ascii_digit())
-        && window.ends_with(['s', 'm', 'h']);
-    let bucket = selector.split_once('{')?.0.ends_with("_bucket");
-    (quantile > 0.0 && quantile < 1.0 && window_ok && bucket && selector_ok(selector))
-        .then_some(QueryForm::Quantile)
-}
+// Which of the query forms a trigger uses: the forms the autoscaling simulator reads, told apart
+// on the PromQL syntax tree.
+use virtualfit::simulate::promql::{query_form, QueryForm};
 
 #[test]
 fn scaled_objects_mean_what_they_say() {

@@ -1,10 +1,14 @@
 //! `virtualfit bench`: the HTTP load generator (`http`), the throughput–latency sweep (`sweep`)
-//! and the raw model timing (`model`).
+//! and the raw model timing (`model`). A run's load shape and samples live in `load`, the
+//! server-side figures read from `/metrics` in `scrape`, and the report built from both in
+//! `report`.
 
 pub mod http;
+pub mod load;
 pub mod model;
 pub mod plot;
 pub mod report;
+pub mod scrape;
 pub mod sweep;
 
 use std::path::{Path, PathBuf};
@@ -123,11 +127,11 @@ pub struct LoadArgs {
 
 impl LoadArgs {
     /// How the measured phase ends.
-    pub fn stop(&self) -> http::Stop {
+    pub fn stop(&self) -> load::Stop {
         match (self.requests, self.duration) {
-            (Some(n), _) => http::Stop::Requests(n),
-            (None, Some(d)) => http::Stop::Duration(d),
-            (None, None) => http::Stop::Duration(Duration::from_secs(10)),
+            (Some(n), _) => load::Stop::Requests(n),
+            (None, Some(d)) => load::Stop::Duration(d),
+            (None, None) => load::Stop::Duration(Duration::from_secs(10)),
         }
     }
 
@@ -184,13 +188,13 @@ pub struct HttpArgs {
 }
 
 impl HttpArgs {
-    pub fn mode(&self) -> Result<http::Load, BenchError> {
+    pub fn mode(&self) -> Result<load::Load, BenchError> {
         match (self.concurrency, self.rate) {
-            (_, Some(rate)) => http::Load::open(rate, self.load.arrival),
-            (Some(n), None) => Ok(http::Load::Closed {
+            (_, Some(rate)) => load::Load::open(rate, self.load.arrival),
+            (Some(n), None) => Ok(load::Load::Closed {
                 concurrency: n as usize,
             }),
-            (None, None) => Ok(http::Load::Closed { concurrency: 1 }),
+            (None, None) => Ok(load::Load::Closed { concurrency: 1 }),
         }
     }
 }

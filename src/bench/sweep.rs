@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::{ArgGroup, Args};
 use serde::{Deserialize, Serialize};
 
-use super::http::{self, Load};
+use super::http;
+use super::load::Load;
 use super::report::{HttpReport, SCHEMA_VERSION};
 use super::{plot, write_json, BenchError, LoadArgs};
 

@@ -1,9 +1,17 @@
 //! The part of PromQL that our ScaledObject uses, evaluated over the simulated scrapes the way
 //! Prometheus does: instant selectors with the 5-minute lookback and staleness, `rate` with
 //! Prometheus' extrapolation, `sum` / `sum by`, `histogram_quantile`, arithmetic, comparison
-//! filters, `or` and `vector`. Anything else is refused with an error that names the query.
+//! filters, `or` and `vector`. Queries are parsed by the `promql-parser` crate and evaluated on
+//! its syntax tree; anything outside that subset is refused with an error that names the query.
+//! [`query_form`] says which of the two trigger shapes the manifests may use a query has.
 
 use std::collections::BTreeMap;
+
+use promql_parser::label::{MatchOp, Matcher};
+use promql_parser::parser::{
+    self as ast, AggregateExpr, BinaryExpr, Call, Expr, LabelModifier, VectorMatchCardinality,
+    VectorSelector,
+};
 
 use super::tsdb::{Labels, Tsdb};
 
@@ -15,56 +23,6 @@ pub enum PromqlError {
     Syntax { query: String, what: String },
     #[error("query `{query}`: {what}")]
     Eval { query: String, what: String },
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Tok {
-    Num(f64),
-    Ident(String),
-    Str(String),
-    Dur(f64),
-    LParen,
-    RParen,
-    LBrace,
-    RBrace,
-    Comma,
-    Op(&'static str),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Matcher {
-    pub label: String,
-    pub value: String,
-    pub equal: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Expr {
-    Number(f64),
-    Selector {
-        name: String,
-        matchers: Vec<Matcher>,
-    },
-    Rate {
-        name: String,
-        matchers: Vec<Matcher>,
-        range_s: f64,
-    },
-    Sum {
-        by: Option<Vec<String>>,
-        inner: Box<Expr>,
-    },
-    HistogramQuantile {
-        q: Box<Expr>,
-        inner: Box<Expr>,
-    },
-    Vector(Box<Expr>),
-    Neg(Box<Expr>),
-    Binary {
-        op: &'static str,
-        lhs: Box<Expr>,
-        rhs: Box<Expr>,
-    },
 }
 
 /// A parsed query, ready to evaluate at any time.
@@ -80,456 +38,17 @@ pub enum Value {
     Vector(Vec<(Labels, f64)>),
 }
 
-fn lex(query: &str) -> Result<Vec<Tok>, PromqlError> {
-    let syntax = |what: String| PromqlError::Syntax {
-        query: query.to_string(),
-        what,
-    };
-    let chars: Vec<char> = query.chars().collect();
-    let mut toks = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        match c {
-            c if c.is_whitespace() => i += 1,
-            '(' => {
-                toks.push(Tok::LParen);
-                i += 1
-            }
-            ')' => {
-                toks.push(Tok::RParen);
-                i += 1
-            }
-            '{' => {
-                toks.push(Tok::LBrace);
-                i += 1
-            }
-            '}' => {
-                toks.push(Tok::RBrace);
-                i += 1
-            }
-            ',' => {
-                toks.push(Tok::Comma);
-                i += 1
-            }
-            '[' => {
-                let end = chars[i..]
-                    .iter()
-                    .position(|&c| c == ']')
-                    .ok_or_else(|| syntax("unclosed `[`".into()))?;
-                let text: String = chars[i + 1..i + end].iter().collect();
-                toks.push(Tok::Dur(parse_duration(text.trim()).ok_or_else(|| {
-                    PromqlError::Unsupported {
-                        query: query.to_string(),
-                        what: format!(
-                            "range `[{text}]` (a duration like 2m, 30s, 1h; no subqueries)"
-                        ),
-                    }
-                })?));
-                i += end + 1;
-            }
-            '"' | '\'' => {
-                let mut s = String::new();
-                i += 1;
-                loop {
-                    match chars.get(i) {
-                        None => return Err(syntax("unterminated string".into())),
-                        Some('\\') => {
-                            if let Some(&n) = chars.get(i + 1) {
-                                s.push(n);
-                            }
-                            i += 2;
-                        }
-                        Some(&ch) if ch == c => {
-                            i += 1;
-                            break;
-                        }
-                        Some(&ch) => {
-                            s.push(ch);
-                            i += 1;
-                        }
-                    }
-                }
-                toks.push(Tok::Str(s));
-            }
-            c if c.is_ascii_digit() || c == '.' => {
-                let start = i;
-                while i < chars.len()
-                    && (chars[i].is_ascii_alphanumeric()
-                        || chars[i] == '.'
-                        || ((chars[i] == '+' || chars[i] == '-')
-                            && matches!(chars[i - 1], 'e' | 'E')))
-                {
-                    i += 1;
-                }
-                let text: String = chars[start..i].iter().collect();
-                match (text.parse::<f64>(), parse_duration(&text)) {
-                    (Ok(v), _) => toks.push(Tok::Num(v)),
-                    (Err(_), Some(d)) => toks.push(Tok::Dur(d)),
-                    _ => return Err(syntax(format!("bad number `{text}`"))),
-                }
-            }
-            c if c.is_alphabetic() || c == '_' || c == ':' => {
-                let start = i;
-                while i < chars.len()
-                    && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == ':')
-                {
-                    i += 1;
-                }
-                toks.push(Tok::Ident(chars[start..i].iter().collect()));
-            }
-            _ => {
-                let two: String = chars[i..(i + 2).min(chars.len())].iter().collect();
-                let op = match two.as_str() {
-                    ">=" => Some(">="),
-                    "<=" => Some("<="),
-                    "==" => Some("=="),
-                    "!=" => Some("!="),
-                    "=~" => Some("=~"),
-                    "!~" => Some("!~"),
-                    _ => None,
-                };
-                if let Some(op) = op {
-                    toks.push(Tok::Op(op));
-                    i += 2;
-                    continue;
-                }
-                let op = match c {
-                    '+' => "+",
-                    '-' => "-",
-                    '*' => "*",
-                    '/' => "/",
-                    '%' => "%",
-                    '^' => "^",
-                    '>' => ">",
-                    '<' => "<",
-                    '=' => "=",
-                    _ => return Err(syntax(format!("unexpected character `{c}`"))),
-                };
-                toks.push(Tok::Op(op));
-                i += 1;
-            }
-        }
-    }
-    Ok(toks)
-}
-
-/// A Prometheus duration such as `2m`, `30s`, `1h30m`, in seconds.
-fn parse_duration(text: &str) -> Option<f64> {
-    let mut total = 0.0;
-    let mut num = String::new();
-    let mut chars = text.chars().peekable();
-    let mut any = false;
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit = if c == 'm' && chars.peek() == Some(&'s') {
-            chars.next();
-            0.001
-        } else {
-            match c {
-                's' => 1.0,
-                'm' => 60.0,
-                'h' => 3600.0,
-                'd' => 86400.0,
-                'w' => 604800.0,
-                'y' => 31536000.0,
-                _ => return None,
-            }
-        };
-        let n: f64 = num.parse().ok()?;
-        total += n * unit;
-        num.clear();
-        any = true;
-    }
-    (any && num.is_empty()).then_some(total)
-}
-
-struct Parser<'a> {
-    query: &'a str,
-    toks: Vec<Tok>,
-    pos: usize,
-}
-
-impl Parser<'_> {
-    fn peek(&self) -> Option<&Tok> {
-        self.toks.get(self.pos)
-    }
-
-    fn next(&mut self) -> Option<Tok> {
-        let t = self.toks.get(self.pos).cloned();
-        self.pos += 1;
-        t
-    }
-
-    fn syntax(&self, what: impl Into<String>) -> PromqlError {
-        PromqlError::Syntax {
-            query: self.query.to_string(),
-            what: what.into(),
-        }
-    }
-
-    fn unsupported(&self, what: impl Into<String>) -> PromqlError {
-        PromqlError::Unsupported {
-            query: self.query.to_string(),
-            what: what.into(),
-        }
-    }
-
-    fn expect(&mut self, tok: Tok) -> Result<(), PromqlError> {
-        match self.next() {
-            Some(t) if t == tok => Ok(()),
-            other => Err(self.syntax(format!("expected {tok:?}, found {other:?}"))),
-        }
-    }
-
-    fn expr(&mut self) -> Result<Expr, PromqlError> {
-        let mut lhs = self.comparison()?;
-        loop {
-            match self.peek() {
-                Some(Tok::Ident(w)) if w == "or" => {
-                    self.next();
-                    let rhs = self.comparison()?;
-                    lhs = Expr::Binary {
-                        op: "or",
-                        lhs: Box::new(lhs),
-                        rhs: Box::new(rhs),
-                    };
-                }
-                Some(Tok::Ident(w)) if w == "and" || w == "unless" => {
-                    return Err(self.unsupported(format!("operator `{w}`")))
-                }
-                _ => return Ok(lhs),
-            }
-        }
-    }
-
-    fn comparison(&mut self) -> Result<Expr, PromqlError> {
-        let lhs = self.additive()?;
-        let op = match self.peek() {
-            Some(Tok::Op(op)) if matches!(*op, ">=" | "<=" | ">" | "<" | "==" | "!=") => *op,
-            _ => return Ok(lhs),
-        };
-        self.next();
-        if matches!(self.peek(), Some(Tok::Ident(w)) if w == "bool") {
-            return Err(self.unsupported("the `bool` modifier"));
-        }
-        let rhs = self.additive()?;
-        Ok(Expr::Binary {
-            op,
-            lhs: Box::new(lhs),
-            rhs: Box::new(rhs),
-        })
-    }
-
-    fn additive(&mut self) -> Result<Expr, PromqlError> {
-        let mut lhs = self.multiplicative()?;
-        while let Some(Tok::Op(op @ ("+" | "-"))) = self.peek() {
-            let op = *op;
-            self.next();
-            let rhs = self.multiplicative()?;
-            lhs = Expr::Binary {
-                op,
-                lhs: Box::new(lhs),
-                rhs: Box::new(rhs),
-            };
-        }
-        Ok(lhs)
-    }
-
-    fn multiplicative(&mut self) -> Result<Expr, PromqlError> {
-        let mut lhs = self.unary()?;
-        loop {
-            match self.peek() {
-                Some(Tok::Op(op @ ("*" | "/"))) => {
-                    let op = *op;
-                    self.next();
-                    let rhs = self.unary()?;
-                    lhs = Expr::Binary {
-                        op,
-                        lhs: Box::new(lhs),
-                        rhs: Box::new(rhs),
-                    };
-                }
-                Some(Tok::Op(op @ ("%" | "^"))) => {
-                    return Err(self.unsupported(format!("operator `{op}`")))
-                }
-                Some(Tok::Ident(w)) if matches!(w.as_str(), "on" | "ignoring") => {
-                    return Err(self.unsupported(format!("vector matching `{w}`")))
-                }
-                _ => return Ok(lhs),
-            }
-        }
-    }
-
-    fn unary(&mut self) -> Result<Expr, PromqlError> {
-        match self.peek() {
-            Some(Tok::Op("-")) => {
-                self.next();
-                Ok(Expr::Neg(Box::new(self.unary()?)))
-            }
-            Some(Tok::Op("+")) => {
-                self.next();
-                self.unary()
-            }
-            _ => self.primary(),
-        }
-    }
-
-    fn by_clause(&mut self) -> Result<Vec<String>, PromqlError> {
-        self.expect(Tok::LParen)?;
-        let mut labels = Vec::new();
-        loop {
-            match self.next() {
-                Some(Tok::RParen) => return Ok(labels),
-                Some(Tok::Ident(l)) => labels.push(l),
-                Some(Tok::Comma) => {}
-                other => return Err(self.syntax(format!("bad label list near {other:?}"))),
-            }
-        }
-    }
-
-    fn primary(&mut self) -> Result<Expr, PromqlError> {
-        match self.next() {
-            Some(Tok::Num(v)) => Ok(Expr::Number(v)),
-            Some(Tok::LParen) => {
-                let e = self.expr()?;
-                self.expect(Tok::RParen)?;
-                Ok(e)
-            }
-            Some(Tok::Ident(name)) => self.after_ident(name),
-            Some(Tok::LBrace) => Err(self.unsupported("a selector without a metric name")),
-            other => Err(self.syntax(format!("unexpected {other:?}"))),
-        }
-    }
-
-    fn after_ident(&mut self, name: String) -> Result<Expr, PromqlError> {
-        match name.as_str() {
-            "sum" => {
-                let mut by = None;
-                match self.peek() {
-                    Some(Tok::Ident(w)) if w == "by" => {
-                        self.next();
-                        by = Some(self.by_clause()?);
-                    }
-                    Some(Tok::Ident(w)) if w == "without" => {
-                        return Err(self.unsupported("`sum without`"))
-                    }
-                    _ => {}
-                }
-                self.expect(Tok::LParen)?;
-                let inner = self.expr()?;
-                self.expect(Tok::RParen)?;
-                if matches!(self.peek(), Some(Tok::Ident(w)) if w == "by") {
-                    self.next();
-                    by = Some(self.by_clause()?);
-                }
-                Ok(Expr::Sum {
-                    by,
-                    inner: Box::new(inner),
-                })
-            }
-            "rate" => {
-                self.expect(Tok::LParen)?;
-                let Some(Tok::Ident(metric)) = self.next() else {
-                    return Err(self.unsupported("rate() of anything but a range selector"));
-                };
-                let matchers = self.matchers()?;
-                let Some(Tok::Dur(range_s)) = self.next() else {
-                    return Err(self.unsupported("rate() without a range `[d]`"));
-                };
-                if matches!(self.peek(), Some(Tok::Ident(w)) if w == "offset") {
-                    return Err(self.unsupported("`offset`"));
-                }
-                self.expect(Tok::RParen)?;
-                Ok(Expr::Rate {
-                    name: metric,
-                    matchers,
-                    range_s,
-                })
-            }
-            "histogram_quantile" => {
-                self.expect(Tok::LParen)?;
-                let q = self.expr()?;
-                self.expect(Tok::Comma)?;
-                let inner = self.expr()?;
-                self.expect(Tok::RParen)?;
-                Ok(Expr::HistogramQuantile {
-                    q: Box::new(q),
-                    inner: Box::new(inner),
-                })
-            }
-            "vector" => {
-                self.expect(Tok::LParen)?;
-                let inner = self.expr()?;
-                self.expect(Tok::RParen)?;
-                Ok(Expr::Vector(Box::new(inner)))
-            }
-            _ if matches!(self.peek(), Some(Tok::LParen)) => {
-                Err(self.unsupported(format!("function or aggregation `{name}`")))
-            }
-            _ => {
-                let matchers = self.matchers()?;
-                match self.peek() {
-                    Some(Tok::Dur(_)) => Err(self.unsupported("a range selector outside rate()")),
-                    Some(Tok::Ident(w)) if w == "offset" => Err(self.unsupported("`offset`")),
-                    _ => Ok(Expr::Selector { name, matchers }),
-                }
-            }
-        }
-    }
-
-    fn matchers(&mut self) -> Result<Vec<Matcher>, PromqlError> {
-        let mut out = Vec::new();
-        if !matches!(self.peek(), Some(Tok::LBrace)) {
-            return Ok(out);
-        }
-        self.next();
-        loop {
-            match self.next() {
-                Some(Tok::RBrace) => return Ok(out),
-                Some(Tok::Comma) => {}
-                Some(Tok::Ident(label)) => {
-                    let equal = match self.next() {
-                        Some(Tok::Op("=")) => true,
-                        Some(Tok::Op("!=")) => false,
-                        Some(Tok::Op(op @ ("=~" | "!~"))) => {
-                            return Err(self.unsupported(format!("regex matcher `{op}`")))
-                        }
-                        other => {
-                            return Err(self.syntax(format!("bad label matcher near {other:?}")))
-                        }
-                    };
-                    let Some(Tok::Str(value)) = self.next() else {
-                        return Err(self.syntax("label value must be a quoted string"));
-                    };
-                    out.push(Matcher {
-                        label,
-                        value,
-                        equal,
-                    });
-                }
-                other => return Err(self.syntax(format!("bad label matcher near {other:?}"))),
-            }
-        }
-    }
-}
-
 impl Query {
     /// Parses `text`, or says why it is not a supported form.
     pub fn parse(text: &str) -> Result<Query, PromqlError> {
-        let toks = lex(text)?;
-        let mut p = Parser {
-            query: text,
-            toks,
-            pos: 0,
-        };
-        let expr = p.expr()?;
-        if let Some(t) = p.peek() {
-            return Err(p.syntax(format!("unexpected {t:?} after the expression")));
-        }
+        let expr = ast::parse(text).map_err(|what| PromqlError::Syntax {
+            query: text.to_string(),
+            what,
+        })?;
+        supported(&expr).map_err(|what| PromqlError::Unsupported {
+            query: text.to_string(),
+            what,
+        })?;
         Ok(Query {
             text: text.to_string(),
             expr,
@@ -549,49 +68,253 @@ impl Query {
     }
 }
 
+/// The shape of a KEDA trigger query, as the manifests' checks classify it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryForm {
+    /// `sum(metric{labels})`: a cluster-wide total, for AverageValue.
+    Sum,
+    /// `(histogram_quantile(Q, sum by (le) (rate(m_bucket{labels}[W]))) >= 0) or vector(0)`
+    /// with `0 < Q < 1`: a percentile over every replica, NaN and no traffic read as 0.
+    Quantile,
+}
+
+/// Which trigger shape `query` has, if it is one the simulator evaluates. Redundant
+/// parentheses do not matter; a selector must name its metric and have label matchers.
+pub fn query_form(query: &str) -> Option<QueryForm> {
+    let expr = Query::parse(query).ok()?.expr;
+    if let Expr::Aggregate(sum) = unparen(&expr) {
+        return (is_sum(sum, None) && labelled(unparen(&sum.expr))).then_some(QueryForm::Sum);
+    }
+    let or = binary(&expr, "or")?;
+    let [fallback] = call(&or.rhs, "vector")? else {
+        return None;
+    };
+    let at_least_zero = binary(&or.lhs, ">=")?;
+    let [q, inner] = call(&at_least_zero.lhs, "histogram_quantile")? else {
+        return None;
+    };
+    let (Expr::NumberLiteral(q), Expr::Aggregate(sum)) = (unparen(q), unparen(inner)) else {
+        return None;
+    };
+    let [range] = call(&sum.expr, "rate")? else {
+        return None;
+    };
+    let Expr::MatrixSelector(m) = unparen(range) else {
+        return None;
+    };
+    let bucket = m.vs.name.as_deref().is_some_and(|n| n.ends_with("_bucket"));
+    (is_zero(fallback)
+        && is_zero(&at_least_zero.rhs)
+        && q.val > 0.0
+        && q.val < 1.0
+        && is_sum(sum, Some(&["le"][..]))
+        && bucket
+        && !m.vs.matchers.matchers.is_empty()
+        && !m.range.is_zero())
+    .then_some(QueryForm::Quantile)
+}
+
+fn is_zero(e: &Expr) -> bool {
+    matches!(unparen(e), Expr::NumberLiteral(n) if n.val == 0.0)
+}
+
+fn unparen(mut e: &Expr) -> &Expr {
+    while let Expr::Paren(p) = e {
+        e = &p.expr;
+    }
+    e
+}
+
+/// `sum(...)`, or `sum by (labels) (...)` when `by` is given.
+fn is_sum(a: &AggregateExpr, by: Option<&[&str]>) -> bool {
+    let grouping = match (&a.modifier, by) {
+        (None, None) => true,
+        (Some(LabelModifier::Include(l)), Some(by)) => {
+            l.labels.iter().map(String::as_str).eq(by.iter().copied())
+        }
+        _ => false,
+    };
+    a.op.to_string() == "sum" && a.param.is_none() && grouping
+}
+
+/// A named instant selector with label matchers.
+fn labelled(e: &Expr) -> bool {
+    matches!(e, Expr::VectorSelector(vs) if vs.name.is_some() && !vs.matchers.matchers.is_empty())
+}
+
+fn binary<'a>(e: &'a Expr, op: &str) -> Option<&'a BinaryExpr> {
+    match unparen(e) {
+        Expr::Binary(b) if b.op.to_string() == op => Some(b),
+        _ => None,
+    }
+}
+
+fn call<'a>(e: &'a Expr, name: &str) -> Option<&'a [Box<Expr>]> {
+    match unparen(e) {
+        Expr::Call(c) if c.func.name == name => Some(&c.args.args),
+        _ => None,
+    }
+}
+
+/// Whether the evaluator below handles `expr`; if not, what it does not handle.
+fn supported(expr: &Expr) -> Result<(), String> {
+    match expr {
+        Expr::NumberLiteral(_) => Ok(()),
+        Expr::Paren(p) => supported(&p.expr),
+        Expr::Unary(u) => supported(&u.expr),
+        Expr::VectorSelector(vs) => selector_supported(vs),
+        Expr::MatrixSelector(_) => Err("a range selector outside rate()".into()),
+        Expr::Subquery(_) => Err("a subquery".into()),
+        Expr::StringLiteral(_) => Err("a string".into()),
+        Expr::Extension(_) => Err("an extension expression".into()),
+        Expr::Aggregate(a) => {
+            let op = a.op.to_string();
+            if op != "sum" || a.param.is_some() {
+                return Err(format!("function or aggregation `{op}`"));
+            }
+            if let Some(LabelModifier::Exclude(_)) = a.modifier {
+                return Err("`sum without`".into());
+            }
+            supported(&a.expr)
+        }
+        Expr::Call(c) => match (c.func.name, c.args.args.as_slice()) {
+            ("rate", [arg]) => match arg.as_ref() {
+                Expr::MatrixSelector(m) => selector_supported(&m.vs),
+                _ => Err("rate() of anything but a range selector".into()),
+            },
+            ("histogram_quantile" | "vector", args) => args.iter().try_for_each(|a| supported(a)),
+            (name, _) => Err(format!("function or aggregation `{name}`")),
+        },
+        Expr::Binary(b) => {
+            let op = b.op.to_string();
+            if !matches!(
+                op.as_str(),
+                "+" | "-" | "*" | "/" | ">=" | "<=" | ">" | "<" | "==" | "!=" | "or"
+            ) {
+                return Err(format!("operator `{op}`"));
+            }
+            if let Some(m) = &b.modifier {
+                if m.return_bool {
+                    return Err("the `bool` modifier".into());
+                }
+                match &m.matching {
+                    Some(LabelModifier::Include(_)) => return Err("vector matching `on`".into()),
+                    Some(LabelModifier::Exclude(_)) => {
+                        return Err("vector matching `ignoring`".into())
+                    }
+                    None => {}
+                }
+                if matches!(
+                    m.card,
+                    VectorMatchCardinality::ManyToOne(_) | VectorMatchCardinality::OneToMany(_)
+                ) {
+                    return Err("`group_left` / `group_right`".into());
+                }
+                if m.fill_values.lhs.is_some() || m.fill_values.rhs.is_some() {
+                    return Err("`fill` modifiers".into());
+                }
+            }
+            supported(&b.lhs)?;
+            supported(&b.rhs)
+        }
+    }
+}
+
+fn selector_supported(vs: &VectorSelector) -> Result<(), String> {
+    if vs.name.is_none() {
+        return Err("a selector without a metric name".into());
+    }
+    if vs.offset.is_some() {
+        return Err("`offset`".into());
+    }
+    if vs.at.is_some() {
+        return Err("the `@` modifier".into());
+    }
+    if !vs.matchers.or_matchers.is_empty() {
+        return Err("`or` between label matchers".into());
+    }
+    match vs
+        .matchers
+        .matchers
+        .iter()
+        .find(|m| !matches!(m.op, MatchOp::Equal | MatchOp::NotEqual))
+    {
+        Some(m) => Err(format!("regex matcher `{}`", m.op)),
+        None => Ok(()),
+    }
+}
+
+/// A missing label reads as the empty string, as in Prometheus.
 fn matches_all(matchers: &[Matcher], labels: &Labels) -> bool {
-    matchers.iter().all(|m| {
-        let v = labels.get(&m.label).map(String::as_str).unwrap_or("");
-        (v == m.value) == m.equal
-    })
+    matchers
+        .iter()
+        .all(|m| m.is_match(labels.get(&m.name).map(String::as_str).unwrap_or("")))
+}
+
+fn metric_name(vs: &VectorSelector) -> Result<&str, String> {
+    vs.name
+        .as_deref()
+        .ok_or_else(|| "a selector without a metric name".to_string())
 }
 
 fn eval(expr: &Expr, db: &Tsdb, t: f64) -> Result<Value, String> {
     Ok(match expr {
-        Expr::Number(v) => Value::Scalar(*v),
-        Expr::Selector { name, matchers } => Value::Vector(
-            db.select(name, |l| matches_all(matchers, l))
+        Expr::NumberLiteral(n) => Value::Scalar(n.val),
+        Expr::Paren(p) => eval(&p.expr, db, t)?,
+        Expr::VectorSelector(vs) => Value::Vector(
+            db.select(metric_name(vs)?, |l| matches_all(&vs.matchers.matchers, l))
                 .filter_map(|(l, s)| s.instant(t).map(|v| (l.clone(), v)))
                 .collect(),
         ),
-        Expr::Rate {
-            name,
-            matchers,
-            range_s,
-        } => Value::Vector(
-            db.select(name, |l| matches_all(matchers, l))
-                .filter_map(|(l, s)| {
-                    extrapolated_rate(s.range(t - range_s, t), t - range_s, t, *range_s)
-                        .map(|v| (l.clone(), v))
-                })
-                .collect(),
-        ),
-        Expr::Sum { by, inner } => {
-            let v = as_vector(eval(inner, db, t)?, "sum")?;
+        Expr::Aggregate(a) => {
+            let v = as_vector(eval(&a.expr, db, t)?, "sum")?;
             let mut groups: BTreeMap<Labels, f64> = BTreeMap::new();
             for (labels, value) in v {
-                let key: Labels = match by {
-                    Some(keep) => labels
+                let key: Labels = match &a.modifier {
+                    Some(LabelModifier::Include(keep)) => labels
                         .into_iter()
-                        .filter(|(k, _)| keep.contains(k))
+                        .filter(|(k, _)| keep.labels.contains(k))
                         .collect(),
-                    None => Labels::new(),
+                    _ => Labels::new(),
                 };
                 *groups.entry(key).or_insert(0.0) += value;
             }
             Value::Vector(groups.into_iter().collect())
         }
-        Expr::HistogramQuantile { q, inner } => {
+        Expr::Call(c) => eval_call(c, db, t)?,
+        Expr::Unary(u) => match eval(&u.expr, db, t)? {
+            Value::Scalar(v) => Value::Scalar(-v),
+            Value::Vector(v) => Value::Vector(v.into_iter().map(|(l, x)| (l, -x)).collect()),
+        },
+        Expr::Binary(b) => binary_op(
+            &b.op.to_string(),
+            eval(&b.lhs, db, t)?,
+            eval(&b.rhs, db, t)?,
+        )?,
+        other => return Err(format!("cannot evaluate `{other}`")),
+    })
+}
+
+fn eval_call(c: &Call, db: &Tsdb, t: f64) -> Result<Value, String> {
+    let args = c.args.args.as_slice();
+    Ok(match (c.func.name, args) {
+        ("rate", [arg]) => {
+            let Expr::MatrixSelector(m) = arg.as_ref() else {
+                return Err("rate() needs a range selector".into());
+            };
+            let range_s = m.range.as_secs_f64();
+            Value::Vector(
+                db.select(metric_name(&m.vs)?, |l| {
+                    matches_all(&m.vs.matchers.matchers, l)
+                })
+                .filter_map(|(l, s)| {
+                    extrapolated_rate(s.range(t - range_s, t), t - range_s, t, range_s)
+                        .map(|v| (l.clone(), v))
+                })
+                .collect(),
+            )
+        }
+        ("histogram_quantile", [q, inner]) => {
             let Value::Scalar(q) = eval(q, db, t)? else {
                 return Err("histogram_quantile needs a scalar quantile".into());
             };
@@ -616,15 +339,11 @@ fn eval(expr: &Expr, db: &Tsdb, t: f64) -> Result<Value, String> {
                     .collect(),
             )
         }
-        Expr::Vector(inner) => match eval(inner, db, t)? {
+        ("vector", [inner]) => match eval(inner, db, t)? {
             Value::Scalar(v) => Value::Vector(vec![(Labels::new(), v)]),
             Value::Vector(_) => return Err("vector() needs a scalar".into()),
         },
-        Expr::Neg(inner) => match eval(inner, db, t)? {
-            Value::Scalar(v) => Value::Scalar(-v),
-            Value::Vector(v) => Value::Vector(v.into_iter().map(|(l, x)| (l, -x)).collect()),
-        },
-        Expr::Binary { op, lhs, rhs } => binary(op, eval(lhs, db, t)?, eval(rhs, db, t)?)?,
+        (name, _) => return Err(format!("cannot evaluate {name}()")),
     })
 }
 
@@ -655,7 +374,7 @@ fn compare(op: &str, a: f64, b: f64) -> bool {
     }
 }
 
-fn binary(op: &str, lhs: Value, rhs: Value) -> Result<Value, String> {
+fn binary_op(op: &str, lhs: Value, rhs: Value) -> Result<Value, String> {
     let is_cmp = matches!(op, ">=" | "<=" | ">" | "<" | "==" | "!=");
     Ok(match (lhs, rhs) {
         (Value::Scalar(a), Value::Scalar(b)) => {
@@ -966,5 +685,42 @@ mod tests {
             Query::parse("sum(x"),
             Err(PromqlError::Syntax { .. })
         ));
+    }
+
+    #[test]
+    fn arithmetic_follows_promql_precedence() {
+        let db = Tsdb::new();
+        for (text, want) in [
+            ("1 + 2 * 3", 7.0),
+            ("(1 + 2) * 3", 9.0),
+            ("-2 * 3 + 10 / 4", -3.5),
+            ("8 - 2 - 1", 5.0),
+        ] {
+            let q = Query::parse(text).expect("parses");
+            assert_eq!(q.eval(&db, 0.0), Ok(Value::Scalar(want)), "{text}");
+        }
+    }
+
+    #[test]
+    fn query_forms_of_the_triggers() {
+        let sum = r#"sum(virtualfit_queue_length{namespace="virtualfit"})"#;
+        assert_eq!(query_form(sum), Some(QueryForm::Sum));
+        assert_eq!(query_form(&format!("({sum})")), Some(QueryForm::Sum));
+        let p95 = r#"(histogram_quantile(0.95, sum by (le) (rate(virtualfit_request_duration_seconds_bucket{namespace="virtualfit"}[2m]))) >= 0) or vector(0)"#;
+        assert_eq!(query_form(p95), Some(QueryForm::Quantile));
+        for other in [
+            "sum(m)",
+            r#"sum by (pod) (m{a="b"})"#,
+            r#"sum(m{a="b"}) + 1"#,
+            r#"sum(m{a=~"b"})"#,
+            r#"(histogram_quantile(1.5, sum by (le) (rate(m_bucket{a="b"}[2m]))) >= 0) or vector(0)"#,
+            r#"(histogram_quantile(0.95, sum by (le) (rate(m{a="b"}[2m]))) >= 0) or vector(0)"#,
+            r#"(histogram_quantile(0.95, sum by (le, pod) (rate(m_bucket{a="b"}[2m]))) >= 0) or vector(0)"#,
+            r#"(histogram_quantile(0.95, sum by (le) (rate(m_bucket{a="b"}[2m]))) >= 0) or vector(1)"#,
+            r#"histogram_quantile(0.95, sum by (le) (rate(m_bucket{a="b"}[2m]))) or vector(0)"#,
+            "not promql (",
+        ] {
+            assert_eq!(query_form(other), None, "{other}");
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use reqwest::multipart::{Form, Part};
 use virtualfit::config::ServeArgs;
+use virtualfit::metrics_text;
 use virtualfit::server::Server;
 
 /// `virtualfit serve` flags, parsed the way the binary parses them.
@@ -83,16 +84,18 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
-/// Reads one sample of the Prometheus text format (`name{labels} value`), summed over matches
-/// of the given label fragment.
+/// The sum of the samples of series `name` in a /metrics text that carry a label matching
+/// `label`, a fragment of one `key="value"` pair (`""` matches every sample).
 pub fn metric(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            let series = key.split('{').next()?;
-            (series == name && key.contains(label)).then(|| value.parse::<f64>().ok())?
+    metrics_text::samples(text)
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            label.is_empty()
+                || s.labels
+                    .iter()
+                    .any(|(k, v)| format!("{k}=\"{v}\"").contains(label))
         })
+        .map(|s| s.value)
         .sum()
 }
 
