@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use candle_core::Tensor;
 use tokio::sync::oneshot;
 
-use crate::imaging::PreparedPair;
 use crate::metrics::{Metrics, RejectReason};
-use crate::models::{ModelError, TryOnBatch, TryOnModel, MODEL_HEIGHT, MODEL_WIDTH};
+use crate::models::{ModelError, PreparedPair, TryOnBatch, TryOnModel, MODEL_HEIGHT, MODEL_WIDTH};
 
 /// Batching and admission settings.
 #[derive(Debug, Clone)]
@@ -50,8 +49,12 @@ pub enum AdmitError {
     #[error("queue full")]
     QueueFull { retry_after_s: u64 },
     #[error("draining")]
-    Draining,
+    Draining { retry_after_s: u64 },
 }
+
+/// Weight of the newest batch in the moving average of seconds per item: about the last five
+/// batches count, so the backlog estimate follows a change of load within a second or two.
+const PER_ITEM_SMOOTHING: f64 = 0.2;
 
 type Reply = oneshot::Sender<Result<JobOutput, JobError>>;
 
@@ -73,6 +76,14 @@ struct State {
     batch_cap: usize,
     /// Requests taken by the worker and not yet answered.
     running: usize,
+}
+
+impl State {
+    /// The estimated seconds to finish what is queued and running, at least 1.
+    fn retry_after_s(&self) -> u64 {
+        let backlog = (self.jobs.len() + self.running) as f64 * self.seconds_per_item;
+        (backlog.ceil() as u64).max(1)
+    }
 }
 
 struct Shared {
@@ -109,7 +120,7 @@ impl Batcher {
         config: BatcherConfig,
         metrics: Metrics,
         on_ready: impl FnOnce(Result<(), ModelError>) + Send + 'static,
-    ) -> (Batcher, JoinHandle<()>) {
+    ) -> (Batcher, WorkerThread) {
         let cap = config.max_batch_size.max(1);
         metrics.batch_cap.set(cap as i64);
         let shared = Arc::new(Shared {
@@ -137,7 +148,12 @@ impl Batcher {
                 }
             })
             .expect("spawning the worker thread");
-        (Batcher { shared }, handle)
+        let batcher = Batcher { shared };
+        let worker = WorkerThread {
+            batcher: batcher.clone(),
+            handle: Some(handle),
+        };
+        (batcher, worker)
     }
 
     /// Admits a request, or refuses it at once when the queue is full or closed.
@@ -148,12 +164,13 @@ impl Batcher {
         let (tx, rx) = oneshot::channel();
         let mut state = self.shared.lock();
         if state.closed {
-            return Err(AdmitError::Draining);
+            return Err(AdmitError::Draining {
+                retry_after_s: state.retry_after_s(),
+            });
         }
         if state.jobs.len() >= self.shared.config.queue_capacity {
-            let backlog = (state.jobs.len() + state.running) as f64 * state.seconds_per_item;
             return Err(AdmitError::QueueFull {
-                retry_after_s: (backlog.ceil() as u64).max(1),
+                retry_after_s: state.retry_after_s(),
             });
         }
         state.jobs.push_back(Job {
@@ -179,8 +196,10 @@ impl Batcher {
         state.closed = true;
         state.stop = true;
         for job in state.jobs.drain(..) {
-            self.shared.metrics.reject(RejectReason::Draining);
-            let _ = job.reply.send(Err(JobError::ShutDown));
+            // The handler counts what it answers; a request whose client left is counted here.
+            if job.reply.send(Err(JobError::ShutDown)).is_err() {
+                self.shared.metrics.reject(RejectReason::Cancelled);
+            }
         }
         self.shared.publish_queue(&state);
         drop(state);
@@ -195,14 +214,37 @@ impl Batcher {
 
     /// The estimated seconds to drain what is queued now, at least 1 (for `Retry-After`).
     pub fn retry_after_s(&self) -> u64 {
-        let state = self.shared.lock();
-        let backlog = (state.jobs.len() + state.running) as f64 * state.seconds_per_item;
-        (backlog.ceil() as u64).max(1)
+        self.shared.lock().retry_after_s()
     }
 
     /// The current batch cap (lowered after out-of-memory errors).
     pub fn batch_cap(&self) -> usize {
         self.shared.lock().batch_cap
+    }
+}
+
+/// The worker thread, owned by whoever started the batcher: dropping it answers what is still
+/// queued with [`JobError::ShutDown`] and joins the thread once its current batch is done.
+pub struct WorkerThread {
+    batcher: Batcher,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl WorkerThread {
+    /// Whether the thread has exited (after a failed warm-up, or once stopped).
+    pub fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+}
+
+impl Drop for WorkerThread {
+    fn drop(&mut self) {
+        self.batcher.abort_pending();
+        if let Some(handle) = self.handle.take() {
+            if handle.join().is_err() {
+                tracing::error!("the model worker thread panicked");
+            }
+        }
     }
 }
 
@@ -278,8 +320,14 @@ fn drop_dead_jobs(jobs: Vec<Job>, shared: &Shared) -> Vec<Job> {
         if job.reply.is_closed() {
             shared.metrics.reject(RejectReason::Cancelled);
         } else if waited > timeout {
-            shared.metrics.reject(RejectReason::Deadline);
-            let _ = job.reply.send(Err(JobError::Deadline { waited, timeout }));
+            // The handler counts the 504 it answers; a client gone meanwhile is a cancellation.
+            if job
+                .reply
+                .send(Err(JobError::Deadline { waited, timeout }))
+                .is_err()
+            {
+                shared.metrics.reject(RejectReason::Cancelled);
+            }
         } else {
             live.push(job);
         }
@@ -300,9 +348,7 @@ fn run_batch(model: &dyn TryOnModel, shared: &Shared, jobs: Vec<Job>) {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(ModelError::Candle(candle_core::Error::Msg(format!(
-                "the model panicked: {what}"
-            ))))
+            Err(ModelError::Panicked(what))
         });
     match result {
         Ok(images) => {
@@ -316,7 +362,8 @@ fn run_batch(model: &dyn TryOnModel, shared: &Shared, jobs: Vec<Job>) {
                 state.seconds_per_item = if state.seconds_per_item == 0.0 {
                     per_item
                 } else {
-                    0.8 * state.seconds_per_item + 0.2 * per_item
+                    (1.0 - PER_ITEM_SMOOTHING) * state.seconds_per_item
+                        + PER_ITEM_SMOOTHING * per_item
                 };
                 shared.publish_queue(&state);
             }
@@ -371,7 +418,7 @@ fn forward(model: &dyn TryOnModel, jobs: &[Job]) -> Result<Vec<Tensor>, ModelErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imaging::Rect;
+    use crate::models::Rect;
     use candle_core::Device;
 
     /// A model that fails with out-of-memory above `max_ok` items and records batch sizes.
@@ -423,13 +470,17 @@ mod tests {
         }
     }
 
-    fn start(model: FlakyModel, config: BatcherConfig, metrics: Metrics) -> Batcher {
+    fn start(
+        model: FlakyModel,
+        config: BatcherConfig,
+        metrics: Metrics,
+    ) -> (Batcher, WorkerThread) {
         let (tx, rx) = std::sync::mpsc::channel();
-        let (batcher, _handle) = Batcher::start(Box::new(model), config, metrics, move |r| {
+        let (batcher, worker) = Batcher::start(Box::new(model), config, metrics, move |r| {
             let _ = tx.send(r.is_ok());
         });
         assert!(rx.recv().expect("warm-up result"));
-        batcher
+        (batcher, worker)
     }
 
     #[tokio::test]
@@ -442,7 +493,7 @@ mod tests {
             calls: calls.clone(),
         };
         // The warm-up runs at the configured 2 and succeeds.
-        let batcher = start(model, config(2, 200), metrics.clone());
+        let (batcher, _worker) = start(model, config(2, 200), metrics.clone());
         // Raise the cap to 8 to provoke the failure, as if the device's free memory had shrunk.
         batcher.shared.lock().batch_cap = 8;
         let receivers: Vec<_> = (0..8)
@@ -489,7 +540,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_model_fails_its_batch_and_the_worker_keeps_serving() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let (batcher, _h) = Batcher::start(
+        let (batcher, _worker) = Batcher::start(
             Box::new(PanickyModel(Device::Cpu)),
             config(1, 1),
             Metrics::new(),
@@ -525,7 +576,7 @@ mod tests {
         };
         let mut cfg = config(8, 5_000);
         cfg.queue_capacity = 2;
-        let batcher = start(model, cfg, Metrics::new());
+        let (batcher, _worker) = start(model, cfg, Metrics::new());
         let _a = batcher.submit(pair(0)).expect("first");
         let _b = batcher.submit(pair(0)).expect("second");
         match batcher.submit(pair(0)) {
@@ -533,10 +584,10 @@ mod tests {
             other => panic!("expected QueueFull, got {:?}", other.map(|_| ())),
         }
         batcher.close();
-        assert_eq!(
+        assert!(matches!(
             batcher.submit(pair(0)).map(|_| ()),
-            Err(AdmitError::Draining)
-        );
+            Err(AdmitError::Draining { .. })
+        ));
     }
 
     #[tokio::test]
@@ -550,7 +601,7 @@ mod tests {
         let mut cfg = config(8, 100);
         cfg.request_timeout = Duration::from_millis(20);
         let metrics = Metrics::new();
-        let batcher = start(model, cfg, metrics.clone());
+        let (batcher, _worker) = start(model, cfg, metrics.clone());
         let before = calls.lock().expect("lock").len();
         let rx = batcher.submit(pair(0)).expect("admitted");
         match rx.await.expect("answered") {
@@ -562,10 +613,10 @@ mod tests {
             before,
             "the model never ran"
         );
-        let deadline = metrics
-            .rejected_total
-            .with_label_values(&[RejectReason::Deadline.label()])
-            .get();
-        assert_eq!(deadline, 1);
+        // The answered 504 is counted by the handler that answers it, not twice here.
+        let counted =
+            |r: RejectReason| metrics.rejected_total.with_label_values(&[r.label()]).get();
+        assert_eq!(counted(RejectReason::Deadline), 0);
+        assert_eq!(counted(RejectReason::Cancelled), 0);
     }
 }

@@ -141,7 +141,7 @@ pub fn tryon(args: &TryOnArgs) -> anyhow::Result<()> {
         None => None,
     };
     let device = args.model.open_device()?;
-    let model = models::load(&args.model.model, args.model.model_dir.as_deref(), &device)?;
+    let model = args.model.load(&device)?;
     let pair = imaging::prepare_decoded(&person, &cloth, mask.as_ref())?;
     let batch = TryOnBatch::from_pairs(&[&pair], &device)?;
     let out = models::forward_u8(model.as_ref(), &batch)?;

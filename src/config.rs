@@ -8,20 +8,22 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::batcher::BatcherConfig;
+use crate::device::DeviceSpec;
 use crate::imaging::OutputFormat;
+use crate::models::{ModelError, ModelKind, TryOnModel};
 
 /// Which model to run and where.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// Model to serve: `overlay` (weight-free) or `dmvton` (needs --model-dir).
-    #[arg(long, env = "VIRTUALFIT_MODEL", default_value = "overlay")]
-    pub model: String,
+    #[arg(long, env = "VIRTUALFIT_MODEL", value_enum, default_value_t = ModelKind::Overlay)]
+    pub model: ModelKind,
     /// Folder with the model's weights (dmvton: dmvton_pf_warp.pt and dmvton_pf_gen.pt).
     #[arg(long, env = "VIRTUALFIT_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
     /// Device: `auto` (CUDA when built with it and present, else CPU), `cpu`, `cuda` or `cuda:N`.
     #[arg(long, env = "VIRTUALFIT_DEVICE", default_value = "auto")]
-    pub device: String,
+    pub device: DeviceSpec,
     /// Let CUDA matrix products use TF32 tensor cores: faster, with about 1e-4 relative error
     /// instead of f32's 1e-6 (off by default; no effect on the CPU).
     #[arg(long, env = "VIRTUALFIT_ALLOW_TF32")]
@@ -32,7 +34,12 @@ impl ModelArgs {
     /// Opens the device and applies the precision setting.
     pub fn open_device(&self) -> Result<candle_core::Device, crate::device::DeviceError> {
         crate::device::set_tf32(self.allow_tf32);
-        crate::device::select(&self.device)
+        crate::device::select(self.device)
+    }
+
+    /// Loads the model onto `device`.
+    pub fn load(&self, device: &candle_core::Device) -> Result<Box<dyn TryOnModel>, ModelError> {
+        crate::models::load_kind(self.model, self.model_dir.as_deref(), device)
     }
 }
 
@@ -43,14 +50,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// `virtualfit serve`.
+/// The batching and admission settings, shared by `serve` and the simulator's replica model.
 #[derive(Debug, Clone, Args)]
-pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "VIRTUALFIT_BIND", default_value = "0.0.0.0:8000")]
-    pub bind: SocketAddr,
-    #[command(flatten)]
-    pub model: ModelArgs,
+pub struct BatchingArgs {
     /// Most requests run together in one forward pass.
     #[arg(long, env = "VIRTUALFIT_MAX_BATCH_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub max_batch_size: u64,
@@ -60,9 +62,32 @@ pub struct ServeArgs {
     /// Most admitted requests waiting for a batch; beyond it requests get 429.
     #[arg(long, env = "VIRTUALFIT_QUEUE_CAPACITY", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     pub queue_capacity: u64,
-    /// Longest time a request may wait before its batch runs; past it, 504.
-    #[arg(long, env = "VIRTUALFIT_REQUEST_TIMEOUT_S", default_value_t = 30.0)]
+    /// Longest time a request may wait before its batch runs; past it, 504 (more than 0).
+    #[arg(long, env = "VIRTUALFIT_REQUEST_TIMEOUT_S", default_value_t = 30.0, value_parser = positive_seconds)]
     pub request_timeout_s: f64,
+}
+
+impl BatchingArgs {
+    pub fn batcher_config(&self) -> BatcherConfig {
+        BatcherConfig {
+            max_batch_size: self.max_batch_size as usize,
+            max_batch_delay: Duration::from_millis(self.max_batch_delay_ms),
+            queue_capacity: self.queue_capacity as usize,
+            request_timeout: seconds(self.request_timeout_s),
+        }
+    }
+}
+
+/// `virtualfit serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "VIRTUALFIT_BIND", default_value = "0.0.0.0:8000")]
+    pub bind: SocketAddr,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub batching: BatchingArgs,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "VIRTUALFIT_MAX_BODY_BYTES", default_value_t = 16_777_216)]
     pub max_body_bytes: usize,
@@ -73,6 +98,22 @@ pub struct ServeArgs {
         default_value_t = 36_000_000
     )]
     pub max_image_pixels: u64,
+    /// Bytes that images being decoded may take at once, estimated from their headers before
+    /// decoding (e.g. `4GiB`). The default leaves room for the bodies being read and the model
+    /// under the Deployment's 16 GiB memory limit.
+    #[arg(long, env = "VIRTUALFIT_MAX_DECODE_MEMORY", default_value = "4GiB", value_parser = byte_size)]
+    pub max_decode_memory: u64,
+    /// Longest time to receive a request's whole body, in seconds; past it, 408 and the
+    /// connection is closed.
+    #[arg(long, env = "VIRTUALFIT_BODY_TIMEOUT_S", default_value_t = 30.0, value_parser = positive_seconds)]
+    pub body_timeout_s: f64,
+    /// Longest time to receive a request's headers, in seconds; past it the connection closes.
+    #[arg(long, env = "VIRTUALFIT_HEADER_TIMEOUT_S", default_value_t = 10.0, value_parser = positive_seconds)]
+    pub header_timeout_s: f64,
+    /// Most open connections on the API port; more are closed at once. The metrics port keeps
+    /// its own small allowance, so liveness stays answerable there.
+    #[arg(long, env = "VIRTUALFIT_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
     /// Longest time to finish admitted requests after SIGTERM/SIGINT, in seconds.
     #[arg(long, env = "VIRTUALFIT_DRAIN_TIMEOUT_S", default_value_t = 25.0)]
     pub drain_timeout_s: f64,
@@ -88,24 +129,61 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "VIRTUALFIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Also serve /metrics on this address (for a NetworkPolicy that only lets monitoring in).
+    /// Serve /metrics, /livez and /readyz on this address instead of the API port (for a
+    /// NetworkPolicy that lets only monitoring and the kubelet in).
     #[arg(long, env = "VIRTUALFIT_METRICS_BIND")]
     pub metrics_bind: Option<SocketAddr>,
 }
 
 impl ServeArgs {
-    pub fn batcher_config(&self) -> BatcherConfig {
-        BatcherConfig {
-            max_batch_size: self.max_batch_size as usize,
-            max_batch_delay: Duration::from_millis(self.max_batch_delay_ms),
-            queue_capacity: self.queue_capacity as usize,
-            request_timeout: seconds(self.request_timeout_s),
-        }
-    }
-
     pub fn drain_timeout(&self) -> Duration {
         seconds(self.drain_timeout_s)
     }
+
+    pub fn body_timeout(&self) -> Duration {
+        seconds(self.body_timeout_s)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        seconds(self.header_timeout_s)
+    }
+}
+
+/// A duration flag that must be more than zero (0 would refuse every request).
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("must be a number of seconds above 0, got {v}"))
+    }
+}
+
+/// A size in bytes: a number with an optional unit (`4GiB`, `512MiB`, `1000000`).
+fn byte_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 4GiB, 512MiB)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "ki" => 1 << 10,
+        "mib" | "mi" => 1 << 20,
+        "gib" | "gi" => 1 << 30,
+        "kb" | "k" => 1_000,
+        "mb" | "m" => 1_000_000,
+        "gb" | "g" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` (use B, KiB, MiB, GiB)"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("`{s}` is not a usable size"))
 }
 
 /// Seconds from a flag: negative or NaN is 0, and anything over a day is a day.
@@ -114,5 +192,24 @@ fn seconds(v: f64) -> Duration {
         Duration::ZERO
     } else {
         Duration::from_secs_f64(v.min(86_400.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse_with_units_and_refuse_nonsense() {
+        assert_eq!(byte_size("4GiB"), Ok(4 << 30));
+        assert_eq!(byte_size("512 MiB"), Ok(512 << 20));
+        assert_eq!(byte_size("1000"), Ok(1000));
+        assert!(byte_size("0").is_err());
+        assert!(byte_size("lots").is_err());
+        assert!(byte_size("99999999999GiB").is_err());
+        assert_eq!(positive_seconds("0.5"), Ok(0.5));
+        assert!(positive_seconds("0").is_err());
+        assert!(positive_seconds("-1").is_err());
+        assert!(positive_seconds("NaN").is_err());
     }
 }

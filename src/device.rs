@@ -13,12 +13,46 @@ pub enum DeviceError {
     CudaOpen { ordinal: usize, reason: String },
 }
 
-/// Opens the device named by `spec`; `auto` falls back to the CPU when no CUDA device opens.
-pub fn select(spec: &str) -> Result<Device, DeviceError> {
-    let spec = spec.trim().to_ascii_lowercase();
-    match spec.as_str() {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => {
+/// A device as the command line names it: `auto`, `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// CUDA device 0 when the binary has CUDA and the device opens, else the CPU.
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let spec = s.trim().to_ascii_lowercase();
+        match spec.as_str() {
+            "auto" => Ok(DeviceSpec::Auto),
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
+                _ => Err(DeviceError::Unknown(crate::api::echo(s))),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Auto => f.write_str("auto"),
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Opens the device; `auto` falls back to the CPU when no CUDA device opens.
+pub fn select(spec: DeviceSpec) -> Result<Device, DeviceError> {
+    match spec {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Auto => {
             if cfg!(feature = "cuda") {
                 match open_cuda(0) {
                     Ok(d) => {
@@ -34,11 +68,7 @@ pub fn select(spec: &str) -> Result<Device, DeviceError> {
             }
             Ok(Device::Cpu)
         }
-        "cuda" => open_cuda(0),
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => open_cuda(n),
-            _ => Err(DeviceError::Unknown(spec.clone())),
-        },
+        DeviceSpec::Cuda(n) => open_cuda(n),
     }
 }
 
@@ -75,18 +105,24 @@ pub fn name(device: &Device) -> String {
 mod tests {
     use super::*;
 
+    fn parse(s: &str) -> Result<DeviceSpec, DeviceError> {
+        s.parse()
+    }
+
     #[test]
     fn cpu_and_auto_open_here() {
-        assert!(matches!(select("cpu"), Ok(Device::Cpu)));
-        assert!(select("auto").is_ok());
-        assert!(matches!(select("tpu"), Err(DeviceError::Unknown(_))));
-        assert!(matches!(select("cuda:x"), Err(DeviceError::Unknown(_))));
+        assert!(matches!(select(DeviceSpec::Cpu), Ok(Device::Cpu)));
+        assert!(select(DeviceSpec::Auto).is_ok());
+        assert!(matches!(parse("tpu"), Err(DeviceError::Unknown(_))));
+        assert!(matches!(parse("cuda:x"), Err(DeviceError::Unknown(_))));
+        assert_eq!(parse(" CUDA:2").expect("parses"), DeviceSpec::Cuda(2));
+        assert_eq!(parse("cuda").expect("parses").to_string(), "cuda:0");
     }
 
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn cuda_without_the_feature_is_a_clear_error() {
-        let e = select("cuda:1").expect_err("no CUDA here");
+        let e = select(DeviceSpec::Cuda(1)).expect_err("no CUDA here");
         assert!(e.to_string().contains("--features cuda"), "{e}");
     }
 }

@@ -1,9 +1,14 @@
 //! Request errors and the one place they become HTTP answers
-//! (`{"error": code, "message": sentence}`, as in the contract).
+//! (`{"error": code, "message": sentence}`, as in the contract): the `From` conversions from the
+//! lower layers' errors, the status and code of each, and the rejection reason it counts as.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+
+use crate::batcher::{AdmitError, JobError};
+use crate::imaging::ImageError;
+use crate::metrics::RejectReason;
 
 /// Every way a request can fail, each with its status and contract code.
 #[derive(Debug, thiserror::Error)]
@@ -12,14 +17,18 @@ pub enum ApiError {
     BadRequest(String),
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    #[error("the request body did not arrive within {timeout_s} s")]
+    BodyTimeout { timeout_s: f64 },
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
     InvalidImage(String),
-    #[error("the queue is full; retry in {retry_after_s} s")]
+    #[error("the server is busy; retry in {retry_after_s} s")]
     Overloaded { retry_after_s: u64 },
+    #[error("the server is draining before shutdown")]
+    Draining { retry_after_s: u64 },
     #[error("{reason}")]
     Unavailable { reason: String, retry_after_s: u64 },
     #[error("the request waited {waited_ms} ms, past the {timeout_ms} ms deadline, before its batch ran")]
@@ -28,10 +37,13 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    message: String,
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The machine-readable code.
+    #[schema(example = "invalid_image")]
+    pub error: String,
+    /// A sentence for people.
+    pub message: String,
 }
 
 impl ApiError {
@@ -39,11 +51,14 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InvalidImage(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Draining { .. } | ApiError::Unavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -54,21 +69,92 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::BodyTimeout { .. } => "request_timeout",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::InvalidImage(_) => "invalid_image",
             ApiError::Overloaded { .. } => "overloaded",
-            ApiError::Unavailable { .. } => "unavailable",
+            ApiError::Draining { .. } | ApiError::Unavailable { .. } => "unavailable",
             ApiError::DeadlineExceeded { .. } => "deadline_exceeded",
             ApiError::Internal(_) => "internal",
         }
     }
 
+    /// Every code [`ApiError::code`] can answer, for the OpenAPI document.
+    pub const CODES: &'static [&'static str] = &[
+        "bad_request",
+        "unauthorized",
+        "request_timeout",
+        "payload_too_large",
+        "unsupported_media_type",
+        "invalid_image",
+        "overloaded",
+        "unavailable",
+        "deadline_exceeded",
+        "internal",
+    ];
+
+    /// How `virtualfit_rejected_requests_total` counts this answer, if it counts it at all.
+    pub fn reject_reason(&self) -> Option<RejectReason> {
+        match self {
+            ApiError::BadRequest(_)
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::UnsupportedMediaType(_)
+            | ApiError::InvalidImage(_) => Some(RejectReason::Invalid),
+            ApiError::BodyTimeout { .. } => Some(RejectReason::BodyTimeout),
+            ApiError::Overloaded { .. } => Some(RejectReason::QueueFull),
+            ApiError::Draining { .. } => Some(RejectReason::Draining),
+            ApiError::DeadlineExceeded { .. } => Some(RejectReason::Deadline),
+            ApiError::Unauthorized | ApiError::Unavailable { .. } | ApiError::Internal(_) => None,
+        }
+    }
+
     fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::Overloaded { retry_after_s } => Some(*retry_after_s),
-            ApiError::Unavailable { retry_after_s, .. } => Some(*retry_after_s),
+            ApiError::Overloaded { retry_after_s }
+            | ApiError::Draining { retry_after_s }
+            | ApiError::Unavailable { retry_after_s, .. } => Some(*retry_after_s),
             _ => None,
+        }
+    }
+
+    /// Whether the connection should close after this answer: the request's body may be
+    /// left partly unread, and a client that is still sending it must not meet a reset.
+    fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ApiError::BodyTimeout { .. } | ApiError::PayloadTooLarge { .. }
+        )
+    }
+}
+
+impl From<ImageError> for ApiError {
+    fn from(e: ImageError) -> Self {
+        match e {
+            ImageError::Unsupported(m) => ApiError::UnsupportedMediaType(m),
+            ImageError::Invalid(m) => ApiError::InvalidImage(m),
+        }
+    }
+}
+
+impl From<AdmitError> for ApiError {
+    fn from(e: AdmitError) -> Self {
+        match e {
+            AdmitError::QueueFull { retry_after_s } => ApiError::Overloaded { retry_after_s },
+            AdmitError::Draining { retry_after_s } => ApiError::Draining { retry_after_s },
+        }
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        match e {
+            JobError::Deadline { waited, timeout } => ApiError::DeadlineExceeded {
+                waited_ms: waited.as_millis() as u64,
+                timeout_ms: timeout.as_millis() as u64,
+            },
+            JobError::ShutDown => ApiError::Draining { retry_after_s: 1 },
+            JobError::Model(m) => ApiError::Internal(format!("model failure: {m}")),
         }
     }
 }
@@ -77,20 +163,64 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = ErrorBody {
-            error: self.code(),
+            error: self.code().to_string(),
             message: self.to_string(),
         };
         let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
         if let Some(secs) = self.retry_after() {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         if matches!(self, ApiError::Unauthorized) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.closes_connection() {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_listed_once() {
+        let errors = [
+            ApiError::BadRequest(String::new()),
+            ApiError::Unauthorized,
+            ApiError::BodyTimeout { timeout_s: 1.0 },
+            ApiError::PayloadTooLarge { limit: 1 },
+            ApiError::UnsupportedMediaType(String::new()),
+            ApiError::InvalidImage(String::new()),
+            ApiError::Overloaded { retry_after_s: 1 },
+            ApiError::Draining { retry_after_s: 1 },
+            ApiError::DeadlineExceeded {
+                waited_ms: 1,
+                timeout_ms: 1,
+            },
+            ApiError::Internal(String::new()),
+        ];
+        for e in &errors {
+            assert!(ApiError::CODES.contains(&e.code()), "{}", e.code());
+        }
+        let mut codes: Vec<_> = errors.iter().map(ApiError::code).collect();
+        codes.dedup();
+        assert_eq!(codes.len(), ApiError::CODES.len());
+    }
+
+    #[test]
+    fn admission_and_job_errors_keep_their_meaning() {
+        let e: ApiError = AdmitError::QueueFull { retry_after_s: 7 }.into();
+        assert_eq!(
+            (e.status(), e.retry_after()),
+            (StatusCode::TOO_MANY_REQUESTS, Some(7))
+        );
+        assert_eq!(e.reject_reason(), Some(RejectReason::QueueFull));
+        let e: ApiError = JobError::ShutDown.into();
+        assert_eq!(e.reject_reason(), Some(RejectReason::Draining));
+        let e: ApiError = ImageError::Unsupported("gif".into()).into();
+        assert_eq!(e.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
 }

@@ -27,7 +27,7 @@ pub const U8_AGREEMENT: f64 = 0.999;
 pub struct GpuCheckArgs {
     /// The GPU to check.
     #[arg(long, default_value = "cuda:0")]
-    pub device: String,
+    pub device: crate::device::DeviceSpec,
     /// DM-VTON checkpoints (dmvton_pf_warp.pt, dmvton_pf_gen.pt) for the parity run and timings.
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
@@ -347,7 +347,7 @@ pub fn time_forward(
 
 /// `virtualfit gpu-check`.
 pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
-    let gpu = crate::device::select(&args.device)?;
+    let gpu = crate::device::select(args.device)?;
     if gpu.is_cpu() {
         bail!("gpu-check needs a GPU device, got the CPU");
     }
@@ -475,7 +475,7 @@ mod tests {
     #[test]
     fn gpu_check_refuses_the_cpu() {
         let args = GpuCheckArgs {
-            device: "cpu".into(),
+            device: crate::device::DeviceSpec::Cpu,
             model_dir: None,
             parity: None,
             batch_sizes: vec![1],

@@ -10,7 +10,8 @@ use image::{
     Rgb, RgbImage,
 };
 
-use crate::models::{MODEL_HEIGHT, MODEL_WIDTH};
+pub use crate::models::input::{PreparedPair, Rect};
+use crate::models::input::{MODEL_HEIGHT, MODEL_WIDTH};
 
 /// Why an uploaded image cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -80,38 +81,147 @@ pub fn sniff_format(bytes: &[u8]) -> Result<ImageFormat, ImageError> {
     }
 }
 
-/// Decodes a JPEG, PNG or WebP image to RGB, applying its EXIF orientation.
-///
-/// The pixel count is read from the header and checked against `max_pixels` before any pixel
-/// buffer is allocated.
-pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
+/// The longest side accepted, in pixels, whatever the pixel count.
+pub const MAX_SIDE: u64 = 16_384;
+/// The most elongated shape accepted (long side over short side). Photos of people and garments
+/// are far from it; a 36,000,000×1 image, whose area passes the pixel limit, is not.
+pub const MAX_ASPECT_RATIO: u64 = 16;
+
+/// What the header of an uploaded image says, read before any pixel is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub format: ImageFormat,
+    /// Stored size (before the EXIF orientation is applied).
+    pub width: u32,
+    pub height: u32,
+    /// Bytes of the decoder's own pixel buffer at the stored size (e.g. 8 for 16-bit RGBA).
+    pub bytes_per_pixel: u64,
+}
+
+impl Probe {
+    /// The size the decoder will produce: JPEGs are decoded with DCT scaling straight to the
+    /// smallest size that still covers the model frame; other formats at their stored size.
+    pub fn decoded_size(&self) -> (u32, u32) {
+        if self.format != ImageFormat::Jpeg {
+            return (self.width, self.height);
+        }
+        let factor = jpeg_scale_factor(self.width, self.height);
+        (self.width.div_ceil(factor), self.height.div_ceil(factor))
+    }
+
+    /// An upper bound of the memory decoding and fitting this image takes at its peak: the
+    /// decoder's buffer, its RGB copy, and the resize's intermediate rows.
+    pub fn decode_bytes(&self) -> u64 {
+        let (w, h) = self.decoded_size();
+        let pixels = u64::from(w) * u64::from(h);
+        let resize_rows = u64::from(w.max(h)) * MODEL_HEIGHT as u64 * 4 * 4;
+        pixels * self.bytes_per_pixel.max(3) + pixels * 3 + resize_rows
+    }
+}
+
+/// The JPEG DCT scale (1, 2, 4 or 8) that keeps the decoded image at least as large as the
+/// model frame in both directions, whatever its orientation.
+fn jpeg_scale_factor(w: u32, h: u32) -> u32 {
+    let (long, short) = (w.max(h), w.min(h));
+    let need_long = MODEL_HEIGHT as u32;
+    let need_short = MODEL_WIDTH as u32;
+    [8, 4, 2]
+        .into_iter()
+        .find(|f| long / f >= need_long && short / f >= need_short)
+        .unwrap_or(1)
+}
+
+/// Reads an image's header and checks it against the limits: format, completeness (JPEG),
+/// zero size, each side, the aspect ratio and the pixel count. Nothing is decoded.
+pub fn probe(bytes: &[u8], max_pixels: u64) -> Result<Probe, ImageError> {
     let format = sniff_format(bytes)?;
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         return Err(ImageError::Invalid(
             "the JPEG is truncated (no end-of-image marker)".into(),
         ));
     }
-    // The size comes from the header alone, before any decoder state or pixel buffer exists.
+    // The size comes from the header alone, before any decoder state exists.
     if let Ok(size) = imagesize::blob_size(bytes) {
         check_size(size.width as u64, size.height as u64, max_pixels)?;
     }
     let invalid = |e: image::ImageError| ImageError::Invalid(format!("cannot decode image: {e}"));
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let decoder = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_decoder()
+        .map_err(invalid)?;
+    let (width, height) = decoder.dimensions();
+    check_size(width.into(), height.into(), max_pixels)?;
+    Ok(Probe {
+        format,
+        width,
+        height,
+        bytes_per_pixel: u64::from(decoder.color_type().bytes_per_pixel()),
+    })
+}
+
+/// Decodes a JPEG, PNG or WebP image to RGB, applying its EXIF orientation.
+///
+/// The header is checked first ([`probe`]), so no pixel buffer is allocated for an image over
+/// the limits. JPEGs larger than twice the model frame are decoded at a reduced size.
+pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
+    decode_probed(bytes, &probe(bytes, max_pixels)?)
+}
+
+/// Decodes an image whose header [`probe`] has accepted.
+pub fn decode_probed(bytes: &[u8], probe: &Probe) -> Result<RgbImage, ImageError> {
+    let invalid = |e: image::ImageError| ImageError::Invalid(format!("cannot decode image: {e}"));
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), probe.format);
     let mut limits = image::Limits::default();
-    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(64 << 20));
+    limits.max_alloc = Some(probe.decode_bytes().max(64 << 20));
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(invalid)?;
-    let (w, h) = decoder.dimensions();
-    check_size(w.into(), h.into(), max_pixels)?;
     let orientation = decoder.orientation().map_err(invalid)?;
-    let mut img = DynamicImage::from_decoder(decoder).map_err(invalid)?;
+    let mut img = if probe.decoded_size() != (probe.width, probe.height) {
+        match decode_jpeg_scaled(bytes, probe) {
+            Some(img) => DynamicImage::ImageRgb8(img),
+            None => DynamicImage::from_decoder(decoder).map_err(invalid)?,
+        }
+    } else {
+        DynamicImage::from_decoder(decoder).map_err(invalid)?
+    };
     img.apply_orientation(orientation);
     Ok(img.to_rgb8())
+}
+
+/// A JPEG decoded with DCT scaling to [`Probe::decoded_size`]; `None` where the scaled decoder
+/// does not apply (CMYK, or an error it reports), and the full-size decoder takes over.
+fn decode_jpeg_scaled(bytes: &[u8], probe: &Probe) -> Option<RgbImage> {
+    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    decoder.read_info().ok()?;
+    let (want_w, want_h) = probe.decoded_size();
+    let (w, h) = decoder
+        .scale(u16::try_from(want_w).ok()?, u16::try_from(want_h).ok()?)
+        .ok()?;
+    let pixels = decoder.decode().ok()?;
+    let info = decoder.info()?;
+    let (w, h) = (u32::from(w), u32::from(h));
+    match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => RgbImage::from_raw(w, h, pixels),
+        jpeg_decoder::PixelFormat::L8 => {
+            let gray = GrayImage::from_raw(w, h, pixels)?;
+            Some(DynamicImage::ImageLuma8(gray).to_rgb8())
+        }
+        _ => None,
+    }
 }
 
 fn check_size(w: u64, h: u64, max_pixels: u64) -> Result<(), ImageError> {
     if w == 0 || h == 0 {
         return Err(ImageError::Invalid("the image has zero size".into()));
+    }
+    if w > MAX_SIDE || h > MAX_SIDE {
+        return Err(ImageError::Invalid(format!(
+            "the image is {w}x{h}; each side must be at most {MAX_SIDE} pixels"
+        )));
+    }
+    if w.max(h) > w.min(h) * MAX_ASPECT_RATIO {
+        return Err(ImageError::Invalid(format!(
+            "the image is {w}x{h}; its sides may differ by a factor of at most {MAX_ASPECT_RATIO}"
+        )));
     }
     let pixels = w.saturating_mul(h);
     if pixels > max_pixels {
@@ -137,15 +247,6 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 pub fn decode_mask(bytes: &[u8], max_pixels: u64) -> Result<GrayImage, ImageError> {
     let rgb = decode(bytes, max_pixels)?;
     Ok(DynamicImage::ImageRgb8(rgb).to_luma8())
-}
-
-/// The part of a fitted image that holds the original picture (the rest is padding).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rect {
-    pub x: u32,
-    pub y: u32,
-    pub width: u32,
-    pub height: u32,
 }
 
 /// Where a `w×h` picture lands inside the model frame when fitted keeping its aspect ratio.
@@ -187,15 +288,19 @@ pub fn fit(img: &RgbImage) -> (RgbImage, Rect) {
     )
 }
 
-/// Fits a garment mask the same way as its garment photo (`garment_size`), padding with 0.
+/// Fits a garment mask into the place its garment photo (`garment_size`) takes in the model
+/// frame, padding with 0. The mask is resized straight to that place, never to the garment's
+/// own size, which the client chooses.
 pub fn fit_mask(mask: &GrayImage, garment_size: (u32, u32)) -> GrayImage {
-    let (gw, gh) = garment_size;
-    let mask = if mask.dimensions() != (gw, gh) {
-        image::imageops::resize(mask, gw, gh, FilterType::Triangle)
-    } else {
+    let rect = fit_rect(garment_size.0, garment_size.1);
+    let resized = if mask.dimensions() == (rect.width, rect.height) {
         mask.clone()
+    } else {
+        image::imageops::resize(mask, rect.width, rect.height, FilterType::Triangle)
     };
-    fit_into(&mask, fit_rect(gw, gh), Luma([0]), FilterType::Triangle)
+    let mut out = GrayImage::from_pixel(MODEL_WIDTH as u32, MODEL_HEIGHT as u32, Luma([0]));
+    image::imageops::replace(&mut out, &resized, rect.x.into(), rect.y.into());
+    out
 }
 
 /// An RGB image as an 8-bit `H×W×3` tensor (the batcher converts batches on the device).
@@ -384,19 +489,6 @@ fn keep_large_components(mask: &[bool], w: usize, h: usize, min_size: usize) -> 
     keep
 }
 
-/// One request's inputs, fitted to the model frame, as 8-bit `H×W×C` CPU tensors.
-#[derive(Debug, Clone)]
-pub struct PreparedPair {
-    /// `H×W×3`.
-    pub person: Tensor,
-    /// `H×W×3`.
-    pub cloth: Tensor,
-    /// `H×W×1`, white = garment.
-    pub cloth_mask: Tensor,
-    /// Where the person picture lies in the frame; the answer is cropped to it.
-    pub content: Rect,
-}
-
 /// Decodes and prepares a person/garment pair (and the optional garment mask).
 pub fn prepare_pair(
     person: &[u8],
@@ -420,16 +512,46 @@ pub fn prepare_decoded(
     cloth: &RgbImage,
     mask: Option<&GrayImage>,
 ) -> candle_core::Result<PreparedPair> {
-    let (person_fit, content) = fit(person);
+    let person = fit(person);
     let (cloth_fit, _) = fit(cloth);
-    let mask_fit = match mask {
-        Some(m) => fit_mask(m, cloth.dimensions()),
-        None => cloth_mask(&cloth_fit),
-    };
+    let mask_fit = mask.map(|m| fit_mask(m, cloth.dimensions()));
+    prepare_fitted(person, cloth_fit, mask_fit)
+}
+
+/// Decodes an accepted image and fits it into the model frame; answers the frame, where the
+/// picture lies in it, and the decoded size. The full-size pixels are gone when it returns.
+pub fn decode_and_fit(
+    bytes: &[u8],
+    probe: &Probe,
+) -> Result<(RgbImage, Rect, (u32, u32)), ImageError> {
+    let img = decode_probed(bytes, probe)?;
+    let size = img.dimensions();
+    let (fitted, rect) = fit(&img);
+    Ok((fitted, rect, size))
+}
+
+/// Decodes an accepted mask and fits it where its garment (decoded at `garment_size`) lies.
+pub fn decode_mask_and_fit(
+    bytes: &[u8],
+    probe: &Probe,
+    garment_size: (u32, u32),
+) -> Result<GrayImage, ImageError> {
+    let mask = DynamicImage::ImageRgb8(decode_probed(bytes, probe)?).to_luma8();
+    Ok(fit_mask(&mask, garment_size))
+}
+
+/// Builds a request's inputs from fitted pictures; without a mask, it is computed from the
+/// fitted garment photo.
+pub fn prepare_fitted(
+    (person, content): (RgbImage, Rect),
+    cloth: RgbImage,
+    mask: Option<GrayImage>,
+) -> candle_core::Result<PreparedPair> {
+    let mask = mask.unwrap_or_else(|| cloth_mask(&cloth));
     Ok(PreparedPair {
-        person: rgb_to_tensor(person_fit)?,
-        cloth: rgb_to_tensor(cloth_fit)?,
-        cloth_mask: mask_to_tensor(mask_fit)?,
+        person: rgb_to_tensor(person)?,
+        cloth: rgb_to_tensor(cloth)?,
+        cloth_mask: mask_to_tensor(mask)?,
         content,
     })
 }

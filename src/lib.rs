@@ -3,6 +3,7 @@
 //! The router side (HTTP, admission, batching, metrics) lives in [`server`], [`batcher`] and
 //! [`metrics`]; the models and their ops in [`models`] and [`ops`].
 
+pub mod api;
 pub mod batcher;
 pub mod bench;
 pub mod cli;
@@ -15,7 +16,6 @@ pub mod imaging;
 pub mod metrics;
 pub mod metrics_text;
 pub mod models;
-pub mod openapi;
 pub mod ops;
 pub mod plotting;
 pub mod server;

@@ -18,6 +18,9 @@ pub const BACKLOG_SECONDS: &str = "virtualfit_backlog_seconds";
 pub const MODEL_INFO: &str = "virtualfit_model_info";
 pub const OOM_RECOVERIES_TOTAL: &str = "virtualfit_oom_recoveries_total";
 pub const BATCH_CAP: &str = "virtualfit_effective_max_batch_size";
+pub const OPEN_CONNECTIONS: &str = "virtualfit_open_connections";
+pub const CONNECTIONS_CLOSED_TOTAL: &str = "virtualfit_connections_closed_total";
+pub const DECODE_MEMORY: &str = "virtualfit_decode_memory_bytes";
 pub const GPU_UTILIZATION: &str = "virtualfit_gpu_utilization_ratio";
 pub const GPU_MEMORY_USED: &str = "virtualfit_gpu_memory_used_bytes";
 pub const GPU_MEMORY_TOTAL: &str = "virtualfit_gpu_memory_total_bytes";
@@ -53,15 +56,18 @@ pub enum RejectReason {
     Deadline,
     Cancelled,
     Invalid,
+    /// The body did not arrive within `--body-timeout-s`.
+    BodyTimeout,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 5] = [
+    pub const ALL: [RejectReason; 6] = [
         RejectReason::QueueFull,
         RejectReason::Draining,
         RejectReason::Deadline,
         RejectReason::Cancelled,
         RejectReason::Invalid,
+        RejectReason::BodyTimeout,
     ];
 
     pub fn label(self) -> &'static str {
@@ -71,6 +77,30 @@ impl RejectReason {
             RejectReason::Deadline => "deadline",
             RejectReason::Cancelled => "cancelled",
             RejectReason::Invalid => "invalid",
+            RejectReason::BodyTimeout => "body_timeout",
+        }
+    }
+}
+
+/// Why the server closed a client connection on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionClose {
+    /// Accepted past `--max-connections` and closed at once.
+    MaxConnections,
+    /// The request headers did not arrive within the header timeout.
+    HeaderTimeout,
+}
+
+impl ConnectionClose {
+    pub const ALL: [ConnectionClose; 2] = [
+        ConnectionClose::MaxConnections,
+        ConnectionClose::HeaderTimeout,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnectionClose::MaxConnections => "max_connections",
+            ConnectionClose::HeaderTimeout => "header_timeout",
         }
     }
 }
@@ -91,6 +121,9 @@ pub struct Metrics {
     pub model_info: GaugeVec,
     pub oom_recoveries_total: prometheus::IntCounter,
     pub batch_cap: IntGauge,
+    pub open_connections: IntGauge,
+    pub connections_closed_total: IntCounterVec,
+    pub decode_memory: IntGauge,
     pub gpu: GaugeVecs,
 }
 
@@ -226,6 +259,30 @@ impl Metrics {
                 )
                 .expect("valid gauge"),
             ),
+            open_connections: register(
+                r,
+                IntGauge::new(OPEN_CONNECTIONS, "Open client connections on the API port.")
+                    .expect("valid gauge"),
+            ),
+            connections_closed_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        CONNECTIONS_CLOSED_TOTAL,
+                        "Connections the server closed on its own, by reason.",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid counter"),
+            ),
+            decode_memory: register(
+                r,
+                IntGauge::new(
+                    DECODE_MEMORY,
+                    "Bytes of the decode budget held by images being decoded.",
+                )
+                .expect("valid gauge"),
+            ),
             gpu: GaugeVecs {
                 utilization: gpu_gauge(GPU_UTILIZATION, "GPU utilization, 0 to 1."),
                 memory_used: gpu_gauge(GPU_MEMORY_USED, "GPU memory in use, bytes."),
@@ -237,6 +294,11 @@ impl Metrics {
         };
         for reason in RejectReason::ALL {
             metrics.rejected_total.with_label_values(&[reason.label()]);
+        }
+        for reason in ConnectionClose::ALL {
+            metrics
+                .connections_closed_total
+                .with_label_values(&[reason.label()]);
         }
         metrics
     }
@@ -252,6 +314,12 @@ impl Metrics {
         ] {
             let _ = self.registry.register(Box::new(g.clone()));
         }
+    }
+
+    pub fn close_connection(&self, reason: ConnectionClose) {
+        self.connections_closed_total
+            .with_label_values(&[reason.label()])
+            .inc();
     }
 
     pub fn reject(&self, reason: RejectReason) {

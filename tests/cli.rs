@@ -108,7 +108,7 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
                 "--model".into(),
                 "nope".into(),
             ],
-            "unknown model",
+            "invalid value 'nope' for '--model",
         ),
     ];
     for (args, expected) in cases {
@@ -122,4 +122,16 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
         !std::path::Path::new(&out).exists(),
         "nothing written on failure"
     );
+}
+
+#[test]
+fn serve_refuses_a_zero_request_timeout_at_start() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_virtualfit"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--request-timeout-s", "0"])
+        .output()
+        .expect("run virtualfit");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--request-timeout-s"), "{err}");
+    assert!(err.contains("above 0"), "{err}");
 }

@@ -3,65 +3,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::child::ChildServer;
 use common::*;
-
-/// Starts `virtualfit serve` on a free port and answers the child and its base URL.
-fn spawn_server(extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_virtualfit"))
-        .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "text"])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the binary starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("listening addr=").nth(1) {
-                let addr = addr.split_whitespace().next().unwrap_or("").to_string();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server logs its address");
-    (child, format!("http://{addr}"))
-}
-
-async fn wait_ready(base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(r) = client().get(format!("{base}/readyz")).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the server never became ready");
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn sigterm_answers_every_admitted_request_and_exits_zero() {
     // Batches wait up to 1.5 s to fill, so admitted requests are still queued at SIGTERM.
-    let (mut child, base) =
-        spawn_server(&["--max-batch-size", "16", "--max-batch-delay-ms", "1500"]);
-    wait_ready(&base).await;
+    let mut child = ChildServer::start(&["--max-batch-size", "16", "--max-batch-delay-ms", "1500"]);
+    child.wait_ready().await;
+    let base = child.base.clone();
     let load: Vec<_> = (0..8)
         .map(|i| {
             let base = base.clone();
@@ -85,7 +38,7 @@ async fn sigterm_answers_every_admitted_request_and_exits_zero() {
         assert!(Instant::now() < deadline, "requests were not admitted");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    sigterm(&child);
+    child.sigterm();
 
     // Readiness turns 503 at once, and new work is refused with 503 while the queue drains.
     let mut saw_unready = false;
@@ -120,21 +73,26 @@ async fn sigterm_answers_every_admitted_request_and_exits_zero() {
             .expect("every admitted request is answered");
         assert_eq!(status, 200);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the process did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = child
+        .wait_exit(Duration::from_secs(10))
+        .expect("the process exits");
     assert!(status.success(), "exit status {status:?}");
+    // Each refusal while draining is one line at INFO, not a warning or an error.
+    let loud: Vec<String> = child
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))
+        .collect();
+    assert!(
+        loud.is_empty(),
+        "warnings or errors while draining: {loud:?}"
+    );
 }
 
 #[tokio::test]
 async fn drain_timeout_answers_the_rest_and_exits_zero() {
     // The batch would wait 20 s, longer than the 0.5 s drain timeout.
-    let (mut child, base) = spawn_server(&[
+    let mut child = ChildServer::start(&[
         "--max-batch-size",
         "16",
         "--max-batch-delay-ms",
@@ -142,7 +100,8 @@ async fn drain_timeout_answers_the_rest_and_exits_zero() {
         "--drain-timeout-s",
         "0.5",
     ]);
-    wait_ready(&base).await;
+    child.wait_ready().await;
+    let base = child.base.clone();
     let pending = {
         let base = base.clone();
         tokio::spawn(async move {
@@ -159,19 +118,45 @@ async fn drain_timeout_answers_the_rest_and_exits_zero() {
         assert!(Instant::now() < deadline, "not admitted");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let started = Instant::now();
-    sigterm(&child);
+    child.sigterm();
     let status = pending.await.expect("task").expect("answered, not dropped");
     assert_eq!(status, 503, "what could not run in time is answered 503");
-    let exit = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the process did not exit"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let exit = child
+        .wait_exit(Duration::from_secs(10))
+        .expect("the process exits");
+    assert!(exit.success());
+}
+
+#[tokio::test]
+async fn a_request_still_uploading_at_sigterm_gets_an_answer() {
+    let mut child = ChildServer::start(&["--drain-timeout-s", "2"]);
+    child.wait_ready().await;
+    let addr = child.addr().to_string();
+    // Headers and the start of a body that never finishes.
+    let mut s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /tryon HTTP/1.1\r\nhost: {addr}\r\ncontent-type: multipart/form-data; boundary=XYZ\r\ncontent-length: 100000\r\n\r\n--XYZ\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    // Let the handler start reading the body before the signal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    child.sigterm();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("answered before the drain ends")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 503"), "got {answer:?}");
+    println!(
+        "mid-upload request answered 503 after {:?}",
+        started.elapsed()
+    );
+    let exit = child
+        .wait_exit(Duration::from_secs(10))
+        .expect("the process exits");
     assert!(exit.success());
 }

@@ -481,10 +481,11 @@ async fn health_models_and_openapi() {
 
 #[tokio::test]
 async fn metrics_follow_the_contract_and_pass_promtool() {
-    let (_server, base) = start(&["--metrics-bind", "127.0.0.1:0"]).await;
+    let (server, base) = start(&["--metrics-bind", "127.0.0.1:0"]).await;
     assert_still_serves(&base).await;
     let _ = post(&base, Form::new()).await;
-    let text = metrics_text(&base).await;
+    let metrics_base = format!("http://{}", server.metrics_addr.expect("metrics port"));
+    let text = metrics_text(&metrics_base).await;
     let types = [
         ("virtualfit_queue_length", "gauge"),
         ("virtualfit_active_requests", "gauge"),
@@ -506,7 +507,14 @@ async fn metrics_follow_the_contract_and_pass_promtool() {
         );
     }
     assert!(text.contains("virtualfit_request_duration_seconds_bucket{code=\"200\",le=\"5\"}"));
-    for reason in ["queue_full", "draining", "deadline", "cancelled", "invalid"] {
+    for reason in [
+        "queue_full",
+        "draining",
+        "deadline",
+        "cancelled",
+        "invalid",
+        "body_timeout",
+    ] {
         assert!(text.contains(&format!(
             "virtualfit_rejected_requests_total{{reason=\"{reason}\"}}"
         )));
@@ -567,14 +575,29 @@ async fn metrics_bind_serves_metrics_on_its_own_port() {
         .send()
         .await
         .expect("answer");
-    assert_eq!(r.status(), 404, "only /metrics there");
+    assert_eq!(r.status(), 404, "no API there");
+    for probe in ["livez", "readyz"] {
+        let r = c
+            .get(format!("http://{addr}/{probe}"))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 200, "/{probe} on the metrics port");
+    }
+    let r = c
+        .get(format!("http://{}/metrics", server.addr))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 404, "/metrics is not on the API port");
 }
 
 #[tokio::test]
-async fn uploads_beyond_the_queue_capacity_are_refused_at_once() {
+async fn a_slow_upload_does_not_hold_the_queue() {
     use tokio::io::AsyncWriteExt;
     let (server, base) = start(&["--queue-capacity", "1"]).await;
-    // A client that announces a body and sends only part of it holds the only upload slot.
+    // A client that announces a body and sends only part of it holds no decoding slot: only
+    // the bytes it sent count against the budget of bodies in memory.
     let mut slow = tokio::net::TcpStream::connect(server.addr)
         .await
         .expect("connect");
@@ -584,27 +607,22 @@ async fn uploads_beyond_the_queue_capacity_are_refused_at_once() {
     );
     slow.write_all(head.as_bytes()).await.expect("write");
     slow.flush().await.expect("flush");
-    let mut refused = None;
-    for _ in 0..100 {
-        let r = post(&base, pair_form(0)).await;
-        if r.status() == 429 {
-            refused = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..3 {
+        assert_eq!(post(&base, pair_form(i)).await.status(), 200, "request {i}");
     }
-    let r = refused.expect("a second upload is refused while the slot is held");
-    assert!(r.headers().contains_key("retry-after"));
-    expect_error(r, 429, "overloaded").await;
     drop(slow);
-    // Once the slow client is gone the slot is free again.
-    let mut served = false;
-    for _ in 0..100 {
-        if post(&base, pair_form(0)).await.status() == 200 {
-            served = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(served, "the server serves again");
+}
+
+#[tokio::test]
+async fn lowercase_bearer_is_accepted() {
+    let (_server, base) = start(&["--api-key", "s3cret"]).await;
+    let r = client()
+        .post(format!("{base}/tryon"))
+        .header("authorization", "bearer s3cret")
+        .multipart(pair_form(0))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 200);
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{load_dataset, BenchError};
 use crate::config::ModelArgs;
 use crate::imaging;
-use crate::models::{self, TryOnBatch, MODEL_HEIGHT, MODEL_WIDTH};
+use crate::models::{TryOnBatch, MODEL_HEIGHT, MODEL_WIDTH};
 
 /// `virtualfit bench model`.
 #[derive(Debug, Clone, Args)]
@@ -95,7 +95,7 @@ fn inputs(args: &ModelBenchArgs, device: &Device) -> Result<TryOnBatch, BenchErr
 /// Times the forward passes.
 pub fn measure(args: &ModelBenchArgs) -> Result<ModelReport, BenchError> {
     let device = args.model.open_device()?;
-    let model = models::load(&args.model.model, args.model.model_dir.as_deref(), &device)?;
+    let model = args.model.load(&device)?;
     let batch = inputs(args, &device)?;
     let run = || -> Result<f64, BenchError> {
         let start = Instant::now();

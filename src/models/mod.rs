@@ -1,19 +1,47 @@
 //! The batched try-on model interface and the registry of models by name.
 
 pub mod dmvton;
+pub mod input;
 pub mod overlay;
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use crate::imaging::PreparedPair;
+pub use input::{PreparedPair, Rect, MODEL_HEIGHT, MODEL_WIDTH};
+
 use crate::ops::convert::{to_model_input, to_u8_images, InputKind};
 
-/// Model input height in pixels (the networks' native resolution).
-pub const MODEL_HEIGHT: usize = 256;
-/// Model input width in pixels.
-pub const MODEL_WIDTH: usize = 192;
+/// The models the server can run (`--model`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelKind {
+    /// Weight-free baseline: pastes the garment over the worn top with the person's shading.
+    Overlay,
+    /// DM-VTON; needs `--model-dir` with its two checkpoints.
+    Dmvton,
+}
+
+impl ModelKind {
+    pub const ALL: [ModelKind; 2] = [ModelKind::Overlay, ModelKind::Dmvton];
+
+    /// The registry name, as `--model` and `/v1/models` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Overlay => "overlay",
+            ModelKind::Dmvton => "dmvton",
+        }
+    }
+}
+
+impl std::str::FromStr for ModelKind {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ModelKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| ModelError::UnknownModel(crate::api::echo(s)))
+    }
+}
 
 /// Names accepted by `--model`, in the order `/v1/models` lists them.
 pub const MODEL_NAMES: &[&str] = &["overlay", "dmvton"];
@@ -75,6 +103,8 @@ pub enum ModelError {
     Checkpoint { path: PathBuf, reason: String },
     #[error("device out of memory: {0}")]
     OutOfMemory(String),
+    #[error("the model panicked: {0}")]
+    Panicked(String),
     #[error("{0}")]
     Candle(#[from] candle_core::Error),
 }
@@ -105,20 +135,43 @@ pub trait TryOnModel: Send {
     fn forward(&self, batch: &TryOnBatch) -> Result<Tensor, ModelError>;
 }
 
-/// Loads the model registered under `name`.
+/// Loads the model registered under `name` (see [`ModelKind`]).
 pub fn load(
     name: &str,
     model_dir: Option<&Path>,
     device: &Device,
 ) -> Result<Box<dyn TryOnModel>, ModelError> {
-    match name {
-        "overlay" => Ok(Box::new(overlay::OverlayModel::new(device.clone()))),
-        "dmvton" => {
+    load_kind(name.parse()?, model_dir, device)
+}
+
+/// Loads a model of the given kind.
+pub fn load_kind(
+    kind: ModelKind,
+    model_dir: Option<&Path>,
+    device: &Device,
+) -> Result<Box<dyn TryOnModel>, ModelError> {
+    match kind {
+        ModelKind::Overlay => Ok(Box::new(overlay::OverlayModel::new(device.clone()))),
+        ModelKind::Dmvton => {
             let dir = model_dir.ok_or_else(|| ModelError::MissingModelDir {
-                model: name.to_string(),
+                model: kind.name().to_string(),
             })?;
             Ok(Box::new(dmvton::DmVton::load(dir, device)?))
         }
-        other => Err(ModelError::UnknownModel(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_follow_the_kinds() {
+        let names: Vec<&str> = ModelKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names, MODEL_NAMES);
+        for name in MODEL_NAMES {
+            assert_eq!(name.parse::<ModelKind>().expect("parses").name(), *name);
+        }
+        assert!("x".repeat(1000).parse::<ModelKind>().is_err());
     }
 }

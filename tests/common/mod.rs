@@ -2,6 +2,8 @@
 //! multipart requests.
 #![allow(dead_code)]
 
+pub mod child;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

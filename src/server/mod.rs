@@ -1,0 +1,310 @@
+//! The HTTP server: starting it (model, listeners, worker), its shared state, and its end (the
+//! SIGTERM drain). Routes live in [`routes`], the try-on pipeline in [`tryon`] and [`upload`],
+//! connection bounds in [`listener`].
+
+pub mod auth;
+pub mod listener;
+pub mod openapi;
+pub mod readiness;
+pub mod request_id;
+pub mod routes;
+pub mod tryon;
+pub mod upload;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::HeaderValue;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::batcher::{Batcher, WorkerThread};
+use crate::config::ServeArgs;
+use crate::metrics::Metrics;
+use listener::ConnectionLimits;
+use readiness::Readiness;
+use upload::Budgets;
+
+pub use readiness::Phase;
+
+/// Connections the metrics port accepts at once; it serves monitoring and the kubelet's probes.
+const METRICS_MAX_CONNECTIONS: usize = 64;
+/// Share of the drain timeout kept, at the end, to answer what is left with 503 and close the
+/// listeners; at most [`DRAIN_RESERVE_MAX`].
+const DRAIN_RESERVE_SHARE: u32 = 5;
+const DRAIN_RESERVE_MAX: Duration = Duration::from_secs(1);
+/// The least time given to the listeners to close after the drain.
+const LISTENER_CLOSE_MIN: Duration = Duration::from_millis(200);
+
+/// State shared by all handlers; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    args: ServeArgs,
+    batcher: Batcher,
+    metrics: Metrics,
+    model: String,
+    device: String,
+    readiness: Readiness,
+    /// Requests decoding at once (the queue's capacity).
+    decoding: Arc<Semaphore>,
+    budgets: Budgets,
+    /// Every `/tryon` in progress, from the moment its handler runs.
+    in_flight: TaskTracker,
+    /// Cancelled when the drain's time is up: whatever is still in flight answers 503.
+    drain_deadline: CancellationToken,
+}
+
+/// Counts a request in `virtualfit_active_requests` from admission until it is answered (or
+/// its client leaves).
+struct ActiveGuard(Metrics);
+
+impl ActiveGuard {
+    fn new(metrics: &Metrics) -> Self {
+        metrics.active_requests.inc();
+        ActiveGuard(metrics.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active_requests.dec();
+    }
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// A running server.
+pub struct Server {
+    /// The address /tryon listens on.
+    pub addr: SocketAddr,
+    /// The metrics port, when `--metrics-bind` is set.
+    pub metrics_addr: Option<SocketAddr>,
+    state: AppState,
+    shutdown: CancellationToken,
+    listeners: TaskTracker,
+    worker: Option<WorkerThread>,
+}
+
+impl Server {
+    /// Loads the model, binds the listeners and starts serving; the model warms up in the
+    /// background (`/readyz` turns 200 when it is done).
+    pub async fn start(args: ServeArgs) -> anyhow::Result<Server> {
+        let device = args.model.open_device()?;
+        let device_name = crate::device::name(&device);
+        let model_args = args.model.clone();
+        let model = tokio::task::spawn_blocking(move || model_args.load(&device))
+            .await
+            .context("model loading panicked")??;
+        let model_name = model.name().to_string();
+        let metrics = Metrics::new();
+        metrics
+            .model_info
+            .with_label_values(&[&model_name, &device_name])
+            .set(1.0);
+        crate::gpu::start_monitor(&metrics, &device_name);
+
+        let listener = TcpListener::bind(args.bind)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.bind))?;
+        let addr = listener.local_addr()?;
+        let metrics_listener = match args.metrics_bind {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen on {a} for /metrics"))?,
+            ),
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
+
+        let readiness = Readiness::new();
+        let on_ready = readiness.clone();
+        let (batcher, worker) = Batcher::start(
+            model,
+            args.batching.batcher_config(),
+            metrics.clone(),
+            move |r| {
+                match &r {
+                    Ok(()) => tracing::info!("model warmed up; ready"),
+                    Err(e) => tracing::error!(error = %e, "model warm-up failed"),
+                }
+                on_ready.warmed_up(r.map_err(|e| e.to_string()));
+            },
+        );
+        let queue_capacity = args.batching.queue_capacity;
+        let body_budget = queue_capacity.saturating_mul(args.max_body_bytes as u64);
+        let budgets = Budgets::new(body_budget, args.max_decode_memory, metrics.clone());
+        let api_limits = ConnectionLimits {
+            max_connections: listener::fit_connection_cap(args.max_connections) as usize,
+            header_timeout: args.header_timeout(),
+        };
+        let metrics_limits = ConnectionLimits {
+            max_connections: METRICS_MAX_CONNECTIONS,
+            ..api_limits
+        };
+        let state = AppState {
+            inner: Arc::new(Inner {
+                args,
+                batcher,
+                metrics: metrics.clone(),
+                model: model_name.clone(),
+                device: device_name.clone(),
+                readiness,
+                decoding: Arc::new(Semaphore::new(queue_capacity as usize)),
+                budgets,
+                in_flight: TaskTracker::new(),
+                drain_deadline: CancellationToken::new(),
+            }),
+        };
+
+        let shutdown = CancellationToken::new();
+        let listeners = TaskTracker::new();
+        listeners.spawn(listener::serve(
+            listener,
+            routes::api_router(state.clone()),
+            api_limits,
+            Some(metrics),
+            shutdown.clone(),
+        ));
+        if let Some(l) = metrics_listener {
+            listeners.spawn(listener::serve(
+                l,
+                routes::metrics_router(state.clone()),
+                metrics_limits,
+                None,
+                shutdown.clone(),
+            ));
+        }
+        listeners.close();
+        tracing::info!(%addr, model = %model_name, device = %device_name, "listening");
+        if let Some(m) = metrics_addr {
+            tracing::info!(addr = %m, "metrics listening");
+        }
+        Ok(Server {
+            addr,
+            metrics_addr,
+            state,
+            shutdown,
+            listeners,
+            worker: Some(worker),
+        })
+    }
+
+    /// Where the server is in its life.
+    pub fn phase(&self) -> Phase {
+        self.state.inner.readiness.phase()
+    }
+
+    /// Waits until the warm-up batch has run; an error if it failed.
+    pub async fn ready(&mut self) -> anyhow::Result<()> {
+        self.state
+            .inner
+            .readiness
+            .warm()
+            .await
+            .map_err(|e| anyhow::anyhow!("model warm-up failed: {e}"))
+    }
+
+    /// Drains: refuses new work at once, answers everything in flight (or, past `timeout`,
+    /// answers what is left with 503), then stops the listeners and joins the worker.
+    pub async fn drain(mut self, timeout: Duration) -> anyhow::Result<()> {
+        let inner = &self.state.inner;
+        inner.readiness.start_draining();
+        inner.batcher.close();
+        inner.in_flight.close();
+        tracing::info!(
+            in_flight = inner.in_flight.len(),
+            "draining: refusing new requests, finishing admitted ones"
+        );
+        // One deadline for everything; the reserve at its end answers what is still in
+        // flight with 503 and closes the listeners.
+        let started = Instant::now();
+        let reserve = (timeout / DRAIN_RESERVE_SHARE).min(DRAIN_RESERVE_MAX);
+        let soft = started + (timeout - reserve);
+        let hard = started + timeout;
+        if tokio::time::timeout_at(soft, inner.in_flight.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                left = inner.in_flight.len(),
+                "drain timeout: answering the rest with 503"
+            );
+            inner.drain_deadline.cancel();
+            inner.batcher.abort_pending();
+            let _ = tokio::time::timeout_at(hard, inner.in_flight.wait()).await;
+        }
+        self.shutdown.cancel();
+        let close_by = hard.max(Instant::now() + LISTENER_CLOSE_MIN);
+        if tokio::time::timeout_at(close_by, self.listeners.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("listeners did not close in time");
+        }
+        if let Some(worker) = self.worker.take() {
+            let joined = tokio::task::spawn_blocking(move || drop(worker));
+            let left = close_by
+                .saturating_duration_since(Instant::now())
+                .max(LISTENER_CLOSE_MIN);
+            if tokio::time::timeout(left, joined).await.is_err() {
+                tracing::warn!("the model worker is still running a batch; leaving it");
+            }
+        }
+        tracing::info!("drained; exiting");
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// `virtualfit serve`: runs until SIGTERM/SIGINT, then drains and returns.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let drain_timeout = args.drain_timeout();
+    let mut server = Server::start(args).await?;
+    tokio::select! {
+        r = server.ready() => r?,
+        _ = shutdown_signal() => return server.drain(drain_timeout).await,
+    }
+    shutdown_signal().await;
+    server.drain(drain_timeout).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,89 @@
+//! The OpenAPI 3 document served at `/openapi.json`, generated from the handlers' annotations.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{routes, tryon};
+use crate::error::ErrorBody;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "VirtualFit",
+        description = "Virtual try-on: a person photo and a garment photo in, the person wearing the garment out."
+    ),
+    paths(
+        tryon::tryon_handler,
+        routes::livez,
+        routes::readyz,
+        routes::metrics,
+        routes::models,
+        routes::openapi
+    ),
+    components(schemas(ErrorBody, tryon::TryOnForm, routes::ModelsBody)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The document, with the crate's version.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{CLOTH_PART, MASK_PART, PERSON_PART, TRYON_HEADERS};
+    use crate::error::ApiError;
+
+    /// The names the annotations spell out are the ones the server uses.
+    #[test]
+    fn document_names_the_parts_headers_and_codes_the_server_uses() {
+        let doc = serde_json::to_value(document()).expect("serialises");
+        let tryon = &doc["paths"]["/tryon"]["post"];
+        let form = &doc["components"]["schemas"]["TryOnForm"]["properties"];
+        for part in [PERSON_PART, CLOTH_PART, MASK_PART] {
+            assert!(form.get(part).is_some(), "part {part} documented");
+        }
+        let required = doc["components"]["schemas"]["TryOnForm"]["required"].to_string();
+        assert!(required.contains(PERSON_PART) && required.contains(CLOTH_PART));
+        assert!(!required.contains(MASK_PART));
+        for h in TRYON_HEADERS {
+            assert!(
+                tryon["responses"]["200"]["headers"].get(*h).is_some(),
+                "header {h} documented"
+            );
+        }
+        let text = tryon["responses"].to_string();
+        for code in ApiError::CODES {
+            assert!(
+                text.contains(&format!("`{code}`")),
+                "code {code} documented"
+            );
+        }
+        for path in [
+            "/tryon",
+            "/livez",
+            "/readyz",
+            "/metrics",
+            "/v1/models",
+            "/openapi.json",
+        ] {
+            assert!(doc["paths"].get(path).is_some(), "{path}");
+        }
+    }
+}

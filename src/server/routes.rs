@@ -1,0 +1,158 @@
+//! The routers: the API (try-on, health, models, OpenAPI) and the separate metrics port, each
+//! with request ids, one tracing span per request and `X-Content-Type-Options: nosniff`.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use tower::ServiceBuilder;
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+use super::readiness::Phase;
+use super::AppState;
+use crate::api::REQUEST_ID_HEADER;
+use crate::models::{MODEL_HEIGHT, MODEL_NAMES, MODEL_WIDTH};
+
+/// The API port's routes. With `--metrics-bind`, `/metrics` lives only on the metrics port.
+pub fn api_router(state: AppState) -> Router {
+    let mut router = Router::new()
+        .route("/tryon", post(super::tryon::tryon_handler))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/v1/models", get(models))
+        .route("/openapi.json", get(openapi));
+    if state.inner.args.metrics_bind.is_none() {
+        router = router.route("/metrics", get(metrics));
+    }
+    with_layers(router.with_state(state))
+}
+
+/// The metrics port's routes: what monitoring and the kubelet read.
+pub fn metrics_router(state: AppState) -> Router {
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    with_layers(router)
+}
+
+fn with_layers(router: Router) -> Router {
+    let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
+    router.layer(
+        ServiceBuilder::new()
+            .layer(axum::middleware::from_fn(super::request_id::sanitize))
+            .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(|req: &Request| {
+                        let id = req
+                            .extensions()
+                            .get::<RequestId>()
+                            .and_then(|id| id.header_value().to_str().ok())
+                            .unwrap_or("-");
+                        tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
+                    })
+                    // The handlers log each refusal or failure once, at its level.
+                    .on_failure(()),
+            )
+            .layer(PropagateRequestIdLayer::new(request_id))
+            .layer(SetResponseHeaderLayer::overriding(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            )),
+    )
+}
+
+/// Liveness: the process serves.
+#[utoipa::path(get, path = "/livez", tag = "health", responses((status = 200, description = "The process serves.", body = String)))]
+pub async fn livez() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the model is loaded and warmed up, and the server is not draining.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, description = "Ready.", body = String),
+    (status = 503, description = "Warming up, failed to warm up, or draining (`unavailable`).", body = crate::error::ErrorBody),
+))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let inner = &state.inner;
+    match inner.readiness.refusal(|| inner.batcher.retry_after_s()) {
+        None => (StatusCode::OK, "ready").into_response(),
+        Some(e) => e.into_response(),
+    }
+}
+
+/// Prometheus metrics, in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format (on the metrics port when --metrics-bind is set).", content_type = "text/plain", body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.inner.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The served model and its batching limits.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ModelsBody {
+    models: Vec<ModelEntry>,
+    /// Every model this build can serve.
+    available: Vec<&'static str>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ModelEntry {
+    name: String,
+    device: String,
+    resolution: Resolution,
+    max_batch_size: u64,
+    effective_max_batch_size: usize,
+    max_batch_delay_ms: u64,
+    queue_capacity: u64,
+    ready: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Resolution {
+    height: usize,
+    width: usize,
+}
+
+/// The served model.
+#[utoipa::path(get, path = "/v1/models", tag = "models", responses((status = 200, description = "Model name, device, resolution and batch limits.", body = ModelsBody)))]
+pub async fn models(State(state): State<AppState>) -> Json<ModelsBody> {
+    let inner = &state.inner;
+    let batching = &inner.args.batching;
+    Json(ModelsBody {
+        models: vec![ModelEntry {
+            name: inner.model.clone(),
+            device: inner.device.clone(),
+            resolution: Resolution {
+                height: MODEL_HEIGHT,
+                width: MODEL_WIDTH,
+            },
+            max_batch_size: batching.max_batch_size,
+            effective_max_batch_size: inner.batcher.batch_cap(),
+            max_batch_delay_ms: batching.max_batch_delay_ms,
+            queue_capacity: batching.queue_capacity,
+            ready: inner.readiness.phase() == Phase::Ready,
+        }],
+        available: MODEL_NAMES.to_vec(),
+    })
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "models", responses((status = 200, description = "The OpenAPI 3 document.", body = Object)))]
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(super::openapi::document())
+}

@@ -1,0 +1,260 @@
+//! `POST /tryon`: upload → header checks → decode within budget → batch → encode, with every
+//! failure answered through [`ApiError`] and counted once.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::{upload, AppState};
+use crate::api::{echo, BATCH_SIZE_HEADER, INFERENCE_TIME_HEADER, MODEL_HEADER, QUEUE_TIME_HEADER};
+use crate::error::ApiError;
+use crate::imaging::{self, OutputFormat};
+
+/// The handler's own bound on waiting for the worker, beyond the request timeout the worker
+/// enforces itself: it only matters when the device stalls. Twice the timeout, plus this.
+const STALL_GRACE: Duration = Duration::from_secs(10);
+
+/// `format` and `quality` query parameters of /tryon.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TryOnQuery {
+    /// `jpeg` or `png` (default: `--output-format`).
+    #[param(value_type = Option<String>, pattern = "^(jpeg|jpg|png)$")]
+    format: Option<String>,
+    /// JPEG quality, 1 to 100 (default: `--jpeg-quality`).
+    #[param(minimum = 1, maximum = 100)]
+    quality: Option<u8>,
+}
+
+/// The multipart form of `POST /tryon` (the part names are `crate::api`'s).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct TryOnForm {
+    /// Person photo (JPEG, PNG or WebP; EXIF orientation is honoured).
+    #[schema(value_type = String, format = Binary)]
+    person_image: Vec<u8>,
+    /// Garment product photo, ideally on a plain light background.
+    #[schema(value_type = String, format = Binary)]
+    cloth_image: Vec<u8>,
+    /// Optional garment mask, white = garment.
+    #[schema(value_type = Option<String>, format = Binary)]
+    cloth_mask: Option<Vec<u8>>,
+}
+
+/// A failed request: the error, and whether the connection must close after the answer
+/// because the body may be left partly unread.
+struct Failure {
+    error: ApiError,
+    close: bool,
+}
+
+impl From<ApiError> for Failure {
+    fn from(error: ApiError) -> Self {
+        let close = matches!(
+            error,
+            ApiError::BodyTimeout { .. }
+                | ApiError::PayloadTooLarge { .. }
+                | ApiError::Overloaded { .. }
+        );
+        Failure { error, close }
+    }
+}
+
+/// Render the person wearing the garment.
+#[utoipa::path(
+    post,
+    path = "/tryon",
+    tag = "try-on",
+    params(TryOnQuery),
+    request_body(content = TryOnForm, content_type = "multipart/form-data"),
+    security(("bearer" = []), ()),
+    responses(
+        (status = 200, description = "The try-on image, cropped to the person photo's aspect ratio.",
+            content(("image/jpeg"), ("image/png")),
+            headers(
+                ("x-request-id" = String, description = "The client's id when it is at most 128 visible ASCII characters, else a fresh one."),
+                ("x-model" = String, description = "The model that answered."),
+                ("x-batch-size" = u32, description = "Requests in the answering batch."),
+                ("x-queue-time-ms" = f64, description = "Admission to batch start."),
+                ("x-inference-time-ms" = f64, description = "The batch's forward time."),
+            )),
+        (status = 400, description = "Not multipart, a missing or duplicated part, a malformed body or query (`bad_request`).", body = crate::error::ErrorBody),
+        (status = 401, description = "Wrong or missing bearer token (`unauthorized`).", body = crate::error::ErrorBody),
+        (status = 408, description = "The body did not arrive within --body-timeout-s (`request_timeout`).", body = crate::error::ErrorBody),
+        (status = 413, description = "Body over --max-body-bytes (`payload_too_large`).", body = crate::error::ErrorBody),
+        (status = 415, description = "A part that is not a supported image format (`unsupported_media_type`).", body = crate::error::ErrorBody),
+        (status = 422, description = "Undecodable, empty, too large or too elongated image (`invalid_image`).", body = crate::error::ErrorBody),
+        (status = 429, description = "Queue or upload budget full; see Retry-After (`overloaded`).", body = crate::error::ErrorBody),
+        (status = 503, description = "Warming up or draining; see Retry-After (`unavailable`).", body = crate::error::ErrorBody),
+        (status = 504, description = "Waited past --request-timeout-s before its batch ran (`deadline_exceeded`).", body = crate::error::ErrorBody),
+        (status = 500, description = "Model or device failure (`internal`).", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn tryon_handler(
+    State(state): State<AppState>,
+    query: Result<Query<TryOnQuery>, QueryRejection>,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let inner = &state.inner;
+    // Tracked from here, so a drain answers this request whatever stage it is in.
+    let _in_flight = inner.in_flight.token();
+    let result = tokio::select! {
+        r = tryon(&state, query, request) => r,
+        _ = inner.drain_deadline.cancelled() => Err(Failure {
+            error: ApiError::Draining { retry_after_s: 1 },
+            close: true,
+        }),
+    };
+    let response = match result {
+        Ok(r) => r,
+        Err(Failure { error, close }) => {
+            if let Some(reason) = error.reject_reason() {
+                inner.metrics.reject(reason);
+            }
+            if error.status().is_server_error() && error.reject_reason().is_none() {
+                tracing::warn!(code = error.code(), "request failed: {error}");
+            } else {
+                tracing::info!(code = error.code(), "request refused: {error}");
+            }
+            let mut response = error.into_response();
+            if close {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
+    };
+    inner
+        .metrics
+        .observe_answer(response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+/// Refusals decided before the body is read: authentication, readiness and the query.
+fn check_before_body(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    query: Result<Query<TryOnQuery>, QueryRejection>,
+) -> Result<(OutputFormat, u8), ApiError> {
+    let inner = &state.inner;
+    let args = &inner.args;
+    super::auth::check_api_key(args.api_key.as_deref(), headers)?;
+    if let Some(e) = inner.readiness.refusal(|| inner.batcher.retry_after_s()) {
+        return Err(e);
+    }
+    let Query(query) =
+        query.map_err(|e| ApiError::BadRequest(format!("bad query: {}", echo(&e.body_text()))))?;
+    let format = match query.format.as_deref() {
+        None => args.output_format,
+        Some(f) => f.parse::<OutputFormat>().map_err(|_| {
+            ApiError::BadRequest(format!("unknown format `{}` (use jpeg or png)", echo(f)))
+        })?,
+    };
+    let quality = match query.quality {
+        None => args.jpeg_quality,
+        Some(q @ 1..=100) => q,
+        Some(q) => {
+            return Err(ApiError::BadRequest(format!(
+                "quality must be 1..100, got {q}"
+            )))
+        }
+    };
+    Ok((format, quality))
+}
+
+async fn tryon(
+    state: &AppState,
+    query: Result<Query<TryOnQuery>, QueryRejection>,
+    request: Request,
+) -> Result<Response, Failure> {
+    let inner = &state.inner;
+    let args = &inner.args;
+    let (parts, body) = request.into_parts();
+    let (format, quality) = match check_before_body(state, &parts.headers, query) {
+        Ok(v) => v,
+        Err(error) => {
+            upload::drain(body).await;
+            return Err(Failure { error, close: true });
+        }
+    };
+
+    let body_deadline = Instant::now() + args.body_timeout();
+    let upload = upload::read(
+        &parts.headers,
+        body,
+        args.max_body_bytes,
+        &inner.budgets,
+        body_deadline,
+        args.body_timeout(),
+    )
+    .await?;
+
+    // Decoding runs for at most --queue-capacity requests at once: past it, 429 at once.
+    let Ok(_decoding) = inner.decoding.clone().try_acquire_owned() else {
+        return Err(ApiError::Overloaded {
+            retry_after_s: inner.batcher.retry_after_s(),
+        }
+        .into());
+    };
+    let request_timeout = args.batching.batcher_config().request_timeout;
+    let prepared = upload::prepare(
+        upload,
+        args.max_image_pixels,
+        &inner.budgets,
+        Instant::now() + request_timeout,
+    )
+    .await?;
+    drop(_decoding);
+    let content = prepared.content;
+
+    // Counted as active before admission, so a drain that starts now either waits for this
+    // request or refuses it: never both admits and forgets it.
+    let _active = super::ActiveGuard::new(&inner.metrics);
+    let receiver = inner.batcher.submit(prepared).map_err(ApiError::from)?;
+
+    // The worker answers expired requests itself; this bound only covers a stalled device.
+    let stall_bound = request_timeout * 2 + STALL_GRACE;
+    let answer = tokio::time::timeout(stall_bound, receiver)
+        .await
+        .map_err(|_| ApiError::DeadlineExceeded {
+            waited_ms: stall_bound.as_millis() as u64,
+            timeout_ms: request_timeout.as_millis() as u64,
+        })?
+        .map_err(|_| ApiError::Internal("the model worker stopped".into()))?;
+    let output = answer.map_err(ApiError::from)?;
+
+    let image = output.image;
+    let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+        let rgb = imaging::tensor_to_rgb(&image).map_err(|e| e.to_string())?;
+        imaging::encode(&imaging::crop(&rgb, content), format, quality)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("encoding failed: {e}")))?
+    .map_err(|e| ApiError::Internal(format!("encoding failed: {e}")))?;
+
+    let mut response = Response::new(Body::from(encoded));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.mime()),
+    );
+    h.insert(MODEL_HEADER, super::header_value(&inner.model));
+    h.insert(BATCH_SIZE_HEADER, HeaderValue::from(output.batch_size));
+    h.insert(
+        QUEUE_TIME_HEADER,
+        super::header_value(&format!("{:.3}", output.queue_time.as_secs_f64() * 1e3)),
+    );
+    h.insert(
+        INFERENCE_TIME_HEADER,
+        super::header_value(&format!("{:.3}", output.inference_time.as_secs_f64() * 1e3)),
+    );
+    Ok(response)
+}

@@ -1,0 +1,288 @@
+//! Reading a `/tryon` upload: the multipart body under its size limit, the byte budget of bodies
+//! in memory and the body deadline; then each image checked from its header, decoded within the
+//! decode budget and fitted to the model frame.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::api::{echo, CLOTH_PART, MASK_PART, PERSON_PART};
+use crate::error::ApiError;
+use crate::imaging::{self, Probe};
+use crate::metrics::Metrics;
+use crate::models::PreparedPair;
+
+/// Budgets count in KiB, since a semaphore counts in `u32` permits.
+const BUDGET_UNIT: u64 = 1024;
+
+/// How much of a refused request's body is read and dropped, so that a client still sending it
+/// reads the answer instead of meeting a reset; and for how long at most.
+pub const REFUSAL_DRAIN_BYTES: usize = 1 << 20;
+pub const REFUSAL_DRAIN_TIME: Duration = Duration::from_secs(2);
+
+fn units(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX)
+}
+
+/// The bytes of request bodies held in memory at once, and of images being decoded.
+pub struct Budgets {
+    body: Arc<Semaphore>,
+    decode: Arc<Semaphore>,
+    decode_total: u64,
+    metrics: Metrics,
+}
+
+impl Budgets {
+    pub fn new(body_bytes: u64, decode_bytes: u64, metrics: Metrics) -> Self {
+        let cap = |b: u64| (units(b) as usize).min(Semaphore::MAX_PERMITS);
+        Budgets {
+            body: Arc::new(Semaphore::new(cap(body_bytes))),
+            decode: Arc::new(Semaphore::new(cap(decode_bytes))),
+            decode_total: decode_bytes,
+            metrics,
+        }
+    }
+}
+
+/// The parts of a `/tryon` body, with the share of the body budget they hold.
+pub struct Upload {
+    pub person: Bytes,
+    pub cloth: Bytes,
+    pub mask: Option<Bytes>,
+    _held: Option<OwnedSemaphorePermit>,
+}
+
+/// Why reading a body stopped early: the budget of bodies in memory ran out.
+#[derive(Debug, thiserror::Error)]
+#[error("the server holds too many request bodies")]
+struct BodyBudgetSpent;
+
+/// Streams the multipart body under the size limit, the body budget and the deadline, and
+/// keeps the three known parts.
+pub async fn read(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    budgets: &Budgets,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Upload, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let boundary = multer::parse_boundary(content_type).map_err(|_| {
+        ApiError::BadRequest(format!(
+            "the body must be multipart/form-data with a boundary, not `{}`",
+            echo(content_type)
+        ))
+    })?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        drain(body).await;
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+
+    // Each chunk takes its share of the body budget as it arrives; a stalled upload holds only
+    // what it has sent.
+    let held: Arc<Mutex<Option<OwnedSemaphorePermit>>> = Arc::default();
+    let spent = Arc::new(AtomicBool::new(false));
+    let stream = {
+        let (held, spent, budget) = (held.clone(), spent.clone(), budgets.body.clone());
+        body.into_data_stream().map(move |chunk| {
+            let chunk =
+                chunk.map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
+            let permit = budget
+                .clone()
+                .try_acquire_many_owned(units(chunk.len() as u64))
+                .map_err(|_| {
+                    spent.store(true, Ordering::Relaxed);
+                    Box::new(BodyBudgetSpent)
+                })?;
+            let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+            match held.as_mut() {
+                Some(h) => h.merge(permit),
+                None => *held = Some(permit),
+            }
+            Ok::<Bytes, Box<dyn std::error::Error + Send + Sync>>(chunk)
+        })
+    };
+    let constraints =
+        multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(limit as u64));
+    let multipart = multer::Multipart::with_constraints(stream, boundary, constraints);
+    let parts = tokio::time::timeout_at(deadline, read_parts(multipart, limit))
+        .await
+        .map_err(|_| ApiError::BodyTimeout {
+            timeout_s: timeout.as_secs_f64(),
+        })
+        .and_then(|r| r);
+    let parts = match parts {
+        Err(_) if spent.load(Ordering::Relaxed) => {
+            return Err(ApiError::Overloaded { retry_after_s: 1 })
+        }
+        other => other?,
+    };
+    let (person, cloth, mask) = parts;
+    let person = person
+        .ok_or_else(|| ApiError::BadRequest(format!("the `{PERSON_PART}` part is missing")))?;
+    let cloth =
+        cloth.ok_or_else(|| ApiError::BadRequest(format!("the `{CLOTH_PART}` part is missing")))?;
+    let held = held.lock().unwrap_or_else(|p| p.into_inner()).take();
+    Ok(Upload {
+        person,
+        cloth,
+        mask,
+        _held: held,
+    })
+}
+
+type Parts = (Option<Bytes>, Option<Bytes>, Option<Bytes>);
+
+async fn read_parts(mut multipart: multer::Multipart<'_>, limit: usize) -> Result<Parts, ApiError> {
+    let (mut person, mut cloth, mut mask) = (None, None, None);
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return Err(multipart_error(e, limit)),
+        };
+        let name = field.name().unwrap_or("").to_string();
+        let slot = match name.as_str() {
+            PERSON_PART => &mut person,
+            CLOTH_PART => &mut cloth,
+            MASK_PART => &mut mask,
+            _ => {
+                // Unknown parts are read past and ignored.
+                field.bytes().await.map_err(|e| multipart_error(e, limit))?;
+                continue;
+            }
+        };
+        if slot.is_some() {
+            return Err(ApiError::BadRequest(format!(
+                "the `{name}` part appears more than once"
+            )));
+        }
+        if let Some(mime) = field.content_type() {
+            let ok = mime.type_() == "image" || mime.essence_str() == "application/octet-stream";
+            if !ok {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "the `{name}` part is `{}`; send a JPEG, PNG or WebP image",
+                    echo(mime.as_ref())
+                )));
+            }
+        }
+        *slot = Some(field.bytes().await.map_err(|e| multipart_error(e, limit))?);
+    }
+    Ok((person, cloth, mask))
+}
+
+fn multipart_error(e: multer::Error, limit: usize) -> ApiError {
+    match e {
+        multer::Error::StreamSizeExceeded { .. } | multer::Error::FieldSizeExceeded { .. } => {
+            ApiError::PayloadTooLarge { limit }
+        }
+        other => ApiError::BadRequest(format!(
+            "malformed multipart body: {}",
+            echo(&other.to_string())
+        )),
+    }
+}
+
+/// Reads and drops what a refused request still sends, up to [`REFUSAL_DRAIN_BYTES`] and
+/// [`REFUSAL_DRAIN_TIME`].
+pub async fn drain(body: Body) {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(REFUSAL_DRAIN_TIME, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > REFUSAL_DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Checks every image's header, then decodes and fits the images one after the other on the
+/// blocking pool, holding the decode budget that the largest of them needs (waiting for it
+/// until `deadline`), and builds the request's inputs.
+///
+/// One grant per request, held until its last image is done: a request that has started never
+/// waits again behind later arrivals, so requests finish in the order they were granted.
+pub async fn prepare(
+    upload: Upload,
+    max_pixels: u64,
+    budgets: &Budgets,
+    deadline: Instant,
+) -> Result<PreparedPair, ApiError> {
+    // Every header first: a bad last image is refused before anything is decoded.
+    let person_probe = imaging::probe(&upload.person, max_pixels)?;
+    let cloth_probe = imaging::probe(&upload.cloth, max_pixels)?;
+    let mask_probe = match &upload.mask {
+        Some(m) => Some(imaging::probe(m, max_pixels)?),
+        None => None,
+    };
+    let largest = [Some(&person_probe), Some(&cloth_probe), mask_probe.as_ref()]
+        .into_iter()
+        .flatten()
+        .max_by_key(|p| p.decode_bytes())
+        .copied()
+        .unwrap_or(person_probe);
+    let need = largest.decode_bytes();
+    if need > budgets.decode_total {
+        return Err(ApiError::InvalidImage(format!(
+            "the {}x{} image needs {} MiB to decode, more than this server decodes at once ({} MiB)",
+            largest.width,
+            largest.height,
+            need >> 20,
+            budgets.decode_total >> 20
+        )));
+    }
+    let permit = tokio::time::timeout_at(
+        deadline,
+        budgets.decode.clone().acquire_many_owned(units(need)),
+    )
+    .await
+    .map_err(|_| ApiError::Overloaded { retry_after_s: 1 })?
+    .map_err(|_| ApiError::Internal("the decode budget is closed".into()))?;
+    let gauge = budgets.metrics.decode_memory.clone();
+    // The permit goes with the work: if this request is abandoned meanwhile, the budget is
+    // still held until the decoder has let go of its memory.
+    tokio::task::spawn_blocking(move || {
+        gauge.add(need as i64);
+        let prepared = decode_all(&upload, &person_probe, &cloth_probe, mask_probe.as_ref());
+        gauge.sub(need as i64);
+        drop(permit);
+        drop(upload);
+        prepared
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("image preparation failed: {e}")))?
+}
+
+fn decode_all(
+    upload: &Upload,
+    person: &Probe,
+    cloth: &Probe,
+    mask: Option<&Probe>,
+) -> Result<PreparedPair, ApiError> {
+    let (person_fit, content, _) = imaging::decode_and_fit(&upload.person, person)?;
+    let (cloth_fit, _, cloth_size) = imaging::decode_and_fit(&upload.cloth, cloth)?;
+    let mask_fit = match (&upload.mask, mask) {
+        (Some(bytes), Some(probe)) => Some(imaging::decode_mask_and_fit(bytes, probe, cloth_size)?),
+        _ => None,
+    };
+    imaging::prepare_fitted((person_fit, content), cloth_fit, mask_fit)
+        .map_err(|e| ApiError::InvalidImage(format!("cannot convert image: {e}")))
+}
