@@ -52,6 +52,10 @@ pub enum AdmitError {
     Draining { retry_after_s: u64 },
 }
 
+/// The shortest `Retry-After` the server gives: HTTP counts in whole seconds, and 0 would invite
+/// an immediate retry.
+pub const MIN_RETRY_AFTER_S: u64 = 1;
+
 /// Weight of the newest batch in the moving average of seconds per item: about the last five
 /// batches count, so the backlog estimate follows a change of load within a second or two.
 const PER_ITEM_SMOOTHING: f64 = 0.2;
@@ -79,10 +83,11 @@ struct State {
 }
 
 impl State {
-    /// The estimated seconds to finish what is queued and running, at least 1.
+    /// The estimated seconds to finish what is queued and running, at least
+    /// [`MIN_RETRY_AFTER_S`].
     fn retry_after_s(&self) -> u64 {
         let backlog = (self.jobs.len() + self.running) as f64 * self.seconds_per_item;
-        (backlog.ceil() as u64).max(1)
+        (backlog.ceil() as u64).max(MIN_RETRY_AFTER_S)
     }
 }
 

@@ -6,7 +6,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::batcher::{AdmitError, JobError};
+use crate::batcher::{AdmitError, JobError, MIN_RETRY_AFTER_S};
 use crate::imaging::ImageError;
 use crate::metrics::RejectReason;
 
@@ -153,7 +153,7 @@ impl From<JobError> for ApiError {
                 waited_ms: waited.as_millis() as u64,
                 timeout_ms: timeout.as_millis() as u64,
             },
-            JobError::ShutDown => ApiError::Draining { retry_after_s: 1 },
+            JobError::ShutDown => ApiError::Draining { retry_after_s: MIN_RETRY_AFTER_S },
             JobError::Model(m) => ApiError::Internal(format!("model failure: {m}")),
         }
     }
@@ -169,7 +169,7 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         if let Some(secs) = self.retry_after() {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(MIN_RETRY_AFTER_S)));
         }
         if matches!(self, ApiError::Unauthorized) {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -548,6 +548,17 @@ fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
             Some("/livez"),
             "{ctx}"
         );
+        // Liveness on the metrics port, which a connection flood on the API port cannot fill;
+        // the server serves /livez there because VIRTUALFIT_METRICS_BIND is set.
+        assert_eq!(
+            c["livenessProbe"]["httpGet"]["port"].as_str(),
+            Some("metrics"),
+            "{ctx}"
+        );
+        assert!(
+            env_of(c).contains_key("VIRTUALFIT_METRICS_BIND"),
+            "{ctx}: the metrics port is bound"
+        );
         // One GPU.
         assert_eq!(
             c["resources"]["limits"]["nvidia.com/gpu"].as_str(),

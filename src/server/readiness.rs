@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::batcher::MIN_RETRY_AFTER_S;
 use crate::error::ApiError;
 
 /// The server's phase.
@@ -89,7 +90,7 @@ impl Readiness {
             Phase::Ready => None,
             Phase::WarmingUp => Some(ApiError::Unavailable {
                 reason: "the model is warming up".into(),
-                retry_after_s: 1,
+                retry_after_s: MIN_RETRY_AFTER_S,
             }),
             Phase::Failed(reason) => Some(ApiError::Unavailable {
                 reason: format!("the model failed to warm up: {reason}"),

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::{upload, AppState};
 use crate::api::{echo, BATCH_SIZE_HEADER, INFERENCE_TIME_HEADER, MODEL_HEADER, QUEUE_TIME_HEADER};
+use crate::batcher::MIN_RETRY_AFTER_S;
 use crate::error::ApiError;
 use crate::imaging::{self, OutputFormat};
 
@@ -108,7 +109,7 @@ pub async fn tryon_handler(
     let result = tokio::select! {
         r = tryon(&state, query, request) => r,
         _ = inner.drain_deadline.cancelled() => Err(Failure {
-            error: ApiError::Draining { retry_after_s: 1 },
+            error: ApiError::Draining { retry_after_s: MIN_RETRY_AFTER_S },
             close: true,
         }),
     };

@@ -14,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::api::{echo, CLOTH_PART, MASK_PART, PERSON_PART};
+use crate::batcher::MIN_RETRY_AFTER_S;
 use crate::error::ApiError;
 use crate::imaging::{self, Probe};
 use crate::metrics::Metrics;
@@ -128,7 +129,7 @@ pub async fn read(
         .and_then(|r| r);
     let parts = match parts {
         Err(_) if spent.load(Ordering::Relaxed) => {
-            return Err(ApiError::Overloaded { retry_after_s: 1 })
+            return Err(ApiError::Overloaded { retry_after_s: MIN_RETRY_AFTER_S })
         }
         other => other?,
     };
@@ -254,7 +255,7 @@ pub async fn prepare(
         budgets.decode.clone().acquire_many_owned(units(need)),
     )
     .await
-    .map_err(|_| ApiError::Overloaded { retry_after_s: 1 })?
+    .map_err(|_| ApiError::Overloaded { retry_after_s: MIN_RETRY_AFTER_S })?
     .map_err(|_| ApiError::Internal("the decode budget is closed".into()))?;
     let gauge = budgets.metrics.decode_memory.clone();
     // The permit goes with the work: if this request is abandoned meanwhile, the budget is

@@ -43,18 +43,9 @@ pub struct SimulateArgs {
     /// Seconds from pod creation to ready (GPU node, image pull, model load, warm-up).
     #[arg(long, default_value_t = 60.0)]
     pub startup_s: f64,
-    /// The server's `--max-batch-size`.
-    #[arg(long, default_value_t = 8)]
-    pub max_batch_size: usize,
-    /// The server's `--max-batch-delay-ms`.
-    #[arg(long, default_value_t = 2.0)]
-    pub max_batch_delay_ms: f64,
-    /// The server's `--queue-capacity`.
-    #[arg(long, default_value_t = 64)]
-    pub queue_capacity: usize,
-    /// The server's `--request-timeout-s`.
-    #[arg(long, default_value_t = 30.0)]
-    pub request_timeout_s: f64,
+    /// The replicas' batching and admission, the same flags (and defaults) as `serve`.
+    #[command(flatten)]
+    pub batching: crate::config::BatchingArgs,
     /// The server's `--drain-timeout-s`.
     #[arg(long, default_value_t = 25.0)]
     pub drain_timeout_s: f64,
@@ -224,25 +215,16 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         Some(p) => Profile::from_json(&p.display().to_string(), &read(p)?)?,
         None => Profile::default(),
     };
-    anyhow::ensure!(
-        args.max_batch_size >= 1,
-        "--max-batch-size must be at least 1"
-    );
-    anyhow::ensure!(
-        args.queue_capacity >= 1,
-        "--queue-capacity must be at least 1"
-    );
-    anyhow::ensure!(
-        args.startup_s >= 0.0 && args.max_batch_delay_ms >= 0.0 && args.request_timeout_s > 0.0,
-        "--startup-s, --max-batch-delay-ms and --request-timeout-s must not be negative"
-    );
+    // The batching flags are range-checked by their parsers, as for `serve`.
+    anyhow::ensure!(args.startup_s >= 0.0, "--startup-s must not be negative");
+    let batching = &args.batching;
     let rc = ReplicaConfig {
         a_s: profile.a_s,
         b_s: profile.b_s,
-        max_batch_size: args.max_batch_size,
-        max_batch_delay_s: args.max_batch_delay_ms / 1000.0,
-        queue_capacity: args.queue_capacity,
-        request_timeout_s: args.request_timeout_s,
+        max_batch_size: batching.max_batch_size as usize,
+        max_batch_delay_s: batching.max_batch_delay_ms as f64 / 1000.0,
+        queue_capacity: batching.queue_capacity as usize,
+        request_timeout_s: batching.request_timeout_s,
         pre_s: profile.pre_s,
         post_s: profile.post_s,
         startup_s: args.startup_s,
