@@ -30,12 +30,19 @@ fn no_tracked_file_names_a_sibling_shared_folder() {
         .iter()
         .filter(|p| {
             std::fs::read(root.join(p))
-                .map(|bytes| bytes.windows(SIBLING.len()).any(|w| w == SIBLING.as_bytes()))
+                .map(|bytes| {
+                    bytes
+                        .windows(SIBLING.len())
+                        .any(|w| w == SIBLING.as_bytes())
+                })
                 .unwrap_or(false)
         })
         .cloned()
         .collect();
-    assert!(offenders.is_empty(), "these tracked files name {SIBLING}: {offenders:?}");
+    assert!(
+        offenders.is_empty(),
+        "these tracked files name {SIBLING}: {offenders:?}"
+    );
 }
 
 #[test]
@@ -48,6 +55,9 @@ fn the_readme_example_photos_are_in_the_repository() {
         .collect();
     assert!(photos.len() >= 2, "README's curl example names no photos");
     for p in photos {
-        assert!(root.join(p).is_file(), "README names {p}, which is not in the repository");
+        assert!(
+            root.join(p).is_file(),
+            "README names {p}, which is not in the repository"
+        );
     }
 }
