@@ -96,9 +96,22 @@ impl CustomOp1 for ToModelInput {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{launch, Scalar::I32, U8_HWC_TO_F32_NCHW};
         let (n, h, w, c) = layout.shape().dims4()?;
-        let mask = i32::from(self.kind == InputKind::Mask);
-        let out = super::cuda::launch_convert_in(storage, layout, (n, h, w, c), mask)?;
+        let mask = usize::from(self.kind == InputKind::Mask);
+        let total = n * h * w * c;
+        // SAFETY: the arguments of `u8_hwc_to_f32_nchw`, in its order; one thread per output
+        // element.
+        let out = unsafe {
+            launch::<u8, f32>(
+                "to_model_input",
+                &U8_HWC_TO_F32_NCHW,
+                &[(storage, layout)],
+                total,
+                total,
+                &[n, h, w, c, mask].map(|v| I32(v as i32)),
+            )
+        }?;
         Ok((out, Shape::from((n, c, h, w))))
     }
 }
@@ -132,8 +145,21 @@ impl CustomOp1 for ToU8Images {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{launch, Scalar::I32, F32_NCHW_TO_U8_HWC};
         let (n, c, h, w) = layout.shape().dims4()?;
-        let out = super::cuda::launch_convert_out(storage, layout, (n, c, h, w))?;
+        let total = n * c * h * w;
+        // SAFETY: the arguments of `f32_nchw_to_u8_hwc`, in its order; one thread per output
+        // element.
+        let out = unsafe {
+            launch::<f32, u8>(
+                "to_u8_images",
+                &F32_NCHW_TO_U8_HWC,
+                &[(storage, layout)],
+                total,
+                total,
+                &[n, c, h, w].map(|v| I32(v as i32)),
+            )
+        }?;
         Ok((out, Shape::from((n, h, w, c))))
     }
 }

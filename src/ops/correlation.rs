@@ -31,32 +31,15 @@ pub fn correlation(first: &Tensor, second: &Tensor) -> Result<Tensor> {
 #[derive(Debug, Clone, Copy)]
 pub struct Correlation;
 
-/// [`image_row`] compiled for AVX2 when the CPU has it.
-fn image_row_dispatch(
-    first: &[f32],
-    second: &[f32],
-    chw: (usize, usize, usize),
-    y: usize,
-    rows: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { image_row_avx2(first, second, chw, y, rows) };
-    }
-    image_row(first, second, chw, y, rows)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn image_row_avx2(
-    first: &[f32],
-    second: &[f32],
-    chw: (usize, usize, usize),
-    y: usize,
-    rows: &mut [f32],
-) {
-    image_row(first, second, chw, y, rows)
+avx2_dispatch! {
+    /// [`image_row`] compiled for AVX2 when the CPU has it.
+    fn image_row_dispatch(
+        first: &[f32],
+        second: &[f32],
+        chw: (usize, usize, usize),
+        y: usize,
+        rows: &mut [f32],
+    ) => image_row
 }
 
 /// The 49 output rows of one image row `y`, as `49×W` in `rows`.
@@ -165,8 +148,20 @@ impl CustomOp2 for Correlation {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{launch, Scalar::I32, CORRELATION};
         let (n, c, h, w) = l1.shape().dims4()?;
-        let out = super::cuda::launch_correlation(s1, l1, s2, l2, (n, c, h, w), DISPLACEMENTS)?;
+        // SAFETY: the arguments of `correlation7_f32`, in its order; one thread per pixel writes
+        // its 49 displacements.
+        let out = unsafe {
+            launch::<f32, f32>(
+                "correlation",
+                &CORRELATION,
+                &[(s1, l1), (s2, l2)],
+                n * DISPLACEMENTS * h * w,
+                n * h * w,
+                &[n, c, h, w].map(|v| I32(v as i32)),
+            )
+        }?;
         Ok((out, Shape::from((n, DISPLACEMENTS, h, w))))
     }
 }

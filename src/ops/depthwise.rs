@@ -48,40 +48,19 @@ pub fn out_size(size: usize, stride: usize) -> usize {
     (size - 1) / stride + 1
 }
 
-/// [`plane`] compiled for AVX2 when the CPU has it.
-#[allow(clippy::too_many_arguments)]
-fn plane_dispatch(
-    src: &[f32],
-    dst: &mut [f32],
-    hw: (usize, usize),
-    out_hw: (usize, usize),
-    k: &[f32],
-    bias: f32,
-    stride: usize,
-    relu6: bool,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { plane_avx2(src, dst, hw, out_hw, k, bias, stride, relu6) };
-    }
-    plane(src, dst, hw, out_hw, k, bias, stride, relu6)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn plane_avx2(
-    src: &[f32],
-    dst: &mut [f32],
-    hw: (usize, usize),
-    out_hw: (usize, usize),
-    k: &[f32],
-    bias: f32,
-    stride: usize,
-    relu6: bool,
-) {
-    plane(src, dst, hw, out_hw, k, bias, stride, relu6)
+avx2_dispatch! {
+    /// [`plane`] compiled for AVX2 when the CPU has it.
+    #[allow(clippy::too_many_arguments)]
+    fn plane_dispatch(
+        src: &[f32],
+        dst: &mut [f32],
+        hw: (usize, usize),
+        out_hw: (usize, usize),
+        k: &[f32],
+        bias: f32,
+        stride: usize,
+        relu6: bool,
+    ) => plane
 }
 
 /// One channel plane: `src` is `h×w`, `dst` is `ho×wo`.
@@ -141,7 +120,6 @@ fn plane(
 }
 
 /// The CPU kernel on contiguous slices.
-#[allow(clippy::too_many_arguments)]
 pub fn depthwise_conv3x3_cpu(
     input: &[f32],
     weight: &[f32],
@@ -204,20 +182,22 @@ impl CustomOp3 for DepthwiseConv3x3 {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{launch, Scalar::I32, DEPTHWISE};
         let (n, c, h, w) = l1.shape().dims4()?;
         let (ho, wo) = (out_size(h, self.stride), out_size(w, self.stride));
-        let out = super::cuda::launch_depthwise(
-            s1,
-            l1,
-            s2,
-            l2,
-            s3,
-            l3,
-            (n, c, h, w),
-            (ho, wo),
-            self.stride,
-            self.relu6,
-        )?;
+        let total = n * c * ho * wo;
+        let scalars = [n, c, h, w, ho, wo, self.stride, self.relu6.into()];
+        // SAFETY: the arguments of `depthwise3x3_f32`, in its order; one thread per output element.
+        let out = unsafe {
+            launch::<f32, f32>(
+                "depthwise_conv3x3",
+                &DEPTHWISE,
+                &[(s1, l1), (s2, l2), (s3, l3)],
+                total,
+                total,
+                &scalars.map(|v| I32(v as i32)),
+            )
+        }?;
         Ok((out, Shape::from((n, c, ho, wo))))
     }
 }

@@ -100,7 +100,6 @@ fn taps(gx: f32, gy: f32, h: usize, w: usize, padding: GridPadding, align: bool)
 }
 
 /// The CPU kernel on contiguous slices; `out` is `N×C×Ho×Wo`.
-#[allow(clippy::too_many_arguments)]
 pub fn grid_sample_cpu(
     input: &[f32],
     grid: &[f32],
@@ -171,18 +170,23 @@ impl CustomOp2 for GridSample {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{launch, Scalar::I32, GRID_SAMPLE};
         let (n, c, h, w) = l1.shape().dims4()?;
         let (_, ho, wo, _) = l2.shape().dims4()?;
-        let out = super::cuda::launch_grid_sample(
-            s1,
-            l1,
-            s2,
-            l2,
-            (n, c, h, w),
-            (ho, wo),
-            self.padding == GridPadding::Border,
-            self.align_corners,
-        )?;
+        let border = self.padding == GridPadding::Border;
+        let scalars = [n, c, h, w, ho, wo, border.into(), self.align_corners.into()];
+        // SAFETY: the arguments of `grid_sample_bilinear_f32`, in its order; one thread per output
+        // pixel writes its `C` channels.
+        let out = unsafe {
+            launch::<f32, f32>(
+                "grid_sample",
+                &GRID_SAMPLE,
+                &[(s1, l1), (s2, l2)],
+                n * c * ho * wo,
+                n * ho * wo,
+                &scalars.map(|v| I32(v as i32)),
+            )
+        }?;
         Ok((out, Shape::from((n, c, ho, wo))))
     }
 }

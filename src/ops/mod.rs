@@ -1,6 +1,39 @@
 //! Custom candle ops that candle lacks or runs slowly: each is a `CustomOp` with a CPU
 //! implementation here and a CUDA one under the `cuda` feature, so model code is
-//! device-agnostic.
+//! device-agnostic. Also the helpers the CPU implementations share: contiguous input slices and
+//! the AVX2 dispatch of their inner loops.
+
+/// Defines `$name`, which calls `$portable` with the same arguments, compiled for AVX2 when the
+/// CPU has it (detected once, see [`has_avx2`]) and as it is otherwise. `$portable` must be
+/// `#[inline(always)]` so that its body is compiled into the AVX2 copy.
+macro_rules! avx2_dispatch {
+    (
+        $(#[$meta:meta])*
+        $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $portable:path
+    ) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                /// The portable function compiled with AVX2 enabled.
+                ///
+                /// # Safety
+                ///
+                /// The CPU must support AVX2.
+                #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $portable($($arg),*)
+                }
+                if $crate::ops::has_avx2() {
+                    // SAFETY: `has_avx2` has just found AVX2 on this CPU.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $portable($($arg),*)
+        }
+    };
+}
 
 pub mod conv;
 pub mod convert;
@@ -30,4 +63,11 @@ pub(crate) fn contiguous_f32<'a>(
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{op}: input must be contiguous"),
     }
+}
+
+/// Whether the CPU supports AVX2, detected on the first call and remembered.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2() -> bool {
+    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2"))
 }

@@ -87,8 +87,22 @@ impl CustomOp1 for ResizeBilinear {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{launch, Scalar::I32, RESIZE};
         let (n, c, h, w) = l.shape().dims4()?;
-        let out = super::cuda::launch_resize(s, l, (n, c, h, w), (self.out_h, self.out_w))?;
+        let (out_h, out_w) = (self.out_h, self.out_w);
+        let total = n * c * out_h * out_w;
+        // SAFETY: the arguments of `resize_bilinear_f32`, in its order; one thread per output
+        // element.
+        let out = unsafe {
+            launch::<f32, f32>(
+                "resize_bilinear",
+                &RESIZE,
+                &[(s, l)],
+                total,
+                total,
+                &[n * c, h, w, out_h, out_w].map(|v| I32(v as i32)),
+            )
+        }?;
         Ok((out, Shape::from((n, c, self.out_h, self.out_w))))
     }
 }

@@ -5,7 +5,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::fpn::{MobileFpn, FPN_DIM};
-use super::layers::{Activation, Conv};
+use super::layers::{Activation, Conv, ConvConfig};
 use crate::ops::{correlation, grid_sample, resize_bilinear, GridPadding};
 
 /// Number of pyramid levels.
@@ -21,8 +21,13 @@ pub struct FlowHead {
 
 impl FlowHead {
     fn new(vb: VarBuilder, c_in: usize) -> Result<Self> {
-        let conv = |i: usize, ci: usize, co: usize, act: Activation| {
-            Conv::new(vb.pp(i.to_string()), ci, co, 3, 1, 1, true, act)
+        let conv = |i: usize, ci: usize, co: usize, activation: Activation| {
+            let cfg = ConvConfig {
+                padding: 1,
+                activation,
+                ..Default::default()
+            };
+            Conv::new(vb.pp(i.to_string()), ci, co, 3, cfg)
         };
         Ok(Self {
             convs: [

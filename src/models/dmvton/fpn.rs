@@ -5,7 +5,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::layers::{Activation, Conv, InvertedResidual};
+use super::layers::{Activation, Conv, ConvConfig, InvertedResidual, InvertedResidualConfig};
 use crate::ops::resize_bilinear;
 
 /// Channels of every pyramid level.
@@ -42,9 +42,11 @@ impl MobileFpn {
             c_in,
             32,
             3,
-            1,
-            1,
-            Activation::Relu6,
+            ConvConfig {
+                padding: 1,
+                activation: Activation::Relu6,
+                ..Default::default()
+            },
         )?;
         let mut blocks = Vec::with_capacity(BLOCKS.len());
         let mut laterals = Vec::new();
@@ -54,9 +56,11 @@ impl MobileFpn {
                 vb.pp(format!("inverted_residual_blocks.{i}.0")),
                 channels,
                 c,
-                s,
-                t,
-                true,
+                InvertedResidualConfig {
+                    stride: s,
+                    expand_ratio: t,
+                    pointwise_expand: true,
+                },
             )?);
             channels = c;
             if s > 1 && i + 1 < BLOCKS.len() {
@@ -65,10 +69,7 @@ impl MobileFpn {
                     c,
                     FPN_DIM,
                     1,
-                    1,
-                    0,
-                    true,
-                    Activation::None,
+                    ConvConfig::default(),
                 )?;
                 laterals.push((i, lateral));
             }
@@ -78,22 +79,20 @@ impl MobileFpn {
             channels,
             FPN_DIM,
             1,
-            1,
-            0,
-            true,
-            Activation::None,
+            ConvConfig::default(),
         )?;
         let smooth = (0..laterals.len())
             .map(|i| {
+                let cfg = ConvConfig {
+                    padding: 1,
+                    ..Default::default()
+                };
                 Conv::new(
                     vb.pp(format!("smooth_layers.{i}")),
                     FPN_DIM,
                     FPN_DIM,
                     3,
-                    1,
-                    1,
-                    true,
-                    Activation::None,
+                    cfg,
                 )
             })
             .collect::<Result<Vec<_>>>()?;

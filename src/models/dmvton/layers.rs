@@ -30,6 +30,26 @@ impl Activation {
     }
 }
 
+/// How a [`Conv`] convolves, as `candle_nn::Conv2dConfig` (square kernel, zero padding, no
+/// dilation or groups) plus the activation fused after it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConvConfig {
+    pub padding: usize,
+    pub stride: usize,
+    pub activation: Activation,
+}
+
+impl Default for ConvConfig {
+    /// Padding 0, stride 1, no activation.
+    fn default() -> Self {
+        Self {
+            padding: 0,
+            stride: 1,
+            activation: Activation::None,
+        }
+    }
+}
+
 /// The per-channel `(scale, shift)` of an eval-mode BatchNorm stored under `vb`.
 fn batch_norm(vb: &VarBuilder, channels: usize) -> Result<(Tensor, Tensor)> {
     let gamma = vb.get(channels, "weight")?;
@@ -54,46 +74,50 @@ pub struct Conv {
 }
 
 impl Conv {
-    /// A plain `nn.Conv2d` stored under `vb` (`weight` and, with `bias`, `bias`).
-    #[allow(clippy::too_many_arguments)]
+    /// A `c_in`→`c_out` `nn.Conv2d` with a `kernel`×`kernel` window stored under `vb` (`weight`
+    /// and `bias`), as `candle_nn::conv2d`.
     pub fn new(
         vb: VarBuilder,
         c_in: usize,
         c_out: usize,
         kernel: usize,
-        stride: usize,
-        padding: usize,
-        bias: bool,
-        activation: Activation,
+        cfg: ConvConfig,
     ) -> Result<Self> {
         let weight = vb.get((c_out, c_in, kernel, kernel), "weight")?;
-        let bias = if bias {
-            vb.get(c_out, "bias")?
-        } else {
-            Tensor::zeros(c_out, weight.dtype(), weight.device())?
-        };
-        Self::finish(weight, bias, stride, padding, activation)
+        let bias = vb.get(c_out, "bias")?;
+        Self::finish(weight, bias, cfg)
+    }
+
+    /// As [`Conv::new`] for an `nn.Conv2d(bias=False)` (only `weight`), as
+    /// `candle_nn::conv2d_no_bias`.
+    pub fn no_bias(
+        vb: VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        cfg: ConvConfig,
+    ) -> Result<Self> {
+        let weight = vb.get((c_out, c_in, kernel, kernel), "weight")?;
+        let bias = Tensor::zeros(c_out, weight.dtype(), weight.device())?;
+        Self::finish(weight, bias, cfg)
     }
 
     /// A bias-free `nn.Conv2d` under `conv` followed by the `nn.BatchNorm2d` under `bn`, folded
     /// into one convolution with a bias.
-    #[allow(clippy::too_many_arguments)]
     pub fn with_batch_norm(
         conv: VarBuilder,
         bn: VarBuilder,
         c_in: usize,
         c_out: usize,
         kernel: usize,
-        stride: usize,
-        padding: usize,
-        activation: Activation,
+        cfg: ConvConfig,
     ) -> Result<Self> {
         let weight = conv.get((c_out, c_in, kernel, kernel), "weight")?;
         let (scale, shift) = batch_norm(&bn, c_out)?;
         let weight = weight
             .broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?
             .contiguous()?;
-        Self::finish(weight, shift, stride, padding, activation)
+        Self::finish(weight, shift, cfg)
     }
 }
 
@@ -111,13 +135,12 @@ impl Conv {
         Ok(equal(&self.weight, &other.weight)? && equal(&self.bias, &other.bias)?)
     }
 
-    fn finish(
-        weight: Tensor,
-        bias: Tensor,
-        stride: usize,
-        padding: usize,
-        activation: Activation,
-    ) -> Result<Self> {
+    fn finish(weight: Tensor, bias: Tensor, cfg: ConvConfig) -> Result<Self> {
+        let ConvConfig {
+            padding,
+            stride,
+            activation,
+        } = cfg;
         let winograd = if weight.device().is_cpu() && winograd_applies(&weight, stride, padding) {
             Some(winograd_weights(&weight)?)
         } else {
@@ -186,6 +209,29 @@ impl Module for Depthwise {
     }
 }
 
+/// The shape of an [`InvertedResidual`] block besides its channels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InvertedResidualConfig {
+    /// Stride of the depthwise convolution.
+    pub stride: usize,
+    /// Hidden channels per input channel.
+    pub expand_ratio: usize,
+    /// Whether the block has the 1×1 expansion even at ratio 1 (as the FPN encoder builds it);
+    /// without it, ratio 1 means no expansion (as torchvision-style MobileNetV2 builds it).
+    pub pointwise_expand: bool,
+}
+
+impl Default for InvertedResidualConfig {
+    /// Stride 1, no expansion.
+    fn default() -> Self {
+        Self {
+            stride: 1,
+            expand_ratio: 1,
+            pointwise_expand: false,
+        }
+    }
+}
+
 /// MobileNetV2's inverted residual block: 1×1 expansion (optional), depthwise 3×3, 1×1
 /// projection, each with BatchNorm; ReLU6 after the first two; a skip when shapes allow.
 #[derive(Debug, Clone)]
@@ -197,31 +243,27 @@ pub struct InvertedResidual {
 }
 
 impl InvertedResidual {
-    /// The block stored under `vb` (`conv.N.*`). With `pointwise_expand` the block has the 1×1
-    /// expansion even at ratio 1 (as the FPN encoder builds it); without it, ratio 1 means no
-    /// expansion (as torchvision-style MobileNetV2 builds it).
+    /// The `c_in`→`c_out` block stored under `vb` (`conv.N.*`).
     pub fn new(
         vb: VarBuilder,
         c_in: usize,
         c_out: usize,
-        stride: usize,
-        expand_ratio: usize,
-        pointwise_expand: bool,
+        cfg: InvertedResidualConfig,
     ) -> Result<Self> {
+        let InvertedResidualConfig {
+            stride,
+            expand_ratio,
+            pointwise_expand,
+        } = cfg;
         let hidden = c_in * expand_ratio;
         let vb = vb.pp("conv");
         let has_expand = pointwise_expand || expand_ratio != 1;
         let (expand, dw_at) = if has_expand {
-            let expand = Conv::with_batch_norm(
-                vb.pp("0"),
-                vb.pp("1"),
-                c_in,
-                hidden,
-                1,
-                1,
-                0,
-                Activation::Relu6,
-            )?;
+            let relu6 = ConvConfig {
+                activation: Activation::Relu6,
+                ..Default::default()
+            };
+            let expand = Conv::with_batch_norm(vb.pp("0"), vb.pp("1"), c_in, hidden, 1, relu6)?;
             (Some(expand), 3)
         } else {
             (None, 0)
@@ -238,9 +280,7 @@ impl InvertedResidual {
             hidden,
             c_out,
             1,
-            1,
-            0,
-            Activation::None,
+            ConvConfig::default(),
         )?;
         Ok(Self {
             expand,

@@ -4,7 +4,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::layers::{Activation, Conv, InvertedResidual};
+use super::layers::{Activation, Conv, ConvConfig, InvertedResidual, InvertedResidualConfig};
 
 /// `(expansion, output channels, stride)` of the encoder's inverted residual blocks.
 const BLOCKS: [(usize, usize, usize); 7] = [
@@ -63,9 +63,11 @@ impl MobileUnet {
             c_in,
             32,
             3,
-            2,
-            1,
-            Activation::Relu6,
+            ConvConfig {
+                padding: 1,
+                stride: 2,
+                activation: Activation::Relu6,
+            },
         )?;
         let mut blocks = Vec::with_capacity(BLOCKS.len());
         let mut channels = 32;
@@ -74,9 +76,11 @@ impl MobileUnet {
                 features.pp((i + 1).to_string()),
                 channels,
                 c,
-                s,
-                t,
-                false,
+                InvertedResidualConfig {
+                    stride: s,
+                    expand_ratio: t,
+                    pointwise_expand: false,
+                },
             )?);
             channels = c;
         }
@@ -86,9 +90,10 @@ impl MobileUnet {
             channels,
             512,
             1,
-            1,
-            0,
-            Activation::Relu6,
+            ConvConfig {
+                activation: Activation::Relu6,
+                ..Default::default()
+            },
         )?;
         let up = [
             UpConv::new(vb.pp("dconv1"), 512, 96)?,
@@ -96,21 +101,25 @@ impl MobileUnet {
             UpConv::new(vb.pp("dconv3"), 32, 24)?,
             UpConv::new(vb.pp("dconv4"), 24, 16)?,
         ];
+        let expand6 = InvertedResidualConfig {
+            expand_ratio: 6,
+            ..Default::default()
+        };
         let invres = [
-            InvertedResidual::new(vb.pp("invres1"), 192, 96, 1, 6, false)?,
-            InvertedResidual::new(vb.pp("invres2"), 64, 32, 1, 6, false)?,
-            InvertedResidual::new(vb.pp("invres3"), 48, 24, 1, 6, false)?,
-            InvertedResidual::new(vb.pp("invres4"), 32, 16, 1, 6, false)?,
+            InvertedResidual::new(vb.pp("invres1"), 192, 96, expand6)?,
+            InvertedResidual::new(vb.pp("invres2"), 64, 32, expand6)?,
+            InvertedResidual::new(vb.pp("invres3"), 48, 24, expand6)?,
+            InvertedResidual::new(vb.pp("invres4"), 32, 16, expand6)?,
         ];
-        let conv_last = Conv::new(
+        let conv_last = Conv::no_bias(
             vb.pp("conv_last"),
             16,
             c_out,
             3,
-            1,
-            1,
-            false,
-            Activation::None,
+            ConvConfig {
+                padding: 1,
+                ..Default::default()
+            },
         )?;
         Ok(Self {
             stem,
