@@ -153,7 +153,9 @@ impl From<JobError> for ApiError {
                 waited_ms: waited.as_millis() as u64,
                 timeout_ms: timeout.as_millis() as u64,
             },
-            JobError::ShutDown => ApiError::Draining { retry_after_s: MIN_RETRY_AFTER_S },
+            JobError::ShutDown => ApiError::Draining {
+                retry_after_s: MIN_RETRY_AFTER_S,
+            },
             JobError::Model(m) => ApiError::Internal(format!("model failure: {m}")),
         }
     }
@@ -169,7 +171,10 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         if let Some(secs) = self.retry_after() {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(MIN_RETRY_AFTER_S)));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(secs.max(MIN_RETRY_AFTER_S)),
+            );
         }
         if matches!(self, ApiError::Unauthorized) {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -129,7 +129,9 @@ pub async fn read(
         .and_then(|r| r);
     let parts = match parts {
         Err(_) if spent.load(Ordering::Relaxed) => {
-            return Err(ApiError::Overloaded { retry_after_s: MIN_RETRY_AFTER_S })
+            return Err(ApiError::Overloaded {
+                retry_after_s: MIN_RETRY_AFTER_S,
+            })
         }
         other => other?,
     };
@@ -255,7 +257,9 @@ pub async fn prepare(
         budgets.decode.clone().acquire_many_owned(units(need)),
     )
     .await
-    .map_err(|_| ApiError::Overloaded { retry_after_s: MIN_RETRY_AFTER_S })?
+    .map_err(|_| ApiError::Overloaded {
+        retry_after_s: MIN_RETRY_AFTER_S,
+    })?
     .map_err(|_| ApiError::Internal("the decode budget is closed".into()))?;
     let gauge = budgets.metrics.decode_memory.clone();
     // The permit goes with the work: if this request is abandoned meanwhile, the budget is
