@@ -96,13 +96,16 @@ pub struct Probe {
     pub height: u32,
     /// Bytes of the decoder's own pixel buffer at the stored size (e.g. 8 for 16-bit RGBA).
     pub bytes_per_pixel: u64,
+    /// A JPEG that the DCT-scaling decoder handles (grayscale or colour, not CMYK); others
+    /// decode at full size, and are budgeted so.
+    pub dct_scalable: bool,
 }
 
 impl Probe {
     /// The size the decoder will produce: JPEGs are decoded with DCT scaling straight to the
     /// smallest size that still covers the model frame; other formats at their stored size.
     pub fn decoded_size(&self) -> (u32, u32) {
-        if self.format != ImageFormat::Jpeg {
+        if !self.dct_scalable {
             return (self.width, self.height);
         }
         let factor = jpeg_scale_factor(self.width, self.height);
@@ -155,6 +158,7 @@ pub fn probe(bytes: &[u8], max_pixels: u64) -> Result<Probe, ImageError> {
         width,
         height,
         bytes_per_pixel: u64::from(decoder.color_type().bytes_per_pixel()),
+        dct_scalable: format == ImageFormat::Jpeg && jpeg_is_dct_scalable(bytes),
     })
 }
 
@@ -176,10 +180,10 @@ pub fn decode_probed(bytes: &[u8], probe: &Probe) -> Result<RgbImage, ImageError
     let mut decoder = reader.into_decoder().map_err(invalid)?;
     let orientation = decoder.orientation().map_err(invalid)?;
     let mut img = if probe.decoded_size() != (probe.width, probe.height) {
-        match decode_jpeg_scaled(bytes, probe) {
-            Some(img) => DynamicImage::ImageRgb8(img),
-            None => DynamicImage::from_decoder(decoder).map_err(invalid)?,
-        }
+        // No full-size fallback: the decode budget was taken for the scaled size.
+        DynamicImage::ImageRgb8(decode_jpeg_scaled(bytes, probe).ok_or_else(|| {
+            ImageError::Invalid("cannot decode image: the JPEG data is corrupt".into())
+        })?)
     } else {
         DynamicImage::from_decoder(decoder).map_err(invalid)?
     };
@@ -187,8 +191,19 @@ pub fn decode_probed(bytes: &[u8], probe: &Probe) -> Result<RgbImage, ImageError
     Ok(img.to_rgb8())
 }
 
-/// A JPEG decoded with DCT scaling to [`Probe::decoded_size`]; `None` where the scaled decoder
-/// does not apply (CMYK, or an error it reports), and the full-size decoder takes over.
+/// Whether the DCT-scaling decoder reads this JPEG's header and gives 8-bit grey or RGB.
+fn jpeg_is_dct_scalable(bytes: &[u8]) -> bool {
+    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    decoder.read_info().is_ok()
+        && decoder.info().is_some_and(|i| {
+            matches!(
+                i.pixel_format,
+                jpeg_decoder::PixelFormat::RGB24 | jpeg_decoder::PixelFormat::L8
+            )
+        })
+}
+
+/// A JPEG decoded with DCT scaling to [`Probe::decoded_size`]; `None` on an error it reports.
 fn decode_jpeg_scaled(bytes: &[u8], probe: &Probe) -> Option<RgbImage> {
     let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
     decoder.read_info().ok()?;

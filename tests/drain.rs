@@ -15,19 +15,7 @@ async fn sigterm_answers_every_admitted_request_and_exits_zero() {
     let mut child = ChildServer::start(&["--max-batch-size", "16", "--max-batch-delay-ms", "1500"]);
     child.wait_ready().await;
     let base = child.base.clone();
-    let load: Vec<_> = (0..8)
-        .map(|i| {
-            let base = base.clone();
-            tokio::spawn(async move {
-                client()
-                    .post(format!("{base}/tryon"))
-                    .multipart(pair_form(i))
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-            })
-        })
-        .collect();
+    let load: Vec<_> = (0..8).map(|i| spawn_tryon(&base, pair_form(i))).collect();
     // Wait until all eight are admitted.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -55,12 +43,7 @@ async fn sigterm_answers_every_admitted_request_and_exits_zero() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(saw_unready, "/readyz answers 503 after SIGTERM");
-    let r = client()
-        .post(format!("{base}/tryon"))
-        .multipart(pair_form(0))
-        .send()
-        .await
-        .expect("still up while draining");
+    let r = post_tryon(&base, pair_form(0)).await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
     let body: serde_json::Value = r.json().await.expect("json");
@@ -102,17 +85,7 @@ async fn drain_timeout_answers_the_rest_and_exits_zero() {
     ]);
     child.wait_ready().await;
     let base = child.base.clone();
-    let pending = {
-        let base = base.clone();
-        tokio::spawn(async move {
-            client()
-                .post(format!("{base}/tryon"))
-                .multipart(pair_form(0))
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        })
-    };
+    let pending = spawn_tryon(&base, pair_form(0));
     let deadline = Instant::now() + Duration::from_secs(20);
     while metric(&metrics_text(&base).await, "virtualfit_active_requests", "") < 1.0 {
         assert!(Instant::now() < deadline, "not admitted");

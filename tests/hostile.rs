@@ -14,52 +14,38 @@ use reqwest::multipart::Form;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A valid 1-bit grayscale PNG of `w×h` pixels, all black: a few KB for millions of pixels.
-fn one_bit_png(w: u32, h: u32) -> Vec<u8> {
+/// A valid PNG of `h` copies of one row of raw samples.
+fn png_of(w: u32, h: u32, color: png::ColorType, depth: png::BitDepth, row: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut encoder = png::Encoder::new(&mut out, w, h);
-    encoder.set_color(png::ColorType::Grayscale);
-    encoder.set_depth(png::BitDepth::One);
+    encoder.set_color(color);
+    encoder.set_depth(depth);
     encoder.set_compression(png::Compression::High);
     let mut writer = encoder.write_header().expect("header");
-    let row = (w as usize).div_ceil(8);
     let mut stream = writer.stream_writer().expect("stream");
-    let zeros = vec![0u8; row.min(1 << 20)];
     for _ in 0..h {
-        let mut left = row;
-        while left > 0 {
-            let n = left.min(zeros.len());
-            stream.write_all(&zeros[..n]).expect("row");
-            left -= n;
-        }
+        stream.write_all(row).expect("row");
     }
     stream.finish().expect("finish");
     drop(writer);
     out
 }
 
-/// A valid 16-bit RGBA PNG of `w×h` pixels of one colour: about 541 KB at 5900×5900, and
+/// A valid 1-bit grayscale PNG of `w×h` pixels, all black: a few KB for millions of pixels.
+fn one_bit_png(w: u32, h: u32) -> Vec<u8> {
+    let row = vec![0u8; (w as usize).div_ceil(8)];
+    png_of(w, h, png::ColorType::Grayscale, png::BitDepth::One, &row)
+}
+
+/// A valid 16-bit RGBA PNG of `w×h` pixels of one colour: about 0.4 MB at 5900×5900, and
 /// 278 MB once decoded.
 fn rgba16_png(w: u32, h: u32) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, w, h);
-    encoder.set_color(png::ColorType::Rgba);
-    encoder.set_depth(png::BitDepth::Sixteen);
-    encoder.set_compression(png::Compression::Balanced);
-    let mut writer = encoder.write_header().expect("header");
-    let mut stream = writer.stream_writer().expect("stream");
-    let row: Vec<u8> = [0x80u8, 0x00, 0x40, 0x00, 0x20, 0x00, 0xFF, 0xFF].repeat(w as usize);
-    for _ in 0..h {
-        stream.write_all(&row).expect("row");
-    }
-    stream.finish().expect("finish");
-    drop(writer);
-    out
+    let row = [0x80u8, 0x00, 0x40, 0x00, 0x20, 0x00, 0xFF, 0xFF].repeat(w as usize);
+    png_of(w, h, png::ColorType::Rgba, png::BitDepth::Sixteen, &row)
 }
 
 fn form_with(person: Vec<u8>, person_mime: &str, mask: Option<Vec<u8>>) -> Form {
-    let (p, c) = &pairs()[0];
-    let _ = p;
+    let c = &pairs()[0].1;
     let mut form = Form::new()
         .part("person_image", image_part(person, person_mime))
         .part(
@@ -76,14 +62,7 @@ fn person_jpeg() -> Vec<u8> {
     fixture(&format!("person/{}", pairs()[0].0))
 }
 
-async fn post_form(base: &str, form: Form) -> reqwest::Response {
-    client()
-        .post(format!("{base}/tryon"))
-        .multipart(form)
-        .send()
-        .await
-        .expect("answer")
-}
+use common::post_tryon as post_form;
 
 async fn error_code(r: reqwest::Response) -> (u16, String) {
     let status = r.status().as_u16();
@@ -252,7 +231,7 @@ async fn stalled_uploads_do_not_block_real_requests_and_time_out() {
     // Real requests are served while every stalled upload waits for its deadline.
     let mut served = 0;
     for i in 0..12 {
-        let r = post(&server.base, pair_form(i)).await;
+        let r = post_form(&server.base, pair_form(i)).await;
         assert_eq!(r.status(), 200, "real request {i} during the attack");
         served += 1;
     }
@@ -271,10 +250,6 @@ async fn stalled_uploads_do_not_block_real_requests_and_time_out() {
         stalled.len() as f64
     );
     assert_still_serves(&server.base).await;
-}
-
-async fn post(base: &str, form: Form) -> reqwest::Response {
-    post_form(base, form).await
 }
 
 // ---- 4. connection floods and silent connections ----
@@ -414,27 +389,27 @@ async fn request_ids_and_echoed_strings_are_bounded() {
         );
     }
     let junk = "y".repeat(60_000);
-    let r = c
-        .post(format!("{base}/tryon"))
-        .header("content-type", format!("text/plain; {junk}"))
-        .body("hello")
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(r.status(), 400);
-    assert!(
-        r.text().await.expect("body").len() < 600,
-        "content type echoed in full"
-    );
-    let r = c
-        .post(format!("{base}/tryon?format={junk}"))
-        .multipart(pair_form(0))
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(r.status(), 400);
-    assert!(
-        r.text().await.expect("body").len() < 600,
-        "format echoed in full"
-    );
+    let echoing = [
+        (
+            "content type",
+            c.post(format!("{base}/tryon"))
+                .header("content-type", format!("text/plain; {junk}"))
+                .body("hello"),
+        ),
+        (
+            "format",
+            c.post(format!("{base}/tryon?format={junk}"))
+                .multipart(pair_form(0)),
+        ),
+    ];
+    for (what, request) in echoing {
+        let r = request.send().await.expect("answer");
+        assert_eq!(r.status(), 400, "{what}");
+        let body = r.text().await.expect("body");
+        assert!(
+            body.len() < 600,
+            "{what} echoed in full: {} bytes",
+            body.len()
+        );
+    }
 }

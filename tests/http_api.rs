@@ -28,14 +28,7 @@ async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> s
     body
 }
 
-async fn post(base: &str, form: Form) -> reqwest::Response {
-    client()
-        .post(format!("{base}/tryon"))
-        .multipart(form)
-        .send()
-        .await
-        .expect("answer")
-}
+use common::post_tryon as post;
 
 #[tokio::test]
 async fn happy_path_in_jpeg_and_png() {
@@ -114,32 +107,21 @@ async fn request_id_is_echoed() {
 }
 
 #[tokio::test]
-async fn missing_part_is_bad_request() {
+async fn missing_or_duplicated_part_is_bad_request() {
     let (_server, base) = start(&[]).await;
-    let form = Form::new().part(
-        "person_image",
-        image_part(fixture("person/000066_0.jpg"), "image/jpeg"),
-    );
-    let body = expect_error(post(&base, form).await, 400, "bad_request").await;
-    assert!(body["message"]
-        .as_str()
-        .unwrap_or("")
-        .contains("cloth_image"));
-    assert_still_serves(&base).await;
-}
-
-#[tokio::test]
-async fn duplicated_part_is_bad_request() {
-    let (_server, base) = start(&[]).await;
-    let form = pair_form(0).part(
-        "person_image",
-        image_part(fixture("person/004912_0.jpg"), "image/jpeg"),
-    );
-    let body = expect_error(post(&base, form).await, 400, "bad_request").await;
-    assert!(body["message"]
-        .as_str()
-        .unwrap_or("")
-        .contains("more than once"));
+    let person = || image_part(fixture("person/000066_0.jpg"), "image/jpeg");
+    let cases = [
+        (Form::new().part("person_image", person()), "cloth_image"),
+        (
+            pair_form(0).part("person_image", person()),
+            "more than once",
+        ),
+    ];
+    for (form, says) in cases {
+        let body = expect_error(post(&base, form).await, 400, "bad_request").await;
+        let message = body["message"].as_str().unwrap_or("");
+        assert!(message.contains(says), "{message}");
+    }
     assert_still_serves(&base).await;
 }
 

@@ -532,29 +532,19 @@ fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
             grace > pre_stop + drain,
             "{ctx}: grace {grace} s must exceed preStop {pre_stop} s + drain {drain} s"
         );
-        // Probes.
-        assert_eq!(
-            c["startupProbe"]["httpGet"]["path"].as_str(),
-            Some("/readyz"),
-            "{ctx}"
-        );
-        assert_eq!(
-            c["readinessProbe"]["httpGet"]["path"].as_str(),
-            Some("/readyz"),
-            "{ctx}"
-        );
-        assert_eq!(
-            c["livenessProbe"]["httpGet"]["path"].as_str(),
-            Some("/livez"),
-            "{ctx}"
-        );
-        // Liveness on the metrics port, which a connection flood on the API port cannot fill;
-        // the server serves /livez there because VIRTUALFIT_METRICS_BIND is set.
-        assert_eq!(
-            c["livenessProbe"]["httpGet"]["port"].as_str(),
-            Some("metrics"),
-            "{ctx}"
-        );
+        // Probes. Liveness is on the metrics port, which a connection flood on the API port
+        // cannot fill; the server serves /livez there because VIRTUALFIT_METRICS_BIND is set.
+        for (probe, path, port) in [
+            ("startupProbe", "/readyz", None),
+            ("readinessProbe", "/readyz", None),
+            ("livenessProbe", "/livez", Some("metrics")),
+        ] {
+            let get = &c[probe]["httpGet"];
+            assert_eq!(get["path"].as_str(), Some(path), "{ctx}: {probe}");
+            if port.is_some() {
+                assert_eq!(get["port"].as_str(), port, "{ctx}: {probe}");
+            }
+        }
         assert!(
             env_of(c).contains_key("VIRTUALFIT_METRICS_BIND"),
             "{ctx}: the metrics port is bound"

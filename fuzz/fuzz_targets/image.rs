@@ -25,7 +25,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_eq!(fitted.dimensions(), frame);
-    assert!(rect.width >= 1 && rect.height >= 1, "empty content {rect:?}");
+    assert!(
+        rect.width >= 1 && rect.height >= 1,
+        "empty content {rect:?}"
+    );
     assert!(rect.x + rect.width <= frame.0 && rect.y + rect.height <= frame.1);
     // The decoded size is the probe's (a JPEG scaled down by its DCT), or the stored size where
     // the scaled JPEG decoder gives way to the full one; EXIF orientation may swap the sides.

@@ -100,20 +100,25 @@ pub async fn read(
     let spent = Arc::new(AtomicBool::new(false));
     let stream = {
         let (held, spent, budget) = (held.clone(), spent.clone(), budgets.body.clone());
+        // Bytes received so far: the budget is taken for what arrived, rounded up once, so
+        // many tiny chunks weigh no more than one large one.
+        let mut received = 0u64;
         body.into_data_stream().map(move |chunk| {
             let chunk =
                 chunk.map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
-            let permit = budget
-                .clone()
-                .try_acquire_many_owned(units(chunk.len() as u64))
-                .map_err(|_| {
+            let before = units(received);
+            received += chunk.len() as u64;
+            let more = units(received) - before;
+            if more > 0 {
+                let permit = budget.clone().try_acquire_many_owned(more).map_err(|_| {
                     spent.store(true, Ordering::Relaxed);
                     Box::new(BodyBudgetSpent)
                 })?;
-            let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
-            match held.as_mut() {
-                Some(h) => h.merge(permit),
-                None => *held = Some(permit),
+                let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+                match held.as_mut() {
+                    Some(h) => h.merge(permit),
+                    None => *held = Some(permit),
+                }
             }
             Ok::<Bytes, Box<dyn std::error::Error + Send + Sync>>(chunk)
         })
@@ -290,4 +295,59 @@ fn decode_all(
     };
     imaging::prepare_fitted((person_fit, content), cloth_fit, mask_fit)
         .map_err(|e| ApiError::InvalidImage(format!("cannot convert image: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn multipart(parts: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (name, bytes) in parts {
+            body.extend_from_slice(
+                format!("--XYZ\r\ncontent-disposition: form-data; name=\"{name}\"\r\n\r\n")
+                    .as_bytes(),
+            );
+            body.extend_from_slice(bytes);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"--XYZ--\r\n");
+        body
+    }
+
+    #[tokio::test]
+    async fn tiny_chunks_take_the_body_budget_by_bytes_not_by_chunk() {
+        let body = multipart(&[(PERSON_PART, &[7u8; 400]), (CLOTH_PART, &[9u8; 400])]);
+        assert!(body.len() < 2 * 1024);
+        // One byte a chunk, against a budget of 2 KiB: counted per chunk it would need ~1000.
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            body.iter().map(|b| Ok(Bytes::from(vec![*b]))).collect();
+        let stream = futures_util::stream::iter(chunks);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("multipart/form-data; boundary=XYZ"),
+        );
+        let budgets = Budgets::new(2 * 1024, 1 << 20, Metrics::new());
+        let timeout = Duration::from_secs(5);
+        let upload = read(
+            &headers,
+            Body::from_stream(stream),
+            1 << 20,
+            &budgets,
+            Instant::now() + timeout,
+            timeout,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("read: {e}"));
+        assert_eq!((upload.person.len(), upload.cloth.len()), (400, 400));
+        assert_eq!(budgets.body.available_permits(), 2 - 1, "one KiB held");
+        drop(upload);
+        assert_eq!(
+            budgets.body.available_permits(),
+            2,
+            "released with the upload"
+        );
+    }
 }

@@ -112,14 +112,32 @@ pub async fn metrics_text(base: &str) -> String {
         .expect("text")
 }
 
-/// A successful /tryon proves the server is still up and serving.
-pub async fn assert_still_serves(base: &str) {
-    let r = client()
+/// Posts a form to `/tryon` and answers the response (the test fails if none comes).
+pub async fn post_tryon(base: &str, form: Form) -> reqwest::Response {
+    client()
         .post(format!("{base}/tryon"))
-        .multipart(pair_form(0))
+        .multipart(form)
         .send()
         .await
-        .expect("server answers");
+        .expect("the server answers")
+}
+
+/// Posts a form to `/tryon` in a task; the task answers the status, or the transport error.
+pub fn spawn_tryon(base: &str, form: Form) -> tokio::task::JoinHandle<Result<u16, reqwest::Error>> {
+    let url = format!("{base}/tryon");
+    tokio::spawn(async move {
+        client()
+            .post(url)
+            .multipart(form)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    })
+}
+
+/// A successful /tryon proves the server is still up and serving.
+pub async fn assert_still_serves(base: &str) {
+    let r = post_tryon(base, pair_form(0)).await;
     assert_eq!(r.status(), 200, "the server still serves /tryon");
 }
 
