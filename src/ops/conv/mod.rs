@@ -7,7 +7,7 @@
 mod im2col;
 mod winograd;
 
-pub use winograd::{conv2d_winograd, winograd_applies, winograd_weights, Conv2dWinograd};
+pub use winograd::{conv2d_winograd, winograd_applies, winograd_weights};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
@@ -83,6 +83,7 @@ pub fn conv2d_fused(
         stride,
         padding,
         activation,
+        winograd_weights: false,
     };
     if !input.device().is_cpu() {
         return conv2d_device(input, weight, bias, op);
@@ -106,6 +107,7 @@ fn conv2d_device(
         stride,
         padding,
         activation,
+        ..
     } = op;
     let (n, ci, h, w) = input.dims4()?;
     let (co, _, k, _) = weight.dims4()?;
@@ -194,12 +196,15 @@ impl candle_core::CustomOp2 for BiasActivation {
     }
 }
 
-/// The custom op behind [`conv2d_fused`].
+/// The custom op behind [`conv2d_fused`] and [`conv2d_winograd`].
 #[derive(Debug, Clone, Copy)]
 pub struct Conv2dFused {
     pub stride: usize,
     pub padding: usize,
     pub activation: ConvActivation,
+    /// The weight is already in the Winograd domain (`16×Co×Ci`, from [`winograd_weights`]):
+    /// a 3×3, stride 1, padding 1 convolution.
+    pub winograd_weights: bool,
 }
 
 /// Geometry of one convolution.
@@ -294,7 +299,12 @@ impl CustomOp3 for Conv2dFused {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, ci, h, w) = l1.shape().dims4()?;
-        let (co, _, k, _) = l2.shape().dims4()?;
+        let (co, k) = if self.winograd_weights {
+            (l2.shape().dims3()?.1, 3)
+        } else {
+            let (co, _, k, _) = l2.shape().dims4()?;
+            (co, k)
+        };
         let ho = (h + 2 * self.padding - k) / self.stride + 1;
         let wo = (w + 2 * self.padding - k) / self.stride + 1;
         let g = Geometry {
@@ -312,7 +322,9 @@ impl CustomOp3 for Conv2dFused {
         let input = contiguous_f32(s1, l1, "conv2d_fused")?;
         let weight = contiguous_f32(s2, l2, "conv2d_fused")?;
         let bias = contiguous_f32(s3, l3, "conv2d_fused")?;
-        let out = if winograd::applies(&g) {
+        let out = if self.winograd_weights {
+            winograd::winograd_cpu(input, weight, bias, g, self.activation)
+        } else if winograd::applies(&g) {
             let u = winograd::kernels(weight, co, ci);
             winograd::winograd_cpu(input, &u, bias, g, self.activation)
         } else {

@@ -3,11 +3,10 @@
 //! weight once at load time for [`conv2d_winograd`]; [`super::conv2d_fused`] transforms it per
 //! call.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
-use super::{bands_per_image, gemm_rows, ConvActivation, Geometry, OutPtr};
-use crate::ops::contiguous_f32;
+use super::{bands_per_image, gemm_rows, Conv2dFused, ConvActivation, Geometry, OutPtr};
 
 /// Input channels from which the transforms pay off.
 const MIN_CHANNELS: usize = 16;
@@ -307,49 +306,16 @@ pub fn conv2d_winograd(
     let input = input.contiguous()?;
     let u = u.contiguous()?;
     let bias = bias.flatten_all()?.contiguous()?;
-    input.apply_op3_no_bwd(&u, &bias, &Conv2dWinograd { activation })
-}
-
-/// The custom op behind [`conv2d_winograd`].
-#[derive(Debug, Clone, Copy)]
-pub struct Conv2dWinograd {
-    pub activation: ConvActivation,
-}
-
-impl CustomOp3 for Conv2dWinograd {
-    fn name(&self) -> &'static str {
-        "conv2d_winograd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (n, ci, h, w) = l1.shape().dims4()?;
-        let (_, co, _) = l2.shape().dims3()?;
-        let g = Geometry {
-            n,
-            ci,
-            h,
-            w,
-            co,
-            k: 3,
+    input.apply_op3_no_bwd(
+        &u,
+        &bias,
+        &Conv2dFused {
             stride: 1,
             padding: 1,
-            ho: h,
-            wo: w,
-        };
-        let input = contiguous_f32(s1, l1, "conv2d_winograd")?;
-        let u = contiguous_f32(s2, l2, "conv2d_winograd")?;
-        let bias = contiguous_f32(s3, l3, "conv2d_winograd")?;
-        let out = winograd_cpu(input, u, bias, g, self.activation);
-        Ok((CpuStorage::F32(out), Shape::from((n, co, h, w))))
-    }
+            activation,
+            winograd_weights: true,
+        },
+    )
 }
 
 #[cfg(test)]
