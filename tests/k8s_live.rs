@@ -10,10 +10,10 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::child::ChildServer;
 use common::k8s::*;
 use serde_yaml::{Mapping, Value};
 
@@ -27,92 +27,40 @@ impl Drop for Proc {
     }
 }
 
-/// One `virtualfit serve` replica on 127.0.0.1.
+/// One `virtualfit serve` replica on 127.0.0.1, with its metrics port, killed on drop.
 struct Replica {
-    _proc: Proc,
+    _server: ChildServer,
     addr: String,
     metrics_addr: String,
 }
 
 fn start_replica(extra: &[&str]) -> Replica {
     let mut args = vec![
-        "serve",
-        "--bind",
-        "127.0.0.1:0",
         "--metrics-bind",
         "127.0.0.1:0",
         "--model",
         "overlay",
         "--device",
         "cpu",
-        "--log-format",
-        "json",
     ];
     args.extend_from_slice(extra);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_virtualfit"))
-        .args(&args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start virtualfit serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut addr = None;
-        let mut metrics = None;
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            match v["message"].as_str() {
-                Some("listening") => addr = v["addr"].as_str().map(str::to_string),
-                Some("metrics listening") => metrics = v["addr"].as_str().map(str::to_string),
-                _ => {}
-            }
-            if let (Some(a), Some(m)) = (&addr, &metrics) {
-                let _ = tx.send((a.clone(), m.clone()));
-                addr = None;
-            }
-        }
-    });
-    let proc = Proc(child);
-    let (addr, metrics_addr) = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server logs its bound addresses");
+    let server = ChildServer::start(&args);
+    let metrics_base = server.metrics_base.clone().expect("the metrics port");
     Replica {
-        _proc: proc,
-        addr,
-        metrics_addr,
-    }
-}
-
-async fn wait_ready(client: &reqwest::Client, addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = client.get(format!("http://{addr}/readyz")).send().await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "{addr} never became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        addr: server.addr().to_string(),
+        metrics_addr: metrics_base.trim_start_matches("http://").to_string(),
+        _server: server,
     }
 }
 
 /// The sample (person, garment) photo pairs of assets/samples/.
 fn fixture_pairs() -> Vec<(Vec<u8>, Vec<u8>)> {
-    let dir = root().join("assets/samples");
-    let pairs = fs::read_to_string(dir.join("pairs.txt")).expect("assets/samples/pairs.txt");
-    pairs
-        .lines()
-        .filter_map(|l| l.split_once(char::is_whitespace))
+    common::pairs()
+        .iter()
         .map(|(p, c)| {
             (
-                fs::read(dir.join("person").join(p.trim())).expect("person image"),
-                fs::read(dir.join("cloth").join(c.trim())).expect("cloth image"),
+                common::fixture(&format!("person/{p}")),
+                common::fixture(&format!("cloth/{c}")),
             )
         })
         .collect()
@@ -264,7 +212,7 @@ async fn live_prometheus_reads_every_trigger_from_two_replicas_under_load() {
         .build()
         .expect("client");
     for r in &replicas {
-        wait_ready(&client, &r.addr).await;
+        r._server.wait_ready().await;
     }
 
     // Prometheus with the shipped scrape job.
@@ -441,10 +389,8 @@ async fn live_prometheus_reads_every_trigger_from_two_replicas_under_load() {
         .text()
         .await
         .expect("metrics text");
-    let exported: BTreeSet<String> = exposition
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| l.split(['{', ' ']).next().unwrap_or("").to_string())
+    let exported: BTreeSet<String> = virtualfit::metrics_text::samples(&exposition)
+        .map(|s| s.name)
         .collect();
     let used = names_in_k8s("virtualfit_");
     assert!(used.len() >= 10, "{used:?}");

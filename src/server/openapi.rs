@@ -75,15 +75,6 @@ mod tests {
                 "code {code} documented"
             );
         }
-        for path in [
-            "/tryon",
-            "/livez",
-            "/readyz",
-            "/metrics",
-            "/v1/models",
-            "/openapi.json",
-        ] {
-            assert!(doc["paths"].get(path).is_some(), "{path}");
-        }
+        // The paths are checked on the served document (tests/http_api.rs).
     }
 }

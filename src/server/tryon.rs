@@ -49,21 +49,25 @@ pub struct TryOnForm {
 }
 
 /// A failed request: the error, and whether the connection must close after the answer
-/// because the body may be left partly unread.
+/// because the body was left partly unread.
 struct Failure {
     error: ApiError,
     close: bool,
 }
 
+impl Failure {
+    /// A failure while the body may still be arriving.
+    fn mid_body(error: ApiError) -> Self {
+        Failure { error, close: true }
+    }
+}
+
 impl From<ApiError> for Failure {
     fn from(error: ApiError) -> Self {
-        let close = matches!(
+        Failure {
             error,
-            ApiError::BodyTimeout { .. }
-                | ApiError::PayloadTooLarge { .. }
-                | ApiError::Overloaded { .. }
-        );
-        Failure { error, close }
+            close: false,
+        }
     }
 }
 
@@ -108,10 +112,9 @@ pub async fn tryon_handler(
     let _in_flight = inner.in_flight.token();
     let result = tokio::select! {
         r = tryon(&state, query, request) => r,
-        _ = inner.drain_deadline.cancelled() => Err(Failure {
-            error: ApiError::Draining { retry_after_s: MIN_RETRY_AFTER_S },
-            close: true,
-        }),
+        _ = inner.drain_deadline.cancelled() => Err(Failure::mid_body(ApiError::Draining {
+            retry_after_s: MIN_RETRY_AFTER_S,
+        })),
     };
     let response = match result {
         Ok(r) => r,
@@ -183,7 +186,7 @@ async fn tryon(
         Ok(v) => v,
         Err(error) => {
             upload::drain(body).await;
-            return Err(Failure { error, close: true });
+            return Err(Failure::mid_body(error));
         }
     };
 
@@ -196,7 +199,8 @@ async fn tryon(
         body_deadline,
         args.body_timeout(),
     )
-    .await?;
+    .await
+    .map_err(Failure::mid_body)?;
 
     // Decoding runs for at most --queue-capacity requests at once: past it, 429 at once.
     let Ok(_decoding) = inner.decoding.clone().try_acquire_owned() else {
