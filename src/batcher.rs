@@ -1,6 +1,12 @@
 //! Dynamic batching: one worker thread owns the model and the device; requests wait in a bounded
 //! queue and run together, up to `max_batch_size`, as soon as the batch is full or its oldest
 //! request has waited `max_batch_delay`. While a batch runs, the next one accumulates.
+//!
+//! Two priorities share the worker: `interactive` work (every `/tryon`) fills each batch first,
+//! and `batch` work (asynchronous jobs, unless they ask otherwise) takes the room it leaves. A
+//! batch item that has waited `batch_max_wait` since its job was submitted is promoted, so a
+//! busy interactive load never starves it. The two have separate queues, so batch work never
+//! takes an interactive request's place in the queue.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -10,7 +16,7 @@ use std::time::{Duration, Instant};
 use candle_core::Tensor;
 use tokio::sync::oneshot;
 
-use crate::metrics::{Metrics, RejectReason};
+use crate::metrics::{Metrics, RejectReason, PRIORITY_LABELS};
 use crate::models::{ModelError, PreparedPair, TryOnBatch, TryOnModel, MODEL_HEIGHT, MODEL_WIDTH};
 
 /// Batching and admission settings.
@@ -20,6 +26,41 @@ pub struct BatcherConfig {
     pub max_batch_delay: Duration,
     pub queue_capacity: usize,
     pub request_timeout: Duration,
+    /// A batch item waiting this long since its job was submitted is served as interactive.
+    pub batch_max_wait: Duration,
+}
+
+/// Whose work an item is: interactive requests go first, batch jobs fill the room left.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Interactive,
+    Batch,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 2] = [Priority::Interactive, Priority::Batch];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Priority::Interactive => PRIORITY_LABELS[0],
+            Priority::Batch => PRIORITY_LABELS[1],
+        }
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "interactive" => Ok(Priority::Interactive),
+            "batch" => Ok(Priority::Batch),
+            _ => Err("the priority is `interactive` or `batch`".into()),
+        }
+    }
 }
 
 /// What a request gets back from its batch.
@@ -56,20 +97,44 @@ pub enum AdmitError {
 /// an immediate retry.
 pub const MIN_RETRY_AFTER_S: u64 = 1;
 
+/// While interactive requests arrived this recently, a batch with no interactive request
+/// takes at most [`BATCH_ONLY_SHARE`] of the cap, so that a request arriving meanwhile waits
+/// for a short batch, not a full one. With no interactive traffic, batch work fills whole batches.
+const INTERACTIVE_RECENT: Duration = Duration::from_secs(2);
+/// The share (1/n) of the batch cap that batch-only batches take while interactive traffic flows.
+const BATCH_ONLY_SHARE: usize = 4;
+
 /// Weight of the newest batch in the moving average of seconds per item: about the last five
 /// batches count, so the backlog estimate follows a change of load within a second or two.
 const PER_ITEM_SMOOTHING: f64 = 0.2;
 
 type Reply = oneshot::Sender<Result<JobOutput, JobError>>;
+/// Where an admitted item's answer arrives.
+pub type Receiver = oneshot::Receiver<Result<JobOutput, JobError>>;
 
 struct Job {
     inputs: PreparedPair,
     admitted_at: Instant,
+    priority: Priority,
+    /// When a batch item is served as interactive.
+    promote_at: Option<Instant>,
+    /// Past it, the item is answered with [`JobError::Deadline`] instead of running; `None`
+    /// for asynchronous jobs, which have no client waiting on the connection.
+    deadline: Option<Instant>,
     reply: Reply,
 }
 
+impl Job {
+    fn promoted(&self, now: Instant) -> bool {
+        self.promote_at.is_some_and(|t| t <= now)
+    }
+}
+
 struct State {
-    jobs: VecDeque<Job>,
+    /// Interactive requests, oldest first.
+    interactive: VecDeque<Job>,
+    /// Batch items, oldest first.
+    batch: VecDeque<Job>,
     /// No new admissions (draining).
     closed: bool,
     /// The worker should exit once the queue is empty.
@@ -80,14 +145,67 @@ struct State {
     batch_cap: usize,
     /// Requests taken by the worker and not yet answered.
     running: usize,
+    /// When the last interactive request was admitted.
+    last_interactive: Option<Instant>,
 }
 
 impl State {
     /// The estimated seconds to finish what is queued and running, at least
     /// [`MIN_RETRY_AFTER_S`].
     fn retry_after_s(&self) -> u64 {
-        let backlog = (self.jobs.len() + self.running) as f64 * self.seconds_per_item;
+        let backlog = (self.queued() + self.running) as f64 * self.seconds_per_item;
         (backlog.ceil() as u64).max(MIN_RETRY_AFTER_S)
+    }
+
+    /// Interactive and batch items waiting, together (the KEDA gauge's meaning).
+    fn queued(&self) -> usize {
+        self.interactive.len() + self.batch.len()
+    }
+
+    /// When the oldest waiting item was admitted.
+    fn oldest_admission(&self) -> Option<Instant> {
+        let a = self.interactive.front().map(|j| j.admitted_at);
+        let b = self.batch.front().map(|j| j.admitted_at);
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Takes up to `cap` items: promoted batch items first (they are the oldest work), then
+    /// interactive requests, then batch items in the room that is left.
+    fn take_batch(&mut self, cap: usize, now: Instant) -> Vec<Job> {
+        let mut taken = Vec::with_capacity(cap.min(self.queued()));
+        let mut kept = VecDeque::with_capacity(self.batch.len());
+        for job in self.batch.drain(..) {
+            if taken.len() < cap && job.promoted(now) {
+                taken.push(job);
+            } else {
+                kept.push_back(job);
+            }
+        }
+        self.batch = kept;
+        while taken.len() < cap {
+            match self.interactive.pop_front() {
+                Some(job) => taken.push(job),
+                None => break,
+            }
+        }
+        let interactive_flows = self
+            .last_interactive
+            .is_some_and(|t| now.saturating_duration_since(t) < INTERACTIVE_RECENT);
+        let cap = if taken.is_empty() && interactive_flows {
+            (cap / BATCH_ONLY_SHARE).max(1)
+        } else {
+            cap
+        };
+        while taken.len() < cap {
+            match self.batch.pop_front() {
+                Some(job) => taken.push(job),
+                None => break,
+            }
+        }
+        taken
     }
 }
 
@@ -105,10 +223,20 @@ impl Shared {
     }
 
     fn publish_queue(&self, state: &State) {
-        self.metrics.queue_length.set(state.jobs.len() as i64);
+        let queued = state.queued();
+        self.metrics.queue_length.set(queued as i64);
         self.metrics
             .backlog_seconds
-            .set(state.jobs.len() as f64 * state.seconds_per_item);
+            .set(queued as f64 * state.seconds_per_item);
+        for (priority, queue) in [
+            (Priority::Interactive, &state.interactive),
+            (Priority::Batch, &state.batch),
+        ] {
+            self.metrics
+                .queued_by_priority
+                .with_label_values(&[priority.label()])
+                .set(queue.len() as i64);
+        }
     }
 }
 
@@ -130,12 +258,14 @@ impl Batcher {
         metrics.batch_cap.set(cap as i64);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                jobs: VecDeque::with_capacity(config.queue_capacity),
+                interactive: VecDeque::with_capacity(config.queue_capacity),
+                batch: VecDeque::new(),
                 closed: false,
                 stop: false,
                 seconds_per_item: 0.0,
                 batch_cap: cap,
                 running: 0,
+                last_interactive: None,
             }),
             wake: Condvar::new(),
             config,
@@ -161,11 +291,38 @@ impl Batcher {
         (batcher, worker)
     }
 
-    /// Admits a request, or refuses it at once when the queue is full or closed.
-    pub fn submit(
+    /// Admits an interactive request with the request timeout as its deadline, or refuses it
+    /// at once when the queue is full or closed.
+    pub fn submit(&self, inputs: PreparedPair) -> Result<Receiver, AdmitError> {
+        let deadline = Instant::now() + self.shared.config.request_timeout;
+        self.admit(inputs, Priority::Interactive, None, Some(deadline))
+    }
+
+    /// Admits the work of an asynchronous job, submitted `age` ago: no deadline, and a batch
+    /// item is promoted once its job has waited `batch_max_wait` in all. Each priority has its
+    /// own queue of `queue_capacity` items.
+    pub fn submit_job(
         &self,
         inputs: PreparedPair,
-    ) -> Result<oneshot::Receiver<Result<JobOutput, JobError>>, AdmitError> {
+        priority: Priority,
+        age: Duration,
+    ) -> Result<Receiver, AdmitError> {
+        let promote_at = match priority {
+            Priority::Interactive => None,
+            Priority::Batch => {
+                Some(Instant::now() + self.shared.config.batch_max_wait.saturating_sub(age))
+            }
+        };
+        self.admit(inputs, priority, promote_at, None)
+    }
+
+    fn admit(
+        &self,
+        inputs: PreparedPair,
+        priority: Priority,
+        promote_at: Option<Instant>,
+        deadline: Option<Instant>,
+    ) -> Result<Receiver, AdmitError> {
         let (tx, rx) = oneshot::channel();
         let mut state = self.shared.lock();
         if state.closed {
@@ -173,16 +330,30 @@ impl Batcher {
                 retry_after_s: state.retry_after_s(),
             });
         }
-        if state.jobs.len() >= self.shared.config.queue_capacity {
+        let queue_len = match priority {
+            Priority::Interactive => state.interactive.len(),
+            Priority::Batch => state.batch.len(),
+        };
+        if queue_len >= self.shared.config.queue_capacity {
             return Err(AdmitError::QueueFull {
                 retry_after_s: state.retry_after_s(),
             });
         }
-        state.jobs.push_back(Job {
+        let job = Job {
             inputs,
             admitted_at: Instant::now(),
+            priority,
+            promote_at,
+            deadline,
             reply: tx,
-        });
+        };
+        match priority {
+            Priority::Interactive => {
+                state.last_interactive = Some(job.admitted_at);
+                state.interactive.push_back(job)
+            }
+            Priority::Batch => state.batch.push_back(job),
+        }
         self.shared.publish_queue(&state);
         drop(state);
         self.shared.wake.notify_one();
@@ -200,7 +371,13 @@ impl Batcher {
         let mut state = self.shared.lock();
         state.closed = true;
         state.stop = true;
-        for job in state.jobs.drain(..) {
+        let queues = &mut *state;
+        let queued: Vec<Job> = queues
+            .interactive
+            .drain(..)
+            .chain(queues.batch.drain(..))
+            .collect();
+        for job in queued {
             // The handler counts what it answers; a request whose client left is counted here.
             if job.reply.send(Err(JobError::ShutDown)).is_err() {
                 self.shared.metrics.reject(RejectReason::Cancelled);
@@ -214,7 +391,7 @@ impl Batcher {
     /// Queued plus running requests.
     pub fn pending(&self) -> usize {
         let state = self.shared.lock();
-        state.jobs.len() + state.running
+        state.queued() + state.running
     }
 
     /// The estimated seconds to drain what is queued now, at least 1 (for `Retry-After`).
@@ -283,16 +460,16 @@ fn worker_loop(model: &dyn TryOnModel, shared: &Shared) {
     loop {
         let jobs = {
             let mut state = shared.lock();
-            while state.jobs.is_empty() {
+            while state.queued() == 0 {
                 if state.stop {
                     return;
                 }
                 state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
             }
             // Let the batch fill until it is full or its oldest request has waited long enough.
-            while let Some(oldest) = state.jobs.front().map(|j| j.admitted_at) {
+            while let Some(oldest) = state.oldest_admission() {
                 let waited = oldest.elapsed();
-                if state.jobs.len() >= state.batch_cap || waited >= config.max_batch_delay {
+                if state.queued() >= state.batch_cap || waited >= config.max_batch_delay {
                     break;
                 }
                 state = shared
@@ -301,8 +478,8 @@ fn worker_loop(model: &dyn TryOnModel, shared: &Shared) {
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
             }
-            let take = state.jobs.len().min(state.batch_cap);
-            let jobs: Vec<Job> = state.jobs.drain(..take).collect();
+            let cap = state.batch_cap;
+            let jobs = state.take_batch(cap, Instant::now());
             state.running += jobs.len();
             shared.publish_queue(&state);
             jobs
@@ -319,12 +496,13 @@ fn worker_loop(model: &dyn TryOnModel, shared: &Shared) {
 /// Answers expired requests with 504 and forgets those whose client has gone.
 fn drop_dead_jobs(jobs: Vec<Job>, shared: &Shared) -> Vec<Job> {
     let timeout = shared.config.request_timeout;
+    let now = Instant::now();
     let mut live = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let waited = job.admitted_at.elapsed();
+        let waited = now.saturating_duration_since(job.admitted_at);
         if job.reply.is_closed() {
             shared.metrics.reject(RejectReason::Cancelled);
-        } else if waited > timeout {
+        } else if job.deadline.is_some_and(|d| now > d) {
             // The handler counts the 504 it answers; a client gone meanwhile is a cancellation.
             if job
                 .reply
@@ -374,7 +552,11 @@ fn run_batch(model: &dyn TryOnModel, shared: &Shared, jobs: Vec<Job>) {
             }
             for (job, image) in jobs.into_iter().zip(images) {
                 let queue_time = started.saturating_duration_since(job.admitted_at);
-                m.queue_duration.observe(queue_time.as_secs_f64());
+                let priority = job.priority.label();
+                m.queue_duration
+                    .with_label_values(&[priority])
+                    .observe(queue_time.as_secs_f64());
+                m.batch_items_total.with_label_values(&[priority]).inc();
                 let output = JobOutput {
                     image,
                     batch_size: n,
@@ -472,6 +654,7 @@ mod tests {
             max_batch_delay: Duration::from_millis(delay_ms),
             queue_capacity: 64,
             request_timeout: Duration::from_secs(30),
+            batch_max_wait: Duration::from_secs(600),
         }
     }
 
@@ -569,6 +752,149 @@ mod tests {
             .await
             .expect("answered");
         assert!(ok.is_ok(), "the worker still serves");
+    }
+
+    /// A model that takes `delay` per batch.
+    struct SlowModel(Device, Duration);
+
+    impl TryOnModel for SlowModel {
+        fn name(&self) -> &str {
+            "slow"
+        }
+        fn device(&self) -> &Device {
+            &self.0
+        }
+        fn forward(&self, batch: &TryOnBatch) -> Result<Tensor, ModelError> {
+            std::thread::sleep(self.1);
+            Ok(batch.person.clone())
+        }
+    }
+
+    /// Submits items and records when each answer arrives.
+    struct Finishes {
+        started: Instant,
+        done: Arc<Mutex<Vec<(&'static str, Duration)>>>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    }
+
+    impl Finishes {
+        fn watch(&mut self, name: &'static str, rx: Receiver) {
+            let (done, started) = (self.done.clone(), self.started);
+            self.tasks.push(tokio::spawn(async move {
+                let out = rx.await.expect("answered").expect("ran");
+                assert!(out.batch_size <= 2);
+                done.lock().expect("lock").push((name, started.elapsed()));
+            }));
+        }
+
+        async fn times(self) -> std::collections::HashMap<&'static str, Duration> {
+            for t in self.tasks {
+                t.await.expect("task");
+            }
+            self.done.lock().expect("lock").iter().copied().collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn interactive_requests_run_before_queued_batch_items_and_aged_items_are_promoted() {
+        let mut cfg = config(2, 0);
+        cfg.batch_max_wait = Duration::from_secs(1);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (batcher, _worker) = Batcher::start(
+            Box::new(SlowModel(Device::Cpu, Duration::from_millis(150))),
+            cfg,
+            Metrics::new(),
+            move |r| {
+                let _ = tx.send(r.is_ok());
+            },
+        );
+        assert!(rx.recv().expect("warm-up"));
+        let fresh = Duration::ZERO;
+        let mut f = Finishes {
+            started: Instant::now(),
+            done: Arc::default(),
+            tasks: Vec::new(),
+        };
+
+        // Six batch items fill the queue; while the first batch runs, two interactive
+        // requests arrive and must run next.
+        let batch: [&'static str; 6] = ["b1", "b2", "b3", "b4", "b5", "b6"];
+        for name in batch {
+            let rx = batcher
+                .submit_job(pair(1), Priority::Batch, fresh)
+                .expect("admitted");
+            f.watch(name, rx);
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        for name in ["i1", "i2"] {
+            f.watch(name, batcher.submit(pair(2)).expect("admitted"));
+        }
+        let t = f.times().await;
+        for late in ["b3", "b4", "b5", "b6"] {
+            for i in ["i1", "i2"] {
+                assert!(t[i] < t[late], "{i} ran before {late}: {t:?}");
+            }
+        }
+
+        // A batch item whose job has waited past --batch-max-wait goes before interactive
+        // requests that arrived with it; fresh batch items still wait for them.
+        let mut f = Finishes {
+            started: Instant::now(),
+            done: Arc::default(),
+            tasks: Vec::new(),
+        };
+        f.watch("blocker", batcher.submit(pair(3)).expect("admitted"));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        for name in ["i3", "i4", "i5"] {
+            f.watch(name, batcher.submit(pair(4)).expect("admitted"));
+        }
+        f.watch(
+            "new",
+            batcher
+                .submit_job(pair(5), Priority::Batch, fresh)
+                .expect("admitted"),
+        );
+        f.watch(
+            "aged",
+            batcher
+                .submit_job(pair(6), Priority::Batch, Duration::from_secs(5))
+                .expect("admitted"),
+        );
+        let t = f.times().await;
+        assert!(t["aged"] < t["i4"] && t["aged"] < t["i5"], "{t:?}");
+        for i in ["i3", "i4", "i5"] {
+            assert!(t[i] < t["new"], "{i} before the fresh batch item: {t:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn batch_items_take_no_interactive_queue_room() {
+        let mut cfg = config(8, 5_000);
+        cfg.queue_capacity = 2;
+        let (batcher, _worker) = start(
+            FlakyModel {
+                device: Device::Cpu,
+                max_ok: 64,
+                calls: Arc::default(),
+            },
+            cfg,
+            Metrics::new(),
+        );
+        let _b: Vec<_> = (0..2)
+            .map(|_| {
+                batcher
+                    .submit_job(pair(0), Priority::Batch, Duration::ZERO)
+                    .expect("batch admitted")
+            })
+            .collect();
+        assert!(matches!(
+            batcher.submit_job(pair(0), Priority::Batch, Duration::ZERO),
+            Err(AdmitError::QueueFull { .. })
+        ));
+        let _i: Vec<_> = (0..2)
+            .map(|_| batcher.submit(pair(0)).expect("interactive admitted"))
+            .collect();
+        assert_eq!(batcher.pending(), 4);
     }
 
     #[tokio::test]

@@ -65,6 +65,10 @@ pub struct BatchingArgs {
     /// Longest time a request may wait before its batch runs; past it, 504 (more than 0).
     #[arg(long, env = "VIRTUALFIT_REQUEST_TIMEOUT_S", default_value_t = 30.0, value_parser = positive_seconds)]
     pub request_timeout_s: f64,
+    /// A batch-priority job waiting this long since it was submitted is served as interactive
+    /// (e.g. `10m`).
+    #[arg(long, env = "VIRTUALFIT_BATCH_MAX_WAIT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub batch_max_wait: Duration,
 }
 
 impl BatchingArgs {
@@ -74,6 +78,49 @@ impl BatchingArgs {
             max_batch_delay: Duration::from_millis(self.max_batch_delay_ms),
             queue_capacity: self.queue_capacity as usize,
             request_timeout: seconds(self.request_timeout_s),
+            batch_max_wait: self.batch_max_wait,
+        }
+    }
+}
+
+/// The asynchronous jobs API: its store, bounds and webhooks.
+#[derive(Debug, Clone, Args)]
+pub struct JobsArgs {
+    /// Folder of the embedded job store (a SQLite file), used unless --jobs-redis is set. One
+    /// server per folder.
+    #[arg(long, env = "VIRTUALFIT_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// `redis://…` (or `rediss://…`): keep jobs in Redis, shared by every replica.
+    #[arg(long, env = "VIRTUALFIT_JOBS_REDIS", hide_env_values = true)]
+    pub jobs_redis: Option<String>,
+    /// How long results are kept after a job ends (e.g. `24h`); then the job reads `expired`.
+    #[arg(long, env = "VIRTUALFIT_JOB_RETENTION", default_value = "24h", value_parser = positive_duration)]
+    pub job_retention: Duration,
+    /// Most jobs waiting in the store; beyond it, 429.
+    #[arg(long, env = "VIRTUALFIT_MAX_QUEUED_JOBS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued_jobs: u64,
+    /// With --jobs-redis: a job whose replica has been silent this long is taken over by another.
+    #[arg(long, env = "VIRTUALFIT_JOB_LEASE", default_value = "5m", value_parser = positive_duration)]
+    pub job_lease: Duration,
+    /// Key of the webhooks' HMAC-SHA256 signature (unset: webhooks are refused).
+    #[arg(long, env = "VIRTUALFIT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Hosts webhooks may call, comma-separated: `host`, `host:port`, `http://host[:port]` to
+    /// allow plain http, or an IP address to allow it even when it is not public.
+    #[arg(long, env = "VIRTUALFIT_WEBHOOK_ALLOW_HOSTS", value_delimiter = ',')]
+    pub webhook_allow_hosts: Vec<crate::jobs::webhook::AllowEntry>,
+    /// Delay before the first webhook retry; each later one doubles it (6 attempts in all:
+    /// 20s gives about 10 minutes).
+    #[arg(long, env = "VIRTUALFIT_WEBHOOK_RETRY_BASE", default_value = "20s", value_parser = positive_duration)]
+    pub webhook_retry_base: Duration,
+}
+
+impl JobsArgs {
+    pub fn webhook_config(&self) -> crate::jobs::webhook::WebhookConfig {
+        crate::jobs::webhook::WebhookConfig {
+            secret: self.webhook_secret.clone(),
+            allow: self.webhook_allow_hosts.clone(),
+            retry_base: self.webhook_retry_base,
         }
     }
 }
@@ -88,6 +135,8 @@ pub struct ServeArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub batching: BatchingArgs,
+    #[command(flatten)]
+    pub jobs: JobsArgs,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "VIRTUALFIT_MAX_BODY_BYTES", default_value_t = 16_777_216)]
     pub max_body_bytes: usize,
@@ -123,7 +172,7 @@ pub struct ServeArgs {
     /// JPEG quality when the request does not ask (`quality=`).
     #[arg(long, env = "VIRTUALFIT_JPEG_QUALITY", default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub jpeg_quality: u8,
-    /// Bearer token required on /tryon (unset: no authentication).
+    /// Bearer token required on /tryon and the jobs API (unset: no authentication).
     #[arg(long, env = "VIRTUALFIT_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Log format.
@@ -157,6 +206,15 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
     } else {
         Err(format!("must be a number of seconds above 0, got {v}"))
     }
+}
+
+/// A duration with a unit (`24h`, `5m`, `500ms`), more than zero.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 24h, 5m, 30s)"))?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
 }
 
 /// A size in bytes: a number with an optional unit (`4GiB`, `512MiB`, `1000000`).

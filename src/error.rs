@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::batcher::{AdmitError, JobError, MIN_RETRY_AFTER_S};
 use crate::imaging::ImageError;
+use crate::jobs::StoreError;
 use crate::metrics::RejectReason;
 
 /// Every way a request can fail, each with its status and contract code.
@@ -34,8 +35,19 @@ pub enum ApiError {
     #[error("the request waited {waited_ms} ms, past the {timeout_ms} ms deadline, before its batch ran")]
     DeadlineExceeded { waited_ms: u64, timeout_ms: u64 },
     #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    NotReady(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Expired(String),
+    #[error("{0}")]
     Internal(String),
 }
+
+/// `Retry-After` when the job queue is full.
+pub const JOB_QUEUE_RETRY_AFTER_S: u64 = 30;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
@@ -60,6 +72,9 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotReady(_) | ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Expired(_) => StatusCode::GONE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -76,6 +91,10 @@ impl ApiError {
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::Draining { .. } | ApiError::Unavailable { .. } => "unavailable",
             ApiError::DeadlineExceeded { .. } => "deadline_exceeded",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::NotReady(_) => "not_ready",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Expired(_) => "expired",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -91,6 +110,10 @@ impl ApiError {
         "overloaded",
         "unavailable",
         "deadline_exceeded",
+        "not_found",
+        "not_ready",
+        "conflict",
+        "expired",
         "internal",
     ];
 
@@ -105,7 +128,13 @@ impl ApiError {
             ApiError::Overloaded { .. } => Some(RejectReason::QueueFull),
             ApiError::Draining { .. } => Some(RejectReason::Draining),
             ApiError::DeadlineExceeded { .. } => Some(RejectReason::Deadline),
-            ApiError::Unauthorized | ApiError::Unavailable { .. } | ApiError::Internal(_) => None,
+            ApiError::Unauthorized
+            | ApiError::Unavailable { .. }
+            | ApiError::NotFound(_)
+            | ApiError::NotReady(_)
+            | ApiError::Conflict(_)
+            | ApiError::Expired(_)
+            | ApiError::Internal(_) => None,
         }
     }
 
@@ -161,6 +190,21 @@ impl From<JobError> for ApiError {
     }
 }
 
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            // A full job queue drains at the model's pace: come back in a while.
+            StoreError::QueueFull { .. } => ApiError::Overloaded {
+                retry_after_s: JOB_QUEUE_RETRY_AFTER_S,
+            },
+            StoreError::Backend(m) => ApiError::Unavailable {
+                reason: format!("the job store is unavailable: {m}"),
+                retry_after_s: MIN_RETRY_AFTER_S,
+            },
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -205,6 +249,10 @@ mod tests {
                 waited_ms: 1,
                 timeout_ms: 1,
             },
+            ApiError::NotFound(String::new()),
+            ApiError::NotReady(String::new()),
+            ApiError::Conflict(String::new()),
+            ApiError::Expired(String::new()),
             ApiError::Internal(String::new()),
         ];
         for e in &errors {

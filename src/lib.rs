@@ -13,6 +13,7 @@ pub mod error;
 pub mod gpu;
 pub mod gpu_check;
 pub mod imaging;
+pub mod jobs;
 pub mod metrics;
 pub mod metrics_text;
 pub mod models;

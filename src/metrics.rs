@@ -3,7 +3,7 @@
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub const QUEUE_LENGTH: &str = "virtualfit_queue_length";
@@ -21,6 +21,12 @@ pub const BATCH_CAP: &str = "virtualfit_effective_max_batch_size";
 pub const OPEN_CONNECTIONS: &str = "virtualfit_open_connections";
 pub const CONNECTIONS_CLOSED_TOTAL: &str = "virtualfit_connections_closed_total";
 pub const DECODE_MEMORY: &str = "virtualfit_decode_memory_bytes";
+pub const QUEUED_BY_PRIORITY: &str = "virtualfit_queued_items";
+pub const BATCH_ITEMS_TOTAL: &str = "virtualfit_batch_items_total";
+pub const JOBS_SUBMITTED_TOTAL: &str = "virtualfit_jobs_submitted_total";
+pub const JOBS_FINISHED_TOTAL: &str = "virtualfit_jobs_finished_total";
+pub const JOBS_QUEUED: &str = "virtualfit_jobs_queued";
+pub const WEBHOOK_DELIVERIES_TOTAL: &str = "virtualfit_webhook_deliveries_total";
 pub const GPU_UTILIZATION: &str = "virtualfit_gpu_utilization_ratio";
 pub const GPU_MEMORY_USED: &str = "virtualfit_gpu_memory_used_bytes";
 pub const GPU_MEMORY_TOTAL: &str = "virtualfit_gpu_memory_total_bytes";
@@ -45,6 +51,8 @@ pub const CONTRACT_NAMES: &[&str] = &[
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+/// The `priority` label's values (the batcher's priorities).
+pub const PRIORITY_LABELS: [&str; 2] = ["interactive", "batch"];
 /// Batch size buckets.
 pub const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
@@ -113,7 +121,8 @@ pub struct Metrics {
     pub active_requests: IntGauge,
     pub request_duration: HistogramVec,
     pub requests_total: IntCounterVec,
-    pub queue_duration: Histogram,
+    /// Label `priority`: `interactive` or `batch`.
+    pub queue_duration: HistogramVec,
     pub batch_size: Histogram,
     pub batch_duration: Histogram,
     pub rejected_total: IntCounterVec,
@@ -124,6 +133,12 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     pub connections_closed_total: IntCounterVec,
     pub decode_memory: IntGauge,
+    pub queued_by_priority: IntGaugeVec,
+    pub batch_items_total: IntCounterVec,
+    pub jobs_submitted_total: IntCounterVec,
+    pub jobs_finished_total: IntCounterVec,
+    pub jobs_queued: IntGauge,
+    pub webhook_deliveries_total: IntCounterVec,
     pub gpu: GaugeVecs,
 }
 
@@ -194,11 +209,15 @@ impl Metrics {
             ),
             queue_duration: register(
                 r,
-                histogram(
-                    QUEUE_DURATION,
-                    "Time from admission to the start of the request's batch.",
-                    LATENCY_BUCKETS,
-                ),
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        QUEUE_DURATION,
+                        "Time from admission to the start of the item's batch, by priority.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["priority"],
+                )
+                .expect("valid histogram"),
             ),
             batch_size: register(
                 r,
@@ -283,6 +302,66 @@ impl Metrics {
                 )
                 .expect("valid gauge"),
             ),
+            queued_by_priority: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        QUEUED_BY_PRIORITY,
+                        "Items waiting for a batch, by priority (their sum is the queue length).",
+                    ),
+                    &["priority"],
+                )
+                .expect("valid gauge"),
+            ),
+            batch_items_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(BATCH_ITEMS_TOTAL, "Items run by the model, by priority."),
+                    &["priority"],
+                )
+                .expect("valid counter"),
+            ),
+            jobs_submitted_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        JOBS_SUBMITTED_TOTAL,
+                        "Asynchronous jobs accepted, by priority.",
+                    ),
+                    &["priority"],
+                )
+                .expect("valid counter"),
+            ),
+            jobs_finished_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        JOBS_FINISHED_TOTAL,
+                        "Asynchronous jobs this replica ended, by final status.",
+                    ),
+                    &["status"],
+                )
+                .expect("valid counter"),
+            ),
+            jobs_queued: register(
+                r,
+                IntGauge::new(
+                    JOBS_QUEUED,
+                    "Jobs waiting in the job store (all replicas, with --jobs-redis).",
+                )
+                .expect("valid gauge"),
+            ),
+            webhook_deliveries_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        WEBHOOK_DELIVERIES_TOTAL,
+                        "Webhook attempts, by outcome: delivered, retried or failed (given up).",
+                    ),
+                    &["outcome"],
+                )
+                .expect("valid counter"),
+            ),
             gpu: GaugeVecs {
                 utilization: gpu_gauge(GPU_UTILIZATION, "GPU utilization, 0 to 1."),
                 memory_used: gpu_gauge(GPU_MEMORY_USED, "GPU memory in use, bytes."),
@@ -294,6 +373,20 @@ impl Metrics {
         };
         for reason in RejectReason::ALL {
             metrics.rejected_total.with_label_values(&[reason.label()]);
+        }
+        for p in PRIORITY_LABELS {
+            metrics.queue_duration.with_label_values(&[p]);
+            metrics.queued_by_priority.with_label_values(&[p]);
+            metrics.batch_items_total.with_label_values(&[p]);
+            metrics.jobs_submitted_total.with_label_values(&[p]);
+        }
+        for status in ["succeeded", "failed", "cancelled"] {
+            metrics.jobs_finished_total.with_label_values(&[status]);
+        }
+        for outcome in ["delivered", "retried", "failed"] {
+            metrics
+                .webhook_deliveries_total
+                .with_label_values(&[outcome]);
         }
         for reason in ConnectionClose::ALL {
             metrics

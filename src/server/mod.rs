@@ -3,6 +3,9 @@
 //! connection bounds in [`listener`].
 
 pub mod auth;
+pub mod cpu;
+pub mod job_runner;
+pub mod jobs;
 pub mod listener;
 pub mod openapi;
 pub mod readiness;
@@ -18,13 +21,15 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::http::HeaderValue;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::batcher::{Batcher, WorkerThread};
 use crate::config::ServeArgs;
+use crate::jobs::webhook::WebhookConfig;
+use crate::jobs::JobStore;
 use crate::metrics::Metrics;
 use listener::ConnectionLimits;
 use readiness::Readiness;
@@ -61,6 +66,15 @@ struct Inner {
     in_flight: TaskTracker,
     /// Cancelled when the drain's time is up: whatever is still in flight answers 503.
     drain_deadline: CancellationToken,
+    /// The asynchronous jobs' store.
+    jobs: Arc<dyn JobStore>,
+    /// Wakes the job runner when a job arrives.
+    job_wake: Notify,
+    webhooks: WebhookConfig,
+    /// This replica's name in the job store.
+    worker: String,
+    /// Where batch jobs decode and encode.
+    background_cpu: cpu::Cpu,
 }
 
 /// Counts a request in `virtualfit_active_requests` from admission until it is answered (or
@@ -93,6 +107,8 @@ pub struct Server {
     state: AppState,
     shutdown: CancellationToken,
     listeners: TaskTracker,
+    /// The job runner and the webhook sender.
+    background: TaskTracker,
     worker: Option<WorkerThread>,
 }
 
@@ -131,6 +147,11 @@ impl Server {
             None => None,
         };
 
+        let jobs_args = args.jobs.clone();
+        let jobs = tokio::task::spawn_blocking(move || job_runner::open_store(&jobs_args))
+            .await
+            .context("opening the job store panicked")??;
+
         let readiness = Readiness::new();
         let on_ready = readiness.clone();
         let (batcher, worker) = Batcher::start(
@@ -156,6 +177,7 @@ impl Server {
             max_connections: METRICS_MAX_CONNECTIONS,
             ..api_limits
         };
+        let args_webhooks = args.jobs.webhook_config();
         let state = AppState {
             inner: Arc::new(Inner {
                 args,
@@ -168,6 +190,11 @@ impl Server {
                 budgets,
                 in_flight: TaskTracker::new(),
                 drain_deadline: CancellationToken::new(),
+                jobs: jobs.clone(),
+                job_wake: Notify::new(),
+                webhooks: args_webhooks,
+                worker: job_runner::worker_name(),
+                background_cpu: cpu::Cpu::background()?,
             }),
         };
 
@@ -190,6 +217,15 @@ impl Server {
             ));
         }
         listeners.close();
+        let background = TaskTracker::new();
+        background.spawn(job_runner::run(state.clone(), shutdown.clone()));
+        background.spawn(crate::jobs::webhook::run_deliveries(
+            jobs,
+            state.inner.webhooks.clone(),
+            state.inner.metrics.clone(),
+            shutdown.clone(),
+        ));
+        background.close();
         tracing::info!(%addr, model = %model_name, device = %device_name, "listening");
         if let Some(m) = metrics_addr {
             tracing::info!(addr = %m, "metrics listening");
@@ -200,6 +236,7 @@ impl Server {
             state,
             shutdown,
             listeners,
+            background,
             worker: Some(worker),
         })
     }
@@ -250,6 +287,12 @@ impl Server {
         }
         self.shutdown.cancel();
         let close_by = hard.max(Instant::now() + LISTENER_CLOSE_MIN);
+        if tokio::time::timeout_at(close_by, self.background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the job runner did not stop in time");
+        }
         if tokio::time::timeout_at(close_by, self.listeners.wait())
             .await
             .is_err()

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{routes, tryon};
+use super::{jobs, routes, tryon};
 use crate::error::ErrorBody;
 
 #[derive(OpenApi)]
@@ -14,13 +14,23 @@ use crate::error::ErrorBody;
     ),
     paths(
         tryon::tryon_handler,
+        jobs::submit_handler,
+        jobs::status_handler,
+        jobs::result_handler,
+        jobs::cancel_handler,
         routes::livez,
         routes::readyz,
         routes::metrics,
         routes::models,
         routes::openapi
     ),
-    components(schemas(ErrorBody, tryon::TryOnForm, routes::ModelsBody)),
+    components(schemas(
+        ErrorBody,
+        tryon::TryOnForm,
+        routes::ModelsBody,
+        jobs::JobForm,
+        crate::jobs::JobView
+    )),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -68,7 +78,21 @@ mod tests {
                 "header {h} documented"
             );
         }
-        let text = tryon["responses"].to_string();
+        let job_form = &doc["components"]["schemas"]["JobForm"]["properties"];
+        for field in [
+            jobs::PRIORITY_FIELD,
+            jobs::WEBHOOK_FIELD,
+            jobs::METADATA_FIELD,
+            jobs::FORMAT_FIELD,
+            jobs::QUALITY_FIELD,
+        ] {
+            assert!(
+                job_form.get(field).is_some(),
+                "job field {field} documented"
+            );
+        }
+        // Every code is documented on some route.
+        let text = doc["paths"].to_string();
         for code in ApiError::CODES {
             assert!(
                 text.contains(&format!("`{code}`")),

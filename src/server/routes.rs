@@ -23,6 +23,12 @@ use crate::models::{MODEL_HEIGHT, MODEL_NAMES, MODEL_WIDTH};
 pub fn api_router(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/tryon", post(super::tryon::tryon_handler))
+        .route("/v1/jobs", post(super::jobs::submit_handler))
+        .route(
+            "/v1/jobs/{id}",
+            get(super::jobs::status_handler).delete(super::jobs::cancel_handler),
+        )
+        .route("/v1/jobs/{id}/result", get(super::jobs::result_handler))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/v1/models", get(models))

@@ -198,6 +198,7 @@ async fn tryon(
         &inner.budgets,
         body_deadline,
         args.body_timeout(),
+        &[],
     )
     .await
     .map_err(Failure::mid_body)?;
@@ -215,6 +216,7 @@ async fn tryon(
         args.max_image_pixels,
         &inner.budgets,
         Instant::now() + request_timeout,
+        &super::cpu::Cpu::Blocking,
     )
     .await?;
     drop(_decoding);

@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::cpu::Cpu;
 use crate::api::{echo, CLOTH_PART, MASK_PART, PERSON_PART};
 use crate::batcher::MIN_RETRY_AFTER_S;
 use crate::error::ApiError;
@@ -52,12 +53,38 @@ impl Budgets {
     }
 }
 
+/// Longest text field of a form, in bytes.
+pub const MAX_TEXT_FIELD_BYTES: usize = 4096;
+
 /// The parts of a `/tryon` body, with the share of the body budget they hold.
 pub struct Upload {
     pub person: Bytes,
     pub cloth: Bytes,
     pub mask: Option<Bytes>,
+    /// The text fields the caller asked for, by name, each at most once.
+    pub fields: Vec<(String, String)>,
     _held: Option<OwnedSemaphorePermit>,
+}
+
+impl Upload {
+    /// Images that were stored earlier (a job's inputs), outside the body budget.
+    pub fn stored(person: Bytes, cloth: Bytes, mask: Option<Bytes>) -> Self {
+        Upload {
+            person,
+            cloth,
+            mask,
+            fields: Vec::new(),
+            _held: None,
+        }
+    }
+
+    /// A text field's value.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// Why reading a body stopped early: the budget of bodies in memory ran out.
@@ -66,7 +93,7 @@ pub struct Upload {
 struct BodyBudgetSpent;
 
 /// Streams the multipart body under the size limit, the body budget and the deadline, and
-/// keeps the three known parts.
+/// keeps the three image parts and the named `text_fields`.
 pub async fn read(
     headers: &HeaderMap,
     body: Body,
@@ -74,6 +101,7 @@ pub async fn read(
     budgets: &Budgets,
     deadline: Instant,
     timeout: Duration,
+    text_fields: &[&str],
 ) -> Result<Upload, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -126,7 +154,7 @@ pub async fn read(
     let constraints =
         multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(limit as u64));
     let multipart = multer::Multipart::with_constraints(stream, boundary, constraints);
-    let parts = tokio::time::timeout_at(deadline, read_parts(multipart, limit))
+    let parts = tokio::time::timeout_at(deadline, read_parts(multipart, limit, text_fields))
         .await
         .map_err(|_| ApiError::BodyTimeout {
             timeout_s: timeout.as_secs_f64(),
@@ -140,7 +168,7 @@ pub async fn read(
         }
         other => other?,
     };
-    let (person, cloth, mask) = parts;
+    let (person, cloth, mask, fields) = parts;
     let person = person
         .ok_or_else(|| ApiError::BadRequest(format!("the `{PERSON_PART}` part is missing")))?;
     let cloth =
@@ -150,14 +178,25 @@ pub async fn read(
         person,
         cloth,
         mask,
+        fields,
         _held: held,
     })
 }
 
-type Parts = (Option<Bytes>, Option<Bytes>, Option<Bytes>);
+type Parts = (
+    Option<Bytes>,
+    Option<Bytes>,
+    Option<Bytes>,
+    Vec<(String, String)>,
+);
 
-async fn read_parts(mut multipart: multer::Multipart<'_>, limit: usize) -> Result<Parts, ApiError> {
+async fn read_parts(
+    mut multipart: multer::Multipart<'_>,
+    limit: usize,
+    text_fields: &[&str],
+) -> Result<Parts, ApiError> {
     let (mut person, mut cloth, mut mask) = (None, None, None);
+    let mut fields: Vec<(String, String)> = Vec::new();
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(f)) => f,
@@ -169,6 +208,24 @@ async fn read_parts(mut multipart: multer::Multipart<'_>, limit: usize) -> Resul
             PERSON_PART => &mut person,
             CLOTH_PART => &mut cloth,
             MASK_PART => &mut mask,
+            known if text_fields.contains(&known) => {
+                if fields.iter().any(|(n, _)| n == known) {
+                    return Err(ApiError::BadRequest(format!(
+                        "the `{known}` field appears more than once"
+                    )));
+                }
+                let value = field.bytes().await.map_err(|e| multipart_error(e, limit))?;
+                if value.len() > MAX_TEXT_FIELD_BYTES {
+                    return Err(ApiError::BadRequest(format!(
+                        "the `{known}` field is longer than {MAX_TEXT_FIELD_BYTES} bytes"
+                    )));
+                }
+                let text = String::from_utf8(value.to_vec()).map_err(|_| {
+                    ApiError::BadRequest(format!("the `{known}` field is not UTF-8 text"))
+                })?;
+                fields.push((known.to_string(), text));
+                continue;
+            }
             _ => {
                 // Unknown parts are read past and ignored.
                 field.bytes().await.map_err(|e| multipart_error(e, limit))?;
@@ -191,7 +248,7 @@ async fn read_parts(mut multipart: multer::Multipart<'_>, limit: usize) -> Resul
         }
         *slot = Some(field.bytes().await.map_err(|e| multipart_error(e, limit))?);
     }
-    Ok((person, cloth, mask))
+    Ok((person, cloth, mask, fields))
 }
 
 fn multipart_error(e: multer::Error, limit: usize) -> ApiError {
@@ -222,6 +279,51 @@ pub async fn drain(body: Body) {
     .await;
 }
 
+/// Every image's header, and the decode budget the largest needs.
+pub struct Probes {
+    pub person: Probe,
+    pub cloth: Probe,
+    pub mask: Option<Probe>,
+    pub decode_bytes: u64,
+}
+
+/// Checks every image's header (format, size, aspect ratio) and that the largest fits the
+/// decode budget, before anything is decoded.
+pub fn check_headers(
+    upload: &Upload,
+    max_pixels: u64,
+    budgets: &Budgets,
+) -> Result<Probes, ApiError> {
+    let person = imaging::probe(&upload.person, max_pixels)?;
+    let cloth = imaging::probe(&upload.cloth, max_pixels)?;
+    let mask = match &upload.mask {
+        Some(m) => Some(imaging::probe(m, max_pixels)?),
+        None => None,
+    };
+    let largest = [Some(&person), Some(&cloth), mask.as_ref()]
+        .into_iter()
+        .flatten()
+        .max_by_key(|p| p.decode_bytes())
+        .copied()
+        .unwrap_or(person);
+    let need = largest.decode_bytes();
+    if need > budgets.decode_total {
+        return Err(ApiError::InvalidImage(format!(
+            "the {}x{} image needs {} MiB to decode, more than this server decodes at once ({} MiB)",
+            largest.width,
+            largest.height,
+            need >> 20,
+            budgets.decode_total >> 20
+        )));
+    }
+    Ok(Probes {
+        person,
+        cloth,
+        mask,
+        decode_bytes: need,
+    })
+}
+
 /// Checks every image's header, then decodes and fits the images one after the other on the
 /// blocking pool, holding the decode budget that the largest of them needs (waiting for it
 /// until `deadline`), and builds the request's inputs.
@@ -233,30 +335,14 @@ pub async fn prepare(
     max_pixels: u64,
     budgets: &Budgets,
     deadline: Instant,
+    cpu: &Cpu,
 ) -> Result<PreparedPair, ApiError> {
-    // Every header first: a bad last image is refused before anything is decoded.
-    let person_probe = imaging::probe(&upload.person, max_pixels)?;
-    let cloth_probe = imaging::probe(&upload.cloth, max_pixels)?;
-    let mask_probe = match &upload.mask {
-        Some(m) => Some(imaging::probe(m, max_pixels)?),
-        None => None,
-    };
-    let largest = [Some(&person_probe), Some(&cloth_probe), mask_probe.as_ref()]
-        .into_iter()
-        .flatten()
-        .max_by_key(|p| p.decode_bytes())
-        .copied()
-        .unwrap_or(person_probe);
-    let need = largest.decode_bytes();
-    if need > budgets.decode_total {
-        return Err(ApiError::InvalidImage(format!(
-            "the {}x{} image needs {} MiB to decode, more than this server decodes at once ({} MiB)",
-            largest.width,
-            largest.height,
-            need >> 20,
-            budgets.decode_total >> 20
-        )));
-    }
+    let Probes {
+        person: person_probe,
+        cloth: cloth_probe,
+        mask: mask_probe,
+        decode_bytes: need,
+    } = check_headers(&upload, max_pixels, budgets)?;
     let permit = tokio::time::timeout_at(
         deadline,
         budgets.decode.clone().acquire_many_owned(units(need)),
@@ -269,7 +355,7 @@ pub async fn prepare(
     let gauge = budgets.metrics.decode_memory.clone();
     // The permit goes with the work: if this request is abandoned meanwhile, the budget is
     // still held until the decoder has let go of its memory.
-    tokio::task::spawn_blocking(move || {
+    cpu.run(move || {
         gauge.add(need as i64);
         let prepared = decode_all(&upload, &person_probe, &cloth_probe, mask_probe.as_ref());
         gauge.sub(need as i64);
@@ -338,6 +424,7 @@ mod tests {
             &budgets,
             Instant::now() + timeout,
             timeout,
+            &[],
         )
         .await
         .unwrap_or_else(|e| panic!("read: {e}"));

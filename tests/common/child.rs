@@ -38,8 +38,12 @@ impl ChildServer {
             }
             None => Command::new(bin),
         };
+        command.args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json"]);
+        // Each server keeps its jobs in its own folder, unless the test names one.
+        if !extra.contains(&"--data-dir") {
+            command.arg("--data-dir").arg(super::fresh_data_dir());
+        }
         command
-            .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -137,6 +141,11 @@ impl ChildServer {
             .status()
             .expect("kill runs");
         assert!(status.success());
+    }
+
+    /// SIGKILL: the process dies at once, with nothing cleaned up.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
     }
 
     /// Waits for the process to exit, at most `timeout`.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod child;
+pub mod redis_server;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,9 +21,33 @@ struct Flags {
     serve: ServeArgs,
 }
 
+/// A fresh folder under the build's temporary directory, for a server's job store.
+pub fn fresh_data_dir() -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "data-{}-{}-{n}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 pub fn serve_args(extra: &[&str]) -> ServeArgs {
-    let mut argv = vec!["virtualfit", "--bind", "127.0.0.1:0"];
-    argv.extend_from_slice(extra);
+    let mut argv: Vec<String> = ["virtualfit", "--bind", "127.0.0.1:0"]
+        .map(String::from)
+        .to_vec();
+    // Each server keeps its jobs in its own folder, unless the test names one.
+    if !extra.contains(&"--data-dir") {
+        argv.push("--data-dir".into());
+        argv.push(fresh_data_dir().display().to_string());
+    }
+    argv.extend(extra.iter().map(|s| s.to_string()));
     Flags::try_parse_from(argv).expect("valid flags").serve
 }
 

@@ -1,0 +1,346 @@
+//! Asynchronous try-on jobs: their records, the one [`JobStore`] trait with its two stores
+//! (embedded SQLite, and Redis shared across replicas), and webhook delivery.
+//!
+//! A store keeps each job's inputs until it has run, its result for the retention, and every
+//! webhook delivery still owed, so that a restart loses none of them. Every job ends with
+//! exactly one final status: the stores set it only on a job that has none yet.
+
+pub mod redis_store;
+pub mod sqlite;
+pub mod webhook;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::batcher::Priority;
+
+pub use redis_store::RedisStore;
+pub use sqlite::SqliteStore;
+
+/// Longest `metadata` string a client may attach, in bytes.
+pub const MAX_METADATA_BYTES: usize = 512;
+/// Longest `Idempotency-Key`, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+/// Attempts to deliver a webhook before giving up.
+pub const WEBHOOK_ATTEMPTS: u32 = 6;
+
+/// Milliseconds since the Unix epoch, the stores' clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// Succeeded, failed or cancelled, then kept past the retention: its data is gone.
+    Expired,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+        JobStatus::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        JobStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether the job has ended (no store changes it again, but for expiry).
+    pub fn is_final(self) -> bool {
+        !matches!(self, JobStatus::Queued | JobStatus::Running)
+    }
+}
+
+/// Why a job failed, with the same codes as the synchronous API's errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobFailure {
+    pub code: String,
+    pub message: String,
+}
+
+/// Everything a store keeps about a job but its images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub status: JobStatus,
+    pub priority: Priority,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    /// When the result and inputs are deleted (set once the job is final).
+    pub expires_ms: Option<i64>,
+    pub error: Option<JobFailure>,
+    pub metadata: Option<String>,
+    pub webhook_url: Option<String>,
+    /// `jpeg` or `png`.
+    pub format: String,
+    pub quality: u8,
+    /// How many times a worker has taken the job (more than one after a crash or a drain).
+    pub attempts: u32,
+    /// DELETE arrived while the job ran: its result is dropped and it ends `cancelled`.
+    pub cancel_requested: bool,
+}
+
+impl JobRecord {
+    /// How long the job has existed, at `now_ms`.
+    pub fn age(&self, now_ms: i64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.created_ms).max(0) as u64)
+    }
+}
+
+/// The uploaded images of a job, kept until it has run.
+#[derive(Debug, Clone)]
+pub struct JobInputs {
+    pub person: Bytes,
+    pub cloth: Bytes,
+    pub mask: Option<Bytes>,
+}
+
+/// A job to store, with the bounds it is admitted under.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub record: JobRecord,
+    pub inputs: JobInputs,
+    pub idempotency_key: Option<String>,
+    /// Refuse the job when this many are queued already.
+    pub max_queued: usize,
+    /// How long the idempotency key, and later the result, are kept.
+    pub retention: Duration,
+}
+
+/// What [`JobStore::submit`] did.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub record: JobRecord,
+    /// False when the idempotency key named an existing job, which is returned instead.
+    pub created: bool,
+}
+
+/// A job a worker has taken, with its inputs.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub record: JobRecord,
+    pub inputs: JobInputs,
+    /// The store's handle on this claim (the stream entry, for Redis).
+    pub lease: String,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Succeeded {
+        image: Vec<u8>,
+        content_type: String,
+    },
+    Failed(JobFailure),
+}
+
+/// A webhook delivery owed for a job's final status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub job_id: String,
+    pub url: String,
+    /// The status JSON, as it was when the job ended.
+    pub body: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{queued} jobs are queued, the most this server keeps")]
+    QueueFull { queued: usize },
+    #[error("the job store failed: {0}")]
+    Backend(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A durable job store. Calls block; the server makes them on the blocking pool.
+pub trait JobStore: Send + Sync {
+    /// Stores a queued job, or returns the job its idempotency key already names.
+    fn submit(&self, job: NewJob) -> StoreResult<Submitted>;
+    /// The job's record (`expired` once its retention has passed), or `None` if unknown.
+    fn get(&self, id: &str, now_ms: i64) -> StoreResult<Option<JobRecord>>;
+    /// The result image and its content type, while it is kept.
+    fn result(&self, id: &str) -> StoreResult<Option<(Vec<u8>, String)>>;
+    /// Cancels a queued job (final at once) or marks a running one (its result will be
+    /// dropped); returns the record after the change, or `None` if unknown.
+    fn cancel(&self, id: &str, now_ms: i64, retention: Duration) -> StoreResult<Option<JobRecord>>;
+    /// Takes up to `max` queued jobs for `worker`, interactive first, then oldest first, and
+    /// marks them running. Jobs whose worker has been silent past the lease are taken too.
+    fn claim(&self, worker: &str, max: usize, now_ms: i64) -> StoreResult<Vec<ClaimedJob>>;
+    /// Tells the store that `worker` still runs these claims.
+    fn renew(&self, worker: &str, leases: &[String]) -> StoreResult<()>;
+    /// Puts a claimed job back in the queue (the worker stops before running it).
+    fn release(&self, id: &str, lease: &str) -> StoreResult<()>;
+    /// Sets the final status of a running job. `None` if it already had one (another worker
+    /// finished it first); else the final record. A webhook delivery is recorded with it.
+    fn finish(
+        &self,
+        id: &str,
+        lease: &str,
+        outcome: Outcome,
+        now_ms: i64,
+        retention: Duration,
+    ) -> StoreResult<Option<JobRecord>>;
+    /// Deletes the data of jobs past their retention; returns how many expired.
+    fn expire(&self, now_ms: i64) -> StoreResult<usize>;
+    /// Jobs waiting to be claimed.
+    fn queued(&self) -> StoreResult<usize>;
+    /// Webhook deliveries due at `now_ms`, each claimed for `lease` so that no other worker
+    /// sends it meanwhile.
+    fn due_deliveries(
+        &self,
+        now_ms: i64,
+        max: usize,
+        lease: Duration,
+    ) -> StoreResult<Vec<Delivery>>;
+    /// A delivery succeeded, or was given up: forget it.
+    fn delivery_done(&self, job_id: &str) -> StoreResult<()>;
+    /// A delivery failed: try again at `due_ms`.
+    fn delivery_retry(&self, job_id: &str, attempts: u32, due_ms: i64) -> StoreResult<()>;
+}
+
+/// RFC 3339 time of a store timestamp.
+pub fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The status document of a job, as `GET /v1/jobs/{id}` answers it and webhooks send it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobView {
+    pub id: String,
+    pub status: JobStatus,
+    pub priority: Priority,
+    /// RFC 3339.
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// When the result is deleted (once the job has ended).
+    pub expires_at: Option<String>,
+    pub error: Option<JobFailure>,
+    /// The client's string, echoed back.
+    pub metadata: Option<String>,
+    /// Where the image is, once the job has succeeded.
+    pub result_url: Option<String>,
+    /// A running job was asked to cancel: it ends `cancelled`.
+    pub cancel_requested: bool,
+}
+
+impl From<&JobRecord> for JobView {
+    fn from(r: &JobRecord) -> Self {
+        JobView {
+            id: r.id.clone(),
+            status: r.status,
+            priority: r.priority,
+            created_at: rfc3339(r.created_ms),
+            started_at: r.started_ms.map(rfc3339),
+            finished_at: r.finished_ms.map(rfc3339),
+            expires_at: r.expires_ms.map(rfc3339),
+            error: r.error.clone(),
+            metadata: r.metadata.clone(),
+            result_url: (r.status == JobStatus::Succeeded)
+                .then(|| format!("/v1/jobs/{}/result", r.id)),
+            cancel_requested: r.cancel_requested,
+        }
+    }
+}
+
+/// The webhook body of a final record.
+pub fn webhook_body(record: &JobRecord) -> String {
+    serde_json::to_string(&JobView::from(record)).unwrap_or_default()
+}
+
+/// Whether `id` looks like an id this server makes (32 hex digits): anything else is unknown
+/// without asking the store.
+pub fn valid_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A fresh job id.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The final record of a job that ends now with `outcome`, or `cancelled` if a cancel was
+/// asked meanwhile.
+pub fn finished_record(
+    mut record: JobRecord,
+    outcome: &Outcome,
+    now_ms: i64,
+    retention: Duration,
+) -> JobRecord {
+    record.status = if record.cancel_requested {
+        JobStatus::Cancelled
+    } else {
+        match outcome {
+            Outcome::Succeeded { .. } => JobStatus::Succeeded,
+            Outcome::Failed(f) => {
+                record.error = Some(f.clone());
+                JobStatus::Failed
+            }
+        }
+    };
+    record.finished_ms = Some(now_ms);
+    record.expires_ms = Some(now_ms + retention.as_millis() as i64);
+    record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_statuses_and_views_round_trip() {
+        let id = new_id();
+        assert!(valid_id(&id), "{id}");
+        assert!(!valid_id("../../etc/passwd"));
+        assert!(!valid_id(&"g".repeat(32)));
+        for s in JobStatus::ALL {
+            assert_eq!(JobStatus::parse(s.as_str()), Some(s));
+        }
+        assert!(JobStatus::Expired.is_final() && !JobStatus::Running.is_final());
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+}

@@ -1,0 +1,416 @@
+//! Webhooks: the allow list that guards against server-side request forgery, the HMAC
+//! signature, and the delivery loop with its retries.
+//!
+//! - A URL is accepted at submission only for a host named in `--webhook-allow-hosts`, over
+//!   `https`, or plain `http` where the entry says `http://`.
+//! - At delivery the host is resolved, and a private, loopback, link-local or otherwise
+//!   non-public address is refused unless the allow list names that address itself. The
+//!   request goes to the address that was checked (no second lookup) and follows no redirect.
+//! - The body is signed: `X-VirtualFit-Signature: t=UNIX_SECONDS,v1=HEX`, where `HEX` is the
+//!   HMAC-SHA256, keyed with `--webhook-secret`, of `UNIX_SECONDS.BODY`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use reqwest::Url;
+use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
+
+use super::{now_ms, Delivery, JobStore, WEBHOOK_ATTEMPTS};
+use crate::metrics::Metrics;
+
+/// The signature header.
+pub const SIGNATURE_HEADER: &str = "x-virtualfit-signature";
+/// The job id header of a delivery.
+pub const JOB_ID_HEADER: &str = "x-virtualfit-job-id";
+/// Longest accepted webhook URL.
+pub const MAX_URL_BYTES: usize = 2048;
+/// How long one delivery attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a worker holds a delivery it is sending.
+const DELIVERY_LEASE: Duration = Duration::from_secs(60);
+/// How often the loop looks for due deliveries.
+const POLL: Duration = Duration::from_millis(250);
+/// Deliveries sent at once.
+const BATCH: usize = 16;
+
+/// One `--webhook-allow-hosts` entry: `host`, `host:port`, `http://host[:port]` (plain http
+/// allowed) or an IP address (which also allows it when it is not public).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AllowEntry {
+    host: String,
+    port: Option<u16>,
+    http: bool,
+}
+
+impl std::str::FromStr for AllowEntry {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (http, rest) = if let Some(r) = s.strip_prefix("http://") {
+            (true, r)
+        } else {
+            (false, s.strip_prefix("https://").unwrap_or(s))
+        };
+        let rest = rest.trim_end_matches('/');
+        let url = Url::parse(&format!("https://{rest}/"))
+            .map_err(|e| format!("`{s}` is not a host or host:port: {e}"))?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("`{s}` names no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        if url.path() != "/" || !url.username().is_empty() {
+            return Err(format!("`{s}` must be a host or host:port, nothing more"));
+        }
+        Ok(AllowEntry {
+            host,
+            port: url.port(),
+            http,
+        })
+    }
+}
+
+/// What webhooks need: the key, the allow list and the retry schedule.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub secret: Option<String>,
+    pub allow: Vec<AllowEntry>,
+    /// The first retry's delay; each later one doubles it.
+    pub retry_base: Duration,
+}
+
+/// The host of a URL as the allow list spells it (IPv6 without brackets, lower case).
+fn host_of(url: &Url) -> Option<String> {
+    url.host_str().map(|h| {
+        h.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase()
+    })
+}
+
+impl WebhookConfig {
+    /// Checks a client's webhook URL at submission; the error is a sentence for the client.
+    pub fn check_url(&self, raw: &str) -> Result<Url, String> {
+        if raw.len() > MAX_URL_BYTES {
+            return Err(format!("webhook_url is longer than {MAX_URL_BYTES} bytes"));
+        }
+        if self.secret.is_none() {
+            return Err("this server sends no webhooks (no --webhook-secret is set)".into());
+        }
+        let url = Url::parse(raw).map_err(|e| format!("webhook_url is not a URL: {e}"))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("webhook_url must not carry credentials".into());
+        }
+        let http = match url.scheme() {
+            "https" => false,
+            "http" => true,
+            _ => return Err("webhook_url must be https".into()),
+        };
+        let host = host_of(&url).ok_or("webhook_url names no host")?;
+        let port = url.port_or_known_default();
+        let listed = self
+            .allow
+            .iter()
+            .any(|e| e.host == host && e.port.is_none_or(|p| Some(p) == port) && (e.http || !http));
+        if !listed {
+            return Err(if http {
+                "webhook_url must be https, or its host listed as http:// in --webhook-allow-hosts"
+                    .into()
+            } else {
+                "webhook_url's host is not in this server's --webhook-allow-hosts".into()
+            });
+        }
+        Ok(url)
+    }
+
+    /// Whether the allow list names this address itself.
+    fn names_address(&self, ip: IpAddr) -> bool {
+        self.allow
+            .iter()
+            .any(|e| e.host.parse::<IpAddr>().is_ok_and(|a| a == ip))
+    }
+
+    /// Resolves the URL's host and returns the first address it may be sent to.
+    async fn resolve(&self, url: &Url) -> Result<SocketAddr, String> {
+        let host = host_of(url).ok_or("no host")?;
+        let port = url.port_or_known_default().ok_or("no port")?;
+        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map_err(|e| format!("cannot resolve {host}: {e}"))?
+                .collect(),
+        };
+        addrs
+            .into_iter()
+            .find(|a| is_public(a.ip()) || self.names_address(a.ip()))
+            .ok_or_else(|| format!("{host} resolves only to addresses that are not public"))
+    }
+}
+
+/// Whether an address is on the public internet (not private, loopback, link-local, shared,
+/// documentation, multicast or reserved).
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public_v4(v4),
+            None => is_public_v6(v6),
+        },
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_private()
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || ip.is_multicast()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b))
+        || (a == 192 && b == 0 && c == 0)
+        || (a == 198 && (18..20).contains(&b))
+        || a >= 240)
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let first = ip.segments()[0];
+    !(ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || (first & 0xfe00) == 0xfc00
+        || (first & 0xffc0) == 0xfe80
+        || first == 0x2001 && ip.segments()[1] == 0x0db8
+        || first == 0x0064 && ip.segments()[1] == 0xff9b)
+}
+
+/// The signature header's value for `body` at `unix_s`.
+pub fn sign(secret: &str, unix_s: i64, body: &str) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(unix_s.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body.as_bytes());
+    format!("t={unix_s},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// When the attempt after `attempts` failed ones is due, from now: the base, doubled each time.
+pub fn retry_delay(base: Duration, attempts: u32) -> Duration {
+    base.saturating_mul(1 << attempts.saturating_sub(1).min(20))
+}
+
+/// Sends what is due until `shutdown`, retrying failures on the schedule.
+pub async fn run_deliveries(
+    store: Arc<dyn JobStore>,
+    config: WebhookConfig,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let Some(secret) = config.secret.clone() else {
+        return;
+    };
+    loop {
+        let due = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || {
+                store.due_deliveries(now_ms(), BATCH, DELIVERY_LEASE)
+            })
+            .await
+        };
+        let due = match due {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the webhook deliveries");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the webhook reader panicked");
+                Vec::new()
+            }
+        };
+        let idle = due.is_empty();
+        let sends = due
+            .into_iter()
+            .map(|d| deliver_once(store.clone(), &config, &secret, &metrics, d));
+        futures_util::future::join_all(sends).await;
+        if idle {
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        } else if shutdown.is_cancelled() {
+            return;
+        }
+    }
+}
+
+async fn deliver_once(
+    store: Arc<dyn JobStore>,
+    config: &WebhookConfig,
+    secret: &str,
+    metrics: &Metrics,
+    delivery: Delivery,
+) {
+    let attempts = delivery.attempts + 1;
+    let sent = send(config, secret, &delivery).await;
+    let job = delivery.job_id.clone();
+    let outcome = match &sent {
+        Ok(()) => "delivered",
+        Err(_) if attempts >= WEBHOOK_ATTEMPTS => "failed",
+        Err(_) => "retried",
+    };
+    metrics
+        .webhook_deliveries_total
+        .with_label_values(&[outcome])
+        .inc();
+    match &sent {
+        Ok(()) => tracing::info!(job = %job, attempts, "webhook delivered"),
+        Err(e) if attempts >= WEBHOOK_ATTEMPTS => {
+            tracing::warn!(job = %job, attempts, error = %e, "webhook failed; giving up")
+        }
+        Err(e) => tracing::info!(job = %job, attempts, error = %e, "webhook failed; will retry"),
+    }
+    let retry_at = now_ms() + retry_delay(config.retry_base, attempts).as_millis() as i64;
+    let done = sent.is_ok() || attempts >= WEBHOOK_ATTEMPTS;
+    let stored = tokio::task::spawn_blocking(move || {
+        if done {
+            store.delivery_done(&job)
+        } else {
+            store.delivery_retry(&job, attempts, retry_at)
+        }
+    })
+    .await;
+    if !matches!(stored, Ok(Ok(()))) {
+        tracing::warn!(job = %delivery.job_id, "cannot record the webhook attempt");
+    }
+}
+
+async fn send(config: &WebhookConfig, secret: &str, delivery: &Delivery) -> Result<(), String> {
+    // The URL was checked at submission; the allow list may have changed since.
+    let url = config.check_url(&delivery.url)?;
+    let addr = config.resolve(&url).await?;
+    let mut client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(ATTEMPT_TIMEOUT)
+        .no_proxy();
+    if let Some(host) = url.host_str() {
+        if host.parse::<IpAddr>().is_err() {
+            client = client.resolve(host, addr);
+        }
+    }
+    let client = client.build().map_err(|e| e.to_string())?;
+    let unix_s = now_ms() / 1000;
+    let response = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(SIGNATURE_HEADER, sign(secret, unix_s, &delivery.body))
+        .header(JOB_ID_HEADER, &delivery.job_id)
+        .body(delivery.body.clone())
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the receiver: {e}"))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("the receiver answered {}", response.status()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(allow: &[&str]) -> WebhookConfig {
+        WebhookConfig {
+            secret: Some("k".into()),
+            allow: allow.iter().map(|a| a.parse().expect("entry")).collect(),
+            retry_base: Duration::from_secs(20),
+        }
+    }
+
+    #[test]
+    fn only_listed_hosts_over_https_unless_listed_as_http() {
+        let c = config(&["hooks.example.com", "http://127.0.0.1:9000", "[::1]"]);
+        assert!(c.check_url("https://hooks.example.com/a?b=c").is_ok());
+        assert!(c.check_url("https://HOOKS.example.com:8443/").is_ok());
+        assert!(c.check_url("http://hooks.example.com/").is_err());
+        assert!(c.check_url("https://evil.example.com/").is_err());
+        assert!(c.check_url("https://hooks.example.com.evil.net/").is_err());
+        assert!(c.check_url("http://127.0.0.1:9000/hook").is_ok());
+        assert!(c.check_url("http://127.0.0.1:9001/hook").is_err());
+        assert!(c.check_url("https://[::1]/x").is_ok());
+        assert!(c.check_url("https://user:pw@hooks.example.com/").is_err());
+        assert!(c.check_url("ftp://hooks.example.com/").is_err());
+        assert!(c.check_url("file:///etc/passwd").is_err());
+        let unsigned = WebhookConfig {
+            secret: None,
+            ..c.clone()
+        };
+        assert!(unsigned.check_url("https://hooks.example.com/").is_err());
+        assert!("hooks.example.com/path".parse::<AllowEntry>().is_err());
+    }
+
+    #[test]
+    fn non_public_addresses_are_recognised() {
+        for private in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "127.0.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(!is_public(private.parse().expect("ip")), "{private}");
+        }
+        for public in ["1.1.1.1", "8.8.8.8", "2606:4700:4700::1111"] {
+            assert!(is_public(public.parse().expect("ip")), "{public}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_private_address_is_refused_unless_listed_by_address() {
+        let by_name = config(&["http://localhost:9000"]);
+        let url = by_name.check_url("http://localhost:9000/").expect("listed");
+        assert!(
+            by_name.resolve(&url).await.is_err(),
+            "localhost is loopback"
+        );
+        let by_ip = config(&["http://127.0.0.1:9000"]);
+        let url = by_ip.check_url("http://127.0.0.1:9000/").expect("listed");
+        assert_eq!(
+            by_ip.resolve(&url).await,
+            Ok("127.0.0.1:9000".parse().expect("addr"))
+        );
+    }
+
+    #[test]
+    fn signatures_match_a_known_hmac_and_retries_double() {
+        // HMAC-SHA256(key = "secret", "1700000000.{}"), computed independently with Python's hmac.
+        assert_eq!(
+            sign("secret", 1_700_000_000, "{}"),
+            "t=1700000000,v1=b8569b78799ff9e3cbff0fc2d63a33a2b57f3282abd07c37ae5e8e7d79a5f163"
+        );
+        let base = Duration::from_secs(20);
+        let total: Duration = (1..WEBHOOK_ATTEMPTS).map(|a| retry_delay(base, a)).sum();
+        assert_eq!(retry_delay(base, 1), base);
+        assert_eq!(
+            total,
+            Duration::from_secs(620),
+            "about 10 minutes over 6 attempts"
+        );
+    }
+}

@@ -1,0 +1,281 @@
+//! Runs asynchronous jobs: takes them from the store while the batcher has room for them,
+//! decodes their stored images, hands them to the batcher at their priority, and stores each
+//! result with its final status. Renews the claims' leases while they run, and sweeps expired
+//! results.
+//!
+//! A job taken but not run (the server drains first) is put back in the store; a job whose
+//! server dies is queued again when the store reopens (SQLite) or taken over after the lease
+//! (Redis).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::cpu::Cpu;
+use super::{upload, ActiveGuard, AppState, Phase};
+use crate::batcher::{AdmitError, JobError, Priority};
+use crate::imaging::{self, OutputFormat};
+use crate::jobs::{now_ms, ClaimedJob, JobFailure, JobStore, Outcome, StoreError};
+
+/// How often the runner looks for work when nobody wakes it.
+const POLL: Duration = Duration::from_millis(200);
+/// How often expired results are swept and the queued gauge refreshed.
+const SWEEP: Duration = Duration::from_secs(10);
+/// How long to wait before offering an item again to a full batch queue.
+const FULL_QUEUE_BACKOFF: Duration = Duration::from_millis(20);
+/// How long a stored image may wait for the decode budget.
+const DECODE_WAIT: Duration = Duration::from_secs(600);
+
+/// The jobs this replica runs now, by id, with their leases.
+type Running = Arc<Mutex<HashMap<String, String>>>;
+
+/// The store's name for this replica: unique per process, readable in Redis.
+pub fn worker_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "replica".into());
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+        .take(64)
+        .collect();
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &crate::jobs::new_id()[..8]
+    )
+}
+
+/// The runner's loop, until `shutdown`.
+pub async fn run(state: AppState, shutdown: CancellationToken) {
+    let inner = &state.inner;
+    // Enough jobs in hand to fill a batch while the previous one runs; more would only wait
+    // in memory instead of in the store.
+    let capacity = (inner.args.batching.max_batch_size as usize)
+        .min(inner.args.batching.queue_capacity as usize)
+        .max(1);
+    let running: Running = Arc::default();
+    let renew_every = inner.args.jobs.job_lease / 3;
+    let mut last_renew = Instant::now();
+    let mut last_sweep: Option<Instant> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let phase = inner.readiness.phase();
+        if phase == Phase::Ready {
+            let free = capacity.saturating_sub(lock(&running).len());
+            if free > 0 {
+                claim(&state, &running, free).await;
+            }
+        }
+        if last_renew.elapsed() >= renew_every {
+            last_renew = Instant::now();
+            let leases: Vec<String> = lock(&running).values().cloned().collect();
+            if !leases.is_empty() {
+                let store = inner.jobs.clone();
+                let worker = inner.worker.clone();
+                if let Err(e) = call(move || store.renew(&worker, &leases)).await {
+                    tracing::warn!(error = %e, "cannot renew the leases of running jobs");
+                }
+            }
+        }
+        if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP) {
+            last_sweep = Some(Instant::now());
+            sweep(&state).await;
+        }
+        if matches!(phase, Phase::Draining | Phase::Failed(_)) && lock(&running).is_empty() {
+            // Nothing more will be taken; wait for the end.
+            shutdown.cancelled().await;
+            return;
+        }
+        tokio::select! {
+            _ = inner.job_wake.notified() => {}
+            _ = tokio::time::sleep(POLL) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn lock(running: &Running) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    running.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn call<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Backend(format!("a job store call panicked: {e}")))?
+}
+
+async fn sweep(state: &AppState) {
+    let store = state.inner.jobs.clone();
+    match call(move || {
+        let expired = store.expire(now_ms())?;
+        Ok((expired, store.queued()?))
+    })
+    .await
+    {
+        Ok((expired, queued)) => {
+            if expired > 0 {
+                tracing::info!(jobs = expired, "deleted the results of expired jobs");
+            }
+            state.inner.metrics.jobs_queued.set(queued as i64);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot sweep the job store"),
+    }
+}
+
+async fn claim(state: &AppState, running: &Running, free: usize) {
+    let store = state.inner.jobs.clone();
+    let worker = state.inner.worker.clone();
+    let claimed = match call(move || store.claim(&worker, free, now_ms())).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot take jobs from the store");
+            return;
+        }
+    };
+    for job in claimed {
+        lock(running).insert(job.record.id.clone(), job.lease.clone());
+        let (state, running) = (state.clone(), running.clone());
+        let tracker = state.inner.in_flight.clone();
+        tracker.spawn(async move {
+            let id = job.record.id.clone();
+            run_one(&state, job).await;
+            lock(&running).remove(&id);
+        });
+    }
+}
+
+/// What became of one job's run.
+enum Ran {
+    Done(Outcome),
+    /// Not run: the server is stopping. The job goes back to the queue.
+    NotRun,
+}
+
+async fn run_one(state: &AppState, job: ClaimedJob) {
+    let inner = &state.inner;
+    let id = job.record.id.clone();
+    let lease = job.lease.clone();
+    let ran = {
+        // Counted like a /tryon request from here: the KEDA gauges see all the work.
+        let _active = ActiveGuard::new(&inner.metrics);
+        execute(state, &job).await
+    };
+    let store = inner.jobs.clone();
+    let retention = inner.args.jobs.job_retention;
+    match ran {
+        Ran::NotRun => {
+            let (id2, lease2) = (id.clone(), lease.clone());
+            if let Err(e) = call(move || store.release(&id2, &lease2)).await {
+                tracing::warn!(job = %id, error = %e, "cannot put the job back; it runs again after the restart or the lease");
+            } else {
+                tracing::info!(job = %id, "job put back in the queue");
+            }
+        }
+        Ran::Done(outcome) => {
+            let (id2, lease2) = (id.clone(), lease.clone());
+            match call(move || store.finish(&id2, &lease2, outcome, now_ms(), retention)).await {
+                Ok(Some(record)) => {
+                    inner
+                        .metrics
+                        .jobs_finished_total
+                        .with_label_values(&[record.status.as_str()])
+                        .inc();
+                    tracing::info!(job = %id, status = record.status.as_str(), "job ended");
+                }
+                Ok(None) => tracing::info!(job = %id, "job had already ended elsewhere"),
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "cannot store the job's end; it runs again")
+                }
+            }
+        }
+    }
+}
+
+fn failure(code: &str, message: impl Into<String>) -> Ran {
+    Ran::Done(Outcome::Failed(JobFailure {
+        code: code.into(),
+        message: message.into(),
+    }))
+}
+
+async fn execute(state: &AppState, job: &ClaimedJob) -> Ran {
+    let inner = &state.inner;
+    let args = &inner.args;
+    let record = &job.record;
+    let upload = upload::Upload::stored(
+        job.inputs.person.clone(),
+        job.inputs.cloth.clone(),
+        job.inputs.mask.clone(),
+    );
+    // Batch work decodes and encodes at a lower CPU priority than interactive work.
+    let cpu = match record.priority {
+        Priority::Interactive => Cpu::Blocking,
+        Priority::Batch => inner.background_cpu.clone(),
+    };
+    let prepared = match upload::prepare(
+        upload,
+        args.max_image_pixels,
+        &inner.budgets,
+        Instant::now() + DECODE_WAIT,
+        &cpu,
+    )
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => return failure(e.code(), e.to_string()),
+    };
+    let content = prepared.content;
+    let receiver = loop {
+        let age = record.age(now_ms());
+        match inner
+            .batcher
+            .submit_job(prepared.clone(), record.priority, age)
+        {
+            Ok(rx) => break rx,
+            Err(AdmitError::QueueFull { .. }) => tokio::time::sleep(FULL_QUEUE_BACKOFF).await,
+            Err(AdmitError::Draining { .. }) => return Ran::NotRun,
+        }
+    };
+    let output = match receiver.await {
+        Ok(Ok(output)) => output,
+        Ok(Err(JobError::ShutDown)) | Err(_) => return Ran::NotRun,
+        Ok(Err(e @ JobError::Deadline { .. })) => {
+            return failure("deadline_exceeded", e.to_string())
+        }
+        Ok(Err(JobError::Model(m))) => return failure("internal", format!("model failure: {m}")),
+    };
+    let format = record
+        .format
+        .parse::<OutputFormat>()
+        .unwrap_or(args.output_format);
+    let quality = record.quality;
+    let image = output.image;
+    let encoded = cpu
+        .run(move || -> Result<Vec<u8>, String> {
+            let rgb = imaging::tensor_to_rgb(&image).map_err(|e| e.to_string())?;
+            imaging::encode(&imaging::crop(&rgb, content), format, quality)
+        })
+        .await;
+    match encoded {
+        Ok(Ok(image)) => Ran::Done(Outcome::Succeeded {
+            image,
+            content_type: format.mime().to_string(),
+        }),
+        Ok(Err(e)) => failure("internal", format!("encoding failed: {e}")),
+        Err(e) => failure("internal", format!("encoding failed: {e}")),
+    }
+}
+
+/// Opens the store the flags name.
+pub fn open_store(args: &crate::config::JobsArgs) -> anyhow::Result<Arc<dyn JobStore>> {
+    Ok(match &args.jobs_redis {
+        Some(url) => Arc::new(crate::jobs::RedisStore::open(url, args.job_lease)?),
+        None => Arc::new(crate::jobs::SqliteStore::open(&args.data_dir)?),
+    })
+}

@@ -1,0 +1,440 @@
+//! The asynchronous jobs API: `POST /v1/jobs`, `GET /v1/jobs/{id}`,
+//! `GET /v1/jobs/{id}/result` and `DELETE /v1/jobs/{id}`. The work itself is done by
+//! [`super::job_runner`].
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use tokio::time::Instant;
+
+use super::{upload, AppState};
+use crate::api::echo;
+use crate::batcher::Priority;
+use crate::error::ApiError;
+use crate::imaging::OutputFormat;
+use crate::jobs::{
+    now_ms, valid_id, JobInputs, JobRecord, JobStatus, JobView, NewJob, MAX_IDEMPOTENCY_KEY_BYTES,
+    MAX_METADATA_BYTES,
+};
+
+/// The form's text fields.
+pub const PRIORITY_FIELD: &str = "priority";
+pub const WEBHOOK_FIELD: &str = "webhook_url";
+pub const METADATA_FIELD: &str = "metadata";
+pub const FORMAT_FIELD: &str = "format";
+pub const QUALITY_FIELD: &str = "quality";
+const TEXT_FIELDS: &[&str] = &[
+    PRIORITY_FIELD,
+    WEBHOOK_FIELD,
+    METADATA_FIELD,
+    FORMAT_FIELD,
+    QUALITY_FIELD,
+];
+/// The header that makes a resubmission return the first job.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+/// Set on the answer to a resubmission that returned an existing job.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// The multipart form of `POST /v1/jobs`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct JobForm {
+    /// Person photo (JPEG, PNG or WebP).
+    #[schema(value_type = String, format = Binary)]
+    person_image: Vec<u8>,
+    /// Garment product photo.
+    #[schema(value_type = String, format = Binary)]
+    cloth_image: Vec<u8>,
+    /// Optional garment mask, white = garment.
+    #[schema(value_type = Option<String>, format = Binary)]
+    cloth_mask: Option<Vec<u8>>,
+    /// `interactive` or `batch` (default): batch work runs where interactive work leaves room.
+    priority: Option<Priority>,
+    /// Called with the status JSON when the job ends; its host must be in
+    /// --webhook-allow-hosts.
+    webhook_url: Option<String>,
+    /// A short string of the client's (at most 512 bytes), echoed back.
+    metadata: Option<String>,
+    /// `jpeg` or `png` (default: --output-format).
+    format: Option<String>,
+    /// JPEG quality, 1 to 100 (default: --jpeg-quality).
+    quality: Option<u8>,
+}
+
+fn answer(error: ApiError, close: bool) -> Response {
+    if error.status().is_server_error() {
+        tracing::warn!(code = error.code(), "job request failed: {error}");
+    } else {
+        tracing::info!(code = error.code(), "job request refused: {error}");
+    }
+    let mut response = error.into_response();
+    if close {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+fn location(id: &str) -> HeaderValue {
+    super::header_value(&format!("/v1/jobs/{id}"))
+}
+
+/// Runs a store call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::jobs::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("the job store call failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+/// Submit a try-on job: answered at once with its id; poll it, or get a webhook.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    tag = "jobs",
+    request_body(content = JobForm, content_type = "multipart/form-data"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "A resubmission with the same key (at most 128 visible ASCII characters) returns the first job.")),
+    security(("bearer" = []), ()),
+    responses(
+        (status = 202, description = "Accepted (or, with a known Idempotency-Key, the job it named: `Idempotent-Replayed: true`).", body = JobView,
+            headers(("location" = String, description = "`/v1/jobs/{id}`."))),
+        (status = 400, description = "A missing or bad part or field, or a webhook URL this server does not call (`bad_request`).", body = crate::error::ErrorBody),
+        (status = 401, description = "Wrong or missing bearer token (`unauthorized`).", body = crate::error::ErrorBody),
+        (status = 413, description = "Body over --max-body-bytes (`payload_too_large`).", body = crate::error::ErrorBody),
+        (status = 415, description = "A part that is not a supported image (`unsupported_media_type`).", body = crate::error::ErrorBody),
+        (status = 422, description = "An image refused from its header (`invalid_image`).", body = crate::error::ErrorBody),
+        (status = 429, description = "--max-queued-jobs are waiting; see Retry-After (`overloaded`).", body = crate::error::ErrorBody),
+        (status = 503, description = "Warming up, draining, or the job store is unreachable (`unavailable`).", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn submit_handler(State(state): State<AppState>, request: Request) -> Response {
+    let _in_flight = state.inner.in_flight.token();
+    match submit(&state, request).await {
+        Ok(r) => r,
+        Err((e, close)) => answer(e, close),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY_BYTES
+                && k.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters"
+            ))
+        })?;
+    Ok(Some(key.to_string()))
+}
+
+async fn submit(state: &AppState, request: Request) -> Result<Response, (ApiError, bool)> {
+    let inner = &state.inner;
+    let args = &inner.args;
+    let (parts, body) = request.into_parts();
+    let before_body = super::auth::check_api_key(args.api_key.as_deref(), &parts.headers)
+        .and_then(
+            |()| match inner.readiness.refusal(|| inner.batcher.retry_after_s()) {
+                Some(e) => Err(e),
+                None => Ok(()),
+            },
+        )
+        .and_then(|()| idempotency_key(&parts.headers));
+    let key = match before_body {
+        Ok(k) => k,
+        Err(e) => {
+            upload::drain(body).await;
+            return Err((e, true));
+        }
+    };
+    let upload = upload::read(
+        &parts.headers,
+        body,
+        args.max_body_bytes,
+        &inner.budgets,
+        Instant::now() + args.body_timeout(),
+        args.body_timeout(),
+        TEXT_FIELDS,
+    )
+    .await
+    .map_err(|e| (e, true))?;
+    let record = job_record(state, &upload).map_err(|e| (e, false))?;
+    upload::check_headers(&upload, args.max_image_pixels, &inner.budgets)
+        .map_err(|e| (e, false))?;
+
+    let job = NewJob {
+        record,
+        inputs: JobInputs {
+            person: upload.person.clone(),
+            cloth: upload.cloth.clone(),
+            mask: upload.mask.clone(),
+        },
+        idempotency_key: key,
+        max_queued: args.jobs.max_queued_jobs as usize,
+        retention: args.jobs.job_retention,
+    };
+    drop(upload);
+    let store = inner.jobs.clone();
+    let submitted = blocking(move || store.submit(job))
+        .await
+        .map_err(|e| (e, false))?;
+    let record = submitted.record;
+    if submitted.created {
+        inner
+            .metrics
+            .jobs_submitted_total
+            .with_label_values(&[record.priority.label()])
+            .inc();
+        inner.job_wake.notify_one();
+        tracing::info!(job = %record.id, priority = record.priority.label(), "job queued");
+    }
+    let mut response = (StatusCode::ACCEPTED, Json(JobView::from(&record))).into_response();
+    let h = response.headers_mut();
+    h.insert(header::LOCATION, location(&record.id));
+    if !submitted.created {
+        h.insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// The new job's record, from the form's fields.
+fn job_record(state: &AppState, upload: &upload::Upload) -> Result<JobRecord, ApiError> {
+    let args = &state.inner.args;
+    let priority = match upload.field(PRIORITY_FIELD) {
+        None => Priority::Batch,
+        Some(p) => p
+            .parse()
+            .map_err(|e: String| ApiError::BadRequest(format!("{e}, not `{}`", echo(p))))?,
+    };
+    let webhook_url = match upload.field(WEBHOOK_FIELD) {
+        None => None,
+        Some(u) => Some(
+            state
+                .inner
+                .webhooks
+                .check_url(u)
+                .map_err(ApiError::BadRequest)?
+                .to_string(),
+        ),
+    };
+    let metadata = upload.field(METADATA_FIELD).map(str::to_string);
+    if metadata
+        .as_ref()
+        .is_some_and(|m| m.len() > MAX_METADATA_BYTES)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "metadata is longer than {MAX_METADATA_BYTES} bytes"
+        )));
+    }
+    let format = match upload.field(FORMAT_FIELD) {
+        None => args.output_format,
+        Some(f) => f.parse::<OutputFormat>().map_err(|_| {
+            ApiError::BadRequest(format!("unknown format `{}` (use jpeg or png)", echo(f)))
+        })?,
+    };
+    let quality = match upload.field(QUALITY_FIELD) {
+        None => args.jpeg_quality,
+        Some(q) => q
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|q| (1..=100).contains(q))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("quality must be 1..100, not `{}`", echo(q)))
+            })?,
+    };
+    Ok(JobRecord {
+        id: crate::jobs::new_id(),
+        status: JobStatus::Queued,
+        priority,
+        created_ms: now_ms(),
+        started_ms: None,
+        finished_ms: None,
+        expires_ms: None,
+        error: None,
+        metadata,
+        webhook_url,
+        format: match format {
+            OutputFormat::Jpeg => "jpeg".into(),
+            OutputFormat::Png => "png".into(),
+        },
+        quality,
+        attempts: 0,
+        cancel_requested: false,
+    })
+}
+
+/// The job's record, after authentication; 404 for an id this server never made.
+async fn find(state: &AppState, headers: &HeaderMap, id: &str) -> Result<JobRecord, ApiError> {
+    super::auth::check_api_key(state.inner.args.api_key.as_deref(), headers)?;
+    let unknown = || ApiError::NotFound(format!("no job `{}`", echo(id)));
+    if !valid_id(id) {
+        return Err(unknown());
+    }
+    let store = state.inner.jobs.clone();
+    let key = id.to_string();
+    blocking(move || store.get(&key, now_ms()))
+        .await?
+        .ok_or_else(unknown)
+}
+
+/// A job's status.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job id.")),
+    security(("bearer" = []), ()),
+    responses(
+        (status = 200, description = "The job's status.", body = JobView),
+        (status = 401, description = "Wrong or missing bearer token (`unauthorized`).", body = crate::error::ErrorBody),
+        (status = 404, description = "Unknown id (`not_found`).", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn status_handler(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match find(&state, &headers, &id).await {
+        Ok(record) => Json(JobView::from(&record)).into_response(),
+        Err(e) => answer(e, false),
+    }
+}
+
+/// A job's result image.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/result",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job id.")),
+    security(("bearer" = []), ()),
+    responses(
+        (status = 200, description = "The try-on image.", content(("image/jpeg"), ("image/png"))),
+        (status = 401, description = "Wrong or missing bearer token (`unauthorized`).", body = crate::error::ErrorBody),
+        (status = 404, description = "Unknown id (`not_found`).", body = crate::error::ErrorBody),
+        (status = 409, description = "Queued or running (`not_ready`), or failed or cancelled: no result (`conflict`).", body = crate::error::ErrorBody),
+        (status = 410, description = "Kept past --job-retention and deleted (`expired`).", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn result_handler(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match result(&state, &headers, &id).await {
+        Ok(r) => r,
+        Err(e) => answer(e, false),
+    }
+}
+
+async fn result(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Response, ApiError> {
+    let record = find(state, headers, id).await?;
+    let expired =
+        || ApiError::Expired(format!("job {id}'s result was deleted after the retention"));
+    match record.status {
+        JobStatus::Queued | JobStatus::Running => Err(ApiError::NotReady(format!(
+            "job {id} is {}; poll /v1/jobs/{id} until it has succeeded",
+            record.status.as_str()
+        ))),
+        JobStatus::Failed | JobStatus::Cancelled => Err(ApiError::Conflict(format!(
+            "job {id} {}; it has no result",
+            if record.status == JobStatus::Failed {
+                "failed"
+            } else {
+                "was cancelled"
+            }
+        ))),
+        JobStatus::Expired => Err(expired()),
+        JobStatus::Succeeded => {
+            let store = state.inner.jobs.clone();
+            let key = id.to_string();
+            let (image, content_type) = blocking(move || store.result(&key))
+                .await?
+                .ok_or_else(expired)?;
+            let mut response = Response::new(Body::from(image));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(&content_type)
+                    .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream")),
+            );
+            Ok(response)
+        }
+    }
+}
+
+/// Cancel a job: a queued one ends `cancelled` at once; a running one finishes, its result is
+/// dropped, and it ends `cancelled`.
+#[utoipa::path(
+    delete,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job id.")),
+    security(("bearer" = []), ()),
+    responses(
+        (status = 200, description = "Cancelled.", body = JobView),
+        (status = 202, description = "Running: it will end `cancelled`.", body = JobView),
+        (status = 401, description = "Wrong or missing bearer token (`unauthorized`).", body = crate::error::ErrorBody),
+        (status = 404, description = "Unknown id (`not_found`).", body = crate::error::ErrorBody),
+        (status = 409, description = "The job has already ended (`conflict`).", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn cancel_handler(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match cancel(&state, &headers, &id).await {
+        Ok(r) => r,
+        Err(e) => answer(e, false),
+    }
+}
+
+async fn cancel(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Response, ApiError> {
+    let before = find(state, headers, id).await?;
+    if before.status.is_final() {
+        return Err(ApiError::Conflict(format!(
+            "job {id} has already ended ({})",
+            before.status.as_str()
+        )));
+    }
+    let store = state.inner.jobs.clone();
+    let key = id.to_string();
+    let retention = state.inner.args.jobs.job_retention;
+    let after = blocking(move || store.cancel(&key, now_ms(), retention))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job `{id}`")))?;
+    let status = match after.status {
+        JobStatus::Cancelled => {
+            state
+                .inner
+                .metrics
+                .jobs_finished_total
+                .with_label_values(&[JobStatus::Cancelled.as_str()])
+                .inc();
+            tracing::info!(job = %id, "job cancelled");
+            StatusCode::OK
+        }
+        JobStatus::Running => StatusCode::ACCEPTED,
+        // It ended between the two reads.
+        other => {
+            return Err(ApiError::Conflict(format!(
+                "job {id} has already ended ({})",
+                other.as_str()
+            )))
+        }
+    };
+    Ok((status, Json(JobView::from(&after))).into_response())
+}

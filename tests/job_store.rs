@@ -1,0 +1,368 @@
+//! One suite for both job stores: the embedded SQLite file and a real `redis-server`. Each
+//! check runs against each store; what only one store does (reopening a SQLite file, a Redis
+//! lease running out) has its own test below.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::redis_server::RedisServer;
+use virtualfit::batcher::Priority;
+use virtualfit::jobs::{
+    new_id, now_ms, JobInputs, JobRecord, JobStatus, JobStore, NewJob, Outcome, RedisStore,
+    SqliteStore, StoreError,
+};
+
+const RETENTION: Duration = Duration::from_secs(3600);
+
+fn record(priority: Priority, created_ms: i64, webhook: Option<&str>) -> JobRecord {
+    JobRecord {
+        id: new_id(),
+        status: JobStatus::Queued,
+        priority,
+        created_ms,
+        started_ms: None,
+        finished_ms: None,
+        expires_ms: None,
+        error: None,
+        metadata: Some("sku-1".into()),
+        webhook_url: webhook.map(str::to_string),
+        format: "jpeg".into(),
+        quality: 90,
+        attempts: 0,
+        cancel_requested: false,
+    }
+}
+
+fn new_job(record: JobRecord, key: Option<&str>, max_queued: usize) -> NewJob {
+    NewJob {
+        record,
+        inputs: JobInputs {
+            person: Bytes::from_static(b"person-bytes"),
+            cloth: Bytes::from_static(b"cloth-bytes"),
+            mask: None,
+        },
+        idempotency_key: key.map(str::to_string),
+        max_queued,
+        retention: RETENTION,
+    }
+}
+
+fn submit(store: &dyn JobStore, priority: Priority, created_ms: i64) -> JobRecord {
+    store
+        .submit(new_job(record(priority, created_ms, None), None, 1000))
+        .expect("submitted")
+        .record
+}
+
+fn succeeded() -> Outcome {
+    Outcome::Succeeded {
+        image: vec![1, 2, 3],
+        content_type: "image/jpeg".into(),
+    }
+}
+
+/// The checks every store passes.
+fn contract(store: &dyn JobStore) {
+    let now = now_ms();
+    // Submission, reading back, and the inputs handed to the worker.
+    let a = submit(store, Priority::Batch, now);
+    let got = store.get(&a.id, now).expect("get").expect("known");
+    assert_eq!(got, a);
+    assert!(
+        store.get(&new_id(), now).expect("get").is_none(),
+        "unknown id"
+    );
+    assert_eq!(store.queued().expect("queued"), 1);
+
+    // Interactive work is claimed before older batch work; then the oldest first.
+    let b = submit(store, Priority::Batch, now + 1);
+    let i = submit(store, Priority::Interactive, now + 2);
+    let claimed = store.claim("w1", 2, now + 10).expect("claim");
+    let ids: Vec<&str> = claimed.iter().map(|c| c.record.id.as_str()).collect();
+    assert_eq!(ids, [i.id.as_str(), a.id.as_str()]);
+    assert_eq!(claimed[1].inputs.person.as_ref(), b"person-bytes");
+    assert_eq!(claimed[1].record.status, JobStatus::Running);
+    assert_eq!(claimed[1].record.attempts, 1);
+    assert_eq!(store.queued().expect("queued"), 1, "b is still queued");
+    store
+        .renew("w1", &[claimed[0].lease.clone()])
+        .expect("renew");
+
+    // A final status is set once: a second finish (another worker) changes nothing.
+    let first = store
+        .finish(&a.id, &claimed[1].lease, succeeded(), now + 20, RETENTION)
+        .expect("finish")
+        .expect("set");
+    assert_eq!(first.status, JobStatus::Succeeded);
+    assert_eq!(
+        first.expires_ms,
+        Some(now + 20 + RETENTION.as_millis() as i64)
+    );
+    let again = store
+        .finish(
+            &a.id,
+            &claimed[1].lease,
+            Outcome::Failed(virtualfit::jobs::JobFailure {
+                code: "internal".into(),
+                message: "late".into(),
+            }),
+            now + 30,
+            RETENTION,
+        )
+        .expect("finish");
+    assert!(again.is_none(), "already final");
+    let (image, kind) = store.result(&a.id).expect("result").expect("kept");
+    assert_eq!(
+        (image.as_slice(), kind.as_str()),
+        (&[1u8, 2, 3][..], "image/jpeg")
+    );
+    assert_eq!(
+        store
+            .get(&a.id, now + 40)
+            .expect("get")
+            .expect("known")
+            .status,
+        JobStatus::Succeeded
+    );
+
+    // Cancelling: a queued job ends at once; a running one is marked and ends cancelled,
+    // without a result.
+    let cancelled = store
+        .cancel(&b.id, now + 50, RETENTION)
+        .expect("cancel")
+        .expect("known");
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    let marked = store
+        .cancel(&i.id, now + 50, RETENTION)
+        .expect("cancel")
+        .expect("known");
+    assert_eq!(
+        (marked.status, marked.cancel_requested),
+        (JobStatus::Running, true)
+    );
+    let ended = store
+        .finish(&i.id, &claimed[0].lease, succeeded(), now + 60, RETENTION)
+        .expect("finish")
+        .expect("set");
+    assert_eq!(ended.status, JobStatus::Cancelled);
+    assert!(store.result(&i.id).expect("result").is_none(), "dropped");
+    assert!(
+        store.claim("w1", 10, now + 70).expect("claim").is_empty(),
+        "b is not run"
+    );
+    assert_eq!(store.queued().expect("queued"), 0);
+
+    // A released job is queued again and claimed by the next worker.
+    let c = submit(store, Priority::Batch, now + 80);
+    let taken = store.claim("w1", 1, now + 81).expect("claim");
+    store.release(&c.id, &taken[0].lease).expect("release");
+    assert_eq!(
+        store
+            .get(&c.id, now + 82)
+            .expect("get")
+            .expect("known")
+            .status,
+        JobStatus::Queued
+    );
+    let retaken = store.claim("w2", 1, now + 83).expect("claim");
+    assert_eq!(retaken[0].record.id, c.id);
+    assert_eq!(retaken[0].record.attempts, 2);
+    store
+        .finish(&c.id, &retaken[0].lease, succeeded(), now + 84, RETENTION)
+        .expect("finish");
+
+    // The idempotency key returns the first job; the bound refuses beyond it.
+    let first = store
+        .submit(new_job(
+            record(Priority::Batch, now, None),
+            Some("k-1"),
+            1000,
+        ))
+        .expect("submit");
+    let second = store
+        .submit(new_job(
+            record(Priority::Batch, now, None),
+            Some("k-1"),
+            1000,
+        ))
+        .expect("submit");
+    assert!(first.created && !second.created);
+    assert_eq!(first.record.id, second.record.id);
+    submit(store, Priority::Batch, now);
+    match store.submit(new_job(record(Priority::Batch, now, None), None, 2)) {
+        Err(StoreError::QueueFull { queued }) => assert_eq!(queued, 2),
+        other => panic!("expected the bound, got {other:?}"),
+    }
+
+    // Webhooks: one delivery is owed for each final status with a URL, taken by one worker
+    // at a time, retried when due, and forgotten when done.
+    let w = store
+        .submit(new_job(
+            record(Priority::Interactive, now, Some("https://hooks.example/x")),
+            None,
+            1000,
+        ))
+        .expect("submit")
+        .record;
+    let taken = store.claim("w1", 1, now + 90).expect("claim");
+    assert_eq!(taken[0].record.id, w.id);
+    store
+        .finish(&w.id, &taken[0].lease, succeeded(), now + 100, RETENTION)
+        .expect("finish");
+    let lease = Duration::from_secs(60);
+    let due = store.due_deliveries(now + 100, 10, lease).expect("due");
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        (due[0].job_id.as_str(), due[0].attempts),
+        (w.id.as_str(), 0)
+    );
+    let body: serde_json::Value = serde_json::from_str(&due[0].body).expect("json");
+    assert_eq!(body["status"], "succeeded");
+    assert_eq!(body["metadata"], "sku-1");
+    assert!(
+        store
+            .due_deliveries(now + 100, 10, lease)
+            .expect("due")
+            .is_empty(),
+        "held by the first worker"
+    );
+    store.delivery_retry(&w.id, 1, now + 200).expect("retry");
+    assert!(store
+        .due_deliveries(now + 150, 10, lease)
+        .expect("due")
+        .is_empty());
+    let due = store.due_deliveries(now + 200, 10, lease).expect("due");
+    assert_eq!(due[0].attempts, 1);
+    store.delivery_done(&w.id).expect("done");
+    assert!(store
+        .due_deliveries(now + 1_000_000, 10, lease)
+        .expect("due")
+        .is_empty());
+}
+
+/// Past the retention a job reads `expired` and its result is gone.
+fn expiry(store: &dyn JobStore) {
+    let retention = Duration::from_millis(300);
+    let now = now_ms();
+    let job = submit(store, Priority::Interactive, now);
+    let taken = store.claim("w1", 1, now).expect("claim");
+    assert_eq!(taken[0].record.id, job.id);
+    store
+        .finish(&job.id, &taken[0].lease, succeeded(), now_ms(), retention)
+        .expect("finish");
+    assert!(store.result(&job.id).expect("result").is_some());
+    std::thread::sleep(Duration::from_millis(500));
+    store.expire(now_ms()).expect("sweep");
+    let got = store.get(&job.id, now_ms()).expect("get").expect("known");
+    assert_eq!(got.status, JobStatus::Expired);
+    assert!(store.result(&job.id).expect("result").is_none());
+}
+
+#[test]
+fn sqlite_store_keeps_the_contract() {
+    let dir = tempfile::tempdir().expect("dir");
+    contract(&SqliteStore::open(dir.path()).expect("open"));
+    let dir = tempfile::tempdir().expect("dir");
+    expiry(&SqliteStore::open(dir.path()).expect("open"));
+}
+
+#[test]
+fn redis_store_keeps_the_contract() {
+    let redis = RedisServer::start();
+    contract(&RedisStore::open(&redis.url(), Duration::from_secs(60)).expect("open"));
+    let redis = RedisServer::start();
+    expiry(&RedisStore::open(&redis.url(), Duration::from_secs(60)).expect("open"));
+}
+
+#[test]
+fn sqlite_queues_again_what_was_running_and_keeps_owed_webhooks_across_a_reopen() {
+    let dir = tempfile::tempdir().expect("dir");
+    let now = now_ms();
+    let (running, hooked) = {
+        let store = SqliteStore::open(dir.path()).expect("open");
+        assert!(
+            SqliteStore::open(dir.path()).is_err(),
+            "a second server on the same folder is refused"
+        );
+        let running = submit(&store, Priority::Batch, now);
+        let hooked = store
+            .submit(new_job(
+                record(Priority::Interactive, now, Some("https://hooks.example/x")),
+                None,
+                10,
+            ))
+            .expect("submit")
+            .record;
+        let taken = store.claim("w1", 2, now).expect("claim");
+        let lease = taken
+            .iter()
+            .find(|t| t.record.id == hooked.id)
+            .expect("taken")
+            .lease
+            .clone();
+        store
+            .finish(&hooked.id, &lease, succeeded(), now, RETENTION)
+            .expect("finish");
+        (running, hooked)
+    };
+    let store = SqliteStore::open(dir.path()).expect("reopen");
+    let got = store.get(&running.id, now).expect("get").expect("known");
+    assert_eq!(
+        got.status,
+        JobStatus::Queued,
+        "running at the crash: queued again"
+    );
+    let taken = store.claim("w2", 5, now).expect("claim");
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].record.attempts, 2);
+    let due = store
+        .due_deliveries(now, 10, Duration::from_secs(60))
+        .expect("due");
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].job_id, hooked.id);
+    let journal: String = rusqlite::Connection::open(store.path())
+        .and_then(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
+        .expect("journal mode");
+    assert_eq!(journal, "wal");
+}
+
+#[test]
+fn a_redis_job_whose_worker_went_silent_is_taken_over_after_the_lease() {
+    let redis = RedisServer::start();
+    let lease = Duration::from_millis(400);
+    let a = RedisStore::open(&redis.url(), lease).expect("open");
+    let b = RedisStore::open(&redis.url(), lease).expect("open");
+    let now = now_ms();
+    let job = submit(&a, Priority::Batch, now);
+    let held = a.claim("replica-a", 5, now).expect("claim");
+    assert_eq!(held.len(), 1);
+    assert!(
+        b.claim("replica-b", 5, now).expect("claim").is_empty(),
+        "leased"
+    );
+    // A renewal keeps it; silence past the lease hands it over.
+    std::thread::sleep(Duration::from_millis(250));
+    a.renew("replica-a", &[held[0].lease.clone()])
+        .expect("renew");
+    std::thread::sleep(Duration::from_millis(250));
+    assert!(
+        b.claim("replica-b", 5, now).expect("claim").is_empty(),
+        "renewed"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let taken = b.claim("replica-b", 5, now_ms()).expect("claim");
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].record.id, job.id);
+    assert_eq!(taken[0].record.attempts, 2);
+    b.finish(&job.id, &taken[0].lease, succeeded(), now_ms(), RETENTION)
+        .expect("finish")
+        .expect("set");
+    // The silent worker wakes up and finishes too late: the status stays as it was.
+    assert!(a
+        .finish(&job.id, &held[0].lease, succeeded(), now_ms(), RETENTION)
+        .expect("finish")
+        .is_none());
+    assert_eq!(a.queued().expect("queued"), 0);
+}
