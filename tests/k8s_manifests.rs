@@ -6,7 +6,9 @@
 //!   ScaledObject against KEDA's CRD schema (k8s/tests/schemas/), plus the checks a schema misses:
 //!   what the triggers mean, the drain budget, the restricted Pod Security Standard, the GPUs the
 //!   image supports, the spot overlay, the pre-pull DaemonSet, the opt-in prometheus-adapter, the
-//!   dashboard's units, the Dockerfile's shell.
+//!   jobs store (its folder, the opt-in Redis and its NetworkPolicy, the batch pool's
+//!   redis-streams trigger on the server's stream and group), the dashboard's units, the
+//!   Dockerfile's shell.
 //! - Every `DCGM_FI_*` name is one the DCGM exporter exports.
 //!
 //! PromQL: tests/k8s_promql.rs; a real Prometheus and live servers: tests/k8s_live.rs. Tools
@@ -120,6 +122,7 @@ const CORE_KINDS: &[&str] = &[
     "Service",
     "PodDisruptionBudget",
     "DaemonSet",
+    "StatefulSet",
     "ServiceAccount",
     "NetworkPolicy",
     "ConfigMap",
@@ -134,7 +137,14 @@ const CORE_KINDS: &[&str] = &[
 fn kubernetes_validate(objs: &[Value]) -> Output {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("manifests.yaml");
-    fs::write(&file, to_yaml_stream(objs)).expect("write manifests");
+    // As JSON documents: the validator reads YAML 1.1, where an unquoted `yes` (which a YAML
+    // 1.2 writer leaves unquoted, as in Redis' `--appendonly yes`) would be a boolean.
+    let stream = objs
+        .iter()
+        .map(|o| serde_json::to_string(o).expect("to JSON"))
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    fs::write(&file, stream).expect("write manifests");
     // Make sure the module is there before reading its verdict.
     python("import kubernetes_validate", &[], None);
     run_tool(
@@ -203,11 +213,13 @@ fn core_kinds_validate_against_the_kubernetes_schemas() {
 const KEDA_VALIDATE: &str = r#"
 import json, sys, yaml, jsonschema
 crd = yaml.safe_load(open(sys.argv[1]))
-assert crd["spec"]["names"]["kind"] == "ScaledObject"
+kind = crd["spec"]["names"]["kind"]
+assert kind == sys.argv[2], (kind, sys.argv[2])
 schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")["schema"]["openAPIV3Schema"]
 validator = jsonschema.Draft7Validator(schema)
 bad = 0
 for doc in json.load(sys.stdin):
+    assert doc["kind"] == kind, (doc["kind"], kind)
     for e in sorted(validator.iter_errors(doc), key=str):
         print(doc["metadata"]["name"], "/".join(map(str, e.path)), e.message)
         bad += 1
@@ -216,11 +228,16 @@ sys.exit(1 if bad else 0)
 "#;
 
 fn keda_validate(objs: &[&Value]) -> Output {
+    keda_validate_kind(objs, "keda.sh_scaledobjects.yaml", "ScaledObject")
+}
+
+/// Validates KEDA objects of one kind against the CRD in `file` (k8s/tests/schemas/).
+fn keda_validate_kind(objs: &[&Value], file: &str, crd_kind: &str) -> Output {
     let json = serde_json::to_string(objs).expect("to JSON");
-    let crd = keda_schema("keda.sh_scaledobjects.yaml");
+    let crd = keda_schema(file);
     python(
         KEDA_VALIDATE,
-        &[crd.to_str().expect("utf-8 path")],
+        &[crd.to_str().expect("utf-8 path"), crd_kind],
         Some(&json),
     )
 }
@@ -1315,6 +1332,592 @@ fn names_in_finds_whole_identifiers() {
         ]
         .into()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs: the store's folder, Redis, the batch worker pool
+
+use virtualfit::jobs::redis_store::{BATCH_STREAM, GROUP};
+
+/// The opt-in Redis for the jobs API, with the wiring (base/jobs-redis, which it includes).
+const REDIS: &str = "base/redis";
+/// The wiring alone: the server pods and KEDA read a Redis named by the Secret.
+const JOBS_REDIS: &str = "base/jobs-redis";
+/// The batch workers that scale to zero on the job stream.
+const BATCH_POOL: &str = "overlays/batch-pool";
+/// The Secret the wiring reads (k8s/README.md shows how to create it; it is not shipped).
+const JOBS_SECRET: &str = "virtualfit-jobs-redis";
+const REDIS_PORT: u64 = 6379;
+
+/// The container's variables taken from Secrets: name -> (Secret, key).
+fn secret_env(container: &Value) -> BTreeMap<String, (String, String)> {
+    seq(container.get("env"))
+        .iter()
+        .filter_map(|e| {
+            let r = &e["valueFrom"]["secretKeyRef"];
+            Some((
+                e["name"].as_str()?.to_string(),
+                (
+                    r["name"].as_str()?.to_string(),
+                    r["key"].as_str()?.to_string(),
+                ),
+            ))
+        })
+        .collect()
+}
+
+fn containers(pod_spec: &Value) -> Vec<Value> {
+    seq(pod_spec.get("initContainers"))
+        .into_iter()
+        .chain(seq(pod_spec.get("containers")))
+        .collect()
+}
+
+fn workloads(objs: &[Value]) -> impl Iterator<Item = &Value> {
+    objs.iter()
+        .filter(|o| matches!(kind(o), "Deployment" | "DaemonSet" | "StatefulSet"))
+}
+
+fn pod_labels(workload: &Value) -> &Value {
+    &workload["spec"]["template"]["metadata"]["labels"]
+}
+
+/// Whether a label selector (`matchLabels` and `matchExpressions`) selects `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let label = |k: &str| labels.get(k).and_then(Value::as_str);
+    let by_labels = selector["matchLabels"].as_mapping().is_none_or(|m| {
+        m.iter()
+            .all(|(k, v)| label(k.as_str().expect("label key")) == v.as_str())
+    });
+    let by_expressions = seq(selector.get("matchExpressions")).iter().all(|e| {
+        let key = e["key"].as_str().expect("key");
+        let values: Vec<String> = seq(e.get("values"))
+            .iter()
+            .map(|v| v.as_str().expect("string value").to_string())
+            .collect();
+        let is_in = label(key).is_some_and(|v| values.iter().any(|w| w == v));
+        match e["operator"].as_str() {
+            Some("In") => is_in,
+            Some("NotIn") => !is_in,
+            Some("Exists") => label(key).is_some(),
+            Some("DoesNotExist") => label(key).is_none(),
+            other => panic!("selector operator {other:?}"),
+        }
+    });
+    by_labels && by_expressions
+}
+
+/// Whether the NetworkPolicy `np` lets a pod with `labels` in namespace `ns` connect to `port`
+/// of the pods it selects (named ports resolved on `container`, theirs).
+fn admits(np: &Value, container: &Value, ns: &str, labels: &Value, port: u64) -> bool {
+    let mut ns_labels = serde_yaml::Mapping::new();
+    ns_labels.insert("kubernetes.io/metadata.name".into(), ns.into());
+    let ns_labels = Value::Mapping(ns_labels);
+    seq(np["spec"].get("ingress")).iter().any(|rule| {
+        let ports = seq(rule.get("ports"));
+        let port_ok = ports.is_empty()
+            || ports.iter().any(|p| match &p["port"] {
+                Value::Number(n) => n.as_u64() == Some(port),
+                Value::String(n) => port_named(container, n) == port,
+                Value::Null => true,
+                other => panic!("port {other:?}"),
+            });
+        let from = seq(rule.get("from"));
+        let peer_ok = from.is_empty()
+            || from.iter().any(|peer| {
+                if peer.get("ipBlock").is_some() {
+                    return false;
+                }
+                let ns_ok = match peer.get("namespaceSelector") {
+                    None => ns == namespace(np),
+                    Some(sel) => selects(sel, &ns_labels),
+                };
+                ns_ok
+                    && peer
+                        .get("podSelector")
+                        .is_none_or(|sel| selects(sel, labels))
+            });
+        port_ok && peer_ok
+    })
+}
+
+/// `redis:7.2.16-alpine` -> (7, 2, 16); panics unless the tag is a full version.
+fn redis_version(image: &str) -> (u32, u32, u32) {
+    let tag = image
+        .strip_prefix("redis:")
+        .unwrap_or_else(|| panic!("{image}: the official `redis` image"));
+    let version = tag.split('-').next().expect("version");
+    let parts: Vec<u32> = version
+        .split('.')
+        .map(|p| {
+            p.parse()
+                .unwrap_or_else(|_| panic!("{image}: a pinned version"))
+        })
+        .collect();
+    assert_eq!(parts.len(), 3, "{image}: pinned to a patch release");
+    (parts[0], parts[1], parts[2])
+}
+
+/// Kubernetes quantities and Redis sizes in bytes: `2Gi`, `1536mb`, `512Mi`, `1gb`.
+fn bytes(q: &str) -> u64 {
+    let units: [(&str, u64); 6] = [
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+        ("gb", 1 << 30),
+        ("mb", 1 << 20),
+        ("kb", 1 << 10),
+    ];
+    for (suffix, factor) in units {
+        if let Some(n) = q.strip_suffix(suffix) {
+            return n.parse::<u64>().expect("a number") * factor;
+        }
+    }
+    q.parse().expect("plain bytes")
+}
+
+/// `--flag value` from an argument list.
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+/// The one object of `k` selecting the pods of `workload`, if any.
+fn selecting<'a>(objs: &'a [Value], k: &str, workload: &Value) -> Vec<&'a Value> {
+    objs.iter()
+        .filter(|o| kind(o) == k && namespace(o) == namespace(workload))
+        .filter(|o| {
+            let sel = match k {
+                "Service" => {
+                    let mut m = serde_yaml::Mapping::new();
+                    m.insert("matchLabels".into(), o["spec"]["selector"].clone());
+                    Value::Mapping(m)
+                }
+                "NetworkPolicy" => o["spec"]["podSelector"].clone(),
+                _ => o["spec"]["selector"].clone(),
+            };
+            selects(&sel, pod_labels(workload))
+        })
+        .collect()
+}
+
+fn validate_core(what: &str, objs: &[Value]) {
+    let core: Vec<Value> = objs
+        .iter()
+        .filter(|o| !str_at(o, &["apiVersion"]).is_some_and(|a| a.starts_with("keda.sh/")))
+        .cloned()
+        .collect();
+    for o in &core {
+        assert!(CORE_KINDS.contains(&kind(o)), "{what}: {}", kind(o));
+    }
+    let out = kubernetes_validate(&core);
+    assert!(out.status.success(), "{what}:\n{}", text(&out));
+    let passed = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(" passed for resource "))
+        .count();
+    assert_eq!(passed, core.len(), "{what}: not every object validated");
+}
+
+fn validate_trigger_authentications(what: &str, objs: &[Value]) -> usize {
+    let auths: Vec<&Value> = objs
+        .iter()
+        .filter(|o| kind(o) == "TriggerAuthentication")
+        .collect();
+    if !auths.is_empty() {
+        let out = keda_validate_kind(
+            &auths,
+            "keda.sh_triggerauthentications.yaml",
+            "TriggerAuthentication",
+        );
+        assert!(out.status.success(), "{what}:\n{}", text(&out));
+    }
+    auths.len()
+}
+
+#[test]
+fn the_jobs_store_folder_is_a_writable_volume_on_a_read_only_root() {
+    let mut sets: Vec<(String, Vec<Value>)> = TARGETS
+        .iter()
+        .map(|t| (format!("k8s/{t}"), render(t)))
+        .collect();
+    sets.push((format!("k8s/{BATCH_POOL}"), render(BATCH_POOL)));
+    for (what, objs) in sets {
+        for dep in objs.iter().filter(|o| {
+            kind(o) == "Deployment"
+                && str_at(pod_labels(o), &["app.kubernetes.io/name"]) == Some("virtualfit")
+        }) {
+            let ctx = format!("{what} {}", name(dep));
+            let pod = &dep["spec"]["template"]["spec"];
+            let c = &seq(pod.get("containers"))[0];
+            assert_eq!(
+                c["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+                Some(true),
+                "{ctx}"
+            );
+            let dir = env_of(c)
+                .get("VIRTUALFIT_DATA_DIR")
+                .cloned()
+                .unwrap_or_else(|| {
+                    panic!("{ctx}: VIRTUALFIT_DATA_DIR (default ./data is read-only)")
+                });
+            let mount = seq(c.get("volumeMounts"))
+                .into_iter()
+                .find(|m| m["mountPath"].as_str() == Some(dir.as_str()))
+                .unwrap_or_else(|| panic!("{ctx}: nothing mounted at {dir}"));
+            assert_ne!(mount["readOnly"].as_bool(), Some(true), "{ctx}");
+            let volume = seq(pod.get("volumes"))
+                .into_iter()
+                .find(|v| v["name"] == mount["name"])
+                .unwrap_or_else(|| panic!("{ctx}: no volume for {dir}"));
+            assert!(
+                volume["emptyDir"]["sizeLimit"].is_string(),
+                "{ctx}: a bounded emptyDir at {dir}: {volume:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn redis_is_an_opt_in_component_locked_down_like_the_app() {
+    for dir in [REDIS, JOBS_REDIS] {
+        let k = load_one(&k8s_dir().join(dir).join("kustomization.yaml"));
+        assert_eq!(kind(&k), "Component", "k8s/{dir}");
+    }
+    // Not applied by default: without the Secret the pods would not start.
+    for target in TARGETS {
+        for o in render(target) {
+            let text = serde_yaml::to_string(&o).expect("yaml");
+            assert!(
+                !text.contains(JOBS_SECRET) && !name(&o).contains("redis"),
+                "k8s/{target} applies {} {}: Redis is opt-in",
+                kind(&o),
+                name(&o)
+            );
+        }
+    }
+    let objs = render(REDIS);
+    validate_core(REDIS, &objs);
+    assert_eq!(validate_trigger_authentications(REDIS, &objs), 1);
+    let sts = find(&objs, "StatefulSet", "virtualfit-redis");
+    let pod = &sts["spec"]["template"]["spec"];
+    let bad = restricted_violations(pod);
+    assert!(bad.is_empty(), "{bad:?}");
+    assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(false));
+    let c = &seq(pod.get("containers"))[0];
+    let image = c["image"].as_str().expect("image");
+    // KEDA's lagCount reads XINFO GROUPS' lag, which Redis 7 introduced.
+    assert!(redis_version(image).0 >= 7, "{image}");
+    assert_eq!(
+        c["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert!(c[probe].is_mapping(), "{probe}");
+    }
+    for r in ["requests", "limits"] {
+        assert!(c["resources"][r]["memory"].is_string(), "{r}.memory");
+        assert!(c["resources"][r]["cpu"].is_string(), "{r}.cpu");
+    }
+    // Persisted in its volume, never evicting a job, within its memory limit.
+    let args: Vec<String> = seq(c.get("args"))
+        .iter()
+        .map(|a| a.as_str().expect("string argument").to_string())
+        .collect();
+    let data = flag(&args, "--dir").expect("--dir");
+    assert_eq!(flag(&args, "--appendonly"), Some("yes"));
+    assert_eq!(flag(&args, "--maxmemory-policy"), Some("noeviction"));
+    let maxmemory = bytes(flag(&args, "--maxmemory").expect("--maxmemory"));
+    let limit = bytes(c["resources"]["limits"]["memory"].as_str().expect("limit"));
+    assert!(
+        maxmemory < limit,
+        "maxmemory {maxmemory} must leave room under the limit {limit}"
+    );
+    let mount = seq(c.get("volumeMounts"))
+        .into_iter()
+        .find(|m| m["mountPath"].as_str() == Some(data))
+        .expect("the data folder is mounted");
+    assert!(seq(sts["spec"].get("volumeClaimTemplates"))
+        .iter()
+        .any(|t| t["metadata"]["name"] == mount["name"]));
+    // Its password comes from the Secret, on the command line by reference only.
+    assert_eq!(
+        secret_env(c).get("REDIS_PASSWORD"),
+        Some(&(JOBS_SECRET.to_string(), "password".to_string()))
+    );
+    assert_eq!(flag(&args, "--requirepass"), Some("$(REDIS_PASSWORD)"));
+    // The Service reaches the Redis port.
+    let svc = find(&objs, "Service", "virtualfit-redis");
+    assert_eq!(selecting(&objs, "Service", sts).len(), 1);
+    let sp = &seq(svc["spec"].get("ports"))[0];
+    assert_eq!(sp["port"].as_u64(), Some(REDIS_PORT));
+    assert_eq!(
+        port_named(c, sp["targetPort"].as_str().expect("named target port")),
+        REDIS_PORT
+    );
+    // The NetworkPolicy admits the server pods and KEDA's operator on 6379, nobody else.
+    let nps = selecting(&objs, "NetworkPolicy", sts);
+    assert_eq!(nps.len(), 1);
+    let np = nps[0];
+    let types: BTreeSet<&str> = seq(np["spec"].get("policyTypes"))
+        .iter()
+        .map(|t| {
+            if t.as_str() == Some("Ingress") {
+                "Ingress"
+            } else {
+                "Egress"
+            }
+        })
+        .collect();
+    assert_eq!(types, ["Egress", "Ingress"].into(), "closed both ways");
+    assert!(
+        seq(np["spec"].get("egress")).is_empty(),
+        "Redis calls nothing"
+    );
+    let pool = render(BATCH_POOL);
+    let servers: Vec<&Value> = workloads(&pool)
+        .filter(|w| kind(w) == "Deployment")
+        .collect();
+    assert_eq!(
+        servers.len(),
+        2,
+        "the inference Deployment and the batch workers"
+    );
+    for w in &servers {
+        assert!(
+            admits(np, c, namespace(w), pod_labels(w), REDIS_PORT),
+            "{} must reach Redis",
+            name(w)
+        );
+        assert!(!admits(np, c, namespace(w), pod_labels(w), 16379));
+        assert!(!admits(np, c, "monitoring", pod_labels(w), REDIS_PORT));
+    }
+    let keda: Value =
+        serde_yaml::from_str("{app.kubernetes.io/name: keda-operator}").expect("yaml");
+    assert!(admits(np, c, "keda", &keda, REDIS_PORT), "KEDA's scaler");
+    assert!(!admits(np, c, "virtualfit", &keda, REDIS_PORT));
+    let mut others: Vec<(String, Value)> = workloads(&render("base/prepull"))
+        .map(|w| (name(w).to_string(), pod_labels(w).clone()))
+        .collect();
+    for f in job_files() {
+        for o in load_docs(&f).iter().filter(|o| kind(o) == "Pod") {
+            others.push((name(o).to_string(), o["metadata"]["labels"].clone()));
+        }
+    }
+    assert!(others.len() >= 3);
+    for (n, labels) in others {
+        assert!(
+            !admits(np, c, "virtualfit", &labels, REDIS_PORT),
+            "{n} must not reach Redis"
+        );
+    }
+    // It composes with the whole setup as a component of a kustomization of one's own, and
+    // base/jobs-redis alone wires the pods to a Redis of one's own.
+    let top = render("");
+    for (component, added) in [(REDIS, objs.len()), (JOBS_REDIS, 1)] {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let own = tmp.path().canonicalize().expect("temp dir");
+        let k8s = relative_path(&own, &canonical(&k8s_dir()));
+        fs::write(
+            own.join("kustomization.yaml"),
+            format!(
+                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n  - {}\n",
+                k8s.display(),
+                k8s.join(component).display()
+            ),
+        )
+        .expect("write kustomization");
+        let both = render_dir(&own);
+        assert_eq!(both.len(), top.len() + added, "{component}");
+        let c = &seq(inference_deployment(&both)["spec"]["template"]["spec"].get("containers"))[0];
+        assert_eq!(
+            secret_env(c).get("VIRTUALFIT_JOBS_REDIS"),
+            Some(&(JOBS_SECRET.to_string(), "url".to_string())),
+            "{component}"
+        );
+    }
+}
+
+#[test]
+fn batch_pool_scales_from_zero_on_the_servers_job_stream() {
+    let objs = render(BATCH_POOL);
+    validate_core(BATCH_POOL, &objs);
+    assert_eq!(validate_trigger_authentications(BATCH_POOL, &objs), 1);
+    let sos: Vec<&Value> = objs.iter().filter(|o| kind(o) == "ScaledObject").collect();
+    assert_eq!(sos.len(), 2, "the inference and the batch workers");
+    let out = keda_validate(&sos);
+    assert!(out.status.success(), "{}", text(&out));
+    let so = find(&objs, "ScaledObject", "virtualfit-batch-worker-scaler");
+    let spec = &so["spec"];
+    // It scales the batch workers, from zero.
+    let target = &spec["scaleTargetRef"];
+    assert_eq!(target["kind"].as_str(), Some("Deployment"));
+    let worker = find(&objs, "Deployment", target["name"].as_str().expect("name"));
+    assert_eq!(namespace(worker), namespace(so));
+    assert!(worker["spec"].get("replicas").is_none());
+    assert_eq!(spec["minReplicaCount"].as_u64(), Some(0));
+    assert!(spec["maxReplicaCount"].as_u64().is_some_and(|m| m >= 1));
+    // On the lag of the consumer group on the batch stream, as the server names them.
+    let trigger_list = triggers(so);
+    assert_eq!(trigger_list.len(), 1);
+    let t = &trigger_list[0];
+    assert_eq!(t["type"].as_str(), Some("redis-streams"));
+    let meta = t["metadata"].as_mapping().expect("metadata");
+    for (k, v) in meta {
+        assert!(v.is_string(), "metadata {k:?} must be a string: {v:?}");
+    }
+    let get = |k: &str| meta.get(k).and_then(Value::as_str);
+    assert_eq!(get("stream"), Some(BATCH_STREAM));
+    assert_eq!(get("consumerGroup"), Some(GROUP));
+    let lag: i64 = get("lagCount")
+        .and_then(|v| v.parse().ok())
+        .expect("lagCount, an integer");
+    assert!(lag > 0);
+    let activation: i64 = get("activationLagCount")
+        .and_then(|v| v.parse().ok())
+        .expect("activationLagCount, an integer");
+    assert!(activation >= 0);
+    for ignored in ["pendingEntriesCount", "streamLength"] {
+        assert!(
+            get(ignored).is_none(),
+            "{ignored} is ignored beside lagCount"
+        );
+    }
+    // Connection from the TriggerAuthentication, i.e. the Secret the servers read too.
+    assert!(get("address").is_none() && get("host").is_none());
+    let auth = find(
+        &objs,
+        "TriggerAuthentication",
+        t["authenticationRef"]["name"]
+            .as_str()
+            .expect("authenticationRef"),
+    );
+    assert_eq!(namespace(auth), namespace(so));
+    let params: BTreeMap<String, (String, String)> = seq(auth["spec"].get("secretTargetRef"))
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().expect(k).to_string();
+            (s("parameter"), (s("name"), s("key")))
+        })
+        .collect();
+    for p in ["address", "password"] {
+        assert_eq!(
+            params.get(p).map(|(s, _)| s.as_str()),
+            Some(JOBS_SECRET),
+            "{p}"
+        );
+    }
+    // The Redis of the component, at a version with the lag.
+    let sts = find(&objs, "StatefulSet", "virtualfit-redis");
+    let image = seq(sts["spec"]["template"]["spec"].get("containers"))[0]["image"]
+        .as_str()
+        .expect("image")
+        .to_string();
+    assert!(
+        redis_version(&image).0 >= 7,
+        "lagCount needs Redis 7+: {image}"
+    );
+    // The simulator runs it.
+    let parsed = virtualfit::simulate::keda::ScaledObject::from_yaml(
+        "batch-pool",
+        &serde_yaml::to_string(so).expect("yaml"),
+    )
+    .expect("`virtualfit simulate` reads the batch pool's ScaledObject");
+    assert!(parsed.reads_job_stream() && parsed.min_replica_count == 0);
+
+    // The workers: the inference pods under another component label and container name.
+    let inference = inference_deployment(&objs);
+    let relabel = |w: &Value| {
+        let mut t = w["spec"]["template"].clone();
+        t["metadata"]["labels"]["app.kubernetes.io/component"] = Value::from("x");
+        t["spec"]["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"]
+            ["app.kubernetes.io/component"] = Value::from("x");
+        t["spec"]["containers"][0]["name"] = Value::from("x");
+        t
+    };
+    assert_eq!(relabel(worker), relabel(inference), "the same pods");
+    let worker_container = &seq(worker["spec"]["template"]["spec"].get("containers"))[0];
+    let inference_container = &seq(inference["spec"]["template"]["spec"].get("containers"))[0];
+    assert_ne!(worker_container["name"], inference_container["name"]);
+    for w in [inference, worker] {
+        let c = &seq(w["spec"]["template"]["spec"].get("containers"))[0];
+        assert_eq!(
+            secret_env(c).get("VIRTUALFIT_JOBS_REDIS"),
+            Some(&(JOBS_SECRET.to_string(), "url".to_string())),
+            "{}",
+            name(w)
+        );
+    }
+    // No client traffic, no share of the inference triggers' sums: the workers are behind no
+    // Service, outside the inference PDB and NetworkPolicy and the `virtualfit-pods` scrape
+    // job (it keeps component=inference), and the inference GPU trigger counts the inference
+    // container's GPUs only.
+    assert_ne!(
+        str_at(pod_labels(worker), &["app.kubernetes.io/component"]),
+        Some("inference")
+    );
+    assert!(selecting(&objs, "Service", worker).is_empty());
+    assert!(selecting(&objs, "PodDisruptionBudget", worker).is_empty());
+    let worker_nps = selecting(&objs, "NetworkPolicy", worker);
+    assert_eq!(worker_nps.len(), 1);
+    for rule in seq(worker_nps[0]["spec"].get("ingress")) {
+        assert_eq!(
+            seq(rule.get("ports"))
+                .iter()
+                .map(|p| p["port"].as_str().expect("named port"))
+                .collect::<Vec<_>>(),
+            ["metrics"]
+        );
+    }
+    let gpu = triggers(find(
+        &objs,
+        "ScaledObject",
+        "virtualfit-inference-gpu-scaler",
+    ))
+    .into_iter()
+    .find(|t| t["name"].as_str() == Some("gpu-utilization"))
+    .expect("the GPU trigger");
+    let query = gpu["metadata"]["query"].as_str().expect("query");
+    assert!(
+        query.contains(&format!(
+            "container=\"{}\"",
+            inference_container["name"].as_str().expect("name")
+        )),
+        "{query}"
+    );
+    assert_eq!(query_form(query), Some(QueryForm::Sum), "{query}");
+    // Every pod of the namespace passes the restricted Pod Security Standard.
+    for w in workloads(&objs) {
+        let bad = restricted_violations(&w["spec"]["template"]["spec"]);
+        assert!(bad.is_empty(), "{} {}: {bad:?}", kind(w), name(w));
+        for c in containers(&w["spec"]["template"]["spec"]) {
+            assert_eq!(
+                c["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+                Some(true),
+                "{}",
+                name(w)
+            );
+        }
+    }
+    // The README says how to create the Secret, with the address KEDA's operator (another
+    // namespace) resolves.
+    let readme = fs::read_to_string(k8s_dir().join("README.md")).expect("k8s/README.md");
+    let svc = find(&objs, "Service", "virtualfit-redis");
+    let address = format!(
+        "{}.{}.svc.cluster.local:{REDIS_PORT}",
+        name(svc),
+        namespace(svc)
+    );
+    for want in [
+        format!("kubectl apply -k k8s/{BATCH_POOL}"),
+        format!("create secret generic {JOBS_SECRET}"),
+        format!("address={address}"),
+        format!("@{address}/"),
+    ] {
+        assert!(readme.contains(&want), "k8s/README.md must show `{want}`");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

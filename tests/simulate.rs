@@ -231,3 +231,51 @@ fn a_measured_profile_changes_the_capacity() {
         .expect("replicas");
     assert!(last >= 7, "{last}");
 }
+
+#[test]
+fn the_batch_pool_scaledobject_wakes_on_the_job_stream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 6000 batch jobs in a minute from 30 s, none before.
+    let trace = write(
+        dir.path(),
+        "jobs.csv",
+        "seconds,requests_per_second\n0,0\n30,100\n90,0\n",
+    );
+    let out = dir.path().join("out");
+    let so = repo("k8s/overlays/batch-pool/scaledobject.yaml");
+    let o = simulate(&[
+        "--scaledobject",
+        so.to_str().expect("utf-8 path"),
+        "--trace",
+        &trace,
+        "--out",
+        out.to_str().expect("utf-8 path"),
+        "--duration-s",
+        "900",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("timeline.json")).expect("timeline.json written"),
+    )
+    .expect("timeline.json is JSON");
+    let timeline = json["timeline"].as_array().expect("timeline array");
+    let replicas: Vec<i64> = timeline
+        .iter()
+        .map(|p| p["replicas"].as_i64().expect("replicas"))
+        .collect();
+    // From zero, woken by the jobs waiting in the stream, and back to zero.
+    assert_eq!(replicas.first(), Some(&0));
+    assert!(replicas.iter().any(|&r| r > 0), "{replicas:?}");
+    assert_eq!(replicas.last(), Some(&0), "{replicas:?}");
+    assert!(timeline
+        .iter()
+        .any(|p| p["backlog"].as_i64().is_some_and(|b| b > 0)));
+    let summary = &json["summary"];
+    assert_eq!(summary["rejected"].as_u64(), Some(0), "{summary}");
+    assert_eq!(summary["served"], summary["requests"], "{summary}");
+}

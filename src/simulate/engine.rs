@@ -1,15 +1,19 @@
 //! The simulation: Poisson arrivals from the trace, routed at random over the ready
 //! replicas (kube-proxy), Prometheus scrapes every 15 s, the HPA sync every 15 s and KEDA's
 //! poll every `pollingInterval`, with pods that need their start-up time before they serve.
+//!
+//! With a `redis-streams` trigger the arrivals are batch jobs instead: they wait in the job
+//! stream, with or without replicas, and each ready replica takes the oldest whenever it holds
+//! fewer than its runner's two batches.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::hpa::Hpa;
-use super::keda::{Activation, ScaledObject};
+use super::keda::{Activation, JobStream, ScaledObject};
 use super::replica::{Outcome, Replica, ReplicaConfig};
 use super::trace::Trace;
 use super::tsdb::{Labels, Tsdb};
@@ -44,6 +48,8 @@ pub struct Point {
     pub ready: i64,
     /// Requests waiting in the replicas' queues.
     pub queue: i64,
+    /// Jobs waiting in the job stream, taken by no replica (0 without a redis-streams trigger).
+    pub backlog: i64,
     /// p95 of the whole request time of the requests served in the last 15 s.
     pub p95_s: Option<f64>,
     /// Requests refused in the last 15 s (429, 504, 503, lost in a drain).
@@ -66,6 +72,7 @@ pub struct Summary {
     /// Arrivals with no ready replica (503 from the Service).
     pub rejected_unavailable: u64,
     pub lost_in_drain: u64,
+    /// Admitted and not answered at the end, with the jobs still waiting in the stream.
     pub in_flight_at_end: u64,
     /// Seconds whose p95 (of the requests served in that second) is over 5 s.
     pub slo_violation_s: u64,
@@ -189,6 +196,49 @@ fn scrape(
     }
 }
 
+/// The jobs a replica's runner holds at most: enough for two batches, one running and one
+/// gathering (src/server/job_runner.rs), within the queue's capacity.
+fn jobs_in_hand(rc: &ReplicaConfig) -> usize {
+    (rc.max_batch_size * 2).min(rc.queue_capacity).max(1)
+}
+
+/// The ready replicas' job runners over the second before `now`, in time order: whenever one
+/// holds fewer than `in_hand` jobs it takes the oldest waiting ones at once (the server's runner
+/// is woken when a batch ends).
+fn take_jobs(
+    replicas: &mut [Replica],
+    stream: &mut VecDeque<f64>,
+    now: f64,
+    in_hand: usize,
+    counters: &mut Counters,
+) {
+    let mut t = now - 1.0;
+    loop {
+        for r in replicas.iter_mut().filter(|r| r.serving(t)) {
+            let mut out = |at, o| counters.record(at, o);
+            r.advance_to(t, &mut out);
+            while r.active() < in_hand && stream.front().is_some_and(|&s| s <= t) {
+                stream.pop_front();
+                r.admit(t, &mut out);
+            }
+            // A batch filled by these starts now.
+            r.advance_to(t, &mut out);
+        }
+        // The next moment a replica may take a job: a job is submitted, or a replica becomes
+        // ready or starts or ends a batch.
+        let next = replicas
+            .iter()
+            .filter(|r| r.gone_at.is_none())
+            .filter_map(|r| r.next_event(t))
+            .chain(stream.front().copied().filter(|&s| s > t))
+            .fold(f64::INFINITY, f64::min);
+        if next >= now {
+            return;
+        }
+        t = next;
+    }
+}
+
 /// Runs the ScaledObject against the trace.
 pub fn simulate(so: &ScaledObject, trace: &Trace, cfg: &SimConfig) -> Run {
     let rc = &cfg.replica;
@@ -220,12 +270,18 @@ pub fn simulate(so: &ScaledObject, trace: &Trace, cfg: &SimConfig) -> Run {
 
     let mut next_arrival = next_arrival_after(trace, 0.0, &mut rng);
     let mut serving: Vec<usize> = Vec::new();
+    // Batch jobs: the submission times of the jobs waiting in the stream.
+    let jobs = so.reads_job_stream();
+    let in_hand = jobs_in_hand(rc);
+    let mut stream: VecDeque<f64> = VecDeque::new();
     for s in 0..=end {
         let now = s as f64;
         // Arrivals in [now - 1, now): the endpoints are those of the start of the second.
         while let Some(a) = next_arrival.filter(|&a| a < now) {
             requests += 1;
-            if serving.is_empty() {
+            if jobs {
+                stream.push_back(a);
+            } else if serving.is_empty() {
                 counters.unavailable += 1;
                 counters.bin(a).rejected += 1;
             } else {
@@ -236,6 +292,9 @@ pub fn simulate(so: &ScaledObject, trace: &Trace, cfg: &SimConfig) -> Run {
                 r.admit(a, &mut out);
             }
             next_arrival = next_arrival_after(trace, a, &mut rng);
+        }
+        if jobs {
+            take_jobs(&mut replicas, &mut stream, now, in_hand, &mut counters);
         }
         for r in replicas.iter_mut().filter(|r| r.gone_at.is_none()) {
             let mut out = |t, o| counters.record(t, o);
@@ -262,9 +321,20 @@ pub fn simulate(so: &ScaledObject, trace: &Trace, cfg: &SimConfig) -> Run {
         };
         let ready =
             |replicas: &[Replica]| replicas.iter().filter(|r| r.is_ready(now)).count() as i64;
+        let job_stream = JobStream {
+            waiting: stream.len() as u64,
+            taken: replicas
+                .iter()
+                .filter(|r| r.gone_at.is_none())
+                .map(|r| r.active() as u64)
+                .sum(),
+        };
         let mut keda_desired = None;
         if s % so.polling_interval_s == 0 {
-            let active = so.triggers.iter().any(|t| t.read(&db, now).active);
+            let active = so
+                .triggers
+                .iter()
+                .any(|t| t.read(&db, &job_stream, now).active);
             let current = spec(&replicas);
             if let Some(n) = activation.poll(so, now, current, active) {
                 keda_desired = Some(n);
@@ -275,7 +345,11 @@ pub fn simulate(so: &ScaledObject, trace: &Trace, cfg: &SimConfig) -> Run {
             }
         }
         if s % SYNC_S == 0 {
-            let readings: Vec<_> = so.triggers.iter().map(|t| (t, t.read(&db, now))).collect();
+            let readings: Vec<_> = so
+                .triggers
+                .iter()
+                .map(|t| (t, t.read(&db, &job_stream, now)))
+                .collect();
             let metric_readings: Vec<_> = readings.iter().map(|(t, r)| t.reading(r)).collect();
             let current = spec(&replicas);
             let outcome = hpa.sync(now, current, ready(&replicas), &metric_readings);
@@ -297,6 +371,7 @@ pub fn simulate(so: &ScaledObject, trace: &Trace, cfg: &SimConfig) -> Run {
                     .filter(|r| r.gone_at.is_none())
                     .map(|r| r.queue_len() as i64)
                     .sum(),
+                backlog: stream.len() as i64,
                 p95_s: None,
                 rejected: 0,
                 served: 0,
@@ -318,7 +393,8 @@ pub fn simulate(so: &ScaledObject, trace: &Trace, cfg: &SimConfig) -> Run {
         .iter()
         .filter(|r| r.gone_at.is_none())
         .map(|r| r.active() as u64)
-        .sum();
+        .sum::<u64>()
+        + stream.len() as u64;
     let gpu_seconds: f64 = replicas
         .iter()
         .map(|r| (r.gone_at.unwrap_or(end_f).min(end_f) - r.created_at.max(0.0)).max(0.0))
@@ -589,6 +665,54 @@ spec:
         assert!(run.timeline.iter().all(|p| p.replicas == 0));
         assert!(run.summary.requests > 0);
         assert_eq!(run.summary.rejected_unavailable, run.summary.requests);
+    }
+
+    #[test]
+    fn the_job_stream_wakes_the_batch_pool_from_zero_and_it_returns_to_zero() {
+        let so = ScaledObject::from_yaml(
+            "k8s/overlays/batch-pool/scaledobject.yaml",
+            include_str!("../../k8s/overlays/batch-pool/scaledobject.yaml"),
+        )
+        .expect("parses");
+        let cfg = default_config(1500);
+        // 12 000 batch jobs in a minute from 100 s: 1.5 times what one replica runs.
+        let rate = 1.5 * cfg.replica.capacity_rps();
+        let trace = Trace::from_rows(vec![(0.0, 0.0), (100.0, rate), (160.0, 0.0)]).expect("trace");
+        let run = simulate(&so, &trace, &cfg);
+        let tl = &run.timeline;
+        let s = &run.summary;
+        assert!(tl
+            .iter()
+            .take_while(|p| p.t < 100.0)
+            .all(|p| p.replicas == 0));
+        // The first poll that sees a job waiting activates the pool; the HPA adds more for the
+        // backlog.
+        let woken = tl.iter().find(|p| p.replicas > 0).expect("wakes up");
+        assert!(woken.t <= 100.0 + so.polling_interval_s as f64, "{woken:?}");
+        assert!(tl.iter().any(|p| p.backlog > 1000), "a backlog builds");
+        assert!(s.max_replicas >= 2 && s.max_replicas <= so.max_replica_count);
+        // Every job waits for a worker instead of meeting a Service without endpoints, and
+        // all are run.
+        assert_eq!(s.rejected, 0, "{s:?}");
+        assert!(s.requests > 5000, "{s:?}");
+        assert_eq!(s.served, s.requests, "{s:?}");
+        assert_eq!(s.in_flight_at_end, 0);
+        // Back to zero after the cooldown once the backlog is gone.
+        let cleared = tl
+            .iter()
+            .find(|p| p.t > 160.0 && p.backlog == 0)
+            .expect("the backlog clears")
+            .t;
+        let zero = tl
+            .iter()
+            .find(|p| p.t > cleared && p.replicas == 0)
+            .expect("returns to zero")
+            .t;
+        assert!(
+            zero >= cleared + so.cooldown_period_s as f64 - 15.0,
+            "{cleared} {zero}"
+        );
+        assert_eq!(tl.last().map(|p| p.replicas), Some(0));
     }
 
     #[test]

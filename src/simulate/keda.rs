@@ -188,6 +188,38 @@ fn cron_field(field: &str, lo: u32, hi: u32) -> Result<Vec<u32>, String> {
     Ok(out)
 }
 
+/// Which count of a Redis stream KEDA's `redis-streams` scaler reads, chosen as KEDA does from
+/// the metadata: `consumerGroup` with `lagCount`, `consumerGroup` alone, or no group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamCount {
+    /// XINFO GROUPS `lag`: entries not yet delivered to the group (Redis 7+).
+    Lag,
+    /// XPENDING: entries delivered to a consumer and not acknowledged.
+    Pending,
+    /// XLEN: the entries in the stream.
+    Length,
+}
+
+/// The batch job stream in Redis at a poll, as the simulated replicas leave it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobStream {
+    /// Jobs submitted and taken by no replica yet.
+    pub waiting: u64,
+    /// Jobs taken by a replica and not finished. The server acknowledges and deletes a job's
+    /// entry when it ends, so the stream holds `waiting + taken` entries.
+    pub taken: u64,
+}
+
+impl JobStream {
+    pub fn count(&self, what: StreamCount) -> u64 {
+        match what {
+            StreamCount::Lag => self.waiting,
+            StreamCount::Pending => self.taken,
+            StreamCount::Length => self.waiting + self.taken,
+        }
+    }
+}
+
 /// What a trigger reads.
 #[derive(Debug, Clone)]
 pub enum TriggerKind {
@@ -203,6 +235,9 @@ pub enum TriggerKind {
         end: Cron,
         desired_replicas: i64,
     },
+    /// KEDA's redis-streams scaler on the job stream: active while the count is above
+    /// `activationLagCount` (for every count, as KEDA compares them).
+    RedisStreams { count: StreamCount, activation: i64 },
 }
 
 #[derive(Debug, Clone)]
@@ -231,6 +266,26 @@ fn metadata_str<'a>(meta: &'a serde_yaml::Mapping, key: &str) -> Result<Option<&
         Some(other) => Err(format!(
             "metadata.{key} must be a quoted string (KEDA's metadata is a map of strings), found {other:?}"
         )),
+    }
+}
+
+/// An integer of the metadata, as KEDA's typed config parses it (no fraction).
+fn metadata_int(meta: &serde_yaml::Mapping, key: &str) -> Result<Option<i64>, String> {
+    metadata_str(meta, key)?
+        .map(|text| {
+            text.trim()
+                .parse::<i64>()
+                .map_err(|_| format!("metadata.{key} `{text}` is not an integer"))
+        })
+        .transpose()
+}
+
+/// The HPA target of a trigger's `metricType`.
+fn metric_target(metric_type: Option<&str>, threshold: f64) -> Result<MetricTarget, String> {
+    match metric_type {
+        None | Some("AverageValue") => Ok(MetricTarget::AverageValue(threshold)),
+        Some("Value") => Ok(MetricTarget::Value(threshold)),
+        Some(other) => Err(format!("metricType `{other}` is not AverageValue or Value")),
     }
 }
 
@@ -393,15 +448,8 @@ impl ScaledObject {
                                 terr(format!("metadata.ignoreNullValues `{v}` is not true/false"))
                             })?,
                         };
-                    let target = match raw.metric_type.as_deref() {
-                        None | Some("AverageValue") => MetricTarget::AverageValue(threshold),
-                        Some("Value") => MetricTarget::Value(threshold),
-                        Some(other) => {
-                            return Err(terr(format!(
-                                "metricType `{other}` is not AverageValue or Value"
-                            )))
-                        }
-                    };
+                    let target =
+                        metric_target(raw.metric_type.as_deref(), threshold).map_err(terr)?;
                     let query = Query::parse(query_text).map_err(|source| KedaError::Query {
                         file: file.to_string(),
                         index,
@@ -441,9 +489,48 @@ impl ScaledObject {
                         },
                     }
                 }
+                "redis-streams" => {
+                    if metadata_str(meta, "stream").map_err(terr)?.is_none() {
+                        return Err(terr("metadata.stream is required".into()));
+                    }
+                    let group = metadata_str(meta, "consumerGroup")
+                        .map_err(terr)?
+                        .is_some_and(|g| !g.is_empty());
+                    // KEDA: a group with a non-zero lagCount reads the lag, a group without it
+                    // the pending entries, no group the stream's length; 5 by default.
+                    let lag = metadata_int(meta, "lagCount").map_err(terr)?;
+                    let (count, target) = match (group, lag) {
+                        (true, Some(lag)) if lag != 0 => (StreamCount::Lag, lag),
+                        (true, _) => (
+                            StreamCount::Pending,
+                            metadata_int(meta, "pendingEntriesCount")
+                                .map_err(terr)?
+                                .unwrap_or(5),
+                        ),
+                        (false, _) => (
+                            StreamCount::Length,
+                            metadata_int(meta, "streamLength")
+                                .map_err(terr)?
+                                .unwrap_or(5),
+                        ),
+                    };
+                    if target <= 0 {
+                        return Err(terr(format!("target {target} must be positive")));
+                    }
+                    let activation = metadata_int(meta, "activationLagCount")
+                        .map_err(terr)?
+                        .unwrap_or(0);
+                    let target = metric_target(raw.metric_type.as_deref(), target as f64)
+                        .map_err(terr)?;
+                    Trigger {
+                        name,
+                        target,
+                        kind: TriggerKind::RedisStreams { count, activation },
+                    }
+                }
                 other => {
                     return Err(terr(format!(
-                        "trigger type `{other}` is not simulated (prometheus and cron are)"
+                        "trigger type `{other}` is not simulated (prometheus, cron and redis-streams are)"
                     )))
                 }
             };
@@ -464,6 +551,14 @@ impl ScaledObject {
     pub fn hpa_min(&self) -> i64 {
         self.min_replica_count.max(1)
     }
+
+    /// Whether a trigger reads the job stream: then the load is batch jobs, which wait in the
+    /// stream until a replica takes them.
+    pub fn reads_job_stream(&self) -> bool {
+        self.triggers
+            .iter()
+            .any(|t| matches!(t.kind, TriggerKind::RedisStreams { .. }))
+    }
 }
 
 /// One trigger read at time `t`: the metric value as the HPA receives it, and whether the
@@ -475,7 +570,7 @@ pub struct TriggerReading {
 }
 
 impl Trigger {
-    pub fn read(&self, db: &Tsdb, t: f64) -> TriggerReading {
+    pub fn read(&self, db: &Tsdb, stream: &JobStream, t: f64) -> TriggerReading {
         match &self.kind {
             TriggerKind::Prometheus {
                 query,
@@ -528,6 +623,13 @@ impl Trigger {
                         1.0
                     }),
                     active,
+                }
+            }
+            TriggerKind::RedisStreams { count, activation } => {
+                let n = stream.count(*count);
+                TriggerReading {
+                    value: Ok(n as f64),
+                    active: i64::try_from(n).map_or(true, |n| n > *activation),
                 }
             }
         }
@@ -678,6 +780,124 @@ spec:
         assert_eq!(act.poll(&so, 150.0, 1, false), Some(0));
     }
 
+    const STREAM: &str = r#"
+kind: ScaledObject
+spec:
+  minReplicaCount: 0
+  triggers:
+  - type: redis-streams
+    metadata:
+      address: redis:6379
+      stream: virtualfit:jobs:batch
+"#;
+
+    fn stream_trigger(extra: &str) -> Result<Trigger, KedaError> {
+        let text = format!("{STREAM}{extra}");
+        ScaledObject::from_yaml("f.yaml", &text).map(|so| so.triggers[0].clone())
+    }
+
+    #[test]
+    fn redis_streams_counts_as_keda_chooses_them() {
+        let count = |t: &Trigger| match t.kind {
+            TriggerKind::RedisStreams { count, activation } => (count, activation),
+            _ => panic!("a redis-streams trigger: {t:?}"),
+        };
+        // No group: XLEN; a group: the pending entries; a group and lagCount: the lag. 5 by
+        // default.
+        let t = stream_trigger("").expect("parses");
+        assert_eq!(count(&t), (StreamCount::Length, 0));
+        assert_eq!(t.target, MetricTarget::AverageValue(5.0));
+        let t = stream_trigger("      streamLength: \"40\"\n").expect("parses");
+        assert_eq!(t.target, MetricTarget::AverageValue(40.0));
+        let t = stream_trigger("      consumerGroup: workers\n").expect("parses");
+        assert_eq!(count(&t), (StreamCount::Pending, 0));
+        assert_eq!(t.target, MetricTarget::AverageValue(5.0));
+        let t = stream_trigger(
+            "      consumerGroup: workers\n      lagCount: \"100\"\n      activationLagCount: \"3\"\n      pendingEntriesCount: \"7\"\n",
+        )
+        .expect("parses");
+        assert_eq!(count(&t), (StreamCount::Lag, 3));
+        assert_eq!(t.target, MetricTarget::AverageValue(100.0));
+        // lagCount without a group is ignored, as by KEDA.
+        let t = stream_trigger("      lagCount: \"100\"\n").expect("parses");
+        assert_eq!(count(&t), (StreamCount::Length, 0));
+        // The counts read the stream.
+        let s = JobStream {
+            waiting: 12,
+            taken: 16,
+        };
+        assert_eq!(
+            [StreamCount::Lag, StreamCount::Pending, StreamCount::Length].map(|c| s.count(c)),
+            [12, 16, 28]
+        );
+        let db = Tsdb::new();
+        let t = stream_trigger("      consumerGroup: workers\n      lagCount: \"10\"\n")
+            .expect("parses");
+        assert_eq!(t.read(&db, &s, 0.0).value, Ok(12.0));
+    }
+
+    #[test]
+    fn redis_streams_errors_are_named() {
+        let err = |text: &str| {
+            ScaledObject::from_yaml("f.yaml", text)
+                .expect_err("invalid")
+                .to_string()
+        };
+        let no_stream = STREAM.replace("      stream: virtualfit:jobs:batch\n", "");
+        assert!(err(&no_stream).contains("metadata.stream"), "{no_stream}");
+        let msg = err(&format!(
+            "{STREAM}      consumerGroup: workers\n      lagCount: \"2.5\"\n"
+        ));
+        assert!(msg.contains("lagCount") && msg.contains("integer"), "{msg}");
+        let msg = err(&format!("{STREAM}      streamLength: 50\n"));
+        assert!(msg.contains("quoted string"), "{msg}");
+    }
+
+    #[test]
+    fn the_job_stream_wakes_a_pool_at_zero() {
+        let so = ScaledObject::from_yaml(
+            "scaledobject.yaml",
+            include_str!("../../k8s/overlays/batch-pool/scaledobject.yaml"),
+        )
+        .expect("the shipped batch pool ScaledObject parses");
+        assert!(so.reads_job_stream());
+        assert_eq!(so.min_replica_count, 0);
+        let trigger = &so.triggers[0];
+        assert!(matches!(
+            trigger.kind,
+            TriggerKind::RedisStreams {
+                count: StreamCount::Lag,
+                ..
+            }
+        ));
+        let db = Tsdb::new();
+        let mut act = Activation::new(0.0);
+        let poll = |act: &mut Activation, t: f64, current: i64, stream: JobStream| {
+            let active = trigger.read(&db, &stream, t).active;
+            act.poll(&so, t, current, active)
+        };
+        // Nothing waiting: the pool stays at zero.
+        assert_eq!(poll(&mut act, 0.0, 0, JobStream::default()), None);
+        // Jobs waiting in Redis with no pod running: KEDA activates the Deployment.
+        let waiting = JobStream {
+            waiting: 3,
+            taken: 0,
+        };
+        assert_eq!(poll(&mut act, 15.0, 0, waiting), Some(1));
+        // Taken and running: the lag is 0 and the cooldown runs from the last waiting job.
+        let running = JobStream {
+            waiting: 0,
+            taken: 3,
+        };
+        assert_eq!(poll(&mut act, 30.0, 1, running), None);
+        let last = 15.0 + so.cooldown_period_s as f64;
+        assert_eq!(poll(&mut act, last - 15.0, 1, JobStream::default()), None);
+        assert_eq!(poll(&mut act, last, 1, JobStream::default()), Some(0));
+        // The pending entries could not have woken it: with no worker nothing is delivered.
+        let pending = stream_trigger("      consumerGroup: workers\n").expect("parses");
+        assert!(!pending.read(&db, &waiting, 0.0).active);
+    }
+
     #[test]
     fn cron_window() {
         let text = r#"
@@ -694,7 +914,7 @@ spec:
 "#;
         let so = ScaledObject::from_yaml("f.yaml", text).expect("parses");
         let db = Tsdb::new();
-        let at = |min: f64| so.triggers[0].read(&db, min * 60.0);
+        let at = |min: f64| so.triggers[0].read(&db, &JobStream::default(), min * 60.0);
         assert_eq!(at(10.0).value, Ok(1.0));
         assert!(!at(10.0).active);
         assert_eq!(at(31.0).value, Ok(4.0));

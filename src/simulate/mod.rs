@@ -27,7 +27,8 @@ pub struct SimulateArgs {
     /// The KEDA ScaledObject (YAML; the first document of kind ScaledObject is used).
     #[arg(long, value_name = "FILE")]
     pub scaledobject: PathBuf,
-    /// CSV `seconds,requests_per_second`, the rate constant from each row to the next.
+    /// CSV `seconds,requests_per_second`, the rate constant from each row to the next. With a
+    /// `redis-streams` trigger the requests are batch jobs, which wait in the job stream.
     #[arg(long, value_name = "FILE")]
     pub trace: PathBuf,
     /// Output directory for timeline.json and the plot.

@@ -176,20 +176,13 @@ impl Replica {
                 }
                 continue;
             }
-            let Some(&oldest) = self.queue.front() else {
+            let Some(start) = self.next_start() else {
                 return;
             };
-            let cap = self.cfg.max_batch_size.max(1);
-            let full_at = self.queue.get(cap - 1).copied().unwrap_or(f64::INFINITY);
-            let mut due = (oldest + self.cfg.max_batch_delay_s).min(full_at);
-            if let Some(d) = self.draining_since {
-                due = due.min(d);
-            }
-            let start = self.free_at.max(due);
             if start > t {
                 return;
             }
-            let take = self.queue.len().min(cap);
+            let take = self.queue.len().min(self.cfg.max_batch_size.max(1));
             let taken: Vec<f64> = self.queue.drain(..take).collect();
             let mut admitted = Vec::with_capacity(take);
             for a in taken {
@@ -211,6 +204,37 @@ impl Replica {
                 admitted,
             });
         }
+    }
+
+    /// When the next batch starts, if none runs and requests are queued: once the worker is
+    /// free and the batch is full or its oldest request has waited `max_batch_delay` (at once
+    /// when draining).
+    fn next_start(&self) -> Option<f64> {
+        if self.running.is_some() {
+            return None;
+        }
+        let &oldest = self.queue.front()?;
+        let cap = self.cfg.max_batch_size.max(1);
+        let full_at = self.queue.get(cap - 1).copied().unwrap_or(f64::INFINITY);
+        let mut due = (oldest + self.cfg.max_batch_delay_s).min(full_at);
+        if let Some(d) = self.draining_since {
+            due = due.min(d);
+        }
+        Some(self.free_at.max(due))
+    }
+
+    /// The first time after `t` when the replica changes by itself: it becomes ready, or a
+    /// batch starts or ends.
+    pub fn next_event(&self, t: f64) -> Option<f64> {
+        [
+            Some(self.ready_at),
+            self.running.as_ref().map(|b| b.end),
+            self.next_start(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|&e| e > t)
+        .reduce(f64::min)
     }
 
     /// A request arriving at `t` (after `advance_to(t)`): admitted, or 429 at once.
@@ -297,6 +321,24 @@ mod tests {
         assert!((s - 0.032).abs() < 1e-9, "{s}");
         assert_eq!(r.histograms[&200].buckets[4], 1); // le 0.1
         assert_eq!(r.histograms[&200].buckets[2], 0); // le 0.025
+    }
+
+    #[test]
+    fn next_event_is_ready_then_a_batch_start_then_its_end() {
+        let mut r = Replica::new(0, 0.0, 0.5, cfg());
+        let mut out = |_t: f64, _o: Outcome| {};
+        assert_eq!(r.next_event(0.0), Some(0.5));
+        assert_eq!(r.next_event(0.5), None);
+        r.advance_to(1.0, &mut out);
+        r.admit(1.0, &mut out);
+        // The lone request waits the 2 ms delay, then t(1) = 30 ms.
+        let start = r.next_event(1.0).expect("a batch start");
+        assert!((start - 1.002).abs() < 1e-9, "{start}");
+        r.advance_to(start, &mut out);
+        let end = r.next_event(start).expect("the batch's end");
+        assert!((end - 1.032).abs() < 1e-9, "{end}");
+        r.advance_to(end, &mut out);
+        assert_eq!(r.next_event(end), None);
     }
 
     #[test]

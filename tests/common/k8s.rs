@@ -168,13 +168,6 @@ pub fn find<'a>(objs: &'a [Value], k: &str, n: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {k} {n}"))
 }
 
-pub fn to_yaml_stream(objs: &[Value]) -> String {
-    objs.iter()
-        .map(|o| serde_yaml::to_string(o).expect("serialize"))
-        .collect::<Vec<_>>()
-        .join("---\n")
-}
-
 // ---------------------------------------------------------------------------------------------
 // Kustomizations
 
