@@ -32,6 +32,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends curl ca-certifi
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src src
+# `virtualfit plan` starts from the shipped ScaledObject.
+COPY k8s/autoscaling/keda-gpu-scaler.yaml k8s/autoscaling/keda-gpu-scaler.yaml
 COPY kernels kernels
 COPY benches benches
 COPY examples examples
@@ -43,6 +45,8 @@ FROM rust:1.95-bookworm AS build-cpu
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src src
+# `virtualfit plan` starts from the shipped ScaledObject.
+COPY k8s/autoscaling/keda-gpu-scaler.yaml k8s/autoscaling/keda-gpu-scaler.yaml
 COPY kernels kernels
 COPY benches benches
 COPY examples examples
@@ -50,8 +54,11 @@ RUN cargo build --release --locked --bin virtualfit && strip target/release/virt
 
 # ---- CPU runtime ----
 FROM debian:bookworm-slim AS runtime-cpu
-RUN useradd --uid 65532 --no-create-home --shell /usr/sbin/nologin virtualfit
+# The job store's folder (--data-dir), writable by the server; k8s/ mounts a volume there.
+RUN useradd --uid 65532 --no-create-home --shell /usr/sbin/nologin virtualfit \
+    && mkdir /data && chown 65532:65532 /data
 COPY --from=build-cpu /src/target/release/virtualfit /usr/local/bin/virtualfit
+ENV VIRTUALFIT_DATA_DIR=/data
 USER 65532
 EXPOSE 8000
 ENTRYPOINT ["/usr/local/bin/virtualfit"]
@@ -59,14 +66,16 @@ CMD ["serve"]
 
 # ---- GPU runtime (default target): cuBLAS, cuRAND and the CUDA runtime from NVIDIA's image ----
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU} AS runtime
-RUN useradd --uid 65532 --no-create-home --shell /usr/sbin/nologin virtualfit
+# The job store's folder (--data-dir), writable by the server; k8s/ mounts a volume there.
+RUN useradd --uid 65532 --no-create-home --shell /usr/sbin/nologin virtualfit \
+    && mkdir /data && chown 65532:65532 /data
 COPY --from=build-cuda /src/target/release/virtualfit /usr/local/bin/virtualfit
 # The driver's PTX compilation cache (the root filesystem is read-only in k8s/, /tmp is not).
 # Lazy module loading (CUDA's default since 12.2, stated here): a kernel is loaded at its first
 # launch, so candle's quantized kernels, built as sm_80 machine code and never launched by our
 # models, do not matter on other architectures.
 ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility \
-    CUDA_CACHE_PATH=/tmp/cuda-cache CUDA_MODULE_LOADING=LAZY
+    CUDA_CACHE_PATH=/tmp/cuda-cache CUDA_MODULE_LOADING=LAZY VIRTUALFIT_DATA_DIR=/data
 USER 65532
 EXPOSE 8000
 ENTRYPOINT ["/usr/local/bin/virtualfit"]

@@ -533,6 +533,11 @@ fn run_batch(model: &dyn TryOnModel, shared: &Shared, jobs: Vec<Job>) {
                 .unwrap_or_else(|| "unknown panic".into());
             Err(ModelError::Panicked(what))
         });
+    // The device was busy for this batch whatever its outcome.
+    shared
+        .metrics
+        .model_busy_seconds_total
+        .inc_by(started.elapsed().as_secs_f64());
     match result {
         Ok(images) => {
             let elapsed = started.elapsed();

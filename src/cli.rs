@@ -34,6 +34,8 @@ pub enum Command {
     GpuCheck(crate::gpu_check::GpuCheckArgs),
     /// Replay a load trace against a KEDA ScaledObject with the HPA's algorithm.
     Simulate(crate::simulate::SimulateArgs),
+    /// Plan capacity: replicas, ScaledObject thresholds and cost for a load and a p95 objective.
+    Plan(crate::simulate::plan::PlanArgs),
     /// Benchmarks: HTTP load (`http`, `sweep`) and raw model speed (`model`).
     Bench(crate::bench::BenchArgs),
 }
@@ -78,6 +80,7 @@ pub fn main() -> anyhow::Result<()> {
             tryon(&args)
         }
         Some(Command::Simulate(args)) => crate::simulate::run(&args),
+        Some(Command::Plan(args)) => crate::simulate::plan::run(&args),
         Some(Command::GpuCheck(args)) => {
             init_logging(LogFormat::Text, "warn");
             crate::gpu_check::run(&args)

@@ -178,6 +178,10 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "VIRTUALFIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Price of one GPU-hour of this replica in US dollars, published as
+    /// `virtualfit_price_per_gpu_hour_usd` for the cost panels (unset: not published).
+    #[arg(long, env = "VIRTUALFIT_GPU_HOUR_PRICE", value_parser = positive_price)]
+    pub gpu_hour_price: Option<f64>,
     /// Serve /metrics, /livez and /readyz on this address instead of the API port (for a
     /// NetworkPolicy that lets only monitoring and the kubelet in).
     #[arg(long, env = "VIRTUALFIT_METRICS_BIND")]
@@ -205,6 +209,16 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("must be a number of seconds above 0, got {v}"))
+    }
+}
+
+/// A price in dollars: finite and above zero.
+fn positive_price(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("must be a price above 0, got {v}"))
     }
 }
 

@@ -26,6 +26,8 @@ pub const BATCH_ITEMS_TOTAL: &str = "virtualfit_batch_items_total";
 pub const JOBS_SUBMITTED_TOTAL: &str = "virtualfit_jobs_submitted_total";
 pub const JOBS_FINISHED_TOTAL: &str = "virtualfit_jobs_finished_total";
 pub const JOBS_QUEUED: &str = "virtualfit_jobs_queued";
+pub const MODEL_BUSY_SECONDS_TOTAL: &str = "virtualfit_model_busy_seconds_total";
+pub const GPU_HOUR_PRICE: &str = "virtualfit_price_per_gpu_hour_usd";
 pub const WEBHOOK_DELIVERIES_TOTAL: &str = "virtualfit_webhook_deliveries_total";
 pub const GPU_UTILIZATION: &str = "virtualfit_gpu_utilization_ratio";
 pub const GPU_MEMORY_USED: &str = "virtualfit_gpu_memory_used_bytes";
@@ -139,6 +141,10 @@ pub struct Metrics {
     pub jobs_finished_total: IntCounterVec,
     pub jobs_queued: IntGauge,
     pub webhook_deliveries_total: IntCounterVec,
+    /// Forward time, summed: what the device is really used for.
+    pub model_busy_seconds_total: prometheus::Counter,
+    /// The configured price of one GPU-hour; registered only when one is configured.
+    pub gpu_hour_price: Gauge,
     pub gpu: GaugeVecs,
 }
 
@@ -362,6 +368,19 @@ impl Metrics {
                 )
                 .expect("valid counter"),
             ),
+            model_busy_seconds_total: register(
+                r,
+                prometheus::Counter::new(
+                    MODEL_BUSY_SECONDS_TOTAL,
+                    "Seconds the model spent in forward passes (the device's busy time).",
+                )
+                .expect("valid counter"),
+            ),
+            gpu_hour_price: Gauge::new(
+                GPU_HOUR_PRICE,
+                "The configured price of one GPU-hour of this replica, in US dollars.",
+            )
+            .expect("valid gauge"),
             gpu: GaugeVecs {
                 utilization: gpu_gauge(GPU_UTILIZATION, "GPU utilization, 0 to 1."),
                 memory_used: gpu_gauge(GPU_MEMORY_USED, "GPU memory in use, bytes."),
@@ -394,6 +413,14 @@ impl Metrics {
                 .with_label_values(&[reason.label()]);
         }
         metrics
+    }
+
+    /// Publishes the price of a GPU-hour (`--gpu-hour-price`).
+    pub fn set_gpu_hour_price(&self, usd: f64) {
+        self.gpu_hour_price.set(usd);
+        let _ = self
+            .registry
+            .register(Box::new(self.gpu_hour_price.clone()));
     }
 
     /// Registers the GPU gauges; called once a GPU monitor is running.

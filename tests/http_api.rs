@@ -463,11 +463,27 @@ async fn health_models_and_openapi() {
 
 #[tokio::test]
 async fn metrics_follow_the_contract_and_pass_promtool() {
-    let (server, base) = start(&["--metrics-bind", "127.0.0.1:0"]).await;
+    let (server, base) = start(&["--metrics-bind", "127.0.0.1:0", "--gpu-hour-price", "2.5"]).await;
     assert_still_serves(&base).await;
     let _ = post(&base, Form::new()).await;
     let metrics_base = format!("http://{}", server.metrics_addr.expect("metrics port"));
     let text = metrics_text(&metrics_base).await;
+    // The cost inputs: the configured price, and forward time no longer than the batches'.
+    assert_eq!(metric(&text, "virtualfit_price_per_gpu_hour_usd", ""), 2.5);
+    let busy = metric(&text, "virtualfit_model_busy_seconds_total", "");
+    let batches = metric(&text, "virtualfit_batch_duration_seconds_sum", "");
+    assert!(
+        busy > 0.0 && busy >= batches * 0.999,
+        "busy {busy} s, batches {batches} s"
+    );
+    for (name, kind) in [
+        ("virtualfit_model_busy_seconds_total", "counter"),
+        ("virtualfit_price_per_gpu_hour_usd", "gauge"),
+        ("virtualfit_queued_items", "gauge"),
+        ("virtualfit_jobs_finished_total", "counter"),
+    ] {
+        assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name}");
+    }
     let types = [
         ("virtualfit_queue_length", "gauge"),
         ("virtualfit_active_requests", "gauge"),

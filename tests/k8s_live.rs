@@ -42,6 +42,9 @@ fn start_replica(extra: &[&str]) -> Replica {
         "overlay",
         "--device",
         "cpu",
+        // The dashboard's cost panels read the price each replica publishes.
+        "--gpu-hour-price",
+        "3",
     ];
     args.extend_from_slice(extra);
     let server = ChildServer::start(&args);

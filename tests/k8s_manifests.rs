@@ -242,9 +242,34 @@ fn keda_validate_kind(objs: &[&Value], file: &str, crd_kind: &str) -> Output {
     )
 }
 
-/// The ScaledObjects of every target, with the objects rendered beside them.
+/// The ScaledObjects of every target, with the objects rendered beside them, and the one
+/// `virtualfit plan` writes for a step trace, in place of the shipped one.
 fn scaled_objects() -> Vec<(String, Vec<Value>)> {
-    TARGETS.iter().map(|t| (t.to_string(), render(t))).collect()
+    let mut sets: Vec<(String, Vec<Value>)> =
+        TARGETS.iter().map(|t| (t.to_string(), render(t))).collect();
+    let mut planned = render("");
+    let so = planned
+        .iter_mut()
+        .find(|o| kind(o) == "ScaledObject")
+        .expect("the shipped ScaledObject");
+    *so = plan_scaledobject();
+    sets.push(("(virtualfit plan)".into(), planned));
+    sets
+}
+
+/// The ScaledObject `virtualfit plan` writes for the step trace of tests/data.
+fn plan_scaledobject() -> Value {
+    let dir = tempfile::tempdir().expect("dir");
+    let trace = root().join("tests/data/step-trace.csv");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_virtualfit"))
+        .args(["plan", "--p95", "1", "--trace"])
+        .arg(&trace)
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .expect("virtualfit plan runs");
+    assert!(out.status.success(), "virtualfit plan: {}", text(&out));
+    load_one(&dir.path().join("scaledobject.yaml"))
 }
 
 #[test]
@@ -285,7 +310,7 @@ fn scaled_objects_validate_against_the_keda_crd_schema() {
         assert!(out.status.success(), "k8s/{target}:\n{}", text(&out));
         count += 1;
     }
-    assert_eq!(count, TARGETS.len());
+    assert_eq!(count, TARGETS.len() + 1, "and the planned one");
     // The schema check is live: a numeric threshold is rejected.
     let objs = render("");
     let mut so = find(&objs, "ScaledObject", "virtualfit-inference-gpu-scaler").clone();
@@ -1942,15 +1967,33 @@ fn every_dashboard_panel_plots_one_unit() {
     let panels = dash["panels"].as_array().expect("panels");
     let mut ids = BTreeSet::new();
     let mut seen = BTreeSet::new();
+    // The Cost row's panels plot figures derived from several metrics (a price per try-on, an
+    // idle share, try-ons per GPU-hour): their units are those of the figures.
+    let cost_row_y = panels
+        .iter()
+        .find(|p| p["type"] == "row" && p["title"] == "Cost")
+        .and_then(|p| p["gridPos"]["y"].as_u64())
+        .expect("a Cost row");
     for p in panels {
         let title = p["title"].as_str().expect("title");
         assert!(
             ids.insert(p["id"].as_u64().expect("id")),
             "{title}: duplicate id"
         );
+        // A row only heads the panels below it.
+        if p["type"] == "row" {
+            continue;
+        }
         let unit = p["fieldConfig"]["defaults"]["unit"]
             .as_str()
             .unwrap_or_else(|| panic!("{title}: a unit"));
+        if p["gridPos"]["y"].as_u64().is_some_and(|y| y > cost_row_y) {
+            assert!(
+                ["currencyUSD", "percentunit", "short"].contains(&unit),
+                "{title}: a cost figure on a `{unit}` axis"
+            );
+            continue;
+        }
         for t in p["targets"].as_array().expect("targets") {
             let expr = t["expr"].as_str().expect("expr");
             for (metric, want) in METRIC_UNITS {

@@ -1,6 +1,7 @@
 //! PromQL semantics of k8s/ with `promtool` (Debian package `prometheus`): the alert rules and
 //! their unit tests (k8s/tests/alerts.test.yaml), and the shipped KEDA trigger queries with 1, 3
-//! and 8 pods (k8s/tests/triggers.test.yaml).
+//! and 8 pods (k8s/tests/triggers.test.yaml), and the dashboard's cost row
+//! (k8s/tests/cost.test.yaml).
 
 mod common;
 
@@ -39,8 +40,41 @@ fn alert_rules_pass_promtool() {
         "VirtualFitAtMaxReplicas",
         "VirtualFitOOMRecoveries",
         "VirtualFitBatchCapLowered",
+        "VirtualFitGPUsIdleAtMinReplicas",
+        "VirtualFitGPUsIdleAboveMinReplicas",
     ] {
         assert!(alerts.contains(want), "alert {want}");
+    }
+}
+
+#[test]
+fn the_dashboards_cost_row_computes_cost_idle_share_and_throughput() {
+    let path = k8s_dir().join("tests/cost.test.yaml");
+    let out = promtool(&["test", "rules", path.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The expressions tested are the dashboard's own, and every panel of the row is tested.
+    let shipped = shipped_expressions();
+    let doc = load_one(&path);
+    let tested: BTreeSet<String> = seq(doc.get("tests"))
+        .iter()
+        .flat_map(|t| seq(t.get("promql_expr_test")))
+        .map(|c| c["expr"].as_str().expect("expr").to_string())
+        .collect();
+    for expr in &tested {
+        assert!(shipped.contains(expr), "not a dashboard expression: {expr}");
+    }
+    let cost_panels: Vec<String> = shipped
+        .iter()
+        .filter(|e| {
+            e.contains("virtualfit_price_per_gpu_hour_usd")
+                || e.contains("virtualfit_model_busy_seconds_total")
+        })
+        .filter(|e| !e.contains("10m"))
+        .cloned()
+        .collect();
+    assert!(cost_panels.len() >= 2, "{cost_panels:?}");
+    for e in &cost_panels {
+        assert!(tested.contains(e), "untested cost expression: {e}");
     }
 }
 

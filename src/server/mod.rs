@@ -129,6 +129,9 @@ impl Server {
             .with_label_values(&[&model_name, &device_name])
             .set(1.0);
         crate::gpu::start_monitor(&metrics, &device_name);
+        if let Some(price) = args.gpu_hour_price {
+            metrics.set_gpu_hour_price(price);
+        }
 
         let listener = TcpListener::bind(args.bind)
             .await

@@ -32,6 +32,9 @@ pub struct SimConfig {
     /// Simulated seconds (whole).
     pub duration_s: i64,
     pub seed: u64,
+    /// The latency objective: a second is a violation when its p95 is over this
+    /// ([`SLO_P95_S`], the P95 trigger's threshold, unless a plan sets its own).
+    pub slo_p95_s: f64,
 }
 
 /// One HPA sync.
@@ -74,11 +77,15 @@ pub struct Summary {
     pub lost_in_drain: u64,
     /// Admitted and not answered at the end, with the jobs still waiting in the stream.
     pub in_flight_at_end: u64,
-    /// Seconds whose p95 (of the requests served in that second) is over 5 s.
+    /// The objective of `slo_violation_s`.
+    pub slo_p95_s: f64,
+    /// Seconds whose p95 (of the requests served in that second) is over `slo_p95_s`.
     pub slo_violation_s: u64,
     pub p95_s: Option<f64>,
     /// Replica-seconds from pod creation to exit.
     pub gpu_seconds: f64,
+    /// Seconds the replicas' GPUs spent in forward passes.
+    pub busy_seconds: f64,
     pub max_replicas: i64,
     pub scale_events: u64,
 }
@@ -399,11 +406,12 @@ pub fn simulate(so: &ScaledObject, trace: &Trace, cfg: &SimConfig) -> Run {
         .iter()
         .map(|r| (r.gone_at.unwrap_or(end_f).min(end_f) - r.created_at.max(0.0)).max(0.0))
         .sum();
+    let busy_seconds: f64 = replicas.iter().map(|r| r.busy_until(end_f)).sum();
 
     // Per-sync figures over the 15 s before each point, and the per-second SLO.
     let mut slo_violation_s = 0;
     for bin in counters.bins.iter_mut().take(end as usize) {
-        if p95(&mut bin.latencies).is_some_and(|p| p > SLO_P95_S) {
+        if p95(&mut bin.latencies).is_some_and(|p| p > cfg.slo_p95_s) {
             slo_violation_s += 1;
         }
     }
@@ -436,9 +444,11 @@ pub fn simulate(so: &ScaledObject, trace: &Trace, cfg: &SimConfig) -> Run {
         rejected_unavailable: counters.unavailable,
         lost_in_drain: counters.drain_lost,
         in_flight_at_end: in_flight,
+        slo_p95_s: cfg.slo_p95_s,
         slo_violation_s,
         p95_s: p95(&mut all),
         gpu_seconds,
+        busy_seconds,
         max_replicas,
         scale_events,
     };
@@ -522,6 +532,7 @@ mod tests {
             },
             duration_s,
             seed: 7,
+            slo_p95_s: SLO_P95_S,
         }
     }
 

@@ -1,9 +1,11 @@
 //! `virtualfit simulate`: replays a load trace against a KEDA ScaledObject with the HPA's
 //! algorithm, replicas that batch like the server, and Prometheus scrapes of their metrics.
 
+pub mod cost;
 pub mod engine;
 pub mod hpa;
 pub mod keda;
+pub mod plan;
 pub mod plot;
 pub mod profile;
 pub mod promql;
@@ -56,6 +58,34 @@ pub struct SimulateArgs {
     /// Seed of the Poisson arrivals and of the routing.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    #[command(flatten)]
+    pub prices: PriceArgs,
+}
+
+/// The price of a GPU-hour, for the cost figures.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PriceArgs {
+    /// USD per GPU-hour on demand (default: an assumed on-demand H100 price; set your
+    /// provider's).
+    #[arg(long, value_name = "USD", default_value_t = cost::DEFAULT_GPU_HOUR_PRICE_USD)]
+    pub gpu_hour_price: f64,
+    /// USD per GPU-hour on spot (or preemptible) capacity, for a second cost column.
+    #[arg(long, value_name = "USD")]
+    pub spot_price: Option<f64>,
+}
+
+impl PriceArgs {
+    pub fn prices(&self) -> anyhow::Result<cost::Prices> {
+        let ok = |v: f64| v.is_finite() && v >= 0.0;
+        anyhow::ensure!(
+            ok(self.gpu_hour_price) && self.spot_price.is_none_or(ok),
+            "prices must be dollars, 0 or more"
+        );
+        Ok(cost::Prices {
+            on_demand_usd: self.gpu_hour_price,
+            spot_usd: self.spot_price,
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -88,10 +118,22 @@ fn load_scaledobject(path: &Path) -> anyhow::Result<ScaledObject> {
     )?)
 }
 
-/// The summaries as a table, one column per run.
-pub fn format_summaries(summaries: &[&Summary]) -> String {
+/// The summaries as a table, one column per run, with their cost at `prices`.
+pub fn format_summaries(summaries: &[&Summary], prices: &cost::Prices) -> String {
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
-    let rows: Vec<(&str, Vec<String>)> = vec![
+    let money = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    let costs: Vec<cost::Cost> = summaries
+        .iter()
+        .map(|s| cost::Cost::of(s, prices.on_demand_usd))
+        .collect();
+    let spot: Option<Vec<cost::Cost>> = prices
+        .spot_usd
+        .map(|p| summaries.iter().map(|s| cost::Cost::of(s, p)).collect());
+    let slo_label = format!(
+        "SLO violation s (p95 > {} s)",
+        summaries.first().map_or(engine::SLO_P95_S, |s| s.slo_p95_s)
+    );
+    let mut rows: Vec<(&str, Vec<String>)> = vec![
         (
             "scaledobject",
             summaries.iter().map(|s| s.scaledobject.clone()).collect(),
@@ -137,7 +179,7 @@ pub fn format_summaries(summaries: &[&Summary]) -> String {
                 .collect(),
         ),
         (
-            "SLO violation s (p95 > 5 s)",
+            &slo_label,
             summaries
                 .iter()
                 .map(|s| s.slo_violation_s.to_string())
@@ -168,7 +210,29 @@ pub fn format_summaries(summaries: &[&Summary]) -> String {
                 .map(|s| s.scale_events.to_string())
                 .collect(),
         ),
+        (
+            "utilisation (busy / GPU time)",
+            costs.iter().map(|c| opt(c.utilisation)).collect(),
+        ),
+        (
+            "cost USD, on demand",
+            costs.iter().map(|c| money(Some(c.usd))).collect(),
+        ),
+        (
+            "  USD per 1000 try-ons",
+            costs.iter().map(|c| money(c.usd_per_1000_tryons)).collect(),
+        ),
     ];
+    if let Some(spot) = &spot {
+        rows.push((
+            "cost USD, spot",
+            spot.iter().map(|c| money(Some(c.usd))).collect(),
+        ));
+        rows.push((
+            "  USD per 1000 try-ons",
+            spot.iter().map(|c| money(c.usd_per_1000_tryons)).collect(),
+        ));
+    }
     let label_w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let col_w: Vec<usize> = (0..summaries.len())
         .map(|i| rows.iter().map(|r| r.1[i].len()).max().unwrap_or(0).max(8))
@@ -208,18 +272,14 @@ fn write_timeline(
     std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))
 }
 
-pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
-    let so = load_scaledobject(&args.scaledobject)?;
-    let other = args.compare.as_deref().map(load_scaledobject).transpose()?;
-    let trace = Trace::parse(&args.trace.display().to_string(), &read(&args.trace)?)?;
-    let profile = match &args.profile {
-        Some(p) => Profile::from_json(&p.display().to_string(), &read(p)?)?,
-        None => Profile::default(),
-    };
-    // The batching flags are range-checked by their parsers, as for `serve`.
-    anyhow::ensure!(args.startup_s >= 0.0, "--startup-s must not be negative");
-    let batching = &args.batching;
-    let rc = ReplicaConfig {
+/// A simulated replica: the profile's timing under the server's batching flags.
+pub fn replica_config(
+    profile: &Profile,
+    batching: &crate::config::BatchingArgs,
+    startup_s: f64,
+    drain_timeout_s: f64,
+) -> ReplicaConfig {
+    ReplicaConfig {
         a_s: profile.a_s,
         b_s: profile.b_s,
         max_batch_size: batching.max_batch_size as usize,
@@ -228,19 +288,44 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         request_timeout_s: batching.request_timeout_s,
         pre_s: profile.pre_s,
         post_s: profile.post_s,
-        startup_s: args.startup_s,
-        drain_timeout_s: args.drain_timeout_s,
+        startup_s,
+        drain_timeout_s,
         fb_used_mib: profile.fb_used_mib,
         fb_total_mib: profile.fb_total_mib,
-    };
+    }
+}
+
+/// Reads `--profile`, or the default profile.
+pub fn load_profile(path: Option<&Path>) -> anyhow::Result<Profile> {
+    Ok(match path {
+        Some(p) => Profile::from_json(&p.display().to_string(), &read(p)?)?,
+        None => Profile::default(),
+    })
+}
+
+pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
+    let so = load_scaledobject(&args.scaledobject)?;
+    let other = args.compare.as_deref().map(load_scaledobject).transpose()?;
+    let trace = Trace::parse(&args.trace.display().to_string(), &read(&args.trace)?)?;
+    let profile = load_profile(args.profile.as_deref())?;
+    // The batching flags are range-checked by their parsers, as for `serve`.
+    anyhow::ensure!(args.startup_s >= 0.0, "--startup-s must not be negative");
+    let rc = replica_config(
+        &profile,
+        &args.batching,
+        args.startup_s,
+        args.drain_timeout_s,
+    );
     let duration_s = match args.duration_s {
         Some(d) => i64::try_from(d).context("--duration-s too large")?,
         None => trace.last_row_s().ceil() as i64 + 900,
     };
+    let prices = args.prices.prices()?;
     let cfg = SimConfig {
         replica: rc.clone(),
         duration_s,
         seed: args.seed,
+        slo_p95_s: engine::SLO_P95_S,
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -267,7 +352,14 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     let summaries: Vec<&Summary> = std::iter::once(&a.summary)
         .chain(b.as_ref().map(|b| &b.summary))
         .collect();
-    print!("{}", format_summaries(&summaries));
+    println!(
+        "prices: {:.2} USD per GPU-hour on demand{}",
+        prices.on_demand_usd,
+        prices
+            .spot_usd
+            .map_or(String::new(), |p| format!(", {p:.2} on spot"))
+    );
+    print!("{}", format_summaries(&summaries, &prices));
     println!(
         "wrote {}{} and {}",
         args.out.join("timeline.json").display(),

@@ -6,7 +6,7 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::engine::{Run, SLO_P95_S};
+use super::engine::Run;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
@@ -44,10 +44,13 @@ where
         .flat_map(|(_, r)| r.timeline.iter().map(|p| p.replicas.max(p.desired) as f64))
         .fold(1.0, f64::max)
         + 1.0;
+    let slo = runs
+        .first()
+        .map_or(super::engine::SLO_P95_S, |(_, r)| r.summary.slo_p95_s);
     let p95_max = runs
         .iter()
         .flat_map(|(_, r)| r.timeline.iter().filter_map(|p| p.p95_s))
-        .fold(SLO_P95_S, f64::max)
+        .fold(slo, f64::max)
         * 1.1;
 
     // Load: offered, served and refused (429, 504, 503) per second.
@@ -109,12 +112,9 @@ where
     // Latency: p95 per 15 s and the objective.
     let mut chart = panel(&panels[2], "p95 request time (s)", t_max, p95_max).map_err(e)?;
     chart
-        .draw_series(LineSeries::new(
-            [(0.0, SLO_P95_S), (t_max, SLO_P95_S)],
-            BLACK.mix(0.5),
-        ))
+        .draw_series(LineSeries::new([(0.0, slo), (t_max, slo)], BLACK.mix(0.5)))
         .map_err(e)?
-        .label("5 s target")
+        .label(format!("{slo} s target"))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.5)));
     for (i, (name, run)) in runs.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];

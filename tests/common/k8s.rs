@@ -336,6 +336,10 @@ pub fn shipped_expressions() -> Vec<String> {
         }
     }
     for p in dashboard()["panels"].as_array().expect("panels") {
+        // Rows hold no queries.
+        if p["type"] == "row" {
+            continue;
+        }
         for t in p["targets"].as_array().expect("targets") {
             let e = t["expr"].as_str().expect("expr");
             out.push(
