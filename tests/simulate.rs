@@ -115,6 +115,10 @@ fn compare_prints_two_summaries() {
         &trace,
         "--out",
         out.to_str().expect("utf-8"),
+        "--gpu-hour-price",
+        "4",
+        "--spot-price",
+        "1",
     ]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -142,6 +146,28 @@ fn compare_prints_two_summaries() {
         .collect();
     // Fewer replicas refuse more of the same load.
     assert!(rejected[1] > rejected[0], "{rejected:?}");
+    // Each policy's cost beside its refusals: GPU-seconds at the price, spot at a quarter.
+    let gpu_seconds: Vec<f64> = line("GPU-seconds")
+        .iter()
+        .map(|v| v.parse().expect("seconds"))
+        .collect();
+    let usd: Vec<f64> = line("cost USD, on demand")
+        .iter()
+        .map(|v| v.parse().expect("dollars"))
+        .collect();
+    let spot: Vec<f64> = line("cost USD, spot")
+        .iter()
+        .map(|v| v.parse().expect("dollars"))
+        .collect();
+    for i in 0..2 {
+        assert!(
+            (usd[i] - gpu_seconds[i] / 3600.0 * 4.0).abs() < 0.01,
+            "{usd:?} {gpu_seconds:?}"
+        );
+        assert!((spot[i] - usd[i] / 4.0).abs() < 0.01, "{spot:?}");
+    }
+    assert!(usd[1] < usd[0], "the capped policy costs less: {usd:?}");
+    assert_eq!(line("  USD per 1000 try-ons").len(), 2);
     assert!(out.join("timeline-compare.json").exists());
 }
 

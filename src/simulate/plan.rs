@@ -434,19 +434,24 @@ fn report(
     out.push('\n');
     out.push_str(&rule);
     out.push('\n');
-    let rows: [(&str, fn(&Cost) -> Option<f64>); 5] = [
-        ("GPU-hours per day (the simulated load, repeated)", |c| {
-            Some(c.gpu_hours_per_day)
-        }),
-        ("USD per day", |c| Some(c.usd_per_day)),
-        ("USD per month (30 days)", |c| Some(c.usd_per_month)),
-        ("USD per 1,000 try-ons", |c| c.usd_per_1000_tryons),
-        ("utilisation (busy / GPU time)", |c| c.utilisation),
+    let share = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.0} %", v * 100.0));
+    type Row = (&'static str, fn(&Cost) -> Option<f64>, bool);
+    let rows: [Row; 5] = [
+        (
+            "GPU-hours per day (the simulated load, repeated)",
+            |c| Some(c.gpu_hours_per_day),
+            false,
+        ),
+        ("USD per day", |c| Some(c.usd_per_day), false),
+        ("USD per month (30 days)", |c| Some(c.usd_per_month), false),
+        ("USD per 1,000 try-ons", |c| c.usd_per_1000_tryons, false),
+        ("utilisation (busy / GPU time)", |c| c.utilisation, true),
     ];
-    for (label, f) in rows {
-        out.push_str(&format!("| {label} | {} |", money(f(&on_demand))));
+    for (label, f, is_share) in rows {
+        let cell = |c: &Cost| if is_share { share(f(c)) } else { money(f(c)) };
+        out.push_str(&format!("| {label} | {} |", cell(&on_demand)));
         if let Some((_, c)) = &spot {
-            out.push_str(&format!(" {} |", money(f(c))));
+            out.push_str(&format!(" {} |", cell(c)));
         }
         out.push('\n');
     }
