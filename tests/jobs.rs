@@ -342,6 +342,19 @@ async fn census(base: &str, ids: &[String]) -> BTreeMap<String, usize> {
     counts
 }
 
+/// Polls until `n` of the jobs read `status` (through `base`), at most `within`.
+async fn wait_census(base: &str, ids: &[String], status: &str, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let c = census(base, ids).await;
+        if c.get(status) == Some(&n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{c:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn kill_9_with_50_queued_and_running_jobs_then_restart_finishes_each_once() {
     let data = fresh_data_dir();
@@ -362,29 +375,14 @@ async fn kill_9_with_50_queued_and_running_jobs_then_restart_finishes_each_once(
     for i in 0..50 {
         ids.push(submit_ok(&first.base, pair_form(i)).await);
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let c = census(&first.base, &ids).await;
-        if c.get("running") == Some(&20) && c.get("queued") == Some(&30) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{c:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_census(&first.base, &ids, "running", 20, Duration::from_secs(20)).await;
+    assert_eq!(census(&first.base, &ids).await.get("queued"), Some(&30));
     first.kill();
     first.wait_exit(Duration::from_secs(10)).expect("killed");
 
     let second = ChildServer::start(&["--data-dir", &data_flag]);
     second.wait_ready().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let c = census(&second.base, &ids).await;
-        if c.get("succeeded") == Some(&50) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{c:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_census(&second.base, &ids, "succeeded", 50, Duration::from_secs(60)).await;
     for id in &ids {
         assert_result_image(&second.base, id).await;
     }
@@ -462,15 +460,7 @@ async fn two_replicas_share_jobs_through_redis_and_one_finishes_what_the_killed_
     }
     a.kill();
     a.wait_exit(Duration::from_secs(10)).expect("killed");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let c = census(&b.base, &ids).await;
-        if c.get("succeeded") == Some(&50) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{c:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_census(&b.base, &ids, "succeeded", 50, Duration::from_secs(60)).await;
     let c = ChildServer::start(&["--jobs-redis", &url]);
     c.wait_ready().await;
     let mut taken_over = 0;
@@ -660,11 +650,7 @@ async fn sigterm_puts_back_the_jobs_it_could_not_run_and_a_restart_runs_them() {
     for i in 0..15 {
         ids.push(submit_ok(&first.base, pair_form(i)).await);
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while census(&first.base, &ids).await.get("running") != Some(&10) {
-        assert!(Instant::now() < deadline, "ten jobs did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_census(&first.base, &ids, "running", 10, Duration::from_secs(20)).await;
     first.sigterm();
     let exit = first.wait_exit(Duration::from_secs(15)).expect("exits");
     assert!(exit.success(), "{exit:?}");
@@ -677,15 +663,7 @@ async fn sigterm_puts_back_the_jobs_it_could_not_run_and_a_restart_runs_them() {
 
     let second = ChildServer::start(&["--data-dir", &data_flag]);
     second.wait_ready().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let c = census(&second.base, &ids).await;
-        if c.get("succeeded") == Some(&15) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{c:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_census(&second.base, &ids, "succeeded", 15, Duration::from_secs(30)).await;
     for id in &ids {
         assert_result_image(&second.base, id).await;
     }

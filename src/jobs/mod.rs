@@ -311,17 +311,25 @@ pub fn finished_record(
     now_ms: i64,
     retention: Duration,
 ) -> JobRecord {
-    record.status = if record.cancel_requested {
-        JobStatus::Cancelled
-    } else {
-        match outcome {
-            Outcome::Succeeded { .. } => JobStatus::Succeeded,
-            Outcome::Failed(f) => {
-                record.error = Some(f.clone());
-                JobStatus::Failed
-            }
+    record.status = match outcome {
+        _ if record.cancel_requested => JobStatus::Cancelled,
+        Outcome::Succeeded { .. } => JobStatus::Succeeded,
+        Outcome::Failed(f) => {
+            record.error = Some(f.clone());
+            JobStatus::Failed
         }
     };
+    ended(record, now_ms, retention)
+}
+
+/// The final record of a queued job cancelled now.
+pub fn cancelled_record(mut record: JobRecord, now_ms: i64, retention: Duration) -> JobRecord {
+    record.cancel_requested = true;
+    record.status = JobStatus::Cancelled;
+    ended(record, now_ms, retention)
+}
+
+fn ended(mut record: JobRecord, now_ms: i64, retention: Duration) -> JobRecord {
     record.finished_ms = Some(now_ms);
     record.expires_ms = Some(now_ms + retention.as_millis() as i64);
     record

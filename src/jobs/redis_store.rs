@@ -19,8 +19,8 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{Commands, Connection, RedisResult};
 
 use super::{
-    finished_record, webhook_body, ClaimedJob, Delivery, JobInputs, JobRecord, JobStatus, JobStore,
-    NewJob, Outcome, StoreError, StoreResult, Submitted,
+    cancelled_record, finished_record, webhook_body, ClaimedJob, Delivery, JobInputs, JobRecord,
+    JobStatus, JobStore, NewJob, Outcome, StoreError, StoreResult, Submitted,
 };
 use crate::batcher::Priority;
 
@@ -331,25 +331,8 @@ impl JobStore for RedisStore {
                 };
                 match record.status {
                     JobStatus::Queued => {
-                        record.cancel_requested = true;
-                        record = finished_record(
-                            record,
-                            &Outcome::Succeeded {
-                                image: Vec::new(),
-                                content_type: String::new(),
-                            },
-                            now_ms,
-                            retention,
-                        );
-                        pipe.hset(&key, "record", to_json(&record))
-                            .ignore()
-                            .hset(&key, "status", record.status.as_str())
-                            .ignore()
-                            .hdel(&key, &["person", "cloth", "mask"])
-                            .ignore()
-                            .pexpire(&key, record_ttl_ms(retention))
-                            .ignore();
-                        owe_delivery(pipe, &record, now_ms);
+                        record = cancelled_record(record, now_ms, retention);
+                        write_final(pipe, &record, now_ms, retention);
                     }
                     JobStatus::Running => {
                         record.cancel_requested = true;
@@ -489,14 +472,7 @@ impl JobStore for RedisStore {
                     return Ok(Some(None));
                 };
                 let record = finished_record(record, &outcome, now_ms, retention);
-                pipe.hset(&key, "record", to_json(&record))
-                    .ignore()
-                    .hset(&key, "status", record.status.as_str())
-                    .ignore()
-                    .hdel(&key, &["person", "cloth", "mask"])
-                    .ignore()
-                    .pexpire(&key, record_ttl_ms(retention))
-                    .ignore();
+                write_final(pipe, &record, now_ms, retention);
                 if let (
                     JobStatus::Succeeded,
                     Outcome::Succeeded {
@@ -513,7 +489,6 @@ impl JobStore for RedisStore {
                         .pexpire(&rkey, keep as i64)
                         .ignore();
                 }
-                owe_delivery(pipe, &record, now_ms);
                 let json = to_json(&record);
                 let done: Option<()> = pipe.query(con)?;
                 Ok(done.map(|()| Some(json.clone())))
@@ -602,6 +577,21 @@ impl JobStore for RedisStore {
                 .query(con)
         })
     }
+}
+
+/// Adds to a transaction the writes of a record that has just become final: the record, its
+/// inputs dropped, its time to live, and the webhook it owes.
+fn write_final(pipe: &mut redis::Pipeline, record: &JobRecord, now_ms: i64, retention: Duration) {
+    let key = job_key(&record.id);
+    pipe.hset(&key, "record", to_json(record))
+        .ignore()
+        .hset(&key, "status", record.status.as_str())
+        .ignore()
+        .hdel(&key, &["person", "cloth", "mask"])
+        .ignore()
+        .pexpire(&key, record_ttl_ms(retention))
+        .ignore();
+    owe_delivery(pipe, record, now_ms);
 }
 
 /// Adds the webhook owed for a record that has just become final to a transaction.

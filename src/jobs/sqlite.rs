@@ -10,8 +10,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
-    finished_record, webhook_body, ClaimedJob, Delivery, JobInputs, JobRecord, JobStatus, JobStore,
-    NewJob, Outcome, StoreError, StoreResult, Submitted,
+    cancelled_record, finished_record, webhook_body, ClaimedJob, Delivery, JobInputs, JobRecord,
+    JobStatus, JobStore, NewJob, Outcome, StoreError, StoreResult, Submitted,
 };
 use crate::batcher::Priority;
 
@@ -263,17 +263,7 @@ impl JobStore for SqliteStore {
         };
         match record.status {
             JobStatus::Queued => {
-                record.cancel_requested = true;
-                record = finished_record(
-                    record,
-                    &Outcome::Failed(super::JobFailure {
-                        code: "cancelled".into(),
-                        message: String::new(),
-                    }),
-                    now_ms,
-                    retention,
-                );
-                record.error = None;
+                record = cancelled_record(record, now_ms, retention);
                 write_record(&tx, &record)?;
                 tx.execute(
                     "UPDATE jobs SET person = NULL, cloth = NULL, mask = NULL WHERE id = ?1",

@@ -63,21 +63,6 @@ pub struct JobForm {
     quality: Option<u8>,
 }
 
-fn answer(error: ApiError, close: bool) -> Response {
-    if error.status().is_server_error() {
-        tracing::warn!(code = error.code(), "job request failed: {error}");
-    } else {
-        tracing::info!(code = error.code(), "job request refused: {error}");
-    }
-    let mut response = error.into_response();
-    if close {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
-}
-
 fn location(id: &str) -> HeaderValue {
     super::header_value(&format!("/v1/jobs/{id}"))
 }
@@ -116,7 +101,7 @@ pub async fn submit_handler(State(state): State<AppState>, request: Request) -> 
     let _in_flight = state.inner.in_flight.token();
     match submit(&state, request).await {
         Ok(r) => r,
-        Err((e, close)) => answer(e, close),
+        Err((e, close)) => super::error_response(e, close),
     }
 }
 
@@ -310,7 +295,7 @@ pub async fn status_handler(
 ) -> Response {
     match find(&state, &headers, &id).await {
         Ok(record) => Json(JobView::from(&record)).into_response(),
-        Err(e) => answer(e, false),
+        Err(e) => super::error_response(e, false),
     }
 }
 
@@ -336,7 +321,7 @@ pub async fn result_handler(
 ) -> Response {
     match result(&state, &headers, &id).await {
         Ok(r) => r,
-        Err(e) => answer(e, false),
+        Err(e) => super::error_response(e, false),
     }
 }
 
@@ -398,7 +383,7 @@ pub async fn cancel_handler(
 ) -> Response {
     match cancel(&state, &headers, &id).await {
         Ok(r) => r,
-        Err(e) => answer(e, false),
+        Err(e) => super::error_response(e, false),
     }
 }
 

@@ -94,6 +94,26 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// Logs a failed request once, at its level (a refusal is routine, a server-side failure is
+/// not), and answers it; `close` asks the client to close a connection whose body may be
+/// partly unread.
+fn error_response(error: crate::error::ApiError, close: bool) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if error.status().is_server_error() && error.reject_reason().is_none() {
+        tracing::warn!(code = error.code(), "request failed: {error}");
+    } else {
+        tracing::info!(code = error.code(), "request refused: {error}");
+    }
+    let mut response = error.into_response();
+    if close {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
 fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }

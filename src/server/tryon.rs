@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -122,18 +122,7 @@ pub async fn tryon_handler(
             if let Some(reason) = error.reject_reason() {
                 inner.metrics.reject(reason);
             }
-            if error.status().is_server_error() && error.reject_reason().is_none() {
-                tracing::warn!(code = error.code(), "request failed: {error}");
-            } else {
-                tracing::info!(code = error.code(), "request refused: {error}");
-            }
-            let mut response = error.into_response();
-            if close {
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            response
+            super::error_response(error, close)
         }
     };
     inner
