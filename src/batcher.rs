@@ -4,8 +4,9 @@
 //!
 //! Two priorities share the worker: `interactive` work (every `/tryon`) fills each batch first,
 //! and `batch` work (asynchronous jobs, unless they ask otherwise) takes the room it leaves. A
-//! batch item that has waited `batch_max_wait` since its job was submitted is promoted, so a
-//! busy interactive load never starves it. The two have separate queues, so batch work never
+//! batch item whose job has waited `batch_max_wait` since it was submitted is promoted: it
+//! takes its turn with interactive requests in the order they were admitted, so a busy
+//! interactive load never starves it. The two have separate queues, so batch work never
 //! takes an interactive request's place in the queue.
 
 use std::collections::VecDeque;
@@ -172,25 +173,39 @@ impl State {
         }
     }
 
-    /// Takes up to `cap` items: promoted batch items first (they are the oldest work), then
-    /// interactive requests, then batch items in the room that is left.
+    /// Takes up to `cap` items: interactive requests and promoted batch items, in the order
+    /// they were admitted, then batch items in the room that is left.
     fn take_batch(&mut self, cap: usize, now: Instant) -> Vec<Job> {
         let mut taken = Vec::with_capacity(cap.min(self.queued()));
-        let mut kept = VecDeque::with_capacity(self.batch.len());
-        for job in self.batch.drain(..) {
-            if taken.len() < cap && job.promoted(now) {
-                taken.push(job);
-            } else {
-                kept.push_back(job);
-            }
-        }
-        self.batch = kept;
+        let (mut promoted, mut waiting): (VecDeque<Job>, VecDeque<Job>) =
+            self.batch.drain(..).partition(|j| j.promoted(now));
         while taken.len() < cap {
-            match self.interactive.pop_front() {
-                Some(job) => taken.push(job),
-                None => break,
-            }
+            let promoted_first = match (promoted.front(), self.interactive.front()) {
+                (Some(p), Some(i)) => p.admitted_at <= i.admitted_at,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let next = if promoted_first {
+                promoted.pop_front()
+            } else {
+                self.interactive.pop_front()
+            };
+            taken.extend(next);
         }
+        // What was not taken keeps its place, oldest first.
+        let mut merged = VecDeque::with_capacity(promoted.len() + waiting.len());
+        while let (Some(p), Some(w)) = (promoted.front(), waiting.front()) {
+            let next = if p.admitted_at <= w.admitted_at {
+                promoted.pop_front()
+            } else {
+                waiting.pop_front()
+            };
+            merged.extend(next);
+        }
+        merged.extend(promoted);
+        merged.extend(waiting);
+        self.batch = merged;
         let interactive_flows = self
             .last_interactive
             .is_some_and(|t| now.saturating_duration_since(t) < INTERACTIVE_RECENT);
@@ -850,9 +865,6 @@ mod tests {
         };
         f.watch("blocker", batcher.submit(pair(3)).expect("admitted"));
         tokio::time::sleep(Duration::from_millis(40)).await;
-        for name in ["i3", "i4", "i5"] {
-            f.watch(name, batcher.submit(pair(4)).expect("admitted"));
-        }
         f.watch(
             "new",
             batcher
@@ -865,7 +877,12 @@ mod tests {
                 .submit_job(pair(6), Priority::Batch, Duration::from_secs(5))
                 .expect("admitted"),
         );
+        for name in ["i3", "i4", "i5"] {
+            f.watch(name, batcher.submit(pair(4)).expect("admitted"));
+        }
         let t = f.times().await;
+        // The aged item takes its turn in admission order with the interactive requests
+        // that came after it; the fresh one waits for all of them.
         assert!(t["aged"] < t["i4"] && t["aged"] < t["i5"], "{t:?}");
         for i in ["i3", "i4", "i5"] {
             assert!(t[i] < t["new"], "{i} before the fresh batch item: {t:?}");

@@ -32,6 +32,7 @@ fn record(priority: Priority, created_ms: i64, webhook: Option<&str>) -> JobReco
         quality: 90,
         attempts: 0,
         cancel_requested: false,
+        lease: None,
     }
 }
 
@@ -129,12 +130,24 @@ fn contract(store: &dyn JobStore) {
 
     // Cancelling: a queued job ends at once; a running one is marked and ends cancelled,
     // without a result.
-    let cancelled = store
+    let (before, cancelled) = store
         .cancel(&b.id, now + 50, RETENTION)
         .expect("cancel")
         .expect("known");
-    assert_eq!(cancelled.status, JobStatus::Cancelled);
-    let marked = store
+    assert_eq!(
+        (before, cancelled.status),
+        (JobStatus::Queued, JobStatus::Cancelled)
+    );
+    let (before, again) = store
+        .cancel(&b.id, now + 51, RETENTION)
+        .expect("cancel")
+        .expect("known");
+    assert_eq!(
+        (before, again.status),
+        (JobStatus::Cancelled, JobStatus::Cancelled),
+        "once"
+    );
+    let (_, marked) = store
         .cancel(&i.id, now + 50, RETENTION)
         .expect("cancel")
         .expect("known");
@@ -157,7 +170,9 @@ fn contract(store: &dyn JobStore) {
     // A released job is queued again and claimed by the next worker.
     let c = submit(store, Priority::Batch, now + 80);
     let taken = store.claim("w1", 1, now + 81).expect("claim");
-    store.release(&c.id, &taken[0].lease).expect("release");
+    store
+        .release(&c.id, &taken[0].lease, now + 81, RETENTION)
+        .expect("release");
     assert_eq!(
         store
             .get(&c.id, now + 82)
@@ -240,6 +255,36 @@ fn contract(store: &dyn JobStore) {
         .due_deliveries(now + 1_000_000, 10, lease)
         .expect("due")
         .is_empty());
+
+    // A job cancelled while it ran and then put back (its server drains) ends cancelled
+    // instead of running again.
+    let d = submit(store, Priority::Interactive, now + 300);
+    let taken = store.claim("w1", 1, now + 301).expect("claim");
+    assert_eq!(taken[0].record.id, d.id);
+    store.cancel(&d.id, now + 302, RETENTION).expect("cancel");
+    store
+        .release(&d.id, &taken[0].lease, now + 303, RETENTION)
+        .expect("release");
+    let got = store.get(&d.id, now + 304).expect("get").expect("known");
+    assert_eq!(got.status, JobStatus::Cancelled);
+    assert!(store
+        .claim("w2", 5, now + 305)
+        .expect("claim")
+        .iter()
+        .all(|c| c.record.id != d.id));
+
+    // Too many runs that never ended: the runner fails the job; the store counts the runs.
+    let e = submit(store, Priority::Interactive, now + 400);
+    for run in 1..=3u32 {
+        let taken = store.claim("w1", 1, now + 400 + run as i64).expect("claim");
+        assert_eq!(
+            (taken[0].record.id.as_str(), taken[0].record.attempts),
+            (e.id.as_str(), run)
+        );
+        store
+            .release(&e.id, &taken[0].lease, now + 401, RETENTION)
+            .expect("release");
+    }
 }
 
 /// Past the retention a job reads `expired` and its result is gone.
@@ -364,5 +409,46 @@ fn a_redis_job_whose_worker_went_silent_is_taken_over_after_the_lease() {
         .finish(&job.id, &held[0].lease, succeeded(), now_ms(), RETENTION)
         .expect("finish")
         .is_none());
+    // Nor can it put back a job that another replica has taken over.
+    let again = submit(&a, Priority::Batch, now_ms());
+    let first = a.claim("replica-a", 1, now_ms()).expect("claim");
+    std::thread::sleep(Duration::from_millis(500));
+    let second = b.claim("replica-b", 1, now_ms()).expect("claim");
+    assert_eq!(second[0].record.id, again.id);
+    a.release(&again.id, &first[0].lease, now_ms(), RETENTION)
+        .expect("release");
+    let got = b.get(&again.id, now_ms()).expect("get").expect("known");
+    assert_eq!(
+        (got.status, got.lease.as_deref()),
+        (JobStatus::Running, Some(second[0].lease.as_str())),
+        "still B's"
+    );
+    assert!(
+        a.claim("replica-a", 5, now_ms()).expect("claim").is_empty(),
+        "not queued twice"
+    );
+    // B's claim stays pending: were B silent now, its lease would still run out.
+    b.renew("replica-b", &[second[0].lease.clone()])
+        .expect("renew");
+    let pending: redis::streams::StreamPendingReply = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| {
+            redis::Commands::xpending(
+                &mut c,
+                virtualfit::jobs::redis_store::BATCH_STREAM,
+                "workers",
+            )
+        })
+        .expect("xpending");
+    assert_eq!(pending.count(), 1, "B's entry is still pending");
+    b.finish(
+        &again.id,
+        &second[0].lease,
+        succeeded(),
+        now_ms(),
+        RETENTION,
+    )
+    .expect("finish")
+    .expect("set");
     assert_eq!(a.queued().expect("queued"), 0);
 }

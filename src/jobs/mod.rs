@@ -106,6 +106,9 @@ pub struct JobRecord {
     pub attempts: u32,
     /// DELETE arrived while the job ran: its result is dropped and it ends `cancelled`.
     pub cancel_requested: bool,
+    /// The claim it runs under, while it runs (Redis: its stream entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 impl JobRecord {
@@ -204,15 +207,21 @@ pub trait JobStore: Send + Sync {
     /// The result image and its content type, while it is kept.
     fn result(&self, id: &str) -> StoreResult<Option<(Vec<u8>, String)>>;
     /// Cancels a queued job (final at once) or marks a running one (its result will be
-    /// dropped); returns the record after the change, or `None` if unknown.
-    fn cancel(&self, id: &str, now_ms: i64, retention: Duration) -> StoreResult<Option<JobRecord>>;
+    /// dropped); returns the status before and the record after, or `None` if unknown.
+    fn cancel(
+        &self,
+        id: &str,
+        now_ms: i64,
+        retention: Duration,
+    ) -> StoreResult<Option<(JobStatus, JobRecord)>>;
     /// Takes up to `max` queued jobs for `worker`, interactive first, then oldest first, and
     /// marks them running. Jobs whose worker has been silent past the lease are taken too.
     fn claim(&self, worker: &str, max: usize, now_ms: i64) -> StoreResult<Vec<ClaimedJob>>;
     /// Tells the store that `worker` still runs these claims.
     fn renew(&self, worker: &str, leases: &[String]) -> StoreResult<()>;
-    /// Puts a claimed job back in the queue (the worker stops before running it).
-    fn release(&self, id: &str, lease: &str) -> StoreResult<()>;
+    /// Puts a claimed job back in the queue (the worker stops before running it), or ends it
+    /// `cancelled` if a cancel was asked meanwhile. Only the claim's holder can.
+    fn release(&self, id: &str, lease: &str, now_ms: i64, retention: Duration) -> StoreResult<()>;
     /// Sets the final status of a running job. `None` if it already had one (another worker
     /// finished it first); else the final record. A webhook delivery is recorded with it.
     fn finish(

@@ -75,6 +75,33 @@ fn from_json(text: &str) -> StoreResult<JobRecord> {
     serde_json::from_str(text).map_err(|e| StoreError::Backend(format!("a stored job: {e}")))
 }
 
+/// Pages of XAUTOCLAIM per claim (each scans at most ten times its count of pending entries).
+const AUTOCLAIM_PAGES: usize = 10;
+const SUBMIT_CREATED: i64 = 0;
+const SUBMIT_EXISTS: i64 = 1;
+/// KEYS: the job's hash, its stream, the interactive and the batch stream. ARGV: record,
+/// status, person, cloth, mask, has mask (0/1), id, the bound, retention in ms, the
+/// idempotency key ('' for none), the group. Answers {0, id} when it stored the job, {1, id}
+/// when the key (or the id) names a job already, {2, queued} when the bound refuses it.
+const SUBMIT_SCRIPT: &str = r"
+if ARGV[10] ~= '' then
+  local existing = redis.call('GET', ARGV[10])
+  if existing then return {1, existing} end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {1, ARGV[7]} end
+local queued = 0
+for i = 3, 4 do
+  local pending = redis.call('XPENDING', KEYS[i], ARGV[11])[1]
+  queued = queued + redis.call('XLEN', KEYS[i]) - pending
+end
+if queued >= tonumber(ARGV[8]) then return {2, tostring(queued)} end
+redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', ARGV[2], 'person', ARGV[3], 'cloth', ARGV[4])
+if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'mask', ARGV[5]) end
+redis.call('XADD', KEYS[2], '*', 'id', ARGV[7])
+if ARGV[10] ~= '' then redis.call('SET', ARGV[10], ARGV[7], 'PX', ARGV[9]) end
+return {0, ARGV[7]}
+";
+
 /// A job hash's record and inputs, as HMGET answers them.
 type StoredJob = (
     Option<String>,
@@ -89,15 +116,18 @@ pub struct RedisStore {
     lease: Duration,
 }
 
-/// A claim's lease names its stream entry: `STREAM|ENTRY-ID`.
-fn lease_of(stream: &str, entry: &str) -> String {
-    format!("{stream}|{entry}")
+/// A claim's lease names its stream entry and its worker: `STREAM|ENTRY-ID|WORKER`. A job
+/// taken over after a silent lease keeps its entry but changes worker.
+fn lease_of(stream: &str, entry: &str, worker: &str) -> String {
+    format!("{stream}|{entry}|{worker}")
 }
 
+/// The stream and entry of a lease.
 fn split_lease(lease: &str) -> Option<(&str, &str)> {
-    lease
-        .split_once('|')
-        .filter(|(s, _)| *s == BATCH_STREAM || *s == INTERACTIVE_STREAM)
+    let mut parts = lease.splitn(3, '|');
+    let stream = parts.next()?;
+    let entry = parts.next()?;
+    (stream == BATCH_STREAM || stream == INTERACTIVE_STREAM).then_some((stream, entry))
 }
 
 impl RedisStore {
@@ -180,6 +210,7 @@ impl RedisStore {
         con: &mut Connection,
         stream: &str,
         entry: &StreamId,
+        worker: &str,
         now_ms: i64,
     ) -> RedisResult<Option<ClaimedJob>> {
         let Some(id) = entry.get::<String>("id") else {
@@ -187,6 +218,7 @@ impl RedisStore {
             return Ok(None);
         };
         let key = job_key(&id);
+        let lease = lease_of(stream, &entry.id, worker);
         let taken: Option<(JobRecord, JobInputs)> =
             redis::transaction(con, &[&key], |con, pipe| {
                 let (text, person, cloth, mask): StoredJob = redis::cmd("HMGET")
@@ -197,12 +229,18 @@ impl RedisStore {
                 let (Some(mut record), Some(person), Some(cloth)) = (record, person, cloth) else {
                     return Ok(Some(None));
                 };
-                if record.status.is_final() {
+                // An ended job, or one that runs under another entry (it was put back and
+                // taken again): this entry has nothing left to do.
+                let stale = record.status == JobStatus::Running
+                    && record.lease.as_deref().and_then(split_lease)
+                        != Some((stream, entry.id.as_str()));
+                if record.status.is_final() || stale {
                     return Ok(Some(None));
                 }
                 record.status = JobStatus::Running;
                 record.started_ms = Some(now_ms);
                 record.attempts += 1;
+                record.lease = Some(lease.clone());
                 pipe.hset(&key, "record", to_json(&record))
                     .ignore()
                     .hset(&key, "status", record.status.as_str())
@@ -219,7 +257,7 @@ impl RedisStore {
             Some((record, inputs)) => Ok(Some(ClaimedJob {
                 record,
                 inputs,
-                lease: lease_of(stream, &entry.id),
+                lease,
             })),
             None => {
                 Self::ack(con, stream, &entry.id)?;
@@ -240,60 +278,50 @@ impl RedisStore {
 
 impl JobStore for RedisStore {
     fn submit(&self, job: NewJob) -> StoreResult<Submitted> {
+        // One script: the idempotency key, the bound, the record and the stream entry change
+        // together or not at all, and running it again (after a lost reply) adds nothing.
+        let script = redis::Script::new(SUBMIT_SCRIPT);
         let record = job.record.clone();
-        let retention = ms(job.retention);
-        let outcome = self.with_conn(|con| {
-            if let Some(key) = &job.idempotency_key {
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(idempotency_key(key))
-                    .arg(&record.id)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(retention.max(1))
-                    .query(con)?;
-                if set.is_none() {
-                    let existing: Option<String> = con.get(idempotency_key(key))?;
-                    if let Some(text) = existing.and_then(|id| Self::load(con, &id).transpose()) {
-                        return Ok(Err(text?));
-                    }
-                }
-            }
-            let queued =
-                Self::backlog(con, INTERACTIVE_STREAM)? + Self::backlog(con, BATCH_STREAM)?;
-            if queued >= job.max_queued {
-                if let Some(key) = &job.idempotency_key {
-                    let _: () = con.del(idempotency_key(key))?;
-                }
-                return Ok(Ok(Some(queued)));
-            }
-            let key = job_key(&record.id);
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .hset(&key, "record", to_json(&record))
-                .ignore()
-                .hset(&key, "status", record.status.as_str())
-                .ignore()
-                .hset(&key, "person", job.inputs.person.as_ref())
-                .ignore()
-                .hset(&key, "cloth", job.inputs.cloth.as_ref())
-                .ignore();
-            if let Some(mask) = &job.inputs.mask {
-                pipe.hset(&key, "mask", mask.as_ref()).ignore();
-            }
-            pipe.xadd(stream_of(record.priority), "*", &[("id", &record.id)])
-                .ignore();
-            pipe.query::<()>(con)?;
-            Ok(Ok(None))
+        let (created, answer): (i64, String) = self.with_conn(|con| {
+            let mut call = script.prepare_invoke();
+            call.key(job_key(&record.id))
+                .key(stream_of(record.priority))
+                .key(INTERACTIVE_STREAM)
+                .key(BATCH_STREAM)
+                .arg(to_json(&record))
+                .arg(record.status.as_str())
+                .arg(job.inputs.person.as_ref())
+                .arg(job.inputs.cloth.as_ref())
+                .arg(job.inputs.mask.as_deref().unwrap_or_default())
+                .arg(u8::from(job.inputs.mask.is_some()))
+                .arg(&record.id)
+                .arg(job.max_queued)
+                .arg(ms(job.retention).max(1))
+                .arg(
+                    job.idempotency_key
+                        .as_deref()
+                        .map(idempotency_key)
+                        .unwrap_or_default(),
+                )
+                .arg(GROUP);
+            call.invoke(con)
         })?;
-        match outcome {
-            Err(existing) => Ok(Submitted {
-                record: from_json(&existing)?,
-                created: false,
-            }),
-            Ok(Some(queued)) => Err(StoreError::QueueFull { queued }),
-            Ok(None) => Ok(Submitted {
+        match created {
+            SUBMIT_CREATED => Ok(Submitted {
                 record,
                 created: true,
+            }),
+            SUBMIT_EXISTS => {
+                let text = self
+                    .with_conn(|con| Self::load(con, &answer))?
+                    .ok_or_else(|| StoreError::Backend(format!("job {answer} vanished")))?;
+                Ok(Submitted {
+                    record: from_json(&text)?,
+                    created: false,
+                })
+            }
+            _ => Err(StoreError::QueueFull {
+                queued: answer.parse().unwrap_or(job.max_queued),
             }),
         }
     }
@@ -319,17 +347,20 @@ impl JobStore for RedisStore {
         Ok(image.zip(kind))
     }
 
-    fn cancel(&self, id: &str, now_ms: i64, retention: Duration) -> StoreResult<Option<JobRecord>> {
+    fn cancel(
+        &self,
+        id: &str,
+        now_ms: i64,
+        retention: Duration,
+    ) -> StoreResult<Option<(JobStatus, JobRecord)>> {
         let key = job_key(id);
-        let text = self.with_conn(|con| {
+        let changed = self.with_conn(|con| {
             redis::transaction(con, &[&key], |con, pipe| {
-                let Some(text) = Self::load(con, id)? else {
+                let Some(mut record) = Self::load(con, id)?.and_then(|t| from_json(&t).ok()) else {
                     return Ok(Some(None));
                 };
-                let Ok(mut record) = from_json(&text) else {
-                    return Ok(Some(None));
-                };
-                match record.status {
+                let before = record.status;
+                match before {
                     JobStatus::Queued => {
                         record = cancelled_record(record, now_ms, retention);
                         write_final(pipe, &record, now_ms, retention);
@@ -338,14 +369,13 @@ impl JobStore for RedisStore {
                         record.cancel_requested = true;
                         pipe.hset(&key, "record", to_json(&record)).ignore();
                     }
-                    _ => return Ok(Some(Some(text))),
+                    _ => return Ok(Some(Some((before, record)))),
                 }
-                let json = to_json(&record);
                 let done: Option<()> = pipe.query(con)?;
-                Ok(done.map(|()| Some(json.clone())))
+                Ok(done.map(|()| Some((before, record.clone()))))
             })
         })?;
-        text.as_deref().map(from_json).transpose()
+        Ok(changed)
     }
 
     fn claim(&self, worker: &str, max: usize, now_ms: i64) -> StoreResult<Vec<ClaimedJob>> {
@@ -353,27 +383,36 @@ impl JobStore for RedisStore {
             return Ok(Vec::new());
         }
         let lease = ms(self.lease);
-        self.with_conn(|con| {
-            let mut claimed = Vec::new();
+        let mut claimed = Vec::new();
+        // Jobs already marked running are handed back even when a later call fails: dropping
+        // them would leave them to wait out a lease.
+        let outcome = self.with_conn(|con| {
             for stream in [INTERACTIVE_STREAM, BATCH_STREAM] {
-                // First what silent workers left behind, then new entries.
-                let left = max - claimed.len();
-                if left == 0 {
-                    break;
-                }
-                let orphans: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                    .arg(stream)
-                    .arg(GROUP)
-                    .arg(worker)
-                    .arg(lease)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(left)
-                    .query(con)?;
-                for entry in &orphans.claimed {
-                    if let Some(job) = Self::take_entry(con, stream, entry, now_ms)? {
-                        tracing::info!(job = %job.record.id, "took over a job whose worker went silent");
-                        claimed.push(job);
+                // First what silent workers left behind, page by page, then new entries.
+                let mut cursor = "0-0".to_string();
+                for _ in 0..AUTOCLAIM_PAGES {
+                    let left = max - claimed.len();
+                    if left == 0 {
+                        break;
+                    }
+                    let orphans: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                        .arg(stream)
+                        .arg(GROUP)
+                        .arg(worker)
+                        .arg(lease)
+                        .arg(&cursor)
+                        .arg("COUNT")
+                        .arg(left)
+                        .query(con)?;
+                    for entry in &orphans.claimed {
+                        if let Some(job) = Self::take_entry(con, stream, entry, worker, now_ms)? {
+                            tracing::info!(job = %job.record.id, "took over a job whose worker went silent");
+                            claimed.push(job);
+                        }
+                    }
+                    cursor = orphans.next_stream_id;
+                    if cursor == "0-0" {
+                        break;
                     }
                 }
                 let left = max - claimed.len();
@@ -392,14 +431,22 @@ impl JobStore for RedisStore {
                     .query(con)?;
                 for key in fresh.map(|r| r.keys).unwrap_or_default() {
                     for entry in &key.ids {
-                        if let Some(job) = Self::take_entry(con, stream, entry, now_ms)? {
+                        if let Some(job) = Self::take_entry(con, stream, entry, worker, now_ms)? {
                             claimed.push(job);
                         }
                     }
                 }
             }
-            Ok(claimed)
-        })
+            Ok(())
+        });
+        match outcome {
+            Err(e) if !claimed.is_empty() => {
+                tracing::warn!(error = %e, taken = claimed.len(), "taking jobs stopped early");
+                Ok(claimed)
+            }
+            Err(e) => Err(e),
+            Ok(()) => Ok(claimed),
+        }
     }
 
     fn renew(&self, worker: &str, leases: &[String]) -> StoreResult<()> {
@@ -419,26 +466,30 @@ impl JobStore for RedisStore {
         })
     }
 
-    fn release(&self, id: &str, lease: &str) -> StoreResult<()> {
+    fn release(&self, id: &str, lease: &str, now_ms: i64, retention: Duration) -> StoreResult<()> {
         let key = job_key(id);
         self.with_conn(|con| {
             redis::transaction(con, &[&key], |con, pipe| {
                 let Some(mut record) = Self::load(con, id)?.and_then(|t| from_json(&t).ok()) else {
                     return Ok(Some(()));
                 };
-                if record.status == JobStatus::Running {
+                let holds =
+                    record.status == JobStatus::Running && record.lease.as_deref() == Some(lease);
+                if !held_by_another(&record, lease) {
+                    drop_entry(pipe, lease);
+                }
+                if holds && record.cancel_requested {
+                    // Cancelled while it ran: it ends here instead of running again.
+                    let record = cancelled_record(record, now_ms, retention);
+                    write_final(pipe, &record, now_ms, retention);
+                } else if holds {
                     record.status = JobStatus::Queued;
+                    record.lease = None;
                     pipe.hset(&key, "record", to_json(&record))
                         .ignore()
                         .hset(&key, "status", record.status.as_str())
                         .ignore()
                         .xadd(stream_of(record.priority), "*", &[("id", id)])
-                        .ignore();
-                }
-                if let Some((stream, entry)) = split_lease(lease) {
-                    pipe.xack(stream, GROUP, &[entry])
-                        .ignore()
-                        .xdel(stream, &[entry])
                         .ignore();
                 }
                 let done: Option<()> = pipe.query(con)?;
@@ -460,17 +511,19 @@ impl JobStore for RedisStore {
         let text = self.with_conn(|con| {
             redis::transaction(con, &[&key], |con, pipe| {
                 let record = Self::load(con, id)?.and_then(|t| from_json(&t).ok());
-                if let Some((stream, entry)) = split_lease(lease) {
-                    pipe.xack(stream, GROUP, &[entry])
-                        .ignore()
-                        .xdel(stream, &[entry])
-                        .ignore();
+                if !record.as_ref().is_some_and(|r| held_by_another(r, lease)) {
+                    drop_entry(pipe, lease);
                 }
-                let Some(record) = record.filter(|r| r.status == JobStatus::Running) else {
-                    // Another worker ended it first; only the stream entry is left to drop.
-                    pipe.query::<()>(con)?;
-                    return Ok(Some(None));
+                let holds = |r: &JobRecord| {
+                    r.status == JobStatus::Running && r.lease.as_deref() == Some(lease)
                 };
+                let Some(mut record) = record.filter(holds) else {
+                    // Another worker ended it, or runs it now; only the stream entry is left
+                    // to drop.
+                    let done: Option<()> = pipe.query(con)?;
+                    return Ok(done.map(|()| None));
+                };
+                record.lease = None;
                 let record = finished_record(record, &outcome, now_ms, retention);
                 write_final(pipe, &record, now_ms, retention);
                 if let (
@@ -576,6 +629,24 @@ impl JobStore for RedisStore {
                 .ignore()
                 .query(con)
         })
+    }
+}
+
+/// Whether another worker runs the job now under the same stream entry (it took the entry
+/// over): then the entry is its to acknowledge, not the caller's.
+fn held_by_another(record: &JobRecord, lease: &str) -> bool {
+    record.status == JobStatus::Running
+        && record.lease.as_deref() != Some(lease)
+        && record.lease.as_deref().and_then(split_lease) == split_lease(lease)
+}
+
+/// Adds to a transaction the acknowledgement and deletion of a lease's stream entry.
+fn drop_entry(pipe: &mut redis::Pipeline, lease: &str) {
+    if let Some((stream, entry)) = split_lease(lease) {
+        pipe.xack(stream, GROUP, &[entry])
+            .ignore()
+            .xdel(stream, &[entry])
+            .ignore();
     }
 }
 

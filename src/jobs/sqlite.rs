@@ -17,6 +17,9 @@ use crate::batcher::Priority;
 
 /// The database's file name inside `--data-dir`.
 pub const DB_FILE: &str = "jobs.sqlite3";
+/// How long a job cancelled while the server was down is kept (the store does not know
+/// `--job-retention` when it opens).
+const CANCELLED_AT_START_RETENTION: Duration = Duration::from_secs(86_400);
 const LOCK_FILE: &str = "jobs.lock";
 
 const SCHEMA: &str = "
@@ -165,9 +168,23 @@ impl SqliteStore {
             let rows = q.query_map([], |r| r.get(0))?;
             rows.collect::<Result<_, _>>()?
         };
+        let now_ms = super::now_ms();
         for text in &records {
             let mut record = from_json(text)?;
+            if record.cancel_requested {
+                // Cancelled while it ran: it ends now instead of running again. The retention
+                // of a cancelled job's record is its idempotency key's, one day.
+                let record = cancelled_record(record, now_ms, CANCELLED_AT_START_RETENTION);
+                write_record(&tx, &record)?;
+                tx.execute(
+                    "UPDATE jobs SET person = NULL, cloth = NULL, mask = NULL WHERE id = ?1",
+                    [&record.id],
+                )?;
+                owe_delivery(&tx, &record, now_ms)?;
+                continue;
+            }
             record.status = JobStatus::Queued;
+            record.lease = None;
             write_record(&tx, &record)?;
         }
         tx.commit()?;
@@ -255,12 +272,18 @@ impl JobStore for SqliteStore {
         })
     }
 
-    fn cancel(&self, id: &str, now_ms: i64, retention: Duration) -> StoreResult<Option<JobRecord>> {
+    fn cancel(
+        &self,
+        id: &str,
+        now_ms: i64,
+        retention: Duration,
+    ) -> StoreResult<Option<(JobStatus, JobRecord)>> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let Some(mut record) = load_record(&tx, id)? else {
             return Ok(None);
         };
+        let before = record.status;
         match record.status {
             JobStatus::Queued => {
                 record = cancelled_record(record, now_ms, retention);
@@ -278,7 +301,7 @@ impl JobStore for SqliteStore {
             _ => {}
         }
         tx.commit()?;
-        Ok(Some(record))
+        Ok(Some((before, record)))
     }
 
     fn claim(&self, worker: &str, max: usize, now_ms: i64) -> StoreResult<Vec<ClaimedJob>> {
@@ -304,6 +327,7 @@ impl JobStore for SqliteStore {
             record.status = JobStatus::Running;
             record.started_ms = Some(now_ms);
             record.attempts += 1;
+            record.lease = Some(worker.to_string());
             write_record(&tx, &record)?;
             claimed.push(ClaimedJob {
                 record,
@@ -324,14 +348,26 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
-    fn release(&self, id: &str, _lease: &str) -> StoreResult<()> {
+    fn release(&self, id: &str, _lease: &str, now_ms: i64, retention: Duration) -> StoreResult<()> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        if let Some(mut record) = load_record(&tx, id)? {
-            if record.status == JobStatus::Running {
+        match load_record(&tx, id)? {
+            // Cancelled while it ran: it ends here instead of running again.
+            Some(record) if record.status == JobStatus::Running && record.cancel_requested => {
+                let record = cancelled_record(record, now_ms, retention);
+                write_record(&tx, &record)?;
+                tx.execute(
+                    "UPDATE jobs SET person = NULL, cloth = NULL, mask = NULL WHERE id = ?1",
+                    [id],
+                )?;
+                owe_delivery(&tx, &record, now_ms)?;
+            }
+            Some(mut record) if record.status == JobStatus::Running => {
                 record.status = JobStatus::Queued;
+                record.lease = None;
                 write_record(&tx, &record)?;
             }
+            _ => {}
         }
         tx.commit()?;
         Ok(())
@@ -353,7 +389,8 @@ impl JobStore for SqliteStore {
         if record.status != JobStatus::Running {
             return Ok(None);
         }
-        let record = finished_record(record, &outcome, now_ms, retention);
+        let mut record = finished_record(record, &outcome, now_ms, retention);
+        record.lease = None;
         write_record(&tx, &record)?;
         tx.execute(
             "UPDATE jobs SET person = NULL, cloth = NULL, mask = NULL WHERE id = ?1",

@@ -182,14 +182,28 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let seg = ip.segments();
+    let octets = ip.octets();
+    let v4_at = |i: usize| Ipv4Addr::new(octets[i], octets[i + 1], octets[i + 2], octets[i + 3]);
+    // Addresses that carry an IPv4 address are as public as it is: IPv4-compatible
+    // (::a.b.c.d), NAT64 (64:ff9b::a.b.c.d) and 6to4 (2002:AABB:CCDD::).
+    if seg[..6] == [0; 6] && !ip.is_loopback() && !ip.is_unspecified() {
+        return is_public_v4(v4_at(12));
+    }
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return is_public_v4(v4_at(12));
+    }
+    if seg[0] == 0x2002 {
+        return is_public_v4(v4_at(2));
+    }
     !(ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
-        || (first & 0xfe00) == 0xfc00
-        || (first & 0xffc0) == 0xfe80
-        || first == 0x2001 && ip.segments()[1] == 0x0db8
-        || first == 0x0064 && ip.segments()[1] == 0xff9b)
+        || (seg[0] & 0xfe00) == 0xfc00
+        || (seg[0] & 0xffc0) == 0xfe80
+        || (seg[0] & 0xffc0) == 0xfec0
+        || seg[0] == 0x2001 && seg[1] == 0x0db8
+        || seg[0] == 0x0064 && seg[1] == 0xff9b)
 }
 
 /// The signature header's value for `body` at `unix_s`.
@@ -260,7 +274,10 @@ async fn deliver_once(
     delivery: Delivery,
 ) {
     let attempts = delivery.attempts + 1;
-    let sent = send(config, secret, &delivery).await;
+    // The lookup too: the whole attempt ends well within the delivery's lease.
+    let sent = tokio::time::timeout(ATTEMPT_TIMEOUT, send(config, secret, &delivery))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs())));
     let job = delivery.job_id.clone();
     let outcome = match &sent {
         Ok(()) => "delivered",
@@ -373,10 +390,23 @@ mod tests {
             "fd00::1",
             "::ffff:10.0.0.1",
             "::ffff:169.254.169.254",
+            "::7f00:1",
+            "::a9fe:a9fe",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b:1::1",
+            "2002:a00:1::",
+            "2002:7f00:1::1",
+            "fec0::1",
         ] {
             assert!(!is_public(private.parse().expect("ip")), "{private}");
         }
-        for public in ["1.1.1.1", "8.8.8.8", "2606:4700:4700::1111"] {
+        for public in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "2606:4700:4700::1111",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+        ] {
             assert!(is_public(public.parse().expect("ip")), "{public}");
         }
     }

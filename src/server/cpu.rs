@@ -1,10 +1,10 @@
 //! Where CPU work runs: interactive work on tokio's blocking pool, and batch jobs' decoding
-//! and encoding on one background thread at a lower scheduling priority, so that on a busy
+//! and encoding on background threads at a lower scheduling priority, so that on a busy
 //! machine they give the CPU to interactive requests first.
 
 use std::sync::Arc;
 
-/// Niceness of the background thread (0 is normal; 19 the least favoured).
+/// Niceness of the background threads (0 is normal; 19 the least favoured).
 const BACKGROUND_NICENESS: libc::c_int = 10;
 
 /// An executor for blocking work.
@@ -17,14 +17,23 @@ pub enum Cpu {
 }
 
 impl Cpu {
-    /// One low-priority thread for background work.
+    /// Low-priority threads for background work: half the cores (at least one).
     pub fn background() -> anyhow::Result<Cpu> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
+            .num_threads((cores / 2).max(1))
             .thread_name(|i| format!("virtualfit-background-{i}"))
             .start_handler(|_| lower_priority())
             .build()?;
         Ok(Cpu::Background(Arc::new(pool)))
+    }
+
+    /// How many tasks run at once.
+    pub fn threads(&self) -> usize {
+        match self {
+            Cpu::Blocking => usize::MAX,
+            Cpu::Background(pool) => pool.current_num_threads(),
+        }
     }
 
     /// Runs `f` and answers its result; an error if it panicked.
@@ -61,7 +70,7 @@ fn lower_priority() {
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, BACKGROUND_NICENESS) != 0
     };
     if failed {
-        tracing::debug!("cannot lower the background thread's priority");
+        tracing::debug!("cannot lower a background thread's priority");
     }
 }
 

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::cpu::Cpu;
 use super::{upload, ActiveGuard, AppState, Phase};
 use crate::batcher::{AdmitError, JobError, Priority};
+use crate::error::ApiError;
 use crate::imaging::{self, OutputFormat};
 use crate::jobs::{now_ms, ClaimedJob, JobFailure, JobStore, Outcome, StoreError};
 
@@ -28,6 +29,11 @@ const SWEEP: Duration = Duration::from_secs(10);
 const FULL_QUEUE_BACKOFF: Duration = Duration::from_millis(20);
 /// How long a stored image may wait for the decode budget.
 const DECODE_WAIT: Duration = Duration::from_secs(600);
+/// Runs of a job that never ended (its server died each time) before it fails.
+const MAX_ATTEMPTS: u32 = 5;
+/// Tries at storing a job's end, the wait before the next growing by this each time.
+const FINISH_ATTEMPTS: u32 = 4;
+const FINISH_BACKOFF: Duration = Duration::from_millis(500);
 
 /// The jobs this replica runs now, by id, with their leases.
 type Running = Arc<Mutex<HashMap<String, String>>>;
@@ -50,9 +56,9 @@ pub fn worker_name() -> String {
 /// The runner's loop, until `shutdown`.
 pub async fn run(state: AppState, shutdown: CancellationToken) {
     let inner = &state.inner;
-    // Enough jobs in hand to fill a batch while the previous one runs; more would only wait
-    // in memory instead of in the store.
-    let capacity = (inner.args.batching.max_batch_size as usize)
+    // Enough jobs in hand for the batch that runs and the next one; more would only wait in
+    // memory instead of in the store.
+    let capacity = (inner.args.batching.max_batch_size as usize * 2)
         .min(inner.args.batching.queue_capacity as usize)
         .max(1);
     let running: Running = Arc::default();
@@ -139,15 +145,95 @@ async fn claim(state: &AppState, running: &Running, free: usize) {
         }
     };
     for job in claimed {
-        lock(running).insert(job.record.id.clone(), job.lease.clone());
-        let (state, running) = (state.clone(), running.clone());
+        // Taken while the drain began: back to the queue at once, for another replica or the
+        // restart.
+        if state.inner.readiness.phase() != Phase::Ready {
+            release(state, &job.record.id, &job.lease).await;
+            continue;
+        }
+        let slot = RunningSlot::new(running, &job);
+        let state = state.clone();
         let tracker = state.inner.in_flight.clone();
         tracker.spawn(async move {
-            let id = job.record.id.clone();
+            let _slot = slot;
             run_one(&state, job).await;
-            lock(&running).remove(&id);
         });
     }
+}
+
+/// A job's place in the runner's map while it runs: freed when its task ends, even by a panic.
+struct RunningSlot {
+    running: Running,
+    id: String,
+}
+
+impl RunningSlot {
+    fn new(running: &Running, job: &ClaimedJob) -> Self {
+        lock(running).insert(job.record.id.clone(), job.lease.clone());
+        RunningSlot {
+            running: running.clone(),
+            id: job.record.id.clone(),
+        }
+    }
+}
+
+impl Drop for RunningSlot {
+    fn drop(&mut self) {
+        lock(&self.running).remove(&self.id);
+    }
+}
+
+async fn release(state: &AppState, id: &str, lease: &str) {
+    let store = state.inner.jobs.clone();
+    let retention = state.inner.args.jobs.job_retention;
+    let (id2, lease2) = (id.to_string(), lease.to_string());
+    match call(move || store.release(&id2, &lease2, now_ms(), retention)).await {
+        Ok(()) => tracing::info!(job = %id, "job put back in the queue"),
+        Err(e) => tracing::warn!(
+            job = %id,
+            error = %e,
+            "cannot put the job back; it runs again after the restart or the lease"
+        ),
+    }
+}
+
+/// Stores a job's end, retrying a failing store; if the result itself cannot be stored, the
+/// job ends failed without it, and if even that fails it goes back to the queue. A job never
+/// stays running behind a store error.
+async fn finish(state: &AppState, id: &str, lease: &str, outcome: Outcome) {
+    let inner = &state.inner;
+    let retention = inner.args.jobs.job_retention;
+    let mut outcome = outcome;
+    for attempt in 1..=FINISH_ATTEMPTS {
+        let store = inner.jobs.clone();
+        let (id2, lease2, this) = (id.to_string(), lease.to_string(), outcome.clone());
+        match call(move || store.finish(&id2, &lease2, this, now_ms(), retention)).await {
+            Ok(Some(record)) => {
+                inner
+                    .metrics
+                    .jobs_finished_total
+                    .with_label_values(&[record.status.as_str()])
+                    .inc();
+                tracing::info!(job = %id, status = record.status.as_str(), "job ended");
+                return;
+            }
+            Ok(None) => {
+                tracing::info!(job = %id, "job had already ended, or another worker runs it");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(job = %id, attempt, error = %e, "cannot store the job's end");
+                if attempt + 1 == FINISH_ATTEMPTS {
+                    outcome = Outcome::Failed(JobFailure {
+                        code: "internal".into(),
+                        message: format!("the result could not be stored: {e}"),
+                    });
+                }
+                tokio::time::sleep(FINISH_BACKOFF * attempt).await;
+            }
+        }
+    }
+    release(state, id, lease).await;
 }
 
 /// What became of one job's run.
@@ -159,41 +245,23 @@ enum Ran {
 
 async fn run_one(state: &AppState, job: ClaimedJob) {
     let inner = &state.inner;
-    let id = job.record.id.clone();
-    let lease = job.lease.clone();
-    let ran = {
+    let ran = if job.record.attempts > MAX_ATTEMPTS {
+        // Started this often without ending: each run took its server down with it.
+        failure(
+            "internal",
+            format!(
+                "the job was started {} times and never finished; it is not run again",
+                job.record.attempts - 1
+            ),
+        )
+    } else {
         // Counted like a /tryon request from here: the KEDA gauges see all the work.
         let _active = ActiveGuard::new(&inner.metrics);
         execute(state, &job).await
     };
-    let store = inner.jobs.clone();
-    let retention = inner.args.jobs.job_retention;
     match ran {
-        Ran::NotRun => {
-            let (id2, lease2) = (id.clone(), lease.clone());
-            if let Err(e) = call(move || store.release(&id2, &lease2)).await {
-                tracing::warn!(job = %id, error = %e, "cannot put the job back; it runs again after the restart or the lease");
-            } else {
-                tracing::info!(job = %id, "job put back in the queue");
-            }
-        }
-        Ran::Done(outcome) => {
-            let (id2, lease2) = (id.clone(), lease.clone());
-            match call(move || store.finish(&id2, &lease2, outcome, now_ms(), retention)).await {
-                Ok(Some(record)) => {
-                    inner
-                        .metrics
-                        .jobs_finished_total
-                        .with_label_values(&[record.status.as_str()])
-                        .inc();
-                    tracing::info!(job = %id, status = record.status.as_str(), "job ended");
-                }
-                Ok(None) => tracing::info!(job = %id, "job had already ended elsewhere"),
-                Err(e) => {
-                    tracing::warn!(job = %id, error = %e, "cannot store the job's end; it runs again")
-                }
-            }
-        }
+        Ran::NotRun => release(state, &job.record.id, &job.lease).await,
+        Ran::Done(outcome) => finish(state, &job.record.id, &job.lease, outcome).await,
     }
 }
 
@@ -218,6 +286,12 @@ async fn execute(state: &AppState, job: &ClaimedJob) -> Ran {
         Priority::Interactive => Cpu::Blocking,
         Priority::Batch => inner.background_cpu.clone(),
     };
+    // Only as many batch jobs as there are background threads take the decode budget, so
+    // that those waiting for a thread hold none of it while interactive requests decode.
+    let _preparing = match record.priority {
+        Priority::Batch => inner.batch_preparing.acquire().await.ok(),
+        Priority::Interactive => None,
+    };
     let prepared = match upload::prepare(
         upload,
         args.max_image_pixels,
@@ -228,8 +302,11 @@ async fn execute(state: &AppState, job: &ClaimedJob) -> Ran {
     .await
     {
         Ok(p) => p,
+        // The decode budget stayed busy: a later run may find room.
+        Err(ApiError::Overloaded { .. }) => return Ran::NotRun,
         Err(e) => return failure(e.code(), e.to_string()),
     };
+    drop(_preparing);
     let content = prepared.content;
     let receiver = loop {
         let age = record.age(now_ms());

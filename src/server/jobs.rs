@@ -170,11 +170,12 @@ async fn submit(state: &AppState, request: Request) -> Result<Response, (ApiErro
         max_queued: args.jobs.max_queued_jobs as usize,
         retention: args.jobs.job_retention,
     };
-    drop(upload);
     let store = inner.jobs.clone();
     let submitted = blocking(move || store.submit(job))
         .await
         .map_err(|e| (e, false))?;
+    // The body's share of the body budget is held until its bytes are stored.
+    drop(upload);
     let record = submitted.record;
     if submitted.created {
         inner
@@ -258,6 +259,7 @@ fn job_record(state: &AppState, upload: &upload::Upload) -> Result<JobRecord, Ap
         quality,
         attempts: 0,
         cancel_requested: false,
+        lease: None,
     })
 }
 
@@ -398,11 +400,11 @@ async fn cancel(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Respo
     let store = state.inner.jobs.clone();
     let key = id.to_string();
     let retention = state.inner.args.jobs.job_retention;
-    let after = blocking(move || store.cancel(&key, now_ms(), retention))
+    let (before, after) = blocking(move || store.cancel(&key, now_ms(), retention))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job `{id}`")))?;
-    let status = match after.status {
-        JobStatus::Cancelled => {
+    let status = match (before, after.status) {
+        (JobStatus::Queued, JobStatus::Cancelled) => {
             state
                 .inner
                 .metrics
@@ -412,9 +414,9 @@ async fn cancel(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Respo
             tracing::info!(job = %id, "job cancelled");
             StatusCode::OK
         }
-        JobStatus::Running => StatusCode::ACCEPTED,
-        // It ended between the two reads.
-        other => {
+        (JobStatus::Running, JobStatus::Running) => StatusCode::ACCEPTED,
+        // It ended between the two reads, or another DELETE ended it first.
+        (_, other) => {
             return Err(ApiError::Conflict(format!(
                 "job {id} has already ended ({})",
                 other.as_str()

@@ -75,6 +75,8 @@ struct Inner {
     worker: String,
     /// Where batch jobs decode and encode.
     background_cpu: cpu::Cpu,
+    /// Held by the batch jobs that are decoding, one per background thread.
+    batch_preparing: Semaphore,
 }
 
 /// Counts a request in `virtualfit_active_requests` from admission until it is answered (or
@@ -201,6 +203,7 @@ impl Server {
             ..api_limits
         };
         let args_webhooks = args.jobs.webhook_config();
+        let background_cpu = cpu::Cpu::background()?;
         let state = AppState {
             inner: Arc::new(Inner {
                 args,
@@ -217,7 +220,8 @@ impl Server {
                 job_wake: Notify::new(),
                 webhooks: args_webhooks,
                 worker: job_runner::worker_name(),
-                background_cpu: cpu::Cpu::background()?,
+                batch_preparing: Semaphore::new(background_cpu.threads()),
+                background_cpu,
             }),
         };
 
