@@ -93,6 +93,17 @@ fn load_record(tx: &Transaction<'_>, id: &str) -> StoreResult<Option<JobRecord>>
     text.as_deref().map(from_json).transpose()
 }
 
+/// Writes a record that has just become final: the record, its inputs dropped, and the webhook
+/// it owes.
+fn write_final(tx: &Transaction<'_>, record: &JobRecord, now_ms: i64) -> StoreResult<()> {
+    write_record(tx, record)?;
+    tx.execute(
+        "UPDATE jobs SET person = NULL, cloth = NULL, mask = NULL WHERE id = ?1",
+        [&record.id],
+    )?;
+    owe_delivery(tx, record, now_ms)
+}
+
 /// Records the webhook owed for a record that has just become final.
 fn owe_delivery(tx: &Transaction<'_>, record: &JobRecord, now_ms: i64) -> StoreResult<()> {
     if let Some(url) = &record.webhook_url {
@@ -175,12 +186,7 @@ impl SqliteStore {
                 // Cancelled while it ran: it ends now instead of running again. The retention
                 // of a cancelled job's record is its idempotency key's, one day.
                 let record = cancelled_record(record, now_ms, CANCELLED_AT_START_RETENTION);
-                write_record(&tx, &record)?;
-                tx.execute(
-                    "UPDATE jobs SET person = NULL, cloth = NULL, mask = NULL WHERE id = ?1",
-                    [&record.id],
-                )?;
-                owe_delivery(&tx, &record, now_ms)?;
+                write_final(&tx, &record, now_ms)?;
                 continue;
             }
             record.status = JobStatus::Queued;
@@ -287,12 +293,7 @@ impl JobStore for SqliteStore {
         match record.status {
             JobStatus::Queued => {
                 record = cancelled_record(record, now_ms, retention);
-                write_record(&tx, &record)?;
-                tx.execute(
-                    "UPDATE jobs SET person = NULL, cloth = NULL, mask = NULL WHERE id = ?1",
-                    [id],
-                )?;
-                owe_delivery(&tx, &record, now_ms)?;
+                write_final(&tx, &record, now_ms)?;
             }
             JobStatus::Running => {
                 record.cancel_requested = true;
@@ -355,12 +356,7 @@ impl JobStore for SqliteStore {
             // Cancelled while it ran: it ends here instead of running again.
             Some(record) if record.status == JobStatus::Running && record.cancel_requested => {
                 let record = cancelled_record(record, now_ms, retention);
-                write_record(&tx, &record)?;
-                tx.execute(
-                    "UPDATE jobs SET person = NULL, cloth = NULL, mask = NULL WHERE id = ?1",
-                    [id],
-                )?;
-                owe_delivery(&tx, &record, now_ms)?;
+                write_final(&tx, &record, now_ms)?;
             }
             Some(mut record) if record.status == JobStatus::Running => {
                 record.status = JobStatus::Queued;
@@ -391,11 +387,7 @@ impl JobStore for SqliteStore {
         }
         let mut record = finished_record(record, &outcome, now_ms, retention);
         record.lease = None;
-        write_record(&tx, &record)?;
-        tx.execute(
-            "UPDATE jobs SET person = NULL, cloth = NULL, mask = NULL WHERE id = ?1",
-            [id],
-        )?;
+        write_final(&tx, &record, now_ms)?;
         if let (
             JobStatus::Succeeded,
             Outcome::Succeeded {
@@ -409,7 +401,6 @@ impl JobStore for SqliteStore {
                 params![id, image, content_type],
             )?;
         }
-        owe_delivery(&tx, &record, now_ms)?;
         tx.commit()?;
         Ok(Some(record))
     }
