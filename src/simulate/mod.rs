@@ -36,13 +36,26 @@ pub struct SimulateArgs {
     /// Output directory for timeline.json and the plot.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// A second ScaledObject run on the same trace; both summaries are printed side by side.
+    #[arg(long, value_name = "FILE2")]
+    pub compare: Option<PathBuf>,
+    #[command(flatten)]
+    pub replica: ReplicaArgs,
+    /// Simulated seconds (default: the trace's last row plus 900 s).
+    #[arg(long)]
+    pub duration_s: Option<u64>,
+    #[command(flatten)]
+    pub prices: PriceArgs,
+}
+
+/// The simulated replicas: what one costs, how it batches and starts, and the arrivals' seed
+/// (shared by `simulate` and `plan`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplicaArgs {
     /// Replica profile: `virtualfit bench model --json` output (one object or an array), a
     /// sweep `{"points": [...]}`, or `{"a_s", "b_s", ...}`. Default: dmvton on an H100.
     #[arg(long, value_name = "FILE")]
     pub profile: Option<PathBuf>,
-    /// A second ScaledObject run on the same trace; both summaries are printed side by side.
-    #[arg(long, value_name = "FILE2")]
-    pub compare: Option<PathBuf>,
     /// Seconds from pod creation to ready (GPU node, image pull, model load, warm-up).
     #[arg(long, default_value_t = 60.0)]
     pub startup_s: f64,
@@ -52,14 +65,24 @@ pub struct SimulateArgs {
     /// The server's `--drain-timeout-s`.
     #[arg(long, default_value_t = 25.0)]
     pub drain_timeout_s: f64,
-    /// Simulated seconds (default: the trace's last row plus 900 s).
-    #[arg(long)]
-    pub duration_s: Option<u64>,
     /// Seed of the Poisson arrivals and of the routing.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    #[command(flatten)]
-    pub prices: PriceArgs,
+}
+
+impl ReplicaArgs {
+    /// The profile, and a simulated replica with it under these flags.
+    pub fn load(&self) -> anyhow::Result<(Profile, ReplicaConfig)> {
+        anyhow::ensure!(self.startup_s >= 0.0, "--startup-s must not be negative");
+        let profile = load_profile(self.profile.as_deref())?;
+        let rc = replica_config(
+            &profile,
+            &self.batching,
+            self.startup_s,
+            self.drain_timeout_s,
+        );
+        Ok((profile, rc))
+    }
 }
 
 /// The price of a GPU-hour, for the cost figures.
@@ -307,15 +330,8 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     let so = load_scaledobject(&args.scaledobject)?;
     let other = args.compare.as_deref().map(load_scaledobject).transpose()?;
     let trace = Trace::parse(&args.trace.display().to_string(), &read(&args.trace)?)?;
-    let profile = load_profile(args.profile.as_deref())?;
     // The batching flags are range-checked by their parsers, as for `serve`.
-    anyhow::ensure!(args.startup_s >= 0.0, "--startup-s must not be negative");
-    let rc = replica_config(
-        &profile,
-        &args.batching,
-        args.startup_s,
-        args.drain_timeout_s,
-    );
+    let (profile, rc) = args.replica.load()?;
     let duration_s = match args.duration_s {
         Some(d) => i64::try_from(d).context("--duration-s too large")?,
         None => trace.last_row_s().ceil() as i64 + 900,
@@ -324,7 +340,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     let cfg = SimConfig {
         replica: rc.clone(),
         duration_s,
-        seed: args.seed,
+        seed: args.replica.seed,
         slo_p95_s: engine::SLO_P95_S,
     };
     std::fs::create_dir_all(&args.out)

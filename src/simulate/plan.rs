@@ -42,9 +42,6 @@ const RAMP_S: f64 = 1800.0;
 /// `virtualfit plan`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PlanArgs {
-    /// Replica profile: `bench sweep` or `bench model` JSON (default: dmvton on an H100).
-    #[arg(long, value_name = "FILE")]
-    pub profile: Option<PathBuf>,
     /// The peak load in requests per second (planned as a 30-minute ramp to it, then an hour
     /// at it).
     #[arg(
@@ -68,20 +65,13 @@ pub struct PlanArgs {
     /// The largest share of requests the plan may refuse (429, 503, 504) in its simulation.
     #[arg(long, default_value_t = 0.001)]
     pub max_refused_share: f64,
-    /// Seconds from pod creation to ready (GPU node, image pull, model load, warm-up).
-    #[arg(long, default_value_t = 60.0)]
-    pub startup_s: f64,
+    /// The replicas: `--profile` (`bench sweep` or `bench model` JSON; default dmvton on an
+    /// H100), start-up, batching and the simulation's seed.
     #[command(flatten)]
-    pub batching: crate::config::BatchingArgs,
-    /// The server's `--drain-timeout-s`.
-    #[arg(long, default_value_t = 25.0)]
-    pub drain_timeout_s: f64,
+    pub replica: super::ReplicaArgs,
     /// Output directory: scaledobject.yaml, plan.json, timeline.json and the plot.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Seed of the simulated arrivals.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
 }
 
 /// The per-replica figures the triggers are set from.
@@ -268,8 +258,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         args.p95 > 0.0 && args.p95.is_finite(),
         "--p95 must be seconds above 0"
     );
-    anyhow::ensure!(args.startup_s >= 0.0, "--startup-s must not be negative");
-    let profile: Profile = super::load_profile(args.profile.as_deref())?;
+    let (profile, rc) = args.replica.load()?;
     let prices = args.prices.prices()?;
     let trace = match (&args.trace, args.peak_rps) {
         (Some(path), _) => Trace::parse(
@@ -283,19 +272,13 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("give --peak-rps or --trace"),
     };
-    let rc = super::replica_config(
-        &profile,
-        &args.batching,
-        args.startup_s,
-        args.drain_timeout_s,
-    );
     let th = thresholds(&rc, args.p95, args.target_utilization).map_err(anyhow::Error::msg)?;
-    let reaction_s = args.startup_s + REACTION_S;
+    let reaction_s = args.replica.startup_s + REACTION_S;
     let mut plan = replicas(&trace, &th, reaction_s);
     let cfg = SimConfig {
         replica: rc.clone(),
         duration_s: trace.last_row_s().ceil() as i64 + 900,
-        seed: args.seed,
+        seed: args.replica.seed,
         slo_p95_s: args.p95,
     };
     let mut th_used = th.clone();
@@ -399,7 +382,7 @@ fn report(
         plan.at_peak,
         plan.min,
         plan.max,
-        args.startup_s,
+        args.replica.startup_s,
         th.queue,
         th.active,
         format_seconds(th.p95_s),
