@@ -17,12 +17,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 async fn submit(base: &str, form: Form) -> reqwest::Response {
-    client()
-        .post(format!("{base}/v1/jobs"))
-        .multipart(form)
-        .send()
-        .await
-        .expect("the server answers")
+    post_form(base, "/v1/jobs", form).await
 }
 
 /// Submits a job and answers its id (the test fails unless it is accepted).
@@ -355,21 +350,38 @@ async fn wait_census(base: &str, ids: &[String], status: &str, n: usize, within:
     }
 }
 
-#[tokio::test]
-async fn kill_9_with_50_queued_and_running_jobs_then_restart_finishes_each_once() {
-    let data = fresh_data_dir();
-    let data_flag = data.display().to_string();
-    // Twenty jobs reach the batcher and wait a minute for a batch of 64; thirty stay queued.
-    let mut first = ChildServer::start(&[
-        "--data-dir",
-        &data_flag,
+/// A server whose batches wait a minute to fill (a batch of 64): the `holds` jobs it takes
+/// stay running, and the rest stay queued.
+fn holding_server(holds: &str, extra: &[&str]) -> ChildServer {
+    let mut args = vec![
         "--max-batch-size",
         "64",
         "--max-batch-delay-ms",
         "60000",
         "--queue-capacity",
-        "20",
-    ]);
+        holds,
+    ];
+    args.extend_from_slice(extra);
+    ChildServer::start(&args)
+}
+
+/// Restarts on `data_flag`'s store and waits until every job has succeeded with a result.
+async fn restart_and_finish(data_flag: &str, ids: &[String], within: Duration) -> ChildServer {
+    let server = ChildServer::start(&["--data-dir", data_flag]);
+    server.wait_ready().await;
+    wait_census(&server.base, ids, "succeeded", ids.len(), within).await;
+    for id in ids {
+        assert_result_image(&server.base, id).await;
+    }
+    server
+}
+
+#[tokio::test]
+async fn kill_9_with_50_queued_and_running_jobs_then_restart_finishes_each_once() {
+    let data = fresh_data_dir();
+    let data_flag = data.display().to_string();
+    // Twenty jobs reach the batcher and wait a minute for a batch of 64; thirty stay queued.
+    let mut first = holding_server("20", &["--data-dir", &data_flag]);
     first.wait_ready().await;
     let mut ids = Vec::new();
     for i in 0..50 {
@@ -380,12 +392,7 @@ async fn kill_9_with_50_queued_and_running_jobs_then_restart_finishes_each_once(
     first.kill();
     first.wait_exit(Duration::from_secs(10)).expect("killed");
 
-    let second = ChildServer::start(&["--data-dir", &data_flag]);
-    second.wait_ready().await;
-    wait_census(&second.base, &ids, "succeeded", 50, Duration::from_secs(60)).await;
-    for id in &ids {
-        assert_result_image(&second.base, id).await;
-    }
+    let second = restart_and_finish(&data_flag, &ids, Duration::from_secs(60)).await;
     // Each job ended once, on the second server, and the store holds exactly the fifty.
     let text = metrics_text(&second.base).await;
     assert_eq!(
@@ -420,18 +427,7 @@ async fn two_replicas_share_jobs_through_redis_and_one_finishes_what_the_killed_
     let redis = RedisServer::start();
     let url = redis.url();
     // Replica A takes jobs and holds them (its batches wait a minute to fill); B runs at once.
-    let mut a = ChildServer::start(&[
-        "--jobs-redis",
-        &url,
-        "--job-lease",
-        "2s",
-        "--max-batch-size",
-        "64",
-        "--max-batch-delay-ms",
-        "60000",
-        "--queue-capacity",
-        "10",
-    ]);
+    let mut a = holding_server("10", &["--jobs-redis", &url, "--job-lease", "2s"]);
     let b = ChildServer::start(&["--jobs-redis", &url, "--job-lease", "2s"]);
     a.wait_ready().await;
     b.wait_ready().await;
@@ -633,18 +629,7 @@ async fn sigterm_puts_back_the_jobs_it_could_not_run_and_a_restart_runs_them() {
     let data = fresh_data_dir();
     let data_flag = data.display().to_string();
     // Ten jobs wait in batches that would take a minute to fill, past the 2 s drain.
-    let mut first = ChildServer::start(&[
-        "--data-dir",
-        &data_flag,
-        "--max-batch-size",
-        "64",
-        "--max-batch-delay-ms",
-        "60000",
-        "--queue-capacity",
-        "10",
-        "--drain-timeout-s",
-        "2",
-    ]);
+    let mut first = holding_server("10", &["--data-dir", &data_flag, "--drain-timeout-s", "2"]);
     first.wait_ready().await;
     let mut ids = Vec::new();
     for i in 0..15 {
@@ -661,10 +646,5 @@ async fn sigterm_puts_back_the_jobs_it_could_not_run_and_a_restart_runs_them() {
         .count();
     assert_eq!(put_back, 10);
 
-    let second = ChildServer::start(&["--data-dir", &data_flag]);
-    second.wait_ready().await;
-    wait_census(&second.base, &ids, "succeeded", 15, Duration::from_secs(30)).await;
-    for id in &ids {
-        assert_result_image(&second.base, id).await;
-    }
+    restart_and_finish(&data_flag, &ids, Duration::from_secs(30)).await;
 }

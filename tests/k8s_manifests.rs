@@ -1208,6 +1208,24 @@ fn scrape_jobs_label_pods_and_gpus_with_their_namespace() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// k8s/ rendered with the component at `dir` (relative to k8s/), as a kustomization of one's
+/// own would list it.
+fn render_with_component(dir: &str) -> Vec<Value> {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let own = tmp.path().canonicalize().expect("temp dir");
+    let k8s = relative_path(&own, &canonical(&k8s_dir()));
+    fs::write(
+        own.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n  - {}\n",
+            k8s.display(),
+            k8s.join(dir).display()
+        ),
+    )
+    .expect("write kustomization");
+    render_dir(&own)
+}
+
 #[test]
 fn prometheus_adapter_is_an_opt_in_component_serving_the_custom_metrics_api_only() {
     // Not applied by default: it would replace an existing custom metrics API registration.
@@ -1299,19 +1317,7 @@ fn prometheus_adapter_is_an_opt_in_component_serving_the_custom_metrics_api_only
         );
     }
     // It composes with the whole setup as a component of a kustomization of one's own.
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let own = tmp.path().canonicalize().expect("temp dir");
-    let k8s = relative_path(&own, &canonical(&k8s_dir()));
-    fs::write(
-        own.join("kustomization.yaml"),
-        format!(
-            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n  - {}\n",
-            k8s.display(),
-            k8s.join(dir).display()
-        ),
-    )
-    .expect("write kustomization");
-    let both = render_dir(&own);
+    let both = render_with_component(dir);
     assert_eq!(both.len(), render("").len() + objs.len());
     find(&both, "APIService", "v1beta1.custom.metrics.k8s.io");
 }
@@ -1742,19 +1748,7 @@ fn redis_is_an_opt_in_component_locked_down_like_the_app() {
     // base/jobs-redis alone wires the pods to a Redis of one's own.
     let top = render("");
     for (component, added) in [(REDIS, objs.len()), (JOBS_REDIS, 1)] {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let own = tmp.path().canonicalize().expect("temp dir");
-        let k8s = relative_path(&own, &canonical(&k8s_dir()));
-        fs::write(
-            own.join("kustomization.yaml"),
-            format!(
-                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n  - {}\n",
-                k8s.display(),
-                k8s.join(component).display()
-            ),
-        )
-        .expect("write kustomization");
-        let both = render_dir(&own);
+        let both = render_with_component(component);
         assert_eq!(both.len(), top.len() + added, "{component}");
         let c = &seq(inference_deployment(&both)["spec"]["template"]["spec"].get("containers"))[0];
         assert_eq!(

@@ -99,17 +99,20 @@ fn plan_from_a_bench_profile_and_a_peak_and_an_unreachable_objective() {
     )
     .expect("write");
     let out = dir.path().join("peak");
-    let (ok, text) = virtualfit(&[
-        "plan",
-        "--profile",
-        profile.to_str().expect("utf-8"),
-        "--peak-rps",
-        "50",
-        "--p95",
-        "3",
-        "--out",
-        out.to_str().expect("utf-8"),
-    ]);
+    let plan_peak_50 = |p95: &str| {
+        virtualfit(&[
+            "plan",
+            "--profile",
+            profile.to_str().expect("utf-8"),
+            "--peak-rps",
+            "50",
+            "--p95",
+            p95,
+            "--out",
+            out.to_str().expect("utf-8"),
+        ])
+    };
+    let (ok, text) = plan_peak_50("3");
     assert!(ok, "{text}");
     assert!(text.contains("test GPU"), "{text}");
     let plan: Value =
@@ -124,17 +127,7 @@ fn plan_from_a_bench_profile_and_a_peak_and_an_unreachable_objective() {
     );
     assert_eq!(plan["replicas"]["at_peak"], 4);
 
-    let (ok, text) = virtualfit(&[
-        "plan",
-        "--profile",
-        profile.to_str().expect("utf-8"),
-        "--peak-rps",
-        "50",
-        "--p95",
-        "0.5",
-        "--out",
-        out.to_str().expect("utf-8"),
-    ]);
+    let (ok, text) = plan_peak_50("0.5");
     assert!(!ok);
     assert!(text.contains("out of reach"), "{text}");
 }

@@ -17,6 +17,18 @@ fn simulate(args: &[&str]) -> Output {
         .expect("running virtualfit simulate")
 }
 
+/// Runs `virtualfit simulate`, which must succeed, and answers its standard output.
+fn simulate_ok(args: &[&str]) -> String {
+    let o = simulate(args);
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).expect("writing a test input");
@@ -31,7 +43,7 @@ fn writes_timeline_and_plot_for_the_shipped_scaledobject() {
     let trace = write(dir.path(), "trace.csv", GUIDE_TRACE);
     let out = dir.path().join("out");
     let so = repo("k8s/autoscaling/keda-gpu-scaler.yaml");
-    let o = simulate(&[
+    let stdout = simulate_ok(&[
         "--scaledobject",
         so.to_str().expect("utf-8 path"),
         "--trace",
@@ -41,12 +53,6 @@ fn writes_timeline_and_plot_for_the_shipped_scaledobject() {
         "--duration-s",
         "1500",
     ]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
     assert!(stdout.contains("GPU-seconds"), "{stdout}");
 
     let json: serde_json::Value = serde_json::from_str(
@@ -104,7 +110,7 @@ fn compare_prints_two_summaries() {
     assert_ne!(small, base);
     let b = write(dir.path(), "small.yaml", &small);
     let out = dir.path().join("out");
-    let o = simulate(&[
+    let stdout = simulate_ok(&[
         "--scaledobject",
         repo("tests/data/keda-gpu-scaler.yaml")
             .to_str()
@@ -120,12 +126,6 @@ fn compare_prints_two_summaries() {
         "--spot-price",
         "1",
     ]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
     let line = |label: &str| -> Vec<String> {
         stdout
             .lines()
@@ -224,7 +224,7 @@ fn a_measured_profile_changes_the_capacity() {
             {"model":"dmvton","device":"cuda:0","batch_size":8,"median_batch_s":0.85,"per_image_ms":106.25}]"#,
     );
     let out = dir.path().join("out");
-    let o = simulate(&[
+    let stdout = simulate_ok(&[
         "--scaledobject",
         repo("tests/data/keda-gpu-scaler.yaml")
             .to_str()
@@ -238,12 +238,6 @@ fn a_measured_profile_changes_the_capacity() {
         "--duration-s",
         "600",
     ]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
     assert!(stdout.contains("t(n) = 0.1000·n + 0.0500 s"), "{stdout}");
     // 50 requests/s needs 7 such replicas; the default profile would need one.
     let json: serde_json::Value = serde_json::from_str(
@@ -269,7 +263,7 @@ fn the_batch_pool_scaledobject_wakes_on_the_job_stream() {
     );
     let out = dir.path().join("out");
     let so = repo("k8s/overlays/batch-pool/scaledobject.yaml");
-    let o = simulate(&[
+    simulate_ok(&[
         "--scaledobject",
         so.to_str().expect("utf-8 path"),
         "--trace",
@@ -279,12 +273,6 @@ fn the_batch_pool_scaledobject_wakes_on_the_job_stream() {
         "--duration-s",
         "900",
     ]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
     let json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.join("timeline.json")).expect("timeline.json written"),
     )

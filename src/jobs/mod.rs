@@ -331,6 +331,21 @@ pub fn finished_record(
     ended(record, now_ms, retention)
 }
 
+/// The image to keep for a record that has just ended: only a success keeps one (a job
+/// cancelled while it ran drops its result).
+pub fn kept_result<'a>(record: &JobRecord, outcome: &'a Outcome) -> Option<(&'a [u8], &'a str)> {
+    match (record.status, outcome) {
+        (
+            JobStatus::Succeeded,
+            Outcome::Succeeded {
+                image,
+                content_type,
+            },
+        ) => Some((image.as_slice(), content_type.as_str())),
+        _ => None,
+    }
+}
+
 /// The final record of a queued job cancelled now.
 pub fn cancelled_record(mut record: JobRecord, now_ms: i64, retention: Duration) -> JobRecord {
     record.cancel_requested = true;

@@ -19,8 +19,8 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{Commands, Connection, RedisResult};
 
 use super::{
-    cancelled_record, finished_record, webhook_body, ClaimedJob, Delivery, JobInputs, JobRecord,
-    JobStatus, JobStore, NewJob, Outcome, StoreError, StoreResult, Submitted,
+    cancelled_record, finished_record, kept_result, webhook_body, ClaimedJob, Delivery, JobInputs,
+    JobRecord, JobStatus, JobStore, NewJob, Outcome, StoreError, StoreResult, Submitted,
 };
 use crate::batcher::Priority;
 
@@ -526,16 +526,9 @@ impl JobStore for RedisStore {
                 record.lease = None;
                 let record = finished_record(record, &outcome, now_ms, retention);
                 write_final(pipe, &record, now_ms, retention);
-                if let (
-                    JobStatus::Succeeded,
-                    Outcome::Succeeded {
-                        image,
-                        content_type,
-                    },
-                ) = (record.status, &outcome)
-                {
+                if let Some((image, content_type)) = kept_result(&record, &outcome) {
                     let rkey = result_key(id);
-                    pipe.hset(&rkey, "image", image.as_slice())
+                    pipe.hset(&rkey, "image", image)
                         .ignore()
                         .hset(&rkey, "content_type", content_type)
                         .ignore()

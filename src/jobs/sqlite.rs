@@ -10,8 +10,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
-    cancelled_record, finished_record, webhook_body, ClaimedJob, Delivery, JobInputs, JobRecord,
-    JobStatus, JobStore, NewJob, Outcome, StoreError, StoreResult, Submitted,
+    cancelled_record, finished_record, kept_result, webhook_body, ClaimedJob, Delivery, JobInputs,
+    JobRecord, JobStatus, JobStore, NewJob, Outcome, StoreError, StoreResult, Submitted,
 };
 use crate::batcher::Priority;
 
@@ -388,14 +388,7 @@ impl JobStore for SqliteStore {
         let mut record = finished_record(record, &outcome, now_ms, retention);
         record.lease = None;
         write_final(&tx, &record, now_ms)?;
-        if let (
-            JobStatus::Succeeded,
-            Outcome::Succeeded {
-                image,
-                content_type,
-            },
-        ) = (record.status, &outcome)
-        {
+        if let Some((image, content_type)) = kept_result(&record, &outcome) {
             tx.execute(
                 "UPDATE jobs SET result = ?2, result_type = ?3 WHERE id = ?1",
                 params![id, image, content_type],

@@ -265,16 +265,27 @@ fn job_record(state: &AppState, upload: &upload::Upload) -> Result<JobRecord, Ap
 
 /// The job's record, after authentication; 404 for an id this server never made.
 async fn find(state: &AppState, headers: &HeaderMap, id: &str) -> Result<JobRecord, ApiError> {
-    super::auth::check_api_key(state.inner.args.api_key.as_deref(), headers)?;
-    let unknown = || ApiError::NotFound(format!("no job `{}`", echo(id)));
-    if !valid_id(id) {
-        return Err(unknown());
-    }
+    check_id(state, headers, id)?;
     let store = state.inner.jobs.clone();
     let key = id.to_string();
     blocking(move || store.get(&key, now_ms()))
         .await?
-        .ok_or_else(unknown)
+        .ok_or_else(|| unknown(id))
+}
+
+/// Authentication, and an id this server could have made (anything else is unknown without
+/// asking the store).
+fn check_id(state: &AppState, headers: &HeaderMap, id: &str) -> Result<(), ApiError> {
+    super::auth::check_api_key(state.inner.args.api_key.as_deref(), headers)?;
+    if valid_id(id) {
+        Ok(())
+    } else {
+        Err(unknown(id))
+    }
+}
+
+fn unknown(id: &str) -> ApiError {
+    ApiError::NotFound(format!("no job `{}`", echo(id)))
 }
 
 /// A job's status.
@@ -390,19 +401,13 @@ pub async fn cancel_handler(
 }
 
 async fn cancel(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Response, ApiError> {
-    let before = find(state, headers, id).await?;
-    if before.status.is_final() {
-        return Err(ApiError::Conflict(format!(
-            "job {id} has already ended ({})",
-            before.status.as_str()
-        )));
-    }
+    check_id(state, headers, id)?;
     let store = state.inner.jobs.clone();
     let key = id.to_string();
     let retention = state.inner.args.jobs.job_retention;
     let (before, after) = blocking(move || store.cancel(&key, now_ms(), retention))
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no job `{id}`")))?;
+        .ok_or_else(|| unknown(id))?;
     let status = match (before, after.status) {
         (JobStatus::Queued, JobStatus::Cancelled) => {
             state
@@ -415,7 +420,7 @@ async fn cancel(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Respo
             StatusCode::OK
         }
         (JobStatus::Running, JobStatus::Running) => StatusCode::ACCEPTED,
-        // It ended between the two reads, or another DELETE ended it first.
+        // It had ended, or another DELETE ended it first.
         (_, other) => {
             return Err(ApiError::Conflict(format!(
                 "job {id} has already ended ({})",

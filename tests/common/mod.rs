@@ -139,8 +139,13 @@ pub async fn metrics_text(base: &str) -> String {
 
 /// Posts a form to `/tryon` and answers the response (the test fails if none comes).
 pub async fn post_tryon(base: &str, form: Form) -> reqwest::Response {
+    post_form(base, "/tryon", form).await
+}
+
+/// Posts a multipart form to `path` and answers the response (the test fails if none comes).
+pub async fn post_form(base: &str, path: &str, form: Form) -> reqwest::Response {
     client()
-        .post(format!("{base}/tryon"))
+        .post(format!("{base}{path}"))
         .multipart(form)
         .send()
         .await
