@@ -7,6 +7,10 @@ pub const PERSON_PART: &str = "person_image";
 pub const CLOTH_PART: &str = "cloth_image";
 /// The optional garment mask part (white = garment).
 pub const MASK_PART: &str = "cloth_mask";
+/// The optional person mask part of diffusion models (white = repaint).
+pub const PERSON_MASK_PART: &str = "person_mask";
+/// The seed a diffusion request was sampled with (the client's, or a drawn one).
+pub const SEED_HEADER: &str = "x-seed";
 
 /// The request id, taken from the client when it is a short visible-ASCII token, else made here.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";

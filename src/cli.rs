@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{LogFormat, ModelArgs, ServeArgs};
 use crate::imaging::{self, OutputFormat};
-use crate::models::{self, TryOnBatch};
+use crate::models::catvton::{self, preprocess, request, Category, Resolution, SamplingParams};
+use crate::models::{self, LoadedModel, TryOnBatch};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -57,6 +58,8 @@ pub struct TryOnArgs {
     pub output: PathBuf,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub diffusion: DiffusionArgs,
     /// Largest accepted image, in pixels.
     #[arg(
         long,
@@ -67,6 +70,29 @@ pub struct TryOnArgs {
     /// JPEG quality.
     #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub jpeg_quality: u8,
+}
+
+/// The options of a diffusion try-on (`--model catvton`).
+#[derive(Debug, Clone, Args)]
+pub struct DiffusionArgs {
+    /// Which garment to replace: `upper`, `lower` or `overall`.
+    #[arg(long, default_value = "upper")]
+    pub category: Category,
+    /// Denoising steps (at most --max-steps).
+    #[arg(long, default_value_t = catvton::DEFAULT_STEPS)]
+    pub steps: usize,
+    /// Classifier-free guidance scale (at 1 or below, no unconditional pass).
+    #[arg(long, default_value_t = catvton::DEFAULT_GUIDANCE)]
+    pub guidance: f64,
+    /// Noise seed; random when absent (it is printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output size: `1024x768` or `512x384`.
+    #[arg(long, default_value = "1024x768")]
+    pub resolution: Resolution,
+    /// The area to repaint on the person photo (white); drawn from the category when absent.
+    #[arg(long)]
+    pub person_mask: Option<PathBuf>,
 }
 
 /// Parses the command line and runs it.
@@ -144,18 +170,45 @@ pub fn tryon(args: &TryOnArgs) -> anyhow::Result<()> {
         None => None,
     };
     let device = args.model.open_device()?;
-    let model = args.model.load(&device)?;
-    let pair = imaging::prepare_decoded(&person, &cloth, mask.as_ref())?;
-    let batch = TryOnBatch::from_pairs(&[&pair], &device)?;
-    let out = models::forward_u8(model.as_ref(), &batch)?;
-    let first = out.first().context("the model answered no image")?;
-    let rgb = imaging::tensor_to_rgb(first)?;
-    let bytes = imaging::encode(
-        &imaging::crop(&rgb, pair.content),
-        format,
-        args.jpeg_quality,
-    )
-    .map_err(|e| anyhow::anyhow!("cannot encode the answer: {e}"))?;
+    let rgb = match args.model.load(&device)? {
+        LoadedModel::Batch(model) => {
+            let pair = imaging::prepare_decoded(&person, &cloth, mask.as_ref())?;
+            let batch = TryOnBatch::from_pairs(&[&pair], &device)?;
+            let out = models::forward_u8(model.as_ref(), &batch)?;
+            let first = out.first().context("the model answered no image")?;
+            imaging::crop(&imaging::tensor_to_rgb(first)?, pair.content)
+        }
+        LoadedModel::Diffusion(model) => {
+            let d = &args.diffusion;
+            let person_mask = match &d.person_mask {
+                Some(p) => Some(
+                    imaging::decode_mask(&read(p, "person mask")?, max).with_context(|| {
+                        format!("the person mask {} is not usable", p.display())
+                    })?,
+                ),
+                None => None,
+            };
+            let seed = d.seed.unwrap_or_else(rand::random);
+            eprintln!("seed {seed}");
+            let params = SamplingParams {
+                steps: request::check_steps(d.steps, args.model.max_steps as usize)
+                    .map_err(anyhow::Error::msg)?,
+                guidance: request::check_guidance(d.guidance).map_err(anyhow::Error::msg)?,
+                seed,
+            };
+            let input = preprocess::prepare(
+                &person,
+                &cloth,
+                person_mask.as_ref(),
+                d.category,
+                d.resolution.size(),
+                params,
+            )?;
+            imaging::tensor_to_rgb(&model.generate(&input)?)?
+        }
+    };
+    let bytes = imaging::encode(&rgb, format, args.jpeg_quality)
+        .map_err(|e| anyhow::anyhow!("cannot encode the answer: {e}"))?;
     std::fs::write(&args.output, bytes)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     Ok(())

@@ -10,15 +10,16 @@ use clap::{Args, ValueEnum};
 use crate::batcher::BatcherConfig;
 use crate::device::DeviceSpec;
 use crate::imaging::OutputFormat;
-use crate::models::{ModelError, ModelKind, TryOnModel};
+use crate::models::{LoadOptions, LoadedModel, ModelError, ModelKind};
 
 /// Which model to run and where.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// Model to serve: `overlay` (weight-free) or `dmvton` (needs --model-dir).
+    /// Model to serve: `overlay` (weight-free), `dmvton` or `catvton` (both need --model-dir).
     #[arg(long, env = "VIRTUALFIT_MODEL", value_enum, default_value_t = ModelKind::Overlay)]
     pub model: ModelKind,
-    /// Folder with the model's weights (dmvton: dmvton_pf_warp.pt and dmvton_pf_gen.pt).
+    /// Folder with the model's weights (dmvton: dmvton_pf_warp.pt and dmvton_pf_gen.pt;
+    /// catvton: base/unet, base/scheduler, vae and attention, see models/catvton/README.md).
     #[arg(long, env = "VIRTUALFIT_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
     /// Device: `auto` (CUDA when built with it and present, else CPU), `cpu`, `cuda` or `cuda:N`.
@@ -28,6 +29,22 @@ pub struct ModelArgs {
     /// instead of f32's 1e-6 (off by default; no effect on the CPU).
     #[arg(long, env = "VIRTUALFIT_ALLOW_TF32")]
     pub allow_tf32: bool,
+    /// catvton: the networks' precision, `f32`, `f16` or `bf16` (half precision is for GPUs).
+    #[arg(long, env = "VIRTUALFIT_DTYPE", default_value = "f32", value_parser = parse_dtype)]
+    pub dtype: candle_core::DType,
+    /// catvton: the most denoising steps a request may ask for.
+    #[arg(long, env = "VIRTUALFIT_MAX_STEPS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub max_steps: u64,
+}
+
+/// `f32`, `f16` or `bf16`.
+fn parse_dtype(s: &str) -> Result<candle_core::DType, String> {
+    match s {
+        "f32" => Ok(candle_core::DType::F32),
+        "f16" => Ok(candle_core::DType::F16),
+        "bf16" => Ok(candle_core::DType::BF16),
+        _ => Err("use f32, f16 or bf16".into()),
+    }
 }
 
 impl ModelArgs {
@@ -38,8 +55,15 @@ impl ModelArgs {
     }
 
     /// Loads the model onto `device`.
-    pub fn load(&self, device: &candle_core::Device) -> Result<Box<dyn TryOnModel>, ModelError> {
-        crate::models::load_kind(self.model, self.model_dir.as_deref(), device)
+    pub fn load(&self, device: &candle_core::Device) -> Result<LoadedModel, ModelError> {
+        crate::models::load_model(
+            LoadOptions {
+                kind: self.model,
+                model_dir: self.model_dir.as_deref(),
+                dtype: self.dtype,
+            },
+            device,
+        )
     }
 }
 

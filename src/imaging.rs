@@ -353,6 +353,14 @@ pub fn crop(img: &RgbImage, rect: Rect) -> RgbImage {
     image::imageops::crop_imm(img, rect.x, rect.y, rect.width, rect.height).to_image()
 }
 
+/// The image cropped to `rect`, or whole without one.
+pub fn crop_to(img: RgbImage, rect: Option<Rect>) -> RgbImage {
+    match rect {
+        Some(r) => crop(&img, r),
+        None => img,
+    }
+}
+
 /// Encodes an RGB image as JPEG (with `quality`, 1–100) or PNG.
 pub fn encode(img: &RgbImage, format: OutputFormat, quality: u8) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(img.len() / 4);

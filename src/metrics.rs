@@ -29,6 +29,8 @@ pub const JOBS_QUEUED: &str = "virtualfit_jobs_queued";
 pub const MODEL_BUSY_SECONDS_TOTAL: &str = "virtualfit_model_busy_seconds_total";
 pub const GPU_HOUR_PRICE: &str = "virtualfit_price_per_gpu_hour_usd";
 pub const WEBHOOK_DELIVERIES_TOTAL: &str = "virtualfit_webhook_deliveries_total";
+pub const UNET_STEPS_TOTAL: &str = "virtualfit_unet_steps_total";
+pub const UNET_BATCH_ROWS: &str = "virtualfit_unet_batch_rows";
 pub const GPU_UTILIZATION: &str = "virtualfit_gpu_utilization_ratio";
 pub const GPU_MEMORY_USED: &str = "virtualfit_gpu_memory_used_bytes";
 pub const GPU_MEMORY_TOTAL: &str = "virtualfit_gpu_memory_total_bytes";
@@ -51,7 +53,7 @@ pub const CONTRACT_NAMES: &[&str] = &[
 
 /// Latency buckets in seconds; 5 s is the P95 autoscaling trigger's threshold.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 /// The `priority` label's values (the batcher's priorities).
 pub const PRIORITY_LABELS: [&str; 2] = ["interactive", "batch"];
@@ -141,6 +143,10 @@ pub struct Metrics {
     pub jobs_finished_total: IntCounterVec,
     pub jobs_queued: IntGauge,
     pub webhook_deliveries_total: IntCounterVec,
+    /// Diffusion models: denoising steps taken, one per request per UNet call.
+    pub unet_steps_total: prometheus::IntCounter,
+    /// Diffusion models: UNet rows per call (a request with guidance takes two).
+    pub unet_batch_rows: Histogram,
     /// Forward time, summed: what the device is really used for.
     pub model_busy_seconds_total: prometheus::Counter,
     /// The configured price of one GPU-hour; registered only when one is configured.
@@ -367,6 +373,22 @@ impl Metrics {
                     &["outcome"],
                 )
                 .expect("valid counter"),
+            ),
+            unet_steps_total: register(
+                r,
+                prometheus::IntCounter::new(
+                    UNET_STEPS_TOTAL,
+                    "Denoising steps taken (diffusion models): one per request per UNet call.",
+                )
+                .expect("valid counter"),
+            ),
+            unet_batch_rows: register(
+                r,
+                histogram(
+                    UNET_BATCH_ROWS,
+                    "UNet rows per call (diffusion models; a request with guidance takes two).",
+                    BATCH_SIZE_BUCKETS,
+                ),
             ),
             model_busy_seconds_total: register(
                 r,

@@ -33,6 +33,7 @@ fn record(priority: Priority, created_ms: i64, webhook: Option<&str>) -> JobReco
         attempts: 0,
         cancel_requested: false,
         lease: None,
+        diffusion: None,
     }
 }
 

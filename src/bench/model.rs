@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 use super::{load_dataset, BenchError};
 use crate::config::ModelArgs;
 use crate::imaging;
-use crate::models::{TryOnBatch, MODEL_HEIGHT, MODEL_WIDTH};
+use crate::models::catvton::{
+    self, preprocess, request, CatVton, Category, DiffusionInput, Noise, Resolution, SamplingParams,
+};
+use crate::models::{LoadedModel, ModelKind, TryOnBatch, MODEL_HEIGHT, MODEL_WIDTH};
 
 /// `virtualfit bench model`.
 #[derive(Debug, Clone, Args)]
@@ -33,6 +36,12 @@ pub struct ModelBenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// catvton: denoising steps per image.
+    #[arg(long, default_value_t = catvton::DEFAULT_STEPS)]
+    pub steps: usize,
+    /// catvton: output size, `1024x768` or `512x384`.
+    #[arg(long, default_value = "1024x768")]
+    pub resolution: Resolution,
 }
 
 /// The `bench model` result.
@@ -53,6 +62,12 @@ pub struct ModelReport {
     pub per_image_ms: f64,
     /// `batch_size / median_batch_s`.
     pub images_per_s: f64,
+    /// Diffusion models: denoising steps per image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    /// Diffusion models: request-steps per second (`batch_size · steps / median_batch_s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unet_steps_per_s: Option<f64>,
 }
 
 fn inputs(args: &ModelBenchArgs, device: &Device) -> Result<TryOnBatch, BenchError> {
@@ -92,24 +107,113 @@ fn inputs(args: &ModelBenchArgs, device: &Device) -> Result<TryOnBatch, BenchErr
     }
 }
 
-/// Times the forward passes.
+/// Diffusion inputs: the fixture pairs (cycled) at the bench resolution, or random images
+/// with a random torso-like mask.
+fn diffusion_inputs(args: &ModelBenchArgs) -> Result<Vec<DiffusionInput>, BenchError> {
+    let n = args.batch_size as usize;
+    let size = args.resolution.size();
+    let params = |i: usize| SamplingParams {
+        steps: args.steps,
+        guidance: catvton::DEFAULT_GUIDANCE,
+        seed: i as u64,
+    };
+    match &args.data {
+        None => (0..n)
+            .map(|i| {
+                let (h, w) = size;
+                let image =
+                    || Tensor::rand(0f32, 255f32, (h, w, 3), &Device::Cpu)?.to_dtype(DType::U8);
+                let mask = Tensor::zeros((h, w, 1), DType::U8, &Device::Cpu)?.slice_assign(
+                    &[h / 4..3 * h / 4, w / 4..3 * w / 4, 0..1],
+                    &Tensor::full(255u8, (h / 2, w / 2, 1), &Device::Cpu)?,
+                )?;
+                Ok(DiffusionInput {
+                    person: image()?,
+                    cloth: image()?,
+                    mask,
+                    params: params(i),
+                })
+            })
+            .collect(),
+        Some(dir) => {
+            let pairs = load_dataset(dir, false)?;
+            if pairs.is_empty() {
+                return Err(BenchError::Usage(format!("no pairs in {}", dir.display())));
+            }
+            (0..n)
+                .map(|i| {
+                    let p = &pairs[i % pairs.len()];
+                    let decode = |bytes: &[u8], name: &str| {
+                        imaging::decode(bytes, u64::MAX).map_err(|e| BenchError::Image {
+                            path: dir.join(name),
+                            reason: e.to_string(),
+                        })
+                    };
+                    let person = decode(&p.person.bytes, &p.person.name)?;
+                    let cloth = decode(&p.cloth.bytes, &p.cloth.name)?;
+                    Ok(preprocess::prepare(
+                        &person,
+                        &cloth,
+                        None,
+                        Category::Upper,
+                        size,
+                        params(i),
+                    )?)
+                })
+                .collect()
+        }
+    }
+}
+
+/// Samples every input together, step by step, and decodes them.
+fn sample_all(model: &CatVton, inputs: &[DiffusionInput]) -> Result<(), BenchError> {
+    let mut samples = inputs
+        .iter()
+        .map(|i| model.begin(i, Noise::seeded(i.params.seed)))
+        .collect::<Result<Vec<_>, _>>()?;
+    while samples.iter().any(|s| !s.is_done()) {
+        let mut pending: Vec<&mut catvton::Sample> =
+            samples.iter_mut().filter(|s| !s.is_done()).collect();
+        model.step(&mut pending)?;
+    }
+    for s in &samples {
+        model.finish(s)?;
+    }
+    Ok(())
+}
+
+/// Times the forward passes (diffusion models: whole samplings of a batch).
 pub fn measure(args: &ModelBenchArgs) -> Result<ModelReport, BenchError> {
     let device = args.model.open_device()?;
     let model = args.model.load(&device)?;
-    let batch = inputs(args, &device)?;
-    let run = || -> Result<f64, BenchError> {
+    let name = model.name().to_string();
+    let mut run: Box<dyn FnMut() -> Result<(), BenchError>> = match model {
+        LoadedModel::Batch(model) => {
+            let batch = inputs(args, &device)?;
+            Box::new(move || {
+                model.forward(&batch)?;
+                Ok(())
+            })
+        }
+        LoadedModel::Diffusion(model) => {
+            request::check_steps(args.steps, args.model.max_steps as usize)
+                .map_err(BenchError::Usage)?;
+            let inputs = diffusion_inputs(args)?;
+            Box::new(move || sample_all(&model, &inputs))
+        }
+    };
+    let mut timed = || -> Result<f64, BenchError> {
         let start = Instant::now();
-        let out = model.forward(&batch)?;
+        run()?;
         // Kernels run asynchronously on a GPU: wait for them before reading the clock.
         device.synchronize()?;
-        drop(out);
         Ok(start.elapsed().as_secs_f64())
     };
     for _ in 0..args.warmup {
-        run()?;
+        timed()?;
     }
     let mut times = (0..args.iterations)
-        .map(|_| run())
+        .map(|_| timed())
         .collect::<Result<Vec<f64>, _>>()?;
     times.sort_by(f64::total_cmp);
     let n = times.len();
@@ -119,8 +223,9 @@ pub fn measure(args: &ModelBenchArgs) -> Result<ModelReport, BenchError> {
         (times[n / 2 - 1] + times[n / 2]) / 2.0
     };
     let b = args.batch_size as f64;
+    let diffusion = name == ModelKind::Catvton.name();
     Ok(ModelReport {
-        model: model.name().to_string(),
+        model: name,
         device: crate::device::name(&device),
         batch_size: args.batch_size,
         iterations: args.iterations,
@@ -135,6 +240,8 @@ pub fn measure(args: &ModelBenchArgs) -> Result<ModelReport, BenchError> {
         max_batch_s: times[n - 1],
         per_image_ms: median / b * 1e3,
         images_per_s: b / median,
+        steps: diffusion.then_some(args.steps),
+        unet_steps_per_s: diffusion.then(|| b * args.steps as f64 / median),
     })
 }
 

@@ -109,6 +109,10 @@ pub struct JobRecord {
     /// The claim it runs under, while it runs (Redis: its stream entry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<String>,
+    /// A diffusion model's sampling options, its seed drawn at submission when the client
+    /// gave none, so that a job run twice gives the same image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diffusion: Option<crate::models::catvton::request::DiffusionRequest>,
 }
 
 impl JobRecord {
@@ -123,6 +127,7 @@ impl JobRecord {
 pub struct JobInputs {
     pub person: Bytes,
     pub cloth: Bytes,
+    /// The mask the model reads: the garment mask, or a diffusion model's person mask.
     pub mask: Option<Bytes>,
 }
 

@@ -1,5 +1,6 @@
 //! The batched try-on model interface and the registry of models by name.
 
+pub mod catvton;
 pub mod dmvton;
 pub mod input;
 pub mod overlay;
@@ -19,16 +20,19 @@ pub enum ModelKind {
     Overlay,
     /// DM-VTON; needs `--model-dir` with its two checkpoints.
     Dmvton,
+    /// CatVTON, a diffusion try-on; needs `--model-dir` with its four parts.
+    Catvton,
 }
 
 impl ModelKind {
-    pub const ALL: [ModelKind; 2] = [ModelKind::Overlay, ModelKind::Dmvton];
+    pub const ALL: [ModelKind; 3] = [ModelKind::Overlay, ModelKind::Dmvton, ModelKind::Catvton];
 
     /// The registry name, as `--model` and `/v1/models` spell it.
     pub fn name(self) -> &'static str {
         match self {
             ModelKind::Overlay => "overlay",
             ModelKind::Dmvton => "dmvton",
+            ModelKind::Catvton => "catvton",
         }
     }
 }
@@ -44,7 +48,7 @@ impl std::str::FromStr for ModelKind {
 }
 
 /// Names accepted by `--model`, in the order `/v1/models` lists them.
-pub const MODEL_NAMES: &[&str] = &["overlay", "dmvton"];
+pub const MODEL_NAMES: &[&str] = &["overlay", "dmvton", "catvton"];
 
 /// One batch of try-on inputs, all on the model's device, all `B×C×256×192` f32.
 #[derive(Debug, Clone)]
@@ -95,7 +99,7 @@ pub fn forward_u8(model: &dyn TryOnModel, batch: &TryOnBatch) -> Result<Vec<Tens
 /// Why a model could not be loaded or could not run a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("unknown model `{0}` (known: overlay, dmvton)")]
+    #[error("unknown model `{0}` (known: overlay, dmvton, catvton)")]
     UnknownModel(String),
     #[error("model `{model}` needs --model-dir with its weights")]
     MissingModelDir { model: String },
@@ -105,6 +109,10 @@ pub enum ModelError {
     OutOfMemory(String),
     #[error("the model panicked: {0}")]
     Panicked(String),
+    #[error("model `{0}` does not take this kind of input")]
+    WrongInput(String),
+    #[error("model `{0}` samples step by step and has no whole-batch interface")]
+    NotBatched(String),
     #[error("{0}")]
     Candle(#[from] candle_core::Error),
 }
@@ -135,6 +143,94 @@ pub trait TryOnModel: Send {
     fn forward(&self, batch: &TryOnBatch) -> Result<Tensor, ModelError>;
 }
 
+/// One request's work, as the batcher queues it.
+#[derive(Debug, Clone)]
+pub enum WorkItem {
+    /// Inputs of a whole-batch model (overlay, dmvton).
+    Pair(PreparedPair),
+    /// Inputs of a diffusion model (catvton).
+    Diffusion(catvton::DiffusionInput),
+}
+
+impl WorkItem {
+    /// Where the person picture lies in a whole-batch model's frame (the answer is cropped
+    /// to it); diffusion answers are the requested size as they are.
+    pub fn content(&self) -> Option<Rect> {
+        match self {
+            WorkItem::Pair(p) => Some(p.content),
+            WorkItem::Diffusion(_) => None,
+        }
+    }
+}
+
+impl From<PreparedPair> for WorkItem {
+    fn from(p: PreparedPair) -> Self {
+        WorkItem::Pair(p)
+    }
+}
+
+impl From<catvton::DiffusionInput> for WorkItem {
+    fn from(d: catvton::DiffusionInput) -> Self {
+        WorkItem::Diffusion(d)
+    }
+}
+
+/// A loaded model, as the batcher drives it.
+pub enum LoadedModel {
+    /// Runs whole batches.
+    Batch(Box<dyn TryOnModel>),
+    /// Samples step by step.
+    Diffusion(Box<catvton::CatVton>),
+}
+
+impl LoadedModel {
+    /// The registry name.
+    pub fn name(&self) -> &str {
+        match self {
+            LoadedModel::Batch(m) => m.name(),
+            LoadedModel::Diffusion(_) => ModelKind::Catvton.name(),
+        }
+    }
+
+    /// The whole-batch model, or an error for a diffusion model.
+    pub fn into_batch(self) -> Result<Box<dyn TryOnModel>, ModelError> {
+        match self {
+            LoadedModel::Batch(m) => Ok(m),
+            LoadedModel::Diffusion(_) => {
+                Err(ModelError::NotBatched(ModelKind::Catvton.name().into()))
+            }
+        }
+    }
+}
+
+/// How to load a model: which one, from where, in which precision.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions<'a> {
+    pub kind: ModelKind,
+    pub model_dir: Option<&'a Path>,
+    /// The diffusion model's compute precision (the others run in f32).
+    pub dtype: candle_core::DType,
+}
+
+/// Loads any model, whole-batch or diffusion.
+pub fn load_model(options: LoadOptions<'_>, device: &Device) -> Result<LoadedModel, ModelError> {
+    match options.kind {
+        ModelKind::Catvton => {
+            let dir = options
+                .model_dir
+                .ok_or_else(|| ModelError::MissingModelDir {
+                    model: options.kind.name().to_string(),
+                })?;
+            Ok(LoadedModel::Diffusion(Box::new(catvton::CatVton::load(
+                dir,
+                options.dtype,
+                device,
+            )?)))
+        }
+        kind => load_kind(kind, options.model_dir, device).map(LoadedModel::Batch),
+    }
+}
+
 /// Loads the model registered under `name` (see [`ModelKind`]).
 pub fn load(
     name: &str,
@@ -158,6 +254,7 @@ pub fn load_kind(
             })?;
             Ok(Box::new(dmvton::DmVton::load(dir, device)?))
         }
+        ModelKind::Catvton => Err(ModelError::NotBatched(kind.name().into())),
     }
 }
 

@@ -276,11 +276,15 @@ async fn execute(state: &AppState, job: &ClaimedJob) -> Ran {
     let inner = &state.inner;
     let args = &inner.args;
     let record = &job.record;
-    let upload = upload::Upload::stored(
+    let (person, cloth, mask) = (
         job.inputs.person.clone(),
         job.inputs.cloth.clone(),
         job.inputs.mask.clone(),
     );
+    let upload = match record.diffusion {
+        Some(_) => upload::Upload::stored_diffusion(person, cloth, mask),
+        None => upload::Upload::stored(person, cloth, mask),
+    };
     // Batch work decodes and encodes at a lower CPU priority than interactive work.
     let cpu = match record.priority {
         Priority::Interactive => Cpu::Blocking,
@@ -298,6 +302,7 @@ async fn execute(state: &AppState, job: &ClaimedJob) -> Ran {
         &inner.budgets,
         Instant::now() + DECODE_WAIT,
         &cpu,
+        record.diffusion,
     )
     .await
     {
@@ -307,7 +312,7 @@ async fn execute(state: &AppState, job: &ClaimedJob) -> Ran {
         Err(e) => return failure(e.code(), e.to_string()),
     };
     drop(_preparing);
-    let content = prepared.content;
+    let content = prepared.content();
     let receiver = loop {
         let age = record.age(now_ms());
         match inner
@@ -336,7 +341,7 @@ async fn execute(state: &AppState, job: &ClaimedJob) -> Ran {
     let encoded = cpu
         .run(move || -> Result<Vec<u8>, String> {
             let rgb = imaging::tensor_to_rgb(&image).map_err(|e| e.to_string())?;
-            imaging::encode(&imaging::crop(&rgb, content), format, quality)
+            imaging::encode(&imaging::crop_to(rgb, content), format, quality)
         })
         .await;
     match encoded {

@@ -32,6 +32,13 @@ const TEXT_FIELDS: &[&str] = &[
     FORMAT_FIELD,
     QUALITY_FIELD,
 ];
+/// The form's text fields for the served model (a diffusion model's options added).
+fn text_fields(args: &crate::config::ServeArgs) -> Vec<&'static str> {
+    let mut fields = TEXT_FIELDS.to_vec();
+    fields.extend_from_slice(super::diffusion_fields(args));
+    fields
+}
+
 /// The header that makes a resubmission return the first job.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// Set on the answer to a resubmission that returned an existing job.
@@ -151,11 +158,13 @@ async fn submit(state: &AppState, request: Request) -> Result<Response, (ApiErro
         &inner.budgets,
         Instant::now() + args.body_timeout(),
         args.body_timeout(),
-        TEXT_FIELDS,
+        &text_fields(args),
     )
     .await
     .map_err(|e| (e, true))?;
-    let record = job_record(state, &upload).map_err(|e| (e, false))?;
+    let mut record = job_record(state, &upload).map_err(|e| (e, false))?;
+    record.diffusion = super::diffusion_request(args, &upload).map_err(|e| (e, false))?;
+    let diffusion = record.diffusion.is_some();
     upload::check_headers(&upload, args.max_image_pixels, &inner.budgets)
         .map_err(|e| (e, false))?;
 
@@ -164,7 +173,11 @@ async fn submit(state: &AppState, request: Request) -> Result<Response, (ApiErro
         inputs: JobInputs {
             person: upload.person.clone(),
             cloth: upload.cloth.clone(),
-            mask: upload.mask.clone(),
+            mask: if diffusion {
+                upload.person_mask.clone()
+            } else {
+                upload.mask.clone()
+            },
         },
         idempotency_key: key,
         max_queued: args.jobs.max_queued_jobs as usize,
@@ -260,6 +273,7 @@ fn job_record(state: &AppState, upload: &upload::Upload) -> Result<JobRecord, Ap
         attempts: 0,
         cancel_requested: false,
         lease: None,
+        diffusion: None,
     })
 }
 

@@ -31,6 +31,7 @@ use crate::config::ServeArgs;
 use crate::jobs::webhook::WebhookConfig;
 use crate::jobs::JobStore;
 use crate::metrics::Metrics;
+use crate::models::{catvton, ModelKind};
 use listener::ConnectionLimits;
 use readiness::Readiness;
 use upload::Budgets;
@@ -179,7 +180,7 @@ impl Server {
 
         let readiness = Readiness::new();
         let on_ready = readiness.clone();
-        let (batcher, worker) = Batcher::start(
+        let (batcher, worker) = Batcher::start_model(
             model,
             args.batching.batcher_config(),
             metrics.clone(),
@@ -377,4 +378,32 @@ async fn shutdown_signal() {
         _ = ctrl_c => tracing::info!("SIGINT received"),
         _ = term => tracing::info!("SIGTERM received"),
     }
+}
+
+/// The text fields a try-on form carries for the served model: the sampling options of a
+/// diffusion model, none otherwise.
+pub(crate) fn diffusion_fields(args: &ServeArgs) -> &'static [&'static str] {
+    if args.model.model == ModelKind::Catvton {
+        &catvton::request::FIELDS
+    } else {
+        &[]
+    }
+}
+
+/// A diffusion model's sampling options, from the form (400 when malformed); `None` for the
+/// other models. A request without a seed gets a drawn one.
+pub(crate) fn diffusion_request(
+    args: &ServeArgs,
+    upload: &upload::Upload,
+) -> Result<Option<catvton::request::DiffusionRequest>, crate::error::ApiError> {
+    if args.model.model != ModelKind::Catvton {
+        return Ok(None);
+    }
+    catvton::request::parse(
+        |name| upload.field(name),
+        args.model.max_steps as usize,
+        rand::random(),
+    )
+    .map(Some)
+    .map_err(crate::error::ApiError::BadRequest)
 }

@@ -12,7 +12,9 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::{upload, AppState};
-use crate::api::{echo, BATCH_SIZE_HEADER, INFERENCE_TIME_HEADER, MODEL_HEADER, QUEUE_TIME_HEADER};
+use crate::api::{
+    echo, BATCH_SIZE_HEADER, INFERENCE_TIME_HEADER, MODEL_HEADER, QUEUE_TIME_HEADER, SEED_HEADER,
+};
 use crate::batcher::MIN_RETRY_AFTER_S;
 use crate::error::ApiError;
 use crate::imaging::{self, OutputFormat};
@@ -46,6 +48,25 @@ pub struct TryOnForm {
     /// Optional garment mask, white = garment.
     #[schema(value_type = Option<String>, format = Binary)]
     cloth_mask: Option<Vec<u8>>,
+    /// catvton: optional area of the person photo to repaint, white = repaint, the photo's
+    /// size; drawn from `category` when absent.
+    #[schema(value_type = Option<String>, format = Binary)]
+    person_mask: Option<Vec<u8>>,
+    /// catvton: the garment replaced, `upper` (default), `lower` or `overall`.
+    #[schema(value_type = Option<String>, pattern = "^(upper|lower|overall)$")]
+    category: Option<String>,
+    /// catvton: denoising steps, 1 to --max-steps (default 50).
+    #[schema(value_type = Option<u32>, minimum = 1)]
+    steps: Option<u32>,
+    /// catvton: classifier-free guidance scale, 0 to 30 (default 2.5).
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 30)]
+    guidance: Option<f64>,
+    /// catvton: noise seed (default: drawn, and returned in `x-seed`).
+    #[schema(value_type = Option<u64>)]
+    seed: Option<u64>,
+    /// catvton: output size, `1024x768` (default) or `512x384`.
+    #[schema(value_type = Option<String>, pattern = "^(1024x768|512x384)$")]
+    resolution: Option<String>,
 }
 
 /// A failed request: the error, and whether the connection must close after the answer
@@ -87,7 +108,8 @@ impl From<ApiError> for Failure {
                 ("x-model" = String, description = "The model that answered."),
                 ("x-batch-size" = u32, description = "Requests in the answering batch."),
                 ("x-queue-time-ms" = f64, description = "Admission to batch start."),
-                ("x-inference-time-ms" = f64, description = "The batch's forward time."),
+                ("x-inference-time-ms" = f64, description = "The batch's forward time (catvton: the request's sampling time)."),
+                ("x-seed" = u64, description = "catvton: the seed the request was sampled with."),
             )),
         (status = 400, description = "Not multipart, a missing or duplicated part, a malformed body or query (`bad_request`).", body = crate::error::ErrorBody),
         (status = 401, description = "Wrong or missing bearer token (`unauthorized`).", body = crate::error::ErrorBody),
@@ -187,10 +209,11 @@ async fn tryon(
         &inner.budgets,
         body_deadline,
         args.body_timeout(),
-        &[],
+        super::diffusion_fields(args),
     )
     .await
     .map_err(Failure::mid_body)?;
+    let diffusion = super::diffusion_request(args, &upload)?;
 
     // Decoding runs for at most --queue-capacity requests at once: past it, 429 at once.
     let Ok(_decoding) = inner.decoding.clone().try_acquire_owned() else {
@@ -206,10 +229,11 @@ async fn tryon(
         &inner.budgets,
         Instant::now() + request_timeout,
         &super::cpu::Cpu::Blocking,
+        diffusion,
     )
     .await?;
     drop(_decoding);
-    let content = prepared.content;
+    let content = prepared.content();
 
     // Counted as active before admission, so a drain that starts now either waits for this
     // request or refuses it: never both admits and forgets it.
@@ -230,7 +254,7 @@ async fn tryon(
     let image = output.image;
     let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
         let rgb = imaging::tensor_to_rgb(&image).map_err(|e| e.to_string())?;
-        imaging::encode(&imaging::crop(&rgb, content), format, quality)
+        imaging::encode(&imaging::crop_to(rgb, content), format, quality)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("encoding failed: {e}")))?
@@ -243,6 +267,9 @@ async fn tryon(
         HeaderValue::from_static(format.mime()),
     );
     h.insert(MODEL_HEADER, super::header_value(&inner.model));
+    if let Some(d) = diffusion {
+        h.insert(SEED_HEADER, HeaderValue::from(d.params.seed));
+    }
     h.insert(BATCH_SIZE_HEADER, HeaderValue::from(output.batch_size));
     h.insert(
         QUEUE_TIME_HEADER,

@@ -14,12 +14,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::cpu::Cpu;
-use crate::api::{echo, CLOTH_PART, MASK_PART, PERSON_PART};
+use crate::api::{echo, CLOTH_PART, MASK_PART, PERSON_MASK_PART, PERSON_PART};
 use crate::batcher::MIN_RETRY_AFTER_S;
 use crate::error::ApiError;
 use crate::imaging::{self, Probe};
 use crate::metrics::Metrics;
-use crate::models::PreparedPair;
+use crate::models::catvton::{preprocess, request::DiffusionRequest};
+use crate::models::{PreparedPair, WorkItem};
 
 /// Budgets count in KiB, since a semaphore counts in `u32` permits.
 const BUDGET_UNIT: u64 = 1024;
@@ -61,6 +62,8 @@ pub struct Upload {
     pub person: Bytes,
     pub cloth: Bytes,
     pub mask: Option<Bytes>,
+    /// The area of the person photo to repaint (diffusion models), white = repaint.
+    pub person_mask: Option<Bytes>,
     /// The text fields the caller asked for, by name, each at most once.
     pub fields: Vec<(String, String)>,
     _held: Option<OwnedSemaphorePermit>,
@@ -73,8 +76,17 @@ impl Upload {
             person,
             cloth,
             mask,
+            person_mask: None,
             fields: Vec::new(),
             _held: None,
+        }
+    }
+
+    /// Stored images of a diffusion job, whose mask is the person mask.
+    pub fn stored_diffusion(person: Bytes, cloth: Bytes, person_mask: Option<Bytes>) -> Self {
+        Upload {
+            person_mask,
+            ..Upload::stored(person, cloth, None)
         }
     }
 
@@ -168,7 +180,7 @@ pub async fn read(
         }
         other => other?,
     };
-    let (person, cloth, mask, fields) = parts;
+    let (person, cloth, mask, person_mask, fields) = parts;
     let person = person
         .ok_or_else(|| ApiError::BadRequest(format!("the `{PERSON_PART}` part is missing")))?;
     let cloth =
@@ -178,12 +190,14 @@ pub async fn read(
         person,
         cloth,
         mask,
+        person_mask,
         fields,
         _held: held,
     })
 }
 
 type Parts = (
+    Option<Bytes>,
     Option<Bytes>,
     Option<Bytes>,
     Option<Bytes>,
@@ -195,7 +209,7 @@ async fn read_parts(
     limit: usize,
     text_fields: &[&str],
 ) -> Result<Parts, ApiError> {
-    let (mut person, mut cloth, mut mask) = (None, None, None);
+    let (mut person, mut cloth, mut mask, mut person_mask) = (None, None, None, None);
     let mut fields: Vec<(String, String)> = Vec::new();
     loop {
         let field = match multipart.next_field().await {
@@ -208,6 +222,7 @@ async fn read_parts(
             PERSON_PART => &mut person,
             CLOTH_PART => &mut cloth,
             MASK_PART => &mut mask,
+            PERSON_MASK_PART => &mut person_mask,
             known if text_fields.contains(&known) => {
                 if fields.iter().any(|(n, _)| n == known) {
                     return Err(ApiError::BadRequest(format!(
@@ -248,7 +263,7 @@ async fn read_parts(
         }
         *slot = Some(field.bytes().await.map_err(|e| multipart_error(e, limit))?);
     }
-    Ok((person, cloth, mask, fields))
+    Ok((person, cloth, mask, person_mask, fields))
 }
 
 fn multipart_error(e: multer::Error, limit: usize) -> ApiError {
@@ -284,6 +299,7 @@ pub struct Probes {
     pub person: Probe,
     pub cloth: Probe,
     pub mask: Option<Probe>,
+    pub person_mask: Option<Probe>,
     pub decode_bytes: u64,
 }
 
@@ -300,12 +316,21 @@ pub fn check_headers(
         Some(m) => Some(imaging::probe(m, max_pixels)?),
         None => None,
     };
-    let largest = [Some(&person), Some(&cloth), mask.as_ref()]
-        .into_iter()
-        .flatten()
-        .max_by_key(|p| p.decode_bytes())
-        .copied()
-        .unwrap_or(person);
+    let person_mask = match &upload.person_mask {
+        Some(m) => Some(imaging::probe(m, max_pixels)?),
+        None => None,
+    };
+    let largest = [
+        Some(&person),
+        Some(&cloth),
+        mask.as_ref(),
+        person_mask.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .max_by_key(|p| p.decode_bytes())
+    .copied()
+    .unwrap_or(person);
     let need = largest.decode_bytes();
     if need > budgets.decode_total {
         return Err(ApiError::InvalidImage(format!(
@@ -320,6 +345,7 @@ pub fn check_headers(
         person,
         cloth,
         mask,
+        person_mask,
         decode_bytes: need,
     })
 }
@@ -336,13 +362,10 @@ pub async fn prepare(
     budgets: &Budgets,
     deadline: Instant,
     cpu: &Cpu,
-) -> Result<PreparedPair, ApiError> {
-    let Probes {
-        person: person_probe,
-        cloth: cloth_probe,
-        mask: mask_probe,
-        decode_bytes: need,
-    } = check_headers(&upload, max_pixels, budgets)?;
+    diffusion: Option<DiffusionRequest>,
+) -> Result<WorkItem, ApiError> {
+    let probes = check_headers(&upload, max_pixels, budgets)?;
+    let need = probes.decode_bytes;
     let permit = tokio::time::timeout_at(
         deadline,
         budgets.decode.clone().acquire_many_owned(units(need)),
@@ -357,7 +380,10 @@ pub async fn prepare(
     // still held until the decoder has let go of its memory.
     cpu.run(move || {
         gauge.add(need as i64);
-        let prepared = decode_all(&upload, &person_probe, &cloth_probe, mask_probe.as_ref());
+        let prepared = match diffusion {
+            None => decode_all(&upload, &probes).map(WorkItem::Pair),
+            Some(d) => decode_diffusion(&upload, &probes, d).map(WorkItem::Diffusion),
+        };
         gauge.sub(need as i64);
         drop(permit);
         drop(upload);
@@ -367,20 +393,53 @@ pub async fn prepare(
     .map_err(|e| ApiError::Internal(format!("image preparation failed: {e}")))?
 }
 
-fn decode_all(
-    upload: &Upload,
-    person: &Probe,
-    cloth: &Probe,
-    mask: Option<&Probe>,
-) -> Result<PreparedPair, ApiError> {
-    let (person_fit, content, _) = imaging::decode_and_fit(&upload.person, person)?;
-    let (cloth_fit, _, cloth_size) = imaging::decode_and_fit(&upload.cloth, cloth)?;
-    let mask_fit = match (&upload.mask, mask) {
+fn decode_all(upload: &Upload, probes: &Probes) -> Result<PreparedPair, ApiError> {
+    let (person_fit, content, _) = imaging::decode_and_fit(&upload.person, &probes.person)?;
+    let (cloth_fit, _, cloth_size) = imaging::decode_and_fit(&upload.cloth, &probes.cloth)?;
+    let mask_fit = match (&upload.mask, probes.mask.as_ref()) {
         (Some(bytes), Some(probe)) => Some(imaging::decode_mask_and_fit(bytes, probe, cloth_size)?),
         _ => None,
     };
     imaging::prepare_fitted((person_fit, content), cloth_fit, mask_fit)
         .map_err(|e| ApiError::InvalidImage(format!("cannot convert image: {e}")))
+}
+
+/// Decodes a diffusion request's images and fits them to its resolution; without a person
+/// mask, one is drawn from the category.
+fn decode_diffusion(
+    upload: &Upload,
+    probes: &Probes,
+    request: DiffusionRequest,
+) -> Result<crate::models::catvton::DiffusionInput, ApiError> {
+    let person = imaging::decode_probed(&upload.person, &probes.person)?;
+    let cloth = imaging::decode_probed(&upload.cloth, &probes.cloth)?;
+    let mask = match (&upload.person_mask, probes.person_mask.as_ref()) {
+        (Some(bytes), Some(probe)) => {
+            let rgb = imaging::decode_probed(bytes, probe)?;
+            Some(image::DynamicImage::ImageRgb8(rgb).to_luma8())
+        }
+        _ => None,
+    };
+    if let Some(m) = &mask {
+        if m.dimensions() != person.dimensions() {
+            return Err(ApiError::InvalidImage(format!(
+                "the `{PERSON_MASK_PART}` part is {}x{}; it must match the person photo ({}x{})",
+                m.width(),
+                m.height(),
+                person.width(),
+                person.height()
+            )));
+        }
+    }
+    preprocess::prepare(
+        &person,
+        &cloth,
+        mask.as_ref(),
+        request.category,
+        request.resolution.size(),
+        request.params,
+    )
+    .map_err(|e| ApiError::InvalidImage(format!("cannot convert image: {e}")))
 }
 
 #[cfg(test)]

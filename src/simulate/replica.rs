@@ -1,4 +1,4 @@
-//! One replica as the server behaves (`src/batcher.rs`): a bounded queue that answers 429
+//! One replica as the server behaves (`src/batcher/mod.rs`): a bounded queue that answers 429
 //! when full, one worker that runs a batch of up to `max_batch_size` as soon as it is full or
 //! its oldest request has waited `max_batch_delay`, the next batch accumulating while one
 //! runs, and requests past their deadline answered 504 when their batch is taken.

@@ -18,7 +18,12 @@ use candle_core::Tensor;
 use tokio::sync::oneshot;
 
 use crate::metrics::{Metrics, RejectReason, PRIORITY_LABELS};
-use crate::models::{ModelError, PreparedPair, TryOnBatch, TryOnModel, MODEL_HEIGHT, MODEL_WIDTH};
+use crate::models::{
+    LoadedModel, ModelError, PreparedPair, TryOnBatch, TryOnModel, WorkItem, MODEL_HEIGHT,
+    MODEL_WIDTH,
+};
+
+mod steps;
 
 /// Batching and admission settings.
 #[derive(Debug, Clone)]
@@ -114,7 +119,7 @@ type Reply = oneshot::Sender<Result<JobOutput, JobError>>;
 pub type Receiver = oneshot::Receiver<Result<JobOutput, JobError>>;
 
 struct Job {
-    inputs: PreparedPair,
+    inputs: WorkItem,
     admitted_at: Instant,
     priority: Priority,
     /// When a batch item is served as interactive.
@@ -206,10 +211,7 @@ impl State {
         merged.extend(promoted);
         merged.extend(waiting);
         self.batch = merged;
-        let interactive_flows = self
-            .last_interactive
-            .is_some_and(|t| now.saturating_duration_since(t) < INTERACTIVE_RECENT);
-        let cap = if taken.is_empty() && interactive_flows {
+        let cap = if taken.is_empty() && self.interactive_flows(now) {
             (cap / BATCH_ONLY_SHARE).max(1)
         } else {
             cap
@@ -221,6 +223,22 @@ impl State {
             }
         }
         taken
+    }
+}
+
+impl State {
+    /// Returns an item taken by [`State::take_batch`] to the front of its queue, where it was.
+    fn put_back(&mut self, job: Job) {
+        match job.priority {
+            Priority::Interactive => self.interactive.push_front(job),
+            Priority::Batch => self.batch.push_front(job),
+        }
+    }
+
+    /// Whether interactive requests arrived within [`INTERACTIVE_RECENT`].
+    fn interactive_flows(&self, now: Instant) -> bool {
+        self.last_interactive
+            .is_some_and(|t| now.saturating_duration_since(t) < INTERACTIVE_RECENT)
     }
 }
 
@@ -262,9 +280,21 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the worker thread. It first runs one full warm-up batch, then calls `on_ready`.
+    /// Starts the worker thread for a whole-batch model. It first runs one full warm-up
+    /// batch, then calls `on_ready`.
     pub fn start(
         model: Box<dyn TryOnModel>,
+        config: BatcherConfig,
+        metrics: Metrics,
+        on_ready: impl FnOnce(Result<(), ModelError>) + Send + 'static,
+    ) -> (Batcher, WorkerThread) {
+        Self::start_model(LoadedModel::Batch(model), config, metrics, on_ready)
+    }
+
+    /// Starts the worker thread for any model: whole batches, or step-level batching for a
+    /// diffusion model (see [`steps`]). It warms the model up, then calls `on_ready`.
+    pub fn start_model(
+        model: LoadedModel,
         config: BatcherConfig,
         metrics: Metrics,
         on_ready: impl FnOnce(Result<(), ModelError>) + Send + 'static,
@@ -289,12 +319,22 @@ impl Batcher {
         let worker_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("virtualfit-worker".into())
-            .spawn(move || {
-                let warm = warm_up(model.as_ref(), &worker_shared);
-                let ok = warm.is_ok();
-                on_ready(warm);
-                if ok {
-                    worker_loop(model.as_ref(), &worker_shared);
+            .spawn(move || match model {
+                LoadedModel::Batch(model) => {
+                    let warm = warm_up(model.as_ref(), &worker_shared);
+                    let ok = warm.is_ok();
+                    on_ready(warm);
+                    if ok {
+                        worker_loop(model.as_ref(), &worker_shared);
+                    }
+                }
+                LoadedModel::Diffusion(model) => {
+                    let warm = steps::warm_up(&model, &worker_shared);
+                    let ok = warm.is_ok();
+                    on_ready(warm);
+                    if ok {
+                        steps::worker_loop(&model, &worker_shared);
+                    }
                 }
             })
             .expect("spawning the worker thread");
@@ -308,9 +348,9 @@ impl Batcher {
 
     /// Admits an interactive request with the request timeout as its deadline, or refuses it
     /// at once when the queue is full or closed.
-    pub fn submit(&self, inputs: PreparedPair) -> Result<Receiver, AdmitError> {
+    pub fn submit(&self, inputs: impl Into<WorkItem>) -> Result<Receiver, AdmitError> {
         let deadline = Instant::now() + self.shared.config.request_timeout;
-        self.admit(inputs, Priority::Interactive, None, Some(deadline))
+        self.admit(inputs.into(), Priority::Interactive, None, Some(deadline))
     }
 
     /// Admits the work of an asynchronous job, submitted `age` ago: no deadline, and a batch
@@ -318,7 +358,7 @@ impl Batcher {
     /// own queue of `queue_capacity` items.
     pub fn submit_job(
         &self,
-        inputs: PreparedPair,
+        inputs: impl Into<WorkItem>,
         priority: Priority,
         age: Duration,
     ) -> Result<Receiver, AdmitError> {
@@ -328,12 +368,12 @@ impl Batcher {
                 Some(Instant::now() + self.shared.config.batch_max_wait.saturating_sub(age))
             }
         };
-        self.admit(inputs, priority, promote_at, None)
+        self.admit(inputs.into(), priority, promote_at, None)
     }
 
     fn admit(
         &self,
-        inputs: PreparedPair,
+        inputs: WorkItem,
         priority: Priority,
         promote_at: Option<Instant>,
         deadline: Option<Instant>,
@@ -533,21 +573,25 @@ fn drop_dead_jobs(jobs: Vec<Job>, shared: &Shared) -> Vec<Job> {
     live
 }
 
+/// Runs `f`, turning a panic inside the model into [`ModelError::Panicked`]: a panic must not
+/// take the worker (and every later request) with it.
+fn guarded<T>(f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(ModelError::Panicked(what))
+    })
+}
+
 /// Runs a batch; on a device out-of-memory error it splits the batch in half, lowers the cap
 /// and retries each half.
 fn run_batch(model: &dyn TryOnModel, shared: &Shared, jobs: Vec<Job>) {
     let started = Instant::now();
     let n = jobs.len();
-    // A panic inside the model must not take the worker (and every later request) with it.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| forward(model, &jobs)))
-        .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(ModelError::Panicked(what))
-        });
+    let result = guarded(|| forward(model, &jobs));
     // The device was busy for this batch whatever its outcome.
     shared
         .metrics
@@ -617,7 +661,13 @@ fn run_batch(model: &dyn TryOnModel, shared: &Shared, jobs: Vec<Job>) {
 }
 
 fn forward(model: &dyn TryOnModel, jobs: &[Job]) -> Result<Vec<Tensor>, ModelError> {
-    let pairs: Vec<&PreparedPair> = jobs.iter().map(|j| &j.inputs).collect();
+    let pairs = jobs
+        .iter()
+        .map(|j| match &j.inputs {
+            WorkItem::Pair(p) => Ok(p),
+            WorkItem::Diffusion(_) => Err(ModelError::WrongInput(model.name().to_string())),
+        })
+        .collect::<Result<Vec<&PreparedPair>, ModelError>>()?;
     let batch = TryOnBatch::from_pairs(&pairs, model.device())?;
     crate::models::forward_u8(model, &batch)
 }

@@ -1,0 +1,334 @@
+//! Step-level batching for diffusion models. A request is dozens of UNet calls; instead of
+//! running a batch of requests from first step to last, the worker keeps a running set and
+//! makes one UNet call per iteration over everything in it. A new request joins at the next
+//! iteration and a finished one leaves at once, each at its own timestep.
+//!
+//! `--max-batch-size` caps the UNet rows of one call; a request with classifier-free guidance
+//! takes two. Queue order, priorities, deadlines (checked when a request is taken from the
+//! queue) and the queue metrics are the whole-batch worker's.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+
+use super::{guarded, Job, JobError, JobOutput, Priority, Shared, BATCH_ONLY_SHARE};
+use crate::metrics::RejectReason;
+use crate::models::catvton::{
+    CatVton, DiffusionInput, Noise, Resolution, Sample, SamplingParams, DEFAULT_STEPS,
+};
+use crate::models::{ModelError, WorkItem};
+
+/// One request in the running set.
+struct Running {
+    job: Job,
+    sample: Sample,
+    /// When the request left the queue.
+    started: Instant,
+    /// Its share of the device time spent so far (each call's time split by rows).
+    device_seconds: f64,
+    /// Requests in each UNet call it took part in, summed (for its mean batch size).
+    batch_sum: usize,
+}
+
+impl Running {
+    fn rows(&self) -> usize {
+        self.sample.rows()
+    }
+}
+
+/// Encodes and samples one step of a small request, so that the first request meets warm
+/// kernels, and estimates a request's device time for `Retry-After`.
+pub(super) fn warm_up(model: &CatVton, shared: &Shared) -> Result<(), ModelError> {
+    let (h, w) = Resolution::Half.size();
+    let blank =
+        |c: usize| Tensor::zeros((h, w, c), candle_core::DType::U8, &candle_core::Device::Cpu);
+    let input = DiffusionInput {
+        person: blank(3)?,
+        cloth: blank(3)?,
+        mask: blank(1)?,
+        params: SamplingParams {
+            steps: 1,
+            guidance: 2.0,
+            seed: 0,
+        },
+    };
+    let start = Instant::now();
+    let mut sample = model.begin(&input, Noise::seeded(0))?;
+    let encoded = start.elapsed();
+    model.step(&mut [&mut sample])?;
+    let stepped = start.elapsed() - encoded;
+    model.finish(&sample)?;
+    let coded = start.elapsed() - stepped;
+    let estimate = coded.as_secs_f64() + stepped.as_secs_f64() * DEFAULT_STEPS as f64;
+    shared.lock().seconds_per_item = estimate;
+    Ok(())
+}
+
+pub(super) fn worker_loop(model: &CatVton, shared: &Shared) {
+    let mut running: Vec<Running> = Vec::new();
+    loop {
+        let Some(new_jobs) = admit(shared, &running) else {
+            fail_all(running, shared);
+            return;
+        };
+        for job in live_jobs(new_jobs, shared) {
+            let started = Instant::now();
+            match begin(model, &job) {
+                Ok(sample) => {
+                    busy(shared, started.elapsed());
+                    running.push(Running {
+                        job,
+                        sample,
+                        started,
+                        device_seconds: started.elapsed().as_secs_f64(),
+                        batch_sum: 0,
+                    });
+                }
+                Err(e) => {
+                    busy(shared, started.elapsed());
+                    tracing::error!(error = %e, "encoding a diffusion request failed");
+                    answer(shared, job, Err(JobError::Model(e.to_string())));
+                }
+            }
+        }
+        running = drop_abandoned(running, shared);
+        if running.is_empty() {
+            continue;
+        }
+        step_all(model, shared, &mut running);
+        running = finish_done(model, shared, running);
+    }
+}
+
+/// Waits for work when nothing runs, then takes queued requests into the free rows. Answers
+/// `None` once the batcher is stopped.
+fn admit(shared: &Shared, running: &[Running]) -> Option<Vec<Job>> {
+    let mut state = shared.lock();
+    if state.stop {
+        return None;
+    }
+    while running.is_empty() && state.queued() == 0 {
+        if state.stop {
+            return None;
+        }
+        state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+    }
+    let cap = state.batch_cap;
+    let mut used: usize = running.iter().map(Running::rows).sum();
+    let mut batch_rows: usize = running
+        .iter()
+        .filter(|r| r.job.priority == Priority::Batch)
+        .map(Running::rows)
+        .sum();
+    let now = Instant::now();
+    let batch_share = (cap / BATCH_ONLY_SHARE).max(2);
+    let mut taken = Vec::new();
+    loop {
+        let Some(job) = state.take_batch(1, now).pop() else {
+            break;
+        };
+        let rows = rows_of(&job);
+        // A request wider than the cap still runs, alone.
+        let fits = used + rows <= cap || (used == 0 && taken.is_empty());
+        // While interactive requests arrive, batch work keeps to a share of the rows, so a
+        // request arriving meanwhile finds room at the next step.
+        let plain_batch = job.priority == Priority::Batch && !job.promoted(now);
+        let within_share =
+            !plain_batch || !state.interactive_flows(now) || batch_rows + rows <= batch_share;
+        if !fits || !within_share {
+            state.put_back(job);
+            break;
+        }
+        used += rows;
+        if plain_batch {
+            batch_rows += rows;
+        }
+        taken.push(job);
+    }
+    state.running += taken.len();
+    shared.publish_queue(&state);
+    Some(taken)
+}
+
+fn rows_of(job: &Job) -> usize {
+    match &job.inputs {
+        WorkItem::Diffusion(d) => d.rows(),
+        WorkItem::Pair(_) => 1,
+    }
+}
+
+/// Answers expired requests and forgets those whose client has gone (see
+/// [`super::drop_dead_jobs`]); what is left starts sampling.
+fn live_jobs(jobs: Vec<Job>, shared: &Shared) -> Vec<Job> {
+    let taken = jobs.len();
+    let live = super::drop_dead_jobs(jobs, shared);
+    shared.lock().running -= taken - live.len();
+    live
+}
+
+fn begin(model: &CatVton, job: &Job) -> Result<Sample, ModelError> {
+    match &job.inputs {
+        WorkItem::Diffusion(input) => {
+            guarded(|| model.begin(input, Noise::seeded(input.params.seed)))
+        }
+        WorkItem::Pair(_) => Err(ModelError::WrongInput("catvton".into())),
+    }
+}
+
+fn busy(shared: &Shared, elapsed: Duration) {
+    shared
+        .metrics
+        .model_busy_seconds_total
+        .inc_by(elapsed.as_secs_f64());
+}
+
+/// Sends a request its answer; it no longer counts as running.
+fn answer(shared: &Shared, job: Job, result: Result<JobOutput, JobError>) {
+    shared.lock().running -= 1;
+    if job.reply.send(result).is_err() {
+        shared.metrics.reject(RejectReason::Cancelled);
+    }
+}
+
+/// Stops sampling requests whose client has gone: the rest of their steps would be wasted.
+fn drop_abandoned(running: Vec<Running>, shared: &Shared) -> Vec<Running> {
+    let mut kept = Vec::with_capacity(running.len());
+    for r in running {
+        if r.job.reply.is_closed() {
+            shared.metrics.reject(RejectReason::Cancelled);
+            shared.lock().running -= 1;
+        } else {
+            kept.push(r);
+        }
+    }
+    kept
+}
+
+/// Answers everything still running with [`JobError::ShutDown`] (the batcher was stopped).
+fn fail_all(running: Vec<Running>, shared: &Shared) {
+    for r in running {
+        answer(shared, r.job, Err(JobError::ShutDown));
+    }
+}
+
+/// One UNet call per latent size present (requests of one resolution batch together).
+fn step_all(model: &CatVton, shared: &Shared, running: &mut [Running]) {
+    let mut groups: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+    for (i, r) in running.iter().enumerate() {
+        groups.entry(r.sample.latent_size()).or_default().push(i);
+    }
+    for indices in groups.into_values() {
+        step_group(model, shared, running, &indices);
+    }
+}
+
+/// Steps the requests at `indices`; on a device out-of-memory error it halves the group and
+/// lowers the row cap, as whole-batch workers do.
+fn step_group(model: &CatVton, shared: &Shared, running: &mut [Running], indices: &[usize]) {
+    let started = Instant::now();
+    let result = {
+        let mut picked: Vec<&mut Sample> = running
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| indices.contains(i))
+            .map(|(_, r)| &mut r.sample)
+            .collect();
+        guarded(|| model.step(&mut picked))
+    };
+    let elapsed = started.elapsed();
+    busy(shared, elapsed);
+    let rows: usize = indices.iter().map(|&i| running[i].rows()).sum();
+    match result {
+        Ok(()) => {
+            let m = &shared.metrics;
+            m.unet_steps_total.inc_by(indices.len() as u64);
+            m.unet_batch_rows.observe(rows as f64);
+            m.batch_size.observe(indices.len() as f64);
+            m.batch_duration.observe(elapsed.as_secs_f64());
+            for &i in indices {
+                let r = &mut running[i];
+                r.device_seconds += elapsed.as_secs_f64() * r.rows() as f64 / rows as f64;
+                r.batch_sum += indices.len();
+            }
+        }
+        Err(e) if e.is_out_of_memory() && indices.len() > 1 => {
+            {
+                let mut state = shared.lock();
+                state.batch_cap = state.batch_cap.min(rows / 2).max(1);
+                shared.metrics.batch_cap.set(state.batch_cap as i64);
+            }
+            shared.metrics.oom_recoveries_total.inc();
+            tracing::warn!(rows, "device out of memory: splitting the step batch");
+            let (first, second) = indices.split_at(indices.len() / 2);
+            step_group(model, shared, running, first);
+            step_group(model, shared, running, second);
+        }
+        Err(e) => {
+            tracing::error!(requests = indices.len(), error = %e, "a UNet step failed");
+            let message = e.to_string();
+            for &i in indices {
+                // Marked failed by exhausting its steps; finish_done answers it.
+                running[i].sample.fail(message.clone());
+            }
+        }
+    }
+}
+
+/// Decodes and answers the requests that have taken their last step, and those that failed.
+fn finish_done(model: &CatVton, shared: &Shared, running: Vec<Running>) -> Vec<Running> {
+    let mut kept = Vec::with_capacity(running.len());
+    for mut r in running {
+        if let Some(message) = r.sample.take_failure() {
+            answer(shared, r.job, Err(JobError::Model(message)));
+            continue;
+        }
+        if !r.sample.is_done() {
+            kept.push(r);
+            continue;
+        }
+        let decode_started = Instant::now();
+        let image = guarded(|| model.finish(&r.sample));
+        let decode = decode_started.elapsed();
+        busy(shared, decode);
+        r.device_seconds += decode.as_secs_f64();
+        match image {
+            Ok(image) => {
+                update_estimate(shared, r.device_seconds);
+                let queue_time = r.started.saturating_duration_since(r.job.admitted_at);
+                let priority = r.job.priority.label();
+                let m = &shared.metrics;
+                m.queue_duration
+                    .with_label_values(&[priority])
+                    .observe(queue_time.as_secs_f64());
+                m.batch_items_total.with_label_values(&[priority]).inc();
+                let (steps, _) = r.sample.progress();
+                let output = JobOutput {
+                    image,
+                    batch_size: r.batch_sum.div_ceil(steps.max(1)).max(1),
+                    queue_time,
+                    inference_time: r.started.elapsed(),
+                };
+                answer(shared, r.job, Ok(output));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "decoding a diffusion request failed");
+                answer(shared, r.job, Err(JobError::Model(e.to_string())));
+            }
+        }
+    }
+    kept
+}
+
+/// Folds a finished request's device time into the per-request estimate behind
+/// `Retry-After` and the backlog gauge.
+fn update_estimate(shared: &Shared, seconds: f64) {
+    let mut state = shared.lock();
+    state.seconds_per_item = if state.seconds_per_item == 0.0 {
+        seconds
+    } else {
+        (1.0 - super::PER_ITEM_SMOOTHING) * state.seconds_per_item
+            + super::PER_ITEM_SMOOTHING * seconds
+    };
+    shared.publish_queue(&state);
+}

@@ -1,0 +1,406 @@
+//! CatVTON (Zheng-Chong/CatVTON): diffusion try-on with a Stable Diffusion 1.5 inpainting UNet,
+//! in which the masked person and the garment are stacked in one latent image, top and
+//! bottom. It has no text or image encoder; only the UNet's self-attention is trained.
+//!
+//! A request is sampled step by step ([`CatVton::begin`], [`CatVton::step`],
+//! [`CatVton::finish`]) so that the batcher can add and remove requests between UNet calls.
+//! Each request draws its noise from its own seed on the CPU, so its image does not depend on
+//! what it was batched with.
+
+pub mod attention;
+pub mod blocks;
+pub mod config;
+pub mod mask;
+pub mod preprocess;
+pub mod request;
+pub mod resnet;
+pub mod scheduler;
+pub mod transformer;
+pub mod unet;
+pub mod vae;
+pub mod weights;
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use rand_distr::Distribution;
+
+use crate::models::ModelError;
+pub use mask::Category;
+pub use scheduler::Ddim;
+pub use unet::UNet;
+pub use vae::AutoencoderKl;
+
+/// The output sizes CatVTON was trained for (`height × width`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Resolution {
+    #[serde(rename = "1024x768")]
+    Full,
+    #[serde(rename = "512x384")]
+    Half,
+}
+
+impl Resolution {
+    /// `(height, width)` in pixels.
+    pub fn size(self) -> (usize, usize) {
+        match self {
+            Resolution::Full => (1024, 768),
+            Resolution::Half => (512, 384),
+        }
+    }
+
+    /// As requests spell it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Resolution::Full => "1024x768",
+            Resolution::Half => "512x384",
+        }
+    }
+}
+
+impl std::str::FromStr for Resolution {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "1024x768" => Ok(Resolution::Full),
+            "512x384" => Ok(Resolution::Half),
+            _ => Err("the resolution is `1024x768` or `512x384`".into()),
+        }
+    }
+}
+
+/// How a request is sampled.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SamplingParams {
+    /// DDIM steps.
+    pub steps: usize,
+    /// Classifier-free guidance scale; at 1 or below no unconditional pass is made.
+    pub guidance: f64,
+    /// Seeds the request's noise.
+    pub seed: u64,
+}
+
+/// The reference's defaults: 50 steps, guidance 2.5.
+pub const DEFAULT_STEPS: usize = 50;
+pub const DEFAULT_GUIDANCE: f64 = 2.5;
+
+/// One request's inputs, already at the output size, as 8-bit CPU tensors.
+#[derive(Debug, Clone)]
+pub struct DiffusionInput {
+    /// The person photo, `H×W×3`.
+    pub person: Tensor,
+    /// The garment photo, `H×W×3`.
+    pub cloth: Tensor,
+    /// `H×W×1`, white where the person is repainted.
+    pub mask: Tensor,
+    pub params: SamplingParams,
+}
+
+impl DiffusionInput {
+    /// `(height, width)` of the images.
+    pub fn size(&self) -> (usize, usize) {
+        let d = self.person.dims();
+        (
+            d.first().copied().unwrap_or(0),
+            d.get(1).copied().unwrap_or(0),
+        )
+    }
+
+    /// UNet rows per step: two with guidance (unconditional and conditional), one without.
+    pub fn rows(&self) -> usize {
+        rows_for(self.params.guidance)
+    }
+}
+
+fn rows_for(guidance: f64) -> usize {
+    if guidance > 1.0 {
+        2
+    } else {
+        1
+    }
+}
+
+/// Where a request's random draws come from, in the reference's order: the VAE posterior
+/// sample of the masked person, then of the garment, the initial latents, then one variance
+/// noise per step.
+#[derive(Debug)]
+pub enum Noise {
+    /// Standard normal draws from a seeded generator on the CPU.
+    Seeded(Box<rand::rngs::StdRng>),
+    /// Given tensors, in draw order (to replay a recorded run).
+    Given(VecDeque<Tensor>),
+}
+
+impl Noise {
+    pub fn seeded(seed: u64) -> Self {
+        Noise::Seeded(Box::new(rand::rngs::StdRng::seed_from_u64(seed)))
+    }
+
+    fn draw(&mut self, dims: &[usize], device: &Device) -> candle_core::Result<Tensor> {
+        let t = match self {
+            Noise::Seeded(rng) => {
+                let n: usize = dims.iter().product();
+                let values: Vec<f32> = rand_distr::StandardNormal
+                    .sample_iter(&mut **rng)
+                    .take(n)
+                    .collect();
+                Tensor::from_vec(values, dims, &Device::Cpu)?
+            }
+            Noise::Given(queue) => {
+                let t = queue
+                    .pop_front()
+                    .ok_or_else(|| candle_core::Error::Msg("the given noise ran out".into()))?;
+                if t.dims() != dims {
+                    candle_core::bail!("given noise {:?}, needed {dims:?}", t.dims());
+                }
+                t
+            }
+        };
+        t.to_dtype(DType::F32)?.to_device(device)
+    }
+}
+
+/// One request being sampled.
+#[derive(Debug)]
+pub struct Sample {
+    noise: Noise,
+    timesteps: Vec<usize>,
+    /// Index of the next step in `timesteps`.
+    next: usize,
+    guidance: f64,
+    /// `1×4×2h×w`, f32.
+    latents: Tensor,
+    /// What each UNet row gets besides the latents: the mask latent and the masked latent,
+    /// `rows×5×2h×w` (unconditional row first).
+    condition: Tensor,
+    /// The VAE latents of the masked person and of the garment (scaled), `1×4×h×w` each.
+    pub masked_latent: Tensor,
+    pub cloth_latent: Tensor,
+    /// The last step's raw UNet output (`rows×4×2h×w`) and guided noise (`1×4×2h×w`).
+    pub last_model_output: Option<Tensor>,
+    pub last_noise_pred: Option<Tensor>,
+    /// Why sampling stopped early, if it did.
+    failure: Option<String>,
+}
+
+impl Sample {
+    /// Marks the sample failed: it takes no further step.
+    pub fn fail(&mut self, why: String) {
+        self.failure = Some(why);
+        self.next = self.timesteps.len();
+    }
+
+    /// Why the sample failed, once.
+    pub fn take_failure(&mut self) -> Option<String> {
+        self.failure.take()
+    }
+
+    /// Whether every step has run.
+    pub fn is_done(&self) -> bool {
+        self.next >= self.timesteps.len()
+    }
+
+    /// Steps run so far, and in all.
+    pub fn progress(&self) -> (usize, usize) {
+        (self.next, self.timesteps.len())
+    }
+
+    /// UNet rows per step.
+    pub fn rows(&self) -> usize {
+        rows_for(self.guidance)
+    }
+
+    /// The latent grid `(2h, w)`; requests batch together only when it matches.
+    pub fn latent_size(&self) -> (usize, usize) {
+        let d = self.latents.dims();
+        (d[2], d[3])
+    }
+
+    /// The current latents, `1×4×2h×w`.
+    pub fn latents(&self) -> &Tensor {
+        &self.latents
+    }
+}
+
+/// The CatVTON model: UNet, VAE and sampler.
+pub struct CatVton {
+    unet: UNet,
+    vae: AutoencoderKl,
+    ddim: Ddim,
+    device: Device,
+}
+
+/// `H×W×C` 8-bit images to `1×C×H×W` f32 on `device`.
+fn to_nchw(t: &Tensor, device: &Device) -> candle_core::Result<Tensor> {
+    t.to_device(device)?
+        .permute((2, 0, 1))?
+        .unsqueeze(0)?
+        .to_dtype(DType::F32)
+}
+
+impl CatVton {
+    /// Loads the model folder (see [`weights`]); the networks compute in `dtype`.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self, ModelError> {
+        let loaded = weights::load(dir, dtype, device)?;
+        Ok(Self {
+            unet: loaded.unet,
+            vae: loaded.vae,
+            ddim: Ddim::new(&loaded.scheduler),
+            device: device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn unet(&self) -> &UNet {
+        &self.unet
+    }
+
+    pub fn vae(&self) -> &AutoencoderKl {
+        &self.vae
+    }
+
+    pub fn scheduler(&self) -> &Ddim {
+        &self.ddim
+    }
+
+    /// Encodes a request and draws its initial latents: the sample is ready for its first
+    /// step. The images' height and width must be multiples of 8 · 2^(UNet levels − 1).
+    pub fn begin(&self, input: &DiffusionInput, mut noise: Noise) -> Result<Sample, ModelError> {
+        let dev = &self.device;
+        let person = ((to_nchw(&input.person, dev)? / 127.5)? - 1.0)?;
+        let cloth = ((to_nchw(&input.cloth, dev)? / 127.5)? - 1.0)?;
+        // White (≥ 0.5 after /255) is repainted, as the reference binarises its mask.
+        let mask = (to_nchw(&input.mask, dev)? / 255.0)?
+            .ge(0.5)?
+            .to_dtype(DType::F32)?;
+        let keep = (1.0 - &mask)?;
+        let masked = person.broadcast_mul(&keep)?;
+        let posterior = self.vae.encode(&Tensor::cat(&[&masked, &cloth], 0)?)?;
+        let dims = posterior.mean.dims()[1..].to_vec();
+        let one = |i: usize| -> candle_core::Result<(Tensor, Tensor)> {
+            Ok((
+                posterior.mean.get(i)?.unsqueeze(0)?,
+                posterior.std.get(i)?.unsqueeze(0)?,
+            ))
+        };
+        let mut latent_dims = vec![1];
+        latent_dims.extend(&dims);
+        let scale = self.vae.scaling_factor();
+        let (m, s) = one(0)?;
+        let masked_latent = ((m + s.mul(&noise.draw(&latent_dims, dev)?)?)? * scale)?;
+        let (m, s) = one(1)?;
+        let cloth_latent = ((m + s.mul(&noise.draw(&latent_dims, dev)?)?)? * scale)?;
+        let (h, w) = (latent_dims[2], latent_dims[3]);
+        let mask_latent = mask.upsample_nearest2d(h, w)?;
+        let zeros = mask_latent.zeros_like()?;
+        let mask_concat = Tensor::cat(&[&mask_latent, &zeros], 2)?;
+        let full = Tensor::cat(&[&masked_latent, &cloth_latent], 2)?;
+        let guidance = input.params.guidance;
+        let condition = if rows_for(guidance) == 2 {
+            let without_garment = Tensor::cat(&[&masked_latent, &cloth_latent.zeros_like()?], 2)?;
+            Tensor::cat(
+                &[
+                    Tensor::cat(&[&mask_concat, &without_garment], 1)?,
+                    Tensor::cat(&[&mask_concat, &full], 1)?,
+                ],
+                0,
+            )?
+        } else {
+            Tensor::cat(&[&mask_concat, &full], 1)?
+        };
+        let latents = noise.draw(&[1, dims[0], 2 * h, w], dev)?;
+        Ok(Sample {
+            noise,
+            timesteps: self.ddim.timesteps(input.params.steps),
+            next: 0,
+            guidance,
+            latents,
+            condition,
+            masked_latent,
+            cloth_latent,
+            last_model_output: None,
+            last_noise_pred: None,
+            failure: None,
+        })
+    }
+
+    /// Runs one UNet call over the next step of every sample (all of one latent size, none
+    /// done) and advances each by its own timestep.
+    pub fn step(&self, samples: &mut [&mut Sample]) -> Result<(), ModelError> {
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let mut inputs = Vec::with_capacity(samples.len());
+        let mut timesteps = Vec::new();
+        for s in samples.iter() {
+            let Some(&t) = s.timesteps.get(s.next) else {
+                return Err(ModelError::Candle(candle_core::Error::Msg(
+                    "a finished sample was stepped".into(),
+                )));
+            };
+            let rows = s.rows();
+            let latents = s.latents.repeat((rows, 1, 1, 1))?;
+            inputs.push(Tensor::cat(&[&latents, &s.condition], 1)?);
+            timesteps.extend(std::iter::repeat_n(t as f64, rows));
+        }
+        let batch = Tensor::cat(&inputs, 0)?;
+        let output = self
+            .unet
+            .forward(&batch, &timesteps)?
+            .to_dtype(DType::F32)?;
+        let mut row = 0;
+        for s in samples.iter_mut() {
+            let rows = s.rows();
+            let out = output.narrow(0, row, rows)?;
+            row += rows;
+            let eps = if rows == 2 {
+                let uncond = out.get(0)?.unsqueeze(0)?;
+                let cond = out.get(1)?.unsqueeze(0)?;
+                (&uncond + ((cond - &uncond)? * s.guidance)?)?
+            } else {
+                out.clone()
+            };
+            let t = s.timesteps[s.next];
+            let factors = self.ddim.factors(t, s.timesteps.len());
+            let noise = s.noise.draw(s.latents.dims(), &self.device)?;
+            s.latents = self.ddim.step(factors, &s.latents, &eps, &noise)?;
+            s.last_model_output = Some(out);
+            s.last_noise_pred = Some(eps);
+            s.next += 1;
+        }
+        Ok(())
+    }
+
+    /// Decodes the person half of a finished sample: `1×3×H×W` in [0, 1], f32.
+    pub fn decode(&self, sample: &Sample) -> Result<Tensor, ModelError> {
+        let (h2, _) = sample.latent_size();
+        let person = sample.latents.narrow(2, 0, h2 / 2)?;
+        let latents = (person * (1.0 / self.vae.scaling_factor()))?;
+        let image = self.vae.decode(&latents)?;
+        Ok(((image / 2.0)? + 0.5)?.clamp(0f32, 1f32)?)
+    }
+
+    /// The finished try-on as an 8-bit `H×W×3` CPU tensor (`round(x · 255)`).
+    pub fn finish(&self, sample: &Sample) -> Result<Tensor, ModelError> {
+        let image = self.decode(sample)?;
+        let bytes = (image * 255.0)?.round()?.to_dtype(DType::U8)?;
+        Ok(bytes
+            .squeeze(0)?
+            .permute((1, 2, 0))?
+            .to_device(&Device::Cpu)?)
+    }
+
+    /// Samples one request from start to end.
+    pub fn generate(&self, input: &DiffusionInput) -> Result<Tensor, ModelError> {
+        let mut sample = self.begin(input, Noise::seeded(input.params.seed))?;
+        while !sample.is_done() {
+            self.step(&mut [&mut sample])?;
+        }
+        self.finish(&sample)
+    }
+}

@@ -1,0 +1,234 @@
+//! `serve --model catvton` with the tiny fixture weights: real requests on the CPU, step-level
+//! batching through the worker, the request fields and their errors, jobs, and the metrics.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{client, image_part, metric, metrics_text, pair_form, start};
+use reqwest::multipart::Form;
+
+/// A client that waits as long as CPU sampling takes.
+fn patient() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()
+        .expect("client")
+}
+
+async fn post_form(base: &str, path: &str, form: Form) -> reqwest::Response {
+    patient()
+        .post(format!("{base}{path}"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("the server answers")
+}
+
+async fn post_tryon(base: &str, form: Form) -> reqwest::Response {
+    post_form(base, "/tryon", form).await
+}
+
+fn model_dir() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/catvton/model").to_string()
+}
+
+async fn catvton_server(extra: &[&str]) -> (virtualfit::server::Server, String) {
+    let dir = model_dir();
+    let mut args = vec![
+        "--model",
+        "catvton",
+        "--model-dir",
+        dir.as_str(),
+        "--request-timeout-s",
+        "300",
+        "--max-steps",
+        "8",
+    ];
+    args.extend_from_slice(extra);
+    start(&args).await
+}
+
+/// A form for sample pair `index` at 512×384 with `steps` steps and `seed`.
+fn form(index: usize, steps: u32, seed: u64) -> Form {
+    pair_form(index)
+        .text("resolution", "512x384")
+        .text("steps", steps.to_string())
+        .text("seed", seed.to_string())
+}
+
+async fn png(base: &str, form: Form) -> image::RgbImage {
+    let r = post_form(base, "/tryon?format=png", form).await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let bytes = r.bytes().await.expect("body");
+    image::load_from_memory(&bytes).expect("a PNG").to_rgb8()
+}
+
+/// How many 8-bit values of two same-sized images differ by more than one level (batched
+/// matrix products may round differently in the last bit), and the largest difference.
+fn differences(a: &image::RgbImage, b: &image::RgbImage) -> (usize, u8) {
+    assert_eq!(a.dimensions(), b.dimensions(), "sizes");
+    let diffs = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y));
+    diffs.fold((0, 0), |(n, m), d| (n + usize::from(d > 1), m.max(d)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn catvton_serves_real_requests_and_batching_does_not_change_them() {
+    let (_server, base) = catvton_server(&["--max-batch-size", "8"]).await;
+
+    let r = post_form(&base, "/tryon?format=png", form(0, 2, 42)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-model"], "catvton");
+    assert_eq!(r.headers()["x-seed"], "42");
+    let alone = image::load_from_memory(&r.bytes().await.expect("body"))
+        .expect("a PNG")
+        .to_rgb8();
+    assert_eq!(alone.dimensions(), (384, 512), "the requested size");
+
+    // The same request among others started before and after it, at other steps and with
+    // other settings (one without guidance), gives the same bytes.
+    let early = tokio::spawn({
+        let base = base.clone();
+        async move { png(&base, form(1, 4, 7).text("guidance", "1.0")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let same = tokio::spawn({
+        let base = base.clone();
+        async move { png(&base, form(0, 2, 42)).await }
+    });
+    let late = tokio::spawn({
+        let base = base.clone();
+        async move { png(&base, form(2, 1, 8).text("category", "overall")).await }
+    });
+    let batched = same.await.expect("task");
+    let early = early.await.expect("task");
+    let late = late.await.expect("task");
+    let (off, largest) = differences(&batched, &alone);
+    println!("batched vs alone: {off} values off by more than one level, largest {largest}");
+    assert!(
+        off * 1000 <= alone.as_raw().len(),
+        "batching changed the image ({off} values)"
+    );
+    // Other requests give other images: the comparison above can fail.
+    for other in [&early, &late] {
+        let (off, _) = differences(other, &alone);
+        assert!(
+            off * 10 > alone.as_raw().len(),
+            "another request gave the same image"
+        );
+    }
+
+    let text = metrics_text(&base).await;
+    // 2 + 4 + 2 + 1 steps, each counted once however it was batched.
+    assert_eq!(metric(&text, "virtualfit_unet_steps_total", ""), 9.0);
+    let calls = metric(&text, "virtualfit_unet_batch_rows_count", "");
+    let rows = metric(&text, "virtualfit_unet_batch_rows_sum", "");
+    // Rows: guidance pairs count two (2·2 + 4·1 + 2·2 + 1·2 = 14).
+    assert_eq!(rows, 14.0);
+    assert!(calls < 9.0, "some steps shared a UNet call ({calls} calls)");
+    assert_eq!(metric(&text, "virtualfit_queue_length", ""), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_fields_are_refused_and_the_server_keeps_serving() {
+    let (_server, base) = catvton_server(&[]).await;
+    for (name, value) in [
+        ("steps", "0"),
+        ("steps", "9"),
+        ("steps", "two"),
+        ("guidance", "NaN"),
+        ("guidance", "1e9"),
+        ("seed", "-1"),
+        ("category", "hat"),
+        ("resolution", "2048x1536"),
+    ] {
+        let r = post_tryon(&base, pair_form(0).text(name, value)).await;
+        assert_eq!(r.status(), 400, "{name}={value}");
+        let body: serde_json::Value = r.json().await.expect("JSON error");
+        assert_eq!(body["error"], "bad_request", "{name}={value}: {body}");
+    }
+    // A person mask of another size than the photo.
+    let small = {
+        let mut out = Vec::new();
+        image::GrayImage::new(10, 10)
+            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .expect("png");
+        out
+    };
+    let r = post_tryon(
+        &base,
+        form(0, 1, 1).part("person_mask", image_part(small, "image/png")),
+    )
+    .await;
+    assert_eq!(r.status(), 422);
+    // A person mask of the right size is used: an all-black mask repaints nothing.
+    let (w, h) = {
+        let p = common::pairs();
+        let bytes = common::fixture(&format!("person/{}", p[0].0));
+        image::load_from_memory(&bytes)
+            .expect("person")
+            .to_rgb8()
+            .dimensions()
+    };
+    let black = {
+        let mut out = Vec::new();
+        image::GrayImage::new(w, h)
+            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .expect("png");
+        out
+    };
+    let r = post_tryon(
+        &base,
+        form(0, 1, 1).part("person_mask", image_part(black, "image/png")),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let r = post_tryon(&base, form(0, 1, 1)).await;
+    assert_eq!(r.status(), 200, "still serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catvton_job_runs_with_its_options_and_seed() {
+    let (_server, base) = catvton_server(&[]).await;
+    let r = post_form(&base, "/v1/jobs", form(0, 2, 5).text("format", "png")).await;
+    assert_eq!(r.status(), 202);
+    let job: serde_json::Value = r.json().await.expect("job");
+    let id = job["id"].as_str().expect("id").to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let status: serde_json::Value = client()
+            .get(format!("{base}/v1/jobs/{id}"))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("JSON");
+        match status["status"].as_str() {
+            Some("succeeded") => break,
+            Some("queued" | "running") => {}
+            other => panic!("job ended {other:?}: {status}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "job did not finish");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let result = client()
+        .get(format!("{base}/v1/jobs/{id}/result"))
+        .send()
+        .await
+        .expect("result")
+        .bytes()
+        .await
+        .expect("bytes");
+    let from_job = image::load_from_memory(&result).expect("a PNG").to_rgb8();
+    let direct = png(&base, form(0, 2, 5)).await;
+    let (off, largest) = differences(&from_job, &direct);
+    assert!(
+        largest <= 1,
+        "the job and /tryon differ ({off} values, up to {largest})"
+    );
+}
