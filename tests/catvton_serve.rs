@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::{client, image_part, metric, metrics_text, pair_form, start};
@@ -230,5 +231,150 @@ async fn a_catvton_job_runs_with_its_options_and_seed() {
     assert!(
         largest <= 1,
         "the job and /tryon differ ({off} values, up to {largest})"
+    );
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_virtualfit");
+
+fn run(args: &[&str]) -> std::process::Output {
+    let o = std::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    assert!(
+        o.status.success(),
+        "virtualfit {args:?} failed\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+#[test]
+fn the_cli_tries_on_benchmarks_and_simulates_catvton() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pairs = common::pairs();
+    let samples = common::demo_dir();
+    let person = samples.join("person").join(&pairs[0].0);
+    let cloth = samples.join("cloth").join(&pairs[0].1);
+    let out = dir.path().join("out.png");
+    let model = model_dir();
+    let s = |p: &std::path::Path| p.display().to_string();
+    let o = run(&[
+        "tryon",
+        "--model",
+        "catvton",
+        "--model-dir",
+        &model,
+        "--person",
+        &s(&person),
+        "--cloth",
+        &s(&cloth),
+        "--output",
+        &s(&out),
+        "--resolution",
+        "512x384",
+        "--steps",
+        "1",
+        "--seed",
+        "3",
+        "--category",
+        "overall",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("seed 3"));
+    let img = image::open(&out).expect("the answer").to_rgb8();
+    assert_eq!(img.dimensions(), (384, 512));
+
+    // `bench model` reports seconds per image and steps per second; `simulate` takes it.
+    let o = run(&[
+        "bench",
+        "model",
+        "--model",
+        "catvton",
+        "--model-dir",
+        &model,
+        "--resolution",
+        "512x384",
+        "--steps",
+        "2",
+        "--iterations",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(report["model"], "catvton");
+    assert_eq!(report["steps"], 2);
+    let per_image = report["median_batch_s"].as_f64().expect("seconds");
+    let steps_per_s = report["unet_steps_per_s"].as_f64().expect("steps/s");
+    assert!((steps_per_s * per_image - 2.0).abs() < 1e-6, "{report}");
+    let profile = dir.path().join("catvton.json");
+    std::fs::write(&profile, &o.stdout).expect("profile");
+    let trace = dir.path().join("trace.csv");
+    std::fs::write(&trace, "seconds,requests_per_second\n0,0.2\n").expect("trace");
+    let so = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keda-gpu-scaler.yaml");
+    let o = run(&[
+        "simulate",
+        "--scaledobject",
+        &s(&so),
+        "--trace",
+        &s(&trace),
+        "--profile",
+        &s(&profile),
+        "--out",
+        &s(&dir.path().join("sim")),
+        "--duration-s",
+        "120",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("catvton"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_http_sends_the_diffusion_fields() {
+    let (_server, base) = catvton_server(&[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
+    let args: Vec<String> = [
+        "bench",
+        "http",
+        "--url",
+        &base,
+        "--data",
+        &common::demo_dir().display().to_string(),
+        "--concurrency",
+        "2",
+        "--requests",
+        "2",
+        "--timeout",
+        "300s",
+        "--field",
+        "steps=1",
+        "--field",
+        "resolution=512x384",
+        "--json",
+        &json.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let o = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(BIN)
+            .args(&args)
+            .output()
+            .expect("runs")
+    })
+    .await
+    .expect("task");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("report")).expect("JSON");
+    assert_eq!(report["status_counts"]["200"], 2, "{report}");
+    let text = metrics_text(&base).await;
+    assert_eq!(
+        metric(&text, "virtualfit_unet_steps_total", ""),
+        2.0,
+        "one step each"
     );
 }

@@ -42,6 +42,7 @@ struct Target {
     client: reqwest::Client,
     url: String,
     payloads: Vec<Payload>,
+    fields: Vec<(String, String)>,
     done: AtomicU64,
     ok: AtomicU64,
 }
@@ -53,7 +54,7 @@ impl Target {
         let outcome = match self
             .client
             .post(&self.url)
-            .multipart(payload.form())
+            .multipart(payload.form(&self.fields))
             .send()
             .await
         {
@@ -94,6 +95,7 @@ pub async fn run(args: &LoadArgs, load: Load) -> Result<Run, BenchError> {
         client: client.clone(),
         url: args.tryon_url(),
         payloads,
+        fields: args.fields.clone(),
         done: AtomicU64::new(0),
         ok: AtomicU64::new(0),
     });

@@ -123,6 +123,18 @@ pub struct LoadArgs {
     /// Seed of the Poisson arrivals (random when absent).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// An extra form field sent with every request, `NAME=VALUE` (repeatable), e.g. catvton's
+    /// `steps=20` or `resolution=512x384`.
+    #[arg(long = "field", value_parser = parse_field)]
+    pub fields: Vec<(String, String)>,
+}
+
+/// `NAME=VALUE`.
+fn parse_field(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err("a field is NAME=VALUE".into()),
+    }
 }
 
 impl LoadArgs {
@@ -245,8 +257,8 @@ pub struct Payload {
 }
 
 impl Payload {
-    /// The multipart form of the request.
-    pub fn form(&self) -> reqwest::multipart::Form {
+    /// The multipart form of the request, with the extra text `fields`.
+    pub fn form(&self, fields: &[(String, String)]) -> reqwest::multipart::Form {
         let part = |f: &ImageFile| {
             let p = reqwest::multipart::Part::stream_with_length(
                 reqwest::Body::from(f.bytes.clone()),
@@ -261,6 +273,9 @@ impl Payload {
             .part("cloth_image", part(&self.cloth));
         if let Some(m) = &self.mask {
             form = form.part("cloth_mask", part(m));
+        }
+        for (name, value) in fields {
+            form = form.text(name.clone(), value.clone());
         }
         form
     }
