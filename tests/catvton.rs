@@ -447,3 +447,29 @@ fn a_missing_folder_or_file_is_named() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_half_precision_unet_file_is_read() {
+    let dir = model_copy("fp16");
+    let unet = dir.join("base/unet");
+    let full = unet.join("diffusion_pytorch_model.safetensors");
+    let tensors = candle_core::safetensors::load(&full, &Device::Cpu).unwrap();
+    let half: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(k, t)| (k, t.to_dtype(DType::F16).unwrap()))
+        .collect();
+    candle_core::safetensors::save(&half, unet.join("diffusion_pytorch_model.fp16.safetensors"))
+        .unwrap();
+    std::fs::remove_file(&full).unwrap();
+    let m = CatVton::load(&dir, DType::F32, &Device::Cpu).expect("loads the .fp16 file");
+    let t = reference("p0.timesteps").to_vec1::<i64>().unwrap()[0] as f64;
+    let out = m
+        .unet()
+        .forward(reference("p0.unet_input"), &[t, t])
+        .expect("unet");
+    // Weights rounded to f16: close to the f32 reference, not equal.
+    let e = rel_l2(&out, &reference("p0.unet_out").i(0).unwrap());
+    println!("UNet from f16 weights: relative L2 {e:.2e}");
+    assert!(e < 1e-2, "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

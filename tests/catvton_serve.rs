@@ -378,3 +378,45 @@ async fn bench_http_sends_the_diffusion_fields() {
         "one step each"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_client_leaves_stops_sampling() {
+    let (_server, base) = catvton_server(&["--max-steps", "40"]).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(6))
+        .build()
+        .expect("client");
+    let sent = impatient
+        .post(format!("{base}/tryon"))
+        .multipart(form(0, 40, 1))
+        .send()
+        .await;
+    assert!(sent.is_err(), "40 steps take longer than the client waits");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let cancelled = loop {
+        let text = metrics_text(&base).await;
+        if metric(
+            &text,
+            "virtualfit_rejected_requests_total",
+            "reason=\"cancelled\"",
+        ) >= 1.0
+        {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never cancelled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let steps = metric(&cancelled, "virtualfit_unet_steps_total", "");
+    assert!(steps < 40.0, "sampling stopped early ({steps} steps)");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = metric(
+        &metrics_text(&base).await,
+        "virtualfit_unet_steps_total",
+        "",
+    );
+    assert_eq!(later, steps, "no step after the cancellation");
+    assert_eq!(
+        metric(&metrics_text(&base).await, "virtualfit_active_requests", ""),
+        0.0
+    );
+}

@@ -7,8 +7,9 @@
 //!   what the triggers mean, the drain budget, the restricted Pod Security Standard, the GPUs the
 //!   image supports, the spot overlay, the pre-pull DaemonSet, the opt-in prometheus-adapter, the
 //!   jobs store (its folder, the opt-in Redis and its NetworkPolicy, the batch pool's
-//!   redis-streams trigger on the server's stream and group), the dashboard's units, the
-//!   Dockerfile's shell.
+//!   redis-streams trigger on the server's stream and group), the catvton overlay's timeouts
+//!   and thresholds for a model of seconds per request, the dashboard's units, the Dockerfile's
+//!   shell.
 //! - Every `DCGM_FI_*` name is one the DCGM exporter exports.
 //!
 //! PromQL: tests/k8s_promql.rs; a real Prometheus and live servers: tests/k8s_live.rs. Tools
@@ -384,9 +385,11 @@ fn scaled_objects_mean_what_they_say() {
             "{ctx}"
         );
         let down = &behavior["scaleDown"];
+        // Replicas that take minutes to start are kept longer (overlays/catvton, docs/catvton.md).
+        let window = if target == CATVTON { 900 } else { 300 };
         assert_eq!(
             down["stabilizationWindowSeconds"].as_u64(),
-            Some(300),
+            Some(window),
             "{ctx}"
         );
         assert_eq!(
@@ -674,6 +677,179 @@ fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
         }
         assert_eq!(metrics_rules, 1, "{ctx}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A model of seconds per request: the catvton overlay
+
+use virtualfit::metrics::LATENCY_BUCKETS;
+
+/// The overlay serving the diffusion model catvton (docs/catvton.md).
+const CATVTON: &str = "overlays/catvton";
+/// The figure the overlay's arithmetic starts from: seconds per 1024x768 CatVTON image sampled
+/// alone, 50 steps, on an A100 (published, diffusers). With no batching gain assumed, a
+/// sampling slot frees every this many seconds whatever the number of requests sampled at once.
+const CATVTON_A100_S_PER_REQUEST: f64 = 9.0;
+/// `virtualfit plan`'s target utilisation (docs/capacity.md).
+const TARGET_UTILIZATION: f64 = 0.75;
+/// Decoding before admission and encoding after, at most (seconds).
+const CATVTON_PRE_POST_S: f64 = 1.0;
+
+/// The threshold of the trigger named `trigger`.
+fn threshold(so: &Value, trigger: &str) -> f64 {
+    let list = triggers(so);
+    let raw = list
+        .iter()
+        .find(|t| t["name"].as_str() == Some(trigger))
+        .and_then(|t| t["metadata"]["threshold"].as_str())
+        .unwrap_or_else(|| panic!("{}: no threshold for {trigger}", name(so)));
+    let value: f64 = raw
+        .parse()
+        .unwrap_or_else(|_| panic!("{}: {trigger} threshold {raw:?}", name(so)));
+    value
+}
+
+#[test]
+fn p95_thresholds_are_latency_bucket_bounds() {
+    // histogram_quantile interpolates inside a bucket: on a bucket bound, the P95 reads above
+    // the threshold exactly when more than 5 % of the requests took longer; and it never reads
+    // above the largest finite bound, so the threshold must lie below it.
+    let largest = LATENCY_BUCKETS.last().copied().expect("buckets");
+    for target in TARGETS {
+        let objs = render(target);
+        let so = objs
+            .iter()
+            .find(|o| kind(o) == "ScaledObject")
+            .expect("a ScaledObject");
+        let s = threshold(so, "p95-latency");
+        assert!(
+            LATENCY_BUCKETS.contains(&s) && s < largest,
+            "k8s/{target}: the P95 threshold {s} s must be a bound of {LATENCY_BUCKETS:?} below {largest} s"
+        );
+    }
+}
+
+#[test]
+fn catvton_overlay_fits_a_model_of_seconds_per_request() {
+    let objs = render(CATVTON);
+    let ctx = format!("k8s/{CATVTON}");
+    let dep = inference_deployment(&objs);
+    let pod = &dep["spec"]["template"]["spec"];
+    let c = &seq(pod.get("containers"))[0];
+    let env = env_of(c);
+    let num = |k: &str| -> f64 {
+        env.get(k)
+            .unwrap_or_else(|| panic!("{ctx}: {k} is not set"))
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("{ctx}: {k} is not a number"))
+    };
+    assert_eq!(env["VIRTUALFIT_MODEL"], "catvton", "{ctx}");
+    assert_eq!(env["VIRTUALFIT_DEVICE"], "cuda", "{ctx}");
+    assert_eq!(env["VIRTUALFIT_DTYPE"], "bf16", "{ctx}: half precision");
+    // The weights: the model folder lies in the claim catvton-weights, mounted read-only; the
+    // dmvton claim is not rendered.
+    find(&objs, "PersistentVolumeClaim", "catvton-weights");
+    assert!(
+        !objs.iter().any(|o| name(o) == "virtualfit-models"),
+        "{ctx}: no pod mounts the dmvton claim"
+    );
+    let volume = seq(pod.get("volumes"))
+        .into_iter()
+        .find(|v| v["persistentVolumeClaim"]["claimName"].as_str() == Some("catvton-weights"))
+        .unwrap_or_else(|| panic!("{ctx}: no volume of the claim catvton-weights"));
+    let mount = seq(c.get("volumeMounts"))
+        .into_iter()
+        .find(|m| m["name"] == volume["name"])
+        .unwrap_or_else(|| panic!("{ctx}: the weights are not mounted"));
+    assert_eq!(mount["readOnly"].as_bool(), Some(true), "{ctx}");
+    let mount_path = mount["mountPath"].as_str().expect("mountPath");
+    let dir = &env["VIRTUALFIT_MODEL_DIR"];
+    assert!(
+        dir.starts_with(&format!("{}/", mount_path.trim_end_matches('/'))),
+        "{ctx}: VIRTUALFIT_MODEL_DIR {dir} is not in the claim mounted at {mount_path}"
+    );
+
+    // Timeouts, from the published figure: a slot frees every t1 seconds.
+    let t1 = CATVTON_A100_S_PER_REQUEST;
+    let k = num("VIRTUALFIT_MAX_BATCH_SIZE") / 2.0; // requests with guidance: 2 rows each
+    let queue = num("VIRTUALFIT_QUEUE_CAPACITY");
+    let timeout = num("VIRTUALFIT_REQUEST_TIMEOUT_S");
+    assert!(
+        num("VIRTUALFIT_MAX_STEPS") <= 50.0,
+        "{ctx}: the figure is for 50 steps"
+    );
+    assert!(
+        queue * t1 <= timeout / 2.0,
+        "{ctx}: the last of a full queue ({queue} x {t1} s) must start within half the request timeout {timeout} s"
+    );
+    let (pre_stop, drain, grace) = shutdown_budget(dep);
+    assert!(
+        drain >= (queue + k) * t1,
+        "{ctx}: the drain {drain} s must answer a full queue and the running set, ({queue} + {k}) x {t1} s"
+    );
+    assert!(pre_stop + drain < grace, "{ctx}");
+    let patch = fs::read_to_string(k8s_dir().join(CATVTON).join("deployment-patch.yaml"))
+        .expect("catvton deployment patch");
+    for fact in [
+        format!("preStop sleep {pre_stop} s"),
+        format!("drain {drain} s"),
+        format!("= {} s", pre_stop + drain),
+        format!("SIGKILL at {grace} s"),
+    ] {
+        assert!(
+            patch.contains(&fact),
+            "{CATVTON}/deployment-patch.yaml must state the budget: `{fact}`"
+        );
+    }
+    // Start-up: loading 4 GB of weights and compiling the kernels takes minutes.
+    let startup = &c["startupProbe"];
+    let allowance = startup["periodSeconds"].as_u64().expect("periodSeconds")
+        * startup["failureThreshold"]
+            .as_u64()
+            .expect("failureThreshold");
+    assert!(
+        allowance >= 600,
+        "{ctx}: the startup probe allows {allowance} s"
+    );
+
+    // Thresholds (docs/catvton.md).
+    let so = find(&objs, "ScaledObject", "virtualfit-inference-gpu-scaler");
+    let s = threshold(so, "p95-latency");
+    assert!(
+        k * t1 + CATVTON_PRE_POST_S < s && s <= timeout,
+        "{ctx}: the P95 objective {s} s must allow a full running set ({k} x {t1} s)"
+    );
+    // Little's law at the target utilisation: u x k requests active per replica.
+    assert_eq!(
+        threshold(so, "active-requests"),
+        (TARGET_UTILIZATION * k).round(),
+        "{ctx}: active-requests"
+    );
+    // Half the longest queue the objective allows (at least 1), between the A100 figure and
+    // a GPU twice as fast.
+    let q_s = |t1: f64| ((s - CATVTON_PRE_POST_S - k * t1) / t1).floor() - 1.0;
+    let slowest = (q_s(t1) / 2.0).floor().max(1.0);
+    let fastest = (q_s(t1 / 2.0) / 2.0).floor().max(1.0);
+    let q = threshold(so, "queue-length");
+    assert!(
+        slowest <= q && q <= fastest,
+        "{ctx}: queue-length {q} outside [{slowest}, {fastest}]"
+    );
+    assert!(
+        q < queue,
+        "{ctx}: the queue trigger must fire before the queue is full"
+    );
+
+    // The overlay is documented.
+    let readme = fs::read_to_string(k8s_dir().join("README.md")).expect("k8s/README.md");
+    for want in [
+        format!("kubectl apply -k k8s/{CATVTON}"),
+        "docs/catvton.md".to_string(),
+    ] {
+        assert!(readme.contains(&want), "k8s/README.md must show `{want}`");
+    }
+    let doc = fs::read_to_string(root().join("docs/catvton.md")).expect("docs/catvton.md");
+    assert!(doc.contains("Thresholds for a model of seconds per request"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -173,7 +173,13 @@ pub fn find<'a>(objs: &'a [Value], k: &str, n: &str) -> &'a Value {
 
 /// The kustomizations that `kubectl apply -k` is pointed at for the application, relative to
 /// k8s/: each renders one ScaledObject and the inference Deployment.
-pub const TARGETS: &[&str] = &["", "overlays/dev", "overlays/spot", "overlays/eu-west"];
+pub const TARGETS: &[&str] = &[
+    "",
+    "overlays/dev",
+    "overlays/spot",
+    "overlays/eu-west",
+    "overlays/catvton",
+];
 
 /// Opt-in components, relative to k8s/: listed under `components:` of a kustomization, or
 /// applied on their own (`kubectl apply -k k8s/<component>`).
