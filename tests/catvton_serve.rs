@@ -43,9 +43,10 @@ async fn catvton_server(extra: &[&str]) -> (virtualfit::server::Server, String) 
         dir.as_str(),
         "--request-timeout-s",
         "300",
-        "--max-steps",
-        "8",
     ];
+    if !extra.contains(&"--max-steps") {
+        args.extend_from_slice(&["--max-steps", "8"]);
+    }
     args.extend_from_slice(extra);
     start(&args).await
 }
