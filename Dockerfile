@@ -35,6 +35,8 @@ COPY src src
 # `virtualfit plan` starts from the shipped ScaledObject.
 COPY k8s/autoscaling/keda-gpu-scaler.yaml k8s/autoscaling/keda-gpu-scaler.yaml
 COPY kernels kernels
+# The full-size CatVTON configurations are compiled in (bench model --random-weights).
+COPY models/catvton/config models/catvton/config
 COPY benches benches
 COPY examples examples
 RUN cargo build --release --locked --features cuda --bin virtualfit \
@@ -48,6 +50,8 @@ COPY src src
 # `virtualfit plan` starts from the shipped ScaledObject.
 COPY k8s/autoscaling/keda-gpu-scaler.yaml k8s/autoscaling/keda-gpu-scaler.yaml
 COPY kernels kernels
+# The full-size CatVTON configurations are compiled in (bench model --random-weights).
+COPY models/catvton/config models/catvton/config
 COPY benches benches
 COPY examples examples
 RUN cargo build --release --locked --bin virtualfit && strip target/release/virtualfit

@@ -1,5 +1,6 @@
 //! Request preparation and answer encoding: decode + fit + normalise for a 192×256 JPEG (the
-//! fixtures' size) and a 1024×768 one (a phone-sized upload), the garment mask, and JPEG encode.
+//! fixtures' size) and a 1024×768 one (a phone-sized upload), the garment mask, catvton's drawn
+//! repaint mask at 768×1024, and JPEG encode.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use image::RgbImage;
 use virtualfit::imaging::{self, OutputFormat};
+use virtualfit::models::catvton::mask::{auto_mask, Category};
+use virtualfit::models::catvton::preprocess::resize_and_crop;
 use virtualfit::ops::convert::{to_model_input, InputKind};
 
 const MAX_PIXELS: u64 = 36_000_000;
@@ -71,6 +74,14 @@ fn benches(c: &mut Criterion) {
                 .expect("prepares")
         })
     });
+    // catvton's drawn repaint mask on a sample photo fitted to the full 768×1024.
+    let catvton_person = resize_and_crop(&person, 768, 1024);
+    for category in [Category::Upper, Category::Lower, Category::Overall] {
+        g.bench_function(
+            format!("catvton_auto_mask/768x1024/{}", category.label()),
+            |b| b.iter(|| auto_mask(black_box(&catvton_person), category)),
+        );
+    }
     g.bench_function("encode_jpeg_q90/192x256", |b| {
         b.iter(|| imaging::encode(black_box(&person), OutputFormat::Jpeg, 90).expect("encodes"))
     });

@@ -29,7 +29,8 @@ pub struct ModelArgs {
     /// instead of f32's 1e-6 (off by default; no effect on the CPU).
     #[arg(long, env = "VIRTUALFIT_ALLOW_TF32")]
     pub allow_tf32: bool,
-    /// catvton: the networks' precision, `f32`, `f16` or `bf16` (half precision is for GPUs).
+    /// catvton: the networks' precision, `f32`, `f16` or `bf16` (half precision is for GPUs; the
+    /// CPU has no bf16 matrix product).
     #[arg(long, env = "VIRTUALFIT_DTYPE", default_value = "f32", value_parser = parse_dtype)]
     pub dtype: candle_core::DType,
     /// catvton: the most denoising steps a request may ask for.

@@ -356,6 +356,14 @@ fn model_timing_refuses_an_unusable_model_with_a_message() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--model-dir"), "{err}");
+
+    let o = bench(&["model", "--random-weights", "--iterations", "1"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--random-weights is for --model catvton"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -473,3 +473,62 @@ fn a_half_precision_unet_file_is_read() {
     assert!(e < 1e-2, "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_committed_full_size_configs_describe_the_published_networks() {
+    use virtualfit::models::catvton::config::{SchedulerConfig, UNetConfig, VaeConfig};
+    use virtualfit::models::catvton::FULL_SIZE_CONFIGS;
+    let unet: UNetConfig = serde_json::from_str(FULL_SIZE_CONFIGS[0]).expect("UNet config");
+    let vae: VaeConfig = serde_json::from_str(FULL_SIZE_CONFIGS[1]).expect("VAE config");
+    let scheduler: SchedulerConfig =
+        serde_json::from_str(FULL_SIZE_CONFIGS[2]).expect("scheduler config");
+    unet.validate().expect("the UNet config is supported");
+    vae.validate().expect("the VAE config is supported");
+    scheduler
+        .validate()
+        .expect("the scheduler config is supported");
+    // SD 1.5 inpainting: 9 input channels (latents, mask, masked image), 4 out.
+    assert_eq!((unet.in_channels, unet.out_channels), (9, 4));
+    assert_eq!(unet.block_out_channels, [320, 640, 1280, 1280]);
+    assert_eq!(unet.cross_attention_dim, 768);
+    // sd-vae-ft-mse.
+    assert_eq!(vae.latent_channels, 4);
+    assert_eq!(vae.block_out_channels, [128, 256, 512, 512]);
+    assert!((vae.scaling_factor - 0.18215).abs() < 1e-12);
+    // The base model's schedule, read into DDIM.
+    assert_eq!(scheduler.num_train_timesteps, 1000);
+    assert_eq!(scheduler.beta_schedule, "scaled_linear");
+    assert_eq!(scheduler.steps_offset, 1);
+}
+
+#[test]
+fn half_precision_networks_follow_the_reference_closely() {
+    // `--dtype f16`: the networks compute in half precision while the scheduler and the noise
+    // stay f32. The whole sampling of the first pair lands near the f32 reference. (bf16, the
+    // GPU overlay's setting, has no CPU matrix product; see the next test.)
+    for (dtype, limit) in [(DType::F16, 1e-2)] {
+        let m = CatVton::load(&model_dir(), dtype, &Device::Cpu).expect("loads in half precision");
+        let (input, noise) = recorded("p0");
+        let mut sample = m.begin(&input, noise).expect("begin");
+        while !sample.is_done() {
+            m.step(&mut [&mut sample]).expect("step");
+        }
+        assert_eq!(sample.latents().dtype(), DType::F32, "{dtype:?}");
+        let image = m.decode(&sample).expect("decode");
+        let e = rel_l2(&image, reference("p0.image"));
+        println!("{dtype:?}: final image relative L2 {e:.2e}");
+        assert!(e.is_finite() && e < limit, "{dtype:?}: {e}");
+    }
+}
+
+#[test]
+fn bf16_is_refused_on_the_cpu_at_load_time() {
+    let e = match CatVton::load(&model_dir(), DType::BF16, &Device::Cpu) {
+        Ok(_) => panic!("bf16 on the CPU loads"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("--dtype bf16") && e.contains("CPU") && e.contains("f16"),
+        "{e}"
+    );
+}

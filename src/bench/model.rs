@@ -42,6 +42,10 @@ pub struct ModelBenchArgs {
     /// catvton: output size, `1024x768` or `512x384`.
     #[arg(long, default_value = "1024x768")]
     pub resolution: Resolution,
+    /// catvton: the full-size networks with random weights instead of --model-dir, to time
+    /// them without the downloads (the outputs are noise).
+    #[arg(long)]
+    pub random_weights: bool,
 }
 
 /// The `bench model` result.
@@ -185,7 +189,16 @@ fn sample_all(model: &CatVton, inputs: &[DiffusionInput]) -> Result<(), BenchErr
 /// Times the forward passes (diffusion models: whole samplings of a batch).
 pub fn measure(args: &ModelBenchArgs) -> Result<ModelReport, BenchError> {
     let device = args.model.open_device()?;
-    let model = args.model.load(&device)?;
+    let model = if args.random_weights {
+        if args.model.model != ModelKind::Catvton {
+            return Err(BenchError::Usage(
+                "--random-weights is for --model catvton".into(),
+            ));
+        }
+        LoadedModel::Diffusion(Box::new(CatVton::random(args.model.dtype, &device)?))
+    } else {
+        args.model.load(&device)?
+    };
     let name = model.name().to_string();
     let mut run: Box<dyn FnMut() -> Result<(), BenchError>> = match model {
         LoadedModel::Batch(model) => {
@@ -230,10 +243,11 @@ pub fn measure(args: &ModelBenchArgs) -> Result<ModelReport, BenchError> {
         batch_size: args.batch_size,
         iterations: args.iterations,
         warmup: args.warmup,
-        inputs: args
-            .data
-            .as_ref()
-            .map_or("random".to_string(), |d| d.display().to_string()),
+        inputs: match &args.data {
+            Some(dir) => dir.display().to_string(),
+            None if args.random_weights => "random, with random weights".to_string(),
+            None => "random".to_string(),
+        },
         median_batch_s: median,
         mean_batch_s: times.iter().sum::<f64>() / n as f64,
         min_batch_s: times[0],

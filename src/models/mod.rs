@@ -113,6 +113,12 @@ pub enum ModelError {
     WrongInput(String),
     #[error("model `{0}` samples step by step and has no whole-batch interface")]
     NotBatched(String),
+    #[error("--dtype {dtype} is not supported on {device}: {reason}")]
+    UnsupportedDtype {
+        dtype: &'static str,
+        device: String,
+        reason: &'static str,
+    },
     #[error("{0}")]
     Candle(#[from] candle_core::Error),
 }

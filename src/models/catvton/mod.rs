@@ -240,9 +240,70 @@ fn to_nchw(t: &Tensor, device: &Device) -> candle_core::Result<Tensor> {
         .to_dtype(DType::F32)
 }
 
+/// Refuses a precision the device cannot compute in, at load time rather than at the first
+/// request.
+fn check_dtype(dtype: DType, device: &Device) -> Result<(), ModelError> {
+    if dtype == DType::BF16 && device.is_cpu() {
+        return Err(ModelError::UnsupportedDtype {
+            dtype: "bf16",
+            device: "the CPU".into(),
+            reason: "its matrix products have no bf16; use f32, or f16",
+        });
+    }
+    Ok(())
+}
+
+/// The published configurations of the full-size networks: the SD 1.5 inpainting UNet,
+/// `sd-vae-ft-mse` and the base model's scheduler (`models/catvton/config/`).
+pub const FULL_SIZE_CONFIGS: [&str; 3] = [
+    include_str!("../../../models/catvton/config/unet.json"),
+    include_str!("../../../models/catvton/config/vae.json"),
+    include_str!("../../../models/catvton/config/scheduler.json"),
+];
+
+/// Builds a network whose every tensor is random: a `VarMap` initialises what the network asks
+/// for, then the network is rebuilt from detached copies (a forward pass over variables would
+/// keep its whole graph for backpropagation).
+fn random_network<T>(
+    dtype: DType,
+    device: &Device,
+    build: impl Fn(candle_nn::VarBuilder) -> candle_core::Result<T>,
+) -> candle_core::Result<T> {
+    let vars = candle_nn::VarMap::new();
+    build(candle_nn::VarBuilder::from_varmap(&vars, dtype, device))?;
+    let tensors: std::collections::HashMap<String, Tensor> = vars
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("the variable map is poisoned".into()))?
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+        .collect();
+    build(candle_nn::VarBuilder::from_tensors(tensors, dtype, device))
+}
+
 impl CatVton {
+    /// The full-size model with random weights, for timing without the downloads: the same
+    /// shapes and work as the published weights, but not a try-on.
+    pub fn random(dtype: DType, device: &Device) -> Result<Self, ModelError> {
+        check_dtype(dtype, device)?;
+        fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ModelError> {
+            serde_json::from_str(text)
+                .map_err(|e| ModelError::Candle(candle_core::Error::Msg(e.to_string())))
+        }
+        let unet_config: config::UNetConfig = parse(FULL_SIZE_CONFIGS[0])?;
+        let vae_config: config::VaeConfig = parse(FULL_SIZE_CONFIGS[1])?;
+        let scheduler: config::SchedulerConfig = parse(FULL_SIZE_CONFIGS[2])?;
+        Ok(Self {
+            unet: random_network(dtype, device, |vb| UNet::new(vb, &unet_config))?,
+            vae: random_network(dtype, device, |vb| AutoencoderKl::new(vb, &vae_config))?,
+            ddim: Ddim::new(&scheduler),
+            device: device.clone(),
+        })
+    }
+
     /// Loads the model folder (see [`weights`]); the networks compute in `dtype`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self, ModelError> {
+        check_dtype(dtype, device)?;
         let loaded = weights::load(dir, dtype, device)?;
         Ok(Self {
             unet: loaded.unet,
