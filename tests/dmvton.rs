@@ -52,25 +52,10 @@ fn full_output() -> &'static DmVtonOutput {
     OUT.get_or_init(|| model().run(&batch(0, PAIRS)).expect("forward"))
 }
 
-/// ‖out − ref‖ / ‖ref‖ and max |out − ref|, in f64.
+/// ‖out − ref‖ / ‖ref‖ and max |out − ref|, in f64 (NaN when `out` holds a NaN).
 fn errors(out: &Tensor, reference: &Tensor) -> (f64, f64) {
-    assert_eq!(out.dims(), reference.dims(), "shape");
-    let a: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f32> = reference
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let (mut num, mut den, mut max) = (0f64, 0f64, 0f64);
-    for (x, y) in a.iter().zip(&b) {
-        let d = *x as f64 - *y as f64;
-        num += d * d;
-        den += (*y as f64) * (*y as f64);
-        max = max.max(d.abs());
-    }
-    (num.sqrt() / den.sqrt().max(1e-30), max)
+    let (rel, max, nan) = virtualfit::gpu_check::compare(out, reference).expect("same shape");
+    (if nan { f64::NAN } else { rel }, max)
 }
 
 fn assert_close(name: &str, out: &Tensor, reference: &Tensor) {

@@ -197,24 +197,37 @@ pub const UNET_DOWN: [&str; 2] = ["CrossAttnDownBlock2D", "DownBlock2D"];
 /// The up block kinds the UNet supports.
 pub const UNET_UP: [&str; 2] = ["CrossAttnUpBlock2D", "UpBlock2D"];
 
+/// One block kind per entry of `block_out_channels`, each down and up kind a supported one.
+fn expect_blocks(
+    channels: &[usize],
+    (down, down_kinds): (&[String], &[&str]),
+    (up, up_kinds): (&[String], &[&str]),
+) -> Result<(), String> {
+    let n = channels.len();
+    expect(n > 0, || "no blocks".into())?;
+    expect(down.len() == n && up.len() == n, || {
+        "block type lists must match block_out_channels".into()
+    })?;
+    for t in down {
+        expect(down_kinds.contains(&t.as_str()), || {
+            format!("down block `{t}`")
+        })?;
+    }
+    for t in up {
+        expect(up_kinds.contains(&t.as_str()), || format!("up block `{t}`"))?;
+    }
+    Ok(())
+}
+
 impl UNetConfig {
     /// Checks that the configuration is one this implementation computes exactly.
     pub fn validate(&self) -> Result<(), String> {
         expect_class(&self.class_name, "UNet2DConditionModel")?;
-        let n = self.block_out_channels.len();
-        expect(n > 0, || "no blocks".into())?;
-        expect(
-            self.down_block_types.len() == n && self.up_block_types.len() == n,
-            || "block type lists must match block_out_channels".into(),
+        expect_blocks(
+            &self.block_out_channels,
+            (&self.down_block_types, &UNET_DOWN),
+            (&self.up_block_types, &UNET_UP),
         )?;
-        for t in &self.down_block_types {
-            expect(UNET_DOWN.contains(&t.as_str()), || {
-                format!("down block `{t}`")
-            })?;
-        }
-        for t in &self.up_block_types {
-            expect(UNET_UP.contains(&t.as_str()), || format!("up block `{t}`"))?;
-        }
         if let Some(mid) = &self.mid_block_type {
             expect(mid == "UNetMidBlock2DCrossAttn", || {
                 format!("mid block `{mid}`")
@@ -231,7 +244,9 @@ impl UNetConfig {
         )?;
         expect(self.layers_per_block > 0, || "layers_per_block 0".into())?;
         let heads = self.heads();
-        expect(heads.fits(n), || "attention heads per block".into())?;
+        expect(heads.fits(self.block_out_channels.len()), || {
+            "attention heads per block".into()
+        })?;
         for (i, c) in self.block_out_channels.iter().enumerate() {
             expect(c % heads.get(i) == 0, || {
                 format!("{c} channels do not split into {} heads", heads.get(i))
@@ -281,18 +296,11 @@ impl VaeConfig {
     /// Checks that the configuration is one this implementation computes exactly.
     pub fn validate(&self) -> Result<(), String> {
         expect_class(&self.class_name, "AutoencoderKL")?;
-        let n = self.block_out_channels.len();
-        expect(n > 0, || "no blocks".into())?;
-        expect(
-            self.down_block_types.len() == n && self.up_block_types.len() == n,
-            || "block type lists must match block_out_channels".into(),
+        expect_blocks(
+            &self.block_out_channels,
+            (&self.down_block_types, &["DownEncoderBlock2D"]),
+            (&self.up_block_types, &["UpDecoderBlock2D"]),
         )?;
-        for t in &self.down_block_types {
-            expect(t == "DownEncoderBlock2D", || format!("down block `{t}`"))?;
-        }
-        for t in &self.up_block_types {
-            expect(t == "UpDecoderBlock2D", || format!("up block `{t}`"))?;
-        }
         let groups = self.norm_num_groups;
         expect(
             groups > 0

@@ -66,24 +66,20 @@ pub fn auto_mask(person: &RgbImage, category: Category) -> GrayImage {
     GrayImage::from_raw(width, height, pixels).unwrap_or_else(|| GrayImage::new(width, height))
 }
 
-/// Side of the reference's square dilation kernel: `max(w, h) / 250`, made odd by adding one.
-fn dilation_kernel_size(width: usize, height: usize) -> usize {
-    let size = width.max(height) / 250;
-    if size % 2 == 1 {
-        size
-    } else {
-        size + 1
-    }
+/// `max(w, h) / divisor`, made odd by adding one: how the reference sizes its kernels.
+fn odd_kernel_size(width: usize, height: usize, divisor: usize) -> usize {
+    let size = width.max(height) / divisor;
+    size | 1
 }
 
-/// Side of the reference's Gaussian blur kernel: `max(w, h) / 25`, made odd by adding one.
+/// Side of the reference's square dilation kernel: `max(w, h) / 250`, made odd.
+fn dilation_kernel_size(width: usize, height: usize) -> usize {
+    odd_kernel_size(width, height, 250)
+}
+
+/// Side of the reference's Gaussian blur kernel: `max(w, h) / 25`, made odd.
 fn blur_kernel_size(width: usize, height: usize) -> usize {
-    let size = width.max(height) / 25;
-    if size % 2 == 1 {
-        size
-    } else {
-        size + 1
-    }
+    odd_kernel_size(width, height, 25)
 }
 
 /// What a pixel of the person image shows.
