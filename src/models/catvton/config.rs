@@ -197,9 +197,11 @@ pub const UNET_DOWN: [&str; 2] = ["CrossAttnDownBlock2D", "DownBlock2D"];
 /// The up block kinds the UNet supports.
 pub const UNET_UP: [&str; 2] = ["CrossAttnUpBlock2D", "UpBlock2D"];
 
-/// One block kind per entry of `block_out_channels`, each down and up kind a supported one.
+/// One block kind per entry of `block_out_channels`, each down and up kind a supported one,
+/// and channel counts that split into the normalisation groups.
 fn expect_blocks(
     channels: &[usize],
+    groups: usize,
     (down, down_kinds): (&[String], &[&str]),
     (up, up_kinds): (&[String], &[&str]),
 ) -> Result<(), String> {
@@ -216,7 +218,10 @@ fn expect_blocks(
     for t in up {
         expect(up_kinds.contains(&t.as_str()), || format!("up block `{t}`"))?;
     }
-    Ok(())
+    expect(
+        groups > 0 && channels.iter().all(|c| *c > 0 && c % groups == 0),
+        || "channels must be multiples of norm_num_groups".into(),
+    )
 }
 
 impl UNetConfig {
@@ -225,6 +230,7 @@ impl UNetConfig {
         expect_class(&self.class_name, "UNet2DConditionModel")?;
         expect_blocks(
             &self.block_out_channels,
+            self.norm_num_groups,
             (&self.down_block_types, &UNET_DOWN),
             (&self.up_block_types, &UNET_UP),
         )?;
@@ -233,15 +239,6 @@ impl UNetConfig {
                 format!("mid block `{mid}`")
             })?;
         }
-        let groups = self.norm_num_groups;
-        expect(
-            groups > 0
-                && self
-                    .block_out_channels
-                    .iter()
-                    .all(|c| *c > 0 && c % groups == 0),
-            || "channels must be multiples of norm_num_groups".into(),
-        )?;
         expect(self.layers_per_block > 0, || "layers_per_block 0".into())?;
         let heads = self.heads();
         expect(heads.fits(self.block_out_channels.len()), || {
@@ -298,17 +295,9 @@ impl VaeConfig {
         expect_class(&self.class_name, "AutoencoderKL")?;
         expect_blocks(
             &self.block_out_channels,
+            self.norm_num_groups,
             (&self.down_block_types, &["DownEncoderBlock2D"]),
             (&self.up_block_types, &["UpDecoderBlock2D"]),
-        )?;
-        let groups = self.norm_num_groups;
-        expect(
-            groups > 0
-                && self
-                    .block_out_channels
-                    .iter()
-                    .all(|c| *c > 0 && c % groups == 0),
-            || "channels must be multiples of norm_num_groups".into(),
         )?;
         expect(self.in_channels == 3 && self.out_channels == 3, || {
             "images of other than 3 channels".into()
