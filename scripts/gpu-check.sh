@@ -5,11 +5,15 @@
 #   3. the DM-VTON parity fixtures on the GPU (the CPU tests' tolerances);
 #   4. DM-VTON forward at batch 1, 8 and 32;
 #   5. the server end to end (`bench http` at saturation) against the raw forward throughput;
+#   6. catvton: the tiny fixture model on the GPU against the CPU (same request and seed), then
+#      the full-size networks with random weights in bf16 at 1024x768, 50 steps, batch 1 and 4,
+#      with the peak GPU memory (nvidia-smi, CUDA context included);
 # and a short table last. See README.md ("GPU check") for how the bundle is prepared.
 #
 # Usage: scripts/gpu-check.sh BUNDLE_DIR [OUT_DIR]
 #   BUNDLE_DIR holds virtualfit (or virtualfit.gz), dmvton/ (the two checkpoints and a trimmed
-#   parity.safetensors) and samples/ (assets/samples: the photos for the HTTP benchmark).
+#   parity.safetensors) and samples/ (assets/samples: the photos for the HTTP benchmark);
+#   optionally catvton-tiny/ (tests/fixtures/catvton/model) for step 6's parity run.
 set -uo pipefail
 BUNDLE=${1:?usage: scripts/gpu-check.sh BUNDLE_DIR [OUT_DIR]}
 OUT=${2:-${OUT:-/tmp/gpu-check}}
@@ -69,6 +73,23 @@ curl -s "http://127.0.0.1:$PORT/metrics" | grep '^virtualfit_gpu_' | tee "$OUT/g
   --duration 20s --warmup 3s --json "$OUT/http.json" > "$OUT/http.txt" 2>&1
 kill -TERM $SERVER; wait $SERVER
 
+echo "== catvton"
+P="$BUNDLE/samples/person/000066_0.jpg"; C="$BUNDLE/samples/cloth/017575_1.jpg"
+if [ -d "$BUNDLE/catvton-tiny" ]; then
+  for dev in cpu cuda:0; do
+    "$BIN" tryon --model catvton --model-dir "$BUNDLE/catvton-tiny" --device $dev --resolution 512x384 \
+      --steps 2 --seed 7 --person "$P" --cloth "$C" --output "$OUT/catvton-tiny-${dev%%:*}.png" \
+      >> "$OUT/catvton-tiny.log" 2>&1
+  done
+fi
+for b in 1 4; do
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$OUT/catvton-mem-b$b.txt" &
+  SMI=$!
+  "$BIN" bench model --model catvton --random-weights --dtype bf16 --device cuda:0 --resolution 1024x768 \
+    --steps 50 --batch-size $b --iterations 2 --warmup 1 --json > "$OUT/catvton-b$b.json" 2>"$OUT/catvton-b$b.err"
+  kill $SMI; wait $SMI 2>/dev/null
+done
+
 python3 - "$OUT" <<'PY'
 import json, sys, os
 out = sys.argv[1]
@@ -99,5 +120,24 @@ rps = h.get("throughput_rps", float("nan"))
 lat = h.get("latency_ms", {})
 print(f"http: {rps:.1f} req/s at concurrency 128, p50 {lat.get('p50', float('nan')):.1f} ms, p95 {lat.get('p95', float('nan')):.1f} ms, mean batch {(h.get('server') or {}).get('mean_batch_size')}")
 print(f"raw forward at batch 32: {raw:.1f} images/s; serving efficiency {rps / raw:.2f}")
+try:
+    from PIL import Image
+    import numpy as np
+    a, b = (np.asarray(Image.open(os.path.join(out, f"catvton-tiny-{d}.png")), dtype=np.int16) for d in ("cpu", "cuda"))
+    d = np.abs(a - b)
+    print(f"catvton tiny model, GPU vs CPU: max {d.max()} levels, {(d > 1).mean() * 100:.3f} % of values off by more than 1")
+except Exception as e:
+    print(f"catvton tiny model, GPU vs CPU: not compared ({e})")
+for b in (1, 4):
+    r = load(f"catvton-b{b}.json")
+    try:
+        peak = max(int(l) for l in open(os.path.join(out, f"catvton-mem-b{b}.txt")) if l.strip().isdigit())
+    except Exception:
+        peak = float("nan")
+    if "median_batch_s" in r:
+        print(f"catvton bf16 1024x768 50 steps, batch {b}: {r['median_batch_s'] / b:.2f} s per image, "
+              f"{r['unet_steps_per_s']:.1f} request-steps/s, peak GPU memory {peak} MiB")
+    else:
+        print(f"catvton batch {b}: failed, see catvton-b{b}.err")
 PY
 exit $check_rc
