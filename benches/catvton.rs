@@ -1,6 +1,6 @@
 //! CatVTON on the CPU: one UNet step of the full-size Stable Diffusion 1.5 inpainting UNet
-//! (`models/catvton/config/unet.json`, 860 M parameters, random weights) at 512×384, for one
-//! request with guidance (two rows) and without (one row).
+//! (`models/catvton/config/unet.json`, 815.6 M parameters without the skipped cross-attention,
+//! random weights) at 512×384, for one request with guidance (two rows) and without (one row).
 //!
 //! `cargo bench --bench catvton`. Each step takes seconds, so this times a few calls with the
 //! clock instead of criterion's statistics: it prints the median and the spread. Whole
