@@ -36,14 +36,10 @@ fn model_dir() -> String {
 
 async fn catvton_server(extra: &[&str]) -> (virtualfit::server::Server, String) {
     let dir = model_dir();
-    let mut args = vec![
-        "--model",
-        "catvton",
-        "--model-dir",
-        dir.as_str(),
-        "--request-timeout-s",
-        "300",
-    ];
+    let mut args = vec!["--model", "catvton", "--model-dir", dir.as_str()];
+    if !extra.contains(&"--request-timeout-s") {
+        args.extend_from_slice(&["--request-timeout-s", "300"]);
+    }
     if !extra.contains(&"--max-steps") {
         args.extend_from_slice(&["--max-steps", "8"]);
     }
@@ -420,4 +416,94 @@ async fn a_request_whose_client_leaves_stops_sampling() {
         metric(&metrics_text(&base).await, "virtualfit_active_requests", ""),
         0.0
     );
+}
+
+/// Polls /metrics until `name` (with `label`) reaches `at_least`, for up to two minutes.
+async fn wait_for_metric(base: &str, name: &str, label: &str, at_least: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while metric(&metrics_text(base).await, name, label) < at_least {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}{{{label}}} never reached {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_queued_past_its_deadline_gets_504_while_a_long_running_one_finishes() {
+    // One request with guidance fills the two rows; the second waits in the queue past the
+    // 0.5 s request timeout, which bounds the wait for the device, not the sampling: the first
+    // request's six steps take longer than the handler's stall bound (2 × 0.5 s + 10 s on this
+    // CPU), and it is answered because every step is progress.
+    let (_server, base) =
+        catvton_server(&["--max-batch-size", "2", "--request-timeout-s", "0.5"]).await;
+    let started = std::time::Instant::now();
+    let running = {
+        let base = base.clone();
+        tokio::spawn(async move { post_tryon(&base, form(0, 6, 1)).await.status() })
+    };
+    wait_for_metric(&base, "virtualfit_unet_steps_total", "", 1.0).await;
+    let queued = post_tryon(&base, form(1, 2, 2)).await;
+    assert_eq!(queued.status(), 504);
+    let body: serde_json::Value = queued.json().await.expect("json");
+    assert_eq!(body["error"], "deadline_exceeded", "{body}");
+    assert_eq!(running.await.expect("task"), 200);
+    println!(
+        "the six-step request was answered after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let text = metrics_text(&base).await;
+    // The expired request never took a UNet step: six steps, of the first request only.
+    assert_eq!(metric(&text, "virtualfit_unet_steps_total", ""), 6.0);
+    assert_eq!(metric(&text, "virtualfit_active_requests", ""), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_sampling_request_finish_and_refuses_new_ones() {
+    let dir = model_dir();
+    let mut child = common::child::ChildServer::start(&[
+        "--model",
+        "catvton",
+        "--model-dir",
+        dir.as_str(),
+        "--max-steps",
+        "8",
+        "--request-timeout-s",
+        "300",
+        "--drain-timeout-s",
+        "300",
+    ]);
+    child.wait_ready().await;
+    let base = child.base.clone();
+    let sampling = {
+        let base = base.clone();
+        tokio::spawn(async move { post_tryon(&base, form(0, 3, 1)).await.status() })
+    };
+    wait_for_metric(&base, "virtualfit_unet_steps_total", "", 1.0).await;
+    child.sigterm();
+    // New work is refused at once while the admitted request keeps sampling.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client()
+            .post(format!("{base}/tryon"))
+            .multipart(form(1, 1, 2))
+            .send()
+            .await
+            .expect("still up while draining");
+        if r.status() == 503 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        sampling.await.expect("task"),
+        200,
+        "the admitted request is answered"
+    );
+    let status = child
+        .wait_exit(Duration::from_secs(60))
+        .expect("the process exits after the drain");
+    assert!(status.success(), "exit status {status:?}");
 }

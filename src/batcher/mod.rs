@@ -247,12 +247,24 @@ struct Shared {
     wake: Condvar,
     config: BatcherConfig,
     metrics: Metrics,
+    /// Model calls finished (batches, UNet steps, VAE passes), whatever their outcome: how a
+    /// handler tells a worker that is slow from one that is stalled.
+    model_calls: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind; keep serving.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a finished model call that kept the device busy for `elapsed`.
+    fn model_worked(&self, elapsed: Duration) {
+        self.metrics
+            .model_busy_seconds_total
+            .inc_by(elapsed.as_secs_f64());
+        self.model_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn publish_queue(&self, state: &State) {
@@ -315,6 +327,7 @@ impl Batcher {
             wake: Condvar::new(),
             config,
             metrics,
+            model_calls: Default::default(),
         });
         let worker_shared = shared.clone();
         let handle = std::thread::Builder::new()
@@ -344,6 +357,14 @@ impl Batcher {
             handle: Some(handle),
         };
         (batcher, worker)
+    }
+
+    /// Model calls the worker has finished so far. A handler waiting for its answer sees the
+    /// worker progress through other requests' work (or its own steps) by this count.
+    pub fn model_calls(&self) -> u64 {
+        self.shared
+            .model_calls
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Admits an interactive request with the request timeout as its deadline, or refuses it
@@ -593,10 +614,7 @@ fn run_batch(model: &dyn TryOnModel, shared: &Shared, jobs: Vec<Job>) {
     let n = jobs.len();
     let result = guarded(|| forward(model, &jobs));
     // The device was busy for this batch whatever its outcome.
-    shared
-        .metrics
-        .model_busy_seconds_total
-        .inc_by(started.elapsed().as_secs_f64());
+    shared.model_worked(started.elapsed());
     match result {
         Ok(images) => {
             let elapsed = started.elapsed();

@@ -8,7 +8,7 @@
 //! queue) and the queue metrics are the whole-batch worker's.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use candle_core::Tensor;
 
@@ -76,7 +76,7 @@ pub(super) fn worker_loop(model: &CatVton, shared: &Shared) {
             let started = Instant::now();
             match begin(model, &job) {
                 Ok(sample) => {
-                    busy(shared, started.elapsed());
+                    shared.model_worked(started.elapsed());
                     running.push(Running {
                         job,
                         sample,
@@ -86,7 +86,7 @@ pub(super) fn worker_loop(model: &CatVton, shared: &Shared) {
                     });
                 }
                 Err(e) => {
-                    busy(shared, started.elapsed());
+                    shared.model_worked(started.elapsed());
                     tracing::error!(error = %e, "encoding a diffusion request failed");
                     answer(shared, job, Err(JobError::Model(e.to_string())));
                 }
@@ -176,13 +176,6 @@ fn begin(model: &CatVton, job: &Job) -> Result<Sample, ModelError> {
     }
 }
 
-fn busy(shared: &Shared, elapsed: Duration) {
-    shared
-        .metrics
-        .model_busy_seconds_total
-        .inc_by(elapsed.as_secs_f64());
-}
-
 /// Sends a request its answer; it no longer counts as running.
 fn answer(shared: &Shared, job: Job, result: Result<JobOutput, JobError>) {
     shared.lock().running -= 1;
@@ -237,7 +230,7 @@ fn step_group(model: &CatVton, shared: &Shared, running: &mut [Running], indices
         guarded(|| model.step(&mut picked))
     };
     let elapsed = started.elapsed();
-    busy(shared, elapsed);
+    shared.model_worked(elapsed);
     let rows: usize = indices.iter().map(|&i| running[i].rows()).sum();
     match result {
         Ok(()) => {
@@ -290,7 +283,7 @@ fn finish_done(model: &CatVton, shared: &Shared, running: Vec<Running>) -> Vec<R
         let decode_started = Instant::now();
         let image = guarded(|| model.finish(&r.sample));
         let decode = decode_started.elapsed();
-        busy(shared, decode);
+        shared.model_worked(decode);
         r.device_seconds += decode.as_secs_f64();
         match image {
             Ok(image) => {

@@ -19,8 +19,8 @@ use crate::batcher::MIN_RETRY_AFTER_S;
 use crate::error::ApiError;
 use crate::imaging::{self, OutputFormat};
 
-/// The handler's own bound on waiting for the worker, beyond the request timeout the worker
-/// enforces itself: it only matters when the device stalls. Twice the timeout, plus this.
+/// The handler's own bound on a worker that makes no progress, beyond the request timeout the
+/// worker enforces itself: it only matters when the device stalls. Twice the timeout, plus this.
 const STALL_GRACE: Duration = Duration::from_secs(10);
 
 /// `format` and `quality` query parameters of /tryon.
@@ -240,15 +240,29 @@ async fn tryon(
     let _active = super::ActiveGuard::new(&inner.metrics);
     let receiver = inner.batcher.submit(prepared).map_err(ApiError::from)?;
 
-    // The worker answers expired requests itself; this bound only covers a stalled device.
+    // The worker answers expired requests itself; this bound only covers a stalled device: the
+    // handler gives up when the worker has finished no model call for that long. A request of
+    // many diffusion steps may take longer in all while every step makes progress.
     let stall_bound = request_timeout * 2 + STALL_GRACE;
-    let answer = tokio::time::timeout(stall_bound, receiver)
-        .await
-        .map_err(|_| ApiError::DeadlineExceeded {
-            waited_ms: stall_bound.as_millis() as u64,
-            timeout_ms: request_timeout.as_millis() as u64,
-        })?
-        .map_err(|_| ApiError::Internal("the model worker stopped".into()))?;
+    let mut receiver = receiver;
+    let mut calls_seen = inner.batcher.model_calls();
+    let answer = loop {
+        match tokio::time::timeout(stall_bound, &mut receiver).await {
+            Ok(answer) => break answer,
+            Err(_) => {
+                let calls = inner.batcher.model_calls();
+                if calls == calls_seen {
+                    return Err(ApiError::DeadlineExceeded {
+                        waited_ms: stall_bound.as_millis() as u64,
+                        timeout_ms: request_timeout.as_millis() as u64,
+                    }
+                    .into());
+                }
+                calls_seen = calls;
+            }
+        }
+    }
+    .map_err(|_| ApiError::Internal("the model worker stopped".into()))?;
     let output = answer.map_err(ApiError::from)?;
 
     let image = output.image;
