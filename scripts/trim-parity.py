@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Writes the first K pairs of a DM-VTON parity file's input.* and output.* tensors to a new
 safetensors file (small enough to travel with the GPU check bundle). Standard library only.
+The source may be gzipped, as the repository's is.
 
-    python3 scripts/trim-parity.py tests/fixtures/dmvton/parity.safetensors OUT.safetensors [K]
+    python3 scripts/trim-parity.py tests/fixtures/dmvton/parity.safetensors.gz OUT.safetensors [K]
 """
+import gzip
 import json
 import struct
 import sys
@@ -12,7 +14,7 @@ import sys
 def main() -> None:
     src, dst = sys.argv[1], sys.argv[2]
     keep_pairs = int(sys.argv[3]) if len(sys.argv) > 3 else 2
-    with open(src, "rb") as f:
+    with (gzip.open if src.endswith(".gz") else open)(src, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
         base = 8 + n
