@@ -461,12 +461,12 @@ fn a_half_precision_unet_file_is_read() {
 
 #[test]
 fn the_committed_full_size_configs_describe_the_published_networks() {
-    use virtualfit::models::catvton::config::{SchedulerConfig, UNetConfig, VaeConfig};
+    use virtualfit::models::catvton::config::{parse, SchedulerConfig, UNetConfig, VaeConfig};
     use virtualfit::models::catvton::FULL_SIZE_CONFIGS;
-    let unet: UNetConfig = serde_json::from_str(FULL_SIZE_CONFIGS[0]).expect("UNet config");
-    let vae: VaeConfig = serde_json::from_str(FULL_SIZE_CONFIGS[1]).expect("VAE config");
-    let scheduler: SchedulerConfig =
-        serde_json::from_str(FULL_SIZE_CONFIGS[2]).expect("scheduler config");
+    // Parsed as `CatVton::random` parses them, class names checked.
+    let unet: UNetConfig = parse(FULL_SIZE_CONFIGS[0], "UNet2DConditionModel").expect("UNet");
+    let vae: VaeConfig = parse(FULL_SIZE_CONFIGS[1], "AutoencoderKL").expect("VAE");
+    let scheduler: SchedulerConfig = parse(FULL_SIZE_CONFIGS[2], "").expect("scheduler");
     unet.validate().expect("the UNet config is supported");
     vae.validate().expect("the VAE config is supported");
     scheduler

@@ -116,7 +116,7 @@ pub enum ModelError {
     #[error("--dtype {dtype} is not supported on {device}: {reason}")]
     UnsupportedDtype {
         dtype: &'static str,
-        device: String,
+        device: &'static str,
         reason: &'static str,
     },
     #[error("{0}")]

@@ -238,13 +238,12 @@ async fn tryon(
     // Counted as active before admission, so a drain that starts now either waits for this
     // request or refuses it: never both admits and forgets it.
     let _active = super::ActiveGuard::new(&inner.metrics);
-    let receiver = inner.batcher.submit(prepared).map_err(ApiError::from)?;
+    let mut receiver = inner.batcher.submit(prepared).map_err(ApiError::from)?;
 
     // The worker answers expired requests itself; this bound only covers a stalled device: the
     // handler gives up when the worker has finished no model call for that long. A request of
     // many diffusion steps may take longer in all while every step makes progress.
     let stall_bound = request_timeout * 2 + STALL_GRACE;
-    let mut receiver = receiver;
     let mut calls_seen = inner.batcher.model_calls();
     let answer = loop {
         match tokio::time::timeout(stall_bound, &mut receiver).await {

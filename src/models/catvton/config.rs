@@ -163,8 +163,13 @@ pub struct SchedulerConfig {
 /// one); the error says why.
 pub fn read<T: serde::de::DeserializeOwned>(path: &Path, class: &str) -> Result<T, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    parse(&text, class)
+}
+
+/// Parses the text of a JSON configuration of diffusers class `class`, as [`read`] does.
+pub fn parse<T: serde::de::DeserializeOwned>(text: &str, class: &str) -> Result<T, String> {
     let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))?;
+        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
     let found = value
         .get("_class_name")
         .and_then(|c| c.as_str())

@@ -246,7 +246,7 @@ fn check_dtype(dtype: DType, device: &Device) -> Result<(), ModelError> {
     if dtype == DType::BF16 && device.is_cpu() {
         return Err(ModelError::UnsupportedDtype {
             dtype: "bf16",
-            device: "the CPU".into(),
+            device: "the CPU",
             reason: "its matrix products have no bf16; use f32, or f16",
         });
     }
@@ -286,13 +286,29 @@ impl CatVton {
     /// shapes and work as the published weights, but not a try-on.
     pub fn random(dtype: DType, device: &Device) -> Result<Self, ModelError> {
         check_dtype(dtype, device)?;
-        fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ModelError> {
-            serde_json::from_str(text)
-                .map_err(|e| ModelError::Candle(candle_core::Error::Msg(e.to_string())))
+        fn parse<T: serde::de::DeserializeOwned>(
+            text: &str,
+            class: &str,
+            validate: impl FnOnce(&T) -> Result<(), String>,
+        ) -> Result<T, ModelError> {
+            config::parse(text, class)
+                .and_then(|config| validate(&config).map(|()| config))
+                .map_err(|e| {
+                    candle_core::Error::Msg(format!("a committed full-size configuration: {e}"))
+                        .into()
+                })
         }
-        let unet_config: config::UNetConfig = parse(FULL_SIZE_CONFIGS[0])?;
-        let vae_config: config::VaeConfig = parse(FULL_SIZE_CONFIGS[1])?;
-        let scheduler: config::SchedulerConfig = parse(FULL_SIZE_CONFIGS[2])?;
+        let unet_config = parse(
+            FULL_SIZE_CONFIGS[0],
+            "UNet2DConditionModel",
+            config::UNetConfig::validate,
+        )?;
+        let vae_config = parse(
+            FULL_SIZE_CONFIGS[1],
+            "AutoencoderKL",
+            config::VaeConfig::validate,
+        )?;
+        let scheduler = parse(FULL_SIZE_CONFIGS[2], "", config::SchedulerConfig::validate)?;
         Ok(Self {
             unet: random_network(dtype, device, |vb| UNet::new(vb, &unet_config))?,
             vae: random_network(dtype, device, |vb| AutoencoderKl::new(vb, &vae_config))?,
