@@ -6,12 +6,12 @@
 # GPUs. The default GPU image runs on every GPU of compute capability 8.0 or newer up to 9.0:
 # A100 (8.0), A10/A40 (8.6), L4/L40S (8.9), H100/H200 (9.0). CUDA_COMPUTE_CAP=80 makes candle's
 # kernels and ours (build.rs) PTX for compute_80, and the driver compiles PTX for the GPU it runs
-# on (PTX is forward compatible; PTX for compute_90a, what CUDA_COMPUTE_CAP=90 gives, loads on 9.0
-# only). Matrix products run in cuBLAS, which ships machine code for all of these. The driver's
-# compilation takes a few seconds at the first warm-up of a container and is cached in
-# CUDA_CACHE_PATH (under /tmp, an emptyDir in k8s/). A tag for one architecture only, without that
-# compilation (sm_90a code for H100/H200):
+# on (PTX is forward compatible). Matrix products run in cuBLAS, which ships machine code for all
+# of these. The driver's compilation takes a few seconds at the first warm-up of a container and
+# is cached in CUDA_CACHE_PATH (under /tmp, an emptyDir in k8s/). A tag for H100/H200 only, whose
+# kernels need no compilation at start-up:
 #   docker build --build-arg CUDA_COMPUTE_CAP=90 -t ghcr.io/virtualfit/virtualfit:0.1.0-sm90 .
+# (build.rs strips an `a`/`f` suffix, so our kernels are always plain compute_XX PTX.)
 # Driver: CUDA 13.0 needs an NVIDIA driver of the 580 branch or newer. The base image's
 # NVIDIA_REQUIRE_CUDA makes the NVIDIA container runtime refuse to start it on an older one.
 
@@ -30,13 +30,21 @@ RUN apt-get update && apt-get install -y --no-install-recommends curl ca-certifi
     && rm -rf /var/lib/apt/lists/* \
     && curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain 1.95.0
 WORKDIR /src
+# The dependencies first, from the manifests alone: this layer is rebuilt only when they change.
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY scripts/docker-dependency-stubs.sh scripts/docker-dependency-stubs.sh
+RUN scripts/docker-dependency-stubs.sh \
+    && cargo build --release --locked --features cuda --bin virtualfit \
+    && scripts/docker-dependency-stubs.sh --clean
+# Every file the build reads (scripts/check-docker-context.py builds from exactly these lines).
 COPY src src
 # `virtualfit plan` starts from the shipped ScaledObject.
 COPY k8s/autoscaling/keda-gpu-scaler.yaml k8s/autoscaling/keda-gpu-scaler.yaml
 COPY kernels kernels
 # The full-size CatVTON configurations are compiled in (bench model --random-weights).
 COPY models/catvton/config models/catvton/config
+# The plots' font (src/plotting.rs embeds it).
+COPY assets/fonts assets/fonts
 COPY benches benches
 COPY examples examples
 RUN cargo build --release --locked --features cuda --bin virtualfit \
@@ -46,12 +54,18 @@ RUN cargo build --release --locked --features cuda --bin virtualfit \
 FROM rust:1.95-bookworm AS build-cpu
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY scripts/docker-dependency-stubs.sh scripts/docker-dependency-stubs.sh
+RUN scripts/docker-dependency-stubs.sh \
+    && cargo build --release --locked --bin virtualfit \
+    && scripts/docker-dependency-stubs.sh --clean
 COPY src src
 # `virtualfit plan` starts from the shipped ScaledObject.
 COPY k8s/autoscaling/keda-gpu-scaler.yaml k8s/autoscaling/keda-gpu-scaler.yaml
 COPY kernels kernels
 # The full-size CatVTON configurations are compiled in (bench model --random-weights).
 COPY models/catvton/config models/catvton/config
+# The plots' font (src/plotting.rs embeds it).
+COPY assets/fonts assets/fonts
 COPY benches benches
 COPY examples examples
 RUN cargo build --release --locked --bin virtualfit && strip target/release/virtualfit
@@ -59,7 +73,7 @@ RUN cargo build --release --locked --bin virtualfit && strip target/release/virt
 # ---- CPU runtime ----
 FROM debian:bookworm-slim AS runtime-cpu
 # The job store's folder (--data-dir), writable by the server; k8s/ mounts a volume there.
-RUN useradd --uid 65532 --no-create-home --shell /usr/sbin/nologin virtualfit \
+RUN useradd --no-log-init --uid 65532 --no-create-home --shell /usr/sbin/nologin virtualfit \
     && mkdir /data && chown 65532:65532 /data
 COPY --from=build-cpu /src/target/release/virtualfit /usr/local/bin/virtualfit
 ENV VIRTUALFIT_DATA_DIR=/data
@@ -68,10 +82,18 @@ EXPOSE 8000
 ENTRYPOINT ["/usr/local/bin/virtualfit"]
 CMD ["serve"]
 
-# ---- GPU runtime (default target): cuBLAS, cuRAND and the CUDA runtime from NVIDIA's image ----
-FROM nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU} AS runtime
+# ---- GPU runtime (default target) ----
+# NVIDIA's `base` image (the CUDA runtime, libcudart, and NVIDIA's apt repository) plus the two
+# libraries the binary links besides it: cuBLAS/cuBLASLt and cuRAND (docs/cuda.md). libcuda and
+# NVML come from the driver, mounted by the NVIDIA container runtime. The `runtime` image would
+# add NPP, cuFFT, cuSPARSE, cuSOLVER and NVRTC, about 2 GB that nothing here loads.
+FROM nvidia/cuda:${CUDA_VERSION}-base-${UBUNTU} AS runtime
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libcublas-13-0 libcurand-13-0 \
+    && rm -rf /var/lib/apt/lists/*
 # The job store's folder (--data-dir), writable by the server; k8s/ mounts a volume there.
-RUN useradd --uid 65532 --no-create-home --shell /usr/sbin/nologin virtualfit \
+RUN useradd --no-log-init --uid 65532 --no-create-home --shell /usr/sbin/nologin virtualfit \
     && mkdir /data && chown 65532:65532 /data
 COPY --from=build-cuda /src/target/release/virtualfit /usr/local/bin/virtualfit
 # The driver's PTX compilation cache (the root filesystem is read-only in k8s/, /tmp is not).

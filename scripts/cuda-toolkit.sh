@@ -3,7 +3,7 @@
 # system CUDA (see docs/cuda.md).
 #
 #   cargo fetch                                      # cudarc's sources, for the link stubs
-#   eval "$(scripts/cuda-toolkit.sh)"                # add --cudnn for the `cudnn` feature
+#   eval "$(scripts/cuda-toolkit.sh)"                # --cudnn also installs cuDNN 9
 #   CARGO_TARGET_DIR=target-cuda cargo build --release --features cuda
 #
 # It installs NVIDIA's PyPI wheels into $CUDA_VENV (default /opt/virtualfit-cuda), pinned to 13.0
@@ -11,7 +11,8 @@
 # CUDA libraries the wheels lack, and prints the environment to export. The stubs only satisfy the
 # linker: at run time the GPU machine's real libcuda.so.1, libcublas.so.13, libcublasLt.so.13 and
 # libcurand.so.10 are loaded. With --cudnn it also installs the cuDNN 9 wheel for CUDA 13, whose
-# libcudnn.so.9 is real (and needed again at run time: the CUDA image ships it).
+# libcudnn.so.9 is real, and puts it on LIBRARY_PATH, for builds that link cuDNN; no cargo
+# feature of this crate does yet, and the runtime image does not ship it.
 set -euo pipefail
 with_cudnn=0
 for arg in "$@"; do

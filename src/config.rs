@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::batcher::BatcherConfig;
+use crate::batcher::{BatcherConfig, Priority};
 use crate::device::DeviceSpec;
 use crate::imaging::OutputFormat;
 use crate::models::{LoadOptions, LoadedModel, ModelError, ModelKind};
@@ -127,6 +127,19 @@ pub struct JobsArgs {
     /// With --jobs-redis: a job whose replica has been silent this long is taken over by another.
     #[arg(long, env = "VIRTUALFIT_JOB_LEASE", default_value = "5m", value_parser = positive_duration)]
     pub job_lease: Duration,
+    /// The job priorities this replica takes from the store, comma-separated. Beside a worker
+    /// pool that shares the Redis store, inference replicas take `interactive` only, so that
+    /// batch work runs on the pool and never counts in the interactive Deployment's triggers.
+    /// Jobs of every priority are still accepted. A SQLite store has no other replica to run
+    /// what this one leaves, so it needs both.
+    #[arg(
+        long,
+        env = "VIRTUALFIT_JOB_PRIORITIES",
+        value_delimiter = ',',
+        default_value = "interactive,batch",
+        num_args = 1..
+    )]
+    pub job_priorities: Vec<crate::batcher::Priority>,
     /// Key of the webhooks' HMAC-SHA256 signature (unset: webhooks are refused).
     #[arg(long, env = "VIRTUALFIT_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
@@ -141,6 +154,23 @@ pub struct JobsArgs {
 }
 
 impl JobsArgs {
+    /// Refuses settings that would leave jobs nobody runs.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.jobs_redis.is_none() && self.job_priorities.len() < Priority::ALL.len() {
+            let missing: Vec<&str> = Priority::ALL
+                .iter()
+                .filter(|p| !self.job_priorities.contains(p))
+                .map(|p| p.label())
+                .collect();
+            anyhow::bail!(
+                "--job-priorities leaves {} jobs to other replicas, which only a shared store \
+                 has: set --jobs-redis, or take every priority",
+                missing.join(" and ")
+            );
+        }
+        Ok(())
+    }
+
     pub fn webhook_config(&self) -> crate::jobs::webhook::WebhookConfig {
         crate::jobs::webhook::WebhookConfig {
             secret: self.webhook_secret.clone(),

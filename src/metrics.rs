@@ -29,6 +29,9 @@ pub const JOBS_QUEUED: &str = "virtualfit_jobs_queued";
 pub const MODEL_BUSY_SECONDS_TOTAL: &str = "virtualfit_model_busy_seconds_total";
 pub const GPU_HOUR_PRICE: &str = "virtualfit_price_per_gpu_hour_usd";
 pub const WEBHOOK_DELIVERIES_TOTAL: &str = "virtualfit_webhook_deliveries_total";
+pub const ACTIVE_BY_PRIORITY: &str = "virtualfit_active_items";
+pub const QUEUED_SECONDS_BY_PRIORITY: &str = "virtualfit_queued_seconds";
+pub const MODEL_BUSY_SHARE_SECONDS_TOTAL: &str = "virtualfit_model_busy_share_seconds_total";
 pub const UNET_STEPS_TOTAL: &str = "virtualfit_unet_steps_total";
 pub const UNET_BATCH_ROWS: &str = "virtualfit_unet_batch_rows";
 pub const GPU_UTILIZATION: &str = "virtualfit_gpu_utilization_ratio";
@@ -138,6 +141,14 @@ pub struct Metrics {
     pub connections_closed_total: IntCounterVec,
     pub decode_memory: IntGauge,
     pub queued_by_priority: IntGaugeVec,
+    /// Admitted and unanswered work by priority (`/tryon` is interactive; a running job has its
+    /// own priority); their sum is `active_requests`.
+    pub active_by_priority: IntGaugeVec,
+    /// The backlog in seconds by priority; their sum is `backlog_seconds`.
+    pub queued_seconds_by_priority: GaugeVec,
+    /// The device's busy time shared out over the priorities of the items each call ran, so
+    /// that the interactive Deployment's triggers can leave batch work out.
+    pub model_busy_share_seconds_total: prometheus::CounterVec,
     pub batch_items_total: IntCounterVec,
     pub jobs_submitted_total: IntCounterVec,
     pub jobs_finished_total: IntCounterVec,
@@ -325,6 +336,39 @@ impl Metrics {
                 )
                 .expect("valid gauge"),
             ),
+            active_by_priority: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        ACTIVE_BY_PRIORITY,
+                        "Admitted, unanswered items by priority (their sum is the active requests).",
+                    ),
+                    &["priority"],
+                )
+                .expect("valid gauge"),
+            ),
+            queued_seconds_by_priority: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        QUEUED_SECONDS_BY_PRIORITY,
+                        "Estimated seconds to run the queued items of a priority (their sum is the backlog).",
+                    ),
+                    &["priority"],
+                )
+                .expect("valid gauge"),
+            ),
+            model_busy_share_seconds_total: register(
+                r,
+                prometheus::CounterVec::new(
+                    Opts::new(
+                        MODEL_BUSY_SHARE_SECONDS_TOTAL,
+                        "The model's busy seconds shared out by the priorities of the items (or UNet rows) of each call.",
+                    ),
+                    &["priority"],
+                )
+                .expect("valid counter"),
+            ),
             batch_items_total: register(
                 r,
                 IntCounterVec::new(
@@ -418,6 +462,11 @@ impl Metrics {
         for p in PRIORITY_LABELS {
             metrics.queue_duration.with_label_values(&[p]);
             metrics.queued_by_priority.with_label_values(&[p]);
+            metrics.active_by_priority.with_label_values(&[p]);
+            metrics.queued_seconds_by_priority.with_label_values(&[p]);
+            metrics
+                .model_busy_share_seconds_total
+                .with_label_values(&[p]);
             metrics.batch_items_total.with_label_values(&[p]);
             metrics.jobs_submitted_total.with_label_values(&[p]);
         }

@@ -135,3 +135,35 @@ fn serve_refuses_a_zero_request_timeout_at_start() {
     assert!(err.contains("--request-timeout-s"), "{err}");
     assert!(err.contains("above 0"), "{err}");
 }
+
+#[test]
+fn serve_refuses_job_priorities_that_a_sqlite_store_would_strand() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_virtualfit"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--job-priorities",
+            "interactive",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .expect("run virtualfit");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--job-priorities"), "{err}");
+    assert!(err.contains("batch jobs"), "{err}");
+    assert!(err.contains("--jobs-redis"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_virtualfit"))
+        .args(["serve", "--job-priorities", "urgent"])
+        .output()
+        .expect("run virtualfit");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("interactive") && err.contains("batch"),
+        "{err}"
+    );
+}

@@ -476,10 +476,32 @@ async fn metrics_follow_the_contract_and_pass_promtool() {
         busy > 0.0 && busy >= batches * 0.999,
         "busy {busy} s, batches {batches} s"
     );
+    // Every /tryon is interactive work: the interactive share is the whole busy time, and
+    // nothing is left active or queued.
+    let interactive = metric(
+        &text,
+        "virtualfit_model_busy_share_seconds_total",
+        "interactive",
+    );
+    assert!(
+        (interactive - busy).abs() <= busy * 1e-6,
+        "interactive {interactive} s of {busy} s"
+    );
+    assert_eq!(
+        metric(&text, "virtualfit_model_busy_share_seconds_total", "batch"),
+        0.0
+    );
+    for p in ["interactive", "batch"] {
+        assert_eq!(metric(&text, "virtualfit_active_items", p), 0.0, "{p}");
+        assert_eq!(metric(&text, "virtualfit_queued_seconds", p), 0.0, "{p}");
+    }
     for (name, kind) in [
         ("virtualfit_model_busy_seconds_total", "counter"),
         ("virtualfit_price_per_gpu_hour_usd", "gauge"),
         ("virtualfit_queued_items", "gauge"),
+        ("virtualfit_active_items", "gauge"),
+        ("virtualfit_queued_seconds", "gauge"),
+        ("virtualfit_model_busy_share_seconds_total", "counter"),
         ("virtualfit_jobs_finished_total", "counter"),
     ] {
         assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name}");

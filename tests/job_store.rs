@@ -453,3 +453,47 @@ fn a_redis_job_whose_worker_went_silent_is_taken_over_after_the_lease() {
     .expect("set");
     assert_eq!(a.queued().expect("queued"), 0);
 }
+
+/// `--job-priorities`: a replica that takes interactive jobs only leaves batch jobs in the
+/// store for the others (the worker pool), and takes them in the usual order.
+fn claims_only_the_priorities_asked_for(store: &dyn JobStore) {
+    let now = now_ms();
+    let batch = submit(store, Priority::Batch, now);
+    let interactive = submit(store, Priority::Interactive, now + 1);
+    let taken = store
+        .claim_from("inference", 10, now + 2, &[Priority::Interactive])
+        .expect("claim");
+    let ids: Vec<&str> = taken.iter().map(|j| j.record.id.as_str()).collect();
+    assert_eq!(ids, [interactive.id.as_str()]);
+    assert!(
+        store
+            .claim_from("inference", 10, now + 3, &[Priority::Interactive])
+            .expect("claim")
+            .is_empty(),
+        "the batch job stays for a replica that takes it"
+    );
+    assert_eq!(
+        store
+            .get(&batch.id, now + 3)
+            .expect("get")
+            .map(|r| r.status),
+        Some(JobStatus::Queued)
+    );
+    let taken = store.claim("worker", 10, now + 4).expect("claim");
+    let ids: Vec<&str> = taken.iter().map(|j| j.record.id.as_str()).collect();
+    assert_eq!(ids, [batch.id.as_str()]);
+}
+
+#[test]
+fn sqlite_claims_only_the_priorities_asked_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    claims_only_the_priorities_asked_for(&SqliteStore::open(dir.path()).expect("open"));
+}
+
+#[test]
+fn redis_claims_only_the_priorities_asked_for() {
+    let redis = RedisServer::start();
+    claims_only_the_priorities_asked_for(
+        &RedisStore::open(&redis.url(), Duration::from_secs(60)).expect("open"),
+    );
+}

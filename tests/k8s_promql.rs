@@ -1,6 +1,6 @@
 //! PromQL semantics of k8s/ with `promtool` (Debian package `prometheus`): the alert rules and
 //! their unit tests (k8s/tests/alerts.test.yaml), and the shipped KEDA trigger queries with 1, 3
-//! and 8 pods (k8s/tests/triggers.test.yaml), and the dashboard's cost row
+//! and 8 pods (k8s/tests/triggers.test.yaml, written by k8s/tests/make_triggers_test.py), and the dashboard's cost row
 //! (k8s/tests/cost.test.yaml).
 
 mod common;
@@ -135,6 +135,7 @@ fn trigger_queries_pass_promtool_with_one_three_and_eight_pods() {
             }
         }
     }
+    let percentiles = shipped.values().any(|t| t == "Value");
     for n in [1, 3, 8] {
         for q in shipped.keys() {
             assert!(
@@ -143,7 +144,7 @@ fn trigger_queries_pass_promtool_with_one_three_and_eight_pods() {
             );
         }
         assert!(
-            p95_zero.contains(&n),
+            !percentiles || p95_zero.contains(&n),
             "no zero-traffic P95 case with {n} pods"
         );
     }

@@ -61,3 +61,43 @@ fn the_readme_example_photos_are_in_the_repository() {
         );
     }
 }
+
+/// The images build from what the Dockerfile copies: the build stages' `COPY` lines, less
+/// `.dockerignore`, hold every file an `include_bytes!`/`include_str!` embeds, and every stage
+/// copies the same files. `.ci/run` also compiles that folder
+/// (`scripts/check-docker-context.py` without `--no-build`).
+#[test]
+fn the_docker_build_context_holds_every_embedded_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .arg(root.join("scripts/check-docker-context.py"))
+        .arg("--no-build")
+        .current_dir(root)
+        .output()
+        .expect("python3 runs scripts/check-docker-context.py");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The check itself catches a missing COPY: the Dockerfile without its font line fails.
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("Dockerfile");
+    assert!(dockerfile.contains("COPY assets/fonts assets/fonts"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = dockerfile.replace("COPY assets/fonts assets/fonts\n", "");
+    std::fs::write(dir.path().join("Dockerfile"), broken).expect("write");
+    let out = Command::new("python3")
+        .arg(root.join("scripts/check-docker-context.py"))
+        .args(["--no-build", "--dockerfile"])
+        .arg(dir.path().join("Dockerfile"))
+        .current_dir(root)
+        .output()
+        .expect("python3 runs scripts/check-docker-context.py");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("src/plotting.rs") && err.contains("DejaVuSans.ttf"),
+        "{err}"
+    );
+}

@@ -258,11 +258,27 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a finished model call that kept the device busy for `elapsed`.
-    fn model_worked(&self, elapsed: Duration) {
-        self.metrics
-            .model_busy_seconds_total
-            .inc_by(elapsed.as_secs_f64());
+    /// Records a finished model call that kept the device busy for `elapsed`, shared out over
+    /// the priorities of its work by `weights` (items, or UNet rows, of each priority).
+    fn model_worked(&self, elapsed: Duration, weights: impl IntoIterator<Item = (Priority, f64)>) {
+        let seconds = elapsed.as_secs_f64();
+        self.metrics.model_busy_seconds_total.inc_by(seconds);
+        let mut shares = [0.0f64; 2];
+        for (priority, weight) in weights {
+            shares[priority as usize] += weight;
+        }
+        let total: f64 = shares.iter().sum();
+        if total > 0.0 {
+            for priority in Priority::ALL {
+                let share = shares[priority as usize];
+                if share > 0.0 {
+                    self.metrics
+                        .model_busy_share_seconds_total
+                        .with_label_values(&[priority.label()])
+                        .inc_by(seconds * share / total);
+                }
+            }
+        }
         self.model_calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -281,6 +297,10 @@ impl Shared {
                 .queued_by_priority
                 .with_label_values(&[priority.label()])
                 .set(queue.len() as i64);
+            self.metrics
+                .queued_seconds_by_priority
+                .with_label_values(&[priority.label()])
+                .set(queue.len() as f64 * state.seconds_per_item);
         }
     }
 }
@@ -614,7 +634,7 @@ fn run_batch(model: &dyn TryOnModel, shared: &Shared, jobs: Vec<Job>) {
     let n = jobs.len();
     let result = guarded(|| forward(model, &jobs));
     // The device was busy for this batch whatever its outcome.
-    shared.model_worked(started.elapsed());
+    shared.model_worked(started.elapsed(), jobs.iter().map(|j| (j.priority, 1.0)));
     match result {
         Ok(images) => {
             let elapsed = started.elapsed();

@@ -76,7 +76,7 @@ pub(super) fn worker_loop(model: &CatVton, shared: &Shared) {
             let started = Instant::now();
             match begin(model, &job) {
                 Ok(sample) => {
-                    shared.model_worked(started.elapsed());
+                    shared.model_worked(started.elapsed(), [(job.priority, 1.0)]);
                     running.push(Running {
                         job,
                         sample,
@@ -86,7 +86,7 @@ pub(super) fn worker_loop(model: &CatVton, shared: &Shared) {
                     });
                 }
                 Err(e) => {
-                    shared.model_worked(started.elapsed());
+                    shared.model_worked(started.elapsed(), [(job.priority, 1.0)]);
                     tracing::error!(error = %e, "encoding a diffusion request failed");
                     answer(shared, job, Err(JobError::Model(e.to_string())));
                 }
@@ -230,7 +230,12 @@ fn step_group(model: &CatVton, shared: &Shared, running: &mut [Running], indices
         guarded(|| model.step(&mut picked))
     };
     let elapsed = started.elapsed();
-    shared.model_worked(elapsed);
+    shared.model_worked(
+        elapsed,
+        indices
+            .iter()
+            .map(|&i| (running[i].job.priority, running[i].rows() as f64)),
+    );
     let rows: usize = indices.iter().map(|&i| running[i].rows()).sum();
     match result {
         Ok(()) => {
@@ -283,7 +288,7 @@ fn finish_done(model: &CatVton, shared: &Shared, running: Vec<Running>) -> Vec<R
         let decode_started = Instant::now();
         let image = guarded(|| model.finish(&r.sample));
         let decode = decode_started.elapsed();
-        shared.model_worked(decode);
+        shared.model_worked(decode, [(r.job.priority, 1.0)]);
         r.device_seconds += decode.as_secs_f64();
         match image {
             Ok(image) => {

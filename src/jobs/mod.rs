@@ -221,7 +221,18 @@ pub trait JobStore: Send + Sync {
     ) -> StoreResult<Option<(JobStatus, JobRecord)>>;
     /// Takes up to `max` queued jobs for `worker`, interactive first, then oldest first, and
     /// marks them running. Jobs whose worker has been silent past the lease are taken too.
-    fn claim(&self, worker: &str, max: usize, now_ms: i64) -> StoreResult<Vec<ClaimedJob>>;
+    fn claim(&self, worker: &str, max: usize, now_ms: i64) -> StoreResult<Vec<ClaimedJob>> {
+        self.claim_from(worker, max, now_ms, &Priority::ALL)
+    }
+    /// [`JobStore::claim`] limited to jobs of the given priorities (`--job-priorities`: an
+    /// inference replica beside a worker pool leaves batch jobs to the pool).
+    fn claim_from(
+        &self,
+        worker: &str,
+        max: usize,
+        now_ms: i64,
+        priorities: &[Priority],
+    ) -> StoreResult<Vec<ClaimedJob>>;
     /// Tells the store that `worker` still runs these claims.
     fn renew(&self, worker: &str, leases: &[String]) -> StoreResult<()>;
     /// Puts a claimed job back in the queue (the worker stops before running it), or ends it

@@ -378,7 +378,13 @@ impl JobStore for RedisStore {
         Ok(changed)
     }
 
-    fn claim(&self, worker: &str, max: usize, now_ms: i64) -> StoreResult<Vec<ClaimedJob>> {
+    fn claim_from(
+        &self,
+        worker: &str,
+        max: usize,
+        now_ms: i64,
+        priorities: &[Priority],
+    ) -> StoreResult<Vec<ClaimedJob>> {
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -387,7 +393,11 @@ impl JobStore for RedisStore {
         // Jobs already marked running are handed back even when a later call fails: dropping
         // them would leave them to wait out a lease.
         let outcome = self.with_conn(|con| {
-            for stream in [INTERACTIVE_STREAM, BATCH_STREAM] {
+            let streams = Priority::ALL
+                .into_iter()
+                .filter(|p| priorities.contains(p))
+                .map(stream_of);
+            for stream in streams {
                 // First what silent workers left behind, page by page, then new entries.
                 let mut cursor = "0-0".to_string();
                 for _ in 0..AUTOCLAIM_PAGES {

@@ -305,14 +305,30 @@ impl JobStore for SqliteStore {
         Ok(Some((before, record)))
     }
 
-    fn claim(&self, worker: &str, max: usize, now_ms: i64) -> StoreResult<Vec<ClaimedJob>> {
+    fn claim_from(
+        &self,
+        worker: &str,
+        max: usize,
+        now_ms: i64,
+        priorities: &[Priority],
+    ) -> StoreResult<Vec<ClaimedJob>> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let ids: Vec<String> = {
-            let mut q = tx.prepare(
-                "SELECT id FROM jobs WHERE status = 'queued'
+            // The ranks are this module's integers, never client input.
+            let ranks: Vec<String> = priorities
+                .iter()
+                .map(|&p| priority_rank(p).to_string())
+                .collect();
+            let mut q = tx.prepare(&format!(
+                "SELECT id FROM jobs WHERE status = 'queued' AND priority IN ({})
                  ORDER BY priority, created_ms LIMIT ?1",
-            )?;
+                if ranks.is_empty() {
+                    "NULL".to_string()
+                } else {
+                    ranks.join(",")
+                }
+            ))?;
             let rows = q.query_map([max as i64], |r| r.get(0))?;
             rows.collect::<Result<_, _>>()?
         };

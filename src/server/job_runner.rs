@@ -137,7 +137,8 @@ async fn sweep(state: &AppState) {
 async fn claim(state: &AppState, running: &Running, free: usize) {
     let store = state.inner.jobs.clone();
     let worker = state.inner.worker.clone();
-    let claimed = match call(move || store.claim(&worker, free, now_ms())).await {
+    let priorities = state.inner.args.jobs.job_priorities.clone();
+    let claimed = match call(move || store.claim_from(&worker, free, now_ms(), &priorities)).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "cannot take jobs from the store");
@@ -256,7 +257,7 @@ async fn run_one(state: &AppState, job: ClaimedJob) {
         )
     } else {
         // Counted like a /tryon request from here: the KEDA gauges see all the work.
-        let _active = ActiveGuard::new(&inner.metrics);
+        let _active = ActiveGuard::new(&inner.metrics, job.record.priority);
         execute(state, &job).await
     };
     match ran {

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::batcher::{Batcher, WorkerThread};
+use crate::batcher::{Batcher, Priority, WorkerThread};
 use crate::config::ServeArgs;
 use crate::jobs::webhook::WebhookConfig;
 use crate::jobs::JobStore;
@@ -80,20 +80,28 @@ struct Inner {
     batch_preparing: Semaphore,
 }
 
-/// Counts a request in `virtualfit_active_requests` from admission until it is answered (or
-/// its client leaves).
-struct ActiveGuard(Metrics);
+/// Counts a request in `virtualfit_active_requests`, and in `virtualfit_active_items` under its
+/// priority, from admission until it is answered (or its client leaves).
+struct ActiveGuard(Metrics, Priority);
 
 impl ActiveGuard {
-    fn new(metrics: &Metrics) -> Self {
+    fn new(metrics: &Metrics, priority: Priority) -> Self {
         metrics.active_requests.inc();
-        ActiveGuard(metrics.clone())
+        metrics
+            .active_by_priority
+            .with_label_values(&[priority.label()])
+            .inc();
+        ActiveGuard(metrics.clone(), priority)
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active_requests.dec();
+        self.0
+            .active_by_priority
+            .with_label_values(&[self.1.label()])
+            .dec();
     }
 }
 
@@ -139,6 +147,7 @@ impl Server {
     /// Loads the model, binds the listeners and starts serving; the model warms up in the
     /// background (`/readyz` turns 200 when it is done).
     pub async fn start(args: ServeArgs) -> anyhow::Result<Server> {
+        args.jobs.check()?;
         let device = args.model.open_device()?;
         let device_name = crate::device::name(&device);
         let model_args = args.model.clone();

@@ -15,7 +15,7 @@ use super::{upload, AppState};
 use crate::api::{
     echo, BATCH_SIZE_HEADER, INFERENCE_TIME_HEADER, MODEL_HEADER, QUEUE_TIME_HEADER, SEED_HEADER,
 };
-use crate::batcher::MIN_RETRY_AFTER_S;
+use crate::batcher::{Priority, MIN_RETRY_AFTER_S};
 use crate::error::ApiError;
 use crate::imaging::{self, OutputFormat};
 
@@ -237,7 +237,7 @@ async fn tryon(
 
     // Counted as active before admission, so a drain that starts now either waits for this
     // request or refuses it: never both admits and forgets it.
-    let _active = super::ActiveGuard::new(&inner.metrics);
+    let _active = super::ActiveGuard::new(&inner.metrics, Priority::Interactive);
     let mut receiver = inner.batcher.submit(prepared).map_err(ApiError::from)?;
 
     // The worker answers expired requests itself; this bound only covers a stalled device: the

@@ -17,7 +17,12 @@ use super::keda::{Activation, JobStream, ScaledObject};
 use super::replica::{Outcome, Replica, ReplicaConfig};
 use super::trace::Trace;
 use super::tsdb::{Labels, Tsdb};
-use crate::metrics::{ACTIVE_REQUESTS, LATENCY_BUCKETS, QUEUE_LENGTH, REQUEST_DURATION};
+use crate::batcher::Priority;
+use crate::metrics::{
+    ACTIVE_BY_PRIORITY, ACTIVE_REQUESTS, LATENCY_BUCKETS, MODEL_BUSY_SECONDS_TOTAL,
+    MODEL_BUSY_SHARE_SECONDS_TOTAL, QUEUED_BY_PRIORITY, QUEUED_SECONDS_BY_PRIORITY, QUEUE_LENGTH,
+    REQUEST_DURATION,
+};
 
 /// Prometheus' scrape interval and the HPA's sync period.
 pub const SCRAPE_S: i64 = 15;
@@ -148,34 +153,114 @@ impl Counters {
     }
 }
 
-fn pod_labels(r: &Replica) -> Labels {
+/// One Deployment of a simulated cluster, with the ScaledObject that scales it.
+#[derive(Debug, Clone)]
+pub struct PoolSpec {
+    pub scaledobject: ScaledObject,
+    /// Its pods are endpoints of the Service: `/tryon` requests are routed to them.
+    pub serves_requests: bool,
+    /// Its replicas take batch jobs from the job stream (`--job-priorities` includes batch).
+    pub takes_batch_jobs: bool,
+    /// Its pods are targets of the `virtualfit-pods` scrape job (the inference component); a
+    /// worker pool's are not, and only its GPUs are seen, under its container's name.
+    pub scraped: bool,
+    /// The container name on its GPUs' DCGM series.
+    pub container: String,
+    /// Pod names are this prefix and a number.
+    pub pod_prefix: String,
+}
+
+impl PoolSpec {
+    /// The single Deployment `simulate` runs: the inference Deployment, or with a
+    /// `redis-streams` trigger a pool that takes the trace's load as batch jobs.
+    pub fn single(so: &ScaledObject) -> PoolSpec {
+        let jobs = so.reads_job_stream();
+        PoolSpec {
+            scaledobject: so.clone(),
+            serves_requests: !jobs,
+            takes_batch_jobs: jobs,
+            scraped: true,
+            container: "virtualfit".into(),
+            pod_prefix: "virtualfit".into(),
+        }
+    }
+}
+
+/// The load of a cluster run: `/tryon` requests through the Service and batch jobs into the
+/// job stream.
+#[derive(Debug, Clone, Default)]
+pub struct Load {
+    pub requests: Option<Trace>,
+    pub batch_jobs: Option<Trace>,
+}
+
+/// Times during which Prometheus scrapes nothing (a broken scrape): the pods' series go stale,
+/// so sums over them are empty.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    pub scrape_outages: Vec<(f64, f64)>,
+}
+
+impl Faults {
+    fn scrape_fails(&self, t: f64) -> bool {
+        self.scrape_outages.iter().any(|&(a, b)| a <= t && t < b)
+    }
+}
+
+fn pod_name(pool: &PoolSpec, r: &Replica) -> String {
+    format!("{}-{}", pool.pod_prefix, r.id)
+}
+
+fn pod_labels(pool: &PoolSpec, r: &Replica) -> Labels {
     [
         ("namespace".to_string(), NAMESPACE.to_string()),
-        ("pod".to_string(), format!("virtualfit-{}", r.id)),
+        ("pod".to_string(), pod_name(pool, r)),
     ]
     .into()
 }
 
 fn scrape(
     db: &mut Tsdb,
+    pool: &PoolSpec,
     replicas: &[Replica],
     t: f64,
     busy_prev: &mut BTreeMap<usize, (f64, f64)>,
 ) {
     for r in replicas.iter().filter(|r| r.serving(t)) {
-        let base = pod_labels(r);
-        db.push(QUEUE_LENGTH, base.clone(), t, r.queue_len() as f64);
-        db.push(ACTIVE_REQUESTS, base.clone(), t, r.active() as f64);
-        let bucket_name = format!("{REQUEST_DURATION}_bucket");
-        for (code, h) in &r.histograms {
-            for (i, count) in h.buckets.iter().enumerate() {
-                let le = LATENCY_BUCKETS
-                    .get(i)
-                    .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+        let base = pod_labels(pool, r);
+        if pool.scraped {
+            db.push(QUEUE_LENGTH, base.clone(), t, r.queue_len() as f64);
+            db.push(ACTIVE_REQUESTS, base.clone(), t, r.active() as f64);
+            db.push(MODEL_BUSY_SECONDS_TOTAL, base.clone(), t, r.busy_until(t));
+            for p in Priority::ALL {
                 let mut l = base.clone();
-                l.insert("code".into(), code.to_string());
-                l.insert("le".into(), le);
-                db.push(&bucket_name, l, t, *count as f64);
+                l.insert("priority".into(), p.label().into());
+                db.push(QUEUED_BY_PRIORITY, l.clone(), t, r.queued_of(p) as f64);
+                db.push(ACTIVE_BY_PRIORITY, l.clone(), t, r.active_of(p) as f64);
+                db.push(
+                    QUEUED_SECONDS_BY_PRIORITY,
+                    l.clone(),
+                    t,
+                    r.queued_seconds_of(p),
+                );
+                db.push(
+                    MODEL_BUSY_SHARE_SECONDS_TOTAL,
+                    l,
+                    t,
+                    r.busy_share_until(t, p),
+                );
+            }
+            let bucket_name = format!("{REQUEST_DURATION}_bucket");
+            for (code, h) in &r.histograms {
+                for (i, count) in h.buckets.iter().enumerate() {
+                    let le = LATENCY_BUCKETS
+                        .get(i)
+                        .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+                    let mut l = base.clone();
+                    l.insert("code".into(), code.to_string());
+                    l.insert("le".into(), le);
+                    db.push(&bucket_name, l, t, *count as f64);
+                }
             }
         }
         // dcgm-exporter for the replica's GPU: busy share since the previous scrape.
@@ -189,7 +274,8 @@ fn scrape(
         };
         let mut g = base.clone();
         g.insert("exported_namespace".into(), NAMESPACE.into());
-        g.insert("exported_pod".into(), format!("virtualfit-{}", r.id));
+        g.insert("exported_pod".into(), pod_name(pool, r));
+        g.insert("container".into(), pool.container.clone());
         g.insert("gpu".into(), "0".into());
         db.push("DCGM_FI_DEV_GPU_UTIL", g.clone(), t, util.round());
         let cfg = r.config();
@@ -209,32 +295,95 @@ fn jobs_in_hand(rc: &ReplicaConfig) -> usize {
     (rc.max_batch_size * 2).min(rc.queue_capacity).max(1)
 }
 
-/// The ready replicas' job runners over the second before `now`, in time order: whenever one
-/// holds fewer than `in_hand` jobs it takes the oldest waiting ones at once (the server's runner
-/// is woken when a batch ends).
-fn take_jobs(
-    replicas: &mut [Replica],
-    stream: &mut VecDeque<f64>,
-    now: f64,
-    in_hand: usize,
-    counters: &mut Counters,
-) {
+/// One Deployment's state during a run.
+struct Pool {
+    spec: PoolSpec,
+    replicas: Vec<Replica>,
+    next_id: usize,
+    hpa: Hpa,
+    activation: Activation,
+    counters: Counters,
+    /// Failed reads in a row, per trigger (KEDA's fallback counts them).
+    failures: Vec<i64>,
+    busy_prev: BTreeMap<usize, (f64, f64)>,
+    scraped: HashSet<usize>,
+    timeline: Vec<Point>,
+    scale_events: u64,
+    max_replicas: i64,
+    requests: u64,
+}
+
+impl Pool {
+    fn new(spec: PoolSpec, rc: &ReplicaConfig, end: i64) -> Pool {
+        let so = &spec.scaledobject;
+        // The initial pods are warm: created a start-up time before 0.
+        let initial = so.min_replica_count.min(so.max_replica_count);
+        let replicas: Vec<Replica> = (0..initial as usize)
+            .map(|id| Replica::new(id, -rc.startup_s, rc.startup_s, rc.clone()))
+            .collect();
+        Pool {
+            hpa: Hpa::new(so.hpa_min(), so.max_replica_count, so.behavior.clone()),
+            activation: Activation::new(0.0),
+            counters: Counters {
+                bins: vec![SecondBin::default(); end as usize + 2],
+                served: 0,
+                queue_full: 0,
+                deadline: 0,
+                unavailable: 0,
+                drain_lost: 0,
+            },
+            failures: vec![0; so.triggers.len()],
+            next_id: replicas.len(),
+            replicas,
+            busy_prev: BTreeMap::new(),
+            scraped: HashSet::new(),
+            timeline: Vec::new(),
+            scale_events: 0,
+            max_replicas: initial,
+            requests: 0,
+            spec,
+        }
+    }
+
+    /// spec.replicas: the pods not terminating.
+    fn spec_replicas(&self) -> i64 {
+        self.replicas
+            .iter()
+            .filter(|r| r.draining_since.is_none())
+            .count() as i64
+    }
+
+    fn ready(&self, now: f64) -> i64 {
+        self.replicas.iter().filter(|r| r.is_ready(now)).count() as i64
+    }
+}
+
+/// The ready job runners over the second before `now`, in time order: whenever one holds fewer
+/// than `in_hand` jobs it takes the oldest waiting ones at once (the server's runner is woken
+/// when a batch ends).
+fn take_jobs(pools: &mut [Pool], stream: &mut VecDeque<f64>, now: f64, in_hand: usize) {
     let mut t = now - 1.0;
     loop {
-        for r in replicas.iter_mut().filter(|r| r.serving(t)) {
-            let mut out = |at, o| counters.record(at, o);
-            r.advance_to(t, &mut out);
-            while r.active() < in_hand && stream.front().is_some_and(|&s| s <= t) {
-                stream.pop_front();
-                r.admit(t, &mut out);
+        for pool in pools.iter_mut().filter(|p| p.spec.takes_batch_jobs) {
+            let counters = &mut pool.counters;
+            for r in pool.replicas.iter_mut().filter(|r| r.serving(t)) {
+                let mut out = |at, o| counters.record(at, o);
+                r.advance_to(t, &mut out);
+                while r.active() < in_hand && stream.front().is_some_and(|&s| s <= t) {
+                    stream.pop_front();
+                    pool.requests += 1;
+                    r.admit_as(t, Priority::Batch, &mut out);
+                }
+                // A batch filled by these starts now.
+                r.advance_to(t, &mut out);
             }
-            // A batch filled by these starts now.
-            r.advance_to(t, &mut out);
         }
         // The next moment a replica may take a job: a job is submitted, or a replica becomes
         // ready or starts or ends a batch.
-        let next = replicas
+        let next = pools
             .iter()
+            .filter(|p| p.spec.takes_batch_jobs)
+            .flat_map(|p| p.replicas.iter())
             .filter(|r| r.gone_at.is_none())
             .filter_map(|r| r.next_event(t))
             .chain(stream.front().copied().filter(|&s| s > t))
@@ -246,168 +395,250 @@ fn take_jobs(
     }
 }
 
-/// Runs the ScaledObject against the trace.
+/// Runs the ScaledObject against the trace: one Deployment (see [`PoolSpec::single`]).
 pub fn simulate(so: &ScaledObject, trace: &Trace, cfg: &SimConfig) -> Run {
+    simulate_with_faults(so, trace, cfg, &Faults::default())
+}
+
+/// [`simulate`] with injected faults.
+pub fn simulate_with_faults(
+    so: &ScaledObject,
+    trace: &Trace,
+    cfg: &SimConfig,
+    faults: &Faults,
+) -> Run {
+    let spec = PoolSpec::single(so);
+    let load = if spec.takes_batch_jobs {
+        Load {
+            requests: None,
+            batch_jobs: Some(trace.clone()),
+        }
+    } else {
+        Load {
+            requests: Some(trace.clone()),
+            batch_jobs: None,
+        }
+    };
+    let mut runs = simulate_cluster(&[spec], &load, cfg, faults);
+    runs.remove(0)
+}
+
+/// Runs several Deployments side by side: one Prometheus, one Service, one job stream. Returns
+/// one run per pool, in order. Each pool counts the requests routed to it and the jobs it took;
+/// the jobs still waiting at the end count in every job-taking pool's `in_flight_at_end`.
+pub fn simulate_cluster(
+    pools: &[PoolSpec],
+    load: &Load,
+    cfg: &SimConfig,
+    faults: &Faults,
+) -> Vec<Run> {
     let rc = &cfg.replica;
     let end = cfg.duration_s.max(0);
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut db = Tsdb::new();
-    let mut hpa = Hpa::new(so.hpa_min(), so.max_replica_count, so.behavior.clone());
-    let mut activation = Activation::new(0.0);
-    let mut counters = Counters {
-        bins: vec![SecondBin::default(); end as usize + 2],
-        served: 0,
-        queue_full: 0,
-        deadline: 0,
-        unavailable: 0,
-        drain_lost: 0,
-    };
-    // The initial pods are warm: created a start-up time before 0.
-    let initial = so.min_replica_count.min(so.max_replica_count);
-    let mut replicas: Vec<Replica> = (0..initial as usize)
-        .map(|id| Replica::new(id, -rc.startup_s, rc.startup_s, rc.clone()))
+    let mut pools: Vec<Pool> = pools
+        .iter()
+        .map(|p| Pool::new(p.clone(), rc, end))
         .collect();
-    let mut next_id = replicas.len();
-    let mut busy_prev = BTreeMap::new();
-    let mut scraped: HashSet<usize> = HashSet::new();
-    let mut timeline = Vec::new();
-    let mut scale_events = 0u64;
-    let mut max_replicas = initial;
-    let mut requests = 0u64;
-
-    let mut next_arrival = next_arrival_after(trace, 0.0, &mut rng);
-    let mut serving: Vec<usize> = Vec::new();
+    let no_trace = Trace::from_rows(vec![(0.0, 0.0)]).expect("a constant zero trace");
+    let requests_trace = load.requests.as_ref().unwrap_or(&no_trace);
+    let jobs_trace = load.batch_jobs.as_ref().unwrap_or(&no_trace);
+    let mut next_request = next_arrival_after(requests_trace, 0.0, &mut rng);
+    let mut next_job = next_arrival_after(jobs_trace, 0.0, &mut rng);
+    // (pool, replica) of the Service's endpoints.
+    let mut serving: Vec<(usize, usize)> = Vec::new();
     // Batch jobs: the submission times of the jobs waiting in the stream.
-    let jobs = so.reads_job_stream();
     let in_hand = jobs_in_hand(rc);
     let mut stream: VecDeque<f64> = VecDeque::new();
+    let service_pool = pools.iter().position(|p| p.spec.serves_requests);
     for s in 0..=end {
         let now = s as f64;
         // Arrivals in [now - 1, now): the endpoints are those of the start of the second.
-        while let Some(a) = next_arrival.filter(|&a| a < now) {
-            requests += 1;
-            if jobs {
-                stream.push_back(a);
-            } else if serving.is_empty() {
-                counters.unavailable += 1;
-                counters.bin(a).rejected += 1;
+        while let Some(a) = next_job.filter(|&a| a < now) {
+            stream.push_back(a);
+            next_job = next_arrival_after(jobs_trace, a, &mut rng);
+        }
+        while let Some(a) = next_request.filter(|&a| a < now) {
+            if serving.is_empty() {
+                if let Some(p) = service_pool {
+                    let pool = &mut pools[p];
+                    pool.requests += 1;
+                    pool.counters.unavailable += 1;
+                    pool.counters.bin(a).rejected += 1;
+                }
             } else {
-                let pick = serving[rng.random_range(0..serving.len())];
-                let r = &mut replicas[pick];
+                let (p, i) = serving[rng.random_range(0..serving.len())];
+                let pool = &mut pools[p];
+                pool.requests += 1;
+                let counters = &mut pool.counters;
+                let r = &mut pool.replicas[i];
                 let mut out = |t, o| counters.record(t, o);
                 r.advance_to(a, &mut out);
                 r.admit(a, &mut out);
             }
-            next_arrival = next_arrival_after(trace, a, &mut rng);
+            next_request = next_arrival_after(requests_trace, a, &mut rng);
         }
-        if jobs {
-            take_jobs(&mut replicas, &mut stream, now, in_hand, &mut counters);
-        }
-        for r in replicas.iter_mut().filter(|r| r.gone_at.is_none()) {
-            let mut out = |t, o| counters.record(t, o);
-            r.advance_to(now, &mut out);
-            r.settle_drain(now, &mut out);
+        take_jobs(&mut pools, &mut stream, now, in_hand);
+        for pool in pools.iter_mut() {
+            let counters = &mut pool.counters;
+            for r in pool.replicas.iter_mut().filter(|r| r.gone_at.is_none()) {
+                let mut out = |t, o| counters.record(t, o);
+                r.advance_to(now, &mut out);
+                r.settle_drain(now, &mut out);
+            }
         }
         if s % SCRAPE_S == 0 {
-            let now_scraped: HashSet<usize> = replicas
-                .iter()
-                .filter(|r| r.serving(now))
-                .map(|r| r.id)
-                .collect();
-            for gone in scraped.difference(&now_scraped) {
-                db.mark_stale("pod", &format!("virtualfit-{gone}"), now);
-            }
-            scraped = now_scraped;
-            scrape(&mut db, &replicas, now, &mut busy_prev);
-        }
-        let spec = |replicas: &[Replica]| {
-            replicas
-                .iter()
-                .filter(|r| r.draining_since.is_none())
-                .count() as i64
-        };
-        let ready =
-            |replicas: &[Replica]| replicas.iter().filter(|r| r.is_ready(now)).count() as i64;
-        let job_stream = JobStream {
-            waiting: stream.len() as u64,
-            taken: replicas
-                .iter()
-                .filter(|r| r.gone_at.is_none())
-                .map(|r| r.active() as u64)
-                .sum(),
-        };
-        let mut keda_desired = None;
-        if s % so.polling_interval_s == 0 {
-            let active = so
-                .triggers
-                .iter()
-                .any(|t| t.read(&db, &job_stream, now).active);
-            let current = spec(&replicas);
-            if let Some(n) = activation.poll(so, now, current, active) {
-                keda_desired = Some(n);
-                if n != current {
-                    scale_to(&mut replicas, &mut next_id, n, now, rc);
-                    scale_events += 1;
+            let broken = faults.scrape_fails(now);
+            for pool in pools.iter_mut() {
+                let now_scraped: HashSet<usize> = if broken {
+                    HashSet::new()
+                } else {
+                    pool.replicas
+                        .iter()
+                        .filter(|r| r.serving(now))
+                        .map(|r| r.id)
+                        .collect()
+                };
+                for gone in pool.scraped.difference(&now_scraped) {
+                    db.mark_stale("pod", &format!("{}-{gone}", pool.spec.pod_prefix), now);
+                }
+                pool.scraped = now_scraped;
+                if !broken {
+                    scrape(
+                        &mut db,
+                        &pool.spec,
+                        &pool.replicas,
+                        now,
+                        &mut pool.busy_prev,
+                    );
                 }
             }
         }
-        if s % SYNC_S == 0 {
-            let readings: Vec<_> = so
-                .triggers
-                .iter()
-                .map(|t| (t, t.read(&db, &job_stream, now)))
-                .collect();
-            let metric_readings: Vec<_> = readings.iter().map(|(t, r)| t.reading(r)).collect();
-            let current = spec(&replicas);
-            let outcome = hpa.sync(now, current, ready(&replicas), &metric_readings);
-            if outcome.desired != current {
-                scale_to(&mut replicas, &mut next_id, outcome.desired, now, rc);
-                scale_events += 1;
+        let taken: u64 = pools
+            .iter()
+            .filter(|p| p.spec.takes_batch_jobs)
+            .flat_map(|p| p.replicas.iter())
+            .filter(|r| r.gone_at.is_none())
+            .map(|r| r.active_of(Priority::Batch) as u64)
+            .sum();
+        let job_stream = JobStream {
+            waiting: stream.len() as u64,
+            taken,
+        };
+        for pool in pools.iter_mut() {
+            let so = pool.spec.scaledobject.clone();
+            let mut keda_desired = None;
+            if s % so.polling_interval_s == 0 {
+                let active = so
+                    .triggers
+                    .iter()
+                    .any(|t| t.read(&db, &job_stream, now).active);
+                let current = pool.spec_replicas();
+                if let Some(n) = pool.activation.poll(&so, now, current, active) {
+                    keda_desired = Some(n);
+                    if n != current {
+                        scale_to(&mut pool.replicas, &mut pool.next_id, n, now, rc);
+                        pool.scale_events += 1;
+                    }
+                }
             }
-            let replicas_now = spec(&replicas);
-            max_replicas = max_replicas.max(replicas_now);
-            timeline.push(Point {
-                t: now,
-                load_rps: trace.rate_at(now),
-                replicas: replicas_now,
-                desired: keda_desired.unwrap_or(outcome.desired),
-                raw_desired: outcome.raw,
-                ready: ready(&replicas),
-                queue: replicas
+            if s % SYNC_S == 0 {
+                let readings: Vec<_> = so
+                    .triggers
                     .iter()
-                    .filter(|r| r.gone_at.is_none())
-                    .map(|r| r.queue_len() as i64)
-                    .sum(),
-                backlog: stream.len() as i64,
-                p95_s: None,
-                rejected: 0,
-                served: 0,
-                metrics: readings
+                    .map(|t| (t, t.read(&db, &job_stream, now)))
+                    .collect();
+                let current = pool.spec_replicas();
+                let ready = pool.ready(now);
+                let metric_readings: Vec<_> = readings
                     .iter()
-                    .map(|(t, r)| (t.name.clone(), r.value.clone().ok()))
-                    .collect(),
-            });
+                    .zip(pool.failures.iter_mut())
+                    .map(|((t, r), failures)| {
+                        t.reading_with_fallback(r, so.fallback.as_ref(), failures, current, ready)
+                    })
+                    .collect();
+                let outcome = pool.hpa.sync(now, current, ready, &metric_readings);
+                if outcome.desired != current {
+                    scale_to(
+                        &mut pool.replicas,
+                        &mut pool.next_id,
+                        outcome.desired,
+                        now,
+                        rc,
+                    );
+                    pool.scale_events += 1;
+                }
+                let replicas_now = pool.spec_replicas();
+                pool.max_replicas = pool.max_replicas.max(replicas_now);
+                let point = Point {
+                    t: now,
+                    load_rps: if pool.spec.serves_requests {
+                        requests_trace.rate_at(now)
+                    } else {
+                        jobs_trace.rate_at(now)
+                    },
+                    replicas: replicas_now,
+                    desired: keda_desired.unwrap_or(outcome.desired),
+                    raw_desired: outcome.raw,
+                    ready: pool.ready(now),
+                    queue: pool
+                        .replicas
+                        .iter()
+                        .filter(|r| r.gone_at.is_none())
+                        .map(|r| r.queue_len() as i64)
+                        .sum(),
+                    backlog: stream.len() as i64,
+                    p95_s: None,
+                    rejected: 0,
+                    served: 0,
+                    metrics: readings
+                        .iter()
+                        .zip(&metric_readings)
+                        .map(|((t, _), m)| (t.name.clone(), m.value.clone().ok()))
+                        .collect(),
+                };
+                pool.timeline.push(point);
+            }
         }
-        serving = replicas
+        serving = pools
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.serving(now))
-            .map(|(i, _)| i)
+            .filter(|(_, p)| p.spec.serves_requests)
+            .flat_map(|(pi, p)| {
+                p.replicas
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.serving(now))
+                    .map(move |(i, _)| (pi, i))
+            })
             .collect();
     }
     let end_f = end as f64;
-    let in_flight: u64 = replicas
+    pools
+        .into_iter()
+        .map(|pool| finish_pool(pool, stream.len() as u64, end, end_f, cfg))
+        .collect()
+}
+
+fn finish_pool(mut pool: Pool, waiting: u64, end: i64, end_f: f64, cfg: &SimConfig) -> Run {
+    let in_flight: u64 = pool
+        .replicas
         .iter()
         .filter(|r| r.gone_at.is_none())
         .map(|r| r.active() as u64)
         .sum::<u64>()
-        + stream.len() as u64;
-    let gpu_seconds: f64 = replicas
+        + if pool.spec.takes_batch_jobs {
+            waiting
+        } else {
+            0
+        };
+    let gpu_seconds: f64 = pool
+        .replicas
         .iter()
         .map(|r| (r.gone_at.unwrap_or(end_f).min(end_f) - r.created_at.max(0.0)).max(0.0))
         .sum();
-    let busy_seconds: f64 = replicas.iter().map(|r| r.busy_until(end_f)).sum();
-
+    let busy_seconds: f64 = pool.replicas.iter().map(|r| r.busy_until(end_f)).sum();
+    let counters = &mut pool.counters;
     // Per-sync figures over the 15 s before each point, and the per-second SLO.
     let mut slo_violation_s = 0;
     for bin in counters.bins.iter_mut().take(end as usize) {
@@ -415,7 +646,7 @@ pub fn simulate(so: &ScaledObject, trace: &Trace, cfg: &SimConfig) -> Run {
             slo_violation_s += 1;
         }
     }
-    for p in &mut timeline {
+    for p in &mut pool.timeline {
         let hi = p.t as usize;
         let lo = hi.saturating_sub(SYNC_S as usize);
         let mut lat: Vec<f32> = Vec::new();
@@ -434,9 +665,9 @@ pub fn simulate(so: &ScaledObject, trace: &Trace, cfg: &SimConfig) -> Run {
     let rejected =
         counters.queue_full + counters.deadline + counters.unavailable + counters.drain_lost;
     let summary = Summary {
-        scaledobject: so.name.clone(),
+        scaledobject: pool.spec.scaledobject.name.clone(),
         duration_s: end,
-        requests,
+        requests: pool.requests,
         served: counters.served,
         rejected,
         rejected_queue_full: counters.queue_full,
@@ -449,10 +680,13 @@ pub fn simulate(so: &ScaledObject, trace: &Trace, cfg: &SimConfig) -> Run {
         p95_s: p95(&mut all),
         gpu_seconds,
         busy_seconds,
-        max_replicas,
-        scale_events,
+        max_replicas: pool.max_replicas,
+        scale_events: pool.scale_events,
     };
-    Run { timeline, summary }
+    Run {
+        timeline: pool.timeline,
+        summary,
+    }
 }
 
 /// The next Poisson arrival after `t` at the trace's piecewise rate (None when the rate stays
@@ -638,13 +872,13 @@ mod tests {
         // Waits beyond --request-timeout-s 30 are answered 504 when their batch is taken.
         assert!(s.rejected_deadline > 0, "{s:?}");
         assert!(s.slo_violation_s > 0, "{s:?}");
-        // The P95 trigger sees it through the histogram.
-        let p95_seen = run
+        // The backlog trigger sees the queued work, in seconds.
+        let backlog_seen = run
             .timeline
             .iter()
-            .filter_map(|p| p.metrics.get("p95-latency").copied().flatten())
+            .filter_map(|p| p.metrics.get("backlog-seconds").copied().flatten())
             .fold(0.0, f64::max);
-        assert!(p95_seen > 5.0, "{p95_seen}");
+        assert!(backlog_seen > 5.0, "{backlog_seen}");
         assert!(s.max_replicas >= 3);
         assert_eq!(s.requests, s.served + s.rejected + s.in_flight_at_end);
     }

@@ -54,8 +54,51 @@ struct Spec {
     min_replica_count: Option<i64>,
     max_replica_count: Option<i64>,
     advanced: Option<Advanced>,
+    fallback: Option<RawFallback>,
     #[serde(default)]
     triggers: Vec<RawTrigger>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawFallback {
+    failure_threshold: i64,
+    replicas: i64,
+    behavior: Option<String>,
+}
+
+/// `spec.fallback.behavior`: which replica count a failing trigger stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackBehavior {
+    /// `replicas`.
+    Static,
+    /// The current replica count.
+    CurrentReplicas,
+    /// The current count when it is higher than `replicas`, else `replicas`.
+    CurrentReplicasIfHigher,
+    /// The current count when it is lower than `replicas`, else `replicas`.
+    CurrentReplicasIfLower,
+}
+
+/// KEDA's `spec.fallback`: once a trigger has failed more than `failure_threshold` reads in a
+/// row, it reads as the metric value that asks for the behaviour's replica count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fallback {
+    pub failure_threshold: i64,
+    pub replicas: i64,
+    pub behavior: FallbackBehavior,
+}
+
+impl Fallback {
+    /// The replica count a failing trigger stands for, with `current` replicas now.
+    pub fn replicas(&self, current: i64) -> i64 {
+        match self.behavior {
+            FallbackBehavior::Static => self.replicas,
+            FallbackBehavior::CurrentReplicas => current,
+            FallbackBehavior::CurrentReplicasIfHigher => current.max(self.replicas),
+            FallbackBehavior::CurrentReplicasIfLower => current.min(self.replicas),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +300,7 @@ pub struct ScaledObject {
     pub max_replica_count: i64,
     pub behavior: Behavior,
     pub triggers: Vec<Trigger>,
+    pub fallback: Option<Fallback>,
 }
 
 fn metadata_str<'a>(meta: &'a serde_yaml::Mapping, key: &str) -> Result<Option<&'a str>, String> {
@@ -413,6 +457,32 @@ impl ScaledObject {
         if spec.triggers.is_empty() {
             return Err(spec_err("no triggers".into()));
         }
+        let fallback = match spec.fallback {
+            None => None,
+            Some(raw) => {
+                if raw.failure_threshold < 0 || raw.replicas < 0 {
+                    return Err(spec_err(format!(
+                        "fallback.failureThreshold {} and fallback.replicas {} must not be negative",
+                        raw.failure_threshold, raw.replicas
+                    )));
+                }
+                let behavior = match raw.behavior.as_deref() {
+                    None | Some("static") => FallbackBehavior::Static,
+                    Some("currentReplicas") => FallbackBehavior::CurrentReplicas,
+                    Some("currentReplicasIfHigher") => FallbackBehavior::CurrentReplicasIfHigher,
+                    Some("currentReplicasIfLower") => FallbackBehavior::CurrentReplicasIfLower,
+                    Some(other) => return Err(spec_err(format!(
+                        "fallback.behavior `{other}` is not simulated (static, currentReplicas, \
+                             currentReplicasIfHigher and currentReplicasIfLower are)"
+                    ))),
+                };
+                Some(Fallback {
+                    failure_threshold: raw.failure_threshold,
+                    replicas: raw.replicas,
+                    behavior,
+                })
+            }
+        };
         let mut triggers = Vec::new();
         for (index, raw) in spec.triggers.into_iter().enumerate() {
             let terr = |what: String| KedaError::Trigger {
@@ -544,6 +614,7 @@ impl ScaledObject {
             max_replica_count: max,
             behavior,
             triggers,
+            fallback,
         })
     }
 
@@ -639,6 +710,40 @@ impl Trigger {
         MetricReading {
             target: self.target,
             value: r.value.clone(),
+        }
+    }
+
+    /// What the HPA receives for this trigger: its reading, or KEDA's fallback value once it
+    /// has failed more than `fallback.failureThreshold` reads in a row. `failures` is the
+    /// trigger's count of failed reads in a row, updated here.
+    pub fn reading_with_fallback(
+        &self,
+        r: &TriggerReading,
+        fallback: Option<&Fallback>,
+        failures: &mut i64,
+        current: i64,
+        ready: i64,
+    ) -> MetricReading {
+        if r.value.is_ok() {
+            *failures = 0;
+            return self.reading(r);
+        }
+        *failures += 1;
+        let Some(fb) = fallback.filter(|fb| *failures > fb.failure_threshold) else {
+            return self.reading(r);
+        };
+        let replicas = fb.replicas(current) as f64;
+        // KEDA: the target times the replicas, over the ready pods for a Value target.
+        let value = match self.target {
+            MetricTarget::AverageValue(target) => Ok(target * replicas),
+            MetricTarget::Value(_) if ready == 0 => {
+                Err("fallback of a Value trigger with no ready pod".to_string())
+            }
+            MetricTarget::Value(target) => Ok(target * replicas / ready as f64),
+        };
+        MetricReading {
+            target: self.target,
+            value,
         }
     }
 }

@@ -37,8 +37,24 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// A second ScaledObject run on the same trace; both summaries are printed side by side.
-    #[arg(long, value_name = "FILE2")]
+    #[arg(long, value_name = "FILE2", conflicts_with_all = ["pool", "jobs_trace"])]
     pub compare: Option<PathBuf>,
+    /// A worker pool's ScaledObject, run beside --scaledobject in the same cluster: its replicas
+    /// take the batch jobs of --jobs-trace from the job stream, and, as the workers of
+    /// k8s/overlays/batch-pool, no `/tryon` traffic and no scrape of their metrics.
+    #[arg(long, value_name = "FILE")]
+    pub pool: Option<PathBuf>,
+    /// Batch jobs submitted to the job stream (a CSV as --trace), beside the `/tryon` requests
+    /// of --trace.
+    #[arg(long, value_name = "FILE")]
+    pub jobs_trace: Option<PathBuf>,
+    /// The job priorities the --scaledobject replicas take from the stream, as the server's
+    /// --job-priorities (`interactive` beside a pool).
+    #[arg(long, value_delimiter = ',', default_value = "interactive,batch")]
+    pub job_priorities: Vec<crate::batcher::Priority>,
+    /// `START:END` in seconds: Prometheus scrapes nothing then (a broken scrape). Repeatable.
+    #[arg(long, value_name = "START:END", value_parser = parse_outage)]
+    pub scrape_outage: Vec<(f64, f64)>,
     #[command(flatten)]
     pub replica: ReplicaArgs,
     /// Simulated seconds (default: the trace's last row plus 900 s).
@@ -326,6 +342,94 @@ pub fn load_profile(path: Option<&Path>) -> anyhow::Result<Profile> {
     })
 }
 
+fn parse_outage(text: &str) -> Result<(f64, f64), String> {
+    let (a, b) = text
+        .split_once(':')
+        .ok_or_else(|| format!("`{text}` is not START:END"))?;
+    let number = |v: &str| {
+        v.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite() && *x >= 0.0)
+            .ok_or_else(|| format!("`{v}` is not a number of seconds"))
+    };
+    let (a, b) = (number(a)?, number(b)?);
+    if a >= b {
+        return Err(format!("`{text}`: the outage must end after it starts"));
+    }
+    Ok((a, b))
+}
+
+/// `simulate` with `--pool`, `--jobs-trace` or `--scrape-outage`: the inference Deployment and
+/// a worker pool in one cluster.
+fn run_cluster(
+    args: &SimulateArgs,
+    so: ScaledObject,
+    trace: Trace,
+    cfg: &SimConfig,
+    profile: &Profile,
+    prices: &cost::Prices,
+) -> anyhow::Result<()> {
+    let jobs = args
+        .jobs_trace
+        .as_deref()
+        .map(|p| -> anyhow::Result<Trace> {
+            Ok(Trace::parse(&p.display().to_string(), &read(p)?)?)
+        })
+        .transpose()?;
+    let mut specs = vec![engine::PoolSpec {
+        scaledobject: so,
+        serves_requests: true,
+        takes_batch_jobs: args
+            .job_priorities
+            .contains(&crate::batcher::Priority::Batch),
+        scraped: true,
+        container: "virtualfit".into(),
+        pod_prefix: "virtualfit-inference".into(),
+    }];
+    if let Some(pool) = &args.pool {
+        specs.push(engine::PoolSpec {
+            scaledobject: load_scaledobject(pool)?,
+            serves_requests: false,
+            takes_batch_jobs: true,
+            scraped: false,
+            container: "batch-worker".into(),
+            pod_prefix: "virtualfit-batch-worker".into(),
+        });
+    }
+    let load = engine::Load {
+        requests: Some(trace),
+        batch_jobs: jobs,
+    };
+    let faults = engine::Faults {
+        scrape_outages: args.scrape_outage.clone(),
+    };
+    let runs = engine::simulate_cluster(&specs, &load, cfg, &faults);
+    let names = ["timeline.json", "timeline-pool.json"];
+    for (run, file) in runs.iter().zip(names) {
+        write_timeline(&args.out.join(file), run, profile, &cfg.replica)?;
+    }
+    let labelled: Vec<(&str, &Run)> = runs
+        .iter()
+        .zip(["inference", "pool"])
+        .map(|(r, n)| (n, r))
+        .collect();
+    let plot = plot::write_plot(&args.out, &labelled)?;
+    let summaries: Vec<&Summary> = runs.iter().map(|r| &r.summary).collect();
+    print!("{}", format_summaries(&summaries, prices));
+    println!(
+        "wrote {}{} and {}",
+        args.out.join(names[0]).display(),
+        if runs.len() > 1 {
+            " (+ timeline-pool.json)"
+        } else {
+            ""
+        },
+        plot.display()
+    );
+    Ok(())
+}
+
 pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     let so = load_scaledobject(&args.scaledobject)?;
     let other = args.compare.as_deref().map(load_scaledobject).transpose()?;
@@ -355,6 +459,9 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         rc.capacity_rps(),
         rc.max_batch_size
     );
+    if args.pool.is_some() || args.jobs_trace.is_some() || !args.scrape_outage.is_empty() {
+        return run_cluster(args, so, trace, &cfg, &profile, &prices);
+    }
     let a = engine::simulate(&so, &trace, &cfg);
     write_timeline(&args.out.join("timeline.json"), &a, &profile, &rc)?;
     let b = other.as_ref().map(|so| engine::simulate(so, &trace, &cfg));

@@ -10,8 +10,9 @@
 //!   Q_slo = B·⌊(SLO − pre − post)/t_B − 1⌋ − 1 (and below the queue capacity).
 //! - Triggers, per replica: queue length Q_slo/2, so that a replica at the threshold can take
 //!   as much again while a new one starts; active requests u·μ·(1.5·t_B + post) (Little's law
-//!   at the target utilisation u: the requests a replica holds while serving u·μ); the p95
-//!   trigger at the SLO.
+//!   at the target utilisation u: the requests a replica holds while serving u·μ); backlog
+//!   seconds (SLO − pre − post − t_B)/2: the queued work a request may wait behind and still
+//!   meet the SLO after its own batch, halved as the queue threshold is.
 //! - Replicas at peak: ⌈λ_peak / (u·μ)⌉. A new replica serves R = start-up + 30 s (KEDA's poll
 //!   and the HPA's sync) after the load calls for it; minReplicaCount is the least count whose
 //!   full capacity covers, at every moment t, the load at t + R (when the replicas that the
@@ -89,8 +90,8 @@ pub struct Thresholds {
     pub queue: u64,
     /// The active-requests trigger's threshold.
     pub active: u64,
-    /// The p95 trigger's threshold.
-    pub p95_s: f64,
+    /// The backlog-seconds trigger's threshold.
+    pub backlog_s: f64,
 }
 
 /// The thresholds that keep a replica's p95 under `slo_s` at utilisation `u`.
@@ -120,7 +121,7 @@ pub fn thresholds(rc: &ReplicaConfig, slo_s: f64, u: f64) -> Result<Thresholds, 
         queue_for_slo,
         queue: (queue_for_slo / 2).max(1),
         active,
-        p95_s: slo_s,
+        backlog_s: (slo_s - fixed - t_b) / 2.0,
     })
 }
 
@@ -180,7 +181,7 @@ pub fn scaledobject_yaml(th: &Thresholds, r: &Replicas) -> anyhow::Result<String
         let threshold = match name.as_str() {
             "queue-length" => th.queue.to_string(),
             "active-requests" => th.active.to_string(),
-            "p95-latency" => format_seconds(th.p95_s),
+            "backlog-seconds" => format_seconds(th.backlog_s),
             _ => continue,
         };
         if let Some(meta) = trigger.get_mut("metadata").and_then(|m| m.as_mapping_mut()) {
@@ -191,13 +192,13 @@ pub fn scaledobject_yaml(th: &Thresholds, r: &Replicas) -> anyhow::Result<String
     Ok(format!(
         "# Written by `virtualfit plan` from k8s/autoscaling/keda-gpu-scaler.yaml: replicas \
          {min}..{max} ({peak} at peak), per replica queue-length {q}, active-requests {a}, \
-         p95-latency {p} s.\n{body}",
+         backlog-seconds {p} s.\n{body}",
         min = r.min,
         max = r.max,
         peak = r.at_peak,
         q = th.queue,
         a = th.active,
-        p = format_seconds(th.p95_s),
+        p = format_seconds(th.backlog_s),
     ))
 }
 
@@ -369,7 +370,7 @@ fn report(
          replica: a batch of {b} in {:.1} ms, {:.0} requests/s; planned at {:.0} % = {:.0} requests/s\n\
          p95 ≤ {} s holds while at most {} requests wait per replica\n\
          replicas: {} at peak; minReplicaCount {}, maxReplicaCount {} (start-up {} s + 30 s to react)\n\
-         triggers per replica: queue-length {}, active-requests {}, p95-latency {} s (GPU utilisation 70, as shipped)\n",
+         triggers per replica: queue-length {}, active-requests {}, backlog-seconds {} s (gpu-busy 0.7, as shipped)\n",
         profile.model,
         profile.device,
         profile.source,
@@ -377,7 +378,7 @@ fn report(
         th.capacity_rps,
         args.target_utilization * 100.0,
         th.target_rps,
-        th.p95_s,
+        args.p95,
         th.queue_for_slo,
         plan.at_peak,
         plan.min,
@@ -385,7 +386,7 @@ fn report(
         args.replica.startup_s,
         th.queue,
         th.active,
-        format_seconds(th.p95_s),
+        format_seconds(th.backlog_s),
     );
     out.push_str(&format!(
         "simulated: {} requests, p95 {} s, {refused:.3} % refused (at most {:.2} %), {} s over the p95 objective, {}{}\n\n",
@@ -551,7 +552,8 @@ mod tests {
             threshold("active-requests").as_deref(),
             Some(th.active.to_string().as_str())
         );
-        assert_eq!(threshold("p95-latency").as_deref(), Some("2.5"));
-        assert_eq!(threshold("gpu-utilization").as_deref(), Some("70"));
+        // (2.5 − 0.5 − 1) / 2.
+        assert_eq!(threshold("backlog-seconds").as_deref(), Some("0.5"));
+        assert_eq!(threshold("gpu-busy").as_deref(), Some("0.7"));
     }
 }

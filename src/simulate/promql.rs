@@ -71,7 +71,8 @@ impl Query {
 /// The shape of a KEDA trigger query, as the manifests' checks classify it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueryForm {
-    /// `sum(metric{labels})`: a cluster-wide total, for AverageValue.
+    /// `sum(metric{labels})` or `sum(rate(metric{labels}[range]))`: a cluster-wide total, for
+    /// AverageValue.
     Sum,
     /// `(histogram_quantile(Q, sum by (le) (rate(m_bucket{labels}[W]))) >= 0) or vector(0)`
     /// with `0 < Q < 1`: a percentile over every replica, NaN and no traffic read as 0.
@@ -83,7 +84,9 @@ pub enum QueryForm {
 pub fn query_form(query: &str) -> Option<QueryForm> {
     let expr = Query::parse(query).ok()?.expr;
     if let Expr::Aggregate(sum) = unparen(&expr) {
-        return (is_sum(sum, None) && labelled(unparen(&sum.expr))).then_some(QueryForm::Sum);
+        let inner = unparen(&sum.expr);
+        let summed = labelled(inner) || rate_of_labelled(inner);
+        return (is_sum(sum, None) && summed).then_some(QueryForm::Sum);
     }
     let or = binary(&expr, "or")?;
     let [fallback] = call(&or.rhs, "vector")? else {
@@ -140,6 +143,15 @@ fn is_sum(a: &AggregateExpr, by: Option<&[&str]>) -> bool {
 /// A named instant selector with label matchers.
 fn labelled(e: &Expr) -> bool {
     matches!(e, Expr::VectorSelector(vs) if vs.name.is_some() && !vs.matchers.matchers.is_empty())
+}
+
+/// `rate(metric{labels}[range])`: a per-second rate, summed like a gauge.
+fn rate_of_labelled(e: &Expr) -> bool {
+    let Some([range]) = call(e, "rate") else {
+        return false;
+    };
+    matches!(unparen(range), Expr::MatrixSelector(m)
+        if m.vs.name.is_some() && !m.vs.matchers.matchers.is_empty() && !m.range.is_zero())
 }
 
 fn binary<'a>(e: &'a Expr, op: &str) -> Option<&'a BinaryExpr> {
@@ -706,6 +718,9 @@ mod tests {
         let sum = r#"sum(virtualfit_queue_length{namespace="virtualfit"})"#;
         assert_eq!(query_form(sum), Some(QueryForm::Sum));
         assert_eq!(query_form(&format!("({sum})")), Some(QueryForm::Sum));
+        let busy = r#"sum(rate(virtualfit_model_busy_share_seconds_total{namespace="virtualfit",priority="interactive"}[2m]))"#;
+        assert_eq!(query_form(busy), Some(QueryForm::Sum));
+        assert_eq!(query_form("sum(rate(m[2m]))"), None);
         let p95 = r#"(histogram_quantile(0.95, sum by (le) (rate(virtualfit_request_duration_seconds_bucket{namespace="virtualfit"}[2m]))) >= 0) or vector(0)"#;
         assert_eq!(query_form(p95), Some(QueryForm::Quantile));
         for other in [

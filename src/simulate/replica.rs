@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::batcher::Priority;
 use crate::metrics::LATENCY_BUCKETS;
 
 /// The server settings and the timing of one replica.
@@ -62,7 +63,7 @@ pub enum Outcome {
 struct Batch {
     start: f64,
     end: f64,
-    admitted: Vec<f64>,
+    admitted: Vec<(f64, Priority)>,
 }
 
 /// The request-duration histogram of one status code: cumulative bucket counts (the last is
@@ -95,11 +96,18 @@ pub struct Replica {
     pub draining_since: Option<f64>,
     pub gone_at: Option<f64>,
     cfg: ReplicaConfig,
-    queue: VecDeque<f64>,
+    /// Admission times and priorities, in admission order (the simulated worker takes them in
+    /// that order; the server fills a batch from interactive work first, which only differs
+    /// when both priorities wait on one replica).
+    queue: VecDeque<(f64, Priority)>,
     running: Option<Batch>,
     free_at: f64,
     busy_s: f64,
-    /// Request-duration histograms by status code.
+    /// `busy_s` shared out by the priorities of each batch's items.
+    busy_share_s: [f64; 2],
+    /// The server's estimate of the seconds per item: the last batch's time over its size.
+    seconds_per_item: f64,
+    /// Request-duration histograms of the `/tryon` requests (interactive items) by status code.
     pub histograms: BTreeMap<u16, Histogram>,
 }
 
@@ -112,10 +120,12 @@ impl Replica {
             draining_since: None,
             gone_at: None,
             free_at: created_at + startup_s,
-            cfg,
             queue: VecDeque::new(),
             running: None,
             busy_s: 0.0,
+            busy_share_s: [0.0; 2],
+            seconds_per_item: cfg_per_item(&cfg),
+            cfg,
             histograms: BTreeMap::new(),
         }
     }
@@ -134,9 +144,38 @@ impl Replica {
         self.queue.len()
     }
 
+    /// Queued items of one priority.
+    pub fn queued_of(&self, p: Priority) -> usize {
+        self.queue.iter().filter(|(_, q)| *q == p).count()
+    }
+
     /// Admitted and not answered: queued plus running.
     pub fn active(&self) -> usize {
         self.queue.len() + self.running.as_ref().map_or(0, |b| b.admitted.len())
+    }
+
+    /// Admitted and not answered items of one priority.
+    pub fn active_of(&self, p: Priority) -> usize {
+        self.queued_of(p)
+            + self
+                .running
+                .as_ref()
+                .map_or(0, |b| b.admitted.iter().filter(|(_, q)| *q == p).count())
+    }
+
+    /// The server's `virtualfit_queued_seconds{priority}`: queued items times the estimate.
+    pub fn queued_seconds_of(&self, p: Priority) -> f64 {
+        self.queued_of(p) as f64 * self.seconds_per_item
+    }
+
+    /// Busy seconds up to `t` attributed to priority `p` (call after `advance_to(t)`).
+    pub fn busy_share_until(&self, t: f64, p: Priority) -> f64 {
+        self.busy_share_s[p as usize]
+            + self.running.as_ref().map_or(0.0, |b| {
+                let share = b.admitted.iter().filter(|(_, q)| *q == p).count() as f64
+                    / b.admitted.len().max(1) as f64;
+                (t.min(b.end) - b.start).max(0.0) * share
+            })
     }
 
     /// GPU-busy seconds up to `t` (call after `advance_to(t)`).
@@ -168,10 +207,14 @@ impl Replica {
                     admitted,
                 } = self.running.take().expect("checked above");
                 self.busy_s += end - start;
+                self.share_busy(end - start, &admitted);
+                self.seconds_per_item = (end - start) / admitted.len().max(1) as f64;
                 self.free_at = end;
-                for a in admitted {
+                for (a, priority) in admitted {
                     let seconds = end - a + self.cfg.pre_s + self.cfg.post_s;
-                    self.observe(200, seconds);
+                    if priority == Priority::Interactive {
+                        self.observe(200, seconds);
+                    }
                     out(end + self.cfg.post_s, Outcome::Served(seconds));
                 }
                 continue;
@@ -183,14 +226,16 @@ impl Replica {
                 return;
             }
             let take = self.queue.len().min(self.cfg.max_batch_size.max(1));
-            let taken: Vec<f64> = self.queue.drain(..take).collect();
+            let taken: Vec<(f64, Priority)> = self.queue.drain(..take).collect();
             let mut admitted = Vec::with_capacity(take);
-            for a in taken {
+            for (a, priority) in taken {
                 if start - a > self.cfg.request_timeout_s {
-                    self.observe(504, start - a + self.cfg.pre_s);
+                    if priority == Priority::Interactive {
+                        self.observe(504, start - a + self.cfg.pre_s);
+                    }
                     out(start, Outcome::Deadline);
                 } else {
-                    admitted.push(a);
+                    admitted.push((a, priority));
                 }
             }
             if admitted.is_empty() {
@@ -213,9 +258,9 @@ impl Replica {
         if self.running.is_some() {
             return None;
         }
-        let &oldest = self.queue.front()?;
+        let &(oldest, _) = self.queue.front()?;
         let cap = self.cfg.max_batch_size.max(1);
-        let full_at = self.queue.get(cap - 1).copied().unwrap_or(f64::INFINITY);
+        let full_at = self.queue.get(cap - 1).map_or(f64::INFINITY, |&(a, _)| a);
         let mut due = (oldest + self.cfg.max_batch_delay_s).min(full_at);
         if let Some(d) = self.draining_since {
             due = due.min(d);
@@ -237,14 +282,29 @@ impl Replica {
         .reduce(f64::min)
     }
 
-    /// A request arriving at `t` (after `advance_to(t)`): admitted, or 429 at once.
+    /// A `/tryon` request arriving at `t` (after `advance_to(t)`): admitted, or 429 at once.
     pub fn admit(&mut self, t: f64, out: &mut impl FnMut(f64, Outcome)) {
+        self.admit_as(t, Priority::Interactive, out);
+    }
+
+    /// An item of priority `p` arriving at `t` (after `advance_to(t)`): admitted, or refused
+    /// at once (429 for a request; a job's runner only offers what the queue has room for).
+    pub fn admit_as(&mut self, t: f64, p: Priority, out: &mut impl FnMut(f64, Outcome)) {
         if self.queue.len() >= self.cfg.queue_capacity {
-            self.observe(429, self.cfg.pre_s);
+            if p == Priority::Interactive {
+                self.observe(429, self.cfg.pre_s);
+            }
             out(t, Outcome::QueueFull);
             return;
         }
-        self.queue.push_back(t);
+        self.queue.push_back((t, p));
+    }
+
+    fn share_busy(&mut self, seconds: f64, items: &[(f64, Priority)]) {
+        let n = items.len().max(1) as f64;
+        for (_, p) in items {
+            self.busy_share_s[*p as usize] += seconds / n;
+        }
     }
 
     /// SIGTERM at `t`: no new requests; what is admitted still runs. A pod that was not
@@ -274,6 +334,7 @@ impl Replica {
             self.queue.clear();
             if let Some(b) = self.running.take() {
                 self.busy_s += (t - b.start).max(0.0);
+                self.share_busy((t - b.start).max(0.0), &b.admitted);
             }
             self.gone_at = Some(since + self.cfg.drain_timeout_s);
         }
@@ -282,6 +343,13 @@ impl Replica {
     pub fn config(&self) -> &ReplicaConfig {
         &self.cfg
     }
+}
+
+/// The seconds per item a replica reports before its first batch: a full batch's time over its
+/// size, as the server's warm-up measures it.
+fn cfg_per_item(cfg: &ReplicaConfig) -> f64 {
+    let b = cfg.max_batch_size.max(1);
+    cfg.batch_time(b) / b as f64
 }
 
 #[cfg(test)]
