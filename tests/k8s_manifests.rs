@@ -139,6 +139,8 @@ const CORE_KINDS: &[&str] = &[
     "RoleBinding",
     "APIService",
     "Pod",
+    "PriorityClass",
+    "Ingress",
 ];
 
 fn kubernetes_validate(objs: &[Value]) -> Output {
@@ -222,7 +224,7 @@ import json, sys, yaml, jsonschema
 crd = yaml.safe_load(open(sys.argv[1]))
 kind = crd["spec"]["names"]["kind"]
 assert kind == sys.argv[2], (kind, sys.argv[2])
-schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")["schema"]["openAPIV3Schema"]
+schema = next(v for v in crd["spec"]["versions"] if v["name"] == sys.argv[3])["schema"]["openAPIV3Schema"]
 validator = jsonschema.Draft7Validator(schema)
 bad = 0
 for doc in json.load(sys.stdin):
@@ -240,11 +242,17 @@ fn keda_validate(objs: &[&Value]) -> Output {
 
 /// Validates KEDA objects of one kind against the CRD in `file` (k8s/tests/schemas/).
 fn keda_validate_kind(objs: &[&Value], file: &str, crd_kind: &str) -> Output {
+    crd_validate(objs, file, crd_kind, "v1alpha1")
+}
+
+/// Validates objects of one kind against version `version` of the CRD in `file`
+/// (k8s/tests/schemas/).
+fn crd_validate(objs: &[&Value], file: &str, crd_kind: &str, version: &str) -> Output {
     let json = serde_json::to_string(objs).expect("to JSON");
     let crd = keda_schema(file);
     python(
         KEDA_VALIDATE,
-        &[crd.to_str().expect("utf-8 path"), crd_kind],
+        &[crd.to_str().expect("utf-8 path"), crd_kind, version],
         Some(&json),
     )
 }
@@ -2033,8 +2041,12 @@ fn batch_pool_scales_from_zero_on_the_servers_job_stream() {
     let relabel = |w: &Value| {
         let mut t = w["spec"]["template"].clone();
         t["metadata"]["labels"]["app.kubernetes.io/component"] = Value::from("x");
-        t["spec"]["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"]
-            ["app.kubernetes.io/component"] = Value::from("x");
+        for c in t["spec"]["topologySpreadConstraints"]
+            .as_sequence_mut()
+            .expect("spread constraints")
+        {
+            c["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] = Value::from("x");
+        }
         t["spec"]["containers"][0]["name"] = Value::from("x");
         t
     };
@@ -3286,4 +3298,420 @@ fn dcgm_exporter_runs_on_every_gpu_node_the_servers_admit() {
     )]
     .into();
     assert!(!gfd_only.iter().any(|t| term_matches(t, &gke)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// What operators expect beside it: Prometheus Operator objects, a PriorityClass, zone spread,
+// disk requests, an example Ingress
+
+/// The opt-in component for the Prometheus Operator.
+const PROMETHEUS_OPERATOR: &str = "components/prometheus-operator";
+/// The opt-in example Ingress for ingress-nginx.
+const INGRESS_NGINX: &str = "components/ingress-nginx";
+
+/// The Prometheus Operator objects of a rendering, each validated against its CRD.
+fn validate_monitoring_coreos(what: &str, objs: &[Value]) -> usize {
+    let mut count = 0;
+    for (crd_kind, file) in [
+        ("PodMonitor", "monitoring.coreos.com_podmonitors.yaml"),
+        (
+            "PrometheusRule",
+            "monitoring.coreos.com_prometheusrules.yaml",
+        ),
+    ] {
+        let of_kind: Vec<&Value> = objs.iter().filter(|o| kind(o) == crd_kind).collect();
+        if of_kind.is_empty() {
+            continue;
+        }
+        for o in &of_kind {
+            assert_eq!(
+                str_at(o, &["apiVersion"]),
+                Some("monitoring.coreos.com/v1"),
+                "{what}"
+            );
+        }
+        let out = crd_validate(&of_kind, file, crd_kind, "v1");
+        assert!(out.status.success(), "{what}:\n{}", text(&out));
+        count += of_kind.len();
+    }
+    count
+}
+
+#[test]
+fn the_prometheus_operator_schemas_in_the_repository_are_its_crds() {
+    for (file, crd_kind) in [
+        ("monitoring.coreos.com_podmonitors.yaml", "PodMonitor"),
+        (
+            "monitoring.coreos.com_prometheusrules.yaml",
+            "PrometheusRule",
+        ),
+    ] {
+        let crd = load_one(&keda_schema(file));
+        assert_eq!(kind(&crd), "CustomResourceDefinition", "{file}");
+        assert_eq!(
+            str_at(&crd, &["spec", "group"]),
+            Some("monitoring.coreos.com"),
+            "{file}"
+        );
+        assert_eq!(
+            str_at(&crd, &["spec", "names", "kind"]),
+            Some(crd_kind),
+            "{file}"
+        );
+        let v1 = seq(crd["spec"].get("versions"))
+            .into_iter()
+            .find(|v| v["name"].as_str() == Some("v1"))
+            .unwrap_or_else(|| panic!("{file}: no v1"));
+        assert!(
+            v1["schema"]["openAPIV3Schema"]["properties"]["spec"].is_mapping(),
+            "{file}: an OpenAPI schema"
+        );
+    }
+}
+
+#[test]
+fn the_prometheus_operator_component_scrapes_and_alerts_as_the_shipped_config() {
+    let k = load_one(
+        &k8s_dir()
+            .join(PROMETHEUS_OPERATOR)
+            .join("kustomization.yaml"),
+    );
+    assert_eq!(kind(&k), "Component");
+    // Opt-in: a second scrape of the same pods would double the triggers' sums.
+    for target in TARGETS.iter().chain(&[BATCH_POOL]) {
+        for o in render(target) {
+            assert!(
+                !str_at(&o, &["apiVersion"])
+                    .is_some_and(|a| a.starts_with("monitoring.coreos.com")),
+                "k8s/{target} applies {} {}: the Prometheus Operator objects are opt-in",
+                kind(&o),
+                name(&o)
+            );
+        }
+    }
+    let objs = render(PROMETHEUS_OPERATOR);
+    assert_eq!(validate_monitoring_coreos(PROMETHEUS_OPERATOR, &objs), 3);
+    assert_eq!(objs.len(), 3, "two PodMonitors and the PrometheusRule");
+    // The schema check is live: a number where the CRD wants a duration string fails.
+    let mut broken = find(&objs, "PodMonitor", "virtualfit-inference").clone();
+    broken["spec"]["podMetricsEndpoints"][0]["interval"] = Value::from(15);
+    let out = crd_validate(
+        &[&broken],
+        "monitoring.coreos.com_podmonitors.yaml",
+        "PodMonitor",
+        "v1",
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+
+    let monitors = |o: &&Value| kind(o) == "PodMonitor";
+    let config = prometheus_config();
+    for (pm, job_name, workload) in [
+        (
+            find(&objs, "PodMonitor", "virtualfit-inference"),
+            "virtualfit-pods",
+            inference_deployment(&render("")).clone(),
+        ),
+        (
+            find(&objs, "PodMonitor", "nvidia-dcgm-exporter"),
+            "dcgm-exporter",
+            find(&render(""), "DaemonSet", "nvidia-dcgm-exporter").clone(),
+        ),
+    ] {
+        let ctx = format!("PodMonitor {}", name(pm));
+        // In the workload's namespace (a PodMonitor selects pods of its own namespace unless
+        // told otherwise), selecting its pods, on its metrics port.
+        assert_eq!(namespace(pm), namespace(&workload), "{ctx}");
+        assert!(pm["spec"].get("namespaceSelector").is_none(), "{ctx}");
+        assert!(
+            selects(&pm["spec"]["selector"], pod_labels(&workload)),
+            "{ctx}"
+        );
+        let endpoints = seq(pm["spec"].get("podMetricsEndpoints"));
+        assert_eq!(endpoints.len(), 1, "{ctx}");
+        let ep = &endpoints[0];
+        let c = &seq(workload["spec"]["template"]["spec"].get("containers"))[0];
+        let port = ep["port"].as_str().expect("a named port");
+        port_named(c, port);
+        let job = job(&config, job_name);
+        assert_eq!(
+            ep["path"].as_str().unwrap_or("/metrics"),
+            job["metrics_path"].as_str().unwrap_or("/metrics"),
+            "{ctx}"
+        );
+        assert_eq!(
+            ep["interval"].as_str(),
+            Some(
+                job["scrape_interval"]
+                    .as_str()
+                    .or(config["global"]["scrape_interval"].as_str())
+                    .expect("interval")
+            ),
+            "{ctx}"
+        );
+        // The namespace labelling the KEDA queries filter on: the operator labels each target
+        // with its pod's namespace; the exporter's own labels (the GPU user's namespace) are
+        // kept only with honorLabels, as the shipped job does.
+        assert_eq!(
+            ep["honorLabels"].as_bool().unwrap_or(false),
+            job["honor_labels"].as_bool().unwrap_or(false),
+            "{ctx}: honorLabels as the `{job_name}` job's honor_labels"
+        );
+        for r in seq(ep.get("relabelings")) {
+            assert_ne!(r["targetLabel"].as_str(), Some("namespace"), "{ctx}");
+        }
+    }
+    // The inference PodMonitor leaves the batch workers out, as the `virtualfit-pods` job does.
+    let pool = render(BATCH_POOL);
+    let worker = find(&pool, "Deployment", "virtualfit-batch-worker");
+    assert!(!objs
+        .iter()
+        .filter(monitors)
+        .any(|pm| namespace(pm) == namespace(worker)
+            && selects(&pm["spec"]["selector"], pod_labels(worker))));
+    // The PrometheusRule holds exactly the rule groups of monitoring/alerts.rules.yaml (which
+    // the promtool cases of tests/k8s_promql.rs test).
+    let rule = find(&objs, "PrometheusRule", "virtualfit-alert-rules");
+    let file = load_one(&k8s_dir().join("monitoring/alerts.rules.yaml"));
+    assert!(!seq(file.get("groups")).is_empty());
+    assert_eq!(
+        rule["spec"]["groups"], file["groups"],
+        "prometheusrule.yaml differs from monitoring/alerts.rules.yaml: run scripts/prometheus-operator-rules.sh"
+    );
+    assert_eq!(
+        namespace(rule),
+        namespace(find(&render(""), "ConfigMap", "virtualfit-alert-rules"))
+    );
+    // It composes with the whole setup.
+    let both = render_with("", &[PROMETHEUS_OPERATOR]);
+    assert_eq!(both.len(), render("").len() + objs.len());
+}
+
+#[test]
+fn gpu_server_pods_run_at_their_priority_class() {
+    let mut sets: Vec<(String, Vec<Value>)> = TARGETS
+        .iter()
+        .map(|t| (format!("k8s/{t}"), render(t)))
+        .collect();
+    sets.push((format!("k8s/{BATCH_POOL}"), render(BATCH_POOL)));
+    for (what, objs) in &sets {
+        let classes: Vec<&Value> = objs.iter().filter(|o| kind(o) == "PriorityClass").collect();
+        assert_eq!(classes.len(), 1, "{what}: one PriorityClass");
+        let class = classes[0];
+        // Above ordinary pods (0), within what user classes may use (system classes start at
+        // two billion), never the cluster's default.
+        let value = class["value"].as_i64().expect("value");
+        assert!(value > 0 && value <= 1_000_000_000, "{what}: {value}");
+        assert_eq!(class["globalDefault"].as_bool(), Some(false), "{what}");
+        assert!(namespace(class).is_empty(), "{what}: cluster-scoped");
+        let servers = server_deployments(objs);
+        assert!(!servers.is_empty());
+        for dep in servers {
+            let pod = &dep["spec"]["template"]["spec"];
+            // A GPU pod, at the class's priority (the class itself is validated with the
+            // core kinds).
+            assert!(pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"].is_string());
+            assert_eq!(
+                pod["priorityClassName"].as_str(),
+                Some(name(class)),
+                "{what} {}",
+                name(dep)
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_server_pods_spread_over_zones_but_schedule_in_one() {
+    let mut sets: Vec<(String, Vec<Value>)> = TARGETS
+        .iter()
+        .map(|t| (format!("k8s/{t}"), render(t)))
+        .collect();
+    sets.push((format!("k8s/{BATCH_POOL}"), render(BATCH_POOL)));
+    for (what, objs) in &sets {
+        let servers = server_deployments(objs);
+        for dep in &servers {
+            let ctx = format!("{what} {}", name(dep));
+            let pod = &dep["spec"]["template"]["spec"];
+            let constraints = seq(pod.get("topologySpreadConstraints"));
+            for key in ["topology.kubernetes.io/zone", "kubernetes.io/hostname"] {
+                let c = constraints
+                    .iter()
+                    .find(|c| c["topologyKey"].as_str() == Some(key))
+                    .unwrap_or_else(|| panic!("{ctx}: no spread over {key}"));
+                // A preference: a single-zone cluster (or a zone out of GPUs) still schedules.
+                assert_eq!(
+                    c["whenUnsatisfiable"].as_str(),
+                    Some("ScheduleAnyway"),
+                    "{ctx}: {key}"
+                );
+                assert_eq!(c["maxSkew"].as_u64(), Some(1), "{ctx}: {key}");
+                // Counts this Deployment's pods, not the other one's.
+                assert!(
+                    selects(&c["labelSelector"], pod_labels(dep)),
+                    "{ctx}: {key}"
+                );
+                for other in servers.iter().filter(|o| name(o) != name(dep)) {
+                    assert!(
+                        !selects(&c["labelSelector"], pod_labels(other)),
+                        "{ctx}: {key} also counts {}",
+                        name(other)
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn ephemeral_storage_requests_cover_the_empty_dirs() {
+    let mut sets: Vec<(String, Vec<Value>)> = TARGETS
+        .iter()
+        .map(|t| (format!("k8s/{t}"), render(t)))
+        .collect();
+    sets.push((format!("k8s/{BATCH_POOL}"), render(BATCH_POOL)));
+    for (what, objs) in &sets {
+        for dep in server_deployments(objs) {
+            let ctx = format!("{what} {}", name(dep));
+            let pod = &dep["spec"]["template"]["spec"];
+            let c = &seq(pod.get("containers"))[0];
+            // The node-disk emptyDirs (not memory-backed) the container mounts: /data and /tmp.
+            let mut on_disk = 0;
+            let mut mounted = BTreeSet::new();
+            for m in seq(c.get("volumeMounts")) {
+                let v = seq(pod.get("volumes"))
+                    .into_iter()
+                    .find(|v| v["name"] == m["name"])
+                    .expect("volume");
+                if v.get("emptyDir").is_none() || v["emptyDir"]["medium"].as_str() == Some("Memory")
+                {
+                    continue;
+                }
+                let limit = v["emptyDir"]["sizeLimit"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{ctx}: {:?} without sizeLimit", m["mountPath"]));
+                on_disk += bytes(limit);
+                mounted.insert(m["mountPath"].as_str().expect("path").to_string());
+            }
+            assert!(
+                mounted.contains("/data") && mounted.contains("/tmp"),
+                "{ctx}: {mounted:?}"
+            );
+            let quantity = |k: &str| {
+                bytes(
+                    c["resources"][k]["ephemeral-storage"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{ctx}: no ephemeral-storage {k}")),
+                )
+            };
+            let (request, limit) = (quantity("requests"), quantity("limits"));
+            // The scheduler reserves the disk the emptyDirs may fill; the limit (over which
+            // the kubelet evicts the pod) leaves room beyond them for the container's logs.
+            assert!(
+                request >= on_disk,
+                "{ctx}: request {request} below the emptyDirs' {on_disk}"
+            );
+            assert!(
+                limit > request && limit > on_disk,
+                "{ctx}: limit {limit}, request {request}, emptyDirs {on_disk}"
+            );
+        }
+    }
+}
+
+/// An ingress-nginx annotation of `ing`.
+fn nginx_annotation<'a>(ing: &'a Value, key: &str) -> &'a str {
+    ing["metadata"]["annotations"][format!("nginx.ingress.kubernetes.io/{key}")]
+        .as_str()
+        .unwrap_or_else(|| panic!("no nginx.ingress.kubernetes.io/{key}"))
+}
+
+/// nginx sizes (`16m`, `1g`, `512k`, bytes) in bytes.
+fn nginx_size(s: &str) -> u64 {
+    let s = s.to_ascii_lowercase();
+    let (n, factor) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1 << 10),
+        Some('m') => (&s[..s.len() - 1], 1 << 20),
+        Some('g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s.as_str(), 1),
+    };
+    n.parse::<u64>().expect("an nginx size") * factor
+}
+
+#[test]
+fn the_example_ingress_outlasts_the_longest_request_and_takes_the_largest_body() {
+    let k = load_one(&k8s_dir().join(INGRESS_NGINX).join("kustomization.yaml"));
+    assert_eq!(kind(&k), "Component");
+    for target in TARGETS.iter().chain(&[BATCH_POOL]) {
+        assert!(
+            !render(target).iter().any(|o| kind(o) == "Ingress"),
+            "k8s/{target}: the Ingress is an opt-in example"
+        );
+    }
+    assert_eq!(nginx_size("16m"), 16 << 20);
+    let default_body: u64 = serve_default("max_body_bytes").parse().expect("bytes");
+    let body_env = serve_env_name("max_body_bytes");
+    for target in ["", CATVTON] {
+        let objs = render_with(target, &[INGRESS_NGINX]);
+        validate_core(
+            &format!("k8s/{target} + {INGRESS_NGINX}"),
+            &objs
+                .iter()
+                .filter(|o| !str_at(o, &["apiVersion"]).is_some_and(|a| a.starts_with("keda.sh/")))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        let ing = objs
+            .iter()
+            .find(|o| kind(o) == "Ingress")
+            .expect("the Ingress");
+        let dep = inference_deployment(&objs);
+        let ctx = format!("k8s/{target}");
+        assert_eq!(namespace(ing), namespace(dep), "{ctx}");
+        assert_eq!(ing["spec"]["ingressClassName"].as_str(), Some("nginx"));
+        // Every path goes to the inference Service's API port.
+        let svc = find(&objs, "Service", "inference-service");
+        let c = &seq(dep["spec"]["template"]["spec"].get("containers"))[0];
+        for rule in seq(ing["spec"].get("rules")) {
+            for path in seq(rule["http"].get("paths")) {
+                let backend = &path["backend"]["service"];
+                assert_eq!(backend["name"].as_str(), Some(name(svc)), "{ctx}");
+                let sp = seq(svc["spec"].get("ports"))
+                    .into_iter()
+                    .find(|p| {
+                        p["name"] == backend["port"]["name"]
+                            || p["port"] == backend["port"]["number"]
+                    })
+                    .expect("a port of the Service");
+                assert_eq!(
+                    port_named(c, sp["targetPort"].as_str().expect("named target port")),
+                    8000,
+                    "{ctx}"
+                );
+            }
+        }
+        // The timeouts outlast the longest the server may take to answer: the handler's bound
+        // on a request, 2 x VIRTUALFIT_REQUEST_TIMEOUT_S + 10 s (src/server/tryon.rs), and an
+        // answer during the drain.
+        let env = env_of(c);
+        let seconds = |k: &str| env[k].parse::<f64>().expect("seconds");
+        let handler_bound = 2.0 * seconds("VIRTUALFIT_REQUEST_TIMEOUT_S") + 10.0;
+        let drain = seconds("VIRTUALFIT_DRAIN_TIMEOUT_S");
+        for key in ["proxy-read-timeout", "proxy-send-timeout"] {
+            let t: f64 = nginx_annotation(ing, key).parse().expect("seconds");
+            assert!(
+                t > handler_bound && t > drain,
+                "{ctx}: {key} {t} s must outlast the handler's {handler_bound} s and the drain's {drain} s"
+            );
+        }
+        // The body limit is the server's (413 from the server), never nginx's first.
+        let max_body = env
+            .get(&body_env)
+            .map(|v| v.parse::<u64>().expect("bytes"))
+            .unwrap_or(default_body);
+        let nginx_body = nginx_size(nginx_annotation(ing, "proxy-body-size"));
+        assert!(
+            nginx_body >= max_body,
+            "{ctx}: proxy-body-size {nginx_body} below --max-body-bytes {max_body}"
+        );
+    }
 }

@@ -26,8 +26,8 @@ pub fn k8s_dir() -> PathBuf {
     root().join("k8s")
 }
 
-/// The KEDA CustomResourceDefinitions the ScaledObjects are validated against (copied from
-/// kedacore/keda, see k8s/tests/schemas/README.md).
+/// The CustomResourceDefinitions the custom objects are validated against: KEDA's and the
+/// Prometheus Operator's (copied from their repositories, see k8s/tests/schemas/README.md).
 pub fn keda_schema(file: &str) -> PathBuf {
     k8s_dir().join("tests/schemas").join(file)
 }
