@@ -2662,7 +2662,7 @@ fn the_api_port_is_open_to_the_ingress_namespace_only_and_metrics_to_monitoring(
                 );
                 for from in [&ingress_ns, &elsewhere, &load_test] {
                     assert!(
-                        !connects(objs, from, &pod, port, "TCP", &named),
+                        !direction_allows(objs, &pod, from, "Ingress", port, "TCP", &named),
                         "{ctx}: only monitoring reaches the metrics port, not {from:?}"
                     );
                 }
@@ -2671,7 +2671,7 @@ fn the_api_port_is_open_to_the_ingress_namespace_only_and_metrics_to_monitoring(
             // a pod that serves nothing.
             for from in [&ingress_ns, &monitoring, &elsewhere, &load_test] {
                 assert!(
-                    !connects(objs, from, &pod, 2222, "TCP", &|_| 0),
+                    !direction_allows(objs, &pod, from, "Ingress", 2222, "TCP", &named),
                     "{ctx}: port 2222 from {from:?}"
                 );
             }
@@ -3287,7 +3287,7 @@ fn dcgm_exporter_runs_on_every_gpu_node_the_servers_admit() {
     assert!(!exporter_terms.iter().any(|t| term_matches(t, &cpu_node)));
     // The checks are live: the former selector of feature discovery's label alone misses the
     // GKE nodes.
-    let gfd_only = vec![vec![Requirement {
+    let gfd_only = [vec![Requirement {
         key: "nvidia.com/gpu.present".into(),
         operator: "In".into(),
         values: vec!["true".into()],
