@@ -3405,27 +3405,38 @@ fn the_prometheus_operator_component_scrapes_and_alerts_as_the_shipped_config() 
 
     let monitors = |o: &&Value| kind(o) == "PodMonitor";
     let config = prometheus_config();
-    for (pm, job_name, workload) in [
+    let top = render("");
+    let regional = render("overlays/eu-west");
+    for (pm, job_name, workloads) in [
         (
             find(&objs, "PodMonitor", "virtualfit-inference"),
             "virtualfit-pods",
-            inference_deployment(&render("")).clone(),
+            vec![
+                inference_deployment(&top).clone(),
+                inference_deployment(&regional).clone(),
+            ],
         ),
         (
             find(&objs, "PodMonitor", "nvidia-dcgm-exporter"),
             "dcgm-exporter",
-            find(&render(""), "DaemonSet", "nvidia-dcgm-exporter").clone(),
+            vec![find(&top, "DaemonSet", "nvidia-dcgm-exporter").clone()],
         ),
     ] {
         let ctx = format!("PodMonitor {}", name(pm));
-        // In the workload's namespace (a PodMonitor selects pods of its own namespace unless
-        // told otherwise), selecting its pods, on its metrics port.
-        assert_eq!(namespace(pm), namespace(&workload), "{ctx}");
-        assert!(pm["spec"].get("namespaceSelector").is_none(), "{ctx}");
-        assert!(
-            selects(&pm["spec"]["selector"], pod_labels(&workload)),
-            "{ctx}"
-        );
+        // Selecting the workload's pods (in every region), in their namespaces (a PodMonitor
+        // looks in its own namespace unless its namespaceSelector says otherwise).
+        for workload in &workloads {
+            let ns = &pm["spec"]["namespaceSelector"];
+            let in_ns = (namespace(pm) == namespace(workload) && ns.is_null())
+                || ns["any"].as_bool() == Some(true)
+                || seq(ns.get("matchNames")).contains(&Value::from(namespace(workload)));
+            assert!(in_ns, "{ctx}: namespace {}", namespace(workload));
+            assert!(
+                selects(&pm["spec"]["selector"], pod_labels(workload)),
+                "{ctx}"
+            );
+        }
+        let workload = &workloads[0];
         let endpoints = seq(pm["spec"].get("podMetricsEndpoints"));
         assert_eq!(endpoints.len(), 1, "{ctx}");
         let ep = &endpoints[0];
@@ -3460,14 +3471,13 @@ fn the_prometheus_operator_component_scrapes_and_alerts_as_the_shipped_config() 
             assert_ne!(r["targetLabel"].as_str(), Some("namespace"), "{ctx}");
         }
     }
-    // The inference PodMonitor leaves the batch workers out, as the `virtualfit-pods` job does.
+    // The PodMonitors leave the batch workers out, as the `virtualfit-pods` job does.
     let pool = render(BATCH_POOL);
     let worker = find(&pool, "Deployment", "virtualfit-batch-worker");
     assert!(!objs
         .iter()
         .filter(monitors)
-        .any(|pm| namespace(pm) == namespace(worker)
-            && selects(&pm["spec"]["selector"], pod_labels(worker))));
+        .any(|pm| selects(&pm["spec"]["selector"], pod_labels(worker))));
     // The PrometheusRule holds exactly the rule groups of monitoring/alerts.rules.yaml (which
     // the promtool cases of tests/k8s_promql.rs test).
     let rule = find(&objs, "PrometheusRule", "virtualfit-alert-rules");
