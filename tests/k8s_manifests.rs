@@ -10,7 +10,13 @@
 //!   redis-streams trigger on the server's stream and group), the catvton overlay's timeouts
 //!   and thresholds for a model of seconds per request, the dashboard's units, the Dockerfile's
 //!   shell.
-//! - Every `DCGM_FI_*` name is one the DCGM exporter exports.
+//! - Closed by default: the servers require the API key from its Secret; the NetworkPolicies,
+//!   evaluated for every pod, admit the API port from the ingress controller's namespace only and
+//!   let pods reach DNS, Redis where it runs and public HTTPS only with webhooks on, never the
+//!   metadata endpoint or the Kubernetes API; Redis' password is on no command line (its pod's
+//!   commands run against a real redis-server).
+//! - The DCGM exporter runs under the NVIDIA runtime on every GPU node the servers admit, in a
+//!   release for the 580 driver; every `DCGM_FI_*` name is one it exports.
 //!
 //! PromQL: tests/k8s_promql.rs; a real Prometheus and live servers: tests/k8s_live.rs. Tools
 //! (from PATH): tests/common/k8s.rs.
@@ -133,6 +139,8 @@ const CORE_KINDS: &[&str] = &[
     "RoleBinding",
     "APIService",
     "Pod",
+    "PriorityClass",
+    "Ingress",
 ];
 
 fn kubernetes_validate(objs: &[Value]) -> Output {
@@ -216,7 +224,7 @@ import json, sys, yaml, jsonschema
 crd = yaml.safe_load(open(sys.argv[1]))
 kind = crd["spec"]["names"]["kind"]
 assert kind == sys.argv[2], (kind, sys.argv[2])
-schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")["schema"]["openAPIV3Schema"]
+schema = next(v for v in crd["spec"]["versions"] if v["name"] == sys.argv[3])["schema"]["openAPIV3Schema"]
 validator = jsonschema.Draft7Validator(schema)
 bad = 0
 for doc in json.load(sys.stdin):
@@ -234,11 +242,17 @@ fn keda_validate(objs: &[&Value]) -> Output {
 
 /// Validates KEDA objects of one kind against the CRD in `file` (k8s/tests/schemas/).
 fn keda_validate_kind(objs: &[&Value], file: &str, crd_kind: &str) -> Output {
+    crd_validate(objs, file, crd_kind, "v1alpha1")
+}
+
+/// Validates objects of one kind against version `version` of the CRD in `file`
+/// (k8s/tests/schemas/).
+fn crd_validate(objs: &[&Value], file: &str, crd_kind: &str, version: &str) -> Output {
     let json = serde_json::to_string(objs).expect("to JSON");
     let crd = keda_schema(file);
     python(
         KEDA_VALIDATE,
-        &[crd.to_str().expect("utf-8 path"), crd_kind],
+        &[crd.to_str().expect("utf-8 path"), crd_kind, version],
         Some(&json),
     )
 }
@@ -1731,14 +1745,6 @@ fn bytes(q: &str) -> u64 {
     q.parse().expect("plain bytes")
 }
 
-/// `--flag value` from an argument list.
-fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
-}
-
 /// The one object of `k` selecting the pods of `workload`, if any.
 fn selecting<'a>(objs: &'a [Value], k: &str, workload: &Value) -> Vec<&'a Value> {
     objs.iter()
@@ -1876,19 +1882,24 @@ fn redis_is_an_opt_in_component_locked_down_like_the_app() {
         assert!(c["resources"][r]["memory"].is_string(), "{r}.memory");
         assert!(c["resources"][r]["cpu"].is_string(), "{r}.cpu");
     }
-    // Persisted in its volume, never evicting a job, within its memory limit.
-    let args: Vec<String> = seq(c.get("args"))
-        .iter()
-        .map(|a| a.as_str().expect("string argument").to_string())
-        .collect();
-    let data = flag(&args, "--dir").expect("--dir");
-    assert_eq!(flag(&args, "--appendonly"), Some("yes"));
-    assert_eq!(flag(&args, "--maxmemory-policy"), Some("noeviction"));
-    let maxmemory = bytes(flag(&args, "--maxmemory").expect("--maxmemory"));
+    // Persisted in its volume, never evicting a job, within its memory limit: an append-only
+    // file rewrite forks Redis, and under writes the child may copy every page of the data
+    // set, so maxmemory is at most half the limit.
+    let config = redis_config(&objs);
+    let setting = |k: &str| {
+        config
+            .get(k)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("redis.conf: no {k}"))
+    };
+    let data = setting("dir");
+    assert_eq!(setting("appendonly"), "yes");
+    assert_eq!(setting("maxmemory-policy"), "noeviction");
+    let maxmemory = bytes(setting("maxmemory"));
     let limit = bytes(c["resources"]["limits"]["memory"].as_str().expect("limit"));
     assert!(
-        maxmemory < limit,
-        "maxmemory {maxmemory} must leave room under the limit {limit}"
+        2 * maxmemory <= limit,
+        "maxmemory {maxmemory} must be at most half the limit {limit}, for the rewrite's copy"
     );
     let mount = seq(c.get("volumeMounts"))
         .into_iter()
@@ -1897,12 +1908,15 @@ fn redis_is_an_opt_in_component_locked_down_like_the_app() {
     assert!(seq(sts["spec"].get("volumeClaimTemplates"))
         .iter()
         .any(|t| t["metadata"]["name"] == mount["name"]));
-    // Its password comes from the Secret, on the command line by reference only.
-    assert_eq!(
-        secret_env(c).get("REDIS_PASSWORD"),
-        Some(&(JOBS_SECRET.to_string(), "password".to_string()))
-    );
-    assert_eq!(flag(&args, "--requirepass"), Some("$(REDIS_PASSWORD)"));
+    // Its password comes from the Secret, mounted as a file (the next test runs it).
+    let secret_volumes: Vec<Value> = seq(pod.get("volumes"))
+        .into_iter()
+        .filter(|v| v["secret"]["secretName"].as_str() == Some(JOBS_SECRET))
+        .collect();
+    assert_eq!(secret_volumes.len(), 1);
+    assert!(seq(secret_volumes[0]["secret"].get("items"))
+        .iter()
+        .any(|i| i["key"].as_str() == Some("password")));
     // The Service reaches the Redis port.
     let svc = find(&objs, "Service", "virtualfit-redis");
     assert_eq!(selecting(&objs, "Service", sts).len(), 1);
@@ -2075,8 +2089,12 @@ fn batch_pool_scales_from_zero_on_the_servers_job_stream() {
     let relabel = |w: &Value| {
         let mut t = w["spec"]["template"].clone();
         t["metadata"]["labels"]["app.kubernetes.io/component"] = Value::from("x");
-        t["spec"]["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"]
-            ["app.kubernetes.io/component"] = Value::from("x");
+        for c in t["spec"]["topologySpreadConstraints"]
+            .as_sequence_mut()
+            .expect("spread constraints")
+        {
+            c["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] = Value::from("x");
+        }
         t["spec"]["containers"][0]["name"] = Value::from("x");
         // The one setting that differs: which job priorities the replicas take (below).
         if let Some(env) = t["spec"]["containers"][0]["env"].as_sequence_mut() {
@@ -2107,7 +2125,12 @@ fn batch_pool_scales_from_zero_on_the_servers_job_stream() {
     );
     assert!(selecting(&objs, "Service", worker).is_empty());
     assert!(selecting(&objs, "PodDisruptionBudget", worker).is_empty());
-    let worker_nps = selecting(&objs, "NetworkPolicy", worker);
+    // Of the policies selecting the workers (the namespace's default, Redis' clients and their
+    // own), only their own admits anything.
+    let worker_nps: Vec<&Value> = selecting(&objs, "NetworkPolicy", worker)
+        .into_iter()
+        .filter(|np| !seq(np["spec"].get("ingress")).is_empty())
+        .collect();
     assert_eq!(worker_nps.len(), 1);
     for rule in seq(worker_nps[0]["spec"].get("ingress")) {
         assert_eq!(
@@ -2306,4 +2329,1457 @@ fn dockerfile_pipes_fail_when_a_command_in_them_fails() {
         }
     }
     assert!(piped_runs >= 1, "the rustup download is piped");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Closed by default: the API key, the API port for the ingress controller only, egress
+
+/// The Secret with the API key, which k8s/README.md has the operator create (not shipped).
+const API_KEY_SECRET: &str = "virtualfit-api-key";
+const API_KEY_SECRET_KEY: &str = "api-key";
+/// The label of the ingress controller's namespace that opens the API port (k8s/README.md).
+const INGRESS_NAMESPACE_LABEL: &str = "virtualfit.io/ingress";
+/// The opt-in component that turns webhooks on, with their egress.
+const WEBHOOKS: &str = "components/webhooks";
+
+/// The environment variable `virtualfit serve` reads the flag `id` from (src/config.rs).
+fn serve_env_name(id: &str) -> String {
+    use clap::Args;
+    let cmd = virtualfit::config::ServeArgs::augment_args(clap::Command::new("serve"));
+    let arg = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == id)
+        .unwrap_or_else(|| panic!("`virtualfit serve` has no {id}"));
+    arg.get_env()
+        .and_then(|e| e.to_str())
+        .unwrap_or_else(|| panic!("{id} has no environment variable"))
+        .to_string()
+}
+
+/// The default of the `virtualfit serve` flag `id`.
+fn serve_default(id: &str) -> String {
+    use clap::Args;
+    let cmd = virtualfit::config::ServeArgs::augment_args(clap::Command::new("serve"));
+    let arg = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == id)
+        .unwrap_or_else(|| panic!("`virtualfit serve` has no {id}"));
+    arg.get_default_values()
+        .first()
+        .and_then(|v| v.to_str())
+        .unwrap_or_else(|| panic!("{id} has no default"))
+        .to_string()
+}
+
+/// One end of a connection, as a NetworkPolicy sees it.
+#[derive(Clone, Debug)]
+enum Endpoint {
+    /// A pod: its namespace, the namespace's labels and its own labels.
+    Pod {
+        ns: String,
+        ns_labels: Value,
+        labels: Value,
+    },
+    /// An address that is no pod: the metadata endpoint, the API server, the Internet.
+    Ip(std::net::IpAddr),
+}
+
+fn label_map(pairs: &[(&str, &str)]) -> Value {
+    let mut m = serde_yaml::Mapping::new();
+    for (k, v) in pairs {
+        m.insert((*k).into(), (*v).into());
+    }
+    Value::Mapping(m)
+}
+
+/// A pod in namespace `ns` (labelled with its name, as the API server does, plus `ns_extra`).
+fn pod_in(ns: &str, ns_extra: &[(&str, &str)], labels: &[(&str, &str)]) -> Endpoint {
+    let mut ns_pairs = vec![("kubernetes.io/metadata.name", ns)];
+    ns_pairs.extend_from_slice(ns_extra);
+    Endpoint::Pod {
+        ns: ns.to_string(),
+        ns_labels: label_map(&ns_pairs),
+        labels: label_map(labels),
+    }
+}
+
+fn ip(addr: &str) -> Endpoint {
+    Endpoint::Ip(addr.parse().expect("an IP address"))
+}
+
+/// The pods of a workload, as an endpoint.
+fn workload_pod(w: &Value) -> Endpoint {
+    let ns = namespace(w);
+    Endpoint::Pod {
+        ns: ns.to_string(),
+        ns_labels: label_map(&[("kubernetes.io/metadata.name", ns)]),
+        labels: pod_labels(w).clone(),
+    }
+}
+
+/// Whether an `ipBlock` holds the address.
+fn in_ip_block(block: &Value, addr: std::net::IpAddr) -> bool {
+    let net = |s: &Value| -> ipnet::IpNet {
+        s.as_str()
+            .expect("a CIDR")
+            .parse()
+            .unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    };
+    net(&block["cidr"]).contains(&addr)
+        && !seq(block.get("except"))
+            .iter()
+            .any(|e| net(e).contains(&addr))
+}
+
+/// Whether one peer (an entry of `from` or `to`) of a policy in `policy_ns` matches `end`.
+fn peer_matches(peer: &Value, policy_ns: &str, end: &Endpoint) -> bool {
+    if let Some(block) = peer.get("ipBlock") {
+        // Pod addresses are the cluster's private ranges, which the ipBlocks exclude; the
+        // addresses the tests name are checked as Endpoint::Ip.
+        return matches!(end, Endpoint::Ip(a) if in_ip_block(block, *a));
+    }
+    match end {
+        Endpoint::Ip(_) => false,
+        Endpoint::Pod {
+            ns,
+            ns_labels,
+            labels,
+        } => {
+            let ns_ok = match peer.get("namespaceSelector") {
+                None => ns == policy_ns,
+                Some(sel) => selects(sel, ns_labels),
+            };
+            ns_ok
+                && peer
+                    .get("podSelector")
+                    .is_none_or(|sel| selects(sel, labels))
+        }
+    }
+}
+
+/// A policy's types: as written, or Ingress plus Egress when it has egress rules.
+fn policy_types(np: &Value) -> BTreeSet<String> {
+    let listed: BTreeSet<String> = seq(np["spec"].get("policyTypes"))
+        .iter()
+        .map(|t| t.as_str().expect("policy type").to_string())
+        .collect();
+    if !listed.is_empty() {
+        return listed;
+    }
+    let mut types = BTreeSet::from(["Ingress".to_string()]);
+    if np["spec"].get("egress").is_some() {
+        types.insert("Egress".to_string());
+    }
+    types
+}
+
+/// Whether the policies that select `subject` for `direction` ("Ingress" or "Egress") let it
+/// exchange a connection with `other` on `port`/`protocol`. Named ports are resolved with
+/// `named` (the destination's container ports). A pod no policy selects for that direction, and
+/// anything that is not a pod, is not restricted.
+fn direction_allows(
+    objs: &[Value],
+    subject: &Endpoint,
+    other: &Endpoint,
+    direction: &str,
+    port: u64,
+    protocol: &str,
+    named: &dyn Fn(&str) -> u64,
+) -> bool {
+    let Endpoint::Pod { ns, labels, .. } = subject else {
+        return true;
+    };
+    let policies: Vec<&Value> = objs
+        .iter()
+        .filter(|o| {
+            kind(o) == "NetworkPolicy"
+                && namespace(o) == ns
+                && selects(&o["spec"]["podSelector"], labels)
+                && policy_types(o).contains(direction)
+        })
+        .collect();
+    if policies.is_empty() {
+        return true;
+    }
+    let (rules, peers) = if direction == "Egress" {
+        ("egress", "to")
+    } else {
+        ("ingress", "from")
+    };
+    policies.iter().any(|np| {
+        seq(np["spec"].get(rules)).iter().any(|rule| {
+            let ports = seq(rule.get("ports"));
+            let port_ok = ports.is_empty()
+                || ports.iter().any(|p| {
+                    p["protocol"].as_str().unwrap_or("TCP") == protocol
+                        && match &p["port"] {
+                            Value::Null => true,
+                            Value::Number(n) => {
+                                let lo = n.as_u64().expect("port");
+                                let hi = p["endPort"].as_u64().unwrap_or(lo);
+                                (lo..=hi).contains(&port)
+                            }
+                            Value::String(s) => named(s) == port,
+                            other => panic!("port {other:?}"),
+                        }
+                });
+            let peer_list = seq(rule.get(peers));
+            port_ok
+                && (peer_list.is_empty()
+                    || peer_list
+                        .iter()
+                        .any(|peer| peer_matches(peer, namespace(np), other)))
+        })
+    })
+}
+
+/// Whether `from` may open a connection to `to` on `port`/`protocol` under the policies in
+/// `objs`: the source's egress and the destination's ingress must both allow it. `named`
+/// resolves the destination's named ports.
+fn connects(
+    objs: &[Value],
+    from: &Endpoint,
+    to: &Endpoint,
+    port: u64,
+    protocol: &str,
+    named: &dyn Fn(&str) -> u64,
+) -> bool {
+    direction_allows(objs, from, to, "Egress", port, protocol, named)
+        && direction_allows(objs, to, from, "Ingress", port, protocol, named)
+}
+
+fn no_named_ports(name: &str) -> u64 {
+    panic!("egress rules name ports by number here, not `{name}`")
+}
+
+/// k8s/`resource` rendered in a kustomization of one's own with the components at
+/// `components` (all relative to k8s/).
+fn render_with(resource: &str, components: &[&str]) -> Vec<Value> {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let own = tmp.path().canonicalize().expect("temp dir");
+    let rel = |d: &str| relative_path(&own, &canonical(&k8s_dir().join(d)));
+    let mut k = format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\n",
+        rel(resource).display()
+    );
+    if !components.is_empty() {
+        k.push_str("components:\n");
+        for c in components {
+            k.push_str(&format!("  - {}\n", rel(c).display()));
+        }
+    }
+    fs::write(own.join("kustomization.yaml"), k).expect("write kustomization");
+    render_dir(&own)
+}
+
+/// The server Deployments (`virtualfit serve`: inference and batch workers) of a rendering.
+fn server_deployments(objs: &[Value]) -> Vec<&Value> {
+    objs.iter()
+        .filter(|o| {
+            kind(o) == "Deployment"
+                && str_at(pod_labels(o), &["app.kubernetes.io/name"]) == Some("virtualfit")
+                && matches!(
+                    str_at(pod_labels(o), &["app.kubernetes.io/component"]),
+                    Some("inference" | "batch-worker")
+                )
+        })
+        .collect()
+}
+
+#[test]
+fn servers_require_the_api_key_from_the_secret_the_readme_creates() {
+    let env_name = serve_env_name("api_key");
+    assert_eq!(env_name, "VIRTUALFIT_API_KEY");
+    let mut sets: Vec<(String, Vec<Value>)> = TARGETS
+        .iter()
+        .map(|t| (format!("k8s/{t}"), render(t)))
+        .collect();
+    sets.push((format!("k8s/{BATCH_POOL}"), render(BATCH_POOL)));
+    for (what, objs) in &sets {
+        let servers = server_deployments(objs);
+        assert!(!servers.is_empty(), "{what}");
+        for dep in servers {
+            let ctx = format!("{what} {}", name(dep));
+            let c = &seq(dep["spec"]["template"]["spec"].get("containers"))[0];
+            assert_eq!(
+                secret_env(c).get(&env_name),
+                Some(&(API_KEY_SECRET.to_string(), API_KEY_SECRET_KEY.to_string())),
+                "{ctx}: {env_name} from the Secret"
+            );
+            // Not optional: without the Secret the container does not start, rather than
+            // serve without authentication.
+            let entry = seq(c.get("env"))
+                .into_iter()
+                .find(|e| e["name"].as_str() == Some(env_name.as_str()))
+                .expect("the entry");
+            assert_ne!(
+                entry["valueFrom"]["secretKeyRef"]["optional"].as_bool(),
+                Some(true),
+                "{ctx}"
+            );
+        }
+    }
+    // The README has the operator create it, with that name and key.
+    let readme = fs::read_to_string(k8s_dir().join("README.md")).expect("k8s/README.md");
+    assert!(
+        readme.contains(&format!(
+            "kubectl -n virtualfit create secret generic {API_KEY_SECRET} --from-literal={API_KEY_SECRET_KEY}="
+        )),
+        "k8s/README.md must show how to create the Secret {API_KEY_SECRET}"
+    );
+    // The load-test client sends it: it mounts the Secret.
+    let load = job_files()
+        .iter()
+        .flat_map(|f| load_docs(f))
+        .find(|o| kind(o) == "Pod" && name(o) == "load")
+        .expect("the load-test pod");
+    assert!(seq(load["spec"].get("volumes"))
+        .iter()
+        .any(|v| v["secret"]["secretName"].as_str() == Some(API_KEY_SECRET)));
+}
+
+#[test]
+fn the_api_port_is_open_to_the_ingress_namespace_only_and_metrics_to_monitoring() {
+    assert_eq!(serve_env_name("metrics_bind"), "VIRTUALFIT_METRICS_BIND");
+    let ingress_ns = pod_in(
+        "ingress-nginx",
+        &[(INGRESS_NAMESPACE_LABEL, "true")],
+        &[("app.kubernetes.io/name", "ingress-nginx")],
+    );
+    let unlabelled_ingress_ns = pod_in(
+        "ingress-nginx",
+        &[],
+        &[("app.kubernetes.io/name", "ingress-nginx")],
+    );
+    let monitoring = pod_in(
+        "monitoring",
+        &[],
+        &[("app.kubernetes.io/name", "prometheus")],
+    );
+    let elsewhere = pod_in("default", &[], &[("app", "client")]);
+    let mut sets: Vec<(String, Vec<Value>)> = TARGETS
+        .iter()
+        .map(|t| (format!("k8s/{t}"), render(t)))
+        .collect();
+    sets.push((format!("k8s/{BATCH_POOL}"), render(BATCH_POOL)));
+    for (what, objs) in &sets {
+        for w in workloads(objs).filter(|w| namespace(w).starts_with("virtualfit")) {
+            let ctx = format!("{what} {} {}", kind(w), name(w));
+            let c = &seq(w["spec"]["template"]["spec"].get("containers"))[0];
+            let named = |n: &str| port_named(c, n);
+            let pod = workload_pod(w);
+            let component = str_at(pod_labels(w), &["app.kubernetes.io/component"]);
+            let api = c["ports"]
+                .as_sequence()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"].as_str() == Some("http")));
+            let metrics = c["ports"]
+                .as_sequence()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"].as_str() == Some("metrics")));
+            let same_ns = |labels: &[(&str, &str)]| {
+                let ns = namespace(w);
+                pod_in(ns, &[], labels)
+            };
+            let load_test = same_ns(&[
+                ("app.kubernetes.io/name", "virtualfit"),
+                ("app.kubernetes.io/component", "load-test"),
+            ]);
+            let prepull = same_ns(&[
+                ("app.kubernetes.io/name", "virtualfit"),
+                ("app.kubernetes.io/component", "image-prepull"),
+            ]);
+            if component == Some("inference") {
+                assert!(api, "{ctx}");
+                let port = port_named(c, "http");
+                assert!(
+                    connects(objs, &ingress_ns, &pod, port, "TCP", &named),
+                    "{ctx}: the ingress controller reaches the API"
+                );
+                // (Its own way out is its pod's policy, k8s/jobs/load-test.yaml: checked with
+                // the egress below.)
+                assert!(
+                    direction_allows(objs, &pod, &load_test, "Ingress", port, "TCP", &named),
+                    "{ctx}: the load-test client reaches the API"
+                );
+                for (who, from) in [
+                    ("an unlabelled ingress namespace", &unlabelled_ingress_ns),
+                    ("monitoring", &monitoring),
+                    ("another namespace", &elsewhere),
+                    ("the pre-pull pods", &prepull),
+                ] {
+                    assert!(
+                        !connects(objs, from, &pod, port, "TCP", &named),
+                        "{ctx}: {who} must not reach the API port"
+                    );
+                }
+            }
+            if metrics {
+                let port = port_named(c, "metrics");
+                assert!(
+                    connects(objs, &monitoring, &pod, port, "TCP", &named),
+                    "{ctx}: Prometheus reaches the metrics port"
+                );
+                for from in [&ingress_ns, &elsewhere, &load_test] {
+                    assert!(
+                        !direction_allows(objs, &pod, from, "Ingress", port, "TCP", &named),
+                        "{ctx}: only monitoring reaches the metrics port, not {from:?}"
+                    );
+                }
+            }
+            // Nothing else reaches any pod of the namespace: a port of its own, or any port of
+            // a pod that serves nothing.
+            for from in [&ingress_ns, &monitoring, &elsewhere, &load_test] {
+                assert!(
+                    !direction_allows(objs, &pod, from, "Ingress", 2222, "TCP", &named),
+                    "{ctx}: port 2222 from {from:?}"
+                );
+            }
+            if component == Some("batch-worker") && api {
+                let port = port_named(c, "http");
+                assert!(
+                    !connects(objs, &ingress_ns, &pod, port, "TCP", &named),
+                    "{ctx}: the batch workers take no API traffic"
+                );
+            }
+        }
+    }
+    // The README tells how to mark the ingress controller's namespace.
+    let readme = fs::read_to_string(k8s_dir().join("README.md")).expect("k8s/README.md");
+    assert!(
+        readme.contains("kubectl label namespace")
+            && readme.contains(&format!("{INGRESS_NAMESPACE_LABEL}=true")),
+        "k8s/README.md must show how to label the ingress controller's namespace"
+    );
+}
+
+/// Where the tests send the pods: the addresses they must never reach, with a port.
+const METADATA_AND_API_SERVER: &[(&str, u64)] = &[
+    // Cloud metadata: AWS, GCP, Azure, OpenStack; Alibaba; AWS's and GCP's IPv6 endpoints.
+    ("169.254.169.254", 80),
+    ("169.254.169.254", 443),
+    ("100.100.100.200", 80),
+    ("fd00:ec2::254", 80),
+    ("fd20:ce::254", 80),
+    // The Kubernetes API: the `kubernetes` Service (kubeadm, GKE, EKS) and private endpoints.
+    ("10.96.0.1", 443),
+    ("172.20.0.1", 443),
+    ("10.0.0.1", 443),
+    ("10.0.0.1", 6443),
+    ("172.16.0.2", 443),
+    ("192.168.1.10", 6443),
+    ("100.64.0.1", 443),
+    ("127.0.0.1", 6443),
+];
+
+#[test]
+fn pods_reach_only_dns_and_what_they_call() {
+    let kube_dns = pod_in("kube-system", &[], &[("k8s-app", "kube-dns")]);
+    let api_server_pod = pod_in(
+        "kube-system",
+        &[],
+        &[("component", "kube-apiserver"), ("tier", "control-plane")],
+    );
+    let other_pod = pod_in("default", &[], &[("app", "other")]);
+    let public_v4 = ip("93.184.215.14");
+    let public_v6 = ip("2606:2800:21f:cb07:6820:80da:af6b:8b2c");
+    // (what, rendering, Redis in the cluster, webhooks on)
+    let mut sets: Vec<(String, Vec<Value>, bool, bool)> = TARGETS
+        .iter()
+        .map(|t| (format!("k8s/{t}"), render(t), false, false))
+        .collect();
+    sets.push((format!("k8s/{BATCH_POOL}"), render(BATCH_POOL), true, false));
+    sets.push((
+        format!("k8s/ + {REDIS}"),
+        render_with("", &[REDIS]),
+        true,
+        false,
+    ));
+    sets.push((
+        format!("k8s/ + {WEBHOOKS}"),
+        render_with("", &[WEBHOOKS]),
+        false,
+        true,
+    ));
+    sets.push((
+        format!("k8s/{BATCH_POOL} + {WEBHOOKS}"),
+        render_with(BATCH_POOL, &[WEBHOOKS]),
+        true,
+        true,
+    ));
+    let mut checked = 0;
+    for (what, objs, redis, webhooks) in &sets {
+        // The workloads of the app's namespaces, and the one-off pods of jobs/ with the
+        // application's policies (they share its namespace, in k8s/ itself).
+        let mut pods: Vec<(String, Endpoint, Vec<Value>)> = workloads(objs)
+            .filter(|w| namespace(w).starts_with("virtualfit"))
+            .map(|w| {
+                (
+                    format!("{} {}", kind(w), name(w)),
+                    workload_pod(w),
+                    objs.clone(),
+                )
+            })
+            .collect();
+        if what == "k8s/" {
+            for f in job_files() {
+                let docs = load_docs(&f);
+                let mut with_jobs = objs.clone();
+                with_jobs.extend(docs.iter().filter(|o| kind(o) == "NetworkPolicy").cloned());
+                for p in docs.iter().filter(|o| kind(o) == "Pod") {
+                    let end = Endpoint::Pod {
+                        ns: namespace(p).to_string(),
+                        ns_labels: label_map(&[("kubernetes.io/metadata.name", namespace(p))]),
+                        labels: p["metadata"]["labels"].clone(),
+                    };
+                    pods.push((format!("Pod {}", name(p)), end, with_jobs.clone()));
+                }
+            }
+        }
+        let redis_pod = pod_in(
+            "virtualfit",
+            &[],
+            &[
+                ("app.kubernetes.io/name", "virtualfit"),
+                ("app.kubernetes.io/component", "redis"),
+            ],
+        );
+        for (who, pod, policies) in &pods {
+            let ctx = format!("{what} {who}");
+            let Endpoint::Pod { labels, .. } = pod else {
+                unreachable!()
+            };
+            let component = str_at(labels, &["app.kubernetes.io/component"]);
+            let server = matches!(component, Some("inference" | "batch-worker"));
+            let reaches = |to: &Endpoint, port: u64, protocol: &str| {
+                direction_allows(policies, pod, to, "Egress", port, protocol, &no_named_ports)
+            };
+            // The cluster DNS, both protocols.
+            for protocol in ["UDP", "TCP"] {
+                assert!(
+                    reaches(&kube_dns, 53, protocol),
+                    "{ctx}: DNS over {protocol}"
+                );
+            }
+            // Never the metadata endpoint or the Kubernetes API.
+            for (addr, port) in METADATA_AND_API_SERVER {
+                assert!(
+                    !reaches(&ip(addr), *port, "TCP"),
+                    "{ctx} reaches {addr}:{port}"
+                );
+            }
+            for port in [443, 6443] {
+                assert!(
+                    !reaches(&api_server_pod, port, "TCP"),
+                    "{ctx} reaches the API server's pod on {port}"
+                );
+            }
+            assert!(
+                !reaches(&other_pod, 8080, "TCP"),
+                "{ctx}: another namespace"
+            );
+            assert!(!reaches(&kube_dns, 8080, "TCP"), "{ctx}: kube-dns on 8080");
+            // Redis: the servers, where Redis runs in the cluster.
+            assert_eq!(
+                reaches(&redis_pod, REDIS_PORT, "TCP"),
+                *redis && server,
+                "{ctx}: Redis"
+            );
+            // The Internet: HTTPS for the servers' webhooks, only with webhooks on.
+            for public in [&public_v4, &public_v6] {
+                assert_eq!(
+                    reaches(public, 443, "TCP"),
+                    *webhooks && server,
+                    "{ctx}: HTTPS to {public:?}"
+                );
+                assert!(!reaches(public, 80, "TCP"), "{ctx}: HTTP to {public:?}");
+            }
+            // The load-test client reaches the API port of the inference pods.
+            if component == Some("load-test") {
+                let inference = workloads(policies)
+                    .find(|w| name(w) == "virtualfit-inference")
+                    .expect("the inference Deployment");
+                let c = &seq(inference["spec"]["template"]["spec"].get("containers"))[0];
+                assert!(connects(
+                    policies,
+                    pod,
+                    &workload_pod(inference),
+                    port_named(c, "http"),
+                    "TCP",
+                    &|n| port_named(c, n)
+                ));
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 17, "{checked} pods checked");
+    // The analysis is live: a policy that opens everything is caught.
+    let mut open = render("");
+    let mut wide = find(&open, "NetworkPolicy", "virtualfit-default").clone();
+    wide["spec"]["egress"] = serde_yaml::from_str("[{}]").expect("yaml");
+    open.retain(|o| name(o) != "virtualfit-default");
+    open.push(wide);
+    let inference = workload_pod(inference_deployment(&open));
+    assert!(direction_allows(
+        &open,
+        &inference,
+        &ip("169.254.169.254"),
+        "Egress",
+        80,
+        "TCP",
+        &no_named_ports
+    ));
+}
+
+#[test]
+fn webhooks_are_an_opt_in_component_with_their_secret_and_egress() {
+    let k = load_one(&k8s_dir().join(WEBHOOKS).join("kustomization.yaml"));
+    assert_eq!(kind(&k), "Component");
+    let (secret, allow) = (
+        serve_env_name("webhook_secret"),
+        serve_env_name("webhook_allow_hosts"),
+    );
+    for target in TARGETS.iter().chain(&[BATCH_POOL]) {
+        for dep in server_deployments(&render(target)) {
+            let c = &seq(dep["spec"]["template"]["spec"].get("containers"))[0];
+            let env = secret_env(c);
+            assert!(
+                !env.contains_key(&secret) && !env.contains_key(&allow),
+                "k8s/{target}: webhooks are opt-in"
+            );
+        }
+    }
+    let objs = render_with(BATCH_POOL, &[WEBHOOKS]);
+    validate_core(WEBHOOKS, &objs);
+    let servers = server_deployments(&objs);
+    assert_eq!(servers.len(), 2);
+    for dep in servers {
+        let c = &seq(dep["spec"]["template"]["spec"].get("containers"))[0];
+        let env = secret_env(c);
+        assert_eq!(
+            env.get(&secret),
+            Some(&("virtualfit-webhooks".to_string(), "secret".to_string()))
+        );
+        assert_eq!(
+            env.get(&allow),
+            Some(&("virtualfit-webhooks".to_string(), "allow-hosts".to_string()))
+        );
+    }
+    let readme = fs::read_to_string(k8s_dir().join("README.md")).expect("k8s/README.md");
+    assert!(readme.contains(
+        "kubectl -n virtualfit create secret generic virtualfit-webhooks --from-literal=secret="
+    ));
+    assert!(readme.contains("--from-literal=allow-hosts="));
+}
+
+/// redis.conf of base/redis as rendered (ConfigMap virtualfit-redis-config).
+fn redis_config_text(objs: &[Value]) -> String {
+    find(objs, "ConfigMap", "virtualfit-redis-config")["data"]["redis.conf"]
+        .as_str()
+        .expect("redis.conf")
+        .to_string()
+}
+
+/// redis.conf's settings: name -> value (unquoted).
+fn redis_config(objs: &[Value]) -> BTreeMap<String, String> {
+    redis_config_text(objs)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
+            (k.to_string(), v.trim().trim_matches('"').to_string())
+        })
+        .collect()
+}
+
+/// A container's command and arguments, with each mount path of the container replaced by the
+/// local folder standing for its volume (longest paths first: /etc/redis-secret before
+/// /etc/redis).
+fn localised_argv(c: &Value, folders: &BTreeMap<String, std::path::PathBuf>) -> Vec<String> {
+    seq(c.get("command"))
+        .iter()
+        .chain(seq(c.get("args")).iter())
+        .map(|a| localised(a.as_str().expect("string argument"), c, folders))
+        .collect()
+}
+
+/// `text` with each mount path of the container `c` replaced by its volume's local folder.
+fn localised(text: &str, c: &Value, folders: &BTreeMap<String, std::path::PathBuf>) -> String {
+    let mut mounts: Vec<(String, String)> = seq(c.get("volumeMounts"))
+        .iter()
+        .map(|m| {
+            let volume = m["name"].as_str().expect("volume");
+            let local = folders
+                .get(volume)
+                .unwrap_or_else(|| panic!("no local folder for volume {volume}"));
+            (
+                m["mountPath"].as_str().expect("mountPath").to_string(),
+                local.display().to_string(),
+            )
+        })
+        .collect();
+    mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+    let mut out = text.to_string();
+    for (path, local) in &mounts {
+        out = out.replace(path.as_str(), local);
+    }
+    out
+}
+
+fn run_argv(argv: &[String]) -> Output {
+    std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", argv[0]))
+}
+
+#[test]
+fn redis_reads_its_password_from_the_secret_file_not_its_command_line() {
+    let objs = render(REDIS);
+    let sts = find(&objs, "StatefulSet", "virtualfit-redis");
+    let pod = &sts["spec"]["template"]["spec"];
+    // No container takes the password from the environment: nothing for the kubelet to expand
+    // into a command line, nothing in /proc/PID/environ.
+    for c in containers(pod) {
+        let cname = c["name"].as_str().expect("name");
+        assert!(secret_env(&c).is_empty(), "{cname}: {:?}", secret_env(&c));
+        assert!(
+            !seq(c.get("envFrom"))
+                .iter()
+                .any(|e| e.get("secretRef").is_some()),
+            "{cname}"
+        );
+        for a in seq(c.get("command"))
+            .iter()
+            .chain(seq(c.get("args")).iter())
+        {
+            let a = a.as_str().expect("string argument");
+            assert!(
+                !a.contains("--requirepass") && !a.contains("REDIS_PASSWORD"),
+                "{cname}: {a}"
+            );
+        }
+    }
+    // Run what the pod runs, with local folders for its volumes: the init container writes the
+    // configuration, redis-server starts from it as the Redis container does.
+    const PASSWORD: &str = "0123abcd-Secret_value.9";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let redis = &seq(pod.get("containers"))[0];
+    let mut folders = BTreeMap::new();
+    let data = dir.path().join("data-volume");
+    fs::create_dir(&data).expect("folder");
+    folders.insert("data".to_string(), data.clone());
+    for v in seq(pod.get("volumes")) {
+        let vname = v["name"].as_str().expect("volume name").to_string();
+        let local = dir.path().join(&vname);
+        fs::create_dir(&local).expect("folder");
+        folders.insert(vname, local);
+    }
+    for v in seq(pod.get("volumes")) {
+        let local = &folders[v["name"].as_str().expect("volume name")];
+        if let Some(cm) = v["configMap"]["name"].as_str() {
+            assert_eq!(cm, "virtualfit-redis-config");
+            // The file names the Redis container's folders (`dir /data`).
+            let conf = localised(&redis_config_text(&objs), redis, &folders);
+            fs::write(local.join("redis.conf"), conf).expect("write");
+        }
+        if v["secret"]["secretName"].as_str() == Some(JOBS_SECRET) {
+            for item in seq(v["secret"].get("items")) {
+                assert_eq!(item["key"].as_str(), Some("password"));
+                let path = item["path"].as_str().expect("path");
+                fs::write(local.join(path), PASSWORD).expect("write");
+            }
+        }
+    }
+    let inits = seq(pod.get("initContainers"));
+    assert_eq!(inits.len(), 1, "the configuration writer");
+    let init_argv = localised_argv(&inits[0], &folders);
+    let out = run_argv(&init_argv);
+    assert!(out.status.success(), "init container: {}", text(&out));
+    let server_argv = localised_argv(redis, &folders);
+    let config_file = server_argv
+        .iter()
+        .find(|a| a.ends_with(".conf"))
+        .expect("redis-server's configuration file");
+    let written = fs::read_to_string(config_file).expect("the written configuration");
+    assert!(written.contains(PASSWORD));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(config_file)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "only the Redis user reads it: {mode:o}");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = std::process::Command::new(&server_argv[0])
+        .args(&server_argv[1..])
+        // The address: loopback and a free port.
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start redis-server ({e}): apt-get install redis-server (scripts/test.sh does)")
+        });
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let server = Kill(child);
+    let pid = server.0.id();
+    let authed = format!("redis://:{PASSWORD}@127.0.0.1:{port}/");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut conn = loop {
+        match redis::Client::open(authed.as_str())
+            .and_then(|c| c.get_connection_with_timeout(std::time::Duration::from_secs(1)))
+        {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "redis-server: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    };
+    let pong: String = redis::cmd("PING").query(&mut conn).expect("PING");
+    assert_eq!(pong, "PONG");
+    // It runs with the file's settings.
+    let maxmemory: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory")
+        .query(&mut conn)
+        .expect("CONFIG GET");
+    assert_eq!(
+        maxmemory[1].parse::<u64>().expect("bytes"),
+        bytes(&redis_config(&objs)["maxmemory"])
+    );
+    // Without the password: refused.
+    let mut anon = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .expect("client")
+        .get_connection()
+        .expect("connection");
+    let refused: redis::RedisResult<String> = redis::cmd("PING").query(&mut anon);
+    assert!(refused.is_err(), "{refused:?}");
+    // The password is neither on its command line nor in its environment.
+    for what in ["cmdline", "environ"] {
+        let raw = fs::read(format!("/proc/{pid}/{what}")).expect("/proc");
+        assert!(
+            !String::from_utf8_lossy(&raw).contains(PASSWORD),
+            "redis-server's {what} holds the password"
+        );
+    }
+    // The readiness probe passes with the Secret's password and fails with another one.
+    let probe_argv: Vec<String> = {
+        let mut c = redis.clone();
+        c["command"] = c["readinessProbe"]["exec"]["command"].clone();
+        c.as_mapping_mut().expect("container").remove("args");
+        localised_argv(&c, &folders)
+            .into_iter()
+            .map(|a| a.replace("redis-cli", &format!("redis-cli -p {port}")))
+            .collect()
+    };
+    let probe = run_argv(&probe_argv);
+    assert!(probe.status.success(), "readiness: {}", text(&probe));
+    fs::write(folders["credentials"].join("password"), "wrong").expect("write");
+    let probe = run_argv(&probe_argv);
+    assert!(!probe.status.success(), "readiness with a wrong password");
+    // A password that is not a plain token is refused at start, with the reason.
+    fs::write(folders["credentials"].join("password"), "pa\"ss word").expect("write");
+    let out = run_argv(&init_argv);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("password"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The DCGM exporter: the NVIDIA runtime, every GPU node, a release for the 580 driver
+
+/// Whether a node with `labels` satisfies one node selector term.
+fn term_matches(term: &[Requirement], labels: &BTreeMap<String, String>) -> bool {
+    term.iter().all(|r| {
+        let v = labels.get(&r.key);
+        let num = |s: &str| s.parse::<i64>().ok();
+        match r.operator.as_str() {
+            "In" => v.is_some_and(|v| r.values.contains(v)),
+            "NotIn" => !v.is_some_and(|v| r.values.contains(v)),
+            "Exists" => v.is_some(),
+            "DoesNotExist" => v.is_none(),
+            "Gt" => v
+                .and_then(|v| num(v))
+                .zip(num(&r.values[0]))
+                .is_some_and(|(a, b)| a > b),
+            "Lt" => v
+                .and_then(|v| num(v))
+                .zip(num(&r.values[0]))
+                .is_some_and(|(a, b)| a < b),
+            other => panic!("operator {other}"),
+        }
+    })
+}
+
+/// The labels of the least node that satisfies `term`.
+fn node_for(term: &[Requirement]) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    for r in term {
+        let value = match r.operator.as_str() {
+            "In" => r.values[0].clone(),
+            "Exists" => "true".to_string(),
+            "Gt" => (r.values[0].parse::<i64>().expect("number") + 1).to_string(),
+            "Lt" => (r.values[0].parse::<i64>().expect("number") - 1).to_string(),
+            "NotIn" | "DoesNotExist" => continue,
+            other => panic!("operator {other}"),
+        };
+        labels.insert(r.key.clone(), value);
+    }
+    assert!(term_matches(term, &labels), "{term:?}");
+    labels
+}
+
+/// Whether `tolerations` tolerate a taint (key, value, effect).
+fn tolerates(tolerations: &[Value], taint: &(String, String, String)) -> bool {
+    tolerations.iter().any(|t| {
+        let key_ok = match t["key"].as_str() {
+            None | Some("") => t["operator"].as_str() == Some("Exists"),
+            Some(k) => k == taint.0,
+        };
+        let value_ok = t["operator"].as_str() == Some("Exists")
+            || t["value"].as_str().unwrap_or("") == taint.1;
+        let effect_ok = t["effect"]
+            .as_str()
+            .is_none_or(|e| e.is_empty() || e == taint.2);
+        key_ok && value_ok && effect_ok
+    })
+}
+
+/// `4.4.2-4.7.1-ubuntu22.04` -> ((4, 4, 2), (4, 7, 1)): the DCGM and exporter versions.
+fn dcgm_exporter_versions(image: &str) -> ((u32, u32, u32), (u32, u32, u32)) {
+    let tag = image
+        .strip_prefix("nvcr.io/nvidia/k8s/dcgm-exporter:")
+        .unwrap_or_else(|| panic!("{image}: NVIDIA's dcgm-exporter image"));
+    let parts: Vec<&str> = tag.splitn(3, '-').collect();
+    assert_eq!(parts.len(), 3, "{tag}: DCGM-EXPORTER-OS");
+    let version = |s: &str| {
+        let v: Vec<u32> = s
+            .split('.')
+            .map(|p| {
+                p.parse()
+                    .unwrap_or_else(|_| panic!("{tag}: a pinned version"))
+            })
+            .collect();
+        assert_eq!(v.len(), 3, "{tag}");
+        (v[0], v[1], v[2])
+    };
+    (version(parts[0]), version(parts[1]))
+}
+
+#[test]
+fn dcgm_exporter_runs_on_every_gpu_node_the_servers_admit() {
+    let top = render("");
+    let ds = find(&top, "DaemonSet", "nvidia-dcgm-exporter");
+    let pod = &ds["spec"]["template"]["spec"];
+    // The NVIDIA runtime gives it the driver's libraries and the GPUs (it requests none).
+    assert_eq!(pod["runtimeClassName"].as_str(), Some("nvidia"));
+    // DCGM 4.4, the line made for CUDA 13 and the 580 driver (the 4.5 releases are built on
+    // the CUDA of later drivers).
+    let image = seq(pod.get("containers"))[0]["image"]
+        .as_str()
+        .expect("image")
+        .to_string();
+    let (dcgm, _exporter) = dcgm_exporter_versions(&image);
+    assert!(
+        (dcgm.0, dcgm.1) == (4, 4),
+        "{image}: DCGM 4.4.x supports CUDA 13 and the 580 driver"
+    );
+    assert!(image.ends_with("-ubuntu22.04"), "{image}");
+    let exporter_terms = if pod["nodeSelector"].is_mapping() {
+        panic!("a nodeSelector ANDs its labels: use node affinity terms, which OR")
+    } else {
+        node_affinity_terms(pod)
+    };
+    let exporter_tolerations = seq(pod.get("tolerations"));
+    // Every node a server pod may be scheduled on, in every target: a node with the labels of
+    // one of its affinity terms and the taints it tolerates.
+    let mut nodes = 0;
+    for target in TARGETS.iter().chain(&[BATCH_POOL]) {
+        let objs = render(target);
+        for dep in server_deployments(&objs) {
+            let spec = &dep["spec"]["template"]["spec"];
+            let taints: Vec<(String, String, String)> = seq(spec.get("tolerations"))
+                .iter()
+                .map(|t| {
+                    (
+                        t["key"]
+                            .as_str()
+                            .expect("a toleration of one key")
+                            .to_string(),
+                        t["value"].as_str().unwrap_or("present").to_string(),
+                        t["effect"].as_str().unwrap_or("NoSchedule").to_string(),
+                    )
+                })
+                .collect();
+            for term in node_affinity_terms(spec) {
+                let labels = node_for(&term);
+                assert!(
+                    exporter_terms.iter().any(|t| term_matches(t, &labels)),
+                    "k8s/{target} {}: the exporter does not run on a node labelled {labels:?}",
+                    name(dep)
+                );
+                for taint in &taints {
+                    assert!(
+                        tolerates(&exporter_tolerations, taint),
+                        "k8s/{target} {}: the exporter does not tolerate {taint:?}",
+                        name(dep)
+                    );
+                }
+                nodes += 1;
+            }
+        }
+    }
+    assert!(nodes >= 10, "{nodes}");
+    // Not on nodes without a GPU.
+    let cpu_node: BTreeMap<String, String> =
+        [("kubernetes.io/os".to_string(), "linux".to_string())].into();
+    assert!(!exporter_terms.iter().any(|t| term_matches(t, &cpu_node)));
+    // The checks are live: the former selector of feature discovery's label alone misses the
+    // GKE nodes.
+    let gfd_only = [vec![Requirement {
+        key: "nvidia.com/gpu.present".into(),
+        operator: "In".into(),
+        values: vec!["true".into()],
+    }]];
+    let gke: BTreeMap<String, String> = [(
+        "cloud.google.com/gke-accelerator".to_string(),
+        "nvidia-l4".to_string(),
+    )]
+    .into();
+    assert!(!gfd_only.iter().any(|t| term_matches(t, &gke)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// What operators expect beside it: Prometheus Operator objects, a PriorityClass, zone spread,
+// disk requests, an example Ingress
+
+/// The opt-in component for the Prometheus Operator.
+const PROMETHEUS_OPERATOR: &str = "components/prometheus-operator";
+/// The opt-in example Ingress for ingress-nginx.
+const INGRESS_NGINX: &str = "components/ingress-nginx";
+
+/// The Prometheus Operator objects of a rendering, each validated against its CRD.
+fn validate_monitoring_coreos(what: &str, objs: &[Value]) -> usize {
+    let mut count = 0;
+    for (crd_kind, file) in [
+        ("PodMonitor", "monitoring.coreos.com_podmonitors.yaml"),
+        (
+            "PrometheusRule",
+            "monitoring.coreos.com_prometheusrules.yaml",
+        ),
+    ] {
+        let of_kind: Vec<&Value> = objs.iter().filter(|o| kind(o) == crd_kind).collect();
+        if of_kind.is_empty() {
+            continue;
+        }
+        for o in &of_kind {
+            assert_eq!(
+                str_at(o, &["apiVersion"]),
+                Some("monitoring.coreos.com/v1"),
+                "{what}"
+            );
+        }
+        let out = crd_validate(&of_kind, file, crd_kind, "v1");
+        assert!(out.status.success(), "{what}:\n{}", text(&out));
+        count += of_kind.len();
+    }
+    count
+}
+
+#[test]
+fn the_prometheus_operator_schemas_in_the_repository_are_its_crds() {
+    for (file, crd_kind) in [
+        ("monitoring.coreos.com_podmonitors.yaml", "PodMonitor"),
+        (
+            "monitoring.coreos.com_prometheusrules.yaml",
+            "PrometheusRule",
+        ),
+    ] {
+        let crd = load_one(&keda_schema(file));
+        assert_eq!(kind(&crd), "CustomResourceDefinition", "{file}");
+        assert_eq!(
+            str_at(&crd, &["spec", "group"]),
+            Some("monitoring.coreos.com"),
+            "{file}"
+        );
+        assert_eq!(
+            str_at(&crd, &["spec", "names", "kind"]),
+            Some(crd_kind),
+            "{file}"
+        );
+        let v1 = seq(crd["spec"].get("versions"))
+            .into_iter()
+            .find(|v| v["name"].as_str() == Some("v1"))
+            .unwrap_or_else(|| panic!("{file}: no v1"));
+        assert!(
+            v1["schema"]["openAPIV3Schema"]["properties"]["spec"].is_mapping(),
+            "{file}: an OpenAPI schema"
+        );
+    }
+}
+
+#[test]
+fn the_prometheus_operator_component_scrapes_and_alerts_as_the_shipped_config() {
+    let k = load_one(
+        &k8s_dir()
+            .join(PROMETHEUS_OPERATOR)
+            .join("kustomization.yaml"),
+    );
+    assert_eq!(kind(&k), "Component");
+    // Opt-in: a second scrape of the same pods would double the triggers' sums.
+    for target in TARGETS.iter().chain(&[BATCH_POOL]) {
+        for o in render(target) {
+            assert!(
+                !str_at(&o, &["apiVersion"])
+                    .is_some_and(|a| a.starts_with("monitoring.coreos.com")),
+                "k8s/{target} applies {} {}: the Prometheus Operator objects are opt-in",
+                kind(&o),
+                name(&o)
+            );
+        }
+    }
+    let objs = render(PROMETHEUS_OPERATOR);
+    assert_eq!(validate_monitoring_coreos(PROMETHEUS_OPERATOR, &objs), 3);
+    assert_eq!(objs.len(), 3, "two PodMonitors and the PrometheusRule");
+    // The schema check is live: a number where the CRD wants a duration string fails.
+    let mut broken = find(&objs, "PodMonitor", "virtualfit-inference").clone();
+    broken["spec"]["podMetricsEndpoints"][0]["interval"] = Value::from(15);
+    let out = crd_validate(
+        &[&broken],
+        "monitoring.coreos.com_podmonitors.yaml",
+        "PodMonitor",
+        "v1",
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+
+    let monitors = |o: &&Value| kind(o) == "PodMonitor";
+    let config = prometheus_config();
+    let top = render("");
+    let regional = render("overlays/eu-west");
+    for (pm, job_name, workloads) in [
+        (
+            find(&objs, "PodMonitor", "virtualfit-inference"),
+            "virtualfit-pods",
+            vec![
+                inference_deployment(&top).clone(),
+                inference_deployment(&regional).clone(),
+            ],
+        ),
+        (
+            find(&objs, "PodMonitor", "nvidia-dcgm-exporter"),
+            "dcgm-exporter",
+            vec![find(&top, "DaemonSet", "nvidia-dcgm-exporter").clone()],
+        ),
+    ] {
+        let ctx = format!("PodMonitor {}", name(pm));
+        // Selecting the workload's pods (in every region), in their namespaces (a PodMonitor
+        // looks in its own namespace unless its namespaceSelector says otherwise).
+        for workload in &workloads {
+            let ns = &pm["spec"]["namespaceSelector"];
+            let in_ns = (namespace(pm) == namespace(workload) && ns.is_null())
+                || ns["any"].as_bool() == Some(true)
+                || seq(ns.get("matchNames")).contains(&Value::from(namespace(workload)));
+            assert!(in_ns, "{ctx}: namespace {}", namespace(workload));
+            assert!(
+                selects(&pm["spec"]["selector"], pod_labels(workload)),
+                "{ctx}"
+            );
+        }
+        let workload = &workloads[0];
+        let endpoints = seq(pm["spec"].get("podMetricsEndpoints"));
+        assert_eq!(endpoints.len(), 1, "{ctx}");
+        let ep = &endpoints[0];
+        let c = &seq(workload["spec"]["template"]["spec"].get("containers"))[0];
+        let port = ep["port"].as_str().expect("a named port");
+        port_named(c, port);
+        let job = job(&config, job_name);
+        assert_eq!(
+            ep["path"].as_str().unwrap_or("/metrics"),
+            job["metrics_path"].as_str().unwrap_or("/metrics"),
+            "{ctx}"
+        );
+        assert_eq!(
+            ep["interval"].as_str(),
+            Some(
+                job["scrape_interval"]
+                    .as_str()
+                    .or(config["global"]["scrape_interval"].as_str())
+                    .expect("interval")
+            ),
+            "{ctx}"
+        );
+        // The namespace labelling the KEDA queries filter on: the operator labels each target
+        // with its pod's namespace; the exporter's own labels (the GPU user's namespace) are
+        // kept only with honorLabels, as the shipped job does.
+        assert_eq!(
+            ep["honorLabels"].as_bool().unwrap_or(false),
+            job["honor_labels"].as_bool().unwrap_or(false),
+            "{ctx}: honorLabels as the `{job_name}` job's honor_labels"
+        );
+        for r in seq(ep.get("relabelings")) {
+            assert_ne!(r["targetLabel"].as_str(), Some("namespace"), "{ctx}");
+        }
+    }
+    // The PodMonitors leave the batch workers out, as the `virtualfit-pods` job does.
+    let pool = render(BATCH_POOL);
+    let worker = find(&pool, "Deployment", "virtualfit-batch-worker");
+    assert!(!objs
+        .iter()
+        .filter(monitors)
+        .any(|pm| selects(&pm["spec"]["selector"], pod_labels(worker))));
+    // The PrometheusRule holds exactly the rule groups of monitoring/alerts.rules.yaml (which
+    // the promtool cases of tests/k8s_promql.rs test).
+    let rule = find(&objs, "PrometheusRule", "virtualfit-alert-rules");
+    let file = load_one(&k8s_dir().join("monitoring/alerts.rules.yaml"));
+    assert!(!seq(file.get("groups")).is_empty());
+    assert_eq!(
+        rule["spec"]["groups"], file["groups"],
+        "prometheusrule.yaml differs from monitoring/alerts.rules.yaml: run scripts/prometheus-operator-rules.sh"
+    );
+    assert_eq!(
+        namespace(rule),
+        namespace(find(&render(""), "ConfigMap", "virtualfit-alert-rules"))
+    );
+    // It composes with the whole setup.
+    let both = render_with("", &[PROMETHEUS_OPERATOR]);
+    assert_eq!(both.len(), render("").len() + objs.len());
+}
+
+#[test]
+fn gpu_server_pods_run_at_their_priority_class() {
+    let mut sets: Vec<(String, Vec<Value>)> = TARGETS
+        .iter()
+        .map(|t| (format!("k8s/{t}"), render(t)))
+        .collect();
+    sets.push((format!("k8s/{BATCH_POOL}"), render(BATCH_POOL)));
+    for (what, objs) in &sets {
+        let classes: Vec<&Value> = objs.iter().filter(|o| kind(o) == "PriorityClass").collect();
+        assert_eq!(classes.len(), 1, "{what}: one PriorityClass");
+        let class = classes[0];
+        // Above ordinary pods (0), within what user classes may use (system classes start at
+        // two billion), never the cluster's default.
+        let value = class["value"].as_i64().expect("value");
+        assert!(value > 0 && value <= 1_000_000_000, "{what}: {value}");
+        assert_eq!(class["globalDefault"].as_bool(), Some(false), "{what}");
+        assert!(namespace(class).is_empty(), "{what}: cluster-scoped");
+        let servers = server_deployments(objs);
+        assert!(!servers.is_empty());
+        for dep in servers {
+            let pod = &dep["spec"]["template"]["spec"];
+            // A GPU pod, at the class's priority (the class itself is validated with the
+            // core kinds).
+            assert!(pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"].is_string());
+            assert_eq!(
+                pod["priorityClassName"].as_str(),
+                Some(name(class)),
+                "{what} {}",
+                name(dep)
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_server_pods_spread_over_zones_but_schedule_in_one() {
+    let mut sets: Vec<(String, Vec<Value>)> = TARGETS
+        .iter()
+        .map(|t| (format!("k8s/{t}"), render(t)))
+        .collect();
+    sets.push((format!("k8s/{BATCH_POOL}"), render(BATCH_POOL)));
+    for (what, objs) in &sets {
+        let servers = server_deployments(objs);
+        for dep in &servers {
+            let ctx = format!("{what} {}", name(dep));
+            let pod = &dep["spec"]["template"]["spec"];
+            let constraints = seq(pod.get("topologySpreadConstraints"));
+            for key in ["topology.kubernetes.io/zone", "kubernetes.io/hostname"] {
+                let c = constraints
+                    .iter()
+                    .find(|c| c["topologyKey"].as_str() == Some(key))
+                    .unwrap_or_else(|| panic!("{ctx}: no spread over {key}"));
+                // A preference: a single-zone cluster (or a zone out of GPUs) still schedules.
+                assert_eq!(
+                    c["whenUnsatisfiable"].as_str(),
+                    Some("ScheduleAnyway"),
+                    "{ctx}: {key}"
+                );
+                assert_eq!(c["maxSkew"].as_u64(), Some(1), "{ctx}: {key}");
+                // Counts this Deployment's pods, not the other one's.
+                assert!(
+                    selects(&c["labelSelector"], pod_labels(dep)),
+                    "{ctx}: {key}"
+                );
+                for other in servers.iter().filter(|o| name(o) != name(dep)) {
+                    assert!(
+                        !selects(&c["labelSelector"], pod_labels(other)),
+                        "{ctx}: {key} also counts {}",
+                        name(other)
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn ephemeral_storage_requests_cover_the_empty_dirs() {
+    let mut sets: Vec<(String, Vec<Value>)> = TARGETS
+        .iter()
+        .map(|t| (format!("k8s/{t}"), render(t)))
+        .collect();
+    sets.push((format!("k8s/{BATCH_POOL}"), render(BATCH_POOL)));
+    for (what, objs) in &sets {
+        for dep in server_deployments(objs) {
+            let ctx = format!("{what} {}", name(dep));
+            let pod = &dep["spec"]["template"]["spec"];
+            let c = &seq(pod.get("containers"))[0];
+            // The node-disk emptyDirs (not memory-backed) the container mounts: /data and /tmp.
+            let mut on_disk = 0;
+            let mut mounted = BTreeSet::new();
+            for m in seq(c.get("volumeMounts")) {
+                let v = seq(pod.get("volumes"))
+                    .into_iter()
+                    .find(|v| v["name"] == m["name"])
+                    .expect("volume");
+                if v.get("emptyDir").is_none() || v["emptyDir"]["medium"].as_str() == Some("Memory")
+                {
+                    continue;
+                }
+                let limit = v["emptyDir"]["sizeLimit"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{ctx}: {:?} without sizeLimit", m["mountPath"]));
+                on_disk += bytes(limit);
+                mounted.insert(m["mountPath"].as_str().expect("path").to_string());
+            }
+            assert!(
+                mounted.contains("/data") && mounted.contains("/tmp"),
+                "{ctx}: {mounted:?}"
+            );
+            let quantity = |k: &str| {
+                bytes(
+                    c["resources"][k]["ephemeral-storage"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{ctx}: no ephemeral-storage {k}")),
+                )
+            };
+            let (request, limit) = (quantity("requests"), quantity("limits"));
+            // The scheduler reserves the disk the emptyDirs may fill; the limit (over which
+            // the kubelet evicts the pod) leaves room beyond them for the container's logs.
+            assert!(
+                request >= on_disk,
+                "{ctx}: request {request} below the emptyDirs' {on_disk}"
+            );
+            assert!(
+                limit > request && limit > on_disk,
+                "{ctx}: limit {limit}, request {request}, emptyDirs {on_disk}"
+            );
+        }
+    }
+}
+
+/// An ingress-nginx annotation of `ing`.
+fn nginx_annotation<'a>(ing: &'a Value, key: &str) -> &'a str {
+    ing["metadata"]["annotations"][format!("nginx.ingress.kubernetes.io/{key}")]
+        .as_str()
+        .unwrap_or_else(|| panic!("no nginx.ingress.kubernetes.io/{key}"))
+}
+
+/// nginx sizes (`16m`, `1g`, `512k`, bytes) in bytes.
+fn nginx_size(s: &str) -> u64 {
+    let s = s.to_ascii_lowercase();
+    let (n, factor) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1 << 10),
+        Some('m') => (&s[..s.len() - 1], 1 << 20),
+        Some('g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s.as_str(), 1),
+    };
+    n.parse::<u64>().expect("an nginx size") * factor
+}
+
+#[test]
+fn the_example_ingress_outlasts_the_longest_request_and_takes_the_largest_body() {
+    let k = load_one(&k8s_dir().join(INGRESS_NGINX).join("kustomization.yaml"));
+    assert_eq!(kind(&k), "Component");
+    for target in TARGETS.iter().chain(&[BATCH_POOL]) {
+        assert!(
+            !render(target).iter().any(|o| kind(o) == "Ingress"),
+            "k8s/{target}: the Ingress is an opt-in example"
+        );
+    }
+    assert_eq!(nginx_size("16m"), 16 << 20);
+    let default_body: u64 = serve_default("max_body_bytes").parse().expect("bytes");
+    let body_env = serve_env_name("max_body_bytes");
+    for target in ["", CATVTON] {
+        let objs = render_with(target, &[INGRESS_NGINX]);
+        validate_core(
+            &format!("k8s/{target} + {INGRESS_NGINX}"),
+            &objs
+                .iter()
+                .filter(|o| !str_at(o, &["apiVersion"]).is_some_and(|a| a.starts_with("keda.sh/")))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        let ing = objs
+            .iter()
+            .find(|o| kind(o) == "Ingress")
+            .expect("the Ingress");
+        let dep = inference_deployment(&objs);
+        let ctx = format!("k8s/{target}");
+        assert_eq!(namespace(ing), namespace(dep), "{ctx}");
+        assert_eq!(ing["spec"]["ingressClassName"].as_str(), Some("nginx"));
+        // Every path goes to the inference Service's API port.
+        let svc = find(&objs, "Service", "inference-service");
+        let c = &seq(dep["spec"]["template"]["spec"].get("containers"))[0];
+        for rule in seq(ing["spec"].get("rules")) {
+            for path in seq(rule["http"].get("paths")) {
+                let backend = &path["backend"]["service"];
+                assert_eq!(backend["name"].as_str(), Some(name(svc)), "{ctx}");
+                let sp = seq(svc["spec"].get("ports"))
+                    .into_iter()
+                    .find(|p| {
+                        p["name"] == backend["port"]["name"]
+                            || p["port"] == backend["port"]["number"]
+                    })
+                    .expect("a port of the Service");
+                assert_eq!(
+                    port_named(c, sp["targetPort"].as_str().expect("named target port")),
+                    8000,
+                    "{ctx}"
+                );
+            }
+        }
+        // The timeouts outlast the longest the server may take to answer: the handler's bound
+        // on a request, 2 x VIRTUALFIT_REQUEST_TIMEOUT_S + 10 s (src/server/tryon.rs), and an
+        // answer during the drain.
+        let env = env_of(c);
+        let seconds = |k: &str| env[k].parse::<f64>().expect("seconds");
+        let handler_bound = 2.0 * seconds("VIRTUALFIT_REQUEST_TIMEOUT_S") + 10.0;
+        let drain = seconds("VIRTUALFIT_DRAIN_TIMEOUT_S");
+        for key in ["proxy-read-timeout", "proxy-send-timeout"] {
+            let t: f64 = nginx_annotation(ing, key).parse().expect("seconds");
+            assert!(
+                t > handler_bound && t > drain,
+                "{ctx}: {key} {t} s must outlast the handler's {handler_bound} s and the drain's {drain} s"
+            );
+        }
+        // The body limit is the server's (413 from the server), never nginx's first.
+        let max_body = env
+            .get(&body_env)
+            .map(|v| v.parse::<u64>().expect("bytes"))
+            .unwrap_or(default_body);
+        let nginx_body = nginx_size(nginx_annotation(ing, "proxy-body-size"));
+        assert!(
+            nginx_body >= max_body,
+            "{ctx}: proxy-body-size {nginx_body} below --max-body-bytes {max_body}"
+        );
+    }
 }

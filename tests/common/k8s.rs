@@ -26,8 +26,8 @@ pub fn k8s_dir() -> PathBuf {
     root().join("k8s")
 }
 
-/// The KEDA CustomResourceDefinitions the ScaledObjects are validated against (copied from
-/// kedacore/keda, see k8s/tests/schemas/README.md).
+/// The CustomResourceDefinitions the custom objects are validated against: KEDA's and the
+/// Prometheus Operator's (copied from their repositories, see k8s/tests/schemas/README.md).
 pub fn keda_schema(file: &str) -> PathBuf {
     k8s_dir().join("tests/schemas").join(file)
 }
@@ -181,9 +181,14 @@ pub const TARGETS: &[&str] = &[
     "overlays/catvton",
 ];
 
-/// Opt-in components, relative to k8s/: listed under `components:` of a kustomization, or
-/// applied on their own (`kubectl apply -k k8s/<component>`).
-pub const OPTIONAL_COMPONENTS: &[&str] = &["autoscaling/prometheus-adapter"];
+/// Opt-in components of core kinds only, relative to k8s/: listed under `components:` of a
+/// kustomization, or applied on their own (`kubectl apply -k k8s/<component>`). (The Prometheus
+/// Operator's component holds custom kinds: its test validates them against their CRDs.)
+pub const OPTIONAL_COMPONENTS: &[&str] = &[
+    "autoscaling/prometheus-adapter",
+    "components/webhooks",
+    "components/ingress-nginx",
+];
 
 /// Every directory holding a kustomization.yaml.
 pub fn kustomization_dirs() -> Vec<PathBuf> {
