@@ -20,7 +20,7 @@ SAMPLES = 21  # 0m .. 20m, one a minute
 
 # Per pod i: interactive busy seconds per minute, queued and active interactive items, queued
 # interactive seconds. Batch series carry other values, which must not count.
-BUSY_PER_MIN = [42, 12, 30, 6, 18, 24, 36, 48]
+BUSY_PER_MIN = [45, 15, 30, 60, 15, 30, 45, 60]  # rates of exact binary fractions
 QUEUED = [7, 0, 4, 2, 9, 1, 3, 5]
 ACTIVE_ITEMS = [9, 2, 6, 3, 12, 2, 5, 8]
 QUEUED_S = [0.5, 0.0, 0.25, 1.5, 2.0, 0.125, 0.75, 1.0]
