@@ -8,8 +8,8 @@
 //!   image supports, the spot overlay, the pre-pull DaemonSet, the opt-in prometheus-adapter, the
 //!   jobs store (its folder, the opt-in Redis and its NetworkPolicy, the batch pool's
 //!   redis-streams trigger on the server's stream and group), the catvton overlay's timeouts
-//!   and thresholds for a model of seconds per request, the dashboard's units, the Dockerfile's
-//!   shell.
+//!   and thresholds for a model of seconds per request, the liveness probe against the server's
+//!   stall bound, the dashboard's units, the Dockerfile's shell.
 //! - Every `DCGM_FI_*` name is one the DCGM exporter exports.
 //!
 //! PromQL: tests/k8s_promql.rs; a real Prometheus and live servers: tests/k8s_live.rs. Tools
@@ -676,6 +676,88 @@ fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
             }
         }
         assert_eq!(metrics_rules, 1, "{ctx}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Liveness: the probe against the server's stall bound
+
+use virtualfit::server::liveness::STALL_FLOOR;
+
+/// A probe's field, or Kubernetes's default for it.
+fn probe_s(probe: &Value, field: &str) -> u64 {
+    let default = match field {
+        "initialDelaySeconds" => 0,
+        "periodSeconds" => 10,
+        "timeoutSeconds" => 1,
+        "failureThreshold" => 3,
+        other => panic!("no default for {other}"),
+    };
+    match probe.get(field) {
+        None => default,
+        Some(v) => v
+            .as_u64()
+            .unwrap_or_else(|| panic!("{field} is not a count: {v:?}")),
+    }
+}
+
+/// Every Deployment that the kustomizations users apply render, as (where, Deployment): the
+/// targets' inference Deployments and the batch pool's two.
+fn every_deployment() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for target in TARGETS.iter().chain([&BATCH_POOL]) {
+        for o in render(target) {
+            if kind(&o) == "Deployment" {
+                let dir = format!("k8s/{target}");
+                out.push((format!("{}: {}", dir.trim_end_matches('/'), name(&o)), o));
+            }
+        }
+    }
+    for want in ["virtualfit-inference", "virtualfit-batch-worker"] {
+        assert!(
+            out.iter().any(|(_, d)| name(d) == want),
+            "no Deployment {want} rendered"
+        );
+    }
+    out
+}
+
+#[test]
+fn liveness_restarts_a_pod_only_after_the_servers_stall_bound_and_within_twice_it() {
+    for (ctx, dep) in every_deployment() {
+        let pod = &dep["spec"]["template"]["spec"];
+        for c in seq(pod.get("containers")) {
+            let ctx = format!("{ctx}/{}", c["name"].as_str().unwrap_or("?"));
+            let probe = c
+                .get("livenessProbe")
+                .unwrap_or_else(|| panic!("{ctx}: no livenessProbe"));
+            assert_eq!(probe["httpGet"]["path"].as_str(), Some("/livez"), "{ctx}");
+            // /livez fails only once work has been pending for the bound B without a finished
+            // model call: the flag's value, else at least the floor the server derives from.
+            let bound = env_of(&c)
+                .get("VIRTUALFIT_LIVENESS_STALL_S")
+                .map(|v| v.parse::<f64>().expect("VIRTUALFIT_LIVENESS_STALL_S"))
+                .unwrap_or(STALL_FLOOR.as_secs_f64());
+            let (period, timeout, failures) = (
+                probe_s(probe, "periodSeconds") as f64,
+                probe_s(probe, "timeoutSeconds") as f64,
+                probe_s(probe, "failureThreshold") as f64,
+            );
+            // The kubelet restarts after `failures` failed probes in a row, `period` apart: from
+            // B + (failures - 1) x period to B + failures x period + timeout after the last call,
+            // so never before B; and one late or lost answer alone restarts nothing.
+            let latest = bound + failures * period + timeout;
+            assert!(
+                failures >= 2.0 && timeout < period,
+                "{ctx}: one late or lost answer must not restart a pod (failureThreshold \
+                 {failures}, timeoutSeconds {timeout} under periodSeconds {period})"
+            );
+            assert!(
+                latest <= 2.0 * bound,
+                "{ctx}: a stalled pod must restart within twice the {bound} s bound, not at \
+                 {latest} s"
+            );
+        }
     }
 }
 
