@@ -8,7 +8,8 @@
 //!   image supports, the spot overlay, the pre-pull DaemonSet, the opt-in prometheus-adapter, the
 //!   jobs store (its folder, the opt-in Redis and its NetworkPolicy, the batch pool's
 //!   redis-streams trigger on the server's stream and group), the catvton overlay's timeouts
-//!   and thresholds for a model of seconds per request, the liveness probe against the server's
+//!   and thresholds for a model of seconds per request, every Deployment's progress deadline
+//!   against its image pull and startup allowance, the liveness probe against the server's
 //!   stall bound, the dashboard's units, the Dockerfile's shell.
 //! - Every `DCGM_FI_*` name is one the DCGM exporter exports.
 //!
@@ -680,9 +681,17 @@ fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Liveness: the probe against the server's stall bound
+// Start-up and liveness: the rollout deadline and the liveness probe against the server's bounds
 
 use virtualfit::server::liveness::STALL_FLOOR;
+
+/// What pulling the inference image may take on a node that lacks it: the CUDA runtime image
+/// is several GB, a few minutes at the tens of MB/s a registry gives one node.
+const IMAGE_PULL_ALLOWANCE_S: u64 = 300;
+/// Margin of the rollout deadline over a new pod's pull, start-up and first readiness check.
+const ROLLOUT_MARGIN_S: u64 = 120;
+/// Kubernetes's progressDeadlineSeconds when a Deployment sets none.
+const DEFAULT_PROGRESS_DEADLINE_S: u64 = 600;
 
 /// A probe's field, or Kubernetes's default for it.
 fn probe_s(probe: &Value, field: &str) -> u64 {
@@ -720,6 +729,46 @@ fn every_deployment() -> Vec<(String, Value)> {
         );
     }
     out
+}
+
+#[test]
+fn rollouts_allow_an_image_pull_and_the_startup_probe_before_their_progress_deadline() {
+    for (ctx, dep) in every_deployment() {
+        let spec = &dep["spec"];
+        let pod = &spec["template"]["spec"];
+        assert!(
+            seq(pod.get("initContainers")).is_empty(),
+            "{ctx}: an init container's time is not in this sum yet"
+        );
+        // The slowest container: its startupProbe's whole allowance, then its first readiness
+        // check, then minReadySeconds before the pod counts as available.
+        let mut slowest = 0;
+        for c in seq(pod.get("containers")) {
+            let startup = c.get("startupProbe").unwrap_or_else(|| {
+                panic!(
+                    "{ctx}: container {} has no startupProbe",
+                    c["name"].as_str().unwrap_or("?")
+                )
+            });
+            let allowance = probe_s(startup, "initialDelaySeconds")
+                + probe_s(startup, "failureThreshold") * probe_s(startup, "periodSeconds");
+            let first_ready = c
+                .get("readinessProbe")
+                .map_or(0, |r| probe_s(r, "periodSeconds"));
+            slowest = slowest.max(allowance + first_ready);
+        }
+        let min_ready = spec["minReadySeconds"].as_u64().unwrap_or(0);
+        let needed = IMAGE_PULL_ALLOWANCE_S + slowest + min_ready + ROLLOUT_MARGIN_S;
+        let deadline = spec["progressDeadlineSeconds"]
+            .as_u64()
+            .unwrap_or(DEFAULT_PROGRESS_DEADLINE_S);
+        assert!(
+            deadline >= needed,
+            "{ctx}: progressDeadlineSeconds {deadline} must cover the image pull \
+             ({IMAGE_PULL_ALLOWANCE_S} s), the start-up and first readiness check ({slowest} s), \
+             minReadySeconds ({min_ready} s) and {ROLLOUT_MARGIN_S} s of margin: {needed} s"
+        );
+    }
 }
 
 #[test]
