@@ -1,6 +1,6 @@
 //! The HTTP server: starting it (model, listeners, worker), its shared state, and its end (the
 //! SIGTERM drain). Routes live in [`routes`], the try-on pipeline in [`tryon`] and [`upload`],
-//! connection bounds in [`listener`].
+//! connection bounds in [`listener`], the stalled-worker rule of `/livez` in [`liveness`].
 
 pub mod auth;
 pub mod cpu;
