@@ -1,8 +1,8 @@
 //! Liveness against a stalled model worker: a child server whose worker blocks for ever inside
 //! a model call (the hidden test hook `--debug-stall-model-after`) answers `/livez` 503 once
-//! work has been pending past `--liveness-stall-s` without a finished call, and stays 200 while
-//! idle, however long since its last call; a drain still ends with the worker hung. The
-//! kubelet reads `/livez` on the metrics port.
+//! work has been pending past `--liveness-stall-s` without a finished call (a whole batch, or a
+//! diffusion model's UNet step), and stays 200 while idle, however long since its last call; a
+//! drain still ends with the worker hung. The kubelet reads `/livez` on the metrics port.
 
 mod common;
 
@@ -134,6 +134,67 @@ async fn livez_fails_once_work_waits_on_a_stalled_worker_and_an_idle_server_stay
             .any(|l| l.contains("the model worker is still running a batch")),
         "the drain says it left the worker"
     );
+}
+
+#[tokio::test]
+async fn a_diffusion_worker_stalled_mid_sampling_fails_liveness() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/catvton/model");
+    let stall = STALL_S.to_string();
+    // Calls after the warm-up: the request's VAE encode, then two UNet steps; the worker
+    // stalls inside the third step.
+    let child = ChildServer::start(&[
+        "--model",
+        "catvton",
+        "--model-dir",
+        dir,
+        "--max-steps",
+        "8",
+        "--metrics-bind",
+        "127.0.0.1:0",
+        "--liveness-stall-s",
+        &stall,
+        "--debug-stall-model-after",
+        "3",
+    ]);
+    child.wait_ready().await;
+    let base = child.base.clone();
+    let metrics_base = child.metrics_base.clone().expect("metrics port");
+    stays_live(
+        &metrics_base,
+        Duration::from_secs(2),
+        "idle after the warm-up",
+    )
+    .await;
+
+    let form = pair_form(0)
+        .text("resolution", "512x384")
+        .text("steps", "6")
+        .text("seed", "1");
+    let _stuck = spawn_tryon(&base, form);
+    // A call on this CPU may itself take longer than the short bound, so the verdict is read
+    // once the worker has reached the hook.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !child.logs().iter().any(|l| l.contains("test hook")) {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never reached the hook"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failed = loop {
+        let r = livez(&metrics_base).await;
+        if r.status() == 503 {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "/livez never failed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let body: serde_json::Value = failed.json().await.expect("a JSON body");
+    assert_eq!(body["error"], "worker_stalled", "{body}");
+    // It sampled until the hook: the encode and two steps, then nothing.
+    let text = metrics_text(&metrics_base).await;
+    assert_eq!(metric(&text, "virtualfit_unet_steps_total", ""), 2.0);
+    assert_eq!(metric(&text, "virtualfit_active_requests", ""), 1.0);
 }
 
 #[tokio::test]
