@@ -8,6 +8,9 @@
 //! takes its turn with interactive requests in the order they were admitted, so a busy
 //! interactive load never starves it. The two have separate queues, so batch work never
 //! takes an interactive request's place in the queue.
+//!
+//! The worker's progress (model calls finished, the last one's time, the longest call) is what
+//! tells a stalled device from a slow one: the handler's stall bound and `/livez` read it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
