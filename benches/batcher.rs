@@ -51,6 +51,7 @@ fn start(max_batch_size: usize) -> Batcher {
         queue_capacity: 1024,
         request_timeout: Duration::from_secs(30),
         batch_max_wait: Duration::from_secs(600),
+        debug_stall_after_calls: None,
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let (batcher, _worker) = Batcher::start(

@@ -104,6 +104,7 @@ impl BatchingArgs {
             queue_capacity: self.queue_capacity as usize,
             request_timeout: seconds(self.request_timeout_s),
             batch_max_wait: self.batch_max_wait,
+            debug_stall_after_calls: None,
         }
     }
 }
@@ -241,6 +242,15 @@ pub struct ServeArgs {
     /// NetworkPolicy that lets only monitoring and the kubelet in).
     #[arg(long, env = "VIRTUALFIT_METRICS_BIND")]
     pub metrics_bind: Option<SocketAddr>,
+    /// /livez fails when work is pending and the model worker has finished no model call for
+    /// this many seconds (unset: derived, max(60 s, 4 × the longest model call) plus
+    /// --max-batch-delay-ms; see `server::liveness`).
+    #[arg(long, env = "VIRTUALFIT_LIVENESS_STALL_S", value_parser = positive_seconds)]
+    pub liveness_stall_s: Option<f64>,
+    /// Test hook, not for service: after this many finished model calls the model worker
+    /// blocks for ever inside the next one, as on a hung device (tests/liveness.rs).
+    #[arg(long, hide = true)]
+    pub debug_stall_model_after: Option<u64>,
 }
 
 impl ServeArgs {
@@ -254,6 +264,19 @@ impl ServeArgs {
 
     pub fn header_timeout(&self) -> Duration {
         seconds(self.header_timeout_s)
+    }
+
+    /// `--liveness-stall-s`, when set.
+    pub fn liveness_stall(&self) -> Option<Duration> {
+        self.liveness_stall_s.map(seconds)
+    }
+
+    /// The worker's settings: the batching flags, and the stall test hook.
+    pub fn batcher_config(&self) -> BatcherConfig {
+        BatcherConfig {
+            debug_stall_after_calls: self.debug_stall_model_after,
+            ..self.batching.batcher_config()
+        }
     }
 }
 

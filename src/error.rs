@@ -44,6 +44,9 @@ pub enum ApiError {
     Expired(String),
     #[error("{0}")]
     Internal(String),
+    /// `/livez` only: work is pending and the model worker has made no progress.
+    #[error("{0}")]
+    Stalled(String),
 }
 
 /// `Retry-After` when the job queue is full.
@@ -68,7 +71,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InvalidImage(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Draining { .. } | ApiError::Unavailable { .. } => {
+            ApiError::Draining { .. } | ApiError::Unavailable { .. } | ApiError::Stalled(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -96,6 +99,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::Expired(_) => "expired",
             ApiError::Internal(_) => "internal",
+            ApiError::Stalled(_) => "worker_stalled",
         }
     }
 
@@ -115,6 +119,7 @@ impl ApiError {
         "conflict",
         "expired",
         "internal",
+        "worker_stalled",
     ];
 
     /// How `virtualfit_rejected_requests_total` counts this answer, if it counts it at all.
@@ -134,7 +139,8 @@ impl ApiError {
             | ApiError::NotReady(_)
             | ApiError::Conflict(_)
             | ApiError::Expired(_)
-            | ApiError::Internal(_) => None,
+            | ApiError::Internal(_)
+            | ApiError::Stalled(_) => None,
         }
     }
 
@@ -254,6 +260,7 @@ mod tests {
             ApiError::Conflict(String::new()),
             ApiError::Expired(String::new()),
             ApiError::Internal(String::new()),
+            ApiError::Stalled(String::new()),
         ];
         for e in &errors {
             assert!(ApiError::CODES.contains(&e.code()), "{}", e.code());

@@ -8,8 +8,9 @@
 //!   image supports, the spot overlay, the pre-pull DaemonSet, the opt-in prometheus-adapter, the
 //!   jobs store (its folder, the opt-in Redis and its NetworkPolicy, the batch pool's
 //!   redis-streams trigger on the server's stream and group), the catvton overlay's timeouts
-//!   and thresholds for a model of seconds per request, the dashboard's units, the Dockerfile's
-//!   shell.
+//!   and thresholds for a model of seconds per request, every Deployment's progress deadline
+//!   against its image pull and startup allowance, the liveness probe against the server's
+//!   stall bound, the dashboard's units, the Dockerfile's shell.
 //! - Closed by default: the servers require the API key from its Secret; the NetworkPolicies,
 //!   evaluated for every pod, admit the API port from the ingress controller's namespace only and
 //!   let pods reach DNS, Redis where it runs and public HTTPS only with webhooks on, never the
@@ -690,6 +691,136 @@ fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
             }
         }
         assert_eq!(metrics_rules, 1, "{ctx}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start-up and liveness: the rollout deadline and the liveness probe against the server's bounds
+
+use virtualfit::server::liveness::STALL_FLOOR;
+
+/// What pulling the inference image may take on a node that lacks it: the CUDA runtime image
+/// is several GB, a few minutes at the tens of MB/s a registry gives one node.
+const IMAGE_PULL_ALLOWANCE_S: u64 = 300;
+/// Margin of the rollout deadline over a new pod's pull, start-up and first readiness check.
+const ROLLOUT_MARGIN_S: u64 = 120;
+/// Kubernetes's progressDeadlineSeconds when a Deployment sets none.
+const DEFAULT_PROGRESS_DEADLINE_S: u64 = 600;
+
+/// A probe's field, or Kubernetes's default for it.
+fn probe_s(probe: &Value, field: &str) -> u64 {
+    let default = match field {
+        "initialDelaySeconds" => 0,
+        "periodSeconds" => 10,
+        "timeoutSeconds" => 1,
+        "failureThreshold" => 3,
+        other => panic!("no default for {other}"),
+    };
+    match probe.get(field) {
+        None => default,
+        Some(v) => v
+            .as_u64()
+            .unwrap_or_else(|| panic!("{field} is not a count: {v:?}")),
+    }
+}
+
+/// Every Deployment that the kustomizations users apply render, as (where, Deployment): the
+/// targets' inference Deployments and the batch pool's two.
+fn every_deployment() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for target in TARGETS.iter().chain([&BATCH_POOL]) {
+        for o in render(target) {
+            if kind(&o) == "Deployment" {
+                let dir = format!("k8s/{target}");
+                out.push((format!("{}: {}", dir.trim_end_matches('/'), name(&o)), o));
+            }
+        }
+    }
+    for want in ["virtualfit-inference", "virtualfit-batch-worker"] {
+        assert!(
+            out.iter().any(|(_, d)| name(d) == want),
+            "no Deployment {want} rendered"
+        );
+    }
+    out
+}
+
+#[test]
+fn rollouts_allow_an_image_pull_and_the_startup_probe_before_their_progress_deadline() {
+    for (ctx, dep) in every_deployment() {
+        let spec = &dep["spec"];
+        let pod = &spec["template"]["spec"];
+        assert!(
+            seq(pod.get("initContainers")).is_empty(),
+            "{ctx}: an init container's time is not in this sum yet"
+        );
+        // The slowest container: its startupProbe's whole allowance, then its first readiness
+        // check, then minReadySeconds before the pod counts as available.
+        let mut slowest = 0;
+        for c in seq(pod.get("containers")) {
+            let startup = c.get("startupProbe").unwrap_or_else(|| {
+                panic!(
+                    "{ctx}: container {} has no startupProbe",
+                    c["name"].as_str().unwrap_or("?")
+                )
+            });
+            let allowance = probe_s(startup, "initialDelaySeconds")
+                + probe_s(startup, "failureThreshold") * probe_s(startup, "periodSeconds");
+            let first_ready = c
+                .get("readinessProbe")
+                .map_or(0, |r| probe_s(r, "periodSeconds"));
+            slowest = slowest.max(allowance + first_ready);
+        }
+        let min_ready = spec["minReadySeconds"].as_u64().unwrap_or(0);
+        let needed = IMAGE_PULL_ALLOWANCE_S + slowest + min_ready + ROLLOUT_MARGIN_S;
+        let deadline = spec["progressDeadlineSeconds"]
+            .as_u64()
+            .unwrap_or(DEFAULT_PROGRESS_DEADLINE_S);
+        assert!(
+            deadline >= needed,
+            "{ctx}: progressDeadlineSeconds {deadline} must cover the image pull \
+             ({IMAGE_PULL_ALLOWANCE_S} s), the start-up and first readiness check ({slowest} s), \
+             minReadySeconds ({min_ready} s) and {ROLLOUT_MARGIN_S} s of margin: {needed} s"
+        );
+    }
+}
+
+#[test]
+fn liveness_restarts_a_pod_only_after_the_servers_stall_bound_and_within_twice_it() {
+    for (ctx, dep) in every_deployment() {
+        let pod = &dep["spec"]["template"]["spec"];
+        for c in seq(pod.get("containers")) {
+            let ctx = format!("{ctx}/{}", c["name"].as_str().unwrap_or("?"));
+            let probe = c
+                .get("livenessProbe")
+                .unwrap_or_else(|| panic!("{ctx}: no livenessProbe"));
+            assert_eq!(probe["httpGet"]["path"].as_str(), Some("/livez"), "{ctx}");
+            // /livez fails only once work has been pending for the bound B without a finished
+            // model call: the flag's value, else at least the floor the server derives from.
+            let bound = env_of(&c)
+                .get("VIRTUALFIT_LIVENESS_STALL_S")
+                .map(|v| v.parse::<f64>().expect("VIRTUALFIT_LIVENESS_STALL_S"))
+                .unwrap_or(STALL_FLOOR.as_secs_f64());
+            let (period, timeout, failures) = (
+                probe_s(probe, "periodSeconds") as f64,
+                probe_s(probe, "timeoutSeconds") as f64,
+                probe_s(probe, "failureThreshold") as f64,
+            );
+            // The kubelet restarts after `failures` failed probes in a row, `period` apart: from
+            // B + (failures - 1) x period to B + failures x period + timeout after the last call,
+            // so never before B; and one late or lost answer alone restarts nothing.
+            let latest = bound + failures * period + timeout;
+            assert!(
+                failures >= 2.0 && timeout < period,
+                "{ctx}: one late or lost answer must not restart a pod (failureThreshold \
+                 {failures}, timeoutSeconds {timeout} under periodSeconds {period})"
+            );
+            assert!(
+                latest <= 2.0 * bound,
+                "{ctx}: a stalled pod must restart within twice the {bound} s bound, not at \
+                 {latest} s"
+            );
+        }
     }
 }
 

@@ -8,6 +8,9 @@
 //! takes its turn with interactive requests in the order they were admitted, so a busy
 //! interactive load never starves it. The two have separate queues, so batch work never
 //! takes an interactive request's place in the queue.
+//!
+//! The worker's progress (model calls finished, the last one's time, the longest call) is what
+//! tells a stalled device from a slow one: the handler's stall bound and `/livez` read it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -34,6 +37,9 @@ pub struct BatcherConfig {
     pub request_timeout: Duration,
     /// A batch item waiting this long since its job was submitted is served as interactive.
     pub batch_max_wait: Duration,
+    /// Test hook (`--debug-stall-model-after`): after this many finished model calls, the
+    /// worker blocks for ever inside the next one, as on a hung device. `None` in service.
+    pub debug_stall_after_calls: Option<u64>,
 }
 
 /// Whose work an item is: interactive requests go first, batch jobs fill the room left.
@@ -153,6 +159,14 @@ struct State {
     running: usize,
     /// When the last interactive request was admitted.
     last_interactive: Option<Instant>,
+    /// When the worker last finished a model call, or work arrived while nothing was pending,
+    /// whichever is later: what liveness measures a stall from.
+    last_progress: Instant,
+    /// The longest model call so far, warm-up included.
+    longest_call: Duration,
+    /// The warm-up's estimate of the longest call the worker may make (a full batch; for a
+    /// diffusion model a full-size step or VAE pass), before any such call is seen.
+    call_estimate: Duration,
 }
 
 impl State {
@@ -281,6 +295,30 @@ impl Shared {
         }
         self.model_calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut state = self.lock();
+        state.last_progress = Instant::now();
+        state.longest_call = state.longest_call.max(elapsed);
+    }
+
+    /// Records the warm-up: its longest call, and the estimate of the longest call to come.
+    fn warmed_up(&self, longest: Duration, estimate: Duration) {
+        let mut state = self.lock();
+        state.longest_call = state.longest_call.max(longest);
+        state.call_estimate = estimate;
+    }
+
+    /// Runs one model call, turning a panic into an error (see [`guarded`]); the test hook
+    /// `debug_stall_after_calls` makes it block for ever instead.
+    fn model_call<T>(&self, f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> {
+        if let Some(after) = self.config.debug_stall_after_calls {
+            if self.model_calls.load(std::sync::atomic::Ordering::Relaxed) >= after {
+                tracing::warn!(after, "test hook: the model worker stalls for ever");
+                loop {
+                    std::thread::park();
+                }
+            }
+        }
+        guarded(f)
     }
 
     fn publish_queue(&self, state: &State) {
@@ -343,6 +381,9 @@ impl Batcher {
                 batch_cap: cap,
                 running: 0,
                 last_interactive: None,
+                last_progress: Instant::now(),
+                longest_call: Duration::ZERO,
+                call_estimate: Duration::ZERO,
             }),
             wake: Condvar::new(),
             config,
@@ -435,9 +476,14 @@ impl Batcher {
                 retry_after_s: state.retry_after_s(),
             });
         }
+        let now = Instant::now();
+        if state.queued() + state.running == 0 {
+            // An idle worker has nothing to catch up on: a stall counts from this work.
+            state.last_progress = now;
+        }
         let job = Job {
             inputs,
-            admitted_at: Instant::now(),
+            admitted_at: now,
             priority,
             promote_at,
             deadline,
@@ -499,6 +545,32 @@ impl Batcher {
     pub fn batch_cap(&self) -> usize {
         self.shared.lock().batch_cap
     }
+
+    /// Where the worker stands, for liveness.
+    pub fn progress(&self) -> WorkerProgress {
+        let state = self.shared.lock();
+        WorkerProgress {
+            pending: state.queued() + state.running,
+            since_progress: state.last_progress.elapsed(),
+            longest_call: state.longest_call.max(state.call_estimate),
+            max_batch_delay: self.shared.config.max_batch_delay,
+        }
+    }
+}
+
+/// The worker's progress, as liveness reads it ([`Batcher::progress`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WorkerProgress {
+    /// Items admitted and not answered yet: queued, or taken by the worker.
+    pub pending: usize,
+    /// Time since the worker last finished a model call, or since work arrived while nothing
+    /// was pending, whichever is later.
+    pub since_progress: Duration,
+    /// The longest model call to expect: the longest one so far (warm-up included) or the
+    /// warm-up's estimate for a full batch, a full-size step or VAE pass, whichever is longer.
+    pub longest_call: Duration,
+    /// How long the oldest queued item may wait for its batch to fill, with no call running.
+    pub max_batch_delay: Duration,
 }
 
 /// The worker thread, owned by whoever started the batcher: dropping it answers what is still
@@ -547,7 +619,10 @@ fn warm_up(model: &dyn TryOnModel, shared: &Shared) -> Result<(), ModelError> {
     };
     let start = Instant::now();
     model.forward(&batch)?;
-    shared.lock().seconds_per_item = start.elapsed().as_secs_f64() / n as f64;
+    let elapsed = start.elapsed();
+    shared.lock().seconds_per_item = elapsed.as_secs_f64() / n as f64;
+    // A full batch: the longest call there is.
+    shared.warmed_up(elapsed, elapsed);
     Ok(())
 }
 
@@ -632,7 +707,7 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError
 fn run_batch(model: &dyn TryOnModel, shared: &Shared, jobs: Vec<Job>) {
     let started = Instant::now();
     let n = jobs.len();
-    let result = guarded(|| forward(model, &jobs));
+    let result = shared.model_call(|| forward(model, &jobs));
     // The device was busy for this batch whatever its outcome.
     shared.model_worked(started.elapsed(), jobs.iter().map(|j| (j.priority, 1.0)));
     match result {
@@ -763,6 +838,7 @@ mod tests {
             queue_capacity: 64,
             request_timeout: Duration::from_secs(30),
             batch_max_wait: Duration::from_secs(600),
+            debug_stall_after_calls: None,
         }
     }
 
@@ -975,6 +1051,47 @@ mod tests {
         for i in ["i3", "i4", "i5"] {
             assert!(t[i] < t["new"], "{i} before the fresh batch item: {t:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn progress_counts_pending_work_from_its_arrival_or_the_last_finished_call() {
+        let warm = Duration::from_millis(150);
+        // Batches wait up to 3 s to fill, so a lone request stays queued with no call running.
+        let cfg = config(8, 3_000);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (batcher, _worker) = Batcher::start(
+            Box::new(SlowModel(Device::Cpu, warm)),
+            cfg,
+            Metrics::new(),
+            move |r| {
+                let _ = tx.send(r.is_ok());
+            },
+        );
+        assert!(rx.recv().expect("warm-up"));
+        // The warm-up's full batch is the longest call so far.
+        let idle = batcher.progress();
+        assert_eq!(idle.pending, 0);
+        assert!(idle.longest_call >= warm, "{idle:?}");
+        assert_eq!(idle.max_batch_delay, Duration::from_secs(3));
+        // Idle for a while: the time since the last call grows, but nothing is pending.
+        std::thread::sleep(Duration::from_millis(1_200));
+        assert!(batcher.progress().since_progress >= Duration::from_millis(1_200));
+        // Work arriving at an idle worker starts the count afresh.
+        let rx = batcher.submit(pair(1)).expect("admitted");
+        let waiting = batcher.progress();
+        assert_eq!(waiting.pending, 1);
+        assert!(
+            waiting.since_progress < Duration::from_millis(1_200),
+            "{waiting:?}"
+        );
+        rx.await.expect("answered").expect("ran");
+        let done = batcher.progress();
+        assert_eq!(done.pending, 0);
+        // The count ran from the admission, through the batch delay, to the end of the call.
+        assert!(
+            done.since_progress < Duration::from_millis(1_200),
+            "{done:?}"
+        );
     }
 
     #[tokio::test]

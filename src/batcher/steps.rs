@@ -8,11 +8,11 @@
 //! queue) and the queue metrics are the whole-batch worker's.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 
-use super::{guarded, Job, JobError, JobOutput, Priority, Shared, BATCH_ONLY_SHARE};
+use super::{Job, JobError, JobOutput, Priority, Shared, BATCH_ONLY_SHARE};
 use crate::metrics::RejectReason;
 use crate::models::catvton::{
     CatVton, DiffusionInput, Noise, Resolution, Sample, SamplingParams, DEFAULT_STEPS,
@@ -60,9 +60,38 @@ pub(super) fn warm_up(model: &CatVton, shared: &Shared) -> Result<(), ModelError
     let stepped = start.elapsed() - encoded;
     model.finish(&sample)?;
     let coded = start.elapsed() - stepped;
+    let decoded = coded.saturating_sub(encoded);
     let estimate = coded.as_secs_f64() + stepped.as_secs_f64() * DEFAULT_STEPS as f64;
     shared.lock().seconds_per_item = estimate;
+    let cap = shared.lock().batch_cap;
+    let longest = encoded.max(stepped).max(decoded);
+    shared.warmed_up(
+        longest,
+        longest_call_estimate(encoded, stepped, decoded, sample.rows(), cap),
+    );
     Ok(())
+}
+
+/// The longest call to expect from a warm-up at half size with `warm_rows` UNet rows: a step
+/// of a full row cap (a request wider than the cap runs alone), or a VAE pass, at full size.
+/// Both are scaled by the square of the area ratio, the pessimistic end (attention's cost grows
+/// with the square of the tokens), and a step by its rows.
+fn longest_call_estimate(
+    encoded: Duration,
+    stepped: Duration,
+    decoded: Duration,
+    warm_rows: usize,
+    cap: usize,
+) -> Duration {
+    let area = |r: Resolution| {
+        let (h, w) = r.size();
+        (h * w) as f64
+    };
+    let size_factor = (area(Resolution::Full) / area(Resolution::Half)).powi(2);
+    let row_factor = cap.max(warm_rows) as f64 / warm_rows.max(1) as f64;
+    let step = stepped.as_secs_f64() * row_factor;
+    let vae = encoded.max(decoded).as_secs_f64();
+    Duration::from_secs_f64(step.max(vae) * size_factor)
 }
 
 pub(super) fn worker_loop(model: &CatVton, shared: &Shared) {
@@ -74,7 +103,7 @@ pub(super) fn worker_loop(model: &CatVton, shared: &Shared) {
         };
         for job in live_jobs(new_jobs, shared) {
             let started = Instant::now();
-            match begin(model, &job) {
+            match begin(model, shared, &job) {
                 Ok(sample) => {
                     shared.model_worked(started.elapsed(), [(job.priority, 1.0)]);
                     running.push(Running {
@@ -167,10 +196,10 @@ fn live_jobs(jobs: Vec<Job>, shared: &Shared) -> Vec<Job> {
     live
 }
 
-fn begin(model: &CatVton, job: &Job) -> Result<Sample, ModelError> {
+fn begin(model: &CatVton, shared: &Shared, job: &Job) -> Result<Sample, ModelError> {
     match &job.inputs {
         WorkItem::Diffusion(input) => {
-            guarded(|| model.begin(input, Noise::seeded(input.params.seed)))
+            shared.model_call(|| model.begin(input, Noise::seeded(input.params.seed)))
         }
         WorkItem::Pair(_) => Err(ModelError::WrongInput("catvton".into())),
     }
@@ -227,7 +256,7 @@ fn step_group(model: &CatVton, shared: &Shared, running: &mut [Running], indices
             .filter(|(i, _)| indices.contains(i))
             .map(|(_, r)| &mut r.sample)
             .collect();
-        guarded(|| model.step(&mut picked))
+        shared.model_call(|| model.step(&mut picked))
     };
     let elapsed = started.elapsed();
     shared.model_worked(
@@ -286,7 +315,7 @@ fn finish_done(model: &CatVton, shared: &Shared, running: Vec<Running>) -> Vec<R
             continue;
         }
         let decode_started = Instant::now();
-        let image = guarded(|| model.finish(&r.sample));
+        let image = shared.model_call(|| model.finish(&r.sample));
         let decode = decode_started.elapsed();
         shared.model_worked(decode, [(r.job.priority, 1.0)]);
         r.device_seconds += decode.as_secs_f64();
@@ -329,4 +358,30 @@ fn update_estimate(shared: &Shared, seconds: f64) {
             + super::PER_ITEM_SMOOTHING * seconds
     };
     shared.publish_queue(&state);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_call_estimate_scales_a_half_size_warm_up_to_a_full_row_cap_at_full_size() {
+        let ms = Duration::from_millis;
+        // 2 rows warmed up, a cap of 8: a step of 4 times the rows at 4 times the area,
+        // counted as 16 times the cost: 100 ms x 4 x 16.
+        assert_eq!(
+            longest_call_estimate(ms(10), ms(100), ms(20), 2, 8),
+            ms(6400)
+        );
+        // A cap under a request's rows: the request runs alone, at its own rows.
+        assert_eq!(
+            longest_call_estimate(ms(10), ms(100), ms(20), 2, 1),
+            ms(1600)
+        );
+        // A VAE pass longer than the scaled step sets it.
+        assert_eq!(
+            longest_call_estimate(ms(500), ms(10), ms(300), 2, 2),
+            ms(8000)
+        );
+    }
 }

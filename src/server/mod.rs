@@ -1,12 +1,13 @@
 //! The HTTP server: starting it (model, listeners, worker), its shared state, and its end (the
 //! SIGTERM drain). Routes live in [`routes`], the try-on pipeline in [`tryon`] and [`upload`],
-//! connection bounds in [`listener`].
+//! connection bounds in [`listener`], the stalled-worker rule of `/livez` in [`liveness`].
 
 pub mod auth;
 pub mod cpu;
 pub mod job_runner;
 pub mod jobs;
 pub mod listener;
+pub mod liveness;
 pub mod openapi;
 pub mod readiness;
 pub mod request_id;
@@ -78,6 +79,8 @@ struct Inner {
     background_cpu: cpu::Cpu,
     /// Held by the batch jobs that are decoding, one per background thread.
     batch_preparing: Semaphore,
+    /// `/livez`'s verdict on the model worker.
+    liveness: liveness::Liveness,
 }
 
 /// Counts a request in `virtualfit_active_requests`, and in `virtualfit_active_items` under its
@@ -189,18 +192,14 @@ impl Server {
 
         let readiness = Readiness::new();
         let on_ready = readiness.clone();
-        let (batcher, worker) = Batcher::start_model(
-            model,
-            args.batching.batcher_config(),
-            metrics.clone(),
-            move |r| {
+        let (batcher, worker) =
+            Batcher::start_model(model, args.batcher_config(), metrics.clone(), move |r| {
                 match &r {
                     Ok(()) => tracing::info!("model warmed up; ready"),
                     Err(e) => tracing::error!(error = %e, "model warm-up failed"),
                 }
                 on_ready.warmed_up(r.map_err(|e| e.to_string()));
-            },
-        );
+            });
         let queue_capacity = args.batching.queue_capacity;
         let body_budget = queue_capacity.saturating_mul(args.max_body_bytes as u64);
         let budgets = Budgets::new(body_budget, args.max_decode_memory, metrics.clone());
@@ -213,6 +212,7 @@ impl Server {
             ..api_limits
         };
         let args_webhooks = args.jobs.webhook_config();
+        let liveness_stall = args.liveness_stall();
         let background_cpu = cpu::Cpu::background()?;
         let state = AppState {
             inner: Arc::new(Inner {
@@ -232,6 +232,7 @@ impl Server {
                 worker: job_runner::worker_name(),
                 batch_preparing: Semaphore::new(background_cpu.threads()),
                 background_cpu,
+                liveness: liveness::Liveness::new(liveness_stall),
             }),
         };
 

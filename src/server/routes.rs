@@ -76,10 +76,17 @@ fn with_layers(router: Router) -> Router {
     )
 }
 
-/// Liveness: the process serves.
-#[utoipa::path(get, path = "/livez", tag = "health", responses((status = 200, description = "The process serves.", body = String)))]
-pub async fn livez() -> &'static str {
-    "ok"
+/// Liveness: the process serves, and the model worker is not stalled with work pending.
+#[utoipa::path(get, path = "/livez", tag = "health", responses(
+    (status = 200, description = "The process serves: nothing is pending, or the model worker has finished a model call within the stall bound.", body = String),
+    (status = 503, description = "Work is queued or running and the model worker has finished no model call (batch, UNet step or VAE pass) for the stall bound: --liveness-stall-s, or max(60 s, 4 × the longest model call) + --max-batch-delay-ms (`worker_stalled`).", body = crate::error::ErrorBody),
+))]
+pub async fn livez(State(state): State<AppState>) -> Response {
+    let inner = &state.inner;
+    match inner.liveness.check(&inner.batcher.progress()) {
+        Ok(()) => "ok".into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Readiness: the model is loaded and warmed up, and the server is not draining.
