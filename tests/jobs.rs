@@ -648,3 +648,70 @@ async fn sigterm_puts_back_the_jobs_it_could_not_run_and_a_restart_runs_them() {
 
     restart_and_finish(&data_flag, &ids, Duration::from_secs(30)).await;
 }
+
+#[tokio::test]
+async fn an_inference_replica_beside_a_pool_leaves_batch_jobs_to_the_workers() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // The inference replica of k8s/overlays/batch-pool: it takes interactive jobs only.
+    let inference = ChildServer::start(&["--jobs-redis", &url, "--job-priorities", "interactive"]);
+    inference.wait_ready().await;
+    let mut batch = Vec::new();
+    for i in 0..4 {
+        batch.push(submit_ok(&inference.base, pair_form(i).text("priority", "batch")).await);
+    }
+    let interactive = submit_ok(
+        &inference.base,
+        pair_form(9).text("priority", "interactive"),
+    )
+    .await;
+    wait_status(
+        &inference.base,
+        &interactive,
+        &["succeeded"],
+        Duration::from_secs(30),
+    )
+    .await;
+    // The batch jobs stay in the store for a replica that takes them; this one never counts
+    // them as its work.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in &batch {
+        assert_eq!(status(&inference.base, id).await["status"], "queued");
+    }
+    let text = metrics_text(&inference.base).await;
+    assert_eq!(
+        metric(&text, "virtualfit_batch_items_total", "batch"),
+        0.0,
+        "no batch item ran on the inference replica"
+    );
+    assert_eq!(
+        metric(&text, "virtualfit_model_busy_share_seconds_total", "batch"),
+        0.0
+    );
+    // A worker of the pool (every priority, the default) runs them.
+    let worker = ChildServer::start(&["--jobs-redis", &url]);
+    worker.wait_ready().await;
+    wait_census(
+        &worker.base,
+        &batch,
+        "succeeded",
+        4,
+        Duration::from_secs(60),
+    )
+    .await;
+    for id in &batch {
+        assert_result_image(&inference.base, id).await;
+    }
+    let text = metrics_text(&worker.base).await;
+    assert_eq!(metric(&text, "virtualfit_batch_items_total", "batch"), 4.0);
+    let text = metrics_text(&inference.base).await;
+    assert_eq!(
+        metric(
+            &text,
+            "virtualfit_jobs_finished_total",
+            "status=\"succeeded\""
+        ),
+        1.0,
+        "the inference replica ended the interactive job only"
+    );
+}

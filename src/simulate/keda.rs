@@ -471,10 +471,12 @@ impl ScaledObject {
                     Some("currentReplicas") => FallbackBehavior::CurrentReplicas,
                     Some("currentReplicasIfHigher") => FallbackBehavior::CurrentReplicasIfHigher,
                     Some("currentReplicasIfLower") => FallbackBehavior::CurrentReplicasIfLower,
-                    Some(other) => return Err(spec_err(format!(
+                    Some(other) => {
+                        return Err(spec_err(format!(
                         "fallback.behavior `{other}` is not simulated (static, currentReplicas, \
                              currentReplicasIfHigher and currentReplicasIfLower are)"
-                    ))),
+                    )))
+                    }
                 };
                 Some(Fallback {
                     failure_threshold: raw.failure_threshold,
