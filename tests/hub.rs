@@ -479,3 +479,44 @@ async fn download_to_writes_the_folder_layout_and_dmvton_says_where_its_files_ar
     assert!(log.contains("KiseKloset/DM-VTON"), "{log}");
     assert!(log.contains("dmvton_pf_warp.pt"), "{log}");
 }
+
+#[tokio::test]
+async fn a_cache_filled_by_the_python_tools_is_verified_and_used_offline() {
+    let hub = FakeHub::start().await;
+    let cache = fresh_cache();
+    // The layout huggingface_hub writes: blobs named by etag, snapshot links, refs/main.
+    for (repo, files) in common::fake_hub::catvton_repos() {
+        let dir = repo_dir(&cache, repo);
+        std::fs::create_dir_all(dir.join("blobs")).expect("blobs");
+        std::fs::create_dir_all(dir.join("refs")).expect("refs");
+        std::fs::write(dir.join("refs/main"), commit_of(repo)).expect("ref");
+        for (path, file) in files {
+            let etag = if file.lfs {
+                &file.sha256
+            } else {
+                &file.git_sha1
+            };
+            std::fs::write(dir.join("blobs").join(etag), &*file.bytes).expect("blob");
+            let link = snapshot(&cache, repo, &path);
+            std::fs::create_dir_all(link.parent().expect("parent")).expect("snapshot");
+            let up = "../".repeat(path.matches('/').count() + 2);
+            std::os::unix::fs::symlink(format!("{up}blobs/{etag}"), &link).expect("link");
+        }
+    }
+    let o = download(&hub, &cache, &[], &[("HF_HUB_OFFLINE", "1")]).await;
+    assert_ok(&o);
+    assert!(hub.seen().is_empty());
+    assert!(repo_dir(&cache, VAE).join("virtualfit.json").is_file());
+
+    // A damaged blob there is caught too, and fetched again online.
+    let vae = hub.file(VAE, "diffusion_pytorch_model.safetensors");
+    let blob = repo_dir(&cache, VAE).join("blobs").join(&vae.sha256);
+    std::fs::write(&blob, b"not the weights").expect("write");
+    let o = download(&hub, &cache, &[], &[]).await;
+    assert_ok(&o);
+    assert_eq!(std::fs::read(&blob).expect("blob"), *vae.bytes);
+    assert_eq!(
+        hub.transfers().iter().filter(|s| s.route == "cdn").count(),
+        1
+    );
+}

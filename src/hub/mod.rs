@@ -273,7 +273,7 @@ struct Manifest {
     revisions: BTreeMap<String, Snapshot>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Snapshot {
     /// The commit the hub answered for the revision; later files are fetched at this commit.
     commit: String,
@@ -284,7 +284,7 @@ struct Snapshot {
     absent: BTreeSet<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct FileRecord {
     etag: String,
     size: u64,
@@ -381,13 +381,13 @@ impl Hub {
         let mut manifests = Vec::with_capacity(requests.len());
         for request in requests {
             let manifest = self.read_manifest(&request.repo);
-            let snapshot = manifest
+            let mut snapshot = manifest
                 .revisions
                 .get(&request.repo.revision)
                 .cloned()
                 .unwrap_or_default();
             for wanted in &request.files {
-                if self.cached(&request.repo, &snapshot, wanted).is_none() {
+                if self.cached(&request.repo, &mut snapshot, wanted).is_none() {
                     missing.push(format!(
                         "{} {}",
                         request.repo,
@@ -411,17 +411,26 @@ impl Hub {
         Ok(resolved)
     }
 
-    /// The first candidate of `wanted` that the snapshot records and the cache holds intact;
-    /// `None` when one must be fetched. A recorded file that fails its check is removed.
-    fn cached(&self, repo: &RepoRef, snapshot: &Snapshot, wanted: &Wanted) -> Option<CachedFile> {
+    /// The first candidate of `wanted` that the cache holds intact at the snapshot's commit;
+    /// `None` when one must be fetched. A file the manifest does not record yet (a cache filled
+    /// by the Python tools) is checked against its blob's name, which is its etag, and recorded.
+    /// A file that fails its check is removed.
+    fn cached(
+        &self,
+        repo: &RepoRef,
+        snapshot: &mut Snapshot,
+        wanted: &Wanted,
+    ) -> Option<CachedFile> {
         if snapshot.commit.is_empty() {
-            return None;
+            snapshot.commit = self.ref_commit(repo)?;
         }
         for name in &wanted.candidates {
             if snapshot.absent.contains(name) {
                 continue;
             }
-            let Some(record) = snapshot.files.get(name) else {
+            let path = self.snapshot_path(repo, &snapshot.commit, name);
+            let recorded = snapshot.files.get(name).map(|r| r.etag.clone());
+            let Some(etag) = recorded.clone().or_else(|| blob_etag(&path)) else {
                 // Online, a candidate not looked for yet is asked for; offline, the next one
                 // in the cache does.
                 if self.offline {
@@ -429,14 +438,20 @@ impl Hub {
                 }
                 return None;
             };
-            let path = self.snapshot_path(repo, &snapshot.commit, name);
-            match verify(&path, &record.etag) {
+            match verify(&path, &etag) {
                 Ok(()) => {
+                    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    if recorded.is_none() {
+                        tracing::info!(repo = %repo, file = %name, "verified in the hub cache");
+                        snapshot
+                            .files
+                            .insert(name.clone(), FileRecord { etag, size });
+                    }
                     return Some(CachedFile {
                         name: name.clone(),
                         path,
-                        size: record.size,
-                    })
+                        size,
+                    });
                 }
                 Err(Check::Missing) => return None,
                 Err(Check::Mismatch(detail)) => {
@@ -445,11 +460,24 @@ impl Hub {
                         "cached file does not match its checksum ({detail}); fetching it again"
                     );
                     remove_cached(&path);
+                    snapshot.files.remove(name);
                     return None;
                 }
             }
         }
         None
+    }
+
+    /// The commit the cache's `refs/<revision>` names (or the revision, if it is a commit the
+    /// cache has a snapshot of).
+    fn ref_commit(&self, repo: &RepoRef) -> Option<String> {
+        let dir = self.repo_dir(repo);
+        let commit = match std::fs::read_to_string(dir.join("refs").join(&repo.revision)) {
+            Ok(text) => text.trim().to_string(),
+            Err(_) => repo.revision.clone(),
+        };
+        let is_commit = commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit());
+        (is_commit && dir.join("snapshots").join(&commit).is_dir()).then_some(commit)
     }
 
     async fn resolve_repo(
@@ -464,9 +492,10 @@ impl Hub {
             .get(&repo.revision)
             .cloned()
             .unwrap_or_default();
+        let recorded = snapshot.clone();
         let mut files = Vec::with_capacity(request.files.len());
         for wanted in &request.files {
-            if let Some(file) = self.cached(repo, &snapshot, wanted) {
+            if let Some(file) = self.cached(repo, &mut snapshot, wanted) {
                 files.push(file);
                 continue;
             }
@@ -479,6 +508,13 @@ impl Hub {
                 .insert(repo.revision.clone(), snapshot.clone());
             self.write_manifest(repo, &manifest)?;
             files.push(file?);
+        }
+        if snapshot != recorded {
+            // Files found verified in the cache without a record (the Python tools' downloads).
+            manifest
+                .revisions
+                .insert(repo.revision.clone(), snapshot.clone());
+            self.write_manifest(repo, &manifest)?;
         }
         Ok(Resolved {
             repo: repo.clone(),
@@ -612,10 +648,8 @@ impl Hub {
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .ok_or_else(|| cache_error(&pointer, "not under the repository's snapshots"))?;
         // hf-hub links the snapshot entry to blobs/<etag>.
-        let etag = std::fs::read_link(&pointer)
-            .ok()
-            .and_then(|target| target.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .ok_or_else(|| cache_error(&pointer, "not a link to a blob"))?;
+        let etag = blob_etag(&pointer)
+            .ok_or_else(|| cache_error(&pointer, "not a link to a blob named by its etag"))?;
         Ok((commit, etag, pointer))
     }
 
@@ -702,6 +736,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// The etag of a snapshot entry: the name of the blob it links to (`../../blobs/<etag>`).
+fn blob_etag(pointer: &Path) -> Option<String> {
+    let target = std::fs::read_link(pointer).ok()?;
+    let etag = target.file_name()?.to_str()?.to_string();
+    matches!(etag.len(), 40 | 64)
+        .then_some(etag)
+        .filter(|e| e.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Removes a snapshot entry and the blob it points to, so that the next download starts clean
