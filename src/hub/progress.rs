@@ -61,7 +61,7 @@ impl LogProgress {
             self.done.load(Ordering::Relaxed),
             self.total.load(Ordering::Relaxed),
         );
-        let percent = if total > 0 { done * 100 / total } else { 0 };
+        let percent = (done * 100).checked_div(total).unwrap_or(0);
         tracing::info!(
             file = %self.label,
             done_bytes = done,
