@@ -357,7 +357,8 @@ impl Hub {
         let dir = self.repo_dir(repo);
         std::fs::create_dir_all(&dir).map_err(|e| cache_error(&dir, e))?;
         let path = dir.join(MANIFEST);
-        let tmp = dir.join(format!("{MANIFEST}.tmp"));
+        // Pods sharing the cache on a volume may write at once: each its own temporary file.
+        let tmp = dir.join(format!("{MANIFEST}.{}.tmp", std::process::id()));
         let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| cache_error(&path, e))?;
         std::fs::write(&tmp, bytes).map_err(|e| cache_error(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| cache_error(&path, e))
