@@ -117,6 +117,10 @@ async fn download_then_serve_answers_tryon_and_a_second_start_downloads_nothing(
         "the download names the licences: {log}"
     );
     assert!(log.contains("CreativeML Open RAIL-M"), "{log}");
+    assert!(
+        log.contains(&format!("downloading {BASE}/{UNET}")),
+        "the log shows the progress: {log}"
+    );
 
     // Only the six files the model reads were asked for, never the rest of the repository.
     let asked: std::collections::BTreeSet<String> = hub
@@ -519,4 +523,70 @@ async fn a_cache_filled_by_the_python_tools_is_verified_and_used_offline() {
         hub.transfers().iter().filter(|s| s.route == "cdn").count(),
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_downloads_at_start_with_progress_in_its_log_before_it_listens() {
+    let hub = FakeHub::start().await;
+    let cache = fresh_cache();
+    let server = serve_from_hub(&hub, &cache, &[]);
+    // It listens only once the weights are verified and loaded.
+    assert_eq!(
+        hub.transfers().iter().filter(|s| s.route == "cdn").count(),
+        3
+    );
+    server.wait_ready().await;
+    let logs = server.logs().join("\n");
+    for (repo, file) in [(BASE, UNET), (ATTENTION, ATTENTION_FILE)] {
+        let line = format!("downloading {repo}/{file}: ");
+        assert!(logs.contains(&line), "the log shows `{line}`: {logs}");
+    }
+    assert!(logs.contains("\"message\":\"verified\""), "{logs}");
+    let download = logs.find("downloading ").expect("progress lines");
+    let listening = logs.find("\"listening\"").expect("listening");
+    assert!(
+        download < listening,
+        "the download comes before the listener"
+    );
+}
+
+#[tokio::test]
+async fn half_precision_takes_the_fp16_unet_when_the_repository_has_one() {
+    const FP16: &str = "unet/diffusion_pytorch_model.fp16.safetensors";
+    // Without one: the f32 file, and the manifest remembers that there is none.
+    let hub = FakeHub::start().await;
+    let cache = fresh_cache();
+    assert_ok(&download(&hub, &cache, &["--dtype", "f16"], &[]).await);
+    let resolved: Vec<String> = hub
+        .transfers()
+        .iter()
+        .filter(|s| s.route == "resolve")
+        .map(|s| s.what.clone())
+        .collect();
+    assert!(resolved.iter().any(|f| f == UNET), "{resolved:?}");
+    hub.clear_seen();
+    assert_ok(&download(&hub, &cache, &["--dtype", "f16"], &[]).await);
+    assert!(
+        hub.seen().is_empty(),
+        "the absent fp16 file is not asked for again"
+    );
+
+    // With one: only the fp16 file.
+    let fp16 = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/catvton/model/base/unet/diffusion_pytorch_model.safetensors"),
+    )
+    .expect("fixture");
+    let hub = FakeHub::start_with(vec![(BASE, FP16, fp16)]).await;
+    let cache = fresh_cache();
+    assert_ok(&download(&hub, &cache, &["--dtype", "bf16"], &[]).await);
+    let fetched: Vec<String> = hub
+        .transfers()
+        .iter()
+        .filter(|s| s.route == "resolve")
+        .map(|s| s.what.clone())
+        .collect();
+    assert!(fetched.iter().any(|f| f == FP16), "{fetched:?}");
+    assert!(!fetched.iter().any(|f| f == UNET), "{fetched:?}");
+    assert!(snapshot(&cache, BASE, FP16).is_file());
 }

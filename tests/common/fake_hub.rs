@@ -157,6 +157,11 @@ pub fn catvton_repos() -> Vec<(&'static str, Vec<(String, HubFile)>)> {
 impl FakeHub {
     /// Starts the hub and its CDN with the CatVTON fixture repositories.
     pub async fn start() -> FakeHub {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// The same, with `extra` files added: (repository, path, bytes).
+    pub async fn start_with(extra: Vec<(&str, &str, Vec<u8>)>) -> FakeHub {
         let hub_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -165,10 +170,15 @@ impl FakeHub {
             .expect("bind");
         let endpoint = format!("http://{}", hub_listener.local_addr().expect("addr"));
         let cdn_base = format!("http://{}", cdn_listener.local_addr().expect("addr"));
-        let repos = catvton_repos()
+        let mut repos: BTreeMap<String, (String, BTreeMap<String, HubFile>)> = catvton_repos()
             .into_iter()
             .map(|(id, files)| (id.to_string(), (commit_of(id), files.into_iter().collect())))
             .collect();
+        for (repo, path, bytes) in extra {
+            let lfs = path.ends_with(".safetensors");
+            let files = &mut repos.get_mut(repo).expect("a fixture repository").1;
+            files.insert(path.to_string(), HubFile::new(bytes, lfs));
+        }
         let inner = Arc::new(Inner {
             repos,
             seen: Mutex::default(),
