@@ -151,7 +151,7 @@ impl ModelArgs {
             }),
             ModelKind::Overlay => Err(ModelError::NotOnHub {
                 model: self.model.name().into(),
-                help: "it has no weights; drop --model-source".into(),
+                help: "it has no weights (--model catvton is the model on the hub)".into(),
             }),
         }
     }

@@ -647,7 +647,14 @@ impl Hub {
             .ok()
             .and_then(|rest| rest.components().next())
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .ok_or_else(|| cache_error(&pointer, "not under the repository's snapshots"))?;
+            .filter(|c| c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| {
+                cache_error(
+                    &pointer,
+                    "not under a commit's folder of the repository's snapshots (the hub answered \
+                     no usable X-Repo-Commit)",
+                )
+            })?;
         // hf-hub links the snapshot entry to blobs/<etag>.
         let etag = blob_etag(&pointer)
             .ok_or_else(|| cache_error(&pointer, "not a link to a blob named by its etag"))?;
