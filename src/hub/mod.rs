@@ -290,6 +290,16 @@ struct FileRecord {
     size: u64,
 }
 
+/// One repository's state between the look into the cache and the downloads.
+struct Plan {
+    manifest: Manifest,
+    /// The manifest's snapshot as read, to tell whether it must be written back.
+    recorded: Snapshot,
+    snapshot: Snapshot,
+    /// Per wanted file, the verified cached one.
+    found: Vec<Option<CachedFile>>,
+}
+
 /// The hub client with its cache.
 pub struct Hub {
     api: Api,
@@ -373,22 +383,29 @@ impl Hub {
 
     /// Resolves every request: from the cache where the manifest and the files agree, else
     /// (online) from the hub. Offline, every file missing from the cache is listed at once.
+    /// Each cached file is read once, to verify it.
     pub async fn resolve(
         &self,
         requests: &[RepoRequest],
         reporter: &Reporter,
     ) -> Result<Vec<Resolved>, HubError> {
         let mut missing = Vec::new();
-        let mut manifests = Vec::with_capacity(requests.len());
+        let mut plans = Vec::with_capacity(requests.len());
         for request in requests {
             let manifest = self.read_manifest(&request.repo);
-            let mut snapshot = manifest
+            let recorded = manifest
                 .revisions
                 .get(&request.repo.revision)
                 .cloned()
                 .unwrap_or_default();
-            for wanted in &request.files {
-                if self.cached(&request.repo, &mut snapshot, wanted).is_none() {
+            let mut snapshot = recorded.clone();
+            let found: Vec<Option<CachedFile>> = request
+                .files
+                .iter()
+                .map(|wanted| self.cached(&request.repo, &mut snapshot, wanted))
+                .collect();
+            for (wanted, file) in request.files.iter().zip(&found) {
+                if file.is_none() {
                     missing.push(format!(
                         "{} {}",
                         request.repo,
@@ -396,7 +413,12 @@ impl Hub {
                     ));
                 }
             }
-            manifests.push(manifest);
+            plans.push(Plan {
+                manifest,
+                recorded,
+                snapshot,
+                found,
+            });
         }
         if !missing.is_empty() && self.offline {
             return Err(HubError::Offline {
@@ -406,8 +428,8 @@ impl Hub {
             });
         }
         let mut resolved = Vec::with_capacity(requests.len());
-        for (request, manifest) in requests.iter().zip(manifests) {
-            resolved.push(self.resolve_repo(request, manifest, reporter).await?);
+        for (request, plan) in requests.iter().zip(plans) {
+            resolved.push(self.resolve_repo(request, plan, reporter).await?);
         }
         Ok(resolved)
     }
@@ -481,22 +503,23 @@ impl Hub {
         (is_commit && dir.join("snapshots").join(&commit).is_dir()).then_some(commit)
     }
 
+    /// Fetches what the cache lacked for one repository, and records what was verified.
     async fn resolve_repo(
         &self,
         request: &RepoRequest,
-        mut manifest: Manifest,
+        plan: Plan,
         reporter: &Reporter,
     ) -> Result<Resolved, HubError> {
         let repo = &request.repo;
-        let mut snapshot = manifest
-            .revisions
-            .get(&repo.revision)
-            .cloned()
-            .unwrap_or_default();
-        let recorded = snapshot.clone();
+        let Plan {
+            mut manifest,
+            recorded,
+            mut snapshot,
+            found,
+        } = plan;
         let mut files = Vec::with_capacity(request.files.len());
-        for wanted in &request.files {
-            if let Some(file) = self.cached(repo, &mut snapshot, wanted) {
+        for (wanted, cached) in request.files.iter().zip(found) {
+            if let Some(file) = cached {
                 files.push(file);
                 continue;
             }
