@@ -1,5 +1,6 @@
 //! Command-line and environment configuration. Every flag has an environment variable
-//! `VIRTUALFIT_<FLAG_IN_CAPS>`; the defaults here are the contract's.
+//! `VIRTUALFIT_<FLAG_IN_CAPS>`, except the hub's (`crate::hub::HubArgs`), which read the Hugging
+//! Face tools' own (`HF_ENDPOINT`, `HF_HUB_CACHE`, …); the defaults here are the contract's.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
