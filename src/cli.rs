@@ -161,6 +161,15 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
     };
 }
 
+/// A bar per file on a terminal, log lines elsewhere (a container's log).
+fn progress_reporter() -> crate::hub::Reporter {
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        crate::hub::Reporter::bars()
+    } else {
+        crate::hub::Reporter::Log
+    }
+}
+
 /// `virtualfit download`: the model's files into the hub cache, verified (nothing is fetched
 /// that the cache already holds verified), with a progress bar per file on a terminal and log
 /// lines elsewhere; with `--to`, also in the local-folder layout.
@@ -169,12 +178,7 @@ pub fn download(args: &DownloadArgs) -> anyhow::Result<()> {
     for licence in model.licences() {
         tracing::info!("weights licence: {licence}");
     }
-    let reporter = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        crate::hub::Reporter::bars()
-    } else {
-        crate::hub::Reporter::Log
-    };
-    let files = model.fetch_from_hub(&reporter)?;
+    let files = model.fetch_from_hub(&progress_reporter())?;
     let all = [
         &files.unet_config,
         &files.unet_weights,
@@ -234,7 +238,9 @@ pub fn tryon(args: &TryOnArgs) -> anyhow::Result<()> {
         None => None,
     };
     let device = args.model.open_device()?;
-    let rgb = match args.model.load(&device)? {
+    // Its logs show warnings only: a download's progress goes to bars on a terminal.
+    let reporter = progress_reporter();
+    let rgb = match args.model.load_with(&device, &reporter)? {
         LoadedModel::Batch(model) => {
             let pair = imaging::prepare_decoded(&person, &cloth, mask.as_ref())?;
             let batch = TryOnBatch::from_pairs(&[&pair], &device)?;

@@ -104,9 +104,18 @@ impl ModelArgs {
     /// Loads the model onto `device`, fetching its weights first with `--model-source hub`
     /// (progress in the log). Logs each part's licence.
     pub fn load(&self, device: &candle_core::Device) -> Result<LoadedModel, ModelError> {
+        self.load_with(device, &Reporter::Log)
+    }
+
+    /// [`ModelArgs::load`], showing a download's progress through `reporter`.
+    pub fn load_with(
+        &self,
+        device: &candle_core::Device,
+        reporter: &Reporter,
+    ) -> Result<LoadedModel, ModelError> {
         let model = match self.source() {
             Some(ModelSource::Hub) => {
-                let files = self.fetch_from_hub(&Reporter::Log)?;
+                let files = self.fetch_from_hub(reporter)?;
                 LoadedModel::Diffusion(Box::new(catvton::CatVton::load_files(
                     &files, self.dtype, device,
                 )?))
