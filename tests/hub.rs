@@ -401,6 +401,14 @@ async fn a_401_from_the_hub_says_to_set_hf_token() {
         resolve.authorization.as_deref(),
         Some("Bearer hf_test_token")
     );
+
+    // The token `huggingface-cli login` saved in HF_HOME does as well.
+    let home = fresh_data_dir().with_extension("hf-home");
+    std::fs::create_dir_all(&home).expect("home");
+    std::fs::write(home.join("token"), "hf_test_token\n").expect("token");
+    let home = home.display().to_string();
+    let cache = fresh_cache();
+    assert_ok(&download(&hub, &cache, &[], &[("HF_HOME", &home)]).await);
     // The transfers redirected to the CDN do not carry the token (hf-hub 0.4.3 still sends it
     // with its one-byte size probe there).
     let cdn: Vec<_> = hub

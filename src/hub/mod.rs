@@ -47,7 +47,8 @@ pub struct HubArgs {
     /// Hugging Face's home folder; its `hub/` is the cache when --hub-cache is unset.
     #[arg(long = "hf-home", env = "HF_HOME")]
     pub hf_home: Option<PathBuf>,
-    /// Access token for gated or private repositories.
+    /// Access token for gated or private repositories [default: the file `token` in
+    /// $HF_HOME, which `huggingface-cli login` writes].
     #[arg(long = "hf-token", env = "HF_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Never contact the hub: every file must already be verified in the cache.
@@ -66,14 +67,30 @@ impl HubArgs {
         if let Some(cache) = &self.cache {
             return Ok(cache.clone());
         }
-        if let Some(home) = &self.hf_home {
-            return Ok(home.join("hub"));
-        }
-        std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .map(|base| base.join("huggingface").join("hub"))
+        self.hf_home()
+            .map(|home| home.join("hub"))
             .ok_or(HubError::NoCacheDir)
+    }
+
+    /// Hugging Face's home: `--hf-home`, else `huggingface/` under `$XDG_CACHE_HOME` or
+    /// `~/.cache`.
+    fn hf_home(&self) -> Option<PathBuf> {
+        self.hf_home.clone().or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .map(|base| base.join("huggingface"))
+        })
+    }
+
+    /// The token: `--hf-token` / `HF_TOKEN`, else the one `huggingface-cli login` saved.
+    fn token(&self) -> Option<String> {
+        let token = self.token.clone().or_else(|| {
+            let path = self.hf_home()?.join("token");
+            std::fs::read_to_string(path).ok()
+        })?;
+        let token = token.trim();
+        (!token.is_empty()).then(|| token.to_string())
     }
 }
 
@@ -318,7 +335,7 @@ impl Hub {
     pub fn new(args: &HubArgs, download_command: String) -> Result<Self, HubError> {
         let cache = args.cache_dir()?;
         let endpoint = args.endpoint.trim_end_matches('/').to_string();
-        let token = args.token.clone().filter(|t| !t.trim().is_empty());
+        let token = args.token();
         let chunk = usize::try_from(args.chunk_size.max(1)).unwrap_or(usize::MAX);
         let api = ApiBuilder::from_cache(hf_hub::Cache::new(cache.clone()))
             .with_endpoint(endpoint.clone())
