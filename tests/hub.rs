@@ -342,6 +342,38 @@ async fn offline_starts_from_a_full_cache_and_names_what_is_missing() {
     assert_ok(&o);
     assert!(hub.seen().is_empty(), "{:?}", hub.seen());
 
+    // `virtualfit tryon` reads the same cache.
+    let (person, cloth) = common::pairs().swap_remove(0);
+    let output = fresh_data_dir().with_extension("png");
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_virtualfit"))
+        .args([
+            "tryon",
+            "--model",
+            "catvton",
+            "--model-source",
+            "hub",
+            "--offline",
+        ])
+        .arg("--hub-cache")
+        .arg(&cache)
+        .arg("--person")
+        .arg(common::demo_dir().join("person").join(person))
+        .arg("--cloth")
+        .arg(common::demo_dir().join("cloth").join(cloth))
+        .arg("--output")
+        .arg(&output)
+        .args(["--steps", "2", "--resolution", "512x384", "--seed", "3"])
+        .kill_on_drop(true)
+        .output();
+    let o = tokio::time::timeout(Duration::from_secs(300), o)
+        .await
+        .expect("in time")
+        .expect("runs");
+    assert!(o.status.success(), "{}", text(&o));
+    let image = image::open(&output).expect("a PNG");
+    assert_eq!((image.width(), image.height()), (384, 512));
+    assert!(hub.seen().is_empty());
+
     // A file gone from the cache: offline, the error lists it and the command to fetch it.
     std::fs::remove_file(snapshot(&cache, ATTENTION, ATTENTION_FILE)).expect("remove");
     let o = download(&hub, &cache, &[], &[("HF_HUB_OFFLINE", "1")]).await;
