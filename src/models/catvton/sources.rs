@@ -158,7 +158,7 @@ pub fn write_local(files: &ModelFiles, dir: &Path) -> std::io::Result<Vec<PathBu
         .unet_weights
         .file_name()
         .map(|n| n.to_os_string())
-        .unwrap_or_else(|| VAE_WEIGHTS.into());
+        .unwrap_or_else(|| "diffusion_pytorch_model.safetensors".into());
     let targets = [
         (&files.unet_config, dir.join("base/unet/config.json")),
         (&files.unet_weights, dir.join("base/unet").join(unet_name)),
