@@ -1,4 +1,5 @@
-//! The `virtualfit` command line: `serve` (the default), `tryon`, `simulate`, `bench`.
+//! The `virtualfit` command line: `serve` (the default), `tryon`, `download`, `simulate`,
+//! `bench`.
 
 use std::path::PathBuf;
 
@@ -31,6 +32,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Render one try-on offline and write it to a file.
     Tryon(TryOnArgs),
+    /// Fetch a model's weights from the Hugging Face Hub into its cache, verified, and exit.
+    Download(DownloadArgs),
     /// Check the CUDA kernels, the DM-VTON parity and the forward speed on a GPU.
     GpuCheck(crate::gpu_check::GpuCheckArgs),
     /// Replay a load trace against a KEDA ScaledObject with the HPA's algorithm.
@@ -72,6 +75,17 @@ pub struct TryOnArgs {
     pub jpeg_quality: u8,
 }
 
+/// `virtualfit download`.
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// Also lay the files out in this folder as `--model-source DIR` reads them (hard links to
+    /// the cache where the file system allows, else copies).
+    #[arg(long)]
+    pub to: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
 /// The options of a diffusion try-on (`--model catvton`).
 #[derive(Debug, Clone, Args)]
 pub struct DiffusionArgs {
@@ -104,6 +118,10 @@ pub fn main() -> anyhow::Result<()> {
         Some(Command::Tryon(args)) => {
             init_logging(LogFormat::Text, "warn");
             tryon(&args)
+        }
+        Some(Command::Download(args)) => {
+            init_logging(LogFormat::Text, "info");
+            download(&args)
         }
         Some(Command::Simulate(args)) => crate::simulate::run(&args),
         Some(Command::Plan(args)) => crate::simulate::plan::run(&args),
@@ -143,6 +161,56 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
     };
 }
 
+/// A bar per file on a terminal, log lines elsewhere (a container's log).
+fn progress_reporter() -> crate::hub::Reporter {
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        crate::hub::Reporter::bars()
+    } else {
+        crate::hub::Reporter::Log
+    }
+}
+
+/// `virtualfit download`: the model's files into the hub cache, verified (nothing is fetched
+/// that the cache already holds verified), with a progress bar per file on a terminal and log
+/// lines elsewhere; with `--to`, also in the local-folder layout.
+pub fn download(args: &DownloadArgs) -> anyhow::Result<()> {
+    let model = &args.model;
+    for licence in model.licences() {
+        tracing::info!("weights licence: {licence}");
+    }
+    let files = model.fetch_from_hub(&progress_reporter())?;
+    let all = [
+        &files.unet_config,
+        &files.unet_weights,
+        &files.scheduler_config,
+        &files.vae_config,
+        &files.vae_weights,
+        &files.attention,
+    ];
+    let bytes: u64 = all
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    tracing::info!(
+        files = all.len(),
+        bytes,
+        "weights verified in the hub cache ({:.2} GB)",
+        bytes as f64 / 1e9
+    );
+    if let Some(dir) = &args.to {
+        let written = catvton::sources::write_local(&files, dir)
+            .with_context(|| format!("cannot lay the weights out in {}", dir.display()))?;
+        tracing::info!(
+            dir = %dir.display(),
+            written = written.len(),
+            "weights laid out for --model-source {}",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 fn read(path: &PathBuf, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
 }
@@ -170,7 +238,9 @@ pub fn tryon(args: &TryOnArgs) -> anyhow::Result<()> {
         None => None,
     };
     let device = args.model.open_device()?;
-    let rgb = match args.model.load(&device)? {
+    // Its logs show warnings only: a download's progress goes to bars on a terminal.
+    let reporter = progress_reporter();
+    let rgb = match args.model.load_with(&device, &reporter)? {
         LoadedModel::Batch(model) => {
             let pair = imaging::prepare_decoded(&person, &cloth, mask.as_ref())?;
             let batch = TryOnBatch::from_pairs(&[&pair], &device)?;

@@ -1,5 +1,6 @@
 //! Command-line and environment configuration. Every flag has an environment variable
-//! `VIRTUALFIT_<FLAG_IN_CAPS>`; the defaults here are the contract's.
+//! `VIRTUALFIT_<FLAG_IN_CAPS>`, except the hub's (`crate::hub::HubArgs`), which read the Hugging
+//! Face tools' own (`HF_ENDPOINT`, `HF_HUB_CACHE`, …); the defaults here are the contract's.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,19 +10,32 @@ use clap::{Args, ValueEnum};
 
 use crate::batcher::{BatcherConfig, Priority};
 use crate::device::DeviceSpec;
+use crate::hub::{Hub, HubArgs, Reporter};
 use crate::imaging::OutputFormat;
-use crate::models::{LoadOptions, LoadedModel, ModelError, ModelKind};
+use crate::models::catvton::sources::CatvtonRepos;
+use crate::models::catvton::{self, weights::ModelFiles};
+use crate::models::{Licence, LoadOptions, LoadedModel, ModelError, ModelKind};
 
 /// Which model to run and where.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// Model to serve: `overlay` (weight-free), `dmvton` or `catvton` (both need --model-dir).
+    /// Model to serve: `overlay` (weight-free), `dmvton` or `catvton` (both need
+    /// --model-source).
     #[arg(long, env = "VIRTUALFIT_MODEL", value_enum, default_value_t = ModelKind::Overlay)]
     pub model: ModelKind,
-    /// Folder with the model's weights (dmvton: dmvton_pf_warp.pt and dmvton_pf_gen.pt;
-    /// catvton: base/unet, base/scheduler, vae and attention, see models/catvton/README.md).
+    /// Where the weights are: a folder (dmvton: dmvton_pf_warp.pt and dmvton_pf_gen.pt;
+    /// catvton: base/unet, base/scheduler, vae and attention, see models/catvton/README.md), or
+    /// `hub` (catvton): fetched from the Hugging Face Hub into its cache and verified. Wins over
+    /// --model-dir.
+    #[arg(long, env = "VIRTUALFIT_MODEL_SOURCE")]
+    pub model_source: Option<ModelSource>,
+    /// The same as --model-source DIR (kept for existing set-ups).
     #[arg(long, env = "VIRTUALFIT_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub hub: HubArgs,
+    #[command(flatten)]
+    pub catvton_repos: CatvtonRepos,
     /// Device: `auto` (CUDA when built with it and present, else CPU), `cpu`, `cuda` or `cuda:N`.
     #[arg(long, env = "VIRTUALFIT_DEVICE", default_value = "auto")]
     pub device: DeviceSpec,
@@ -38,8 +52,28 @@ pub struct ModelArgs {
     pub max_steps: u64,
 }
 
+/// Where a model's weights come from (`--model-source`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// The model's published repositories on the Hugging Face Hub, through the hub cache.
+    Hub,
+    /// A local folder (a folder literally named `hub` is `./hub`).
+    Dir(PathBuf),
+}
+
+impl std::str::FromStr for ModelSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "" => Err("use `hub` or a folder".into()),
+            "hub" => Ok(ModelSource::Hub),
+            dir => Ok(ModelSource::Dir(PathBuf::from(dir))),
+        }
+    }
+}
+
 /// `f32`, `f16` or `bf16`.
-fn parse_dtype(s: &str) -> Result<candle_core::DType, String> {
+pub(crate) fn parse_dtype(s: &str) -> Result<candle_core::DType, String> {
     match s {
         "f32" => Ok(candle_core::DType::F32),
         "f16" => Ok(candle_core::DType::F16),
@@ -55,16 +89,94 @@ impl ModelArgs {
         crate::device::select(self.device)
     }
 
-    /// Loads the model onto `device`.
+    /// Where the weights come from: --model-source, else --model-dir.
+    pub fn source(&self) -> Option<ModelSource> {
+        self.model_source
+            .clone()
+            .or_else(|| self.model_dir.clone().map(ModelSource::Dir))
+    }
+
+    /// The licences of the model's weights.
+    pub fn licences(&self) -> Vec<Licence> {
+        crate::models::licences(self.model, &self.catvton_repos)
+    }
+
+    /// Loads the model onto `device`, fetching its weights first with `--model-source hub`
+    /// (progress in the log). Logs each part's licence.
     pub fn load(&self, device: &candle_core::Device) -> Result<LoadedModel, ModelError> {
-        crate::models::load_model(
-            LoadOptions {
-                kind: self.model,
-                model_dir: self.model_dir.as_deref(),
-                dtype: self.dtype,
-            },
-            device,
-        )
+        self.load_with(device, &Reporter::Log)
+    }
+
+    /// [`ModelArgs::load`], showing a download's progress through `reporter`.
+    pub fn load_with(
+        &self,
+        device: &candle_core::Device,
+        reporter: &Reporter,
+    ) -> Result<LoadedModel, ModelError> {
+        let model = match self.source() {
+            Some(ModelSource::Hub) => {
+                let files = self.fetch_from_hub(reporter)?;
+                LoadedModel::Diffusion(Box::new(catvton::CatVton::load_files(
+                    &files, self.dtype, device,
+                )?))
+            }
+            source => {
+                let dir = match &source {
+                    Some(ModelSource::Dir(dir)) => Some(dir.as_path()),
+                    _ => None,
+                };
+                crate::models::load_model(
+                    LoadOptions {
+                        kind: self.model,
+                        model_dir: dir,
+                        dtype: self.dtype,
+                    },
+                    device,
+                )?
+            }
+        };
+        for licence in self.licences() {
+            tracing::info!(part = %licence.part, source = %licence.source, licence = %licence.licence, "weights licence: {licence}");
+        }
+        Ok(model)
+    }
+
+    /// Resolves the model's files on the hub: from the cache when every one is there and
+    /// verified, else downloaded and verified (offline: an error listing what is missing).
+    pub fn fetch_from_hub(&self, reporter: &Reporter) -> Result<ModelFiles, ModelError> {
+        match self.model {
+            ModelKind::Catvton => {
+                let hub = Hub::new(&self.hub, self.download_command())?;
+                let requests = catvton::sources::hub_requests(&self.catvton_repos, self.dtype);
+                tracing::info!(cache = %hub.cache_dir().display(), offline = self.hub.offline, "resolving the weights on the hub");
+                let resolved = crate::hub::block_on(hub.resolve(&requests, reporter))?;
+                for r in &resolved {
+                    tracing::info!(repo = %r.repo, commit = %r.commit, "weights verified");
+                }
+                catvton::sources::model_files(&resolved)
+            }
+            ModelKind::Dmvton => Err(ModelError::NotOnHub {
+                model: self.model.name().into(),
+                help: crate::models::DMVTON_WEIGHTS_HELP.into(),
+            }),
+            ModelKind::Overlay => Err(ModelError::NotOnHub {
+                model: self.model.name().into(),
+                help: "it has no weights (--model catvton is the model on the hub)".into(),
+            }),
+        }
+    }
+
+    /// The command that fetches these weights into the cache, for the offline error.
+    fn download_command(&self) -> String {
+        let mut command = format!("virtualfit download --model {}", self.model.name());
+        if self.dtype != candle_core::DType::F32 {
+            command.push_str(&format!(" --dtype {}", self.dtype.as_str()));
+        }
+        for flag in self.catvton_repos.flags() {
+            command.push(' ');
+            command.push_str(&flag);
+        }
+        command
     }
 }
 
@@ -310,7 +422,7 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A size in bytes: a number with an optional unit (`4GiB`, `512MiB`, `1000000`).
-fn byte_size(s: &str) -> Result<u64, String> {
+pub(crate) fn byte_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);

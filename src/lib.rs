@@ -12,6 +12,7 @@ pub mod device;
 pub mod error;
 pub mod gpu;
 pub mod gpu_check;
+pub mod hub;
 pub mod imaging;
 pub mod jobs;
 pub mod metrics;

@@ -434,6 +434,11 @@ async fn health_models_and_openapi() {
     assert_eq!(m["resolution"]["height"], 256);
     assert_eq!(m["resolution"]["width"], 192);
     assert_eq!(m["max_batch_size"], 4);
+    assert_eq!(
+        m["licences"],
+        serde_json::json!([]),
+        "the overlay has no weights"
+    );
     let doc: serde_json::Value = c
         .get(format!("{base}/openapi.json"))
         .send()
@@ -452,6 +457,13 @@ async fn health_models_and_openapi() {
         "/openapi.json",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} documented");
+    }
+    let licence = &doc["components"]["schemas"]["Licence"];
+    for field in ["part", "source", "licence"] {
+        assert!(
+            licence["properties"].get(field).is_some(),
+            "Licence.{field}"
+        );
     }
     let text = metrics_text(&base).await;
     assert_eq!(

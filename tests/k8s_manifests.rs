@@ -401,7 +401,11 @@ fn scaled_objects_mean_what_they_say() {
         );
         let down = &behavior["scaleDown"];
         // Replicas that take minutes to start are kept longer (overlays/catvton, docs/catvton.md).
-        let window = if target == CATVTON { 900 } else { 300 };
+        let window = if target.starts_with(CATVTON) {
+            900
+        } else {
+            300
+        };
         assert_eq!(
             down["stabilizationWindowSeconds"].as_u64(),
             Some(window),
@@ -638,8 +642,13 @@ fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
             format!("0.0.0.0:{metrics}"),
             "{ctx}"
         );
+        // (and the hub cache's standard variables, for a server reading the hub's cache)
         for k in env.keys() {
-            assert!(k.starts_with("VIRTUALFIT_"), "{ctx}: {k}");
+            assert!(
+                k.starts_with("VIRTUALFIT_")
+                    || ["HF_HUB_CACHE", "HF_HUB_OFFLINE"].contains(&k.as_str()),
+                "{ctx}: {k}"
+            );
         }
         // The Service reaches port 8000.
         let svc = find(&objs, "Service", "inference-service");
@@ -1043,6 +1052,229 @@ fn catvton_overlay_fits_a_model_of_seconds_per_request() {
     }
     let doc = fs::read_to_string(root().join("docs/catvton.md")).expect("docs/catvton.md");
     assert!(doc.contains("Thresholds for a model of seconds per request"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// CatVTON's weights from the Hugging Face Hub
+
+const CATVTON_OFFLINE: &str = "overlays/catvton-offline";
+/// The first download with bf16 (the fp16 UNet, the VAE, the attention weights) and in f32.
+const CATVTON_DOWNLOAD_BF16_GB: f64 = 2.25;
+const CATVTON_DOWNLOAD_F32_GB: f64 = 3.97;
+/// The bandwidth the startup allowance assumes for the hub, and for the share when verifying.
+const HUB_MB_PER_S: f64 = 25.0;
+const SHARE_MB_PER_S: f64 = 50.0;
+
+/// Whether an IPv4 address lies in a `a.b.c.d/n` block (false for an IPv6 block).
+fn in_block(ip: std::net::Ipv4Addr, cidr: &str) -> bool {
+    let Some((net, bits)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Ok(net), Ok(bits)) = (net.parse::<std::net::Ipv4Addr>(), bits.parse::<u32>()) else {
+        return false;
+    };
+    let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+/// Whether the NetworkPolicy's egress rules let its pods reach `ip` on TCP `port` through an
+/// `ipBlock` peer.
+fn egress_reaches(np: &Value, ip: &str, port: u64) -> bool {
+    let ip: std::net::Ipv4Addr = ip.parse().expect("an IPv4 address");
+    seq(np["spec"].get("egress")).iter().any(|rule| {
+        let port_ok = seq(rule.get("ports")).iter().any(|p| {
+            p["port"].as_u64() == Some(port) && p["protocol"].as_str().unwrap_or("TCP") == "TCP"
+        });
+        let peer_ok = seq(rule.get("to")).iter().any(|peer| {
+            let block = &peer["ipBlock"];
+            block["cidr"].as_str().is_some_and(|c| in_block(ip, c))
+                && !seq(block.get("except"))
+                    .iter()
+                    .any(|e| e.as_str().is_some_and(|e| in_block(ip, e)))
+        });
+        port_ok && peer_ok
+    })
+}
+
+fn mount_of<'a>(container: &'a Value, volume: &str) -> &'a Value {
+    container["volumeMounts"]
+        .as_sequence()
+        .and_then(|ms| ms.iter().find(|m| m["name"].as_str() == Some(volume)))
+        .unwrap_or_else(|| panic!("no mount of volume {volume}"))
+}
+
+#[test]
+fn catvton_fetches_its_weights_in_an_init_container_with_egress_to_the_hub_only() {
+    let objs = render(CATVTON);
+    let ctx = format!("k8s/{CATVTON}");
+    let dep = inference_deployment(&objs);
+    let pod = &dep["spec"]["template"]["spec"];
+    let server = &seq(pod.get("containers"))[0];
+    let init = seq(pod.get("initContainers"))
+        .into_iter()
+        .find(|c| c["name"].as_str() == Some("weights"))
+        .unwrap_or_else(|| panic!("{ctx}: no init container `weights`"));
+
+    // `virtualfit download` of the server's own image, for the server's model and precision,
+    // into the cache the server reads offline.
+    assert_eq!(init["image"], server["image"], "{ctx}");
+    assert_eq!(seq(init.get("args")), [Value::from("download")], "{ctx}");
+    let (ie, se) = (env_of(&init), env_of(server));
+    for k in ["VIRTUALFIT_MODEL", "VIRTUALFIT_DTYPE", "HF_HUB_CACHE"] {
+        assert_eq!(
+            ie.get(k),
+            se.get(k),
+            "{ctx}: {k} of the download and the server"
+        );
+    }
+    assert_eq!(se["VIRTUALFIT_MODEL"], "catvton");
+    assert_eq!(se["VIRTUALFIT_MODEL_SOURCE"], "hub", "{ctx}");
+    assert_eq!(
+        se["HF_HUB_OFFLINE"], "1",
+        "{ctx}: the server never calls the hub"
+    );
+    assert!(!ie.contains_key("HF_HUB_OFFLINE"), "{ctx}");
+    assert_eq!(
+        ie["NVIDIA_VISIBLE_DEVICES"], "void",
+        "{ctx}: no GPU for a download"
+    );
+    assert!(init["resources"]["limits"].get("nvidia.com/gpu").is_none());
+    // HF_TOKEN from an optional Secret, never a literal; the server has none.
+    let token = seq(init.get("env"))
+        .into_iter()
+        .find(|e| e["name"].as_str() == Some("HF_TOKEN"))
+        .unwrap_or_else(|| panic!("{ctx}: HF_TOKEN"));
+    assert!(token.get("value").is_none());
+    let secret = &token["valueFrom"]["secretKeyRef"];
+    assert_eq!(secret["name"].as_str(), Some("huggingface-token"));
+    assert_eq!(secret["optional"].as_bool(), Some(true), "{ctx}: optional");
+    assert!(!secret_env(server).contains_key("HF_TOKEN"));
+    // The cache lies on the models volume: written by the download, read-only for the server.
+    let volume = seq(pod.get("volumes"))
+        .into_iter()
+        .find(|v| v["name"].as_str() == Some("models"))
+        .expect("models volume");
+    assert_eq!(
+        volume["persistentVolumeClaim"]["claimName"],
+        "catvton-weights"
+    );
+    assert_ne!(
+        volume["persistentVolumeClaim"]["readOnly"].as_bool(),
+        Some(true)
+    );
+    assert_ne!(mount_of(&init, "models")["readOnly"].as_bool(), Some(true));
+    assert_eq!(mount_of(server, "models")["readOnly"].as_bool(), Some(true));
+    for (c, mount) in [
+        (&init, mount_of(&init, "models")),
+        (server, mount_of(server, "models")),
+    ] {
+        let path = mount["mountPath"].as_str().expect("mountPath");
+        assert!(
+            env_of(c)["HF_HUB_CACHE"].starts_with(&format!("{}/", path.trim_end_matches('/'))),
+            "{ctx}: the hub cache is on the volume"
+        );
+    }
+
+    // Egress: DNS, and HTTPS to public addresses only.
+    let labels = pod_labels(dep);
+    let np = objs
+        .iter()
+        .find(|o| {
+            kind(o) == "NetworkPolicy"
+                && selects(&o["spec"]["podSelector"], labels)
+                && seq(o["spec"].get("policyTypes")).contains(&Value::from("Egress"))
+        })
+        .unwrap_or_else(|| panic!("{ctx}: no egress policy for the inference pods"));
+    for rule in seq(np["spec"].get("egress")) {
+        assert!(
+            !seq(rule.get("ports")).is_empty(),
+            "an egress rule without ports"
+        );
+    }
+    assert!(egress_reaches(np, "18.244.28.70", 443), "the hub's CDN");
+    for (ip, port) in [
+        ("18.244.28.70", 80),
+        ("10.0.0.12", 443),
+        ("172.20.1.1", 443),
+        ("192.168.1.1", 443),
+        ("169.254.169.254", 443),
+    ] {
+        assert!(
+            !egress_reaches(np, ip, port),
+            "{ctx}: egress to {ip}:{port}"
+        );
+    }
+    let dns = seq(np["spec"].get("egress")).into_iter().any(|rule| {
+        seq(rule.get("ports"))
+            .iter()
+            .any(|p| p["port"].as_u64() == Some(53) && p["protocol"].as_str() == Some("UDP"))
+    });
+    assert!(dns, "{ctx}: DNS");
+
+    // The startup allowance covers a first download and the verification.
+    let startup = &server["startupProbe"];
+    let allowance = startup["periodSeconds"].as_f64().expect("periodSeconds")
+        * startup["failureThreshold"]
+            .as_f64()
+            .expect("failureThreshold");
+    let download = CATVTON_DOWNLOAD_F32_GB * 1000.0 / HUB_MB_PER_S;
+    let verify = CATVTON_DOWNLOAD_F32_GB * 1000.0 / SHARE_MB_PER_S;
+    assert!(
+        allowance >= 600.0 + download + verify,
+        "{ctx}: the startup probe allows {allowance} s"
+    );
+    let patch = fs::read_to_string(k8s_dir().join(CATVTON).join("deployment-patch.yaml"))
+        .expect("catvton deployment patch");
+    for fact in [
+        format!("{CATVTON_DOWNLOAD_BF16_GB} GB"),
+        format!("{CATVTON_DOWNLOAD_F32_GB} GB"),
+        format!("{HUB_MB_PER_S} MB/s"),
+    ] {
+        assert!(
+            patch.contains(&fact),
+            "{CATVTON}/deployment-patch.yaml must state the first download: `{fact}`"
+        );
+    }
+
+    // Air-gapped: the same without the download and its egress, the cache read-only.
+    let offline = render(CATVTON_OFFLINE);
+    let ctx = format!("k8s/{CATVTON_OFFLINE}");
+    let odep = inference_deployment(&offline);
+    let opod = &odep["spec"]["template"]["spec"];
+    assert!(opod.get("initContainers").is_none(), "{ctx}");
+    let oserver = &seq(opod.get("containers"))[0];
+    assert_eq!(env_of(oserver), se, "{ctx}: the server is configured alike");
+    let ovolume = &seq(opod.get("volumes"))[0];
+    assert_eq!(
+        ovolume["persistentVolumeClaim"]["readOnly"].as_bool(),
+        Some(true)
+    );
+    assert!(
+        !offline
+            .iter()
+            .any(|o| name(o) == name(np) && kind(o) == "NetworkPolicy"),
+        "{ctx}: no egress"
+    );
+    let others = |objs: &[Value], skip: &str| -> Vec<Value> {
+        objs.iter()
+            .filter(|o| kind(o) != "Deployment" && name(o) != skip)
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        others(&offline, ""),
+        others(&objs, name(np)),
+        "{ctx}: nothing else differs"
+    );
+
+    let readme = fs::read_to_string(k8s_dir().join("README.md")).expect("k8s/README.md");
+    for want in [
+        format!("kubectl apply -k k8s/{CATVTON_OFFLINE}"),
+        "huggingface-token".to_string(),
+        "HF_HUB_OFFLINE".to_string(),
+    ] {
+        assert!(readme.contains(&want), "k8s/README.md must show `{want}`");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -18,9 +18,10 @@ use crate::ops::convert::{to_model_input, to_u8_images, InputKind};
 pub enum ModelKind {
     /// Weight-free baseline: pastes the garment over the worn top with the person's shading.
     Overlay,
-    /// DM-VTON; needs `--model-dir` with its two checkpoints.
+    /// DM-VTON; needs `--model-source DIR` with its two checkpoints.
     Dmvton,
-    /// CatVTON, a diffusion try-on; needs `--model-dir` with its four parts.
+    /// CatVTON, a diffusion try-on; needs `--model-source DIR` with its four parts, or
+    /// `--model-source hub`.
     Catvton,
 }
 
@@ -44,6 +45,42 @@ impl std::str::FromStr for ModelKind {
             .into_iter()
             .find(|k| k.name() == s)
             .ok_or_else(|| ModelError::UnknownModel(crate::api::echo(s)))
+    }
+}
+
+/// The licence of one part of a model's weights, as the logs and `/v1/models` report it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Licence {
+    /// Which weights (`CatVTON attention weights`).
+    pub part: String,
+    /// Where they are published.
+    pub source: String,
+    /// The licence, with its main condition (`CC BY-NC-SA 4.0, non-commercial`).
+    pub licence: String,
+}
+
+impl std::fmt::Display for Licence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.part, self.source, self.licence)
+    }
+}
+
+/// Where the DM-VTON weights are published, and how `--model-source DIR` wants them.
+pub const DMVTON_WEIGHTS_HELP: &str = "download dmvton_pf_warp.pt and dmvton_pf_gen.pt from \
+     release 1.0.0 of https://github.com/KiseKloset/DM-VTON (its Releases page), put both in one \
+     folder under exactly these names, and run with --model-source FOLDER \
+     (models/dmvton/README.md)";
+
+/// The licences of a model's weights (none for the weight-free overlay).
+pub fn licences(kind: ModelKind, catvton: &catvton::sources::CatvtonRepos) -> Vec<Licence> {
+    match kind {
+        ModelKind::Overlay => Vec::new(),
+        ModelKind::Dmvton => vec![Licence {
+            part: "DM-VTON weights".into(),
+            source: "KiseKloset/DM-VTON release 1.0.0".into(),
+            licence: "CC BY-NC-SA 4.0, non-commercial".into(),
+        }],
+        ModelKind::Catvton => catvton::sources::licences(catvton),
     }
 }
 
@@ -101,8 +138,15 @@ pub fn forward_u8(model: &dyn TryOnModel, batch: &TryOnBatch) -> Result<Vec<Tens
 pub enum ModelError {
     #[error("unknown model `{0}` (known: overlay, dmvton, catvton)")]
     UnknownModel(String),
-    #[error("model `{model}` needs --model-dir with its weights")]
+    #[error(
+        "model `{model}` needs its weights: --model-source DIR (or --model-dir DIR){}",
+        if model == "catvton" { ", or --model-source hub to fetch them" } else { "" }
+    )]
     MissingModelDir { model: String },
+    #[error("model `{model}` has no repository on the Hugging Face Hub: {help}")]
+    NotOnHub { model: String, help: String },
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
     #[error("device out of memory: {0}")]

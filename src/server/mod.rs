@@ -60,6 +60,8 @@ struct Inner {
     metrics: Metrics,
     model: String,
     device: String,
+    /// The licences of the model's weights, for `/v1/models`.
+    licences: Vec<crate::models::Licence>,
     readiness: Readiness,
     /// Requests decoding at once (the queue's capacity).
     decoding: Arc<Semaphore>,
@@ -147,8 +149,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Loads the model, binds the listeners and starts serving; the model warms up in the
-    /// background (`/readyz` turns 200 when it is done).
+    /// Loads the model (fetching and verifying its weights first with `--model-source hub`),
+    /// binds the listeners and starts serving; the model warms up in the background (`/readyz`
+    /// turns 200 when it is done).
     pub async fn start(args: ServeArgs) -> anyhow::Result<Server> {
         args.jobs.check()?;
         let device = args.model.open_device()?;
@@ -213,6 +216,7 @@ impl Server {
         };
         let args_webhooks = args.jobs.webhook_config();
         let liveness_stall = args.liveness_stall();
+        let licences = args.model.licences();
         let background_cpu = cpu::Cpu::background()?;
         let state = AppState {
             inner: Arc::new(Inner {
@@ -221,6 +225,7 @@ impl Server {
                 metrics: metrics.clone(),
                 model: model_name.clone(),
                 device: device_name.clone(),
+                licences,
                 readiness,
                 decoding: Arc::new(Semaphore::new(queue_capacity as usize)),
                 budgets,

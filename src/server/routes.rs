@@ -133,6 +133,8 @@ pub struct ModelEntry {
     max_batch_delay_ms: u64,
     queue_capacity: u64,
     ready: bool,
+    /// The licence of each part of the weights (empty for the weight-free overlay).
+    licences: Vec<crate::models::Licence>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -142,7 +144,7 @@ pub struct Resolution {
 }
 
 /// The served model.
-#[utoipa::path(get, path = "/v1/models", tag = "models", responses((status = 200, description = "Model name, device, resolution and batch limits.", body = ModelsBody)))]
+#[utoipa::path(get, path = "/v1/models", tag = "models", responses((status = 200, description = "Model name, device, resolution, batch limits and the weights' licences.", body = ModelsBody)))]
 pub async fn models(State(state): State<AppState>) -> Json<ModelsBody> {
     let inner = &state.inner;
     let batching = &inner.args.batching;
@@ -159,6 +161,7 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelsBody> {
             max_batch_delay_ms: batching.max_batch_delay_ms,
             queue_capacity: batching.queue_capacity,
             ready: inner.readiness.phase() == Phase::Ready,
+            licences: inner.licences.clone(),
         }],
         available: MODEL_NAMES.to_vec(),
     })

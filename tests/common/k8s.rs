@@ -179,6 +179,7 @@ pub const TARGETS: &[&str] = &[
     "overlays/spot",
     "overlays/eu-west",
     "overlays/catvton",
+    "overlays/catvton-offline",
 ];
 
 /// Opt-in components of core kinds only, relative to k8s/: listed under `components:` of a

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod child;
+pub mod fake_hub;
 pub mod redis_server;
 
 use std::path::{Path, PathBuf};

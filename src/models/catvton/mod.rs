@@ -15,6 +15,7 @@ pub mod preprocess;
 pub mod request;
 pub mod resnet;
 pub mod scheduler;
+pub mod sources;
 pub mod transformer;
 pub mod unet;
 pub mod vae;
@@ -320,7 +321,20 @@ impl CatVton {
     /// Loads the model folder (see [`weights`]); the networks compute in `dtype`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self, ModelError> {
         check_dtype(dtype, device)?;
-        let loaded = weights::load(dir, dtype, device)?;
+        Self::from_loaded(weights::load(dir, dtype, device)?, device)
+    }
+
+    /// Loads the model from its files wherever they lie (the hub cache's snapshots).
+    pub fn load_files(
+        files: &weights::ModelFiles,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        check_dtype(dtype, device)?;
+        Self::from_loaded(weights::load_files(files, dtype, device)?, device)
+    }
+
+    fn from_loaded(loaded: weights::Loaded, device: &Device) -> Result<Self, ModelError> {
         Ok(Self {
             unet: loaded.unet,
             vae: loaded.vae,

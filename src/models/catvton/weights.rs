@@ -6,7 +6,8 @@
 //! - `vae/`: `sd-vae-ft-mse`, laid out like the UNet;
 //! - `attention/model.safetensors`: CatVTON's trained self-attention weights.
 //!
-//! Every error names the file, and the tensor where one is at fault.
+//! The hub's layout (`--model-source hub`) gives the same files by their paths in the cache
+//! (`sources.rs`). Every error names the file, and the tensor where one is at fault.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -219,7 +220,11 @@ pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Loaded, ModelEr
     if !dir.is_dir() {
         return Err(error(dir, "model directory not found"));
     }
-    let files = ModelFiles::under(dir);
+    load_files(&ModelFiles::under(dir), dtype, device)
+}
+
+/// Reads the model's files wherever they are (a folder, or the hub cache's snapshots).
+pub fn load_files(files: &ModelFiles, dtype: DType, device: &Device) -> Result<Loaded, ModelError> {
     let unet_config: UNetConfig = read_config(
         &files.unet_config,
         "UNet2DConditionModel",

@@ -1,0 +1,204 @@
+//! Where CatVTON's parts come from: their hub repositories and the files the model reads from
+//! each (never a whole repository), their licences, and the local-folder layout that
+//! `--model-source DIR` reads, which `virtualfit download --to DIR` writes.
+//!
+//! No commit is pinned by default (none could be checked when this was written): each default
+//! reads `main`, and the manifest in the cache records the commit the hub answered, which later
+//! starts load. Pin one with `--catvton-base org/name@COMMIT` and the like.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::DType;
+use clap::Args;
+
+use super::weights::ModelFiles;
+use crate::hub::{RepoRef, RepoRequest, Resolved, Wanted};
+use crate::models::{Licence, ModelError};
+
+/// Stable Diffusion 1.5 inpainting (a copy of the removed `runwayml/stable-diffusion-inpainting`,
+/// which CatVTON's own scripts use): `unet/` and `scheduler/`.
+pub const BASE_REPO: &str = "booksforcharlie/stable-diffusion-inpainting";
+/// The fine-tuned VAE.
+pub const VAE_REPO: &str = "stabilityai/sd-vae-ft-mse";
+/// CatVTON's trained self-attention weights.
+pub const ATTENTION_REPO: &str = "zhengchong/CatVTON";
+/// The attention checkpoints of `zhengchong/CatVTON`: the 1024×768 one and the two 512×384 ones.
+pub const VARIANTS: [&str; 3] = ["mix-48k-1024", "vitonhd-16k-512", "dresscode-16k-512"];
+
+const UNET_CONFIG: &str = "unet/config.json";
+const UNET_WEIGHTS: &str = "unet/diffusion_pytorch_model.safetensors";
+const UNET_WEIGHTS_FP16: &str = "unet/diffusion_pytorch_model.fp16.safetensors";
+const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
+const VAE_CONFIG: &str = "config.json";
+const VAE_WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
+
+/// The repositories `--model-source hub` reads CatVTON from.
+#[derive(Debug, Clone, Args)]
+pub struct CatvtonRepos {
+    /// catvton from the hub: the base model's repository (its unet/ and scheduler/),
+    /// `org/name[@revision]`.
+    #[arg(long = "catvton-base", env = "VIRTUALFIT_CATVTON_BASE", default_value = BASE_REPO)]
+    pub base: RepoRef,
+    /// catvton from the hub: the VAE's repository, `org/name[@revision]`.
+    #[arg(long = "catvton-vae", env = "VIRTUALFIT_CATVTON_VAE", default_value = VAE_REPO)]
+    pub vae: RepoRef,
+    /// catvton from the hub: the attention weights' repository, `org/name[@revision]`.
+    #[arg(long = "catvton-attention", env = "VIRTUALFIT_CATVTON_ATTENTION", default_value = ATTENTION_REPO)]
+    pub attention: RepoRef,
+    /// catvton from the hub: which attention checkpoint (`mix-48k-1024` for 1024×768, or the
+    /// 512×384 `vitonhd-16k-512`, `dresscode-16k-512`).
+    #[arg(long = "catvton-variant", env = "VIRTUALFIT_CATVTON_VARIANT", default_value = VARIANTS[0], value_parser = VARIANTS)]
+    pub variant: String,
+}
+
+impl CatvtonRepos {
+    /// The flags that differ from the defaults, to repeat in a suggested command.
+    pub fn flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        for (flag, repo, default) in [
+            ("--catvton-base", &self.base, BASE_REPO),
+            ("--catvton-vae", &self.vae, VAE_REPO),
+            ("--catvton-attention", &self.attention, ATTENTION_REPO),
+        ] {
+            if repo.id != default || repo.revision != "main" {
+                flags.push(format!("{flag} {repo}"));
+            }
+        }
+        if self.variant != VARIANTS[0] {
+            flags.push(format!("--catvton-variant {}", self.variant));
+        }
+        flags
+    }
+}
+
+/// Whether `dtype` is half precision, which reads the UNet's `.fp16` file when there is one.
+fn is_half(dtype: DType) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16)
+}
+
+/// The files CatVTON reads, per repository, in the order [`model_files`] takes them.
+pub fn hub_requests(repos: &CatvtonRepos, dtype: DType) -> Vec<RepoRequest> {
+    let unet_weights = if is_half(dtype) {
+        Wanted::first_of(&[UNET_WEIGHTS_FP16, UNET_WEIGHTS])
+    } else {
+        Wanted::file(UNET_WEIGHTS)
+    };
+    vec![
+        RepoRequest {
+            repo: repos.base.clone(),
+            files: vec![
+                Wanted::file(UNET_CONFIG),
+                Wanted::file(SCHEDULER_CONFIG),
+                unet_weights,
+            ],
+        },
+        RepoRequest {
+            repo: repos.vae.clone(),
+            files: vec![Wanted::file(VAE_CONFIG), Wanted::file(VAE_WEIGHTS)],
+        },
+        RepoRequest {
+            repo: repos.attention.clone(),
+            files: vec![Wanted::file(&format!(
+                "{}/attention/model.safetensors",
+                repos.variant
+            ))],
+        },
+    ]
+}
+
+/// The model's files from what [`hub_requests`] resolved to.
+pub fn model_files(resolved: &[Resolved]) -> Result<ModelFiles, ModelError> {
+    let path = |repo: usize, file: usize| -> Result<PathBuf, ModelError> {
+        resolved
+            .get(repo)
+            .and_then(|r| r.files.get(file))
+            .map(|f| f.path.clone())
+            .ok_or_else(|| {
+                ModelError::Candle(candle_core::Error::Msg(
+                    "the hub resolved fewer files than CatVTON reads".into(),
+                ))
+            })
+    };
+    Ok(ModelFiles {
+        unet_config: path(0, 0)?,
+        scheduler_config: path(0, 1)?,
+        unet_weights: path(0, 2)?,
+        vae_config: path(1, 0)?,
+        vae_weights: path(1, 1)?,
+        attention: path(2, 0)?,
+    })
+}
+
+/// Each part's licence, naming the repository it comes from.
+pub fn licences(repos: &CatvtonRepos) -> Vec<Licence> {
+    vec![
+        Licence {
+            part: "Stable Diffusion 1.5 inpainting UNet and scheduler".into(),
+            source: repos.base.id.clone(),
+            licence: "CreativeML Open RAIL-M".into(),
+        },
+        Licence {
+            part: "sd-vae-ft-mse VAE".into(),
+            source: repos.vae.id.clone(),
+            licence: "MIT".into(),
+        },
+        Licence {
+            part: "CatVTON attention weights".into(),
+            source: repos.attention.id.clone(),
+            licence: "CC BY-NC-SA 4.0, non-commercial".into(),
+        },
+    ]
+}
+
+/// Puts the files into the local-folder layout under `dir` (`base/unet`, `base/scheduler`,
+/// `vae`, `attention`): a hard link to the cache's blob where the file system allows it, else a
+/// copy. A file already there that is the same blob is left alone.
+pub fn write_local(files: &ModelFiles, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let unet_name = files
+        .unet_weights
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "diffusion_pytorch_model.safetensors".into());
+    let targets = [
+        (&files.unet_config, dir.join("base/unet/config.json")),
+        (&files.unet_weights, dir.join("base/unet").join(unet_name)),
+        (
+            &files.scheduler_config,
+            dir.join("base/scheduler/scheduler_config.json"),
+        ),
+        (&files.vae_config, dir.join("vae/config.json")),
+        (&files.vae_weights, dir.join("vae").join(VAE_WEIGHTS)),
+        (&files.attention, dir.join("attention/model.safetensors")),
+    ];
+    let mut written = Vec::new();
+    for (source, target) in targets {
+        if place(source, &target)? {
+            written.push(target);
+        }
+    }
+    Ok(written)
+}
+
+/// Links or copies `source` (a snapshot entry) to `target`; false when `target` already is it.
+fn place(source: &Path, target: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let blob = std::fs::canonicalize(source)?;
+    let blob_meta = std::fs::metadata(&blob)?;
+    if let Ok(meta) = std::fs::metadata(target) {
+        if meta.dev() == blob_meta.dev() && meta.ino() == blob_meta.ino() {
+            return Ok(false);
+        }
+    }
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut tmp = target.as_os_str().to_os_string();
+    tmp.push(".part");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(&blob, &tmp).is_err() {
+        std::fs::copy(&blob, &tmp)?;
+    }
+    std::fs::rename(&tmp, target)?;
+    Ok(true)
+}
