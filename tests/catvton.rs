@@ -517,3 +517,51 @@ fn bf16_is_refused_on_the_cpu_at_load_time() {
         "{e}"
     );
 }
+
+/// diffusers' timesteps for `scheduler` and `spacing`, entry i for i + 1 steps, from
+/// `scripts/fixtures/scheduler_timesteps.py`.
+fn diffusers_timesteps(scheduler: &str, spacing: &str) -> Vec<Vec<i64>> {
+    static TABLE: OnceLock<serde_json::Value> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let path = fixture_dir().join("scheduler_timesteps.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        serde_json::from_str(&text).expect("the timestep fixture parses")
+    });
+    serde_json::from_value(table["timesteps"][scheduler][spacing].clone())
+        .unwrap_or_else(|e| panic!("no timesteps for {scheduler} {spacing}: {e}"))
+}
+
+#[test]
+fn ddim_timesteps_match_diffusers_for_every_spacing_from_1_to_200_steps() {
+    use virtualfit::models::catvton::config::{parse, SchedulerConfig};
+    use virtualfit::models::catvton::FULL_SIZE_CONFIGS;
+    for spacing in ["leading", "trailing", "linspace"] {
+        let mut config: SchedulerConfig = parse(FULL_SIZE_CONFIGS[2], "").expect("scheduler");
+        config.timestep_spacing = spacing.into();
+        config.validate().expect("the spacing is supported");
+        let ddim = virtualfit::models::catvton::Ddim::new(&config);
+        let expected = diffusers_timesteps("ddim", spacing);
+        assert_eq!(expected.len(), 200, "{spacing}");
+        let mut appended = Vec::new();
+        for (i, theirs) in expected.iter().enumerate() {
+            let steps = i + 1;
+            let ours: Vec<i64> = ddim.timesteps(steps).iter().map(|&t| t as i64).collect();
+            assert_eq!(ours.len(), steps, "{spacing}, {steps} steps");
+            // numpy's `arange` makes one value too many at a few trailing step counts; diffusers
+            // then ends on timestep −1. We stop at the step count.
+            if theirs.len() == steps + 1 && theirs.last() == Some(&-1) {
+                appended.push(steps);
+                assert_eq!(ours[..], theirs[..steps], "{spacing}, {steps} steps");
+            } else {
+                assert_eq!(&ours, theirs, "{spacing}, {steps} steps");
+            }
+        }
+        let expected_appended: &[usize] = if spacing == "trailing" {
+            &[61, 103, 121, 122]
+        } else {
+            &[]
+        };
+        assert_eq!(appended, expected_appended, "{spacing}");
+    }
+}
