@@ -517,3 +517,112 @@ fn bf16_is_refused_on_the_cpu_at_load_time() {
         "{e}"
     );
 }
+
+/// diffusers' timesteps for `scheduler` and `spacing`, entry i for i + 1 steps, from
+/// `scripts/fixtures/scheduler_timesteps.py`.
+fn diffusers_timesteps(scheduler: &str, spacing: &str) -> Vec<Vec<i64>> {
+    static TABLE: OnceLock<serde_json::Value> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let path = fixture_dir().join("scheduler_timesteps.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        serde_json::from_str(&text).expect("the timestep fixture parses")
+    });
+    serde_json::from_value(table["timesteps"][scheduler][spacing].clone())
+        .unwrap_or_else(|e| panic!("no timesteps for {scheduler} {spacing}: {e}"))
+}
+
+#[test]
+fn ddim_timesteps_match_diffusers_for_every_spacing_from_1_to_200_steps() {
+    use virtualfit::models::catvton::config::{parse, SchedulerConfig};
+    use virtualfit::models::catvton::FULL_SIZE_CONFIGS;
+    for spacing in ["leading", "trailing", "linspace"] {
+        let mut config: SchedulerConfig = parse(FULL_SIZE_CONFIGS[2], "").expect("scheduler");
+        config.timestep_spacing = spacing.into();
+        config.validate().expect("the spacing is supported");
+        let ddim = virtualfit::models::catvton::Ddim::new(&config);
+        let expected = diffusers_timesteps("ddim", spacing);
+        assert_eq!(expected.len(), 200, "{spacing}");
+        let mut appended = Vec::new();
+        for (i, theirs) in expected.iter().enumerate() {
+            let steps = i + 1;
+            let ours: Vec<i64> = ddim.timesteps(steps).iter().map(|&t| t as i64).collect();
+            assert_eq!(ours.len(), steps, "{spacing}, {steps} steps");
+            // numpy's `arange` makes one value too many at a few trailing step counts; diffusers
+            // then ends on timestep −1. We stop at the step count.
+            if theirs.len() == steps + 1 && theirs.last() == Some(&-1) {
+                appended.push(steps);
+                assert_eq!(ours[..], theirs[..steps], "{spacing}, {steps} steps");
+            } else {
+                assert_eq!(&ours, theirs, "{spacing}, {steps} steps");
+            }
+        }
+        let expected_appended: &[usize] = if spacing == "trailing" {
+            &[61, 103, 121, 122]
+        } else {
+            &[]
+        };
+        assert_eq!(appended, expected_appended, "{spacing}");
+    }
+}
+
+/// max |a − b| / max |b|.
+fn max_relative(out: &Tensor, reference: &Tensor) -> f32 {
+    let diff = (out - reference).unwrap().abs().unwrap().max_all().unwrap();
+    let scale = reference.abs().unwrap().max_all().unwrap();
+    diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn fused_attention_matches_the_chunked_one_on_every_shape_the_networks_use() {
+    use virtualfit::models::catvton::attention::{chunked_attention, MAX_SCORE_ELEMENTS_CPU};
+    use virtualfit::models::catvton::fused_attention::fused_attention;
+    let dev = Device::Cpu;
+    // (groups, queries, keys, channels per head, query scale). The UNet's self-attention: 8
+    // heads, tokens of the stacked 2·h/8 × w/8 latents at its four levels (the mid block is
+    // the fourth), 40/80/160/160 channels per head; fewer groups on the large ones, since
+    // every group is computed alike. The VAE's mid block: one head of 512 channels over one
+    // image's latents (a slice of the queries at 1024×768). Then odd sizes across the blocks,
+    // and sharp softmaxes whose maximum moves between key blocks.
+    let shapes: &[(usize, usize, usize, usize, f64)] = &[
+        // 512×384: latents 128×48.
+        (2, 6144, 6144, 40, 1.0),
+        (2, 1536, 1536, 80, 1.0),
+        (4, 384, 384, 160, 1.0),
+        (8, 96, 96, 160, 1.0),
+        // 1024×768: latents 256×96.
+        (1, 24_576, 24_576, 40, 1.0),
+        (1, 6144, 6144, 80, 1.0),
+        (2, 1536, 1536, 160, 1.0),
+        (4, 384, 384, 160, 1.0),
+        // The VAE at 512×384 and 1024×768.
+        (1, 3072, 3072, 512, 1.0),
+        (1, 200, 12_288, 512, 1.0),
+        // Odd sizes.
+        (1, 1, 1, 1, 1.0),
+        (3, 37, 29, 8, 1.0),
+        (2, 65, 257, 41, 1.0),
+        (1, 129, 513, 3, 1.0),
+        (5, 63, 255, 17, 1.0),
+        (2, 100, 1000, 40, 6.0),
+        (1, 70, 700, 7, 20.0),
+    ];
+    for &(groups, n_q, n_k, d, sharpness) in shapes {
+        let q = (Tensor::randn(0f32, 1.0, (groups, n_q, d), &dev).unwrap() * sharpness).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (groups, n_k, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (groups, n_k, d), &dev).unwrap();
+        let scale = 1.0 / (d as f64).sqrt();
+        let reference = chunked_attention(&q, &k, &v, scale, MAX_SCORE_ELEMENTS_CPU).unwrap();
+        let fused = fused_attention(&q, &k, &v, scale).unwrap();
+        assert_eq!(fused.dims(), reference.dims());
+        let e = max_relative(&fused, &reference);
+        println!("{groups}×{n_q}×{n_k}×{d} (sharpness {sharpness}): max relative {e:.2e}");
+        assert!(e <= 1e-5, "{groups}×{n_q}×{n_k}×{d}: {e:.3e}");
+    }
+    // Mismatched shapes are refused, not read out of bounds.
+    let q = Tensor::zeros((2, 4, 8), DType::F32, &dev).unwrap();
+    let k = Tensor::zeros((2, 5, 8), DType::F32, &dev).unwrap();
+    let short = Tensor::zeros((2, 4, 8), DType::F32, &dev).unwrap();
+    assert!(fused_attention(&q, &k, &short, 1.0).is_err());
+    assert!(fused_attention(&q, &k.narrow(2, 0, 4).unwrap(), &short, 1.0).is_err());
+}

@@ -1,11 +1,15 @@
 //! diffusers' `Attention` module as CatVTON uses it: the UNet's self-attention (`attn1`, no
 //! bias on the projections) and the VAE's mid-block attention (one head, biases, a group norm
-//! in front and a residual connection). Scores are computed in query chunks so that the full
-//! `N×N` matrix never exists: at 1024×768 the UNet's first level has 24,576 tokens, whose
-//! score matrix alone would take 2.4 GB per head in f32.
+//! in front and a residual connection). The full `N×N` score matrix never exists: at 1024×768
+//! the UNet's first level has 24,576 tokens, whose score matrix alone would take 2.4 GB per
+//! head in f32. In f32 on the CPU the fused op of `fused_attention.rs` never writes scores at
+//! all; elsewhere scores are computed in query chunks ([`chunked_attention`], also the fused
+//! op's reference in tests).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{GroupNorm, Linear, VarBuilder};
+
+use super::fused_attention::fused_attention;
 
 /// The most score elements one chunk may hold (all batch rows and heads together) on a GPU:
 /// 2^27, 512 MiB in f32. Larger inputs are cut into query chunks under this bound.
@@ -141,7 +145,11 @@ impl Attention {
         let q = self.split_heads(&self.to_q.forward(x)?)?;
         let k = self.split_heads(&self.to_k.forward(x)?)?;
         let v = self.split_heads(&self.to_v.forward(x)?)?;
-        let out = chunked_attention(&q, &k, &v, self.scale, score_budget(x.device()))?;
+        let out = if x.device().is_cpu() && x.dtype() == DType::F32 {
+            fused_attention(&q, &k, &v, self.scale)?
+        } else {
+            chunked_attention(&q, &k, &v, self.scale, score_budget(x.device()))?
+        };
         let out = out
             .reshape((b, self.heads, n, c / self.heads))?
             .transpose(1, 2)?

@@ -334,7 +334,7 @@ impl SchedulerConfig {
             || format!("beta_schedule `{}`", self.beta_schedule),
         )?;
         expect(
-            matches!(self.timestep_spacing.as_str(), "leading" | "trailing"),
+            super::scheduler::Spacing::parse(&self.timestep_spacing).is_some(),
             || format!("timestep_spacing `{}`", self.timestep_spacing),
         )?;
         expect(self.prediction_type == "epsilon", || {

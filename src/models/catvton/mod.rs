@@ -10,6 +10,7 @@
 pub mod attention;
 pub mod blocks;
 pub mod config;
+pub mod fused_attention;
 pub mod mask;
 pub mod preprocess;
 pub mod request;

@@ -13,7 +13,31 @@ pub struct Ddim {
     /// ᾱ used past the last step (`set_alpha_to_one` false: ᾱ_0).
     final_alpha_cumprod: f32,
     steps_offset: usize,
-    trailing: bool,
+    spacing: Spacing,
+}
+
+/// How the sampling timesteps are spread over the training ones (diffusers'
+/// `timestep_spacing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spacing {
+    /// Multiples of `train / steps` (integer division), shifted by `steps_offset`.
+    Leading,
+    /// Down from the last training timestep in strides of `train / steps` (real division).
+    Trailing,
+    /// `steps` evenly spaced values from 0 to the last training timestep, rounded.
+    Linspace,
+}
+
+impl Spacing {
+    /// From the config's spelling; `None` for spacings we do not implement.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "leading" => Some(Spacing::Leading),
+            "trailing" => Some(Spacing::Trailing),
+            "linspace" => Some(Spacing::Linspace),
+            _ => None,
+        }
+    }
 }
 
 /// The scalar factors of one DDIM update `x_t → x_{t-Δ}`.
@@ -58,7 +82,8 @@ impl Ddim {
             alphas_cumprod,
             final_alpha_cumprod,
             steps_offset: config.steps_offset,
-            trailing: config.timestep_spacing == "trailing",
+            // `SchedulerConfig::validate` rejects other spellings before a model is built.
+            spacing: Spacing::parse(&config.timestep_spacing).unwrap_or(Spacing::Leading),
         }
     }
 
@@ -67,22 +92,48 @@ impl Ddim {
         self.alphas_cumprod.len()
     }
 
-    /// The timesteps of a `steps`-step sampling, from the noisiest down (diffusers'
-    /// `set_timesteps`). `steps` must be between 1 and the training timesteps.
+    /// The timesteps of a `steps`-step sampling, from the noisiest down, exactly as diffusers'
+    /// `set_timesteps` computes them with numpy: real values are rounded half to even, and
+    /// `arange` steps by the difference of its first two values. `steps` is clamped to between
+    /// 1 and the training timesteps.
     pub fn timesteps(&self, steps: usize) -> Vec<usize> {
         let n = self.train_timesteps();
         let steps = steps.clamp(1, n);
-        if self.trailing {
-            let ratio = n as f64 / steps as f64;
-            (0..steps)
-                .map(|i| ((n as f64 - i as f64 * ratio).round() as usize).saturating_sub(1))
-                .collect()
-        } else {
-            let ratio = n / steps;
-            (0..steps)
-                .rev()
-                .map(|i| (i * ratio + self.steps_offset).min(n - 1))
-                .collect()
+        let last = n - 1;
+        match self.spacing {
+            Spacing::Leading => {
+                let ratio = n / steps;
+                (0..steps)
+                    .rev()
+                    .map(|i| (i * ratio + self.steps_offset).min(last))
+                    .collect()
+            }
+            Spacing::Trailing => {
+                // np.arange(n, 0, -n / steps) is start + i·delta. For 61, 103, 121 and 122
+                // steps its float length is one more and diffusers appends a timestep of −1
+                // (which indexes ᾱ from the end); we stop at `steps`.
+                let start = n as f64;
+                let ratio = start / steps as f64;
+                let delta = (start - ratio) - start;
+                (0..steps)
+                    .map(|i| (start + i as f64 * delta).round_ties_even() as usize)
+                    .map(|t| t.saturating_sub(1).min(last))
+                    .collect()
+            }
+            Spacing::Linspace => {
+                // np.linspace(0, n - 1, steps): i·step, the last value exactly n − 1.
+                let step = last as f64 / (steps - 1).max(1) as f64;
+                (0..steps)
+                    .rev()
+                    .map(|i| {
+                        if i + 1 == steps && steps > 1 {
+                            last
+                        } else {
+                            ((i as f64 * step).round_ties_even() as usize).min(last)
+                        }
+                    })
+                    .collect()
+            }
         }
     }
 
