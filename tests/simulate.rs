@@ -302,9 +302,7 @@ mod common;
 
 use common::k8s::{kind, name, render, seq};
 use virtualfit::batcher::Priority;
-use virtualfit::simulate::engine::{
-    simulate_cluster, Faults, Load, PoolSpec, Run, SimConfig, SLO_P95_S,
-};
+use virtualfit::simulate::engine::{simulate_cluster, Faults, Load, PoolSpec, Run, SimConfig};
 use virtualfit::simulate::keda::ScaledObject;
 use virtualfit::simulate::profile::Profile;
 use virtualfit::simulate::replica::ReplicaConfig;
@@ -342,26 +340,11 @@ fn job_priorities(objs: &[serde_yaml::Value], deployment: &str) -> Vec<Priority>
 /// A replica of `Profile::default()` (dmvton on an H100) with the server's default batching,
 /// or a slower one (`per_item_s` a job) where a backlog must outlast pod start-ups.
 fn sim_config(duration_s: i64, per_item_s: Option<f64>) -> SimConfig {
-    let p = Profile::default();
-    SimConfig {
-        replica: ReplicaConfig {
-            a_s: per_item_s.unwrap_or(p.a_s),
-            b_s: p.b_s,
-            max_batch_size: 8,
-            max_batch_delay_s: 0.002,
-            queue_capacity: 64,
-            request_timeout_s: 30.0,
-            pre_s: p.pre_s,
-            post_s: p.post_s,
-            startup_s: 60.0,
-            drain_timeout_s: 25.0,
-            fb_used_mib: p.fb_used_mib,
-            fb_total_mib: p.fb_total_mib,
-        },
-        duration_s,
-        seed: 11,
-        slo_p95_s: SLO_P95_S,
+    let mut profile = Profile::default();
+    if let Some(a) = per_item_s {
+        profile.a_s = a;
     }
+    SimConfig::server_defaults(&profile, duration_s, 11)
 }
 
 /// The inference Deployment and the batch pool of `k8s/overlays/batch-pool`, as rendered.

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::hpa::Hpa;
 use super::keda::{Activation, JobStream, ScaledObject};
+use super::profile::Profile;
 use super::replica::{Outcome, Replica, ReplicaConfig};
 use super::trace::Trace;
 use super::tsdb::{Labels, Tsdb};
@@ -40,6 +41,32 @@ pub struct SimConfig {
     /// The latency objective: a second is a violation when its p95 is over this
     /// ([`SLO_P95_S`], the P95 trigger's threshold, unless a plan sets its own).
     pub slo_p95_s: f64,
+}
+
+impl SimConfig {
+    /// Replicas of `profile` with the server's default batching and admission (`serve`'s
+    /// defaults: batches of 8, 2 ms, a queue of 64, 30 s timeout, 25 s drain, 60 s start-up).
+    pub fn server_defaults(profile: &Profile, duration_s: i64, seed: u64) -> SimConfig {
+        SimConfig {
+            replica: ReplicaConfig {
+                a_s: profile.a_s,
+                b_s: profile.b_s,
+                max_batch_size: 8,
+                max_batch_delay_s: 0.002,
+                queue_capacity: 64,
+                request_timeout_s: 30.0,
+                pre_s: profile.pre_s,
+                post_s: profile.post_s,
+                startup_s: 60.0,
+                drain_timeout_s: 25.0,
+                fb_used_mib: profile.fb_used_mib,
+                fb_total_mib: profile.fb_total_mib,
+            },
+            duration_s,
+            seed,
+            slo_p95_s: SLO_P95_S,
+        }
+    }
 }
 
 /// One HPA sync.
@@ -745,29 +772,9 @@ fn scale_to(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulate::profile::Profile;
 
     pub(crate) fn default_config(duration_s: i64) -> SimConfig {
-        let p = Profile::default();
-        SimConfig {
-            replica: ReplicaConfig {
-                a_s: p.a_s,
-                b_s: p.b_s,
-                max_batch_size: 8,
-                max_batch_delay_s: 0.002,
-                queue_capacity: 64,
-                request_timeout_s: 30.0,
-                pre_s: p.pre_s,
-                post_s: p.post_s,
-                startup_s: 60.0,
-                drain_timeout_s: 25.0,
-                fb_used_mib: p.fb_used_mib,
-                fb_total_mib: p.fb_total_mib,
-            },
-            duration_s,
-            seed: 7,
-            slo_p95_s: SLO_P95_S,
-        }
+        SimConfig::server_defaults(&Profile::default(), duration_s, 7)
     }
 
     fn guide_scenario(file: &str, text: &str) {
