@@ -3,9 +3,13 @@
 //!
 //! - A URL is accepted at submission only for a host named in `--webhook-allow-hosts`, over
 //!   `https`, or plain `http` where the entry says `http://`.
-//! - At delivery the host is resolved, and a private, loopback, link-local or otherwise
-//!   non-public address is refused unless the allow list names that address itself. The
-//!   request goes to the address that was checked (no second lookup) and follows no redirect.
+//! - A hostname entry allows that name on any port (or the entry's port), and only while it
+//!   resolves to public addresses: at delivery a private, loopback, link-local or otherwise
+//!   non-public address is refused, whatever else the list names.
+//! - An IP address entry allows only URLs that name that address literally, on the entry's
+//!   port or else the scheme's default; such an address may be non-public.
+//! - The request goes to the address that was checked (no second lookup) and follows no
+//!   redirect.
 //! - The body is signed: `X-VirtualFit-Signature: t=UNIX_SECONDS,v1=HEX`, where `HEX` is the
 //!   HMAC-SHA256, keyed with `--webhook-secret`, of `UNIX_SECONDS.BODY`.
 
@@ -37,7 +41,8 @@ const POLL: Duration = Duration::from_millis(250);
 const BATCH: usize = 16;
 
 /// One `--webhook-allow-hosts` entry: `host`, `host:port`, `http://host[:port]` (plain http
-/// allowed) or an IP address (which also allows it when it is not public).
+/// allowed) or an IP address (which also allows it when it is not public, but only when a URL
+/// names it, on its port or the scheme's default).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AllowEntry {
     host: String,
@@ -113,10 +118,7 @@ impl WebhookConfig {
         };
         let host = host_of(&url).ok_or("webhook_url names no host")?;
         let port = url.port_or_known_default();
-        let listed = self
-            .allow
-            .iter()
-            .any(|e| e.host == host && e.port.is_none_or(|p| Some(p) == port) && (e.http || !http));
+        let listed = self.allow.iter().any(|e| e.permits(&host, port, http));
         if !listed {
             return Err(if http {
                 "webhook_url must be https, or its host listed as http:// in --webhook-allow-hosts"
@@ -128,28 +130,49 @@ impl WebhookConfig {
         Ok(url)
     }
 
-    /// Whether the allow list names this address itself.
-    fn names_address(&self, ip: IpAddr) -> bool {
-        self.allow
-            .iter()
-            .any(|e| e.host.parse::<IpAddr>().is_ok_and(|a| a == ip))
-    }
-
-    /// Resolves the URL's host and returns the first address it may be sent to.
+    /// Resolves the URL's host and returns the first address it may be sent to: a public
+    /// one, or the URL's own literal address when an address entry allows it.
     async fn resolve(&self, url: &Url) -> Result<SocketAddr, String> {
         let host = host_of(url).ok_or("no host")?;
         let port = url.port_or_known_default().ok_or("no port")?;
-        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map_err(|e| format!("cannot resolve {host}: {e}"))?
-                .collect(),
+        let http = url.scheme() == "http";
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            let allowed = is_public(ip)
+                || self
+                    .allow
+                    .iter()
+                    .any(|e| e.is_address() && e.permits(&host, Some(port), http));
+            return if allowed {
+                Ok(SocketAddr::new(ip, port))
+            } else {
+                Err(format!("{host} is not a public address"))
+            };
+        }
+        // A name: only public addresses, even when the list names an address it resolves to.
+        let mut addrs = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+        let public = addrs.find(|a| is_public(a.ip()));
+        public.ok_or_else(|| format!("{host} resolves only to addresses that are not public"))
+    }
+}
+
+impl AllowEntry {
+    fn is_address(&self) -> bool {
+        self.host.parse::<IpAddr>().is_ok()
+    }
+
+    /// Whether this entry lets a URL with this host, port and scheme through. A hostname
+    /// entry without a port allows any port; an address entry without one allows only the
+    /// scheme's default.
+    fn permits(&self, host: &str, port: Option<u16>, http: bool) -> bool {
+        let default_port = if http { 80 } else { 443 };
+        let port_ok = match (self.port, self.is_address()) {
+            (Some(p), _) => Some(p) == port,
+            (None, true) => port == Some(default_port),
+            (None, false) => true,
         };
-        addrs
-            .into_iter()
-            .find(|a| is_public(a.ip()) || self.names_address(a.ip()))
-            .ok_or_else(|| format!("{host} resolves only to addresses that are not public"))
+        self.host == host && port_ok && (self.http || !http)
     }
 }
 
@@ -409,6 +432,48 @@ mod tests {
         ] {
             assert!(is_public(public.parse().expect("ip")), "{public}");
         }
+    }
+
+    /// The bypass: with an address on the list, names that resolve to it were delivered to,
+    /// on any port. Each kind of entry against each kind of URL.
+    #[tokio::test]
+    async fn an_address_entry_allows_only_urls_naming_it_on_its_port() {
+        let c = config(&[
+            "http://localhost:18100",
+            "http://vm",
+            "http://127.0.0.1:18101",
+            "http://127.0.0.2",
+        ]);
+        // Names never reach a non-public address, whatever the list holds.
+        for url in ["http://localhost:18100/hook", "http://localhost:18100/"] {
+            let u = c.check_url(url).expect("listed by name");
+            assert!(c.resolve(&u).await.is_err(), "{url}");
+        }
+        let vm = Url::parse("http://vm:18102/x").expect("url");
+        assert!(c.resolve(&vm).await.is_err(), "an unknown or private name");
+        // An address: only itself, on its port (or the default when none is listed).
+        let ok = c.check_url("http://127.0.0.1:18101/hook").expect("listed");
+        assert_eq!(
+            c.resolve(&ok).await,
+            Ok("127.0.0.1:18101".parse().expect("addr"))
+        );
+        assert!(c.check_url("http://127.0.0.1:18102/hook").is_err());
+        assert!(c.check_url("http://127.0.0.1/hook").is_err());
+        let default = c.check_url("http://127.0.0.2/hook").expect("default port");
+        assert_eq!(
+            c.resolve(&default).await,
+            Ok("127.0.0.2:80".parse().expect("addr"))
+        );
+        assert!(c.check_url("http://127.0.0.2:8080/hook").is_err());
+        assert!(c.check_url("https://127.0.0.2/hook").is_ok(), "https too");
+        assert!(c
+            .check_url("https://127.0.0.2:443/hook")
+            .is_ok_and(|u| u.port_or_known_default() == Some(443)));
+        // Another address is not allowed by an entry for one.
+        let other = Url::parse("http://127.0.0.3:18101/").expect("url");
+        assert!(c.resolve(&other).await.is_err());
+        // A public literal address needs no address entry, but must be listed to be sent.
+        assert!(c.check_url("http://1.1.1.1/").is_err());
     }
 
     #[tokio::test]
