@@ -78,6 +78,25 @@ struct Inner {
     background_cpu: cpu::Cpu,
     /// Held by the batch jobs that are decoding, one per background thread.
     batch_preparing: Semaphore,
+    /// The API keys and their request rates.
+    keys: auth::Keys,
+    /// Why the job store cannot record jobs now, if it cannot (checked every second).
+    store_fault: std::sync::Mutex<Option<String>>,
+}
+
+impl Inner {
+    /// Why the job store cannot record jobs, as a 503, if it cannot.
+    fn store_refusal(&self) -> Option<crate::error::ApiError> {
+        let fault = self
+            .store_fault
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        fault.map(|reason| crate::error::ApiError::Unavailable {
+            reason: format!("the job store cannot record jobs: {reason}"),
+            retry_after_s: crate::batcher::MIN_RETRY_AFTER_S,
+        })
+    }
 }
 
 /// Counts a request in `virtualfit_active_requests` from admission until it is answered (or
@@ -173,6 +192,11 @@ impl Server {
             None => None,
         };
 
+        let keys = auth::Keys::load(
+            args.api_key.as_deref(),
+            args.api_keys_file.as_deref(),
+            args.key_requests_per_s,
+        )?;
         let jobs_args = args.jobs.clone();
         let jobs = tokio::task::spawn_blocking(move || job_runner::open_store(&jobs_args))
             .await
@@ -223,6 +247,8 @@ impl Server {
                 worker: job_runner::worker_name(),
                 batch_preparing: Semaphore::new(background_cpu.threads()),
                 background_cpu,
+                keys,
+                store_fault: std::sync::Mutex::new(None),
             }),
         };
 
@@ -247,6 +273,9 @@ impl Server {
         listeners.close();
         let background = TaskTracker::new();
         background.spawn(job_runner::run(state.clone(), shutdown.clone()));
+        if state.inner.args.api_keys_file.is_some() {
+            background.spawn(reload_keys_on_sighup(state.clone(), shutdown.clone()));
+        }
         background.spawn(crate::jobs::webhook::run_deliveries(
             jobs,
             state.inner.webhooks.clone(),
@@ -357,6 +386,38 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     shutdown_signal().await;
     server.drain(drain_timeout).await
+}
+
+/// Reads `--api-keys-file` again at each SIGHUP; a file that does not parse leaves the keys
+/// in use as they were.
+async fn reload_keys_on_sighup(state: AppState, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; --api-keys-file is read once");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            match state.inner.keys.reload() {
+                Ok(n) => tracing::info!(keys = n, "SIGHUP: API keys read again"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: the API keys file is refused; the keys in use stay")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (state, shutdown);
+    }
 }
 
 async fn shutdown_signal() {

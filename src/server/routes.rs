@@ -82,14 +82,19 @@ pub async fn livez() -> &'static str {
     "ok"
 }
 
-/// Readiness: the model is loaded and warmed up, and the server is not draining.
+/// Readiness: the model is loaded and warmed up, the server is not draining, and the job
+/// store can record jobs.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, description = "Ready.", body = String),
-    (status = 503, description = "Warming up, failed to warm up, or draining (`unavailable`).", body = crate::error::ErrorBody),
+    (status = 503, description = "Warming up, failed to warm up, draining, or the job store cannot write (`unavailable`).", body = crate::error::ErrorBody),
 ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let inner = &state.inner;
-    match inner.readiness.refusal(|| inner.batcher.retry_after_s()) {
+    match inner
+        .readiness
+        .refusal(|| inner.batcher.retry_after_s())
+        .or_else(|| inner.store_refusal())
+    {
         None => (StatusCode::OK, "ready").into_response(),
         Some(e) => e.into_response(),
     }

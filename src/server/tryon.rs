@@ -117,7 +117,7 @@ impl From<ApiError> for Failure {
         (status = 413, description = "Body over --max-body-bytes (`payload_too_large`).", body = crate::error::ErrorBody),
         (status = 415, description = "A part that is not a supported image format (`unsupported_media_type`).", body = crate::error::ErrorBody),
         (status = 422, description = "Undecodable, empty, too large or too elongated image (`invalid_image`).", body = crate::error::ErrorBody),
-        (status = 429, description = "Queue or upload budget full; see Retry-After (`overloaded`).", body = crate::error::ErrorBody),
+        (status = 429, description = "Queue or upload budget full (`overloaded`), or this API key is past --key-requests-per-s (`rate_limited`); see Retry-After.", body = crate::error::ErrorBody),
         (status = 503, description = "Warming up or draining; see Retry-After (`unavailable`).", body = crate::error::ErrorBody),
         (status = 504, description = "Waited past --request-timeout-s before its batch ran (`deadline_exceeded`).", body = crate::error::ErrorBody),
         (status = 500, description = "Model or device failure (`internal`).", body = crate::error::ErrorBody),
@@ -161,7 +161,7 @@ fn check_before_body(
 ) -> Result<(OutputFormat, u8), ApiError> {
     let inner = &state.inner;
     let args = &inner.args;
-    super::auth::check_api_key(args.api_key.as_deref(), headers)?;
+    inner.keys.authenticate(headers)?;
     if let Some(e) = inner.readiness.refusal(|| inner.batcher.retry_after_s()) {
         return Err(e);
     }
