@@ -232,6 +232,11 @@ type Hits = Arc<Mutex<usize>>;
 
 /// A webhook receiver on 127.0.0.1 that counts its calls and answers 204.
 async fn receiver() -> (u16, Hits) {
+    receiver_on("127.0.0.1").await
+}
+
+/// The same on another loopback address: another host to the sender.
+async fn receiver_on(ip: &str) -> (u16, Hits) {
     let hits: Hits = Arc::default();
     let kept = hits.clone();
     let app = axum::Router::new().route(
@@ -244,9 +249,7 @@ async fn receiver() -> (u16, Hits) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -544,4 +547,142 @@ fn the_default_store_bound_fits_the_deployments_data_volume() {
         default * 5 <= (gib << 30) * 4,
         "--max-store-bytes {default} leaves under a fifth of {limit} for the journal"
     );
+}
+
+/// 200 deliveries to a receiver that accepts connections and never answers: another
+/// receiver's webhook still arrives within a second (the bound; it is usually one
+/// poll, 250 ms), and the tarpit holds only its own host's slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_answers_does_not_delay_another() {
+    use virtualfit::batcher::Priority;
+    use virtualfit::jobs::webhook::{run_deliveries, WebhookConfig, PER_HOST};
+    use virtualfit::jobs::{
+        new_id, now_ms, JobInputs, JobRecord, JobStatus, JobStore, NewJob, Outcome, SqliteStore,
+    };
+
+    let tarpit = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let tarpit_port = tarpit.local_addr().expect("addr").port();
+    let accepted = Arc::new(Mutex::new(0usize));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = tarpit.accept().await {
+            *counted.lock().expect("lock") += 1;
+            held.push(socket);
+        }
+    });
+    // Another host: slots are counted per host, whatever the port.
+    let (good_port, hits) = receiver_on("127.0.0.2").await;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let store: Arc<dyn JobStore> =
+        Arc::new(SqliteStore::open(dir.path(), Duration::from_secs(60)).expect("open"));
+    // Ends a job whose webhook goes to `host:port`.
+    let end_job = |host: &str, port: u16| {
+        let record = JobRecord {
+            id: new_id(),
+            status: JobStatus::Queued,
+            priority: Priority::Batch,
+            created_ms: now_ms(),
+            started_ms: None,
+            finished_ms: None,
+            expires_ms: None,
+            error: None,
+            metadata: None,
+            webhook_url: Some(format!("http://{host}:{port}/hook")),
+            format: "jpeg".into(),
+            quality: 90,
+            attempts: 0,
+            cancel_requested: false,
+            lease: None,
+            diffusion: None,
+            owner: None,
+            fingerprint: None,
+        };
+        let id = record.id.clone();
+        store
+            .submit(NewJob {
+                record,
+                inputs: JobInputs {
+                    person: bytes::Bytes::from_static(b"p"),
+                    cloth: bytes::Bytes::from_static(b"c"),
+                    mask: None,
+                },
+                idempotency_key: None,
+                max_queued: 10_000,
+                retention: Duration::from_secs(3600),
+                max_owner_jobs: usize::MAX,
+                max_store_bytes: u64::MAX,
+            })
+            .expect("submit");
+        let taken = store.claim("w", 1, now_ms()).expect("claim");
+        assert_eq!(taken[0].record.id, id);
+        store
+            .finish(
+                &id,
+                &taken[0].lease,
+                Outcome::Failed(virtualfit::jobs::JobFailure {
+                    code: "internal".into(),
+                    message: "test".into(),
+                }),
+                now_ms(),
+                Duration::from_secs(3600),
+            )
+            .expect("finish")
+            .expect("ended");
+    };
+    for _ in 0..200 {
+        end_job("127.0.0.1", tarpit_port);
+    }
+    let config = WebhookConfig {
+        secret: Some("k".into()),
+        allow: [
+            format!("http://127.0.0.1:{tarpit_port}"),
+            format!("http://127.0.0.2:{good_port}"),
+        ]
+        .iter()
+        .map(|a| a.parse().expect("entry"))
+        .collect(),
+        retry_base: Duration::from_secs(20),
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let sender = tokio::spawn(run_deliveries(
+        store.clone(),
+        config,
+        virtualfit::metrics::Metrics::new(),
+        shutdown.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while *accepted.lock().expect("lock") < PER_HOST {
+        assert!(Instant::now() < deadline, "the tarpit is not called");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the loop go round the tarpit's deferred deliveries a few times.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ended = Instant::now();
+    end_job("127.0.0.2", good_port);
+    loop {
+        if *hits.lock().expect("lock") == 1 {
+            break;
+        }
+        assert!(
+            ended.elapsed() < Duration::from_secs(1),
+            "the other receiver's webhook waited past 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let delay = ended.elapsed();
+    eprintln!("the other receiver's webhook arrived {delay:?} after its job ended");
+    assert_eq!(
+        *accepted.lock().expect("lock"),
+        PER_HOST,
+        "the tarpit holds only its host's slots"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), sender)
+        .await
+        .expect("the sender stops")
+        .expect("joined");
 }

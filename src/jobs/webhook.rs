@@ -10,6 +10,9 @@
 //!   port or else the scheme's default; such an address may be non-public.
 //! - The request goes to the address that was checked (no second lookup) and follows no
 //!   redirect.
+//! - Deliveries run concurrently, at most [`MAX_IN_FLIGHT`] at once and [`PER_HOST`] to any
+//!   one host: a receiver that never answers holds only its own slots, and the deliveries it
+//!   cannot take yet wait in the store, so other receivers are not delayed behind it.
 //! - The body is signed: `X-VirtualFit-Signature: t=UNIX_SECONDS,v1=HEX`, where `HEX` is the
 //!   HMAC-SHA256, keyed with `--webhook-secret`, of `UNIX_SECONDS.BODY`.
 
@@ -37,8 +40,15 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const DELIVERY_LEASE: Duration = Duration::from_secs(60);
 /// How often the loop looks for due deliveries.
 const POLL: Duration = Duration::from_millis(250);
-/// Deliveries sent at once.
+/// Deliveries read from the store at a time.
 const BATCH: usize = 16;
+/// Deliveries in flight at once, all hosts together.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Deliveries in flight at once to one host.
+pub const PER_HOST: usize = 4;
+/// How long a delivery whose host has all its slots busy waits before it is read again (no
+/// attempt is counted).
+const HOST_BUSY_DEFER: Duration = Duration::from_secs(1);
 
 /// One `--webhook-allow-hosts` entry: `host`, `host:port`, `http://host[:port]` (plain http
 /// allowed) or an IP address (which also allows it when it is not public, but only when a URL
@@ -244,6 +254,22 @@ pub fn retry_delay(base: Duration, attempts: u32) -> Duration {
     base.saturating_mul(1 << attempts.saturating_sub(1).min(20))
 }
 
+/// Deliveries in flight, in all and by host.
+#[derive(Default)]
+struct InFlight {
+    total: usize,
+    by_host: std::collections::HashMap<String, usize>,
+}
+
+/// The host a delivery's slot is counted against (the whole URL when it does not parse: it
+/// fails at once anyway).
+fn host_key(url: &str) -> String {
+    Url::parse(url)
+        .ok()
+        .and_then(|u| host_of(&u))
+        .unwrap_or_else(|| url.to_string())
+}
+
 /// Sends what is due until `shutdown`, retrying failures on the schedule.
 pub async fn run_deliveries(
     store: Arc<dyn JobStore>,
@@ -254,39 +280,110 @@ pub async fn run_deliveries(
     let Some(secret) = config.secret.clone() else {
         return;
     };
+    let config = Arc::new(config);
+    let secret: Arc<str> = secret.into();
+    let in_flight: Arc<std::sync::Mutex<InFlight>> = Arc::default();
+    let finished = Arc::new(tokio::sync::Notify::new());
+    let mut sends = tokio::task::JoinSet::new();
     loop {
-        let due = {
+        while sends.try_join_next().is_some() {}
+        let free = MAX_IN_FLIGHT.saturating_sub(lock(&in_flight).total);
+        let due = if free == 0 {
+            Vec::new()
+        } else {
             let store = store.clone();
-            tokio::task::spawn_blocking(move || {
-                store.due_deliveries(now_ms(), BATCH, DELIVERY_LEASE)
+            let max = free.min(BATCH);
+            let read = tokio::task::spawn_blocking(move || {
+                store.due_deliveries(now_ms(), max, DELIVERY_LEASE)
             })
-            .await
+            .await;
+            match read {
+                Ok(Ok(d)) => d,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the webhook deliveries");
+                    Vec::new()
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the webhook reader panicked");
+                    Vec::new()
+                }
+            }
         };
-        let due = match due {
-            Ok(Ok(d)) => d,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read the webhook deliveries");
-                Vec::new()
+        let mut started = 0;
+        let mut deferred = Vec::new();
+        for delivery in due {
+            let host = host_key(&delivery.url);
+            {
+                let mut slots = lock(&in_flight);
+                let busy = slots.by_host.get(&host).copied().unwrap_or(0);
+                if busy >= PER_HOST {
+                    deferred.push(delivery);
+                    continue;
+                }
+                slots.total += 1;
+                *slots.by_host.entry(host.clone()).or_default() += 1;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "the webhook reader panicked");
-                Vec::new()
+            started += 1;
+            let (store, config, secret, metrics) = (
+                store.clone(),
+                config.clone(),
+                secret.clone(),
+                metrics.clone(),
+            );
+            let (in_flight, finished) = (in_flight.clone(), finished.clone());
+            sends.spawn(async move {
+                deliver_once(store, &config, &secret, &metrics, delivery).await;
+                let mut slots = lock(&in_flight);
+                slots.total -= 1;
+                if let Some(n) = slots.by_host.get_mut(&host) {
+                    *n -= 1;
+                    if *n == 0 {
+                        slots.by_host.remove(&host);
+                    }
+                }
+                drop(slots);
+                finished.notify_one();
+            });
+        }
+        let deferred_any = !deferred.is_empty();
+        if deferred_any {
+            // Back to the store, due again shortly, its attempts unchanged: it waits there,
+            // not in a slot another receiver needs.
+            let store = store.clone();
+            let due_ms = now_ms() + HOST_BUSY_DEFER.as_millis() as i64;
+            let put_back = tokio::task::spawn_blocking(move || {
+                for d in deferred {
+                    store.delivery_retry(&d.job_id, d.attempts, due_ms)?;
+                }
+                Ok::<(), super::StoreError>(())
+            })
+            .await;
+            if !matches!(put_back, Ok(Ok(()))) {
+                tracing::warn!(
+                    "cannot put back the webhooks of a busy host; they are due after the lease"
+                );
             }
-        };
-        let idle = due.is_empty();
-        let sends = due
-            .into_iter()
-            .map(|d| deliver_once(store.clone(), &config, &secret, &metrics, d));
-        futures_util::future::join_all(sends).await;
-        if idle {
-            tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
-                _ = shutdown.cancelled() => return,
-            }
-        } else if shutdown.is_cancelled() {
+        }
+        if shutdown.is_cancelled() {
+            // What is still in flight is sent again after its lease, by this server or the next.
+            sends.shutdown().await;
             return;
         }
+        if started == 0 && !deferred_any {
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = finished.notified() => {}
+                _ = shutdown.cancelled() => {
+                    sends.shutdown().await;
+                    return;
+                }
+            }
+        }
     }
+}
+
+fn lock(in_flight: &std::sync::Mutex<InFlight>) -> std::sync::MutexGuard<'_, InFlight> {
+    in_flight.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn deliver_once(
