@@ -317,8 +317,10 @@ impl Server {
     /// answers what is left with 503), then stops the listeners and joins the worker.
     pub async fn drain(mut self, timeout: Duration) -> anyhow::Result<()> {
         let inner = &self.state.inner;
+        // New requests are refused from here (readiness); those whose handler has started,
+        // an upload still arriving included, are still admitted to the batcher and answered
+        // within the budget.
         inner.readiness.start_draining();
-        inner.batcher.close();
         inner.in_flight.close();
         tracing::info!(
             in_flight = inner.in_flight.len(),
@@ -330,10 +332,11 @@ impl Server {
         let reserve = (timeout / DRAIN_RESERVE_SHARE).min(DRAIN_RESERVE_MAX);
         let soft = started + (timeout - reserve);
         let hard = started + timeout;
-        if tokio::time::timeout_at(soft, inner.in_flight.wait())
+        let finished = tokio::time::timeout_at(soft, inner.in_flight.wait())
             .await
-            .is_err()
-        {
+            .is_ok();
+        inner.batcher.close();
+        if !finished {
             tracing::info!(
                 left = inner.in_flight.len(),
                 "drain timeout: answering the rest with 503"

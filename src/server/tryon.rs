@@ -132,11 +132,21 @@ pub async fn tryon_handler(
     let inner = &state.inner;
     // Tracked from here, so a drain answers this request whatever stage it is in.
     let _in_flight = inner.in_flight.token();
-    let result = tokio::select! {
-        r = tryon(&state, query, request) => r,
-        _ = inner.drain_deadline.cancelled() => Err(Failure::mid_body(ApiError::Draining {
-            retry_after_s: MIN_RETRY_AFTER_S,
-        })),
+    let (parts, body) = request.into_parts();
+    let result = match check_before_body(&state, &parts.headers, query) {
+        // Refused before the body: read what the client still sends, then answer, as
+        // /v1/jobs does; the drain's deadline does not cut this short, so the client reads
+        // the answer rather than a reset.
+        Err(error) => {
+            upload::drain(body).await;
+            Err(Failure::mid_body(error))
+        }
+        Ok((format, quality)) => tokio::select! {
+            r = tryon(&state, &parts, body, format, quality) => r,
+            _ = inner.drain_deadline.cancelled() => Err(Failure::mid_body(ApiError::Draining {
+                retry_after_s: MIN_RETRY_AFTER_S,
+            })),
+        },
     };
     let response = match result {
         Ok(r) => r,
@@ -187,19 +197,13 @@ fn check_before_body(
 
 async fn tryon(
     state: &AppState,
-    query: Result<Query<TryOnQuery>, QueryRejection>,
-    request: Request,
+    parts: &axum::http::request::Parts,
+    body: axum::body::Body,
+    format: OutputFormat,
+    quality: u8,
 ) -> Result<Response, Failure> {
     let inner = &state.inner;
     let args = &inner.args;
-    let (parts, body) = request.into_parts();
-    let (format, quality) = match check_before_body(state, &parts.headers, query) {
-        Ok(v) => v,
-        Err(error) => {
-            upload::drain(body).await;
-            return Err(Failure::mid_body(error));
-        }
-    };
 
     let body_deadline = Instant::now() + args.body_timeout();
     let upload = upload::read(
