@@ -686,3 +686,34 @@ async fn a_receiver_that_never_answers_does_not_delay_another() {
         .expect("the sender stops")
         .expect("joined");
 }
+
+/// A job upload that stalls past --body-timeout-s is answered 408 and counted, as on /tryon.
+#[tokio::test]
+async fn a_job_upload_past_the_body_timeout_is_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (server, base) = start(&["--body-timeout-s", "0.5"]).await;
+    let addr = server.addr.to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/jobs HTTP/1.1\r\nhost: {addr}\r\ncontent-type: multipart/form-data; boundary=XYZ\r\ncontent-length: 100000\r\n\r\n--XYZ\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("answered")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let text = metrics_text(&base).await;
+    assert_eq!(
+        metric(
+            &text,
+            "virtualfit_rejected_requests_total",
+            "reason=\"body_timeout\""
+        ),
+        1.0
+    );
+}

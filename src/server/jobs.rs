@@ -55,24 +55,29 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 #[allow(dead_code)]
 pub struct JobForm {
     /// Person photo (JPEG, PNG or WebP).
-    #[schema(value_type = String, format = Binary)]
+    #[schema(value_type = String, format = Binary, min_length = 1, content_media_type = "image/*")]
     person_image: Vec<u8>,
     /// Garment product photo.
-    #[schema(value_type = String, format = Binary)]
+    #[schema(value_type = String, format = Binary, min_length = 1, content_media_type = "image/*")]
     cloth_image: Vec<u8>,
     /// Optional garment mask, white = garment.
-    #[schema(value_type = Option<String>, format = Binary)]
+    #[schema(value_type = String, format = Binary, min_length = 1, content_media_type = "image/*", required = false)]
     cloth_mask: Option<Vec<u8>>,
     /// `interactive` or `batch` (default): batch work runs where interactive work leaves room.
+    #[schema(nullable = false)]
     priority: Option<Priority>,
     /// Called with the status JSON when the job ends; its host must be in
     /// --webhook-allow-hosts.
+    #[schema(nullable = false, max_length = 2048)]
     webhook_url: Option<String>,
     /// A short string of the client's (at most 512 bytes), echoed back.
+    #[schema(nullable = false, max_length = 512)]
     metadata: Option<String>,
     /// `jpeg` or `png` (default: --output-format).
+    #[schema(nullable = false, pattern = "^(jpeg|png)$")]
     format: Option<String>,
     /// JPEG quality, 1 to 100 (default: --jpeg-quality).
+    #[schema(nullable = false, minimum = 1, maximum = 100)]
     quality: Option<u8>,
 }
 
@@ -95,7 +100,11 @@ async fn blocking<T: Send + 'static>(
     post,
     path = "/v1/jobs",
     tag = "jobs",
-    request_body(content = JobForm, content_type = "multipart/form-data"),
+    request_body(content = JobForm, content_type = "multipart/form-data", encoding(
+        ("person_image" = (content_type = "image/jpeg, image/png, image/webp")),
+        ("cloth_image" = (content_type = "image/jpeg, image/png, image/webp")),
+        ("cloth_mask" = (content_type = "image/jpeg, image/png, image/webp")),
+    )),
     params(("Idempotency-Key" = Option<String>, Header, description = "A resubmission with the same key (at most 128 visible ASCII characters, sent once) and the same request returns the first job. Keys are scoped to the API key that sent them; the same key with a different request is refused (`idempotency_key_reused`).")),
     security(("bearer" = []), ()),
     responses(

@@ -91,6 +91,27 @@ mod tests {
                 "job field {field} documented"
             );
         }
+        // The form's schema is no looser than the server: image parts are non-empty images,
+        // and no field may be null (a form has no null).
+        for (form, path) in [("JobForm", "/v1/jobs"), ("TryOnForm", "/tryon")] {
+            let props = &doc["components"]["schemas"][form]["properties"];
+            for part in [PERSON_PART, CLOTH_PART, MASK_PART] {
+                assert_eq!(props[part]["minLength"], 1, "{form}.{part}");
+                let encoding = &doc["paths"][path]["post"]["requestBody"]["content"]
+                    ["multipart/form-data"]["encoding"][part]["contentType"];
+                assert!(
+                    encoding.as_str().is_some_and(|t| t.contains("image/jpeg")),
+                    "{path} {part}: {encoding}"
+                );
+            }
+        }
+        let props = &doc["components"]["schemas"]["JobForm"]["properties"];
+        assert!(!props.to_string().contains("null"), "{props}");
+        assert_eq!(
+            (&props["quality"]["minimum"], &props["quality"]["maximum"]),
+            (&1.into(), &100.into())
+        );
+        assert_eq!(props["metadata"]["maxLength"], 512);
         // Every code is documented on some route.
         let text = doc["paths"].to_string();
         for code in ApiError::CODES {

@@ -40,13 +40,13 @@ pub struct TryOnQuery {
 #[allow(dead_code)]
 pub struct TryOnForm {
     /// Person photo (JPEG, PNG or WebP; EXIF orientation is honoured).
-    #[schema(value_type = String, format = Binary)]
+    #[schema(value_type = String, format = Binary, min_length = 1, content_media_type = "image/*")]
     person_image: Vec<u8>,
     /// Garment product photo, ideally on a plain light background.
-    #[schema(value_type = String, format = Binary)]
+    #[schema(value_type = String, format = Binary, min_length = 1, content_media_type = "image/*")]
     cloth_image: Vec<u8>,
     /// Optional garment mask, white = garment.
-    #[schema(value_type = Option<String>, format = Binary)]
+    #[schema(value_type = String, format = Binary, min_length = 1, content_media_type = "image/*", required = false)]
     cloth_mask: Option<Vec<u8>>,
     /// catvton: optional area of the person photo to repaint, white = repaint, the photo's
     /// size; drawn from `category` when absent.
@@ -98,7 +98,11 @@ impl From<ApiError> for Failure {
     path = "/tryon",
     tag = "try-on",
     params(TryOnQuery),
-    request_body(content = TryOnForm, content_type = "multipart/form-data"),
+    request_body(content = TryOnForm, content_type = "multipart/form-data", encoding(
+        ("person_image" = (content_type = "image/jpeg, image/png, image/webp")),
+        ("cloth_image" = (content_type = "image/jpeg, image/png, image/webp")),
+        ("cloth_mask" = (content_type = "image/jpeg, image/png, image/webp")),
+    )),
     security(("bearer" = []), ()),
     responses(
         (status = 200, description = "The try-on image, cropped to the person photo's aspect ratio.",
