@@ -39,7 +39,7 @@ const TEXT_FIELDS: &[&str] = &[
     QUALITY_FIELD,
 ];
 /// The form's text fields for the served model (a diffusion model's options added).
-fn text_fields(args: &crate::config::ServeArgs) -> Vec<&'static str> {
+pub fn text_fields(args: &crate::config::ServeArgs) -> Vec<&'static str> {
     let mut fields = TEXT_FIELDS.to_vec();
     fields.extend_from_slice(super::diffusion_fields(args));
     fields
@@ -192,7 +192,7 @@ async fn submit(state: &AppState, request: Request) -> Result<Response, (ApiErro
     )
     .await
     .map_err(|e| (e, true))?;
-    let mut record = job_record(state, &upload).map_err(|e| (e, false))?;
+    let mut record = job_record(args, &inner.webhooks, &upload).map_err(|e| (e, false))?;
     record.diffusion = super::diffusion_request(args, &upload).map_err(|e| (e, false))?;
     record.owner = caller.owner.clone();
     record.fingerprint = Some(fingerprint(&upload));
@@ -244,7 +244,7 @@ async fn submit(state: &AppState, request: Request) -> Result<Response, (ApiErro
 
 /// A hash of what the client sent: every part and field, each with its name and length, in
 /// a fixed order, so that two requests hash alike only when they are the same.
-fn fingerprint(upload: &upload::Upload) -> String {
+pub fn fingerprint(upload: &upload::Upload) -> String {
     let mut hash = Sha256::new();
     let mut put = |name: &str, bytes: &[u8]| {
         for piece in [name.as_bytes(), bytes] {
@@ -268,9 +268,13 @@ fn fingerprint(upload: &upload::Upload) -> String {
     hex::encode(hash.finalize())
 }
 
-/// The new job's record, from the form's fields.
-fn job_record(state: &AppState, upload: &upload::Upload) -> Result<JobRecord, ApiError> {
-    let args = &state.inner.args;
+/// The new job's record, from the form's fields (its owner, fingerprint and diffusion options
+/// are the caller's to set).
+pub fn job_record(
+    args: &crate::config::ServeArgs,
+    webhooks: &crate::jobs::webhook::WebhookConfig,
+    upload: &upload::Upload,
+) -> Result<JobRecord, ApiError> {
     let priority = match upload.field(PRIORITY_FIELD) {
         None => Priority::Batch,
         Some(p) => p
@@ -280,9 +284,7 @@ fn job_record(state: &AppState, upload: &upload::Upload) -> Result<JobRecord, Ap
     let webhook_url = match upload.field(WEBHOOK_FIELD) {
         None => None,
         Some(u) => Some(
-            state
-                .inner
-                .webhooks
+            webhooks
                 .check_url(u)
                 .map_err(ApiError::BadRequest)?
                 .to_string(),
