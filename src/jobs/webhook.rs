@@ -140,6 +140,21 @@ impl WebhookConfig {
         Ok(url)
     }
 
+    /// A regular expression of the URLs [`WebhookConfig::check_url`] accepts (visible ASCII
+    /// after the host, a plausible port), for the OpenAPI document; `None` when webhooks are
+    /// off.
+    pub fn url_pattern(&self) -> Option<String> {
+        self.secret.as_ref()?;
+        let entries: Vec<String> = self.allow.iter().map(AllowEntry::url_pattern).collect();
+        let any = if entries.is_empty() {
+            // Nothing is allowed: a pattern no URL matches.
+            "[^\\s\\S]".to_string()
+        } else {
+            entries.join("|")
+        };
+        Some(format!("^({any})([/?#][!-~]*)?$"))
+    }
+
     /// Resolves the URL's host and returns the first address it may be sent to: a public
     /// one, or the URL's own literal address when an address entry allows it.
     async fn resolve(&self, url: &Url) -> Result<SocketAddr, String> {
@@ -172,6 +187,32 @@ impl AllowEntry {
         self.host.parse::<IpAddr>().is_ok()
     }
 
+    /// A regular expression of the scheme, host and port of the URLs this entry permits.
+    fn url_pattern(&self) -> String {
+        let host = match self.host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(_)) => format!("\\[{}\\]", escape(&self.host)),
+            _ => escape(&self.host),
+        };
+        let schemes: &[(&str, u16)] = if self.http {
+            &[("https", 443), ("http", 80)]
+        } else {
+            &[("https", 443)]
+        };
+        schemes
+            .iter()
+            .map(|(scheme, default)| {
+                let port = match (self.port, self.is_address()) {
+                    (Some(p), _) if p == *default => format!("(:{p})?"),
+                    (Some(p), _) => format!(":{p}"),
+                    (None, true) => format!("(:{default})?"),
+                    (None, false) => "(:[1-9][0-9]{0,3})?".to_string(),
+                };
+                format!("{scheme}://{host}{port}")
+            })
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+
     /// Whether this entry lets a URL with this host, port and scheme through. A hostname
     /// entry without a port allows any port; an address entry without one allows only the
     /// scheme's default.
@@ -184,6 +225,19 @@ impl AllowEntry {
         };
         self.host == host && port_ok && (self.http || !http)
     }
+}
+
+/// `s` with the regular expression metacharacters it may hold escaped.
+fn escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = matches!(
+                c,
+                '.' | '[' | ']' | '(' | ')' | '*' | '+' | '?' | '^' | '$' | '|' | '\\' | '{' | '}'
+            );
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
 }
 
 /// Whether an address is on the public internet (not private, loopback, link-local, shared,

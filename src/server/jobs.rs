@@ -70,8 +70,9 @@ pub struct JobForm {
     /// --webhook-allow-hosts.
     #[schema(nullable = false, max_length = 2048)]
     webhook_url: Option<String>,
-    /// A short string of the client's (at most 512 bytes), echoed back.
-    #[schema(nullable = false, max_length = 512)]
+    /// A short string of the client's (at most 512 bytes: 128 characters always fit),
+    /// echoed back.
+    #[schema(nullable = false, max_length = 128)]
     metadata: Option<String>,
     /// `jpeg` or `png` (default: --output-format).
     #[schema(nullable = false, pattern = "^(jpeg|png)$")]
@@ -105,7 +106,7 @@ async fn blocking<T: Send + 'static>(
         ("cloth_image" = (content_type = "image/jpeg, image/png, image/webp")),
         ("cloth_mask" = (content_type = "image/jpeg, image/png, image/webp")),
     )),
-    params(("Idempotency-Key" = Option<String>, Header, description = "A resubmission with the same key (at most 128 visible ASCII characters, sent once) and the same request returns the first job. Keys are scoped to the API key that sent them; the same key with a different request is refused (`idempotency_key_reused`).")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,128}$", description = "A resubmission with the same key (at most 128 visible ASCII characters, sent once) and the same request returns the first job. Keys are scoped to the API key that sent them; the same key with a different request is refused (`idempotency_key_reused`).")),
     security(("bearer" = []), ()),
     responses(
         (status = 202, description = "Accepted (or, with a known Idempotency-Key, the job it named: `Idempotent-Replayed: true`).", body = JobView,

@@ -164,6 +164,6 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelsBody> {
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "models", responses((status = 200, description = "The OpenAPI 3 document.", body = Object)))]
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(super::openapi::document())
+pub async fn openapi(State(state): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
+    Json(super::openapi::served_document(&state.inner.webhooks))
 }
