@@ -6,6 +6,10 @@ fuzz/corpus/upload/  multipart/form-data bodies for the `upload` target, with th
                      request from the sample photos, and hostile ones (huge or elongated
                      images whose headers lie about their size, truncated or unsupported
                      images, empty, duplicated, unknown and mislabelled parts).
+fuzz/corpus/jobs/    `POST /v1/jobs` bodies for the `jobs` target: the image parts with the job's
+                     text fields, ordinary and hostile (bad priorities, qualities and formats,
+                     metadata over its bound, webhook URLs inside and outside the allow list,
+                     duplicated fields).
 fuzz/corpus/image/   single images for the `image` target.
 
 Usage: python3 fuzz/make_corpus.py   (from anywhere; rewrites both folders)
@@ -263,7 +267,46 @@ def main():
         "empty_body": b"",
     }
 
-    for sub, files in (("upload", bodies), ("image", images)):
+    def text(name, value):
+        return part(name, value.encode() if isinstance(value, str) else value, None)
+
+    pair = (part(P, person), part(C, cloth))
+    jobs = {
+        "ok_job": body(*pair),
+        "ok_all_fields": body(
+            *pair,
+            part(M, mask),
+            text("priority", "interactive"),
+            text("metadata", "sku-42"),
+            text("format", "png"),
+            text("quality", "75"),
+            text("webhook_url", "https://hooks.example.com/done?x=1"),
+        ),
+        "ok_http_address_hook": body(*pair, text("webhook_url", "http://127.0.0.1:9000/hook")),
+        "hook_other_port": body(*pair, text("webhook_url", "http://127.0.0.1:9001/hook")),
+        "hook_not_listed": body(*pair, text("webhook_url", "https://evil.example.net/")),
+        "hook_userinfo": body(*pair, text("webhook_url", "https://a:b@hooks.example.com/")),
+        "hook_http_name": body(*pair, text("webhook_url", "http://hooks.example.com/")),
+        "hook_ipv6": body(*pair, text("webhook_url", "https://[::ffff:127.0.0.1]:9000/")),
+        "hook_long": body(*pair, text("webhook_url", "https://hooks.example.com/" + "a" * 2100)),
+        "priority_bad": body(*pair, text("priority", "urgent")),
+        "priority_empty": body(*pair, text("priority", "")),
+        "quality_zero": body(*pair, text("quality", "0")),
+        "quality_big": body(*pair, text("quality", "256")),
+        "quality_spaces": body(*pair, text("quality", " 90 ")),
+        "format_bad": body(*pair, text("format", "gif")),
+        "metadata_512": body(*pair, text("metadata", "m" * 512)),
+        "metadata_513": body(*pair, text("metadata", "m" * 513)),
+        "metadata_utf8": body(*pair, text("metadata", "\u00e9" * 256)),
+        "metadata_not_utf8": body(*pair, text("metadata", b"\xff\xfe")),
+        "duplicate_priority": body(*pair, text("priority", "batch"), text("priority", "interactive")),
+        "unknown_field": body(*pair, text("colour", "red")),
+        "field_as_file": body(*pair, part("metadata", b"x", "text/plain", filename="m.txt")),
+        "empty_part": body(part(P, b""), part(C, cloth)),
+        "missing_cloth": body(part(P, person), text("priority", "batch")),
+    }
+
+    for sub, files in (("upload", bodies), ("image", images), ("jobs", jobs)):
         out = os.path.join(FUZZ, "corpus", sub)
         shutil.rmtree(out, ignore_errors=True)
         os.makedirs(out)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Fuzzes the /tryon upload path (fuzz/fuzz_targets/upload.rs) for a bounded time with libFuzzer,
+# Fuzzes the /tryon upload path (fuzz/fuzz_targets/upload.rs; or the jobs form, or images) for a bounded time with libFuzzer,
 # through cargo-fuzz on the stable toolchain (no sanitizer, which only nightly builds).
 #
-#   scripts/fuzz.sh [SECONDS] [TARGET]    (defaults: 120 s, target `upload`; or `image`)
+#   scripts/fuzz.sh [SECONDS] [TARGET]    (defaults: 120 s, target `upload`; or `jobs`, `image`)
 #
 # Installs the pinned cargo-fuzz if it is missing, builds the target into fuzz/target, and runs
 # it over the committed seeds in fuzz/corpus/TARGET. Inputs that find new coverage are written to
@@ -18,7 +18,7 @@ CARGO_FUZZ_VERSION=0.13.2
 
 case "$SECONDS_TO_RUN" in
 '' | *[!0-9]*)
-    echo "usage: $0 [SECONDS] [upload|image]" >&2
+    echo "usage: $0 [SECONDS] [upload|jobs|image]" >&2
     exit 2
     ;;
 esac

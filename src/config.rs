@@ -237,7 +237,16 @@ pub struct JobsArgs {
     /// Most jobs waiting in the store; beyond it, 429.
     #[arg(long, env = "VIRTUALFIT_MAX_QUEUED_JOBS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_queued_jobs: u64,
+    /// Most jobs one API key may have queued or running; beyond it, 429 `rate_limited`.
+    #[arg(long, env = "VIRTUALFIT_MAX_JOBS_PER_KEY", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_jobs_per_key: u64,
+    /// Most bytes of job inputs and results the store keeps (e.g. `8GiB`); past it,
+    /// submissions get 507 `insufficient_storage`. The default fits the Deployment's 10 GiB
+    /// data volume with room for SQLite's journal.
+    #[arg(long, env = "VIRTUALFIT_MAX_STORE_BYTES", default_value = "8GiB", value_parser = byte_size)]
+    pub max_store_bytes: u64,
     /// With --jobs-redis: a job whose replica has been silent this long is taken over by another.
+    /// With SQLite: a running job whose end could not be stored is run again after this long.
     #[arg(long, env = "VIRTUALFIT_JOB_LEASE", default_value = "5m", value_parser = positive_duration)]
     pub job_lease: Duration,
     /// The job priorities this replica takes from the store, comma-separated. Beside a worker
@@ -340,9 +349,18 @@ pub struct ServeArgs {
     /// JPEG quality when the request does not ask (`quality=`).
     #[arg(long, env = "VIRTUALFIT_JPEG_QUALITY", default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub jpeg_quality: u8,
-    /// Bearer token required on /tryon and the jobs API (unset: no authentication).
+    /// Bearer token required on /tryon and the jobs API (unset: no authentication); its
+    /// holder is the key named `default`.
     #[arg(long, env = "VIRTUALFIT_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Named API keys, one `name:SHA256_HEX_OF_TOKEN` a line; read again on SIGHUP. Each
+    /// key sees only its own jobs.
+    #[arg(long, env = "VIRTUALFIT_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Requests a second each API key may make (bursts of one second's worth); past it, 429
+    /// `rate_limited` (unset: unbounded).
+    #[arg(long, env = "VIRTUALFIT_KEY_REQUESTS_PER_S", value_parser = positive_price)]
+    pub key_requests_per_s: Option<f64>,
     /// Log format.
     #[arg(long, env = "VIRTUALFIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -402,13 +420,13 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
-/// A price in dollars: finite and above zero.
+/// A price in dollars, or a rate: finite and above zero.
 fn positive_price(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
     if v.is_finite() && v > 0.0 {
         Ok(v)
     } else {
-        Err(format!("must be a price above 0, got {v}"))
+        Err(format!("must be a number above 0, got {v}"))
     }
 }
 

@@ -28,6 +28,13 @@ pub enum ApiError {
     InvalidImage(String),
     #[error("the server is busy; retry in {retry_after_s} s")]
     Overloaded { retry_after_s: u64 },
+    /// A key past its own bounds (requests a second, jobs not yet ended).
+    #[error("{reason}; retry in {retry_after_s} s")]
+    RateLimited { reason: String, retry_after_s: u64 },
+    #[error("this Idempotency-Key was used before with a different request; use a new key")]
+    IdempotencyKeyReused,
+    #[error("{reason}")]
+    InsufficientStorage { reason: String, retry_after_s: u64 },
     #[error("the server is draining before shutdown")]
     Draining { retry_after_s: u64 },
     #[error("{reason}")]
@@ -49,8 +56,10 @@ pub enum ApiError {
     Stalled(String),
 }
 
-/// `Retry-After` when the job queue is full.
+/// `Retry-After` when the job queue is full, or a key has its most jobs.
 pub const JOB_QUEUE_RETRY_AFTER_S: u64 = 30;
+/// `Retry-After` when the job store holds its most bytes: results expire with the retention.
+pub const STORE_FULL_RETRY_AFTER_S: u64 = 60;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
@@ -70,7 +79,11 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InvalidImage(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded { .. } | ApiError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InsufficientStorage { .. } => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Draining { .. } | ApiError::Unavailable { .. } | ApiError::Stalled(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -92,6 +105,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::InvalidImage(_) => "invalid_image",
             ApiError::Overloaded { .. } => "overloaded",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::InsufficientStorage { .. } => "insufficient_storage",
             ApiError::Draining { .. } | ApiError::Unavailable { .. } => "unavailable",
             ApiError::DeadlineExceeded { .. } => "deadline_exceeded",
             ApiError::NotFound(_) => "not_found",
@@ -112,6 +128,9 @@ impl ApiError {
         "unsupported_media_type",
         "invalid_image",
         "overloaded",
+        "rate_limited",
+        "idempotency_key_reused",
+        "insufficient_storage",
         "unavailable",
         "deadline_exceeded",
         "not_found",
@@ -131,9 +150,12 @@ impl ApiError {
             | ApiError::InvalidImage(_) => Some(RejectReason::Invalid),
             ApiError::BodyTimeout { .. } => Some(RejectReason::BodyTimeout),
             ApiError::Overloaded { .. } => Some(RejectReason::QueueFull),
+            ApiError::RateLimited { .. } => Some(RejectReason::RateLimited),
+            ApiError::InsufficientStorage { .. } => Some(RejectReason::StoreFull),
             ApiError::Draining { .. } => Some(RejectReason::Draining),
             ApiError::DeadlineExceeded { .. } => Some(RejectReason::Deadline),
             ApiError::Unauthorized
+            | ApiError::IdempotencyKeyReused
             | ApiError::Unavailable { .. }
             | ApiError::NotFound(_)
             | ApiError::NotReady(_)
@@ -148,6 +170,8 @@ impl ApiError {
         match self {
             ApiError::Overloaded { retry_after_s }
             | ApiError::Draining { retry_after_s }
+            | ApiError::RateLimited { retry_after_s, .. }
+            | ApiError::InsufficientStorage { retry_after_s, .. }
             | ApiError::Unavailable { retry_after_s, .. } => Some(*retry_after_s),
             _ => None,
         }
@@ -203,6 +227,15 @@ impl From<StoreError> for ApiError {
             StoreError::QueueFull { .. } => ApiError::Overloaded {
                 retry_after_s: JOB_QUEUE_RETRY_AFTER_S,
             },
+            e @ StoreError::OwnerFull { .. } => ApiError::RateLimited {
+                reason: e.to_string(),
+                retry_after_s: JOB_QUEUE_RETRY_AFTER_S,
+            },
+            StoreError::KeyReused => ApiError::IdempotencyKeyReused,
+            e @ StoreError::StoreFull { .. } => ApiError::InsufficientStorage {
+                reason: e.to_string(),
+                retry_after_s: STORE_FULL_RETRY_AFTER_S,
+            },
             StoreError::Backend(m) => ApiError::Unavailable {
                 reason: format!("the job store is unavailable: {m}"),
                 retry_after_s: MIN_RETRY_AFTER_S,
@@ -250,6 +283,15 @@ mod tests {
             ApiError::UnsupportedMediaType(String::new()),
             ApiError::InvalidImage(String::new()),
             ApiError::Overloaded { retry_after_s: 1 },
+            ApiError::RateLimited {
+                reason: String::new(),
+                retry_after_s: 1,
+            },
+            ApiError::IdempotencyKeyReused,
+            ApiError::InsufficientStorage {
+                reason: String::new(),
+                retry_after_s: 1,
+            },
             ApiError::Draining { retry_after_s: 1 },
             ApiError::DeadlineExceeded {
                 waited_ms: 1,

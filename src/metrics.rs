@@ -26,6 +26,7 @@ pub const BATCH_ITEMS_TOTAL: &str = "virtualfit_batch_items_total";
 pub const JOBS_SUBMITTED_TOTAL: &str = "virtualfit_jobs_submitted_total";
 pub const JOBS_FINISHED_TOTAL: &str = "virtualfit_jobs_finished_total";
 pub const JOBS_QUEUED: &str = "virtualfit_jobs_queued";
+pub const JOB_STORE_BYTES: &str = "virtualfit_job_store_bytes";
 pub const MODEL_BUSY_SECONDS_TOTAL: &str = "virtualfit_model_busy_seconds_total";
 pub const GPU_HOUR_PRICE: &str = "virtualfit_price_per_gpu_hour_usd";
 pub const WEBHOOK_DELIVERIES_TOTAL: &str = "virtualfit_webhook_deliveries_total";
@@ -73,16 +74,22 @@ pub enum RejectReason {
     Invalid,
     /// The body did not arrive within `--body-timeout-s`.
     BodyTimeout,
+    /// A key past its request rate or its most jobs.
+    RateLimited,
+    /// The job store holds `--max-store-bytes`.
+    StoreFull,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::QueueFull,
         RejectReason::Draining,
         RejectReason::Deadline,
         RejectReason::Cancelled,
         RejectReason::Invalid,
         RejectReason::BodyTimeout,
+        RejectReason::RateLimited,
+        RejectReason::StoreFull,
     ];
 
     pub fn label(self) -> &'static str {
@@ -93,6 +100,8 @@ impl RejectReason {
             RejectReason::Cancelled => "cancelled",
             RejectReason::Invalid => "invalid",
             RejectReason::BodyTimeout => "body_timeout",
+            RejectReason::RateLimited => "rate_limited",
+            RejectReason::StoreFull => "store_full",
         }
     }
 }
@@ -153,6 +162,8 @@ pub struct Metrics {
     pub jobs_submitted_total: IntCounterVec,
     pub jobs_finished_total: IntCounterVec,
     pub jobs_queued: IntGauge,
+    /// Bytes of job inputs and results the store holds (`--max-store-bytes` bounds it).
+    pub job_store_bytes: IntGauge,
     pub webhook_deliveries_total: IntCounterVec,
     /// Diffusion models: denoising steps taken, one per request per UNet call.
     pub unet_steps_total: prometheus::IntCounter,
@@ -404,6 +415,14 @@ impl Metrics {
                 IntGauge::new(
                     JOBS_QUEUED,
                     "Jobs waiting in the job store (all replicas, with --jobs-redis).",
+                )
+                .expect("valid gauge"),
+            ),
+            job_store_bytes: register(
+                r,
+                IntGauge::new(
+                    JOB_STORE_BYTES,
+                    "Bytes of job inputs and results the job store holds, bounded by --max-store-bytes.",
                 )
                 .expect("valid gauge"),
             ),

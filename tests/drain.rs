@@ -133,3 +133,125 @@ async fn a_request_still_uploading_at_sigterm_gets_an_answer() {
         .expect("the process exits");
     assert!(exit.success());
 }
+
+/// A multipart body with the first sample pair, as a client would send it.
+fn pair_body(boundary: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, file) in [
+        ("person_image", "person/000066_0.jpg"),
+        ("cloth_image", "cloth/017575_1.jpg"),
+    ] {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\ncontent-disposition: form-data; name=\"{name}\"; filename=\"{name}.jpg\"\r\ncontent-type: image/jpeg\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(&fixture(file));
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    body
+}
+
+/// Sends a request's headers and the first `sent` bytes of its body.
+async fn start_upload(addr: &str, path: &str, body: &[u8], sent: usize) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: multipart/form-data; boundary=XYZ\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.write_all(&body[..sent]).await.expect("write");
+    s
+}
+
+/// The status line of the answer.
+async fn status_line(s: &mut tokio::net::TcpStream) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+        .await
+        .expect("an answer")
+        .expect("read");
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Uploads whose handlers started before SIGTERM finish a second later, well within the
+/// drain: they are run and answered 200 (`/tryon`) and 202 (`/v1/jobs`), not 503.
+#[tokio::test]
+async fn uploads_in_progress_at_sigterm_are_run_within_the_drain() {
+    let mut child = ChildServer::start(&["--drain-timeout-s", "15"]);
+    child.wait_ready().await;
+    let addr = child.addr().to_string();
+    let body = pair_body("XYZ");
+    let half = body.len() / 2;
+    let mut uploads = Vec::new();
+    for path in [
+        "/tryon", "/tryon", "/tryon", "/v1/jobs", "/v1/jobs", "/v1/jobs",
+    ] {
+        uploads.push((path, start_upload(&addr, path, &body, half).await));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.sigterm();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (_, s) in &mut uploads {
+        s.write_all(&body[half..])
+            .await
+            .expect("the rest of the body");
+    }
+    for (path, s) in &mut uploads {
+        let line = status_line(s).await;
+        let wanted = if *path == "/tryon" { "200" } else { "202" };
+        assert!(
+            line.starts_with(&format!("HTTP/1.1 {wanted}")),
+            "{path}: {line}"
+        );
+    }
+    let exit = child
+        .wait_exit(Duration::from_secs(20))
+        .expect("the process exits");
+    assert!(exit.success());
+}
+
+/// A request refused during the drain (503) whose body is still arriving when the drain's
+/// time runs short is read to its end and answered, on /tryon as on /v1/jobs, not cut off.
+#[tokio::test]
+async fn a_refused_upload_is_answered_cleanly_when_the_drain_deadline_passes() {
+    // Soft deadline 4 s after SIGTERM (5 s less a 1 s reserve), held open by an upload that
+    // never finishes.
+    let mut child = ChildServer::start(&["--drain-timeout-s", "5"]);
+    child.wait_ready().await;
+    let addr = child.addr().to_string();
+    let body = pair_body("XYZ");
+    let _held = start_upload(&addr, "/tryon", &body, 10).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    child.sigterm();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let mut refused = Vec::new();
+    for path in ["/tryon", "/v1/jobs"] {
+        refused.push((path, start_upload(&addr, path, &body, 100).await));
+    }
+    // The rest arrives in pieces until 4.4 s after the signal, past the soft deadline.
+    let pieces = 7;
+    let step = (body.len() - 100).div_ceil(pieces);
+    for chunk in body[100..].chunks(step) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for (_, s) in &mut refused {
+            s.write_all(chunk).await.expect("the server reads the body");
+        }
+    }
+    assert!(signalled.elapsed() > Duration::from_millis(4000));
+    for (path, s) in &mut refused {
+        let line = status_line(s).await;
+        assert!(line.starts_with("HTTP/1.1 503"), "{path}: {line}");
+    }
+    let exit = child
+        .wait_exit(Duration::from_secs(20))
+        .expect("the process exits");
+    assert!(exit.success());
+}

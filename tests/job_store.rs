@@ -15,6 +15,7 @@ use virtualfit::jobs::{
 };
 
 const RETENTION: Duration = Duration::from_secs(3600);
+const LEASE: Duration = Duration::from_secs(60);
 
 fn record(priority: Priority, created_ms: i64, webhook: Option<&str>) -> JobRecord {
     JobRecord {
@@ -34,6 +35,8 @@ fn record(priority: Priority, created_ms: i64, webhook: Option<&str>) -> JobReco
         cancel_requested: false,
         lease: None,
         diffusion: None,
+        owner: None,
+        fingerprint: None,
     }
 }
 
@@ -48,6 +51,8 @@ fn new_job(record: JobRecord, key: Option<&str>, max_queued: usize) -> NewJob {
         idempotency_key: key.map(str::to_string),
         max_queued,
         retention: RETENTION,
+        max_owner_jobs: usize::MAX,
+        max_store_bytes: u64::MAX,
     }
 }
 
@@ -309,9 +314,9 @@ fn expiry(store: &dyn JobStore) {
 #[test]
 fn sqlite_store_keeps_the_contract() {
     let dir = tempfile::tempdir().expect("dir");
-    contract(&SqliteStore::open(dir.path()).expect("open"));
+    contract(&SqliteStore::open(dir.path(), LEASE).expect("open"));
     let dir = tempfile::tempdir().expect("dir");
-    expiry(&SqliteStore::open(dir.path()).expect("open"));
+    expiry(&SqliteStore::open(dir.path(), LEASE).expect("open"));
 }
 
 #[test]
@@ -327,9 +332,9 @@ fn sqlite_queues_again_what_was_running_and_keeps_owed_webhooks_across_a_reopen(
     let dir = tempfile::tempdir().expect("dir");
     let now = now_ms();
     let (running, hooked) = {
-        let store = SqliteStore::open(dir.path()).expect("open");
+        let store = SqliteStore::open(dir.path(), LEASE).expect("open");
         assert!(
-            SqliteStore::open(dir.path()).is_err(),
+            SqliteStore::open(dir.path(), LEASE).is_err(),
             "a second server on the same folder is refused"
         );
         let running = submit(&store, Priority::Batch, now);
@@ -353,7 +358,7 @@ fn sqlite_queues_again_what_was_running_and_keeps_owed_webhooks_across_a_reopen(
             .expect("finish");
         (running, hooked)
     };
-    let store = SqliteStore::open(dir.path()).expect("reopen");
+    let store = SqliteStore::open(dir.path(), LEASE).expect("reopen");
     let got = store.get(&running.id, now).expect("get").expect("known");
     assert_eq!(
         got.status,
@@ -487,7 +492,7 @@ fn claims_only_the_priorities_asked_for(store: &dyn JobStore) {
 #[test]
 fn sqlite_claims_only_the_priorities_asked_for() {
     let dir = tempfile::tempdir().expect("tempdir");
-    claims_only_the_priorities_asked_for(&SqliteStore::open(dir.path()).expect("open"));
+    claims_only_the_priorities_asked_for(&SqliteStore::open(dir.path(), LEASE).expect("open"));
 }
 
 #[test]
@@ -496,4 +501,156 @@ fn redis_claims_only_the_priorities_asked_for() {
     claims_only_the_priorities_asked_for(
         &RedisStore::open(&redis.url(), Duration::from_secs(60)).expect("open"),
     );
+}
+
+/// A job of `owner`'s with an idempotency key (already scoped) and a request fingerprint.
+fn keyed_job(owner: Option<&str>, key: Option<&str>, fingerprint: &str) -> NewJob {
+    let mut r = record(Priority::Batch, now_ms(), None);
+    r.owner = owner.map(str::to_string);
+    r.fingerprint = Some(fingerprint.to_string());
+    new_job(r, key, 1000)
+}
+
+/// Idempotency keys answer only the same request; each owner has its own bound; the bytes of
+/// inputs and results are bounded and counted.
+fn scoping_and_bounds(store: &dyn JobStore) {
+    use virtualfit::jobs::scoped_idempotency_key;
+    let alice_key = scoped_idempotency_key(Some("alice"), "order-17-line-2");
+    let bob_key = scoped_idempotency_key(Some("bob"), "order-17-line-2");
+    assert_ne!(alice_key, bob_key);
+    let first = store
+        .submit(keyed_job(Some("alice"), Some(&alice_key), "fp-a"))
+        .expect("submit");
+    let replay = store
+        .submit(keyed_job(Some("alice"), Some(&alice_key), "fp-a"))
+        .expect("replay");
+    assert!(first.created && !replay.created);
+    assert_eq!(first.record.id, replay.record.id);
+    match store.submit(keyed_job(Some("alice"), Some(&alice_key), "fp-b")) {
+        Err(StoreError::KeyReused) => {}
+        other => panic!("a different request under the same key: {other:?}"),
+    }
+    let bobs = store
+        .submit(keyed_job(Some("bob"), Some(&bob_key), "fp-b"))
+        .expect("bob's own key");
+    assert!(bobs.created, "bob's key names no job of alice's");
+    assert_ne!(bobs.record.id, first.record.id);
+
+    // alice has one job; a bound of two admits one more, then refuses; bob is not held up.
+    let mut bounded = keyed_job(Some("alice"), None, "x");
+    bounded.max_owner_jobs = 2;
+    store.submit(bounded.clone()).expect("second of alice's");
+    let mut third = keyed_job(Some("alice"), None, "y");
+    third.max_owner_jobs = 2;
+    match store.submit(third.clone()) {
+        Err(StoreError::OwnerFull { jobs }) => assert_eq!(jobs, 2),
+        other => panic!("expected alice's bound, got {other:?}"),
+    }
+    let mut bob_more = keyed_job(Some("bob"), None, "z");
+    bob_more.max_owner_jobs = 2;
+    store.submit(bob_more).expect("bob has one job");
+    // Once one of alice's jobs has ended, she may submit again.
+    let now = now_ms();
+    let taken = store.claim("w1", 10, now).expect("claim");
+    let alices = taken
+        .iter()
+        .find(|t| t.record.owner.as_deref() == Some("alice"))
+        .expect("one of alice's");
+    store
+        .finish(
+            &alices.record.id,
+            &alices.lease,
+            succeeded(),
+            now,
+            RETENTION,
+        )
+        .expect("finish")
+        .expect("ended");
+    store.submit(third).expect("alice is under her bound again");
+
+    // Bytes: each job holds its inputs (23 bytes here) until it ends, then its result (3):
+    // four of the five jobs still hold inputs.
+    let held = store.bytes_held().expect("bytes");
+    assert_eq!(held, 23 * 4 + 3);
+    let mut over = keyed_job(None, None, "big");
+    over.max_store_bytes = held + 22;
+    match store.submit(over.clone()) {
+        Err(StoreError::StoreFull { held: h, more, .. }) => assert_eq!((h, more), (held, 23)),
+        other => panic!("expected the byte bound, got {other:?}"),
+    }
+    over.max_store_bytes = held + 23;
+    store.submit(over).expect("fits exactly");
+    assert_eq!(store.bytes_held().expect("bytes"), held + 23);
+}
+
+#[test]
+fn sqlite_scopes_idempotency_keys_and_bounds_owners_and_bytes() {
+    let dir = tempfile::tempdir().expect("dir");
+    scoping_and_bounds(&SqliteStore::open(dir.path(), LEASE).expect("open"));
+}
+
+#[test]
+fn redis_scopes_idempotency_keys_and_bounds_owners_and_bytes() {
+    let redis = RedisServer::start();
+    scoping_and_bounds(&RedisStore::open(&redis.url(), LEASE).expect("open"));
+}
+
+/// A run whose end could not be stored (nor the job put back) left the job running for good.
+/// Now its claim lapses unless renewed, and the job is taken again; the stale run's end is
+/// ignored.
+#[test]
+fn sqlite_takes_again_a_running_job_whose_claim_lapsed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let lease = Duration::from_millis(400);
+    let store = SqliteStore::open(dir.path(), lease).expect("open");
+    let job = submit(&store, Priority::Batch, now_ms());
+    let first = store.claim("w1", 5, now_ms()).expect("claim");
+    assert_eq!(first.len(), 1);
+    assert!(store.claim("w1", 5, now_ms()).expect("claim").is_empty());
+    // Renewed, it stays with its run.
+    std::thread::sleep(Duration::from_millis(250));
+    store.renew("w1", &[first[0].lease.clone()]).expect("renew");
+    std::thread::sleep(Duration::from_millis(250));
+    assert!(store.claim("w1", 5, now_ms()).expect("claim").is_empty());
+    // Not renewed: taken again after the lease.
+    std::thread::sleep(Duration::from_millis(500));
+    let again = store.claim("w1", 5, now_ms()).expect("claim");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].record.id, job.id);
+    assert_eq!(again[0].record.attempts, 2);
+    assert_ne!(again[0].lease, first[0].lease);
+    assert!(
+        store
+            .finish(&job.id, &first[0].lease, succeeded(), now_ms(), RETENTION)
+            .expect("finish")
+            .is_none(),
+        "the lapsed run's end is ignored"
+    );
+    let done = store
+        .finish(&job.id, &again[0].lease, succeeded(), now_ms(), RETENTION)
+        .expect("finish")
+        .expect("ended");
+    assert_eq!(done.status, JobStatus::Succeeded);
+}
+
+/// The store notices that its folder was deleted (writes would go to unlinked files).
+#[test]
+fn sqlite_reports_a_deleted_data_folder() {
+    let parent = tempfile::tempdir().expect("dir");
+    let dir = parent.path().join("data");
+    let store = SqliteStore::open(&dir, LEASE).expect("open");
+    store.health().expect("healthy");
+    submit(&store, Priority::Batch, now_ms());
+    std::fs::remove_dir_all(&dir).expect("rm -rf");
+    let e = store.health().expect_err("deleted");
+    assert!(e.to_string().contains("deleted"), "{e}");
+    match store.submit(new_job(record(Priority::Batch, now_ms(), None), None, 10)) {
+        Err(StoreError::Backend(m)) => assert!(m.contains("deleted"), "{m}"),
+        other => panic!("a submission to a deleted store: {other:?}"),
+    }
+    // A new folder at the same path is another file: still refused.
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let other = SqliteStore::open(&dir, LEASE).expect("another store");
+    drop(other);
+    assert!(store.health().is_err(), "replaced");
 }

@@ -17,7 +17,8 @@ use tokio::runtime::Runtime;
 use tokio::time::Instant;
 use virtualfit::error::ApiError;
 use virtualfit::metrics::Metrics;
-use virtualfit::models::{MODEL_HEIGHT, MODEL_WIDTH};
+use virtualfit::models::{WorkItem, MODEL_HEIGHT, MODEL_WIDTH};
+use virtualfit::server::cpu::Cpu;
 use virtualfit::server::upload::{self, Budgets};
 
 /// The boundary the corpus (`fuzz/make_corpus.py`) uses.
@@ -101,9 +102,18 @@ fuzz_target!(|data: &[u8]| {
             &s.budgets,
             deadline,
             BODY_TIMEOUT,
+            &[],
         )
         .await?;
-        upload::prepare(upload, MAX_PIXELS, &s.budgets, deadline).await
+        upload::prepare(
+            upload,
+            MAX_PIXELS,
+            &s.budgets,
+            deadline,
+            &Cpu::Blocking,
+            None,
+        )
+        .await
     });
     if s.trace {
         match &result {
@@ -117,7 +127,8 @@ fuzz_target!(|data: &[u8]| {
         "the decode-memory gauge is not back to 0"
     );
     match result {
-        Ok(pair) => {
+        Ok(WorkItem::Diffusion(_)) => panic!("diffusion inputs without a diffusion request"),
+        Ok(WorkItem::Pair(pair)) => {
             let (h, w) = (MODEL_HEIGHT, MODEL_WIDTH);
             assert_eq!(pair.person.dims(), &[h, w, 3]);
             assert_eq!(pair.cloth.dims(), &[h, w, 3]);

@@ -113,6 +113,14 @@ pub struct JobRecord {
     /// gave none, so that a job run twice gives the same image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diffusion: Option<crate::models::catvton::request::DiffusionRequest>,
+    /// The name of the API key that submitted the job (none without keys): only it may see
+    /// or cancel the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The hash of the request that made the job, compared when its idempotency key comes
+    /// again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 impl JobRecord {
@@ -141,6 +149,34 @@ pub struct NewJob {
     pub max_queued: usize,
     /// How long the idempotency key, and later the result, are kept.
     pub retention: Duration,
+    /// Refuse the job when its owner has this many jobs queued or running already.
+    pub max_owner_jobs: usize,
+    /// Refuse the job when the inputs and results kept would pass this many bytes.
+    pub max_store_bytes: u64,
+}
+
+impl NewJob {
+    /// The bytes of the job's inputs, as counted against `--max-store-bytes`.
+    pub fn input_bytes(&self) -> u64 {
+        (self.inputs.person.len()
+            + self.inputs.cloth.len()
+            + self.inputs.mask.as_ref().map_or(0, |m| m.len())) as u64
+    }
+}
+
+/// The idempotency key as stored: scoped to its owner, so that two clients using the same
+/// key never meet. Key names hold no `:`, so the scope cannot be forged.
+pub fn scoped_idempotency_key(owner: Option<&str>, key: &str) -> String {
+    format!("{}:{key}", owner.unwrap_or(""))
+}
+
+/// Whether a stored job answers a resubmission with this fingerprint: the same request, or
+/// a job stored before fingerprints were kept.
+pub fn same_request(existing: &JobRecord, fingerprint: Option<&str>) -> bool {
+    match (existing.fingerprint.as_deref(), fingerprint) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
 }
 
 /// What [`JobStore::submit`] did.
@@ -185,6 +221,12 @@ pub struct Delivery {
 pub enum StoreError {
     #[error("{queued} jobs are queued, the most this server keeps")]
     QueueFull { queued: usize },
+    #[error("this key has {jobs} jobs queued or running, the most one key may have")]
+    OwnerFull { jobs: usize },
+    #[error("the Idempotency-Key was used before with a different request")]
+    KeyReused,
+    #[error("the job store holds {held} bytes; this job's {more} would pass its bound of {limit}")]
+    StoreFull { held: u64, more: u64, limit: u64 },
     #[error("the job store failed: {0}")]
     Backend(String),
 }
@@ -264,6 +306,14 @@ pub trait JobStore: Send + Sync {
     fn delivery_done(&self, job_id: &str) -> StoreResult<()>;
     /// A delivery failed: try again at `due_ms`.
     fn delivery_retry(&self, job_id: &str, attempts: u32, due_ms: i64) -> StoreResult<()>;
+    /// Whether the store can record jobs now: an error says why not.
+    fn health(&self) -> StoreResult<()> {
+        Ok(())
+    }
+    /// The bytes of inputs and results held, as counted against `--max-store-bytes`.
+    fn bytes_held(&self) -> StoreResult<u64> {
+        Ok(0)
+    }
 }
 
 /// RFC 3339 time of a store timestamp.

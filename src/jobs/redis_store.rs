@@ -8,6 +8,11 @@
 //!   a replica silent for the lease (`--job-lease`) has its entries claimed by another.
 //! - `virtualfit:deliveries` is a sorted set of owed webhooks by due time, with each
 //!   delivery's body in `virtualfit:delivery:{id}`.
+//! - `virtualfit:owner:{name}` is the set of a key's jobs that have not ended, for the
+//!   per-key bound.
+//! - `virtualfit:bytes` counts the bytes of inputs and results held; `virtualfit:results` is
+//!   a sorted set of kept results by expiry, and a result's size is taken off the count once
+//!   it has expired.
 //!
 //! Every change of a record is a WATCH/MULTI transaction, so a status that is final stays final
 //! even when two replicas finish the same job.
@@ -50,6 +55,13 @@ fn delivery_key(id: &str) -> String {
     format!("{PREFIX}:delivery:{id}")
 }
 
+fn owner_key(owner: &str) -> String {
+    format!("{PREFIX}:owner:{owner}")
+}
+
+const BYTES: &str = "virtualfit:bytes";
+const RESULTS: &str = "virtualfit:results";
+
 fn stream_of(p: Priority) -> &'static str {
     match p {
         Priority::Interactive => INTERACTIVE_STREAM,
@@ -79,10 +91,15 @@ fn from_json(text: &str) -> StoreResult<JobRecord> {
 const AUTOCLAIM_PAGES: usize = 10;
 const SUBMIT_CREATED: i64 = 0;
 const SUBMIT_EXISTS: i64 = 1;
-/// KEYS: the job's hash, its stream, the interactive and the batch stream. ARGV: record,
-/// status, person, cloth, mask, has mask (0/1), id, the bound, retention in ms, the
-/// idempotency key ('' for none), the group. Answers {0, id} when it stored the job, {1, id}
-/// when the key (or the id) names a job already, {2, queued} when the bound refuses it.
+const SUBMIT_QUEUE_FULL: i64 = 2;
+const SUBMIT_OWNER_FULL: i64 = 3;
+/// KEYS: the job's hash, its stream, the interactive and the batch stream, the owner's set
+/// (a placeholder without owner), the byte count, the kept results. ARGV: record, status,
+/// person, cloth, mask, has mask (0/1), id, the bound, retention in ms, the idempotency key
+/// ('' for none), the group, has owner (0/1), the owner's bound, the input bytes, the byte
+/// bound, now in ms. Answers {0, id} when it stored the job, {1, id} when the key (or the id)
+/// names a job already, {2, queued} when the bound refuses it, {3, jobs} when the owner's
+/// bound does, {4, held} when the byte bound does.
 const SUBMIT_SCRIPT: &str = r"
 if ARGV[10] ~= '' then
   local existing = redis.call('GET', ARGV[10])
@@ -95,8 +112,22 @@ for i = 3, 4 do
   queued = queued + redis.call('XLEN', KEYS[i]) - pending
 end
 if queued >= tonumber(ARGV[8]) then return {2, tostring(queued)} end
-redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', ARGV[2], 'person', ARGV[3], 'cloth', ARGV[4])
+if ARGV[12] == '1' then
+  local open = redis.call('SCARD', KEYS[5])
+  if open >= tonumber(ARGV[13]) then return {3, tostring(open)} end
+end
+local gone = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', ARGV[16], 'WITHSCORES', 'LIMIT', 0, 1000)
+for i = 1, #gone, 2 do
+  local size = tonumber(string.match(gone[i], '^[^|]*|(%d+)$') or '0')
+  redis.call('DECRBY', KEYS[6], size)
+  redis.call('ZREM', KEYS[7], gone[i])
+end
+local held = tonumber(redis.call('GET', KEYS[6]) or '0')
+if held + tonumber(ARGV[14]) > tonumber(ARGV[15]) then return {4, tostring(held)} end
+redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', ARGV[2], 'person', ARGV[3], 'cloth', ARGV[4], 'bytes', ARGV[14])
 if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'mask', ARGV[5]) end
+redis.call('INCRBY', KEYS[6], ARGV[14])
+if ARGV[12] == '1' then redis.call('SADD', KEYS[5], ARGV[7]) end
 redis.call('XADD', KEYS[2], '*', 'id', ARGV[7])
 if ARGV[10] ~= '' then redis.call('SET', ARGV[10], ARGV[7], 'PX', ARGV[9]) end
 return {0, ARGV[7]}
@@ -197,6 +228,12 @@ impl RedisStore {
         con.hget(job_key(id), "record")
     }
 
+    /// The bytes of a job's inputs while they are kept.
+    fn input_bytes(con: &mut Connection, id: &str) -> RedisResult<u64> {
+        let bytes: Option<u64> = con.hget(job_key(id), "bytes")?;
+        Ok(bytes.unwrap_or(0))
+    }
+
     /// Queued entries of a stream: its length less what the group has handed out.
     fn backlog(con: &mut Connection, stream: &str) -> RedisResult<usize> {
         let len: usize = con.xlen(stream)?;
@@ -282,12 +319,16 @@ impl JobStore for RedisStore {
         // together or not at all, and running it again (after a lost reply) adds nothing.
         let script = redis::Script::new(SUBMIT_SCRIPT);
         let record = job.record.clone();
+        let input_bytes = job.input_bytes();
         let (created, answer): (i64, String) = self.with_conn(|con| {
             let mut call = script.prepare_invoke();
             call.key(job_key(&record.id))
                 .key(stream_of(record.priority))
                 .key(INTERACTIVE_STREAM)
                 .key(BATCH_STREAM)
+                .key(owner_key(record.owner.as_deref().unwrap_or("")))
+                .key(BYTES)
+                .key(RESULTS)
                 .arg(to_json(&record))
                 .arg(record.status.as_str())
                 .arg(job.inputs.person.as_ref())
@@ -303,7 +344,12 @@ impl JobStore for RedisStore {
                         .map(idempotency_key)
                         .unwrap_or_default(),
                 )
-                .arg(GROUP);
+                .arg(GROUP)
+                .arg(u8::from(record.owner.is_some()))
+                .arg(job.max_owner_jobs)
+                .arg(input_bytes)
+                .arg(job.max_store_bytes)
+                .arg(super::now_ms());
             call.invoke(con)
         })?;
         match created {
@@ -315,13 +361,25 @@ impl JobStore for RedisStore {
                 let text = self
                     .with_conn(|con| Self::load(con, &answer))?
                     .ok_or_else(|| StoreError::Backend(format!("job {answer} vanished")))?;
+                let existing = from_json(&text)?;
+                if !super::same_request(&existing, record.fingerprint.as_deref()) {
+                    return Err(StoreError::KeyReused);
+                }
                 Ok(Submitted {
-                    record: from_json(&text)?,
+                    record: existing,
                     created: false,
                 })
             }
-            _ => Err(StoreError::QueueFull {
+            SUBMIT_QUEUE_FULL => Err(StoreError::QueueFull {
                 queued: answer.parse().unwrap_or(job.max_queued),
+            }),
+            SUBMIT_OWNER_FULL => Err(StoreError::OwnerFull {
+                jobs: answer.parse().unwrap_or(job.max_owner_jobs),
+            }),
+            _ => Err(StoreError::StoreFull {
+                held: answer.parse().unwrap_or(0),
+                more: input_bytes,
+                limit: job.max_store_bytes,
             }),
         }
     }
@@ -363,7 +421,8 @@ impl JobStore for RedisStore {
                 match before {
                     JobStatus::Queued => {
                         record = cancelled_record(record, now_ms, retention);
-                        write_final(pipe, &record, now_ms, retention);
+                        let bytes = Self::input_bytes(con, id)?;
+                        write_final(pipe, &record, bytes, now_ms, retention);
                     }
                     JobStatus::Running => {
                         record.cancel_requested = true;
@@ -491,7 +550,8 @@ impl JobStore for RedisStore {
                 if holds && record.cancel_requested {
                     // Cancelled while it ran: it ends here instead of running again.
                     let record = cancelled_record(record, now_ms, retention);
-                    write_final(pipe, &record, now_ms, retention);
+                    let bytes = Self::input_bytes(con, id)?;
+                    write_final(pipe, &record, bytes, now_ms, retention);
                 } else if holds {
                     record.status = JobStatus::Queued;
                     record.lease = None;
@@ -535,7 +595,8 @@ impl JobStore for RedisStore {
                 };
                 record.lease = None;
                 let record = finished_record(record, &outcome, now_ms, retention);
-                write_final(pipe, &record, now_ms, retention);
+                let bytes = Self::input_bytes(con, id)?;
+                write_final(pipe, &record, bytes, now_ms, retention);
                 if let Some((image, content_type)) = kept_result(&record, &outcome) {
                     let rkey = result_key(id);
                     pipe.hset(&rkey, "image", image)
@@ -543,6 +604,14 @@ impl JobStore for RedisStore {
                         .hset(&rkey, "content_type", content_type)
                         .ignore()
                         .pexpire(&rkey, keep as i64)
+                        .ignore()
+                        .incr(BYTES, image.len())
+                        .ignore()
+                        .zadd(
+                            RESULTS,
+                            format!("{id}|{}", image.len()),
+                            now_ms + keep as i64,
+                        )
                         .ignore();
                 }
                 let json = to_json(&record);
@@ -633,6 +702,16 @@ impl JobStore for RedisStore {
                 .query(con)
         })
     }
+
+    fn health(&self) -> StoreResult<()> {
+        self.with_conn(|con| redis::cmd("PING").query::<String>(con))?;
+        Ok(())
+    }
+
+    fn bytes_held(&self) -> StoreResult<u64> {
+        let held: Option<i64> = self.with_conn(|con| con.get(BYTES))?;
+        Ok(held.unwrap_or(0).max(0) as u64)
+    }
 }
 
 /// Whether another worker runs the job now under the same stream entry (it took the entry
@@ -654,14 +733,25 @@ fn drop_entry(pipe: &mut redis::Pipeline, lease: &str) {
 }
 
 /// Adds to a transaction the writes of a record that has just become final: the record, its
-/// inputs dropped, its time to live, and the webhook it owes.
-fn write_final(pipe: &mut redis::Pipeline, record: &JobRecord, now_ms: i64, retention: Duration) {
+/// inputs dropped (`input_bytes` of them, taken off the count), its time to live, and the
+/// webhook it owes.
+fn write_final(
+    pipe: &mut redis::Pipeline,
+    record: &JobRecord,
+    input_bytes: u64,
+    now_ms: i64,
+    retention: Duration,
+) {
     let key = job_key(&record.id);
+    if let Some(owner) = &record.owner {
+        pipe.srem(owner_key(owner), &record.id).ignore();
+    }
+    pipe.decr(BYTES, input_bytes).ignore();
     pipe.hset(&key, "record", to_json(record))
         .ignore()
         .hset(&key, "status", record.status.as_str())
         .ignore()
-        .hdel(&key, &["person", "cloth", "mask"])
+        .hdel(&key, &["person", "cloth", "mask", "bytes"])
         .ignore()
         .pexpire(&key, record_ttl_ms(retention))
         .ignore();

@@ -1,8 +1,14 @@
 //! The embedded job store: one SQLite file in `--data-dir`, in WAL mode, owned by one process
 //! (a lock file refuses a second). A job that was running when the process died is queued again
-//! when the store opens.
+//! when the store opens; one whose end could not be recorded (a full disk) is taken again once
+//! its lease (`--job-lease`) runs out without renewal.
+//!
+//! The store also answers whether it can write: the database file must still be the one it
+//! opened (same device and inode: a deleted or replaced `--data-dir` is noticed), and a small
+//! write must succeed.
 
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -21,6 +27,9 @@ pub const DB_FILE: &str = "jobs.sqlite3";
 /// `--job-retention` when it opens).
 const CANCELLED_AT_START_RETENTION: Duration = Duration::from_secs(86_400);
 const LOCK_FILE: &str = "jobs.lock";
+/// Free space under which the store reports that it cannot write: SQLite needs room for
+/// its journal before any job fits.
+const MIN_FREE_BYTES: u64 = 1 << 20;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -47,13 +56,46 @@ CREATE TABLE IF NOT EXISTS deliveries (
     due_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (due_ms);
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
 ";
+
+/// Columns added after the first schema, with their types: added to an older file on open.
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    // The submitting key's name, for the per-key bound.
+    ("owner", "TEXT"),
+    // When a running job's claim lapses unless renewed.
+    ("lease_until_ms", "INTEGER"),
+    // Bytes of inputs and result held, for --max-store-bytes.
+    ("bytes", "INTEGER"),
+];
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     path: PathBuf,
     /// Held for the store's life: a second process on the same folder is refused.
     _lock: File,
+    /// The database file's device and inode when it was opened.
+    identity: (u64, u64),
+    /// How long a claim lasts without renewal.
+    lease: Duration,
+}
+
+/// Bytes free for this process on the file system holding `path`.
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: statvfs writes only into the struct it is given; the path is NUL-terminated.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+/// A file's device and inode.
+fn identity_of(path: &Path) -> std::io::Result<(u64, u64)> {
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 fn priority_rank(p: Priority) -> i64 {
@@ -86,6 +128,12 @@ fn write_record(tx: &Transaction<'_>, record: &JobRecord) -> StoreResult<()> {
     Ok(())
 }
 
+/// The claim a job runs under: unique per run, so that renewing one run's lease never
+/// renews another's.
+fn lease_of(worker: &str, record: &JobRecord) -> String {
+    format!("{worker}/{}/{}", record.id, record.attempts)
+}
+
 fn load_record(tx: &Transaction<'_>, id: &str) -> StoreResult<Option<JobRecord>> {
     let text: Option<String> = tx
         .query_row("SELECT record FROM jobs WHERE id = ?1", [id], |r| r.get(0))
@@ -98,7 +146,8 @@ fn load_record(tx: &Transaction<'_>, id: &str) -> StoreResult<Option<JobRecord>>
 fn write_final(tx: &Transaction<'_>, record: &JobRecord, now_ms: i64) -> StoreResult<()> {
     write_record(tx, record)?;
     tx.execute(
-        "UPDATE jobs SET person = NULL, cloth = NULL, mask = NULL WHERE id = ?1",
+        "UPDATE jobs SET person = NULL, cloth = NULL, mask = NULL, bytes = 0,
+         lease_until_ms = NULL WHERE id = ?1",
         [&record.id],
     )?;
     owe_delivery(tx, record, now_ms)
@@ -117,8 +166,9 @@ fn owe_delivery(tx: &Transaction<'_>, record: &JobRecord, now_ms: i64) -> StoreR
 }
 
 impl SqliteStore {
-    /// Opens (or creates) the store in `dir`, and queues again what was running.
-    pub fn open(dir: &Path) -> anyhow::Result<SqliteStore> {
+    /// Opens (or creates) the store in `dir`, and queues again what was running. A claim
+    /// lasts `lease` unless renewed.
+    pub fn open(dir: &Path, lease: Duration) -> anyhow::Result<SqliteStore> {
         use anyhow::Context;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the data folder {}", dir.display()))?;
@@ -147,10 +197,15 @@ impl SqliteStore {
         );
         conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
         conn.execute_batch(SCHEMA)?;
+        add_missing_columns(&conn)?;
+        let identity =
+            identity_of(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let store = SqliteStore {
             conn: Mutex::new(conn),
             path,
             _lock: lock,
+            identity,
+            lease,
         };
         let requeued = store.requeue_running()?;
         if requeued > 0 {
@@ -169,6 +224,22 @@ impl SqliteStore {
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An error unless the database file at the path is still the one this store writes:
+    /// writes to a deleted file succeed and are lost.
+    fn check_identity(&self) -> StoreResult<()> {
+        match identity_of(&self.path) {
+            Ok(id) if id == self.identity => Ok(()),
+            Ok(_) => Err(StoreError::Backend(format!(
+                "{} was replaced after the server opened it; jobs written now would be lost",
+                self.path.display()
+            ))),
+            Err(e) => Err(StoreError::Backend(format!(
+                "{} is gone ({e}): the data folder was deleted; jobs written now would be lost",
+                self.path.display()
+            ))),
+        }
     }
 
     fn requeue_running(&self) -> StoreResult<usize> {
@@ -198,8 +269,24 @@ impl SqliteStore {
     }
 }
 
+/// Adds the columns of [`ADDED_COLUMNS`] that a file made by an older version lacks.
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let present: Vec<String> = {
+        let mut q = conn.prepare("SELECT name FROM pragma_table_info('jobs')")?;
+        let rows = q.query_map([], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (name, kind) in ADDED_COLUMNS {
+        if !present.iter().any(|p| p == name) {
+            conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {name} {kind}"))?;
+        }
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, status)")
+}
+
 impl JobStore for SqliteStore {
     fn submit(&self, job: NewJob) -> StoreResult<Submitted> {
+        self.check_identity()?;
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         if let Some(key) = &job.idempotency_key {
@@ -211,8 +298,12 @@ impl JobStore for SqliteStore {
                 )
                 .optional()?;
             if let Some(text) = existing {
+                let record = from_json(&text)?;
+                if !super::same_request(&record, job.record.fingerprint.as_deref()) {
+                    return Err(StoreError::KeyReused);
+                }
                 return Ok(Submitted {
-                    record: from_json(&text)?,
+                    record,
                     created: false,
                 });
             }
@@ -227,10 +318,33 @@ impl JobStore for SqliteStore {
                 queued: queued as usize,
             });
         }
+        if let Some(owner) = &job.record.owner {
+            let open: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE owner = ?1 AND status IN ('queued', 'running')",
+                [owner],
+                |r| r.get(0),
+            )?;
+            if open as usize >= job.max_owner_jobs {
+                return Err(StoreError::OwnerFull {
+                    jobs: open as usize,
+                });
+            }
+        }
+        let held: i64 =
+            tx.query_row("SELECT COALESCE(SUM(bytes), 0) FROM jobs", [], |r| r.get(0))?;
+        let more = job.input_bytes();
+        if held.max(0) as u64 + more > job.max_store_bytes {
+            return Err(StoreError::StoreFull {
+                held: held.max(0) as u64,
+                more,
+                limit: job.max_store_bytes,
+            });
+        }
         let r = &job.record;
         tx.execute(
-            "INSERT INTO jobs (id, idempotency_key, status, priority, created_ms, record, person, cloth, mask)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO jobs (id, idempotency_key, status, priority, created_ms, record, person,
+             cloth, mask, owner, bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 r.id,
                 job.idempotency_key,
@@ -241,6 +355,8 @@ impl JobStore for SqliteStore {
                 job.inputs.person.as_ref(),
                 job.inputs.cloth.as_ref(),
                 job.inputs.mask.as_deref(),
+                r.owner,
+                more as i64,
             ],
         )?;
         tx.commit()?;
@@ -314,6 +430,8 @@ impl JobStore for SqliteStore {
     ) -> StoreResult<Vec<ClaimedJob>> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
+        // Queued jobs, and running ones whose claim lapsed: their run could not record its
+        // end (or put them back), so they run again.
         let ids: Vec<String> = {
             // The ranks are this module's integers, never client input.
             let ranks: Vec<String> = priorities
@@ -321,7 +439,8 @@ impl JobStore for SqliteStore {
                 .map(|&p| priority_rank(p).to_string())
                 .collect();
             let mut q = tx.prepare(&format!(
-                "SELECT id FROM jobs WHERE status = 'queued' AND priority IN ({})
+                "SELECT id FROM jobs WHERE priority IN ({})
+                 AND (status = 'queued' OR (status = 'running' AND lease_until_ms <= ?2))
                  ORDER BY priority, created_ms LIMIT ?1",
                 if ranks.is_empty() {
                     "NULL".to_string()
@@ -329,9 +448,10 @@ impl JobStore for SqliteStore {
                     ranks.join(",")
                 }
             ))?;
-            let rows = q.query_map([max as i64], |r| r.get(0))?;
+            let rows = q.query_map(params![max as i64, now_ms], |r| r.get(0))?;
             rows.collect::<Result<_, _>>()?
         };
+        let until = now_ms + self.lease.as_millis() as i64;
         let mut claimed = Vec::with_capacity(ids.len());
         for id in ids {
             let (text, person, cloth, mask): (String, Vec<u8>, Vec<u8>, Option<Vec<u8>>) = tx
@@ -341,11 +461,19 @@ impl JobStore for SqliteStore {
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )?;
             let mut record = from_json(&text)?;
+            if record.status == JobStatus::Running {
+                tracing::info!(job = %record.id, "took over a job whose run could not record its end");
+            }
             record.status = JobStatus::Running;
             record.started_ms = Some(now_ms);
             record.attempts += 1;
-            record.lease = Some(worker.to_string());
+            let lease = lease_of(worker, &record);
+            record.lease = Some(lease.clone());
             write_record(&tx, &record)?;
+            tx.execute(
+                "UPDATE jobs SET lease_until_ms = ?2 WHERE id = ?1",
+                params![record.id, until],
+            )?;
             claimed.push(ClaimedJob {
                 record,
                 inputs: JobInputs {
@@ -353,31 +481,44 @@ impl JobStore for SqliteStore {
                     cloth: cloth.into(),
                     mask: mask.map(Into::into),
                 },
-                lease: worker.to_string(),
+                lease,
             });
         }
         tx.commit()?;
         Ok(claimed)
     }
 
-    fn renew(&self, _worker: &str, _leases: &[String]) -> StoreResult<()> {
-        // One process owns the file: its claims last until it releases them or restarts.
+    fn renew(&self, _worker: &str, leases: &[String]) -> StoreResult<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let until = super::now_ms() + self.lease.as_millis() as i64;
+        for lease in leases {
+            tx.execute(
+                "UPDATE jobs SET lease_until_ms = ?1
+                 WHERE status = 'running' AND json_extract(record, '$.lease') = ?2",
+                params![until, lease],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
-    fn release(&self, id: &str, _lease: &str, now_ms: i64, retention: Duration) -> StoreResult<()> {
+    fn release(&self, id: &str, lease: &str, now_ms: i64, retention: Duration) -> StoreResult<()> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
+        let holds =
+            |r: &JobRecord| r.status == JobStatus::Running && r.lease.as_deref() == Some(lease);
         match load_record(&tx, id)? {
             // Cancelled while it ran: it ends here instead of running again.
-            Some(record) if record.status == JobStatus::Running && record.cancel_requested => {
+            Some(record) if holds(&record) && record.cancel_requested => {
                 let record = cancelled_record(record, now_ms, retention);
                 write_final(&tx, &record, now_ms)?;
             }
-            Some(mut record) if record.status == JobStatus::Running => {
+            Some(mut record) if holds(&record) => {
                 record.status = JobStatus::Queued;
                 record.lease = None;
                 write_record(&tx, &record)?;
+                tx.execute("UPDATE jobs SET lease_until_ms = NULL WHERE id = ?1", [id])?;
             }
             _ => {}
         }
@@ -388,7 +529,7 @@ impl JobStore for SqliteStore {
     fn finish(
         &self,
         id: &str,
-        _lease: &str,
+        lease: &str,
         outcome: Outcome,
         now_ms: i64,
         retention: Duration,
@@ -398,7 +539,8 @@ impl JobStore for SqliteStore {
         let Some(record) = load_record(&tx, id)? else {
             return Ok(None);
         };
-        if record.status != JobStatus::Running {
+        // Ended already, or taken again after this run's claim lapsed.
+        if record.status != JobStatus::Running || record.lease.as_deref() != Some(lease) {
             return Ok(None);
         }
         let mut record = finished_record(record, &outcome, now_ms, retention);
@@ -406,8 +548,8 @@ impl JobStore for SqliteStore {
         write_final(&tx, &record, now_ms)?;
         if let Some((image, content_type)) = kept_result(&record, &outcome) {
             tx.execute(
-                "UPDATE jobs SET result = ?2, result_type = ?3 WHERE id = ?1",
-                params![id, image, content_type],
+                "UPDATE jobs SET result = ?2, result_type = ?3, bytes = ?4 WHERE id = ?1",
+                params![id, image, content_type, image.len() as i64],
             )?;
         }
         tx.commit()?;
@@ -431,7 +573,7 @@ impl JobStore for SqliteStore {
             write_record(&tx, &record)?;
             tx.execute(
                 "UPDATE jobs SET result = NULL, result_type = NULL, person = NULL, cloth = NULL,
-                 mask = NULL, idempotency_key = NULL WHERE id = ?1",
+                 mask = NULL, idempotency_key = NULL, bytes = 0 WHERE id = ?1",
                 [&record.id],
             )?;
         }
@@ -501,5 +643,34 @@ impl JobStore for SqliteStore {
             params![job_id, attempts, due_ms],
         )?;
         Ok(())
+    }
+
+    fn health(&self) -> StoreResult<()> {
+        self.check_identity()?;
+        let free = free_bytes(&self.path).map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot read the free space of {}: {e}",
+                self.path.display()
+            ))
+        })?;
+        if free < MIN_FREE_BYTES {
+            return Err(StoreError::Backend(format!(
+                "the file system of {} has {free} bytes free",
+                self.path.display()
+            )));
+        }
+        // A write that reaches the file: a full disk or a read-only mount fails here.
+        self.lock().execute(
+            "INSERT OR REPLACE INTO probe (id, at_ms) VALUES (1, ?1)",
+            [super::now_ms()],
+        )?;
+        Ok(())
+    }
+
+    fn bytes_held(&self) -> StoreResult<u64> {
+        let held: i64 =
+            self.lock()
+                .query_row("SELECT COALESCE(SUM(bytes), 0) FROM jobs", [], |r| r.get(0))?;
+        Ok(held.max(0) as u64)
     }
 }

@@ -3,9 +3,16 @@
 //!
 //! - A URL is accepted at submission only for a host named in `--webhook-allow-hosts`, over
 //!   `https`, or plain `http` where the entry says `http://`.
-//! - At delivery the host is resolved, and a private, loopback, link-local or otherwise
-//!   non-public address is refused unless the allow list names that address itself. The
-//!   request goes to the address that was checked (no second lookup) and follows no redirect.
+//! - A hostname entry allows that name on any port (or the entry's port), and only while it
+//!   resolves to public addresses: at delivery a private, loopback, link-local or otherwise
+//!   non-public address is refused, whatever else the list names.
+//! - An IP address entry allows only URLs that name that address literally, on the entry's
+//!   port or else the scheme's default; such an address may be non-public.
+//! - The request goes to the address that was checked (no second lookup) and follows no
+//!   redirect.
+//! - Deliveries run concurrently, at most [`MAX_IN_FLIGHT`] at once and [`PER_HOST`] to any
+//!   one host: a receiver that never answers holds only its own slots, and the deliveries it
+//!   cannot take yet wait in the store, so other receivers are not delayed behind it.
 //! - The body is signed: `X-VirtualFit-Signature: t=UNIX_SECONDS,v1=HEX`, where `HEX` is the
 //!   HMAC-SHA256, keyed with `--webhook-secret`, of `UNIX_SECONDS.BODY`.
 
@@ -33,11 +40,19 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const DELIVERY_LEASE: Duration = Duration::from_secs(60);
 /// How often the loop looks for due deliveries.
 const POLL: Duration = Duration::from_millis(250);
-/// Deliveries sent at once.
+/// Deliveries read from the store at a time.
 const BATCH: usize = 16;
+/// Deliveries in flight at once, all hosts together.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Deliveries in flight at once to one host.
+pub const PER_HOST: usize = 4;
+/// How long a delivery whose host has all its slots busy waits before it is read again (no
+/// attempt is counted).
+const HOST_BUSY_DEFER: Duration = Duration::from_secs(1);
 
 /// One `--webhook-allow-hosts` entry: `host`, `host:port`, `http://host[:port]` (plain http
-/// allowed) or an IP address (which also allows it when it is not public).
+/// allowed) or an IP address (which also allows it when it is not public, but only when a URL
+/// names it, on its port or the scheme's default).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AllowEntry {
     host: String,
@@ -113,10 +128,7 @@ impl WebhookConfig {
         };
         let host = host_of(&url).ok_or("webhook_url names no host")?;
         let port = url.port_or_known_default();
-        let listed = self
-            .allow
-            .iter()
-            .any(|e| e.host == host && e.port.is_none_or(|p| Some(p) == port) && (e.http || !http));
+        let listed = self.allow.iter().any(|e| e.permits(&host, port, http));
         if !listed {
             return Err(if http {
                 "webhook_url must be https, or its host listed as http:// in --webhook-allow-hosts"
@@ -128,29 +140,104 @@ impl WebhookConfig {
         Ok(url)
     }
 
-    /// Whether the allow list names this address itself.
-    fn names_address(&self, ip: IpAddr) -> bool {
-        self.allow
-            .iter()
-            .any(|e| e.host.parse::<IpAddr>().is_ok_and(|a| a == ip))
+    /// A regular expression of the URLs [`WebhookConfig::check_url`] accepts (visible ASCII
+    /// after the host, a plausible port), for the OpenAPI document; `None` when webhooks are
+    /// off.
+    pub fn url_pattern(&self) -> Option<String> {
+        self.secret.as_ref()?;
+        let entries: Vec<String> = self.allow.iter().map(AllowEntry::url_pattern).collect();
+        let any = if entries.is_empty() {
+            // Nothing is allowed: a pattern no URL matches.
+            "[^\\s\\S]".to_string()
+        } else {
+            entries.join("|")
+        };
+        Some(format!("^({any})([/?#][!-~]*)?$"))
     }
 
-    /// Resolves the URL's host and returns the first address it may be sent to.
+    /// Resolves the URL's host and returns the first address it may be sent to: a public
+    /// one, or the URL's own literal address when an address entry allows it.
     async fn resolve(&self, url: &Url) -> Result<SocketAddr, String> {
         let host = host_of(url).ok_or("no host")?;
         let port = url.port_or_known_default().ok_or("no port")?;
-        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map_err(|e| format!("cannot resolve {host}: {e}"))?
-                .collect(),
-        };
-        addrs
-            .into_iter()
-            .find(|a| is_public(a.ip()) || self.names_address(a.ip()))
-            .ok_or_else(|| format!("{host} resolves only to addresses that are not public"))
+        let http = url.scheme() == "http";
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            let allowed = is_public(ip)
+                || self
+                    .allow
+                    .iter()
+                    .any(|e| e.is_address() && e.permits(&host, Some(port), http));
+            return if allowed {
+                Ok(SocketAddr::new(ip, port))
+            } else {
+                Err(format!("{host} is not a public address"))
+            };
+        }
+        // A name: only public addresses, even when the list names an address it resolves to.
+        let mut addrs = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+        let public = addrs.find(|a| is_public(a.ip()));
+        public.ok_or_else(|| format!("{host} resolves only to addresses that are not public"))
     }
+}
+
+impl AllowEntry {
+    fn is_address(&self) -> bool {
+        self.host.parse::<IpAddr>().is_ok()
+    }
+
+    /// A regular expression of the scheme, host and port of the URLs this entry permits.
+    fn url_pattern(&self) -> String {
+        let host = match self.host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(_)) => format!("\\[{}\\]", escape(&self.host)),
+            _ => escape(&self.host),
+        };
+        let schemes: &[(&str, u16)] = if self.http {
+            &[("https", 443), ("http", 80)]
+        } else {
+            &[("https", 443)]
+        };
+        schemes
+            .iter()
+            .map(|(scheme, default)| {
+                let port = match (self.port, self.is_address()) {
+                    (Some(p), _) if p == *default => format!("(:{p})?"),
+                    (Some(p), _) => format!(":{p}"),
+                    (None, true) => format!("(:{default})?"),
+                    (None, false) => "(:[1-9][0-9]{0,3})?".to_string(),
+                };
+                format!("{scheme}://{host}{port}")
+            })
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+
+    /// Whether this entry lets a URL with this host, port and scheme through. A hostname
+    /// entry without a port allows any port; an address entry without one allows only the
+    /// scheme's default.
+    fn permits(&self, host: &str, port: Option<u16>, http: bool) -> bool {
+        let default_port = if http { 80 } else { 443 };
+        let port_ok = match (self.port, self.is_address()) {
+            (Some(p), _) => Some(p) == port,
+            (None, true) => port == Some(default_port),
+            (None, false) => true,
+        };
+        self.host == host && port_ok && (self.http || !http)
+    }
+}
+
+/// `s` with the regular expression metacharacters it may hold escaped.
+fn escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = matches!(
+                c,
+                '.' | '[' | ']' | '(' | ')' | '*' | '+' | '?' | '^' | '$' | '|' | '\\' | '{' | '}'
+            );
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
 }
 
 /// Whether an address is on the public internet (not private, loopback, link-local, shared,
@@ -221,6 +308,22 @@ pub fn retry_delay(base: Duration, attempts: u32) -> Duration {
     base.saturating_mul(1 << attempts.saturating_sub(1).min(20))
 }
 
+/// Deliveries in flight, in all and by host.
+#[derive(Default)]
+struct InFlight {
+    total: usize,
+    by_host: std::collections::HashMap<String, usize>,
+}
+
+/// The host a delivery's slot is counted against (the whole URL when it does not parse: it
+/// fails at once anyway).
+fn host_key(url: &str) -> String {
+    Url::parse(url)
+        .ok()
+        .and_then(|u| host_of(&u))
+        .unwrap_or_else(|| url.to_string())
+}
+
 /// Sends what is due until `shutdown`, retrying failures on the schedule.
 pub async fn run_deliveries(
     store: Arc<dyn JobStore>,
@@ -231,39 +334,110 @@ pub async fn run_deliveries(
     let Some(secret) = config.secret.clone() else {
         return;
     };
+    let config = Arc::new(config);
+    let secret: Arc<str> = secret.into();
+    let in_flight: Arc<std::sync::Mutex<InFlight>> = Arc::default();
+    let finished = Arc::new(tokio::sync::Notify::new());
+    let mut sends = tokio::task::JoinSet::new();
     loop {
-        let due = {
+        while sends.try_join_next().is_some() {}
+        let free = MAX_IN_FLIGHT.saturating_sub(lock(&in_flight).total);
+        let due = if free == 0 {
+            Vec::new()
+        } else {
             let store = store.clone();
-            tokio::task::spawn_blocking(move || {
-                store.due_deliveries(now_ms(), BATCH, DELIVERY_LEASE)
+            let max = free.min(BATCH);
+            let read = tokio::task::spawn_blocking(move || {
+                store.due_deliveries(now_ms(), max, DELIVERY_LEASE)
             })
-            .await
+            .await;
+            match read {
+                Ok(Ok(d)) => d,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the webhook deliveries");
+                    Vec::new()
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the webhook reader panicked");
+                    Vec::new()
+                }
+            }
         };
-        let due = match due {
-            Ok(Ok(d)) => d,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read the webhook deliveries");
-                Vec::new()
+        let mut started = 0;
+        let mut deferred = Vec::new();
+        for delivery in due {
+            let host = host_key(&delivery.url);
+            {
+                let mut slots = lock(&in_flight);
+                let busy = slots.by_host.get(&host).copied().unwrap_or(0);
+                if busy >= PER_HOST {
+                    deferred.push(delivery);
+                    continue;
+                }
+                slots.total += 1;
+                *slots.by_host.entry(host.clone()).or_default() += 1;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "the webhook reader panicked");
-                Vec::new()
+            started += 1;
+            let (store, config, secret, metrics) = (
+                store.clone(),
+                config.clone(),
+                secret.clone(),
+                metrics.clone(),
+            );
+            let (in_flight, finished) = (in_flight.clone(), finished.clone());
+            sends.spawn(async move {
+                deliver_once(store, &config, &secret, &metrics, delivery).await;
+                let mut slots = lock(&in_flight);
+                slots.total -= 1;
+                if let Some(n) = slots.by_host.get_mut(&host) {
+                    *n -= 1;
+                    if *n == 0 {
+                        slots.by_host.remove(&host);
+                    }
+                }
+                drop(slots);
+                finished.notify_one();
+            });
+        }
+        let deferred_any = !deferred.is_empty();
+        if deferred_any {
+            // Back to the store, due again shortly, its attempts unchanged: it waits there,
+            // not in a slot another receiver needs.
+            let store = store.clone();
+            let due_ms = now_ms() + HOST_BUSY_DEFER.as_millis() as i64;
+            let put_back = tokio::task::spawn_blocking(move || {
+                for d in deferred {
+                    store.delivery_retry(&d.job_id, d.attempts, due_ms)?;
+                }
+                Ok::<(), super::StoreError>(())
+            })
+            .await;
+            if !matches!(put_back, Ok(Ok(()))) {
+                tracing::warn!(
+                    "cannot put back the webhooks of a busy host; they are due after the lease"
+                );
             }
-        };
-        let idle = due.is_empty();
-        let sends = due
-            .into_iter()
-            .map(|d| deliver_once(store.clone(), &config, &secret, &metrics, d));
-        futures_util::future::join_all(sends).await;
-        if idle {
-            tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
-                _ = shutdown.cancelled() => return,
-            }
-        } else if shutdown.is_cancelled() {
+        }
+        if shutdown.is_cancelled() {
+            // What is still in flight is sent again after its lease, by this server or the next.
+            sends.shutdown().await;
             return;
         }
+        if started == 0 && !deferred_any {
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = finished.notified() => {}
+                _ = shutdown.cancelled() => {
+                    sends.shutdown().await;
+                    return;
+                }
+            }
+        }
     }
+}
+
+fn lock(in_flight: &std::sync::Mutex<InFlight>) -> std::sync::MutexGuard<'_, InFlight> {
+    in_flight.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn deliver_once(
@@ -409,6 +583,48 @@ mod tests {
         ] {
             assert!(is_public(public.parse().expect("ip")), "{public}");
         }
+    }
+
+    /// The bypass: with an address on the list, names that resolve to it were delivered to,
+    /// on any port. Each kind of entry against each kind of URL.
+    #[tokio::test]
+    async fn an_address_entry_allows_only_urls_naming_it_on_its_port() {
+        let c = config(&[
+            "http://localhost:18100",
+            "http://vm",
+            "http://127.0.0.1:18101",
+            "http://127.0.0.2",
+        ]);
+        // Names never reach a non-public address, whatever the list holds.
+        for url in ["http://localhost:18100/hook", "http://localhost:18100/"] {
+            let u = c.check_url(url).expect("listed by name");
+            assert!(c.resolve(&u).await.is_err(), "{url}");
+        }
+        let vm = Url::parse("http://vm:18102/x").expect("url");
+        assert!(c.resolve(&vm).await.is_err(), "an unknown or private name");
+        // An address: only itself, on its port (or the default when none is listed).
+        let ok = c.check_url("http://127.0.0.1:18101/hook").expect("listed");
+        assert_eq!(
+            c.resolve(&ok).await,
+            Ok("127.0.0.1:18101".parse().expect("addr"))
+        );
+        assert!(c.check_url("http://127.0.0.1:18102/hook").is_err());
+        assert!(c.check_url("http://127.0.0.1/hook").is_err());
+        let default = c.check_url("http://127.0.0.2/hook").expect("default port");
+        assert_eq!(
+            c.resolve(&default).await,
+            Ok("127.0.0.2:80".parse().expect("addr"))
+        );
+        assert!(c.check_url("http://127.0.0.2:8080/hook").is_err());
+        assert!(c.check_url("https://127.0.0.2/hook").is_ok(), "https too");
+        assert!(c
+            .check_url("https://127.0.0.2:443/hook")
+            .is_ok_and(|u| u.port_or_known_default() == Some(443)));
+        // Another address is not allowed by an entry for one.
+        let other = Url::parse("http://127.0.0.3:18101/").expect("url");
+        assert!(c.resolve(&other).await.is_err());
+        // A public literal address needs no address entry, but must be listed to be sent.
+        assert!(c.check_url("http://1.1.1.1/").is_err());
     }
 
     #[tokio::test]

@@ -25,6 +25,8 @@ use crate::jobs::{now_ms, ClaimedJob, JobFailure, JobStore, Outcome, StoreError}
 const POLL: Duration = Duration::from_millis(200);
 /// How often expired results are swept and the queued gauge refreshed.
 const SWEEP: Duration = Duration::from_secs(10);
+/// How often the store is checked for writes (readiness reports its faults).
+const STORE_CHECK: Duration = Duration::from_secs(1);
 /// How long to wait before offering an item again to a full batch queue.
 const FULL_QUEUE_BACKOFF: Duration = Duration::from_millis(20);
 /// How long a stored image may wait for the decode budget.
@@ -65,6 +67,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
     let renew_every = inner.args.jobs.job_lease / 3;
     let mut last_renew = Instant::now();
     let mut last_sweep: Option<Instant> = None;
+    let mut last_check: Option<Instant> = None;
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -86,6 +89,10 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
                     tracing::warn!(error = %e, "cannot renew the leases of running jobs");
                 }
             }
+        }
+        if last_check.is_none_or(|t| t.elapsed() >= STORE_CHECK) {
+            last_check = Some(Instant::now());
+            check_store(&state).await;
         }
         if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP) {
             last_sweep = Some(Instant::now());
@@ -132,6 +139,41 @@ async fn sweep(state: &AppState) {
         }
         Err(e) => tracing::warn!(error = %e, "cannot sweep the job store"),
     }
+}
+
+/// Records whether the store can write (for `/readyz` and submissions), and the bytes it
+/// holds.
+async fn check_store(state: &AppState) {
+    let store = state.inner.jobs.clone();
+    let checked = call(move || {
+        store.health()?;
+        store.bytes_held()
+    })
+    .await;
+    let fault = match checked {
+        Ok(bytes) => {
+            state
+                .inner
+                .metrics
+                .job_store_bytes
+                .set(bytes.min(i64::MAX as u64) as i64);
+            None
+        }
+        Err(e) => Some(e.to_string()),
+    };
+    let mut slot = state
+        .inner
+        .store_fault
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    match (&*slot, &fault) {
+        (None, Some(e)) => {
+            tracing::error!(error = %e, "the job store cannot record jobs; not ready")
+        }
+        (Some(_), None) => tracing::info!("the job store records jobs again; ready"),
+        _ => {}
+    }
+    *slot = fault;
 }
 
 async fn claim(state: &AppState, running: &Running, free: usize) {
@@ -359,6 +401,9 @@ async fn execute(state: &AppState, job: &ClaimedJob) -> Ran {
 pub fn open_store(args: &crate::config::JobsArgs) -> anyhow::Result<Arc<dyn JobStore>> {
     Ok(match &args.jobs_redis {
         Some(url) => Arc::new(crate::jobs::RedisStore::open(url, args.job_lease)?),
-        None => Arc::new(crate::jobs::SqliteStore::open(&args.data_dir)?),
+        None => Arc::new(crate::jobs::SqliteStore::open(
+            &args.data_dir,
+            args.job_lease,
+        )?),
     })
 }

@@ -1,22 +1,28 @@
 //! The asynchronous jobs API: `POST /v1/jobs`, `GET /v1/jobs/{id}`,
 //! `GET /v1/jobs/{id}/result` and `DELETE /v1/jobs/{id}`. The work itself is done by
 //! [`super::job_runner`].
+//!
+//! A job belongs to the API key that submitted it: any other key gets `404` for it, as for
+//! an id that never existed. An `Idempotency-Key` is scoped to its key's owner, and stored
+//! with a hash of the request; the same key with another request is `422`.
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+use super::auth::Caller;
 use super::{upload, AppState};
 use crate::api::echo;
 use crate::batcher::Priority;
 use crate::error::ApiError;
 use crate::imaging::OutputFormat;
 use crate::jobs::{
-    now_ms, valid_id, JobInputs, JobRecord, JobStatus, JobView, NewJob, MAX_IDEMPOTENCY_KEY_BYTES,
-    MAX_METADATA_BYTES,
+    now_ms, scoped_idempotency_key, valid_id, JobInputs, JobRecord, JobStatus, JobView, NewJob,
+    MAX_IDEMPOTENCY_KEY_BYTES, MAX_METADATA_BYTES,
 };
 
 /// The form's text fields.
@@ -33,7 +39,7 @@ const TEXT_FIELDS: &[&str] = &[
     QUALITY_FIELD,
 ];
 /// The form's text fields for the served model (a diffusion model's options added).
-fn text_fields(args: &crate::config::ServeArgs) -> Vec<&'static str> {
+pub fn text_fields(args: &crate::config::ServeArgs) -> Vec<&'static str> {
     let mut fields = TEXT_FIELDS.to_vec();
     fields.extend_from_slice(super::diffusion_fields(args));
     fields
@@ -49,24 +55,30 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 #[allow(dead_code)]
 pub struct JobForm {
     /// Person photo (JPEG, PNG or WebP).
-    #[schema(value_type = String, format = Binary)]
+    #[schema(value_type = String, format = Binary, min_length = 1, content_media_type = "image/*")]
     person_image: Vec<u8>,
     /// Garment product photo.
-    #[schema(value_type = String, format = Binary)]
+    #[schema(value_type = String, format = Binary, min_length = 1, content_media_type = "image/*")]
     cloth_image: Vec<u8>,
     /// Optional garment mask, white = garment.
-    #[schema(value_type = Option<String>, format = Binary)]
+    #[schema(value_type = String, format = Binary, min_length = 1, content_media_type = "image/*", required = false)]
     cloth_mask: Option<Vec<u8>>,
     /// `interactive` or `batch` (default): batch work runs where interactive work leaves room.
+    #[schema(nullable = false)]
     priority: Option<Priority>,
     /// Called with the status JSON when the job ends; its host must be in
     /// --webhook-allow-hosts.
+    #[schema(nullable = false, max_length = 2048)]
     webhook_url: Option<String>,
-    /// A short string of the client's (at most 512 bytes), echoed back.
+    /// A short string of the client's (at most 512 bytes: 128 characters always fit),
+    /// echoed back.
+    #[schema(nullable = false, max_length = 128)]
     metadata: Option<String>,
     /// `jpeg` or `png` (default: --output-format).
+    #[schema(nullable = false, pattern = "^(jpeg|png)$")]
     format: Option<String>,
     /// JPEG quality, 1 to 100 (default: --jpeg-quality).
+    #[schema(nullable = false, minimum = 1, maximum = 100)]
     quality: Option<u8>,
 }
 
@@ -89,33 +101,50 @@ async fn blocking<T: Send + 'static>(
     post,
     path = "/v1/jobs",
     tag = "jobs",
-    request_body(content = JobForm, content_type = "multipart/form-data"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "A resubmission with the same key (at most 128 visible ASCII characters) returns the first job.")),
+    request_body(content = JobForm, content_type = "multipart/form-data", encoding(
+        ("person_image" = (content_type = "image/jpeg, image/png, image/webp")),
+        ("cloth_image" = (content_type = "image/jpeg, image/png, image/webp")),
+        ("cloth_mask" = (content_type = "image/jpeg, image/png, image/webp")),
+    )),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,128}$", description = "A resubmission with the same key (at most 128 visible ASCII characters, sent once) and the same request returns the first job. Keys are scoped to the API key that sent them; the same key with a different request is refused (`idempotency_key_reused`).")),
     security(("bearer" = []), ()),
     responses(
         (status = 202, description = "Accepted (or, with a known Idempotency-Key, the job it named: `Idempotent-Replayed: true`).", body = JobView,
             headers(("location" = String, description = "`/v1/jobs/{id}`."))),
-        (status = 400, description = "A missing or bad part or field, or a webhook URL this server does not call (`bad_request`).", body = crate::error::ErrorBody),
+        (status = 400, description = "A missing or bad part or field, a duplicated Idempotency-Key header, or a webhook URL this server does not call (`bad_request`).", body = crate::error::ErrorBody),
         (status = 401, description = "Wrong or missing bearer token (`unauthorized`).", body = crate::error::ErrorBody),
+        (status = 408, description = "The body did not arrive within --body-timeout-s (`request_timeout`).", body = crate::error::ErrorBody),
         (status = 413, description = "Body over --max-body-bytes (`payload_too_large`).", body = crate::error::ErrorBody),
         (status = 415, description = "A part that is not a supported image (`unsupported_media_type`).", body = crate::error::ErrorBody),
-        (status = 422, description = "An image refused from its header (`invalid_image`).", body = crate::error::ErrorBody),
-        (status = 429, description = "--max-queued-jobs are waiting; see Retry-After (`overloaded`).", body = crate::error::ErrorBody),
-        (status = 503, description = "Warming up, draining, or the job store is unreachable (`unavailable`).", body = crate::error::ErrorBody),
+        (status = 422, description = "An image refused from its header (`invalid_image`), or an Idempotency-Key used before with a different request (`idempotency_key_reused`).", body = crate::error::ErrorBody),
+        (status = 429, description = "--max-queued-jobs are waiting (`overloaded`), or this API key is past --max-jobs-per-key or --key-requests-per-s (`rate_limited`); see Retry-After.", body = crate::error::ErrorBody),
+        (status = 503, description = "Warming up, draining, or the job store is unreachable or cannot write (`unavailable`).", body = crate::error::ErrorBody),
+        (status = 507, description = "The job store holds --max-store-bytes of inputs and results; see Retry-After (`insufficient_storage`).", body = crate::error::ErrorBody),
     )
 )]
 pub async fn submit_handler(State(state): State<AppState>, request: Request) -> Response {
     let _in_flight = state.inner.in_flight.token();
     match submit(&state, request).await {
         Ok(r) => r,
-        Err((e, close)) => super::error_response(e, close),
+        Err((e, close)) => {
+            if let Some(reason) = e.reject_reason() {
+                state.inner.metrics.reject(reason);
+            }
+            super::error_response(e, close)
+        }
     }
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else {
+    let mut values = headers.get_all(IDEMPOTENCY_HEADER).iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    if values.next().is_some() {
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key is sent more than once; send it once".into(),
+        ));
+    }
     let key = value
         .to_str()
         .ok()
@@ -136,15 +165,17 @@ async fn submit(state: &AppState, request: Request) -> Result<Response, (ApiErro
     let inner = &state.inner;
     let args = &inner.args;
     let (parts, body) = request.into_parts();
-    let before_body = super::auth::check_api_key(args.api_key.as_deref(), &parts.headers)
-        .and_then(
-            |()| match inner.readiness.refusal(|| inner.batcher.retry_after_s()) {
-                Some(e) => Err(e),
-                None => Ok(()),
-            },
-        )
-        .and_then(|()| idempotency_key(&parts.headers));
-    let key = match before_body {
+    let before_body = inner.keys.authenticate(&parts.headers).and_then(|caller| {
+        match inner
+            .readiness
+            .refusal(|| inner.batcher.retry_after_s())
+            .or_else(|| inner.store_refusal())
+        {
+            Some(e) => Err(e),
+            None => Ok((caller, idempotency_key(&parts.headers)?)),
+        }
+    });
+    let (caller, key) = match before_body {
         Ok(k) => k,
         Err(e) => {
             upload::drain(body).await;
@@ -162,8 +193,10 @@ async fn submit(state: &AppState, request: Request) -> Result<Response, (ApiErro
     )
     .await
     .map_err(|e| (e, true))?;
-    let mut record = job_record(state, &upload).map_err(|e| (e, false))?;
+    let mut record = job_record(args, &inner.webhooks, &upload).map_err(|e| (e, false))?;
     record.diffusion = super::diffusion_request(args, &upload).map_err(|e| (e, false))?;
+    record.owner = caller.owner.clone();
+    record.fingerprint = Some(fingerprint(&upload));
     let diffusion = record.diffusion.is_some();
     upload::check_headers(&upload, args.max_image_pixels, &inner.budgets)
         .map_err(|e| (e, false))?;
@@ -179,9 +212,11 @@ async fn submit(state: &AppState, request: Request) -> Result<Response, (ApiErro
                 upload.mask.clone()
             },
         },
-        idempotency_key: key,
+        idempotency_key: key.map(|k| scoped_idempotency_key(caller.owner.as_deref(), &k)),
         max_queued: args.jobs.max_queued_jobs as usize,
         retention: args.jobs.job_retention,
+        max_owner_jobs: args.jobs.max_jobs_per_key as usize,
+        max_store_bytes: args.jobs.max_store_bytes,
     };
     let store = inner.jobs.clone();
     let submitted = blocking(move || store.submit(job))
@@ -208,9 +243,39 @@ async fn submit(state: &AppState, request: Request) -> Result<Response, (ApiErro
     Ok(response)
 }
 
-/// The new job's record, from the form's fields.
-fn job_record(state: &AppState, upload: &upload::Upload) -> Result<JobRecord, ApiError> {
-    let args = &state.inner.args;
+/// A hash of what the client sent: every part and field, each with its name and length, in
+/// a fixed order, so that two requests hash alike only when they are the same.
+pub fn fingerprint(upload: &upload::Upload) -> String {
+    let mut hash = Sha256::new();
+    let mut put = |name: &str, bytes: &[u8]| {
+        for piece in [name.as_bytes(), bytes] {
+            hash.update((piece.len() as u64).to_le_bytes());
+            hash.update(piece);
+        }
+    };
+    put("person", &upload.person);
+    put("cloth", &upload.cloth);
+    if let Some(m) = &upload.mask {
+        put("mask", m);
+    }
+    if let Some(m) = &upload.person_mask {
+        put("person_mask", m);
+    }
+    let mut fields: Vec<&(String, String)> = upload.fields.iter().collect();
+    fields.sort();
+    for (name, value) in fields {
+        put(name, value.as_bytes());
+    }
+    hex::encode(hash.finalize())
+}
+
+/// The new job's record, from the form's fields (its owner, fingerprint and diffusion options
+/// are the caller's to set).
+pub fn job_record(
+    args: &crate::config::ServeArgs,
+    webhooks: &crate::jobs::webhook::WebhookConfig,
+    upload: &upload::Upload,
+) -> Result<JobRecord, ApiError> {
     let priority = match upload.field(PRIORITY_FIELD) {
         None => Priority::Batch,
         Some(p) => p
@@ -220,9 +285,7 @@ fn job_record(state: &AppState, upload: &upload::Upload) -> Result<JobRecord, Ap
     let webhook_url = match upload.field(WEBHOOK_FIELD) {
         None => None,
         Some(u) => Some(
-            state
-                .inner
-                .webhooks
+            webhooks
                 .check_url(u)
                 .map_err(ApiError::BadRequest)?
                 .to_string(),
@@ -274,25 +337,35 @@ fn job_record(state: &AppState, upload: &upload::Upload) -> Result<JobRecord, Ap
         cancel_requested: false,
         lease: None,
         diffusion: None,
+        owner: None,
+        fingerprint: None,
     })
 }
 
-/// The job's record, after authentication; 404 for an id this server never made.
+/// The job's record, after authentication; 404 for an id this server never made, and for
+/// another key's job.
 async fn find(state: &AppState, headers: &HeaderMap, id: &str) -> Result<JobRecord, ApiError> {
-    check_id(state, headers, id)?;
+    let caller = check_id(state, headers, id)?;
     let store = state.inner.jobs.clone();
     let key = id.to_string();
     blocking(move || store.get(&key, now_ms()))
         .await?
+        .filter(|r| owns(&caller, r))
         .ok_or_else(|| unknown(id))
+}
+
+/// Whether the caller may see the job: its owner, or anyone when the job has none (no key
+/// was configured when it was submitted) and the caller has none either.
+fn owns(caller: &Caller, record: &JobRecord) -> bool {
+    caller.owner == record.owner
 }
 
 /// Authentication, and an id this server could have made (anything else is unknown without
 /// asking the store).
-fn check_id(state: &AppState, headers: &HeaderMap, id: &str) -> Result<(), ApiError> {
-    super::auth::check_api_key(state.inner.args.api_key.as_deref(), headers)?;
+fn check_id(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Caller, ApiError> {
+    let caller = state.inner.keys.authenticate(headers)?;
     if valid_id(id) {
-        Ok(())
+        Ok(caller)
     } else {
         Err(unknown(id))
     }
@@ -312,7 +385,8 @@ fn unknown(id: &str) -> ApiError {
     responses(
         (status = 200, description = "The job's status.", body = JobView),
         (status = 401, description = "Wrong or missing bearer token (`unauthorized`).", body = crate::error::ErrorBody),
-        (status = 404, description = "Unknown id (`not_found`).", body = crate::error::ErrorBody),
+        (status = 404, description = "Unknown id, or another API key's job (`not_found`).", body = crate::error::ErrorBody),
+        (status = 429, description = "This API key is past --key-requests-per-s; see Retry-After (`rate_limited`).", body = crate::error::ErrorBody),
     )
 )]
 pub async fn status_handler(
@@ -336,7 +410,8 @@ pub async fn status_handler(
     responses(
         (status = 200, description = "The try-on image.", content(("image/jpeg"), ("image/png"))),
         (status = 401, description = "Wrong or missing bearer token (`unauthorized`).", body = crate::error::ErrorBody),
-        (status = 404, description = "Unknown id (`not_found`).", body = crate::error::ErrorBody),
+        (status = 404, description = "Unknown id, or another API key's job (`not_found`).", body = crate::error::ErrorBody),
+        (status = 429, description = "This API key is past --key-requests-per-s; see Retry-After (`rate_limited`).", body = crate::error::ErrorBody),
         (status = 409, description = "Queued or running (`not_ready`), or failed or cancelled: no result (`conflict`).", body = crate::error::ErrorBody),
         (status = 410, description = "Kept past --job-retention and deleted (`expired`).", body = crate::error::ErrorBody),
     )
@@ -399,7 +474,8 @@ async fn result(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Respo
         (status = 200, description = "Cancelled.", body = JobView),
         (status = 202, description = "Running: it will end `cancelled`.", body = JobView),
         (status = 401, description = "Wrong or missing bearer token (`unauthorized`).", body = crate::error::ErrorBody),
-        (status = 404, description = "Unknown id (`not_found`).", body = crate::error::ErrorBody),
+        (status = 404, description = "Unknown id, or another API key's job (`not_found`).", body = crate::error::ErrorBody),
+        (status = 429, description = "This API key is past --key-requests-per-s; see Retry-After (`rate_limited`).", body = crate::error::ErrorBody),
         (status = 409, description = "The job has already ended (`conflict`).", body = crate::error::ErrorBody),
     )
 )]
@@ -415,7 +491,8 @@ pub async fn cancel_handler(
 }
 
 async fn cancel(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Response, ApiError> {
-    check_id(state, headers, id)?;
+    // Another key's job is unknown to this caller: it is neither cancelled nor revealed.
+    find(state, headers, id).await?;
     let store = state.inner.jobs.clone();
     let key = id.to_string();
     let retention = state.inner.args.jobs.job_retention;

@@ -83,6 +83,25 @@ struct Inner {
     batch_preparing: Semaphore,
     /// `/livez`'s verdict on the model worker.
     liveness: liveness::Liveness,
+    /// The API keys and their request rates.
+    keys: auth::Keys,
+    /// Why the job store cannot record jobs now, if it cannot (checked every second).
+    store_fault: std::sync::Mutex<Option<String>>,
+}
+
+impl Inner {
+    /// Why the job store cannot record jobs, as a 503, if it cannot.
+    fn store_refusal(&self) -> Option<crate::error::ApiError> {
+        let fault = self
+            .store_fault
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        fault.map(|reason| crate::error::ApiError::Unavailable {
+            reason: format!("the job store cannot record jobs: {reason}"),
+            retry_after_s: crate::batcher::MIN_RETRY_AFTER_S,
+        })
+    }
 }
 
 /// Counts a request in `virtualfit_active_requests`, and in `virtualfit_active_items` under its
@@ -188,6 +207,11 @@ impl Server {
             None => None,
         };
 
+        let keys = auth::Keys::load(
+            args.api_key.as_deref(),
+            args.api_keys_file.as_deref(),
+            args.key_requests_per_s,
+        )?;
         let jobs_args = args.jobs.clone();
         let jobs = tokio::task::spawn_blocking(move || job_runner::open_store(&jobs_args))
             .await
@@ -238,6 +262,8 @@ impl Server {
                 batch_preparing: Semaphore::new(background_cpu.threads()),
                 background_cpu,
                 liveness: liveness::Liveness::new(liveness_stall),
+                keys,
+                store_fault: std::sync::Mutex::new(None),
             }),
         };
 
@@ -262,6 +288,9 @@ impl Server {
         listeners.close();
         let background = TaskTracker::new();
         background.spawn(job_runner::run(state.clone(), shutdown.clone()));
+        if state.inner.args.api_keys_file.is_some() {
+            background.spawn(reload_keys_on_sighup(state.clone(), shutdown.clone()));
+        }
         background.spawn(crate::jobs::webhook::run_deliveries(
             jobs,
             state.inner.webhooks.clone(),
@@ -303,8 +332,10 @@ impl Server {
     /// answers what is left with 503), then stops the listeners and joins the worker.
     pub async fn drain(mut self, timeout: Duration) -> anyhow::Result<()> {
         let inner = &self.state.inner;
+        // New requests are refused from here (readiness); those whose handler has started,
+        // an upload still arriving included, are still admitted to the batcher and answered
+        // within the budget.
         inner.readiness.start_draining();
-        inner.batcher.close();
         inner.in_flight.close();
         tracing::info!(
             in_flight = inner.in_flight.len(),
@@ -316,10 +347,11 @@ impl Server {
         let reserve = (timeout / DRAIN_RESERVE_SHARE).min(DRAIN_RESERVE_MAX);
         let soft = started + (timeout - reserve);
         let hard = started + timeout;
-        if tokio::time::timeout_at(soft, inner.in_flight.wait())
+        let finished = tokio::time::timeout_at(soft, inner.in_flight.wait())
             .await
-            .is_err()
-        {
+            .is_ok();
+        inner.batcher.close();
+        if !finished {
             tracing::info!(
                 left = inner.in_flight.len(),
                 "drain timeout: answering the rest with 503"
@@ -372,6 +404,38 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     shutdown_signal().await;
     server.drain(drain_timeout).await
+}
+
+/// Reads `--api-keys-file` again at each SIGHUP; a file that does not parse leaves the keys
+/// in use as they were.
+async fn reload_keys_on_sighup(state: AppState, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; --api-keys-file is read once");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            match state.inner.keys.reload() {
+                Ok(n) => tracing::info!(keys = n, "SIGHUP: API keys read again"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: the API keys file is refused; the keys in use stay")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (state, shutdown);
+    }
 }
 
 async fn shutdown_signal() {

@@ -89,14 +89,19 @@ pub async fn livez(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Readiness: the model is loaded and warmed up, and the server is not draining.
+/// Readiness: the model is loaded and warmed up, the server is not draining, and the job
+/// store can record jobs.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, description = "Ready.", body = String),
-    (status = 503, description = "Warming up, failed to warm up, or draining (`unavailable`).", body = crate::error::ErrorBody),
+    (status = 503, description = "Warming up, failed to warm up, draining, or the job store cannot write (`unavailable`).", body = crate::error::ErrorBody),
 ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let inner = &state.inner;
-    match inner.readiness.refusal(|| inner.batcher.retry_after_s()) {
+    match inner
+        .readiness
+        .refusal(|| inner.batcher.retry_after_s())
+        .or_else(|| inner.store_refusal())
+    {
         None => (StatusCode::OK, "ready").into_response(),
         Some(e) => e.into_response(),
     }
@@ -169,6 +174,6 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelsBody> {
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "models", responses((status = 200, description = "The OpenAPI 3 document.", body = Object)))]
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(super::openapi::document())
+pub async fn openapi(State(state): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
+    Json(super::openapi::served_document(&state.inner.webhooks))
 }

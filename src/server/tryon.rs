@@ -40,13 +40,13 @@ pub struct TryOnQuery {
 #[allow(dead_code)]
 pub struct TryOnForm {
     /// Person photo (JPEG, PNG or WebP; EXIF orientation is honoured).
-    #[schema(value_type = String, format = Binary)]
+    #[schema(value_type = String, format = Binary, min_length = 1, content_media_type = "image/*")]
     person_image: Vec<u8>,
     /// Garment product photo, ideally on a plain light background.
-    #[schema(value_type = String, format = Binary)]
+    #[schema(value_type = String, format = Binary, min_length = 1, content_media_type = "image/*")]
     cloth_image: Vec<u8>,
     /// Optional garment mask, white = garment.
-    #[schema(value_type = Option<String>, format = Binary)]
+    #[schema(value_type = String, format = Binary, min_length = 1, content_media_type = "image/*", required = false)]
     cloth_mask: Option<Vec<u8>>,
     /// catvton: optional area of the person photo to repaint, white = repaint, the photo's
     /// size; drawn from `category` when absent.
@@ -98,7 +98,11 @@ impl From<ApiError> for Failure {
     path = "/tryon",
     tag = "try-on",
     params(TryOnQuery),
-    request_body(content = TryOnForm, content_type = "multipart/form-data"),
+    request_body(content = TryOnForm, content_type = "multipart/form-data", encoding(
+        ("person_image" = (content_type = "image/jpeg, image/png, image/webp")),
+        ("cloth_image" = (content_type = "image/jpeg, image/png, image/webp")),
+        ("cloth_mask" = (content_type = "image/jpeg, image/png, image/webp")),
+    )),
     security(("bearer" = []), ()),
     responses(
         (status = 200, description = "The try-on image, cropped to the person photo's aspect ratio.",
@@ -117,7 +121,7 @@ impl From<ApiError> for Failure {
         (status = 413, description = "Body over --max-body-bytes (`payload_too_large`).", body = crate::error::ErrorBody),
         (status = 415, description = "A part that is not a supported image format (`unsupported_media_type`).", body = crate::error::ErrorBody),
         (status = 422, description = "Undecodable, empty, too large or too elongated image (`invalid_image`).", body = crate::error::ErrorBody),
-        (status = 429, description = "Queue or upload budget full; see Retry-After (`overloaded`).", body = crate::error::ErrorBody),
+        (status = 429, description = "Queue or upload budget full (`overloaded`), or this API key is past --key-requests-per-s (`rate_limited`); see Retry-After.", body = crate::error::ErrorBody),
         (status = 503, description = "Warming up or draining; see Retry-After (`unavailable`).", body = crate::error::ErrorBody),
         (status = 504, description = "Waited past --request-timeout-s before its batch ran (`deadline_exceeded`).", body = crate::error::ErrorBody),
         (status = 500, description = "Model or device failure (`internal`).", body = crate::error::ErrorBody),
@@ -132,11 +136,21 @@ pub async fn tryon_handler(
     let inner = &state.inner;
     // Tracked from here, so a drain answers this request whatever stage it is in.
     let _in_flight = inner.in_flight.token();
-    let result = tokio::select! {
-        r = tryon(&state, query, request) => r,
-        _ = inner.drain_deadline.cancelled() => Err(Failure::mid_body(ApiError::Draining {
-            retry_after_s: MIN_RETRY_AFTER_S,
-        })),
+    let (parts, body) = request.into_parts();
+    let result = match check_before_body(&state, &parts.headers, query) {
+        // Refused before the body: read what the client still sends, then answer, as
+        // /v1/jobs does; the drain's deadline does not cut this short, so the client reads
+        // the answer rather than a reset.
+        Err(error) => {
+            upload::drain(body).await;
+            Err(Failure::mid_body(error))
+        }
+        Ok((format, quality)) => tokio::select! {
+            r = tryon(&state, &parts, body, format, quality) => r,
+            _ = inner.drain_deadline.cancelled() => Err(Failure::mid_body(ApiError::Draining {
+                retry_after_s: MIN_RETRY_AFTER_S,
+            })),
+        },
     };
     let response = match result {
         Ok(r) => r,
@@ -161,7 +175,7 @@ fn check_before_body(
 ) -> Result<(OutputFormat, u8), ApiError> {
     let inner = &state.inner;
     let args = &inner.args;
-    super::auth::check_api_key(args.api_key.as_deref(), headers)?;
+    inner.keys.authenticate(headers)?;
     if let Some(e) = inner.readiness.refusal(|| inner.batcher.retry_after_s()) {
         return Err(e);
     }
@@ -187,19 +201,13 @@ fn check_before_body(
 
 async fn tryon(
     state: &AppState,
-    query: Result<Query<TryOnQuery>, QueryRejection>,
-    request: Request,
+    parts: &axum::http::request::Parts,
+    body: axum::body::Body,
+    format: OutputFormat,
+    quality: u8,
 ) -> Result<Response, Failure> {
     let inner = &state.inner;
     let args = &inner.args;
-    let (parts, body) = request.into_parts();
-    let (format, quality) = match check_before_body(state, &parts.headers, query) {
-        Ok(v) => v,
-        Err(error) => {
-            upload::drain(body).await;
-            return Err(Failure::mid_body(error));
-        }
-    };
 
     let body_deadline = Instant::now() + args.body_timeout();
     let upload = upload::read(

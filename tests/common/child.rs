@@ -89,6 +89,11 @@ impl ChildServer {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `host:port` of the API.
     pub fn addr(&self) -> &str {
         self.base.trim_start_matches("http://")
