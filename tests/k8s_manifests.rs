@@ -298,22 +298,28 @@ fn the_keda_schemas_in_the_repository_are_keda_crds() {
         ),
     ] {
         let crd = load_one(&keda_schema(file));
-        assert_eq!(kind(&crd), "CustomResourceDefinition", "{file}");
-        assert_eq!(str_at(&crd, &["spec", "group"]), Some("keda.sh"), "{file}");
-        assert_eq!(
-            str_at(&crd, &["spec", "names", "kind"]),
-            Some(crd_kind),
-            "{file}"
-        );
-        let v1alpha1 = seq(crd["spec"].get("versions"))
-            .into_iter()
-            .find(|v| v["name"].as_str() == Some("v1alpha1"))
-            .unwrap_or_else(|| panic!("{file}: no v1alpha1"));
-        assert!(
-            v1alpha1["schema"]["openAPIV3Schema"]["properties"]["spec"].is_mapping(),
-            "{file}: an OpenAPI schema"
-        );
+        assert_crd(&crd, file, "keda.sh", crd_kind, "v1alpha1");
     }
+}
+
+/// `crd` is the CustomResourceDefinition of `group`'s `crd_kind`, with an OpenAPI schema of its
+/// spec at `version`.
+fn assert_crd(crd: &Value, file: &str, group: &str, crd_kind: &str, version: &str) {
+    assert_eq!(kind(crd), "CustomResourceDefinition", "{file}");
+    assert_eq!(str_at(crd, &["spec", "group"]), Some(group), "{file}");
+    assert_eq!(
+        str_at(crd, &["spec", "names", "kind"]),
+        Some(crd_kind),
+        "{file}"
+    );
+    let served = seq(crd["spec"].get("versions"))
+        .into_iter()
+        .find(|v| v["name"].as_str() == Some(version))
+        .unwrap_or_else(|| panic!("{file}: no {version}"));
+    assert!(
+        served["schema"]["openAPIV3Schema"]["properties"]["spec"].is_mapping(),
+        "{file}: an OpenAPI schema"
+    );
 }
 
 #[test]
@@ -3787,25 +3793,7 @@ fn the_prometheus_operator_schemas_in_the_repository_are_its_crds() {
         ),
     ] {
         let crd = load_one(&keda_schema(file));
-        assert_eq!(kind(&crd), "CustomResourceDefinition", "{file}");
-        assert_eq!(
-            str_at(&crd, &["spec", "group"]),
-            Some("monitoring.coreos.com"),
-            "{file}"
-        );
-        assert_eq!(
-            str_at(&crd, &["spec", "names", "kind"]),
-            Some(crd_kind),
-            "{file}"
-        );
-        let v1 = seq(crd["spec"].get("versions"))
-            .into_iter()
-            .find(|v| v["name"].as_str() == Some("v1"))
-            .unwrap_or_else(|| panic!("{file}: no v1"));
-        assert!(
-            v1["schema"]["openAPIV3Schema"]["properties"]["spec"].is_mapping(),
-            "{file}: an OpenAPI schema"
-        );
+        assert_crd(&crd, file, "monitoring.coreos.com", crd_kind, "v1");
     }
 }
 
