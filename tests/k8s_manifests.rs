@@ -739,6 +739,15 @@ fn probe_s(probe: &Value, field: &str) -> u64 {
     }
 }
 
+/// The targets and the batch pool, rendered: (where, objects).
+fn targets_and_batch_pool() -> Vec<(String, Vec<Value>)> {
+    TARGETS
+        .iter()
+        .chain([&BATCH_POOL])
+        .map(|t| (format!("k8s/{t}"), render(t)))
+        .collect()
+}
+
 /// Every Deployment that the kustomizations users apply render, as (where, Deployment): the
 /// targets' inference Deployments and the batch pool's two.
 fn every_deployment() -> Vec<(String, Value)> {
@@ -2186,11 +2195,7 @@ fn validate_trigger_authentications(what: &str, objs: &[Value]) -> usize {
 
 #[test]
 fn the_jobs_store_folder_is_a_writable_volume_on_a_read_only_root() {
-    let mut sets: Vec<(String, Vec<Value>)> = TARGETS
-        .iter()
-        .map(|t| (format!("k8s/{t}"), render(t)))
-        .collect();
-    sets.push((format!("k8s/{BATCH_POOL}"), render(BATCH_POOL)));
+    let sets = targets_and_batch_pool();
     for (what, objs) in sets {
         for dep in objs.iter().filter(|o| {
             kind(o) == "Deployment"
@@ -2976,11 +2981,7 @@ fn server_deployments(objs: &[Value]) -> Vec<&Value> {
 fn servers_require_the_api_key_from_the_secret_the_readme_creates() {
     let env_name = serve_env_name("api_key");
     assert_eq!(env_name, "VIRTUALFIT_API_KEY");
-    let mut sets: Vec<(String, Vec<Value>)> = TARGETS
-        .iter()
-        .map(|t| (format!("k8s/{t}"), render(t)))
-        .collect();
-    sets.push((format!("k8s/{BATCH_POOL}"), render(BATCH_POOL)));
+    let sets = targets_and_batch_pool();
     for (what, objs) in &sets {
         let servers = server_deployments(objs);
         assert!(!servers.is_empty(), "{what}");
@@ -3043,11 +3044,7 @@ fn the_api_port_is_open_to_the_ingress_namespace_only_and_metrics_to_monitoring(
         &[("app.kubernetes.io/name", "prometheus")],
     );
     let elsewhere = pod_in("default", &[], &[("app", "client")]);
-    let mut sets: Vec<(String, Vec<Value>)> = TARGETS
-        .iter()
-        .map(|t| (format!("k8s/{t}"), render(t)))
-        .collect();
-    sets.push((format!("k8s/{BATCH_POOL}"), render(BATCH_POOL)));
+    let sets = targets_and_batch_pool();
     for (what, objs) in &sets {
         for w in workloads(objs).filter(|w| namespace(w).starts_with("virtualfit")) {
             let ctx = format!("{what} {} {}", kind(w), name(w));
@@ -3926,11 +3923,7 @@ fn the_prometheus_operator_component_scrapes_and_alerts_as_the_shipped_config() 
 
 #[test]
 fn gpu_server_pods_run_at_their_priority_class() {
-    let mut sets: Vec<(String, Vec<Value>)> = TARGETS
-        .iter()
-        .map(|t| (format!("k8s/{t}"), render(t)))
-        .collect();
-    sets.push((format!("k8s/{BATCH_POOL}"), render(BATCH_POOL)));
+    let sets = targets_and_batch_pool();
     for (what, objs) in &sets {
         let classes: Vec<&Value> = objs.iter().filter(|o| kind(o) == "PriorityClass").collect();
         assert_eq!(classes.len(), 1, "{what}: one PriorityClass");
@@ -3960,11 +3953,7 @@ fn gpu_server_pods_run_at_their_priority_class() {
 
 #[test]
 fn gpu_server_pods_spread_over_zones_but_schedule_in_one() {
-    let mut sets: Vec<(String, Vec<Value>)> = TARGETS
-        .iter()
-        .map(|t| (format!("k8s/{t}"), render(t)))
-        .collect();
-    sets.push((format!("k8s/{BATCH_POOL}"), render(BATCH_POOL)));
+    let sets = targets_and_batch_pool();
     for (what, objs) in &sets {
         let servers = server_deployments(objs);
         for dep in &servers {
@@ -4002,11 +3991,7 @@ fn gpu_server_pods_spread_over_zones_but_schedule_in_one() {
 
 #[test]
 fn ephemeral_storage_requests_cover_the_empty_dirs() {
-    let mut sets: Vec<(String, Vec<Value>)> = TARGETS
-        .iter()
-        .map(|t| (format!("k8s/{t}"), render(t)))
-        .collect();
-    sets.push((format!("k8s/{BATCH_POOL}"), render(BATCH_POOL)));
+    let sets = targets_and_batch_pool();
     for (what, objs) in &sets {
         for dep in server_deployments(objs) {
             let ctx = format!("{what} {}", name(dep));
