@@ -38,8 +38,14 @@ fn benches(c: &mut Criterion) {
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    for &name in MODEL_NAMES {
-        let model = match models::load(name, Some(&model_dir), &Device::Cpu) {
+    for &name in MODEL_NAMES.iter() {
+        let model = match models::load(
+            name,
+            models::WeightSource::Dir(&model_dir),
+            &Device::Cpu,
+            candle_core::DType::F32,
+        )
+        .and_then(models::LoadedModel::into_batch) {
             Ok(m) => m,
             Err(e) => {
                 eprintln!("skipping {name}: {e}");

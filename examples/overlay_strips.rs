@@ -13,7 +13,13 @@ fn main() -> anyhow::Result<()> {
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/samples");
     let pairs = std::fs::read_to_string(demo.join("pairs.txt"))?;
     let mut sheet = image::RgbImage::new(576, 256 * 6);
-    let model = models::load("overlay", None, &candle_core::Device::Cpu)?;
+    let model = models::load(
+        "overlay",
+        models::WeightSource::None,
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )?
+    .into_batch()?;
     for (i, line) in pairs.lines().enumerate() {
         let mut it = line.split_whitespace();
         let (Some(p), Some(c)) = (it.next(), it.next()) else {

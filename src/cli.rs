@@ -7,9 +7,9 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{LogFormat, ModelArgs, ServeArgs};
-use crate::imaging::{self, OutputFormat};
-use crate::models::catvton::{self, preprocess, request, Category, Resolution, SamplingParams};
-use crate::models::{self, LoadedModel, TryOnBatch};
+use crate::imaging::OutputFormat;
+use crate::models::registry::OptionFlags;
+use crate::pipeline::{self, ImageParts, OutputChoice};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,16 +55,22 @@ pub struct TryOnArgs {
     /// Garment product photo.
     #[arg(long)]
     pub cloth: PathBuf,
-    /// Garment mask (white = garment); computed from the garment photo when absent.
+    /// Garment mask (white = garment), for models that read one; computed from the garment
+    /// photo when absent.
     #[arg(long)]
     pub cloth_mask: Option<PathBuf>,
+    /// The area to repaint on the person photo (white), for models that read one; drawn from
+    /// the options when absent.
+    #[arg(long)]
+    pub person_mask: Option<PathBuf>,
     /// Output file; `.png` writes PNG, `.jpg`/`.jpeg` JPEG.
     #[arg(long)]
     pub output: PathBuf,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// The model's request options, as the model declares them.
     #[command(flatten)]
-    pub diffusion: DiffusionArgs,
+    pub options: OptionFlags,
     /// Largest accepted image, in pixels.
     #[arg(
         long,
@@ -86,29 +92,6 @@ pub struct DownloadArgs {
     pub to: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
-}
-
-/// The options of a diffusion try-on (`--model catvton`).
-#[derive(Debug, Clone, Args)]
-pub struct DiffusionArgs {
-    /// Which garment to replace: `upper`, `lower` or `overall`.
-    #[arg(long, default_value = "upper")]
-    pub category: Category,
-    /// Denoising steps (at most --max-steps).
-    #[arg(long, default_value_t = catvton::DEFAULT_STEPS)]
-    pub steps: usize,
-    /// Classifier-free guidance scale (at 1 or below, no unconditional pass).
-    #[arg(long, default_value_t = catvton::DEFAULT_GUIDANCE)]
-    pub guidance: f64,
-    /// Noise seed; random when absent (it is printed).
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Output size: `1024x768` or `512x384`.
-    #[arg(long, default_value = "1024x768")]
-    pub resolution: Resolution,
-    /// The area to repaint on the person photo (white); drawn from the category when absent.
-    #[arg(long)]
-    pub person_mask: Option<PathBuf>,
 }
 
 /// Parses the command line and runs it.
@@ -176,36 +159,27 @@ fn progress_reporter() -> crate::hub::Reporter {
 /// that the cache already holds verified), with a progress bar per file on a terminal and log
 /// lines elsewhere; with `--to`, also in the local-folder layout.
 pub fn download(args: &DownloadArgs) -> anyhow::Result<()> {
-    let model = &args.model;
-    for licence in model.licences() {
+    let choice = args.model.choice();
+    for licence in choice.licences() {
         tracing::info!("weights licence: {licence}");
     }
-    let files = model.fetch_from_hub(&progress_reporter())?;
-    let all = [
-        &files.unet_config,
-        &files.unet_weights,
-        &files.scheduler_config,
-        &files.vae_config,
-        &files.vae_weights,
-        &files.attention,
-    ];
-    let bytes: u64 = all
+    let downloaded = choice.download(&progress_reporter(), args.to.as_deref())?;
+    let bytes: u64 = downloaded
+        .files
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum();
     tracing::info!(
-        files = all.len(),
+        files = downloaded.files.len(),
         bytes,
         "weights verified in the hub cache ({:.2} GB)",
         bytes as f64 / 1e9
     );
     if let Some(dir) = &args.to {
-        let written = catvton::sources::write_local(&files, dir)
-            .with_context(|| format!("cannot lay the weights out in {}", dir.display()))?;
         tracing::info!(
             dir = %dir.display(),
-            written = written.len(),
+            written = downloaded.written.len(),
             "weights laid out for --model-source {}",
             dir.display()
         );
@@ -213,8 +187,10 @@ pub fn download(args: &DownloadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read(path: &PathBuf, what: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+fn read(path: &PathBuf, what: &str) -> anyhow::Result<bytes::Bytes> {
+    std::fs::read(path)
+        .map(Into::into)
+        .with_context(|| format!("cannot read the {what} {}", path.display()))
 }
 
 /// `virtualfit tryon`: one pair through the model, written to `--output`.
@@ -225,61 +201,35 @@ pub fn tryon(args: &TryOnArgs) -> anyhow::Result<()> {
             args.output.display()
         );
     };
-    let max = args.max_image_pixels;
-    let decode = |path: &PathBuf, what: &str| -> anyhow::Result<image::RgbImage> {
-        imaging::decode(&read(path, what)?, max)
-            .with_context(|| format!("the {what} {} is not usable", path.display()))
+    let optional = |path: &Option<PathBuf>, what: &str| -> anyhow::Result<Option<bytes::Bytes>> {
+        path.as_ref().map(|p| read(p, what)).transpose()
     };
-    let person = decode(&args.person, "person photo")?;
-    let cloth = decode(&args.cloth, "garment photo")?;
-    let mask = match &args.cloth_mask {
-        Some(p) => Some(
-            imaging::decode_mask(&read(p, "garment mask")?, max)
-                .with_context(|| format!("the garment mask {} is not usable", p.display()))?,
-        ),
-        None => None,
+    let parts = ImageParts {
+        person: read(&args.person, "person photo")?,
+        cloth: read(&args.cloth, "garment photo")?,
+        garment_mask: optional(&args.cloth_mask, "garment mask")?,
+        person_mask: optional(&args.person_mask, "person mask")?,
     };
+    let choice = args.model.choice();
+    let family = choice.family()?;
+    let options = args
+        .options
+        .options(family, &args.model.option_limits())
+        .map_err(anyhow::Error::msg)?;
+    for seed in options.seeds(&family.options(&args.model.option_limits())) {
+        eprintln!("seed {seed}");
+    }
+    let input = pipeline::prepare_now(family, &parts, options, args.max_image_pixels)
+        .context("the images are not usable")?;
     let device = args.model.open_device()?;
     // Its logs show warnings only: a download's progress goes to bars on a terminal.
-    let reporter = progress_reporter();
-    let rgb = match args.model.load_with(&device, &reporter)? {
-        LoadedModel::Batch(model) => {
-            let pair = imaging::prepare_decoded(&person, &cloth, mask.as_ref())?;
-            let batch = TryOnBatch::from_pairs(&[&pair], &device)?;
-            let out = models::forward_u8(model.as_ref(), &batch)?;
-            let first = out.first().context("the model answered no image")?;
-            imaging::crop(&imaging::tensor_to_rgb(first)?, pair.content)
-        }
-        LoadedModel::Diffusion(model) => {
-            let d = &args.diffusion;
-            let person_mask = match &d.person_mask {
-                Some(p) => Some(
-                    imaging::decode_mask(&read(p, "person mask")?, max).with_context(|| {
-                        format!("the person mask {} is not usable", p.display())
-                    })?,
-                ),
-                None => None,
-            };
-            let seed = d.seed.unwrap_or_else(rand::random);
-            eprintln!("seed {seed}");
-            let params = SamplingParams {
-                steps: request::check_steps(d.steps, args.model.max_steps as usize)
-                    .map_err(anyhow::Error::msg)?,
-                guidance: request::check_guidance(d.guidance).map_err(anyhow::Error::msg)?,
-                seed,
-            };
-            let input = preprocess::prepare(
-                &person,
-                &cloth,
-                person_mask.as_ref(),
-                d.category,
-                d.resolution.size(),
-                params,
-            )?;
-            imaging::tensor_to_rgb(&model.generate(&input)?)?
-        }
+    let model = choice.load(&device, &progress_reporter())?;
+    let image = crate::models::run_one(&model, &input)?;
+    let output = OutputChoice {
+        format,
+        quality: args.jpeg_quality,
     };
-    let bytes = imaging::encode(&rgb, format, args.jpeg_quality)
+    let bytes = pipeline::encode_answer(&image, input.content, output)
         .map_err(|e| anyhow::anyhow!("cannot encode the answer: {e}"))?;
     std::fs::write(&args.output, bytes)
         .with_context(|| format!("cannot write {}", args.output.display()))?;

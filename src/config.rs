@@ -10,32 +10,33 @@ use clap::{Args, ValueEnum};
 
 use crate::batcher::{BatcherConfig, Priority};
 use crate::device::DeviceSpec;
-use crate::hub::{Hub, HubArgs, Reporter};
+use crate::hub::HubArgs;
 use crate::imaging::OutputFormat;
-use crate::models::catvton::sources::CatvtonRepos;
-use crate::models::catvton::{self, weights::ModelFiles};
-use crate::models::{Licence, LoadOptions, LoadedModel, ModelError, ModelKind};
+use crate::jobs::{JobsSettings, StoreSettings};
+use crate::models::registry::{self, ModelChoice, SourceChoice, DEFAULT_MODEL};
+use crate::models::{ModelFlags, OptionLimits};
+use crate::pipeline::OutputChoice;
+use crate::server::auth::AuthSettings;
+use crate::server::listener::ConnectionLimits;
+use crate::server::upload::UploadSettings;
 
 /// Which model to run and where.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// Model to serve: `overlay` (weight-free), `dmvton` or `catvton` (both need
-    /// --model-source).
-    #[arg(long, env = "VIRTUALFIT_MODEL", value_enum, default_value_t = ModelKind::Overlay)]
-    pub model: ModelKind,
-    /// Where the weights are: a folder (dmvton: dmvton_pf_warp.pt and dmvton_pf_gen.pt;
-    /// catvton: base/unet, base/scheduler, vae and attention, see models/catvton/README.md), or
-    /// `hub` (catvton): fetched from the Hugging Face Hub into its cache and verified. Wins over
-    /// --model-dir.
+    /// Model to serve (the default is weight-free; the others need --model-source).
+    #[arg(long, env = "VIRTUALFIT_MODEL", default_value = DEFAULT_MODEL, value_parser = registry::name_parser())]
+    pub model: String,
+    /// Where the weights are: a folder, laid out as the model's README says, or `hub`: fetched
+    /// from the Hugging Face Hub into its cache and verified. Wins over --model-dir.
     #[arg(long, env = "VIRTUALFIT_MODEL_SOURCE")]
-    pub model_source: Option<ModelSource>,
+    pub model_source: Option<SourceChoice>,
     /// The same as --model-source DIR (kept for existing set-ups).
     #[arg(long, env = "VIRTUALFIT_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
     #[command(flatten)]
     pub hub: HubArgs,
     #[command(flatten)]
-    pub catvton_repos: CatvtonRepos,
+    pub flags: ModelFlags,
     /// Device: `auto` (CUDA when built with it and present, else CPU), `cpu`, `cuda` or `cuda:N`.
     #[arg(long, env = "VIRTUALFIT_DEVICE", default_value = "auto")]
     pub device: DeviceSpec,
@@ -43,33 +44,13 @@ pub struct ModelArgs {
     /// instead of f32's 1e-6 (off by default; no effect on the CPU).
     #[arg(long, env = "VIRTUALFIT_ALLOW_TF32")]
     pub allow_tf32: bool,
-    /// catvton: the networks' precision, `f32`, `f16` or `bf16` (half precision is for GPUs; the
-    /// CPU has no bf16 matrix product).
+    /// The networks' precision, `f32`, `f16` or `bf16`, for models that offer several (half
+    /// precision is for GPUs; the CPU has no bf16 matrix product).
     #[arg(long, env = "VIRTUALFIT_DTYPE", default_value = "f32", value_parser = parse_dtype)]
     pub dtype: candle_core::DType,
-    /// catvton: the most denoising steps a request may ask for.
+    /// The most sampling steps a request may ask for (step models).
     #[arg(long, env = "VIRTUALFIT_MAX_STEPS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub max_steps: u64,
-}
-
-/// Where a model's weights come from (`--model-source`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModelSource {
-    /// The model's published repositories on the Hugging Face Hub, through the hub cache.
-    Hub,
-    /// A local folder (a folder literally named `hub` is `./hub`).
-    Dir(PathBuf),
-}
-
-impl std::str::FromStr for ModelSource {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "" => Err("use `hub` or a folder".into()),
-            "hub" => Ok(ModelSource::Hub),
-            dir => Ok(ModelSource::Dir(PathBuf::from(dir))),
-        }
-    }
 }
 
 /// `f32`, `f16` or `bf16`.
@@ -89,94 +70,25 @@ impl ModelArgs {
         crate::device::select(self.device)
     }
 
-    /// Where the weights come from: --model-source, else --model-dir.
-    pub fn source(&self) -> Option<ModelSource> {
-        self.model_source
-            .clone()
-            .or_else(|| self.model_dir.clone().map(ModelSource::Dir))
-    }
-
-    /// The licences of the model's weights.
-    pub fn licences(&self) -> Vec<Licence> {
-        crate::models::licences(self.model, &self.catvton_repos)
-    }
-
-    /// Loads the model onto `device`, fetching its weights first with `--model-source hub`
-    /// (progress in the log). Logs each part's licence.
-    pub fn load(&self, device: &candle_core::Device) -> Result<LoadedModel, ModelError> {
-        self.load_with(device, &Reporter::Log)
-    }
-
-    /// [`ModelArgs::load`], showing a download's progress through `reporter`.
-    pub fn load_with(
-        &self,
-        device: &candle_core::Device,
-        reporter: &Reporter,
-    ) -> Result<LoadedModel, ModelError> {
-        let model = match self.source() {
-            Some(ModelSource::Hub) => {
-                let files = self.fetch_from_hub(reporter)?;
-                LoadedModel::Diffusion(Box::new(catvton::CatVton::load_files(
-                    &files, self.dtype, device,
-                )?))
-            }
-            source => {
-                let dir = match &source {
-                    Some(ModelSource::Dir(dir)) => Some(dir.as_path()),
-                    _ => None,
-                };
-                crate::models::load_model(
-                    LoadOptions {
-                        kind: self.model,
-                        model_dir: dir,
-                        dtype: self.dtype,
-                    },
-                    device,
-                )?
-            }
-        };
-        for licence in self.licences() {
-            tracing::info!(part = %licence.part, source = %licence.source, licence = %licence.licence, "weights licence: {licence}");
-        }
-        Ok(model)
-    }
-
-    /// Resolves the model's files on the hub: from the cache when every one is there and
-    /// verified, else downloaded and verified (offline: an error listing what is missing).
-    pub fn fetch_from_hub(&self, reporter: &Reporter) -> Result<ModelFiles, ModelError> {
-        match self.model {
-            ModelKind::Catvton => {
-                let hub = Hub::new(&self.hub, self.download_command())?;
-                let requests = catvton::sources::hub_requests(&self.catvton_repos, self.dtype);
-                tracing::info!(cache = %hub.cache_dir().display(), offline = self.hub.offline, "resolving the weights on the hub");
-                let resolved = crate::hub::block_on(hub.resolve(&requests, reporter))?;
-                for r in &resolved {
-                    tracing::info!(repo = %r.repo, commit = %r.commit, "weights verified");
-                }
-                catvton::sources::model_files(&resolved)
-            }
-            ModelKind::Dmvton => Err(ModelError::NotOnHub {
-                model: self.model.name().into(),
-                help: crate::models::DMVTON_WEIGHTS_HELP.into(),
-            }),
-            ModelKind::Overlay => Err(ModelError::NotOnHub {
-                model: self.model.name().into(),
-                help: "it has no weights (--model catvton is the model on the hub)".into(),
-            }),
+    /// The model to load: --model-source, else --model-dir.
+    pub fn choice(&self) -> ModelChoice {
+        ModelChoice {
+            name: self.model.clone(),
+            source: self
+                .model_source
+                .clone()
+                .or_else(|| self.model_dir.clone().map(SourceChoice::Dir)),
+            dtype: self.dtype,
+            flags: self.flags.clone(),
+            hub: self.hub.clone(),
         }
     }
 
-    /// The command that fetches these weights into the cache, for the offline error.
-    fn download_command(&self) -> String {
-        let mut command = format!("virtualfit download --model {}", self.model.name());
-        if self.dtype != candle_core::DType::F32 {
-            command.push_str(&format!(" --dtype {}", self.dtype.as_str()));
+    /// The server's bounds on request options.
+    pub fn option_limits(&self) -> OptionLimits {
+        OptionLimits {
+            max_steps: self.max_steps as usize,
         }
-        for flag in self.catvton_repos.flags() {
-            command.push(' ');
-            command.push_str(&flag);
-        }
-        command
     }
 }
 
@@ -293,6 +205,23 @@ impl JobsArgs {
         Ok(())
     }
 
+    /// The jobs' settings.
+    pub fn settings(&self) -> JobsSettings {
+        JobsSettings {
+            store: StoreSettings {
+                data_dir: self.data_dir.clone(),
+                redis: self.jobs_redis.clone(),
+                lease: self.job_lease,
+            },
+            retention: self.job_retention,
+            max_queued: self.max_queued_jobs as usize,
+            max_per_owner: self.max_jobs_per_key as usize,
+            max_store_bytes: self.max_store_bytes,
+            priorities: self.job_priorities.clone(),
+            webhooks: self.webhook_config(),
+        }
+    }
+
     pub fn webhook_config(&self) -> crate::jobs::webhook::WebhookConfig {
         crate::jobs::webhook::WebhookConfig {
             secret: self.webhook_secret.clone(),
@@ -383,7 +312,61 @@ pub struct ServeArgs {
     pub debug_stall_model_after: Option<u64>,
 }
 
+/// `serve`'s flags turned into each part's own settings, once, at start-up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub metrics_bind: Option<SocketAddr>,
+    pub model: ModelChoice,
+    pub option_limits: OptionLimits,
+    pub upload: UploadSettings,
+    pub batcher: BatcherConfig,
+    pub jobs: JobsSettings,
+    pub auth: AuthSettings,
+    pub connections: ConnectionLimits,
+    pub drain_timeout: Duration,
+    pub liveness_stall: Option<Duration>,
+    pub gpu_hour_price: Option<f64>,
+}
+
 impl ServeArgs {
+    /// Each part's settings; an error for flags that contradict each other.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        self.jobs.check()?;
+        registry::family(&self.model.model)?;
+        Ok(Settings {
+            bind: self.bind,
+            metrics_bind: self.metrics_bind,
+            model: self.model.choice(),
+            option_limits: self.model.option_limits(),
+            upload: UploadSettings {
+                max_body_bytes: self.max_body_bytes,
+                body_timeout: self.body_timeout(),
+                max_image_pixels: self.max_image_pixels,
+                max_decode_memory: self.max_decode_memory,
+                output: OutputChoice {
+                    format: self.output_format,
+                    quality: self.jpeg_quality,
+                },
+            },
+            batcher: self.batcher_config(),
+            jobs: self.jobs.settings(),
+            auth: AuthSettings {
+                api_key: self.api_key.clone(),
+                api_keys_file: self.api_keys_file.clone(),
+                key_requests_per_s: self.key_requests_per_s,
+            },
+            connections: ConnectionLimits {
+                max_connections: crate::server::listener::fit_connection_cap(self.max_connections)
+                    as usize,
+                header_timeout: self.header_timeout(),
+            },
+            drain_timeout: self.drain_timeout(),
+            liveness_stall: self.liveness_stall(),
+            gpu_hour_price: self.gpu_hour_price,
+        })
+    }
+
     pub fn drain_timeout(&self) -> Duration {
         seconds(self.drain_timeout_s)
     }

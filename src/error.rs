@@ -196,6 +196,19 @@ impl From<ImageError> for ApiError {
     }
 }
 
+impl From<crate::pipeline::PrepareError> for ApiError {
+    fn from(e: crate::pipeline::PrepareError) -> Self {
+        use crate::pipeline::PrepareError;
+        match e {
+            PrepareError::Image(e) => e.into(),
+            PrepareError::Busy => ApiError::Overloaded {
+                retry_after_s: crate::batcher::MIN_RETRY_AFTER_S,
+            },
+            e @ PrepareError::Internal(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<AdmitError> for ApiError {
     fn from(e: AdmitError) -> Self {
         match e {

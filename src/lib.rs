@@ -18,6 +18,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod metrics_text;
 pub mod models;
+pub mod pipeline;
 pub mod ops;
 pub mod plotting;
 pub mod server;

@@ -557,3 +557,26 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 }
+
+/// Counts a request in `virtualfit_active_requests`, and in `virtualfit_active_items` under its
+/// priority, from admission until it is answered (or its client leaves).
+pub struct ActiveGuard(Metrics, &'static str);
+
+impl ActiveGuard {
+    /// `priority` is one of [`PRIORITY_LABELS`].
+    pub fn new(metrics: &Metrics, priority: &'static str) -> Self {
+        metrics.active_requests.inc();
+        metrics
+            .active_by_priority
+            .with_label_values(&[priority])
+            .inc();
+        ActiveGuard(metrics.clone(), priority)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active_requests.dec();
+        self.0.active_by_priority.with_label_values(&[self.1]).dec();
+    }
+}

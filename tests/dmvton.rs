@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
 use virtualfit::models::dmvton::{DmVton, DmVtonOutput};
-use virtualfit::models::{ModelError, TryOnBatch, TryOnModel};
+use virtualfit::models::{ModelError, TryOnBatch, TryOnModel, WeightSource};
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dmvton")
@@ -357,9 +357,11 @@ fn a_mis_shaped_tensor_names_the_file_and_the_tensor() {
 
 #[test]
 fn registry_loads_dmvton_from_model_dir() {
-    let m = virtualfit::models::load("dmvton", Some(&fixture_dir()), &Device::Cpu).unwrap();
+    let dir = fixture_dir();
+    let load = |source| virtualfit::models::load("dmvton", source, &Device::Cpu, DType::F32);
+    let m = load(WeightSource::Dir(&dir)).unwrap();
     assert_eq!(m.name(), "dmvton");
-    let missing = virtualfit::models::load("dmvton", None, &Device::Cpu);
+    let missing = load(WeightSource::None);
     assert!(matches!(missing, Err(ModelError::MissingModelDir { .. })));
 }
 

@@ -34,7 +34,7 @@ fn record(priority: Priority, created_ms: i64, webhook: Option<&str>) -> JobReco
         attempts: 0,
         cancel_requested: false,
         lease: None,
-        diffusion: None,
+        options: None,
         owner: None,
         fingerprint: None,
     }
@@ -46,7 +46,8 @@ fn new_job(record: JobRecord, key: Option<&str>, max_queued: usize) -> NewJob {
         inputs: JobInputs {
             person: Bytes::from_static(b"person-bytes"),
             cloth: Bytes::from_static(b"cloth-bytes"),
-            mask: None,
+            garment_mask: None,
+            person_mask: None,
         },
         idempotency_key: key.map(str::to_string),
         max_queued,

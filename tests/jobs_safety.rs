@@ -597,7 +597,7 @@ async fn a_receiver_that_never_answers_does_not_delay_another() {
             attempts: 0,
             cancel_requested: false,
             lease: None,
-            diffusion: None,
+            options: None,
             owner: None,
             fingerprint: None,
         };
@@ -608,7 +608,8 @@ async fn a_receiver_that_never_answers_does_not_delay_another() {
                 inputs: JobInputs {
                     person: bytes::Bytes::from_static(b"p"),
                     cloth: bytes::Bytes::from_static(b"c"),
-                    mask: None,
+                    garment_mask: None,
+                    person_mask: None,
                 },
                 idempotency_key: None,
                 max_queued: 10_000,

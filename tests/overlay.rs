@@ -10,7 +10,8 @@ use virtualfit::models::{self, TryOnBatch};
 
 #[test]
 fn head_is_kept_and_torso_changes() {
-    let model = models::load("overlay", None, &Device::Cpu).expect("overlay loads");
+    let model = models::load("overlay", models::WeightSource::None, &Device::Cpu, candle_core::DType::F32)
+        .and_then(models::LoadedModel::into_batch).expect("overlay loads");
     let mut inputs = Vec::new();
     let mut persons = Vec::new();
     for (p, c) in pairs() {
@@ -50,7 +51,8 @@ fn head_is_kept_and_torso_changes() {
 
 #[test]
 fn batch_items_are_independent() {
-    let model = models::load("overlay", None, &Device::Cpu).expect("overlay loads");
+    let model = models::load("overlay", models::WeightSource::None, &Device::Cpu, candle_core::DType::F32)
+        .and_then(models::LoadedModel::into_batch).expect("overlay loads");
     let prepare = |p: &str, c: &str| {
         let person = imaging::decode(&fixture(&format!("person/{p}")), u64::MAX).expect("person");
         let cloth = imaging::decode(&fixture(&format!("cloth/{c}")), u64::MAX).expect("cloth");

@@ -22,8 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::metrics::{Metrics, RejectReason, PRIORITY_LABELS};
 use crate::models::{
-    LoadedModel, ModelError, PreparedPair, TryOnBatch, TryOnModel, WorkItem, MODEL_HEIGHT,
-    MODEL_WIDTH,
+    LoadedModel, ModelError, ModelInput, TryOnBatch, TryOnModel, MODEL_HEIGHT, MODEL_WIDTH,
 };
 
 mod steps;
@@ -125,7 +124,7 @@ type Reply = oneshot::Sender<Result<JobOutput, JobError>>;
 pub type Receiver = oneshot::Receiver<Result<JobOutput, JobError>>;
 
 struct Job {
-    inputs: WorkItem,
+    inputs: ModelInput,
     admitted_at: Instant,
     priority: Priority,
     /// When a batch item is served as interactive.
@@ -402,12 +401,12 @@ impl Batcher {
                         worker_loop(model.as_ref(), &worker_shared);
                     }
                 }
-                LoadedModel::Diffusion(model) => {
-                    let warm = steps::warm_up(&model, &worker_shared);
+                LoadedModel::Steps(model) => {
+                    let warm = steps::warm_up(model.as_ref(), &worker_shared);
                     let ok = warm.is_ok();
                     on_ready(warm);
                     if ok {
-                        steps::worker_loop(&model, &worker_shared);
+                        steps::worker_loop(model.as_ref(), &worker_shared);
                     }
                 }
             })
@@ -430,7 +429,7 @@ impl Batcher {
 
     /// Admits an interactive request with the request timeout as its deadline, or refuses it
     /// at once when the queue is full or closed.
-    pub fn submit(&self, inputs: impl Into<WorkItem>) -> Result<Receiver, AdmitError> {
+    pub fn submit(&self, inputs: impl Into<ModelInput>) -> Result<Receiver, AdmitError> {
         let deadline = Instant::now() + self.shared.config.request_timeout;
         self.admit(inputs.into(), Priority::Interactive, None, Some(deadline))
     }
@@ -440,7 +439,7 @@ impl Batcher {
     /// own queue of `queue_capacity` items.
     pub fn submit_job(
         &self,
-        inputs: impl Into<WorkItem>,
+        inputs: impl Into<ModelInput>,
         priority: Priority,
         age: Duration,
     ) -> Result<Receiver, AdmitError> {
@@ -455,7 +454,7 @@ impl Batcher {
 
     fn admit(
         &self,
-        inputs: WorkItem,
+        inputs: ModelInput,
         priority: Priority,
         promote_at: Option<Instant>,
         deadline: Option<Instant>,
@@ -774,20 +773,15 @@ fn run_batch(model: &dyn TryOnModel, shared: &Shared, jobs: Vec<Job>) {
 }
 
 fn forward(model: &dyn TryOnModel, jobs: &[Job]) -> Result<Vec<Tensor>, ModelError> {
-    let pairs = jobs
-        .iter()
-        .map(|j| match &j.inputs {
-            WorkItem::Pair(p) => Ok(p),
-            WorkItem::Diffusion(_) => Err(ModelError::WrongInput(model.name().to_string())),
-        })
-        .collect::<Result<Vec<&PreparedPair>, ModelError>>()?;
-    let batch = TryOnBatch::from_pairs(&pairs, model.device())?;
+    let inputs: Vec<&ModelInput> = jobs.iter().map(|j| &j.inputs).collect();
+    let batch = TryOnBatch::from_inputs(&inputs, model.device())?;
     crate::models::forward_u8(model, &batch)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::PreparedPair;
     use crate::models::Rect;
     use candle_core::Device;
 

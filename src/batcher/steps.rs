@@ -8,21 +8,19 @@
 //! queue) and the queue metrics are the whole-batch worker's.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use candle_core::Tensor;
 
 use super::{Job, JobError, JobOutput, Priority, Shared, BATCH_ONLY_SHARE};
 use crate::metrics::RejectReason;
-use crate::models::catvton::{
-    CatVton, DiffusionInput, Noise, Resolution, Sample, SamplingParams, DEFAULT_STEPS,
-};
-use crate::models::{ModelError, WorkItem};
+use crate::models::{ModelError, StepModel, StepState};
 
 /// One request in the running set.
 struct Running {
     job: Job,
-    sample: Sample,
+    sample: Box<dyn StepState>,
+    /// Why sampling stopped early, if it did: the request is answered with it.
+    failure: Option<String>,
     /// When the request left the queue.
     started: Instant,
     /// Its share of the device time spent so far (each call's time split by rows).
@@ -37,67 +35,20 @@ impl Running {
     }
 }
 
-/// Encodes and samples one step of a small request, so that the first request meets warm
-/// kernels, and estimates a request's device time for `Retry-After`.
-pub(super) fn warm_up(model: &CatVton, shared: &Shared) -> Result<(), ModelError> {
-    let (h, w) = Resolution::Half.size();
-    let blank =
-        |c: usize| Tensor::zeros((h, w, c), candle_core::DType::U8, &candle_core::Device::Cpu);
-    let input = DiffusionInput {
-        person: blank(3)?,
-        cloth: blank(3)?,
-        mask: blank(1)?,
-        params: SamplingParams {
-            steps: 1,
-            guidance: 2.0,
-            seed: 0,
-        },
-    };
-    let start = Instant::now();
-    let mut sample = model.begin(&input, Noise::seeded(0))?;
-    let encoded = start.elapsed();
-    model.step(&mut [&mut sample])?;
-    let stepped = start.elapsed() - encoded;
-    model.finish(&sample)?;
-    let coded = start.elapsed() - stepped;
-    let decoded = coded.saturating_sub(encoded);
-    let estimate = coded.as_secs_f64() + stepped.as_secs_f64() * DEFAULT_STEPS as f64;
-    shared.lock().seconds_per_item = estimate;
+/// Runs the model's warm-up, so that the first request meets warm kernels, and keeps its
+/// estimate of a request's device time for `Retry-After`.
+pub(super) fn warm_up(model: &dyn StepModel, shared: &Shared) -> Result<(), ModelError> {
     let cap = shared.lock().batch_cap;
-    let longest = encoded.max(stepped).max(decoded);
-    shared.warmed_up(
-        longest,
-        longest_call_estimate(encoded, stepped, decoded, sample.rows(), cap),
-    );
+    let warm = model.warm_up(cap)?;
+    shared.lock().seconds_per_item = warm.seconds_per_request;
+    shared.warmed_up(warm.longest_call, warm.longest_call_estimate);
     Ok(())
 }
 
-/// The longest call to expect from a warm-up at half size with `warm_rows` UNet rows: a step
-/// of a full row cap (a request wider than the cap runs alone), or a VAE pass, at full size.
-/// Both are scaled by the square of the area ratio, the pessimistic end (attention's cost grows
-/// with the square of the tokens), and a step by its rows.
-fn longest_call_estimate(
-    encoded: Duration,
-    stepped: Duration,
-    decoded: Duration,
-    warm_rows: usize,
-    cap: usize,
-) -> Duration {
-    let area = |r: Resolution| {
-        let (h, w) = r.size();
-        (h * w) as f64
-    };
-    let size_factor = (area(Resolution::Full) / area(Resolution::Half)).powi(2);
-    let row_factor = cap.max(warm_rows) as f64 / warm_rows.max(1) as f64;
-    let step = stepped.as_secs_f64() * row_factor;
-    let vae = encoded.max(decoded).as_secs_f64();
-    Duration::from_secs_f64(step.max(vae) * size_factor)
-}
-
-pub(super) fn worker_loop(model: &CatVton, shared: &Shared) {
+pub(super) fn worker_loop(model: &dyn StepModel, shared: &Shared) {
     let mut running: Vec<Running> = Vec::new();
     loop {
-        let Some(new_jobs) = admit(shared, &running) else {
+        let Some(new_jobs) = admit(model, shared, &running) else {
             fail_all(running, shared);
             return;
         };
@@ -109,6 +60,7 @@ pub(super) fn worker_loop(model: &CatVton, shared: &Shared) {
                     running.push(Running {
                         job,
                         sample,
+                        failure: None,
                         started,
                         device_seconds: started.elapsed().as_secs_f64(),
                         batch_sum: 0,
@@ -132,7 +84,7 @@ pub(super) fn worker_loop(model: &CatVton, shared: &Shared) {
 
 /// Waits for work when nothing runs, then takes queued requests into the free rows. Answers
 /// `None` once the batcher is stopped.
-fn admit(shared: &Shared, running: &[Running]) -> Option<Vec<Job>> {
+fn admit(model: &dyn StepModel, shared: &Shared, running: &[Running]) -> Option<Vec<Job>> {
     let mut state = shared.lock();
     if state.stop {
         return None;
@@ -157,7 +109,7 @@ fn admit(shared: &Shared, running: &[Running]) -> Option<Vec<Job>> {
         let Some(job) = state.take_batch(1, now).pop() else {
             break;
         };
-        let rows = rows_of(&job);
+        let rows = rows_of(model, &job);
         // A request wider than the cap still runs, alone.
         let fits = used + rows <= cap || (used == 0 && taken.is_empty());
         // While interactive requests arrive, batch work keeps to a share of the rows, so a
@@ -180,11 +132,9 @@ fn admit(shared: &Shared, running: &[Running]) -> Option<Vec<Job>> {
     Some(taken)
 }
 
-fn rows_of(job: &Job) -> usize {
-    match &job.inputs {
-        WorkItem::Diffusion(d) => d.rows(),
-        WorkItem::Pair(_) => 1,
-    }
+/// A request's rows; one when the model cannot tell (its error comes at `begin`).
+fn rows_of(model: &dyn StepModel, job: &Job) -> usize {
+    model.rows(&job.inputs).unwrap_or(1)
 }
 
 /// Answers expired requests and forgets those whose client has gone (see
@@ -196,13 +146,12 @@ fn live_jobs(jobs: Vec<Job>, shared: &Shared) -> Vec<Job> {
     live
 }
 
-fn begin(model: &CatVton, shared: &Shared, job: &Job) -> Result<Sample, ModelError> {
-    match &job.inputs {
-        WorkItem::Diffusion(input) => {
-            shared.model_call(|| model.begin(input, Noise::seeded(input.params.seed)))
-        }
-        WorkItem::Pair(_) => Err(ModelError::WrongInput("catvton".into())),
-    }
+fn begin(
+    model: &dyn StepModel,
+    shared: &Shared,
+    job: &Job,
+) -> Result<Box<dyn StepState>, ModelError> {
+    shared.model_call(|| model.begin(&job.inputs))
 }
 
 /// Sends a request its answer; it no longer counts as running.
@@ -234,11 +183,11 @@ fn fail_all(running: Vec<Running>, shared: &Shared) {
     }
 }
 
-/// One UNet call per latent size present (requests of one resolution batch together).
-fn step_all(model: &CatVton, shared: &Shared, running: &mut [Running]) {
+/// One model call per group present (e.g. requests of one resolution step together).
+fn step_all(model: &dyn StepModel, shared: &Shared, running: &mut [Running]) {
     let mut groups: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
     for (i, r) in running.iter().enumerate() {
-        groups.entry(r.sample.latent_size()).or_default().push(i);
+        groups.entry(r.sample.group()).or_default().push(i);
     }
     for indices in groups.into_values() {
         step_group(model, shared, running, &indices);
@@ -247,10 +196,15 @@ fn step_all(model: &CatVton, shared: &Shared, running: &mut [Running]) {
 
 /// Steps the requests at `indices`; on a device out-of-memory error it halves the group and
 /// lowers the row cap, as whole-batch workers do.
-fn step_group(model: &CatVton, shared: &Shared, running: &mut [Running], indices: &[usize]) {
+fn step_group(
+    model: &dyn StepModel,
+    shared: &Shared,
+    running: &mut [Running],
+    indices: &[usize],
+) {
     let started = Instant::now();
     let result = {
-        let mut picked: Vec<&mut Sample> = running
+        let mut picked: Vec<&mut Box<dyn StepState>> = running
             .iter_mut()
             .enumerate()
             .filter(|(i, _)| indices.contains(i))
@@ -295,18 +249,18 @@ fn step_group(model: &CatVton, shared: &Shared, running: &mut [Running], indices
             tracing::error!(requests = indices.len(), error = %e, "a UNet step failed");
             let message = e.to_string();
             for &i in indices {
-                // Marked failed by exhausting its steps; finish_done answers it.
-                running[i].sample.fail(message.clone());
+                // Marked failed; finish_done answers it.
+                running[i].failure = Some(message.clone());
             }
         }
     }
 }
 
 /// Decodes and answers the requests that have taken their last step, and those that failed.
-fn finish_done(model: &CatVton, shared: &Shared, running: Vec<Running>) -> Vec<Running> {
+fn finish_done(model: &dyn StepModel, shared: &Shared, running: Vec<Running>) -> Vec<Running> {
     let mut kept = Vec::with_capacity(running.len());
     for mut r in running {
-        if let Some(message) = r.sample.take_failure() {
+        if let Some(message) = r.failure.take() {
             answer(shared, r.job, Err(JobError::Model(message)));
             continue;
         }
@@ -315,7 +269,7 @@ fn finish_done(model: &CatVton, shared: &Shared, running: Vec<Running>) -> Vec<R
             continue;
         }
         let decode_started = Instant::now();
-        let image = shared.model_call(|| model.finish(&r.sample));
+        let image = shared.model_call(|| model.finish(r.sample.as_ref()));
         let decode = decode_started.elapsed();
         shared.model_worked(decode, [(r.job.priority, 1.0)]);
         r.device_seconds += decode.as_secs_f64();
@@ -358,30 +312,4 @@ fn update_estimate(shared: &Shared, seconds: f64) {
             + super::PER_ITEM_SMOOTHING * seconds
     };
     shared.publish_queue(&state);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_longest_call_estimate_scales_a_half_size_warm_up_to_a_full_row_cap_at_full_size() {
-        let ms = Duration::from_millis;
-        // 2 rows warmed up, a cap of 8: a step of 4 times the rows at 4 times the area,
-        // counted as 16 times the cost: 100 ms x 4 x 16.
-        assert_eq!(
-            longest_call_estimate(ms(10), ms(100), ms(20), 2, 8),
-            ms(6400)
-        );
-        // A cap under a request's rows: the request runs alone, at its own rows.
-        assert_eq!(
-            longest_call_estimate(ms(10), ms(100), ms(20), 2, 1),
-            ms(1600)
-        );
-        // A VAE pass longer than the scaled step sets it.
-        assert_eq!(
-            longest_call_estimate(ms(500), ms(10), ms(300), 2, 2),
-            ms(8000)
-        );
-    }
 }

@@ -10,11 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use super::{load_dataset, BenchError};
 use crate::config::ModelArgs;
-use crate::imaging;
-use crate::models::catvton::{
-    self, preprocess, request, CatVton, Category, DiffusionInput, Noise, Resolution, SamplingParams,
+use crate::models::registry::{OptionFlags, REGISTRY};
+use crate::models::{
+    LoadRequest, LoadedModel, ModelFamily, ModelInput, RequestOptions, StepState, TryOnBatch,
+    WeightSource,
 };
-use crate::models::{LoadedModel, ModelKind, TryOnBatch, MODEL_HEIGHT, MODEL_WIDTH};
+use crate::pipeline::{self, ImageParts};
 
 /// `virtualfit bench model`.
 #[derive(Debug, Clone, Args)]
@@ -36,14 +37,11 @@ pub struct ModelBenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-    /// catvton: denoising steps per image.
-    #[arg(long, default_value_t = catvton::DEFAULT_STEPS)]
-    pub steps: usize,
-    /// catvton: output size, `1024x768` or `512x384`.
-    #[arg(long, default_value = "1024x768")]
-    pub resolution: Resolution,
-    /// catvton: the full-size networks with random weights instead of --model-dir, to time
-    /// them without the downloads (the outputs are noise).
+    /// The model's request options, as the model declares them (e.g. its steps).
+    #[command(flatten)]
+    pub options: OptionFlags,
+    /// The full-size networks with random weights instead of --model-source, to time them
+    /// without the downloads (the outputs are noise), for the models that offer it.
     #[arg(long)]
     pub random_weights: bool,
 }
@@ -66,153 +64,141 @@ pub struct ModelReport {
     pub per_image_ms: f64,
     /// `batch_size / median_batch_s`.
     pub images_per_s: f64,
-    /// Diffusion models: denoising steps per image.
+    /// Step models: steps per image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
-    /// Diffusion models: request-steps per second (`batch_size · steps / median_batch_s`).
+    /// Step models: request-steps per second (`batch_size · steps / median_batch_s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unet_steps_per_s: Option<f64>,
 }
 
-fn inputs(args: &ModelBenchArgs, device: &Device) -> Result<TryOnBatch, BenchError> {
+/// One batch of inputs as the model asks for them: the fixture pairs (cycled) through the
+/// pipeline, or random images with a centred rectangle as each mask.
+fn inputs(
+    args: &ModelBenchArgs,
+    family: &dyn ModelFamily,
+    options: &RequestOptions,
+) -> Result<Vec<ModelInput>, BenchError> {
     let n = args.batch_size as usize;
+    let spec = family.input(options);
     match &args.data {
         None => {
-            let image = || Tensor::rand(-1f32, 1f32, (n, 3, MODEL_HEIGHT, MODEL_WIDTH), device);
-            let mask = Tensor::rand(0f32, 1f32, (n, 1, MODEL_HEIGHT, MODEL_WIDTH), device)?
-                .ge(0.5)?
-                .to_dtype(DType::F32)?;
-            Ok(TryOnBatch {
-                person: image()?,
-                cloth: image()?,
-                cloth_mask: mask,
-            })
-        }
-        Some(dir) => {
-            let pairs = load_dataset(dir, true)?;
-            let prepared = (0..n)
-                .map(|i| {
-                    let p = &pairs[i % pairs.len()];
-                    imaging::prepare_pair(
-                        &p.person.bytes,
-                        &p.cloth.bytes,
-                        p.mask.as_ref().map(|m| &m.bytes[..]),
-                        u64::MAX,
-                    )
-                    .map_err(|e| BenchError::Image {
-                        path: dir.join("person").join(&p.person.name),
-                        reason: e.to_string(),
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let refs: Vec<&imaging::PreparedPair> = prepared.iter().collect();
-            Ok(TryOnBatch::from_pairs(&refs, device)?)
-        }
-    }
-}
-
-/// Diffusion inputs: the fixture pairs (cycled) at the bench resolution, or random images
-/// with a random torso-like mask.
-fn diffusion_inputs(args: &ModelBenchArgs) -> Result<Vec<DiffusionInput>, BenchError> {
-    let n = args.batch_size as usize;
-    let size = args.resolution.size();
-    let params = |i: usize| SamplingParams {
-        steps: args.steps,
-        guidance: catvton::DEFAULT_GUIDANCE,
-        seed: i as u64,
-    };
-    match &args.data {
-        None => (0..n)
-            .map(|i| {
-                let (h, w) = size;
-                let image =
-                    || Tensor::rand(0f32, 255f32, (h, w, 3), &Device::Cpu)?.to_dtype(DType::U8);
-                let mask = Tensor::zeros((h, w, 1), DType::U8, &Device::Cpu)?.slice_assign(
+            let (h, w) = (spec.frame.0 as usize, spec.frame.1 as usize);
+            let image = || Tensor::rand(0f32, 255f32, (h, w, 3), &Device::Cpu)?.to_dtype(DType::U8);
+            let mask = || {
+                Tensor::zeros((h, w, 1), DType::U8, &Device::Cpu)?.slice_assign(
                     &[h / 4..3 * h / 4, w / 4..3 * w / 4, 0..1],
                     &Tensor::full(255u8, (h / 2, w / 2, 1), &Device::Cpu)?,
-                )?;
-                Ok(DiffusionInput {
-                    person: image()?,
-                    cloth: image()?,
-                    mask,
-                    params: params(i),
+                )
+            };
+            (0..n)
+                .map(|_| {
+                    Ok(ModelInput {
+                        person: image()?,
+                        cloth: image()?,
+                        garment_mask: spec.garment_mask.map(|_| mask()).transpose()?,
+                        person_mask: spec.person_mask.map(|_| mask()).transpose()?,
+                        content: None,
+                        options: options.clone(),
+                    })
                 })
-            })
-            .collect(),
+                .collect()
+        }
         Some(dir) => {
-            let pairs = load_dataset(dir, false)?;
+            let pairs = load_dataset(dir, spec.garment_mask.is_some())?;
             if pairs.is_empty() {
                 return Err(BenchError::Usage(format!("no pairs in {}", dir.display())));
             }
             (0..n)
                 .map(|i| {
                     let p = &pairs[i % pairs.len()];
-                    let decode = |bytes: &[u8], name: &str| {
-                        imaging::decode(bytes, u64::MAX).map_err(|e| BenchError::Image {
-                            path: dir.join(name),
-                            reason: e.to_string(),
-                        })
+                    let parts = ImageParts {
+                        person: p.person.bytes.clone().into(),
+                        cloth: p.cloth.bytes.clone().into(),
+                        garment_mask: p.mask.as_ref().map(|m| m.bytes.clone().into()),
+                        person_mask: None,
                     };
-                    let person = decode(&p.person.bytes, &p.person.name)?;
-                    let cloth = decode(&p.cloth.bytes, &p.cloth.name)?;
-                    Ok(preprocess::prepare(
-                        &person,
-                        &cloth,
-                        None,
-                        Category::Upper,
-                        size,
-                        params(i),
-                    )?)
+                    pipeline::prepare_now(family, &parts, options.clone(), u64::MAX).map_err(|e| {
+                        BenchError::Image {
+                            path: dir.join("person").join(&p.person.name),
+                            reason: e.to_string(),
+                        }
+                    })
                 })
                 .collect()
         }
     }
 }
 
-/// Samples every input together, step by step, and decodes them.
-fn sample_all(model: &CatVton, inputs: &[DiffusionInput]) -> Result<(), BenchError> {
-    let mut samples = inputs
+/// Samples every input together, step by step, and decodes them; answers the steps each took.
+fn sample_all(
+    model: &dyn crate::models::StepModel,
+    inputs: &[ModelInput],
+) -> Result<usize, BenchError> {
+    let mut states = inputs
         .iter()
-        .map(|i| model.begin(i, Noise::seeded(i.params.seed)))
-        .collect::<Result<Vec<_>, _>>()?;
-    while samples.iter().any(|s| !s.is_done()) {
-        let mut pending: Vec<&mut catvton::Sample> =
-            samples.iter_mut().filter(|s| !s.is_done()).collect();
+        .map(|i| model.begin(i))
+        .collect::<Result<Vec<Box<dyn StepState>>, _>>()?;
+    let steps = states.first().map_or(0, |s| s.progress().1);
+    while states.iter().any(|s| !s.is_done()) {
+        let mut pending: Vec<&mut Box<dyn StepState>> =
+            states.iter_mut().filter(|s| !s.is_done()).collect();
         model.step(&mut pending)?;
     }
-    for s in &samples {
-        model.finish(s)?;
+    for s in &states {
+        model.finish(s.as_ref())?;
     }
-    Ok(())
+    Ok(steps)
 }
 
 /// Times the forward passes (diffusion models: whole samplings of a batch).
 pub fn measure(args: &ModelBenchArgs) -> Result<ModelReport, BenchError> {
     let device = args.model.open_device()?;
+    let choice = args.model.choice();
+    let family = choice.family()?;
     let model = if args.random_weights {
-        if args.model.model != ModelKind::Catvton {
-            return Err(BenchError::Usage(
-                "--random-weights is for --model catvton".into(),
-            ));
-        }
-        LoadedModel::Diffusion(Box::new(CatVton::random(args.model.dtype, &device)?))
+        let offered: Vec<&str> = REGISTRY
+            .iter()
+            .filter(|f| f.offers_random())
+            .map(|f| f.name())
+            .collect();
+        let request = LoadRequest {
+            source: WeightSource::None,
+            device: &device,
+            dtype: choice.dtype,
+            flags: &choice.flags,
+        };
+        family.random(&request).ok_or_else(|| {
+            BenchError::Usage(format!(
+                "--random-weights is for --model {}",
+                offered.join(", --model ")
+            ))
+        })??
     } else {
-        args.model.load(&device)?
+        choice.load(&device, &crate::hub::Reporter::Log)?
     };
+    let options = args
+        .options
+        .options(family, &args.model.option_limits())
+        .map_err(BenchError::Usage)?;
+    let inputs = inputs(args, family, &options)?;
     let name = model.name().to_string();
+    let steps = std::rc::Rc::new(std::cell::Cell::new(None));
     let mut run: Box<dyn FnMut() -> Result<(), BenchError>> = match model {
         LoadedModel::Batch(model) => {
-            let batch = inputs(args, &device)?;
+            let refs: Vec<&ModelInput> = inputs.iter().collect();
+            let batch = TryOnBatch::from_inputs(&refs, &device)?;
             Box::new(move || {
                 model.forward(&batch)?;
                 Ok(())
             })
         }
-        LoadedModel::Diffusion(model) => {
-            request::check_steps(args.steps, args.model.max_steps as usize)
-                .map_err(BenchError::Usage)?;
-            let inputs = diffusion_inputs(args)?;
-            Box::new(move || sample_all(&model, &inputs))
+        LoadedModel::Steps(model) => {
+            let steps = steps.clone();
+            Box::new(move || {
+                steps.set(Some(sample_all(model.as_ref(), &inputs)?));
+                Ok(())
+            })
         }
     };
     let mut timed = || -> Result<f64, BenchError> {
@@ -236,7 +222,7 @@ pub fn measure(args: &ModelBenchArgs) -> Result<ModelReport, BenchError> {
         (times[n / 2 - 1] + times[n / 2]) / 2.0
     };
     let b = args.batch_size as f64;
-    let diffusion = name == ModelKind::Catvton.name();
+    let steps = steps.get();
     Ok(ModelReport {
         model: name,
         device: crate::device::name(&device),
@@ -254,8 +240,8 @@ pub fn measure(args: &ModelBenchArgs) -> Result<ModelReport, BenchError> {
         max_batch_s: times[n - 1],
         per_image_ms: median / b * 1e3,
         images_per_s: b / median,
-        steps: diffusion.then_some(args.steps),
-        unet_steps_per_s: diffusion.then(|| b * args.steps as f64 / median),
+        steps,
+        unet_steps_per_s: steps.map(|s| b * s as f64 / median),
     })
 }
 

@@ -6,6 +6,7 @@
 //! exactly one final status: the stores set it only on a job that has none yet.
 
 pub mod redis_store;
+pub mod runner;
 pub mod sqlite;
 pub mod webhook;
 
@@ -109,10 +110,16 @@ pub struct JobRecord {
     /// The claim it runs under, while it runs (Redis: its stream entry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<String>,
-    /// A diffusion model's sampling options, its seed drawn at submission when the client
-    /// gave none, so that a job run twice gives the same image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub diffusion: Option<crate::models::catvton::request::DiffusionRequest>,
+    /// The model's request options, opaque here, with any seed drawn at submission when the
+    /// client gave none, so that a job run twice gives the same image. Records of older
+    /// versions named them `diffusion`, with the sampling numbers under `params`.
+    #[serde(
+        default,
+        alias = "diffusion",
+        deserialize_with = "flat_options",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub options: Option<serde_json::Value>,
     /// The name of the API key that submitted the job (none without keys): only it may see
     /// or cancel the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,6 +128,58 @@ pub struct JobRecord {
     /// again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+}
+
+/// Reads stored options as one flat object: an older record's nested `params` object is
+/// lifted to the top level.
+fn flat_options<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    let value: Option<serde_json::Value> = Option::deserialize(d)?;
+    Ok(value.map(|mut v| {
+        if let Some(object) = v.as_object_mut() {
+            if let Some(serde_json::Value::Object(nested)) = object.remove("params") {
+                object.extend(nested);
+            }
+        }
+        v
+    }))
+}
+
+/// The jobs' settings: their store, bounds and webhooks.
+#[derive(Debug, Clone)]
+pub struct JobsSettings {
+    pub store: StoreSettings,
+    /// How long results are kept after a job ends.
+    pub retention: Duration,
+    /// Most jobs waiting in the store.
+    pub max_queued: usize,
+    /// Most jobs one API key may have queued or running.
+    pub max_per_owner: usize,
+    /// Most bytes of job inputs and results the store keeps.
+    pub max_store_bytes: u64,
+    /// The priorities this replica takes from the store.
+    pub priorities: Vec<crate::batcher::Priority>,
+    pub webhooks: webhook::WebhookConfig,
+}
+
+/// Which store holds the jobs.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// The embedded store's folder (a SQLite file), used without `redis`.
+    pub data_dir: std::path::PathBuf,
+    /// `redis://…`: jobs in Redis, shared by every replica.
+    pub redis: Option<String>,
+    /// How long a running job's claim holds without renewal.
+    pub lease: Duration,
+}
+
+/// Opens the store the settings name.
+pub fn open_store(settings: &StoreSettings) -> anyhow::Result<std::sync::Arc<dyn JobStore>> {
+    Ok(match &settings.redis {
+        Some(url) => std::sync::Arc::new(RedisStore::open(url, settings.lease)?),
+        None => std::sync::Arc::new(SqliteStore::open(&settings.data_dir, settings.lease)?),
+    })
 }
 
 impl JobRecord {
@@ -135,8 +194,10 @@ impl JobRecord {
 pub struct JobInputs {
     pub person: Bytes,
     pub cloth: Bytes,
-    /// The mask the model reads: the garment mask, or a diffusion model's person mask.
-    pub mask: Option<Bytes>,
+    /// White = garment.
+    pub garment_mask: Option<Bytes>,
+    /// The area of the person photo to repaint, white = repaint.
+    pub person_mask: Option<Bytes>,
 }
 
 /// A job to store, with the bounds it is admitted under.
@@ -160,7 +221,8 @@ impl NewJob {
     pub fn input_bytes(&self) -> u64 {
         (self.inputs.person.len()
             + self.inputs.cloth.len()
-            + self.inputs.mask.as_ref().map_or(0, |m| m.len())) as u64
+            + self.inputs.garment_mask.as_ref().map_or(0, |m| m.len())
+            + self.inputs.person_mask.as_ref().map_or(0, |m| m.len())) as u64
     }
 }
 

@@ -97,7 +97,7 @@ const SUBMIT_OWNER_FULL: i64 = 3;
 /// (a placeholder without owner), the byte count, the kept results. ARGV: record, status,
 /// person, cloth, mask, has mask (0/1), id, the bound, retention in ms, the idempotency key
 /// ('' for none), the group, has owner (0/1), the owner's bound, the input bytes, the byte
-/// bound, now in ms. Answers {0, id} when it stored the job, {1, id} when the key (or the id)
+/// bound, now in ms, the person mask, has person mask (0/1). Answers {0, id} when it stored the job, {1, id} when the key (or the id)
 /// names a job already, {2, queued} when the bound refuses it, {3, jobs} when the owner's
 /// bound does, {4, held} when the byte bound does.
 const SUBMIT_SCRIPT: &str = r"
@@ -126,6 +126,7 @@ local held = tonumber(redis.call('GET', KEYS[6]) or '0')
 if held + tonumber(ARGV[14]) > tonumber(ARGV[15]) then return {4, tostring(held)} end
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', ARGV[2], 'person', ARGV[3], 'cloth', ARGV[4], 'bytes', ARGV[14])
 if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'mask', ARGV[5]) end
+if ARGV[18] == '1' then redis.call('HSET', KEYS[1], 'person_mask', ARGV[17]) end
 redis.call('INCRBY', KEYS[6], ARGV[14])
 if ARGV[12] == '1' then redis.call('SADD', KEYS[5], ARGV[7]) end
 redis.call('XADD', KEYS[2], '*', 'id', ARGV[7])
@@ -136,6 +137,7 @@ return {0, ARGV[7]}
 /// A job hash's record and inputs, as HMGET answers them.
 type StoredJob = (
     Option<String>,
+    Option<Vec<u8>>,
     Option<Vec<u8>>,
     Option<Vec<u8>>,
     Option<Vec<u8>>,
@@ -258,9 +260,10 @@ impl RedisStore {
         let lease = lease_of(stream, &entry.id, worker);
         let taken: Option<(JobRecord, JobInputs)> =
             redis::transaction(con, &[&key], |con, pipe| {
-                let (text, person, cloth, mask): StoredJob = redis::cmd("HMGET")
-                    .arg(&key)
-                    .arg(&["record", "person", "cloth", "mask"])
+                let (text, person, cloth, garment_mask, person_mask): StoredJob =
+                    redis::cmd("HMGET")
+                        .arg(&key)
+                        .arg(&["record", "person", "cloth", "mask", "person_mask"])
                     .query(con)?;
                 let record = text.as_deref().and_then(|t| from_json(t).ok());
                 let (Some(mut record), Some(person), Some(cloth)) = (record, person, cloth) else {
@@ -285,7 +288,8 @@ impl RedisStore {
                 let inputs = JobInputs {
                     person: person.into(),
                     cloth: cloth.into(),
-                    mask: mask.map(Into::into),
+                    garment_mask: garment_mask.map(Into::into),
+                    person_mask: person_mask.map(Into::into),
                 };
                 let done: Option<()> = pipe.query(con)?;
                 Ok(done.map(|()| Some((record.clone(), inputs.clone()))))
@@ -333,8 +337,8 @@ impl JobStore for RedisStore {
                 .arg(record.status.as_str())
                 .arg(job.inputs.person.as_ref())
                 .arg(job.inputs.cloth.as_ref())
-                .arg(job.inputs.mask.as_deref().unwrap_or_default())
-                .arg(u8::from(job.inputs.mask.is_some()))
+                .arg(job.inputs.garment_mask.as_deref().unwrap_or_default())
+                .arg(u8::from(job.inputs.garment_mask.is_some()))
                 .arg(&record.id)
                 .arg(job.max_queued)
                 .arg(ms(job.retention).max(1))
@@ -349,7 +353,9 @@ impl JobStore for RedisStore {
                 .arg(job.max_owner_jobs)
                 .arg(input_bytes)
                 .arg(job.max_store_bytes)
-                .arg(super::now_ms());
+                .arg(super::now_ms())
+                .arg(job.inputs.person_mask.as_deref().unwrap_or_default())
+                .arg(u8::from(job.inputs.person_mask.is_some()));
             call.invoke(con)
         })?;
         match created {
@@ -751,7 +757,7 @@ fn write_final(
         .ignore()
         .hset(&key, "status", record.status.as_str())
         .ignore()
-        .hdel(&key, &["person", "cloth", "mask", "bytes"])
+        .hdel(&key, &["person", "cloth", "mask", "person_mask", "bytes"])
         .ignore()
         .pexpire(&key, record_ttl_ms(retention))
         .ignore();

@@ -67,6 +67,8 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("lease_until_ms", "INTEGER"),
     // Bytes of inputs and result held, for --max-store-bytes.
     ("bytes", "INTEGER"),
+    // The area of the person photo to repaint (the `mask` column is the garment mask).
+    ("person_mask", "BLOB"),
 ];
 
 pub struct SqliteStore {
@@ -146,7 +148,7 @@ fn load_record(tx: &Transaction<'_>, id: &str) -> StoreResult<Option<JobRecord>>
 fn write_final(tx: &Transaction<'_>, record: &JobRecord, now_ms: i64) -> StoreResult<()> {
     write_record(tx, record)?;
     tx.execute(
-        "UPDATE jobs SET person = NULL, cloth = NULL, mask = NULL, bytes = 0,
+        "UPDATE jobs SET person = NULL, cloth = NULL, mask = NULL, person_mask = NULL, bytes = 0,
          lease_until_ms = NULL WHERE id = ?1",
         [&record.id],
     )?;
@@ -343,8 +345,8 @@ impl JobStore for SqliteStore {
         let r = &job.record;
         tx.execute(
             "INSERT INTO jobs (id, idempotency_key, status, priority, created_ms, record, person,
-             cloth, mask, owner, bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             cloth, mask, owner, bytes, person_mask)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 r.id,
                 job.idempotency_key,
@@ -354,9 +356,10 @@ impl JobStore for SqliteStore {
                 to_json(r)?,
                 job.inputs.person.as_ref(),
                 job.inputs.cloth.as_ref(),
-                job.inputs.mask.as_deref(),
+                job.inputs.garment_mask.as_deref(),
                 r.owner,
                 more as i64,
+                job.inputs.person_mask.as_deref(),
             ],
         )?;
         tx.commit()?;
@@ -454,12 +457,12 @@ impl JobStore for SqliteStore {
         let until = now_ms + self.lease.as_millis() as i64;
         let mut claimed = Vec::with_capacity(ids.len());
         for id in ids {
-            let (text, person, cloth, mask): (String, Vec<u8>, Vec<u8>, Option<Vec<u8>>) = tx
-                .query_row(
-                    "SELECT record, person, cloth, mask FROM jobs WHERE id = ?1",
-                    [&id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )?;
+            type Row = (String, Vec<u8>, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
+            let (text, person, cloth, garment_mask, person_mask): Row = tx.query_row(
+                "SELECT record, person, cloth, mask, person_mask FROM jobs WHERE id = ?1",
+                [&id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )?;
             let mut record = from_json(&text)?;
             if record.status == JobStatus::Running {
                 tracing::info!(job = %record.id, "took over a job whose run could not record its end");
@@ -479,7 +482,8 @@ impl JobStore for SqliteStore {
                 inputs: JobInputs {
                     person: person.into(),
                     cloth: cloth.into(),
-                    mask: mask.map(Into::into),
+                    garment_mask: garment_mask.map(Into::into),
+                    person_mask: person_mask.map(Into::into),
                 },
                 lease,
             });
@@ -573,7 +577,7 @@ impl JobStore for SqliteStore {
             write_record(&tx, &record)?;
             tx.execute(
                 "UPDATE jobs SET result = NULL, result_type = NULL, person = NULL, cloth = NULL,
-                 mask = NULL, idempotency_key = NULL, bytes = 0 WHERE id = ?1",
+                 mask = NULL, person_mask = NULL, idempotency_key = NULL, bytes = 0 WHERE id = ?1",
                 [&record.id],
             )?;
         }

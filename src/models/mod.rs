@@ -1,57 +1,36 @@
-//! The batched try-on model interface and the registry of models by name.
+//! The model interface the rest of the server programs against. A model runs either whole
+//! batches ([`TryOnModel`]) or step by step ([`StepModel`]: begin, step, finish, with rows per
+//! request); the batcher drives either as a trait object and never names a model. Each model
+//! declares its request options and the inputs it needs ([`ModelFamily`]); the registry
+//! ([`registry`]) is the one place that lists them.
 
 pub mod catvton;
 pub mod dmvton;
+pub mod identity_steps;
 pub mod input;
+pub mod options;
 pub mod overlay;
+pub mod registry;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 
-pub use input::{PreparedPair, Rect, MODEL_HEIGHT, MODEL_WIDTH};
+pub use input::{
+    GarmentMaskSpec, InputSpec, ModelInput, PersonMaskSpec, PreparedPair, Rect, MODEL_HEIGHT,
+    MODEL_WIDTH,
+};
+pub use options::{OptionKind, OptionLimits, OptionSpec, RequestOptions};
+pub use registry::{
+    family, load, LoadRequest, ModelFamily, ModelFlags, WeightSource, MODEL_NAMES,
+};
 
 use crate::ops::convert::{to_model_input, to_u8_images, InputKind};
-
-/// The models the server can run (`--model`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ModelKind {
-    /// Weight-free baseline: pastes the garment over the worn top with the person's shading.
-    Overlay,
-    /// DM-VTON; needs `--model-source DIR` with its two checkpoints.
-    Dmvton,
-    /// CatVTON, a diffusion try-on; needs `--model-source DIR` with its four parts, or
-    /// `--model-source hub`.
-    Catvton,
-}
-
-impl ModelKind {
-    pub const ALL: [ModelKind; 3] = [ModelKind::Overlay, ModelKind::Dmvton, ModelKind::Catvton];
-
-    /// The registry name, as `--model` and `/v1/models` spell it.
-    pub fn name(self) -> &'static str {
-        match self {
-            ModelKind::Overlay => "overlay",
-            ModelKind::Dmvton => "dmvton",
-            ModelKind::Catvton => "catvton",
-        }
-    }
-}
-
-impl std::str::FromStr for ModelKind {
-    type Err = ModelError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ModelKind::ALL
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| ModelError::UnknownModel(crate::api::echo(s)))
-    }
-}
 
 /// The licence of one part of a model's weights, as the logs and `/v1/models` report it.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Licence {
-    /// Which weights (`CatVTON attention weights`).
+    /// Which weights.
     pub part: String,
     /// Where they are published.
     pub source: String,
@@ -64,28 +43,6 @@ impl std::fmt::Display for Licence {
         write!(f, "{} ({}): {}", self.part, self.source, self.licence)
     }
 }
-
-/// Where the DM-VTON weights are published, and how `--model-source DIR` wants them.
-pub const DMVTON_WEIGHTS_HELP: &str = "download dmvton_pf_warp.pt and dmvton_pf_gen.pt from \
-     release 1.0.0 of https://github.com/KiseKloset/DM-VTON (its Releases page), put both in one \
-     folder under exactly these names, and run with --model-source FOLDER \
-     (models/dmvton/README.md)";
-
-/// The licences of a model's weights (none for the weight-free overlay).
-pub fn licences(kind: ModelKind, catvton: &catvton::sources::CatvtonRepos) -> Vec<Licence> {
-    match kind {
-        ModelKind::Overlay => Vec::new(),
-        ModelKind::Dmvton => vec![Licence {
-            part: "DM-VTON weights".into(),
-            source: "KiseKloset/DM-VTON release 1.0.0".into(),
-            licence: "CC BY-NC-SA 4.0, non-commercial".into(),
-        }],
-        ModelKind::Catvton => catvton::sources::licences(catvton),
-    }
-}
-
-/// Names accepted by `--model`, in the order `/v1/models` lists them.
-pub const MODEL_NAMES: &[&str] = &["overlay", "dmvton", "catvton"];
 
 /// One batch of try-on inputs, all on the model's device, all `B×C×256×192` f32.
 #[derive(Debug, Clone)]
@@ -107,6 +64,31 @@ impl TryOnBatch {
     /// Whether the batch holds no pair.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Builds a batch on `device` from requests' inputs, converting them there; each needs a
+    /// garment mask.
+    pub fn from_inputs(
+        inputs: &[&ModelInput],
+        device: &Device,
+    ) -> Result<TryOnBatch, ModelError> {
+        let stack = |f: &dyn Fn(&ModelInput) -> Option<&Tensor>,
+                     kind: InputKind|
+         -> Result<Tensor, ModelError> {
+            let items = inputs
+                .iter()
+                .map(|i| f(i).ok_or_else(|| ModelError::WrongInput("a garment mask".into())))
+                .collect::<Result<Vec<&Tensor>, ModelError>>()?;
+            Ok(to_model_input(
+                &Tensor::stack(&items, 0)?.to_device(device)?,
+                kind,
+            )?)
+        };
+        Ok(TryOnBatch {
+            person: stack(&|i| Some(&i.person), InputKind::Image)?,
+            cloth: stack(&|i| Some(&i.cloth), InputKind::Image)?,
+            cloth_mask: stack(&|i| i.garment_mask.as_ref(), InputKind::Mask)?,
+        })
     }
 
     /// Builds a batch on `device` from prepared 8-bit pairs, converting them there.
@@ -133,6 +115,27 @@ pub fn forward_u8(model: &dyn TryOnModel, batch: &TryOnBatch) -> Result<Vec<Tens
         .collect()
 }
 
+/// Runs one request from start to end (the CLI and the bench): a batch of one for a whole-batch
+/// model, every step for a step model. The answer is 8-bit `H×W×3` on the CPU.
+pub fn run_one(model: &LoadedModel, input: &ModelInput) -> Result<Tensor, ModelError> {
+    match model {
+        LoadedModel::Batch(m) => {
+            let batch = TryOnBatch::from_inputs(&[input], m.device())?;
+            forward_u8(m.as_ref(), &batch)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| ModelError::Panicked("the model answered no image".into()))
+        }
+        LoadedModel::Steps(m) => {
+            let mut state = m.begin(input)?;
+            while !state.is_done() {
+                m.step(&mut [&mut state])?;
+            }
+            m.finish(state.as_ref())
+        }
+    }
+}
+
 /// Why a model could not be loaded or could not run a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -153,10 +156,12 @@ pub enum ModelError {
     OutOfMemory(String),
     #[error("the model panicked: {0}")]
     Panicked(String),
-    #[error("model `{0}` does not take this kind of input")]
+    #[error("the model needs {0}, which the request does not have")]
     WrongInput(String),
     #[error("model `{0}` samples step by step and has no whole-batch interface")]
     NotBatched(String),
+    #[error("invalid request options: {0}")]
+    Options(String),
     #[error("--dtype {dtype} is not supported on {device}: {reason}")]
     UnsupportedDtype {
         dtype: &'static str,
@@ -185,7 +190,7 @@ impl ModelError {
 ///
 /// The worker thread owns the model, so it needs `Send` but not `Sync`.
 pub trait TryOnModel: Send {
-    /// The registry name (`overlay`, `dmvton`).
+    /// The registry name.
     fn name(&self) -> &str;
     /// The device the model's weights live on; inputs must be on it too.
     fn device(&self) -> &Device;
@@ -193,36 +198,50 @@ pub trait TryOnModel: Send {
     fn forward(&self, batch: &TryOnBatch) -> Result<Tensor, ModelError>;
 }
 
-/// One request's work, as the batcher queues it.
-#[derive(Debug, Clone)]
-pub enum WorkItem {
-    /// Inputs of a whole-batch model (overlay, dmvton).
-    Pair(PreparedPair),
-    /// Inputs of a diffusion model (catvton).
-    Diffusion(catvton::DiffusionInput),
+/// One request being sampled by a [`StepModel`]: the model's own state, which only the model
+/// reads (through [`StepState::as_any_mut`]).
+pub trait StepState: Send {
+    /// Model rows each step of this request takes (e.g. two with classifier-free guidance).
+    fn rows(&self) -> usize;
+    /// Requests step together only when their groups match (e.g. their latent size).
+    fn group(&self) -> (usize, usize);
+    /// Whether every step has run.
+    fn is_done(&self) -> bool;
+    /// Steps run so far, and in all.
+    fn progress(&self) -> (usize, usize);
+    fn as_any(&self) -> &dyn std::any::Any;
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
-impl WorkItem {
-    /// Where the person picture lies in a whole-batch model's frame (the answer is cropped
-    /// to it); diffusion answers are the requested size as they are.
-    pub fn content(&self) -> Option<Rect> {
-        match self {
-            WorkItem::Pair(p) => Some(p.content),
-            WorkItem::Diffusion(_) => None,
-        }
-    }
+/// How long a step model's warm-up took, and what it predicts for full-size requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WarmUp {
+    /// The device time of one request with the default options.
+    pub seconds_per_request: f64,
+    /// The longest call the warm-up made.
+    pub longest_call: std::time::Duration,
+    /// The longest call to expect in service, at `row_cap` rows.
+    pub longest_call_estimate: std::time::Duration,
 }
 
-impl From<PreparedPair> for WorkItem {
-    fn from(p: PreparedPair) -> Self {
-        WorkItem::Pair(p)
-    }
-}
-
-impl From<catvton::DiffusionInput> for WorkItem {
-    fn from(d: catvton::DiffusionInput) -> Self {
-        WorkItem::Diffusion(d)
-    }
+/// A model that samples step by step: the batcher begins each request, then makes one call per
+/// iteration over every running request (each at its own step), and finishes each on its last.
+///
+/// The worker thread owns the model, so it needs `Send` but not `Sync`.
+pub trait StepModel: Send {
+    /// The registry name.
+    fn name(&self) -> &str;
+    /// Model rows each step of this request will take, known before it begins.
+    fn rows(&self, input: &ModelInput) -> Result<usize, ModelError>;
+    /// Builds the request's own state (its noise from its seed, its encoded images).
+    fn begin(&self, input: &ModelInput) -> Result<Box<dyn StepState>, ModelError>;
+    /// One step of every given request; they share one group.
+    fn step(&self, states: &mut [&mut Box<dyn StepState>]) -> Result<(), ModelError>;
+    /// The finished image, 8-bit `H×W×3` on the CPU.
+    fn finish(&self, state: &dyn StepState) -> Result<Tensor, ModelError>;
+    /// Runs a small request through every stage so that the first request meets warm
+    /// kernels, and estimates service times for `row_cap` rows a step.
+    fn warm_up(&self, row_cap: usize) -> Result<WarmUp, ModelError>;
 }
 
 /// A loaded model, as the batcher drives it.
@@ -230,7 +249,7 @@ pub enum LoadedModel {
     /// Runs whole batches.
     Batch(Box<dyn TryOnModel>),
     /// Samples step by step.
-    Diffusion(Box<catvton::CatVton>),
+    Steps(Box<dyn StepModel>),
 }
 
 impl LoadedModel {
@@ -238,87 +257,15 @@ impl LoadedModel {
     pub fn name(&self) -> &str {
         match self {
             LoadedModel::Batch(m) => m.name(),
-            LoadedModel::Diffusion(_) => ModelKind::Catvton.name(),
+            LoadedModel::Steps(m) => m.name(),
         }
     }
 
-    /// The whole-batch model, or an error for a diffusion model.
+    /// The whole-batch model, or an error for a step model.
     pub fn into_batch(self) -> Result<Box<dyn TryOnModel>, ModelError> {
         match self {
             LoadedModel::Batch(m) => Ok(m),
-            LoadedModel::Diffusion(_) => {
-                Err(ModelError::NotBatched(ModelKind::Catvton.name().into()))
-            }
+            LoadedModel::Steps(m) => Err(ModelError::NotBatched(m.name().into())),
         }
-    }
-}
-
-/// How to load a model: which one, from where, in which precision.
-#[derive(Debug, Clone, Copy)]
-pub struct LoadOptions<'a> {
-    pub kind: ModelKind,
-    pub model_dir: Option<&'a Path>,
-    /// The diffusion model's compute precision (the others run in f32).
-    pub dtype: candle_core::DType,
-}
-
-/// Loads any model, whole-batch or diffusion.
-pub fn load_model(options: LoadOptions<'_>, device: &Device) -> Result<LoadedModel, ModelError> {
-    match options.kind {
-        ModelKind::Catvton => {
-            let dir = options
-                .model_dir
-                .ok_or_else(|| ModelError::MissingModelDir {
-                    model: options.kind.name().to_string(),
-                })?;
-            Ok(LoadedModel::Diffusion(Box::new(catvton::CatVton::load(
-                dir,
-                options.dtype,
-                device,
-            )?)))
-        }
-        kind => load_kind(kind, options.model_dir, device).map(LoadedModel::Batch),
-    }
-}
-
-/// Loads the model registered under `name` (see [`ModelKind`]).
-pub fn load(
-    name: &str,
-    model_dir: Option<&Path>,
-    device: &Device,
-) -> Result<Box<dyn TryOnModel>, ModelError> {
-    load_kind(name.parse()?, model_dir, device)
-}
-
-/// Loads a model of the given kind.
-pub fn load_kind(
-    kind: ModelKind,
-    model_dir: Option<&Path>,
-    device: &Device,
-) -> Result<Box<dyn TryOnModel>, ModelError> {
-    match kind {
-        ModelKind::Overlay => Ok(Box::new(overlay::OverlayModel::new(device.clone()))),
-        ModelKind::Dmvton => {
-            let dir = model_dir.ok_or_else(|| ModelError::MissingModelDir {
-                model: kind.name().to_string(),
-            })?;
-            Ok(Box::new(dmvton::DmVton::load(dir, device)?))
-        }
-        ModelKind::Catvton => Err(ModelError::NotBatched(kind.name().into())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn model_names_follow_the_kinds() {
-        let names: Vec<&str> = ModelKind::ALL.iter().map(|k| k.name()).collect();
-        assert_eq!(names, MODEL_NAMES);
-        for name in MODEL_NAMES {
-            assert_eq!(name.parse::<ModelKind>().expect("parses").name(), *name);
-        }
-        assert!("x".repeat(1000).parse::<ModelKind>().is_err());
     }
 }

@@ -120,6 +120,17 @@ fn read_keys(path: &Path, with_default: bool) -> anyhow::Result<Vec<NamedKey>> {
         .map_err(|e| anyhow::anyhow!("--api-keys-file {}: {e}", path.display()))
 }
 
+/// Who may call the API, and how often.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// The token of the key named `default`.
+    pub api_key: Option<String>,
+    /// Named keys, one `name:SHA256_HEX_OF_TOKEN` a line; read again on SIGHUP.
+    pub api_keys_file: Option<std::path::PathBuf>,
+    /// Requests a second each key may make.
+    pub key_requests_per_s: Option<f64>,
+}
+
 impl Keys {
     /// The keys of `--api-key` and `--api-keys-file`, each key limited to `rate` requests a
     /// second.

@@ -1,6 +1,6 @@
 //! The asynchronous jobs API: `POST /v1/jobs`, `GET /v1/jobs/{id}`,
 //! `GET /v1/jobs/{id}/result` and `DELETE /v1/jobs/{id}`. The work itself is done by
-//! [`super::job_runner`].
+//! `crate::jobs::runner`.
 //!
 //! A job belongs to the API key that submitted it: any other key gets `404` for it, as for
 //! an id that never existed. An `Idempotency-Key` is scoped to its key's owner, and stored
@@ -20,6 +20,7 @@ use crate::api::echo;
 use crate::batcher::Priority;
 use crate::error::ApiError;
 use crate::imaging::OutputFormat;
+use crate::pipeline::OutputChoice;
 use crate::jobs::{
     now_ms, scoped_idempotency_key, valid_id, JobInputs, JobRecord, JobStatus, JobView, NewJob,
     MAX_IDEMPOTENCY_KEY_BYTES, MAX_METADATA_BYTES,
@@ -38,10 +39,10 @@ const TEXT_FIELDS: &[&str] = &[
     FORMAT_FIELD,
     QUALITY_FIELD,
 ];
-/// The form's text fields for the served model (a diffusion model's options added).
-pub fn text_fields(args: &crate::config::ServeArgs) -> Vec<&'static str> {
+/// The form's text fields, the served model's options added.
+pub fn text_fields(model_options: &[&'static str]) -> Vec<&'static str> {
     let mut fields = TEXT_FIELDS.to_vec();
-    fields.extend_from_slice(super::diffusion_fields(args));
+    fields.extend_from_slice(model_options);
     fields
 }
 
@@ -60,9 +61,13 @@ pub struct JobForm {
     /// Garment product photo.
     #[schema(value_type = String, format = Binary, min_length = 1, content_media_type = "image/*")]
     cloth_image: Vec<u8>,
-    /// Optional garment mask, white = garment.
+    /// Optional garment mask, white = garment (models that read one).
     #[schema(value_type = String, format = Binary, min_length = 1, content_media_type = "image/*", required = false)]
     cloth_mask: Option<Vec<u8>>,
+    /// Optional area of the person photo to repaint, white = repaint, the photo's size (models
+    /// that read one; drawn from the options when absent).
+    #[schema(value_type = String, format = Binary, min_length = 1, content_media_type = "image/*", required = false)]
+    person_mask: Option<Vec<u8>>,
     /// `interactive` or `batch` (default): batch work runs where interactive work leaves room.
     #[schema(nullable = false)]
     priority: Option<Priority>,
@@ -163,7 +168,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 async fn submit(state: &AppState, request: Request) -> Result<Response, (ApiError, bool)> {
     let inner = &state.inner;
-    let args = &inner.args;
+    let upload_settings = &inner.upload;
+    let jobs_settings = &inner.jobs_settings;
     let (parts, body) = request.into_parts();
     let before_body = inner.keys.authenticate(&parts.headers).and_then(|caller| {
         match inner
@@ -185,38 +191,44 @@ async fn submit(state: &AppState, request: Request) -> Result<Response, (ApiErro
     let upload = upload::read(
         &parts.headers,
         body,
-        args.max_body_bytes,
-        &inner.budgets,
-        Instant::now() + args.body_timeout(),
-        args.body_timeout(),
-        &text_fields(args),
+        upload_settings.max_body_bytes,
+        &inner.body_budget,
+        Instant::now() + upload_settings.body_timeout,
+        upload_settings.body_timeout,
+        &text_fields(&inner.pipeline.option_names()),
     )
     .await
     .map_err(|e| (e, true))?;
-    let mut record = job_record(args, &inner.webhooks, &upload).map_err(|e| (e, false))?;
-    record.diffusion = super::diffusion_request(args, &upload).map_err(|e| (e, false))?;
+    let mut record =
+        job_record(upload_settings.output, &inner.webhooks, &upload).map_err(|e| (e, false))?;
+    let options = inner
+        .pipeline
+        .parse_options(|name| upload.field(name))
+        .map_err(|e| (ApiError::BadRequest(e), false))?;
+    if !options.is_empty() {
+        record.options = Some(options.to_value());
+    }
     record.owner = caller.owner.clone();
     record.fingerprint = Some(fingerprint(&upload));
-    let diffusion = record.diffusion.is_some();
-    upload::check_headers(&upload, args.max_image_pixels, &inner.budgets)
-        .map_err(|e| (e, false))?;
+    let images = upload.parts();
+    inner
+        .pipeline
+        .check_headers(&images)
+        .map_err(|e| (ApiError::from(e), false))?;
 
     let job = NewJob {
         record,
         inputs: JobInputs {
-            person: upload.person.clone(),
-            cloth: upload.cloth.clone(),
-            mask: if diffusion {
-                upload.person_mask.clone()
-            } else {
-                upload.mask.clone()
-            },
+            person: images.person,
+            cloth: images.cloth,
+            garment_mask: images.garment_mask,
+            person_mask: images.person_mask,
         },
         idempotency_key: key.map(|k| scoped_idempotency_key(caller.owner.as_deref(), &k)),
-        max_queued: args.jobs.max_queued_jobs as usize,
-        retention: args.jobs.job_retention,
-        max_owner_jobs: args.jobs.max_jobs_per_key as usize,
-        max_store_bytes: args.jobs.max_store_bytes,
+        max_queued: jobs_settings.max_queued,
+        retention: jobs_settings.retention,
+        max_owner_jobs: jobs_settings.max_per_owner,
+        max_store_bytes: jobs_settings.max_store_bytes,
     };
     let store = inner.jobs.clone();
     let submitted = blocking(move || store.submit(job))
@@ -255,7 +267,7 @@ pub fn fingerprint(upload: &upload::Upload) -> String {
     };
     put("person", &upload.person);
     put("cloth", &upload.cloth);
-    if let Some(m) = &upload.mask {
+    if let Some(m) = &upload.garment_mask {
         put("mask", m);
     }
     if let Some(m) = &upload.person_mask {
@@ -269,10 +281,10 @@ pub fn fingerprint(upload: &upload::Upload) -> String {
     hex::encode(hash.finalize())
 }
 
-/// The new job's record, from the form's fields (its owner, fingerprint and diffusion options
-/// are the caller's to set).
+/// The new job's record, from the form's fields (its owner, fingerprint and model options are
+/// the caller's to set).
 pub fn job_record(
-    args: &crate::config::ServeArgs,
+    output_defaults: OutputChoice,
     webhooks: &crate::jobs::webhook::WebhookConfig,
     upload: &upload::Upload,
 ) -> Result<JobRecord, ApiError> {
@@ -300,23 +312,12 @@ pub fn job_record(
             "metadata is longer than {MAX_METADATA_BYTES} bytes"
         )));
     }
-    let format = match upload.field(FORMAT_FIELD) {
-        None => args.output_format,
-        Some(f) => f.parse::<OutputFormat>().map_err(|_| {
-            ApiError::BadRequest(format!("unknown format `{}` (use jpeg or png)", echo(f)))
-        })?,
-    };
-    let quality = match upload.field(QUALITY_FIELD) {
-        None => args.jpeg_quality,
-        Some(q) => q
-            .trim()
-            .parse::<u8>()
-            .ok()
-            .filter(|q| (1..=100).contains(q))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!("quality must be 1..100, not `{}`", echo(q)))
-            })?,
-    };
+    let OutputChoice { format, quality } = OutputChoice::parse(
+        upload.field(FORMAT_FIELD),
+        upload.field(QUALITY_FIELD),
+        output_defaults,
+    )
+    .map_err(ApiError::BadRequest)?;
     Ok(JobRecord {
         id: crate::jobs::new_id(),
         status: JobStatus::Queued,
@@ -336,7 +337,7 @@ pub fn job_record(
         attempts: 0,
         cancel_requested: false,
         lease: None,
-        diffusion: None,
+        options: None,
         owner: None,
         fingerprint: None,
     })
@@ -495,7 +496,7 @@ async fn cancel(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Respo
     find(state, headers, id).await?;
     let store = state.inner.jobs.clone();
     let key = id.to_string();
-    let retention = state.inner.args.jobs.job_retention;
+    let retention = state.inner.jobs_settings.retention;
     let (before, after) = blocking(move || store.cancel(&key, now_ms(), retention))
         .await?
         .ok_or_else(|| unknown(id))?;

@@ -1,10 +1,10 @@
-//! The HTTP server: starting it (model, listeners, worker), its shared state, and its end (the
-//! SIGTERM drain). Routes live in [`routes`], the try-on pipeline in [`tryon`] and [`upload`],
-//! connection bounds in [`listener`], the stalled-worker rule of `/livez` in [`liveness`].
+//! The HTTP server: starting it (model, listeners, worker, job runner), its shared state, and
+//! its end (the SIGTERM drain). Routes live in [`routes`], `/tryon` in [`tryon`], the jobs API
+//! in [`jobs`], reading uploads in [`upload`], connection bounds in [`listener`], the
+//! stalled-worker rule of `/livez` in [`liveness`]. The images' way from bytes to the model is
+//! `crate::pipeline`'s; the job runner is `crate::jobs::runner`.
 
 pub mod auth;
-pub mod cpu;
-pub mod job_runner;
 pub mod jobs;
 pub mod listener;
 pub mod liveness;
@@ -27,15 +27,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::batcher::{Batcher, Priority, WorkerThread};
+use crate::batcher::{Batcher, WorkerThread};
 use crate::config::ServeArgs;
+use crate::jobs::runner::Runner;
 use crate::jobs::webhook::WebhookConfig;
-use crate::jobs::JobStore;
+use crate::jobs::{JobStore, JobsSettings};
 use crate::metrics::Metrics;
-use crate::models::{catvton, ModelKind};
+use crate::pipeline::cpu::Cpu;
+use crate::pipeline::{DecodeBudget, Pipeline};
 use listener::ConnectionLimits;
 use readiness::Readiness;
-use upload::Budgets;
+use upload::{BodyBudget, UploadSettings};
 
 pub use readiness::Phase;
 
@@ -55,9 +57,16 @@ pub struct AppState {
 }
 
 struct Inner {
-    args: ServeArgs,
+    upload: UploadSettings,
+    jobs_settings: JobsSettings,
+    /// The batching limits `/v1/models` reports.
+    batching: crate::batcher::BatcherConfig,
+    /// Whether /metrics is served on its own port.
+    metrics_port: bool,
     batcher: Batcher,
     metrics: Metrics,
+    /// The served model's side of the pipeline: its options and inputs.
+    pipeline: Pipeline,
     model: String,
     device: String,
     /// The licences of the model's weights, for `/v1/models`.
@@ -65,28 +74,22 @@ struct Inner {
     readiness: Readiness,
     /// Requests decoding at once (the queue's capacity).
     decoding: Arc<Semaphore>,
-    budgets: Budgets,
-    /// Every `/tryon` in progress, from the moment its handler runs.
+    body_budget: BodyBudget,
+    /// Every `/tryon` in progress, from the moment its handler runs, and every job running.
     in_flight: TaskTracker,
     /// Cancelled when the drain's time is up: whatever is still in flight answers 503.
     drain_deadline: CancellationToken,
     /// The asynchronous jobs' store.
     jobs: Arc<dyn JobStore>,
     /// Wakes the job runner when a job arrives.
-    job_wake: Notify,
+    job_wake: Arc<Notify>,
     webhooks: WebhookConfig,
-    /// This replica's name in the job store.
-    worker: String,
-    /// Where batch jobs decode and encode.
-    background_cpu: cpu::Cpu,
-    /// Held by the batch jobs that are decoding, one per background thread.
-    batch_preparing: Semaphore,
     /// `/livez`'s verdict on the model worker.
     liveness: liveness::Liveness,
     /// The API keys and their request rates.
     keys: auth::Keys,
-    /// Why the job store cannot record jobs now, if it cannot (checked every second).
-    store_fault: std::sync::Mutex<Option<String>>,
+    /// Why the job store cannot record jobs now, if it cannot (the runner checks every second).
+    store_fault: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Inner {
@@ -101,31 +104,6 @@ impl Inner {
             reason: format!("the job store cannot record jobs: {reason}"),
             retry_after_s: crate::batcher::MIN_RETRY_AFTER_S,
         })
-    }
-}
-
-/// Counts a request in `virtualfit_active_requests`, and in `virtualfit_active_items` under its
-/// priority, from admission until it is answered (or its client leaves).
-struct ActiveGuard(Metrics, Priority);
-
-impl ActiveGuard {
-    fn new(metrics: &Metrics, priority: Priority) -> Self {
-        metrics.active_requests.inc();
-        metrics
-            .active_by_priority
-            .with_label_values(&[priority.label()])
-            .inc();
-        ActiveGuard(metrics.clone(), priority)
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.active_requests.dec();
-        self.0
-            .active_by_priority
-            .with_label_values(&[self.1.label()])
-            .dec();
     }
 }
 
@@ -172,13 +150,16 @@ impl Server {
     /// binds the listeners and starts serving; the model warms up in the background (`/readyz`
     /// turns 200 when it is done).
     pub async fn start(args: ServeArgs) -> anyhow::Result<Server> {
-        args.jobs.check()?;
+        let settings = args.settings()?;
         let device = args.model.open_device()?;
         let device_name = crate::device::name(&device);
-        let model_args = args.model.clone();
-        let model = tokio::task::spawn_blocking(move || model_args.load(&device))
-            .await
-            .context("model loading panicked")??;
+        let choice = settings.model.clone();
+        let model = tokio::task::spawn_blocking(move || {
+            choice.load(&device, &crate::hub::Reporter::Log)
+        })
+        .await
+        .context("model loading panicked")??;
+        let family = settings.model.family()?;
         let model_name = model.name().to_string();
         let metrics = Metrics::new();
         metrics
@@ -186,15 +167,15 @@ impl Server {
             .with_label_values(&[&model_name, &device_name])
             .set(1.0);
         crate::gpu::start_monitor(&metrics, &device_name);
-        if let Some(price) = args.gpu_hour_price {
+        if let Some(price) = settings.gpu_hour_price {
             metrics.set_gpu_hour_price(price);
         }
 
-        let listener = TcpListener::bind(args.bind)
+        let listener = TcpListener::bind(settings.bind)
             .await
-            .with_context(|| format!("cannot listen on {}", args.bind))?;
+            .with_context(|| format!("cannot listen on {}", settings.bind))?;
         let addr = listener.local_addr()?;
-        let metrics_listener = match args.metrics_bind {
+        let metrics_listener = match settings.metrics_bind {
             Some(a) => Some(
                 TcpListener::bind(a)
                     .await
@@ -207,65 +188,92 @@ impl Server {
             None => None,
         };
 
+        let auth = &settings.auth;
         let keys = auth::Keys::load(
-            args.api_key.as_deref(),
-            args.api_keys_file.as_deref(),
-            args.key_requests_per_s,
+            auth.api_key.as_deref(),
+            auth.api_keys_file.as_deref(),
+            auth.key_requests_per_s,
         )?;
-        let jobs_args = args.jobs.clone();
-        let jobs = tokio::task::spawn_blocking(move || job_runner::open_store(&jobs_args))
+        let store_settings = settings.jobs.store.clone();
+        let jobs = tokio::task::spawn_blocking(move || crate::jobs::open_store(&store_settings))
             .await
             .context("opening the job store panicked")??;
 
         let readiness = Readiness::new();
         let on_ready = readiness.clone();
-        let (batcher, worker) =
-            Batcher::start_model(model, args.batcher_config(), metrics.clone(), move |r| {
+        let (batcher, worker) = Batcher::start_model(
+            model,
+            settings.batcher.clone(),
+            metrics.clone(),
+            move |r| {
                 match &r {
                     Ok(()) => tracing::info!("model warmed up; ready"),
                     Err(e) => tracing::error!(error = %e, "model warm-up failed"),
                 }
                 on_ready.warmed_up(r.map_err(|e| e.to_string()));
-            });
-        let queue_capacity = args.batching.queue_capacity;
-        let body_budget = queue_capacity.saturating_mul(args.max_body_bytes as u64);
-        let budgets = Budgets::new(body_budget, args.max_decode_memory, metrics.clone());
-        let api_limits = ConnectionLimits {
-            max_connections: listener::fit_connection_cap(args.max_connections) as usize,
-            header_timeout: args.header_timeout(),
-        };
+            },
+        );
+        let queue_capacity = settings.batcher.queue_capacity;
+        let upload = settings.upload.clone();
+        let body_budget =
+            BodyBudget::new((queue_capacity as u64).saturating_mul(upload.max_body_bytes as u64));
+        let pipeline = Pipeline::new(
+            family,
+            settings.option_limits,
+            upload.max_image_pixels,
+            DecodeBudget::new(upload.max_decode_memory, metrics.clone()),
+        );
+        let api_limits = settings.connections;
         let metrics_limits = ConnectionLimits {
             max_connections: METRICS_MAX_CONNECTIONS,
             ..api_limits
         };
-        let args_webhooks = args.jobs.webhook_config();
-        let liveness_stall = args.liveness_stall();
-        let licences = args.model.licences();
-        let background_cpu = cpu::Cpu::background()?;
+        let background_cpu = Cpu::background()?;
+        let job_wake = Arc::new(Notify::new());
+        let store_fault = Arc::new(std::sync::Mutex::new(None));
         let state = AppState {
             inner: Arc::new(Inner {
-                args,
-                batcher,
+                upload,
+                jobs_settings: settings.jobs.clone(),
+                batching: settings.batcher.clone(),
+                metrics_port: settings.metrics_bind.is_some(),
+                batcher: batcher.clone(),
                 metrics: metrics.clone(),
+                pipeline: pipeline.clone(),
                 model: model_name.clone(),
                 device: device_name.clone(),
-                licences,
-                readiness,
-                decoding: Arc::new(Semaphore::new(queue_capacity as usize)),
-                budgets,
+                licences: settings.model.licences(),
+                readiness: readiness.clone(),
+                decoding: Arc::new(Semaphore::new(queue_capacity)),
+                body_budget,
                 in_flight: TaskTracker::new(),
                 drain_deadline: CancellationToken::new(),
                 jobs: jobs.clone(),
-                job_wake: Notify::new(),
-                webhooks: args_webhooks,
-                worker: job_runner::worker_name(),
-                batch_preparing: Semaphore::new(background_cpu.threads()),
-                background_cpu,
-                liveness: liveness::Liveness::new(liveness_stall),
+                job_wake: job_wake.clone(),
+                webhooks: settings.jobs.webhooks.clone(),
+                liveness: liveness::Liveness::new(settings.liveness_stall),
                 keys,
-                store_fault: std::sync::Mutex::new(None),
+                store_fault: store_fault.clone(),
             }),
         };
+        // Enough jobs in hand for the batch that runs and the next one; more would only wait
+        // in memory instead of in the store.
+        let runner = Arc::new(Runner {
+            store: jobs.clone(),
+            batcher,
+            pipeline,
+            metrics: metrics.clone(),
+            settings: settings.jobs.clone(),
+            capacity: (settings.batcher.max_batch_size * 2).min(queue_capacity),
+            output_defaults: settings.upload.output,
+            worker: crate::jobs::runner::worker_name(),
+            wake: job_wake,
+            tracker: state.inner.in_flight.clone(),
+            preparing: Arc::new(Semaphore::new(background_cpu.threads())),
+            background_cpu,
+            gate: Arc::new(readiness),
+            store_fault,
+        });
 
         let shutdown = CancellationToken::new();
         let listeners = TaskTracker::new();
@@ -287,8 +295,8 @@ impl Server {
         }
         listeners.close();
         let background = TaskTracker::new();
-        background.spawn(job_runner::run(state.clone(), shutdown.clone()));
-        if state.inner.args.api_keys_file.is_some() {
+        background.spawn(crate::jobs::runner::run(runner, shutdown.clone()));
+        if settings.auth.api_keys_file.is_some() {
             background.spawn(reload_keys_on_sighup(state.clone(), shutdown.clone()));
         }
         background.spawn(crate::jobs::webhook::run_deliveries(
@@ -457,32 +465,4 @@ async fn shutdown_signal() {
         _ = ctrl_c => tracing::info!("SIGINT received"),
         _ = term => tracing::info!("SIGTERM received"),
     }
-}
-
-/// The text fields a try-on form carries for the served model: the sampling options of a
-/// diffusion model, none otherwise.
-pub(crate) fn diffusion_fields(args: &ServeArgs) -> &'static [&'static str] {
-    if args.model.model == ModelKind::Catvton {
-        &catvton::request::FIELDS
-    } else {
-        &[]
-    }
-}
-
-/// A diffusion model's sampling options, from the form (400 when malformed); `None` for the
-/// other models. A request without a seed gets a drawn one.
-pub(crate) fn diffusion_request(
-    args: &ServeArgs,
-    upload: &upload::Upload,
-) -> Result<Option<catvton::request::DiffusionRequest>, crate::error::ApiError> {
-    if args.model.model != ModelKind::Catvton {
-        return Ok(None);
-    }
-    catvton::request::parse(
-        |name| upload.field(name),
-        args.model.max_steps as usize,
-        rand::random(),
-    )
-    .map(Some)
-    .map_err(crate::error::ApiError::BadRequest)
 }

@@ -1,4 +1,5 @@
-//! The OpenAPI 3 document served at `/openapi.json`, generated from the handlers' annotations.
+//! The OpenAPI 3 document served at `/openapi.json`, generated from the handlers' annotations
+//! and, for the forms' model options, from the served model's declaration.
 //! Parts the forms do not name are ignored by the server, and allowed here with plain names;
 //! the served document describes `webhook_url` as
 //! this server's flags allow it: absent without `--webhook-secret`, else a pattern of the URLs
@@ -10,6 +11,7 @@ use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi};
 
 use crate::jobs::webhook::WebhookConfig;
+use crate::models::OptionSpec;
 
 use super::{jobs, routes, tryon};
 use crate::error::ErrorBody;
@@ -98,9 +100,19 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// The document as this server serves it: `webhook_url` as its webhook flags allow.
-pub fn served_document(webhooks: &WebhookConfig) -> utoipa::openapi::OpenApi {
+/// The document as this server serves it: both forms carry the served model's options, as the
+/// model declares them, and `webhook_url` is as the webhook flags allow.
+pub fn served_document(
+    webhooks: &WebhookConfig,
+    model_options: &[OptionSpec],
+) -> utoipa::openapi::OpenApi {
     let mut doc = document();
+    for (_, form) in forms(&mut doc) {
+        for option in model_options {
+            form.properties
+                .insert(option.name.to_string(), option.openapi_schema().into());
+        }
+    }
     for (name, form) in forms(&mut doc) {
         if name != "JobForm" {
             continue;
@@ -205,13 +217,13 @@ mod tests {
                 .collect(),
             retry_base: std::time::Duration::from_secs(20),
         };
-        let off = serde_json::to_value(served_document(&config(None))).expect("json");
+        let off = serde_json::to_value(served_document(&config(None), &[])).expect("json");
         let form = &off["components"]["schemas"]["JobForm"]["properties"];
         assert!(
             form.get(jobs::WEBHOOK_FIELD).is_none(),
             "no webhooks: no field"
         );
-        let on = serde_json::to_value(served_document(&config(Some("k")))).expect("json");
+        let on = serde_json::to_value(served_document(&config(Some("k")), &[])).expect("json");
         let pattern = on["components"]["schemas"]["JobForm"]["properties"][jobs::WEBHOOK_FIELD]
             ["pattern"]
             .as_str()
@@ -223,5 +235,34 @@ mod tests {
              |https://127\\.0\\.0\\.1:9000|http://127\\.0\\.0\\.1:9000\
              |https://\\[::1\\](:443)?)([/?#][!-~]*)?$"
         );
+    }
+
+    #[test]
+    fn the_served_forms_document_the_model_options() {
+        use crate::models::{registry::REGISTRY, OptionLimits};
+        let webhooks = crate::jobs::webhook::WebhookConfig {
+            secret: None,
+            allow: Vec::new(),
+            retry_base: std::time::Duration::from_secs(20),
+        };
+        for family in REGISTRY {
+            let options = family.options(&OptionLimits { max_steps: 40 });
+            let doc = serde_json::to_value(served_document(&webhooks, &options)).expect("json");
+            for form in ["TryOnForm", "JobForm"] {
+                let props = &doc["components"]["schemas"][form]["properties"];
+                for option in &options {
+                    let schema = &props[option.name];
+                    assert_eq!(
+                        schema["description"], option.help,
+                        "{} {form}.{}",
+                        family.name(),
+                        option.name
+                    );
+                    if let crate::models::OptionKind::Integer { max, .. } = option.kind {
+                        assert_eq!(schema["maximum"], max as f64);
+                    }
+                }
+            }
+        }
     }
 }

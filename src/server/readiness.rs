@@ -103,6 +103,18 @@ impl Readiness {
     }
 }
 
+/// The job runner takes work only while the server is ready, and stops once it drains or its
+/// warm-up failed.
+impl crate::jobs::runner::Gate for Readiness {
+    fn accepting(&self) -> bool {
+        self.phase() == Phase::Ready
+    }
+
+    fn stopping(&self) -> bool {
+        matches!(self.phase(), Phase::Draining | Phase::Failed(_))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use tower_http::trace::TraceLayer;
 use super::readiness::Phase;
 use super::AppState;
 use crate::api::REQUEST_ID_HEADER;
-use crate::models::{MODEL_HEIGHT, MODEL_NAMES, MODEL_WIDTH};
+use crate::models::MODEL_NAMES;
 
 /// The API port's routes. With `--metrics-bind`, `/metrics` lives only on the metrics port.
 pub fn api_router(state: AppState) -> Router {
@@ -33,7 +33,7 @@ pub fn api_router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/models", get(models))
         .route("/openapi.json", get(openapi));
-    if state.inner.args.metrics_bind.is_none() {
+    if !state.inner.metrics_port {
         router = router.route("/metrics", get(metrics));
     }
     with_layers(router.with_state(state))
@@ -138,8 +138,24 @@ pub struct ModelEntry {
     max_batch_delay_ms: u64,
     queue_capacity: u64,
     ready: bool,
-    /// The licence of each part of the weights (empty for the weight-free overlay).
+    /// The licence of each part of the weights (empty for a weight-free model).
     licences: Vec<crate::models::Licence>,
+    /// The request options the model takes, as form fields of `/tryon` and `/v1/jobs`.
+    options: Vec<ModelOption>,
+}
+
+/// One request option of the served model.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ModelOption {
+    name: &'static str,
+    /// `integer`, `number`, `string` or `seed`.
+    r#type: &'static str,
+    /// Bounds or allowed values, in words.
+    values: String,
+    /// The default (`null` for a seed drawn per request).
+    #[schema(value_type = Object)]
+    default: serde_json::Value,
+    help: &'static str,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -152,21 +168,34 @@ pub struct Resolution {
 #[utoipa::path(get, path = "/v1/models", tag = "models", responses((status = 200, description = "Model name, device, resolution, batch limits and the weights' licences.", body = ModelsBody)))]
 pub async fn models(State(state): State<AppState>) -> Json<ModelsBody> {
     let inner = &state.inner;
-    let batching = &inner.args.batching;
+    let batching = &inner.batching;
+    let (height, width) = inner.pipeline.default_input().frame;
     Json(ModelsBody {
         models: vec![ModelEntry {
             name: inner.model.clone(),
             device: inner.device.clone(),
             resolution: Resolution {
-                height: MODEL_HEIGHT,
-                width: MODEL_WIDTH,
+                height: height as usize,
+                width: width as usize,
             },
-            max_batch_size: batching.max_batch_size,
+            max_batch_size: batching.max_batch_size as u64,
             effective_max_batch_size: inner.batcher.batch_cap(),
-            max_batch_delay_ms: batching.max_batch_delay_ms,
-            queue_capacity: batching.queue_capacity,
+            max_batch_delay_ms: batching.max_batch_delay.as_millis() as u64,
+            queue_capacity: batching.queue_capacity as u64,
             ready: inner.readiness.phase() == Phase::Ready,
             licences: inner.licences.clone(),
+            options: inner
+                .pipeline
+                .option_specs()
+                .iter()
+                .map(|o| ModelOption {
+                    name: o.name,
+                    r#type: o.type_name(),
+                    values: o.bounds(),
+                    default: o.default_value(),
+                    help: o.help,
+                })
+                .collect(),
         }],
         available: MODEL_NAMES.to_vec(),
     })
@@ -175,5 +204,8 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelsBody> {
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "models", responses((status = 200, description = "The OpenAPI 3 document.", body = Object)))]
 pub async fn openapi(State(state): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
-    Json(super::openapi::served_document(&state.inner.webhooks))
+    Json(super::openapi::served_document(
+        &state.inner.webhooks,
+        state.inner.pipeline.option_specs(),
+    ))
 }

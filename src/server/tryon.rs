@@ -1,5 +1,5 @@
-//! `POST /tryon`: upload → header checks → decode within budget → batch → encode, with every
-//! failure answered through [`ApiError`] and counted once.
+//! `POST /tryon`: upload → the pipeline (header checks, decode within budget, fit) → batch →
+//! the pipeline's encoding, with every failure answered through [`ApiError`] and counted once.
 
 use std::time::Duration;
 
@@ -17,7 +17,8 @@ use crate::api::{
 };
 use crate::batcher::{Priority, MIN_RETRY_AFTER_S};
 use crate::error::ApiError;
-use crate::imaging::{self, OutputFormat};
+use crate::metrics::ActiveGuard;
+use crate::pipeline::{cpu::Cpu, OutputChoice};
 
 /// The handler's own bound on a worker that makes no progress, beyond the request timeout the
 /// worker enforces itself: it only matters when the device stalls. Twice the timeout, plus this.
@@ -45,28 +46,13 @@ pub struct TryOnForm {
     /// Garment product photo, ideally on a plain light background.
     #[schema(value_type = String, format = Binary, min_length = 1, content_media_type = "image/*")]
     cloth_image: Vec<u8>,
-    /// Optional garment mask, white = garment.
+    /// Optional garment mask, white = garment (models that read one).
     #[schema(value_type = String, format = Binary, min_length = 1, content_media_type = "image/*", required = false)]
     cloth_mask: Option<Vec<u8>>,
-    /// catvton: optional area of the person photo to repaint, white = repaint, the photo's
-    /// size; drawn from `category` when absent.
-    #[schema(value_type = Option<String>, format = Binary)]
+    /// Optional area of the person photo to repaint, white = repaint, the photo's size (models
+    /// that read one; drawn from the options when absent).
+    #[schema(value_type = String, format = Binary, min_length = 1, content_media_type = "image/*", required = false)]
     person_mask: Option<Vec<u8>>,
-    /// catvton: the garment replaced, `upper` (default), `lower` or `overall`.
-    #[schema(value_type = Option<String>, pattern = "^(upper|lower|overall)$")]
-    category: Option<String>,
-    /// catvton: denoising steps, 1 to --max-steps (default 50).
-    #[schema(value_type = Option<u32>, minimum = 1)]
-    steps: Option<u32>,
-    /// catvton: classifier-free guidance scale, 0 to 30 (default 2.5).
-    #[schema(value_type = Option<f64>, minimum = 0, maximum = 30)]
-    guidance: Option<f64>,
-    /// catvton: noise seed (default: drawn, and returned in `x-seed`).
-    #[schema(value_type = Option<u64>)]
-    seed: Option<u64>,
-    /// catvton: output size, `1024x768` (default) or `512x384`.
-    #[schema(value_type = Option<String>, pattern = "^(1024x768|512x384)$")]
-    resolution: Option<String>,
 }
 
 /// A failed request: the error, and whether the connection must close after the answer
@@ -112,8 +98,8 @@ impl From<ApiError> for Failure {
                 ("x-model" = String, description = "The model that answered."),
                 ("x-batch-size" = u32, description = "Requests in the answering batch."),
                 ("x-queue-time-ms" = f64, description = "Admission to batch start."),
-                ("x-inference-time-ms" = f64, description = "The batch's forward time (catvton: the request's sampling time)."),
-                ("x-seed" = u64, description = "catvton: the seed the request was sampled with."),
+                ("x-inference-time-ms" = f64, description = "The batch's forward time (step models: the request's sampling time)."),
+                ("x-seed" = u64, description = "Models with a seed option: the seed the request was sampled with."),
             )),
         (status = 400, description = "Not multipart, a missing or duplicated part, a malformed body or query (`bad_request`).", body = crate::error::ErrorBody),
         (status = 401, description = "Wrong or missing bearer token (`unauthorized`).", body = crate::error::ErrorBody),
@@ -145,8 +131,8 @@ pub async fn tryon_handler(
             upload::drain(body).await;
             Err(Failure::mid_body(error))
         }
-        Ok((format, quality)) => tokio::select! {
-            r = tryon(&state, &parts, body, format, quality) => r,
+        Ok(output) => tokio::select! {
+            r = tryon(&state, &parts, body, output) => r,
             _ = inner.drain_deadline.cancelled() => Err(Failure::mid_body(ApiError::Draining {
                 retry_after_s: MIN_RETRY_AFTER_S,
             })),
@@ -172,56 +158,48 @@ fn check_before_body(
     state: &AppState,
     headers: &axum::http::HeaderMap,
     query: Result<Query<TryOnQuery>, QueryRejection>,
-) -> Result<(OutputFormat, u8), ApiError> {
+) -> Result<OutputChoice, ApiError> {
     let inner = &state.inner;
-    let args = &inner.args;
     inner.keys.authenticate(headers)?;
     if let Some(e) = inner.readiness.refusal(|| inner.batcher.retry_after_s()) {
         return Err(e);
     }
     let Query(query) =
         query.map_err(|e| ApiError::BadRequest(format!("bad query: {}", echo(&e.body_text()))))?;
-    let format = match query.format.as_deref() {
-        None => args.output_format,
-        Some(f) => f.parse::<OutputFormat>().map_err(|_| {
-            ApiError::BadRequest(format!("unknown format `{}` (use jpeg or png)", echo(f)))
-        })?,
-    };
-    let quality = match query.quality {
-        None => args.jpeg_quality,
-        Some(q @ 1..=100) => q,
-        Some(q) => {
-            return Err(ApiError::BadRequest(format!(
-                "quality must be 1..100, got {q}"
-            )))
-        }
-    };
-    Ok((format, quality))
+    OutputChoice::parse(
+        query.format.as_deref(),
+        query.quality.map(|q| q.to_string()).as_deref(),
+        inner.upload.output,
+    )
+    .map_err(ApiError::BadRequest)
 }
 
 async fn tryon(
     state: &AppState,
     parts: &axum::http::request::Parts,
     body: axum::body::Body,
-    format: OutputFormat,
-    quality: u8,
+    output_choice: OutputChoice,
 ) -> Result<Response, Failure> {
     let inner = &state.inner;
-    let args = &inner.args;
+    let settings = &inner.upload;
 
-    let body_deadline = Instant::now() + args.body_timeout();
+    let body_deadline = Instant::now() + settings.body_timeout;
     let upload = upload::read(
         &parts.headers,
         body,
-        args.max_body_bytes,
-        &inner.budgets,
+        settings.max_body_bytes,
+        &inner.body_budget,
         body_deadline,
-        args.body_timeout(),
-        super::diffusion_fields(args),
+        settings.body_timeout,
+        &inner.pipeline.option_names(),
     )
     .await
     .map_err(Failure::mid_body)?;
-    let diffusion = super::diffusion_request(args, &upload)?;
+    let options = inner
+        .pipeline
+        .parse_options(|name| upload.field(name))
+        .map_err(ApiError::BadRequest)?;
+    let seeds = inner.pipeline.seeds(&options);
 
     // Decoding runs for at most --queue-capacity requests at once: past it, 429 at once.
     let Ok(_decoding) = inner.decoding.clone().try_acquire_owned() else {
@@ -230,22 +208,26 @@ async fn tryon(
         }
         .into());
     };
-    let request_timeout = args.batching.batcher_config().request_timeout;
-    let prepared = upload::prepare(
-        upload,
-        args.max_image_pixels,
-        &inner.budgets,
-        Instant::now() + request_timeout,
-        &super::cpu::Cpu::Blocking,
-        diffusion,
-    )
-    .await?;
+    let request_timeout = inner.batching.request_timeout;
+    let images = upload.parts();
+    let prepared = inner
+        .pipeline
+        .prepare(
+            images,
+            options,
+            Instant::now() + request_timeout,
+            &Cpu::Blocking,
+        )
+        .await
+        .map_err(ApiError::from)?;
+    // The body's share of the body budget is held until its images are decoded.
+    drop(upload);
     drop(_decoding);
-    let content = prepared.content();
+    let content = prepared.content;
 
     // Counted as active before admission, so a drain that starts now either waits for this
     // request or refuses it: never both admits and forgets it.
-    let _active = super::ActiveGuard::new(&inner.metrics, Priority::Interactive);
+    let _active = ActiveGuard::new(&inner.metrics, Priority::Interactive.label());
     let mut receiver = inner.batcher.submit(prepared).map_err(ApiError::from)?;
 
     // The worker answers expired requests itself; this bound only covers a stalled device: the
@@ -273,9 +255,8 @@ async fn tryon(
     let output = answer.map_err(ApiError::from)?;
 
     let image = output.image;
-    let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-        let rgb = imaging::tensor_to_rgb(&image).map_err(|e| e.to_string())?;
-        imaging::encode(&imaging::crop_to(rgb, content), format, quality)
+    let encoded = tokio::task::spawn_blocking(move || {
+        crate::pipeline::encode_answer(&image, content, output_choice)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("encoding failed: {e}")))?
@@ -285,11 +266,11 @@ async fn tryon(
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(format.mime()),
+        HeaderValue::from_static(output_choice.format.mime()),
     );
     h.insert(MODEL_HEADER, super::header_value(&inner.model));
-    if let Some(d) = diffusion {
-        h.insert(SEED_HEADER, HeaderValue::from(d.params.seed));
+    if let Some(seed) = seeds.first() {
+        h.insert(SEED_HEADER, HeaderValue::from(*seed));
     }
     h.insert(BATCH_SIZE_HEADER, HeaderValue::from(output.batch_size));
     h.insert(

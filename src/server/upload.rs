@@ -1,6 +1,6 @@
-//! Reading a `/tryon` upload: the multipart body under its size limit, the byte budget of bodies
-//! in memory and the body deadline; then each image checked from its header, decoded within the
-//! decode budget and fitted to the model frame.
+//! Reading an upload (`/tryon`, `/v1/jobs`): the multipart body under its size limit, the byte
+//! budget of bodies in memory and the body deadline. What happens to the images next is the
+//! pipeline's (`crate::pipeline`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,43 +13,42 @@ use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::cpu::Cpu;
 use crate::api::{echo, CLOTH_PART, MASK_PART, PERSON_MASK_PART, PERSON_PART};
 use crate::batcher::MIN_RETRY_AFTER_S;
 use crate::error::ApiError;
-use crate::imaging::{self, Probe};
-use crate::metrics::Metrics;
-use crate::models::catvton::{preprocess, request::DiffusionRequest};
-use crate::models::{PreparedPair, WorkItem};
+use crate::pipeline::{budget_units as units, ImageParts, OutputChoice};
 
-/// Budgets count in KiB, since a semaphore counts in `u32` permits.
-const BUDGET_UNIT: u64 = 1024;
+/// The bounds of an upload, and the answer's default encoding.
+#[derive(Debug, Clone)]
+pub struct UploadSettings {
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest time to receive a whole body.
+    pub body_timeout: Duration,
+    /// Largest accepted image, in pixels.
+    pub max_image_pixels: u64,
+    /// Bytes that images being decoded may take at once.
+    pub max_decode_memory: u64,
+    /// The answer's encoding when the request does not ask.
+    pub output: OutputChoice,
+}
 
 /// How much of a refused request's body is read and dropped, so that a client still sending it
 /// reads the answer instead of meeting a reset; and for how long at most.
 pub const REFUSAL_DRAIN_BYTES: usize = 1 << 20;
 pub const REFUSAL_DRAIN_TIME: Duration = Duration::from_secs(2);
 
-fn units(bytes: u64) -> u32 {
-    u32::try_from(bytes.div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX)
-}
-
-/// The bytes of request bodies held in memory at once, and of images being decoded.
-pub struct Budgets {
+/// The bytes of request bodies held in memory at once.
+pub struct BodyBudget {
     body: Arc<Semaphore>,
-    decode: Arc<Semaphore>,
-    decode_total: u64,
-    metrics: Metrics,
 }
 
-impl Budgets {
-    pub fn new(body_bytes: u64, decode_bytes: u64, metrics: Metrics) -> Self {
-        let cap = |b: u64| (units(b) as usize).min(Semaphore::MAX_PERMITS);
-        Budgets {
-            body: Arc::new(Semaphore::new(cap(body_bytes))),
-            decode: Arc::new(Semaphore::new(cap(decode_bytes))),
-            decode_total: decode_bytes,
-            metrics,
+impl BodyBudget {
+    pub fn new(body_bytes: u64) -> Self {
+        BodyBudget {
+            body: Arc::new(Semaphore::new(
+                (units(body_bytes) as usize).min(Semaphore::MAX_PERMITS),
+            )),
         }
     }
 }
@@ -57,12 +56,13 @@ impl Budgets {
 /// Longest text field of a form, in bytes.
 pub const MAX_TEXT_FIELD_BYTES: usize = 4096;
 
-/// The parts of a `/tryon` body, with the share of the body budget they hold.
+/// The parts of an upload, with the share of the body budget they hold.
 pub struct Upload {
     pub person: Bytes,
     pub cloth: Bytes,
-    pub mask: Option<Bytes>,
-    /// The area of the person photo to repaint (diffusion models), white = repaint.
+    /// White = garment.
+    pub garment_mask: Option<Bytes>,
+    /// The area of the person photo to repaint, white = repaint.
     pub person_mask: Option<Bytes>,
     /// The text fields the caller asked for, by name, each at most once.
     pub fields: Vec<(String, String)>,
@@ -70,23 +70,13 @@ pub struct Upload {
 }
 
 impl Upload {
-    /// Images that were stored earlier (a job's inputs), outside the body budget.
-    pub fn stored(person: Bytes, cloth: Bytes, mask: Option<Bytes>) -> Self {
-        Upload {
-            person,
-            cloth,
-            mask,
-            person_mask: None,
-            fields: Vec::new(),
-            _held: None,
-        }
-    }
-
-    /// Stored images of a diffusion job, whose mask is the person mask.
-    pub fn stored_diffusion(person: Bytes, cloth: Bytes, person_mask: Option<Bytes>) -> Self {
-        Upload {
-            person_mask,
-            ..Upload::stored(person, cloth, None)
+    /// The images, for the pipeline (the bytes are shared, not copied).
+    pub fn parts(&self) -> ImageParts {
+        ImageParts {
+            person: self.person.clone(),
+            cloth: self.cloth.clone(),
+            garment_mask: self.garment_mask.clone(),
+            person_mask: self.person_mask.clone(),
         }
     }
 
@@ -110,7 +100,7 @@ pub async fn read(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
-    budgets: &Budgets,
+    budget: &BodyBudget,
     deadline: Instant,
     timeout: Duration,
     text_fields: &[&str],
@@ -139,7 +129,7 @@ pub async fn read(
     let held: Arc<Mutex<Option<OwnedSemaphorePermit>>> = Arc::default();
     let spent = Arc::new(AtomicBool::new(false));
     let stream = {
-        let (held, spent, budget) = (held.clone(), spent.clone(), budgets.body.clone());
+        let (held, spent, budget) = (held.clone(), spent.clone(), budget.body.clone());
         // Bytes received so far: the budget is taken for what arrived, rounded up once, so
         // many tiny chunks weigh no more than one large one.
         let mut received = 0u64;
@@ -180,7 +170,7 @@ pub async fn read(
         }
         other => other?,
     };
-    let (person, cloth, mask, person_mask, fields) = parts;
+    let (person, cloth, garment_mask, person_mask, fields) = parts;
     let person = person
         .ok_or_else(|| ApiError::BadRequest(format!("the `{PERSON_PART}` part is missing")))?;
     let cloth =
@@ -189,7 +179,7 @@ pub async fn read(
     Ok(Upload {
         person,
         cloth,
-        mask,
+        garment_mask,
         person_mask,
         fields,
         _held: held,
@@ -294,154 +284,6 @@ pub async fn drain(body: Body) {
     .await;
 }
 
-/// Every image's header, and the decode budget the largest needs.
-pub struct Probes {
-    pub person: Probe,
-    pub cloth: Probe,
-    pub mask: Option<Probe>,
-    pub person_mask: Option<Probe>,
-    pub decode_bytes: u64,
-}
-
-/// Checks every image's header (format, size, aspect ratio) and that the largest fits the
-/// decode budget, before anything is decoded.
-pub fn check_headers(
-    upload: &Upload,
-    max_pixels: u64,
-    budgets: &Budgets,
-) -> Result<Probes, ApiError> {
-    let person = imaging::probe(&upload.person, max_pixels)?;
-    let cloth = imaging::probe(&upload.cloth, max_pixels)?;
-    let mask = match &upload.mask {
-        Some(m) => Some(imaging::probe(m, max_pixels)?),
-        None => None,
-    };
-    let person_mask = match &upload.person_mask {
-        Some(m) => Some(imaging::probe(m, max_pixels)?),
-        None => None,
-    };
-    let largest = [
-        Some(&person),
-        Some(&cloth),
-        mask.as_ref(),
-        person_mask.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .max_by_key(|p| p.decode_bytes())
-    .copied()
-    .unwrap_or(person);
-    let need = largest.decode_bytes();
-    if need > budgets.decode_total {
-        return Err(ApiError::InvalidImage(format!(
-            "the {}x{} image needs {} MiB to decode, more than this server decodes at once ({} MiB)",
-            largest.width,
-            largest.height,
-            need >> 20,
-            budgets.decode_total >> 20
-        )));
-    }
-    Ok(Probes {
-        person,
-        cloth,
-        mask,
-        person_mask,
-        decode_bytes: need,
-    })
-}
-
-/// Checks every image's header, then decodes and fits the images one after the other on the
-/// blocking pool, holding the decode budget that the largest of them needs (waiting for it
-/// until `deadline`), and builds the request's inputs.
-///
-/// One grant per request, held until its last image is done: a request that has started never
-/// waits again behind later arrivals, so requests finish in the order they were granted.
-pub async fn prepare(
-    upload: Upload,
-    max_pixels: u64,
-    budgets: &Budgets,
-    deadline: Instant,
-    cpu: &Cpu,
-    diffusion: Option<DiffusionRequest>,
-) -> Result<WorkItem, ApiError> {
-    let probes = check_headers(&upload, max_pixels, budgets)?;
-    let need = probes.decode_bytes;
-    let permit = tokio::time::timeout_at(
-        deadline,
-        budgets.decode.clone().acquire_many_owned(units(need)),
-    )
-    .await
-    .map_err(|_| ApiError::Overloaded {
-        retry_after_s: MIN_RETRY_AFTER_S,
-    })?
-    .map_err(|_| ApiError::Internal("the decode budget is closed".into()))?;
-    let gauge = budgets.metrics.decode_memory.clone();
-    // The permit goes with the work: if this request is abandoned meanwhile, the budget is
-    // still held until the decoder has let go of its memory.
-    cpu.run(move || {
-        gauge.add(need as i64);
-        let prepared = match diffusion {
-            None => decode_all(&upload, &probes).map(WorkItem::Pair),
-            Some(d) => decode_diffusion(&upload, &probes, d).map(WorkItem::Diffusion),
-        };
-        gauge.sub(need as i64);
-        drop(permit);
-        drop(upload);
-        prepared
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("image preparation failed: {e}")))?
-}
-
-fn decode_all(upload: &Upload, probes: &Probes) -> Result<PreparedPair, ApiError> {
-    let (person_fit, content, _) = imaging::decode_and_fit(&upload.person, &probes.person)?;
-    let (cloth_fit, _, cloth_size) = imaging::decode_and_fit(&upload.cloth, &probes.cloth)?;
-    let mask_fit = match (&upload.mask, probes.mask.as_ref()) {
-        (Some(bytes), Some(probe)) => Some(imaging::decode_mask_and_fit(bytes, probe, cloth_size)?),
-        _ => None,
-    };
-    imaging::prepare_fitted((person_fit, content), cloth_fit, mask_fit)
-        .map_err(|e| ApiError::InvalidImage(format!("cannot convert image: {e}")))
-}
-
-/// Decodes a diffusion request's images and fits them to its resolution; without a person
-/// mask, one is drawn from the category.
-fn decode_diffusion(
-    upload: &Upload,
-    probes: &Probes,
-    request: DiffusionRequest,
-) -> Result<crate::models::catvton::DiffusionInput, ApiError> {
-    let person = imaging::decode_probed(&upload.person, &probes.person)?;
-    let cloth = imaging::decode_probed(&upload.cloth, &probes.cloth)?;
-    let mask = match (&upload.person_mask, probes.person_mask.as_ref()) {
-        (Some(bytes), Some(probe)) => {
-            let rgb = imaging::decode_probed(bytes, probe)?;
-            Some(image::DynamicImage::ImageRgb8(rgb).to_luma8())
-        }
-        _ => None,
-    };
-    if let Some(m) = &mask {
-        if m.dimensions() != person.dimensions() {
-            return Err(ApiError::InvalidImage(format!(
-                "the `{PERSON_MASK_PART}` part is {}x{}; it must match the person photo ({}x{})",
-                m.width(),
-                m.height(),
-                person.width(),
-                person.height()
-            )));
-        }
-    }
-    preprocess::prepare(
-        &person,
-        &cloth,
-        mask.as_ref(),
-        request.category,
-        request.resolution.size(),
-        request.params,
-    )
-    .map_err(|e| ApiError::InvalidImage(format!("cannot convert image: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,13 +316,13 @@ mod tests {
             header::CONTENT_TYPE,
             HeaderValue::from_static("multipart/form-data; boundary=XYZ"),
         );
-        let budgets = Budgets::new(2 * 1024, 1 << 20, Metrics::new());
+        let budget = BodyBudget::new(2 * 1024);
         let timeout = Duration::from_secs(5);
         let upload = read(
             &headers,
             Body::from_stream(stream),
             1 << 20,
-            &budgets,
+            &budget,
             Instant::now() + timeout,
             timeout,
             &[],
@@ -488,10 +330,10 @@ mod tests {
         .await
         .unwrap_or_else(|e| panic!("read: {e}"));
         assert_eq!((upload.person.len(), upload.cloth.len()), (400, 400));
-        assert_eq!(budgets.body.available_permits(), 2 - 1, "one KiB held");
+        assert_eq!(budget.body.available_permits(), 2 - 1, "one KiB held");
         drop(upload);
         assert_eq!(
-            budgets.body.available_permits(),
+            budget.body.available_permits(),
             2,
             "released with the upload"
         );

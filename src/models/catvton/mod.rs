@@ -10,10 +10,10 @@
 pub mod attention;
 pub mod blocks;
 pub mod config;
+pub mod family;
 pub mod fused_attention;
 pub mod mask;
 pub mod preprocess;
-pub mod request;
 pub mod resnet;
 pub mod scheduler;
 pub mod sources;
@@ -30,6 +30,7 @@ use rand::SeedableRng;
 use rand_distr::Distribution;
 
 use crate::models::ModelError;
+pub use family::{CatvtonOptions, Family};
 pub use mask::Category;
 pub use scheduler::Ddim;
 pub use unet::UNet;

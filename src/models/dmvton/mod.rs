@@ -122,3 +122,55 @@ impl TryOnModel for DmVton {
         Ok(self.run(batch)?.tryon)
     }
 }
+
+/// Where the DM-VTON weights are published, and how `--model-source DIR` wants them.
+pub const WEIGHTS_HELP: &str = "download dmvton_pf_warp.pt and dmvton_pf_gen.pt from \
+     release 1.0.0 of https://github.com/KiseKloset/DM-VTON (its Releases page), put both in one \
+     folder under exactly these names, and run with --model-source FOLDER \
+     (models/dmvton/README.md)";
+
+/// The registry entry.
+pub struct Family;
+
+impl crate::models::ModelFamily for Family {
+    fn name(&self) -> &'static str {
+        "dmvton"
+    }
+
+    fn about(&self) -> &'static str {
+        "DM-VTON; needs --model-source DIR with its two checkpoints"
+    }
+
+    fn input(&self, _options: &crate::models::RequestOptions) -> crate::models::InputSpec {
+        crate::models::InputSpec::letterboxed()
+    }
+
+    fn licences(&self, _flags: &crate::models::ModelFlags) -> Vec<crate::models::Licence> {
+        vec![crate::models::Licence {
+            part: "DM-VTON weights".into(),
+            source: "KiseKloset/DM-VTON release 1.0.0".into(),
+            licence: "CC BY-NC-SA 4.0, non-commercial".into(),
+        }]
+    }
+
+    fn load(
+        &self,
+        request: &crate::models::LoadRequest<'_>,
+    ) -> Result<crate::models::LoadedModel, ModelError> {
+        if let crate::models::WeightSource::Hub { .. } = request.source {
+            return Err(crate::models::ModelFamily::not_on_hub(self));
+        }
+        let dir = crate::models::registry::required_dir(&request.source, self.name())?;
+        Ok(crate::models::LoadedModel::Batch(Box::new(DmVton::load(
+            dir,
+            request.device,
+        )?)))
+    }
+
+    fn not_on_hub(&self) -> ModelError {
+        ModelError::NotOnHub {
+            model: self.name().into(),
+            help: WEIGHTS_HELP.into(),
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! Runs asynchronous jobs: takes them from the store while the batcher has room for them,
-//! decodes their stored images, hands them to the batcher at their priority, and stores each
-//! result with its final status. Renews the claims' leases while they run, and sweeps expired
-//! results.
+//! decodes their stored images through the pipeline, hands them to the batcher at their
+//! priority, and stores each result with its final status. Renews the claims' leases while they
+//! run, and sweeps expired results. It speaks no HTTP: the server gives it its parts and tells
+//! it, through [`Gate`], whether work is taken.
 //!
 //! A job taken but not run (the server drains first) is put back in the store; a job whose
 //! server dies is queued again when the store reopens (SQLite) or taken over after the lease
@@ -11,15 +12,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::cpu::Cpu;
-use super::{upload, ActiveGuard, AppState, Phase};
-use crate::batcher::{AdmitError, JobError, Priority};
-use crate::error::ApiError;
-use crate::imaging::{self, OutputFormat};
-use crate::jobs::{now_ms, ClaimedJob, JobFailure, JobStore, Outcome, StoreError};
+use super::{now_ms, ClaimedJob, JobFailure, JobStore, JobsSettings, Outcome, StoreError};
+use crate::batcher::{AdmitError, Batcher, JobError, Priority};
+use crate::imaging::{ImageError, OutputFormat};
+use crate::metrics::{ActiveGuard, Metrics};
+use crate::pipeline::cpu::Cpu;
+use crate::pipeline::{ImageParts, OutputChoice, Pipeline, PrepareError};
 
 /// How often the runner looks for work when nobody wakes it.
 const POLL: Duration = Duration::from_millis(200);
@@ -36,6 +39,40 @@ const MAX_ATTEMPTS: u32 = 5;
 /// Tries at storing a job's end, the wait before the next growing by this each time.
 const FINISH_ATTEMPTS: u32 = 4;
 const FINISH_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Whether the server takes work now.
+pub trait Gate: Send + Sync {
+    /// New jobs may be taken.
+    fn accepting(&self) -> bool;
+    /// Nothing more will be taken: the runner stops once its jobs are done.
+    fn stopping(&self) -> bool;
+}
+
+/// What the runner works with, given by the server.
+pub struct Runner {
+    pub store: Arc<dyn JobStore>,
+    pub batcher: Batcher,
+    pub pipeline: Pipeline,
+    pub metrics: Metrics,
+    pub settings: JobsSettings,
+    /// Jobs in hand at once.
+    pub capacity: usize,
+    /// The answer's encoding when a stored job's format cannot be read.
+    pub output_defaults: OutputChoice,
+    /// This replica's name in the store.
+    pub worker: String,
+    /// Wakes the runner when a job arrives.
+    pub wake: Arc<Notify>,
+    /// Where each job's task is tracked (the drain waits for them).
+    pub tracker: TaskTracker,
+    /// Where batch jobs decode and encode.
+    pub background_cpu: Cpu,
+    /// Held by the batch jobs that are decoding, one per background thread.
+    pub preparing: Arc<Semaphore>,
+    pub gate: Arc<dyn Gate>,
+    /// Why the store cannot record jobs now, if it cannot (checked every second).
+    pub store_fault: Arc<Mutex<Option<String>>>,
+}
 
 /// The jobs this replica runs now, by id, with their leases.
 type Running = Arc<Mutex<HashMap<String, String>>>;
@@ -56,15 +93,11 @@ pub fn worker_name() -> String {
 }
 
 /// The runner's loop, until `shutdown`.
-pub async fn run(state: AppState, shutdown: CancellationToken) {
-    let inner = &state.inner;
-    // Enough jobs in hand for the batch that runs and the next one; more would only wait in
-    // memory instead of in the store.
-    let capacity = (inner.args.batching.max_batch_size as usize * 2)
-        .min(inner.args.batching.queue_capacity as usize)
-        .max(1);
+pub async fn run(runner: Arc<Runner>, shutdown: CancellationToken) {
+    let inner = &runner;
+    let capacity = inner.capacity.max(1);
     let running: Running = Arc::default();
-    let renew_every = inner.args.jobs.job_lease / 3;
+    let renew_every = inner.settings.store.lease / 3;
     let mut last_renew = Instant::now();
     let mut last_sweep: Option<Instant> = None;
     let mut last_check: Option<Instant> = None;
@@ -72,18 +105,17 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
         if shutdown.is_cancelled() {
             return;
         }
-        let phase = inner.readiness.phase();
-        if phase == Phase::Ready {
+        if inner.gate.accepting() {
             let free = capacity.saturating_sub(lock(&running).len());
             if free > 0 {
-                claim(&state, &running, free).await;
+                claim(&runner, &running, free).await;
             }
         }
         if last_renew.elapsed() >= renew_every {
             last_renew = Instant::now();
             let leases: Vec<String> = lock(&running).values().cloned().collect();
             if !leases.is_empty() {
-                let store = inner.jobs.clone();
+                let store = inner.store.clone();
                 let worker = inner.worker.clone();
                 if let Err(e) = call(move || store.renew(&worker, &leases)).await {
                     tracing::warn!(error = %e, "cannot renew the leases of running jobs");
@@ -92,19 +124,19 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
         }
         if last_check.is_none_or(|t| t.elapsed() >= STORE_CHECK) {
             last_check = Some(Instant::now());
-            check_store(&state).await;
+            check_store(&runner).await;
         }
         if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP) {
             last_sweep = Some(Instant::now());
-            sweep(&state).await;
+            sweep(&runner).await;
         }
-        if matches!(phase, Phase::Draining | Phase::Failed(_)) && lock(&running).is_empty() {
+        if inner.gate.stopping() && lock(&running).is_empty() {
             // Nothing more will be taken; wait for the end.
             shutdown.cancelled().await;
             return;
         }
         tokio::select! {
-            _ = inner.job_wake.notified() => {}
+            _ = inner.wake.notified() => {}
             _ = tokio::time::sleep(POLL) => {}
             _ = shutdown.cancelled() => return,
         }
@@ -123,8 +155,8 @@ async fn call<T: Send + 'static>(
         .map_err(|e| StoreError::Backend(format!("a job store call panicked: {e}")))?
 }
 
-async fn sweep(state: &AppState) {
-    let store = state.inner.jobs.clone();
+async fn sweep(runner: &Runner) {
+    let store = runner.store.clone();
     match call(move || {
         let expired = store.expire(now_ms())?;
         Ok((expired, store.queued()?))
@@ -135,7 +167,7 @@ async fn sweep(state: &AppState) {
             if expired > 0 {
                 tracing::info!(jobs = expired, "deleted the results of expired jobs");
             }
-            state.inner.metrics.jobs_queued.set(queued as i64);
+            runner.metrics.jobs_queued.set(queued as i64);
         }
         Err(e) => tracing::warn!(error = %e, "cannot sweep the job store"),
     }
@@ -143,8 +175,8 @@ async fn sweep(state: &AppState) {
 
 /// Records whether the store can write (for `/readyz` and submissions), and the bytes it
 /// holds.
-async fn check_store(state: &AppState) {
-    let store = state.inner.jobs.clone();
+async fn check_store(runner: &Runner) {
+    let store = runner.store.clone();
     let checked = call(move || {
         store.health()?;
         store.bytes_held()
@@ -152,8 +184,7 @@ async fn check_store(state: &AppState) {
     .await;
     let fault = match checked {
         Ok(bytes) => {
-            state
-                .inner
+            runner
                 .metrics
                 .job_store_bytes
                 .set(bytes.min(i64::MAX as u64) as i64);
@@ -161,8 +192,7 @@ async fn check_store(state: &AppState) {
         }
         Err(e) => Some(e.to_string()),
     };
-    let mut slot = state
-        .inner
+    let mut slot = runner
         .store_fault
         .lock()
         .unwrap_or_else(|p| p.into_inner());
@@ -176,10 +206,10 @@ async fn check_store(state: &AppState) {
     *slot = fault;
 }
 
-async fn claim(state: &AppState, running: &Running, free: usize) {
-    let store = state.inner.jobs.clone();
-    let worker = state.inner.worker.clone();
-    let priorities = state.inner.args.jobs.job_priorities.clone();
+async fn claim(runner: &Arc<Runner>, running: &Running, free: usize) {
+    let store = runner.store.clone();
+    let worker = runner.worker.clone();
+    let priorities = runner.settings.priorities.clone();
     let claimed = match call(move || store.claim_from(&worker, free, now_ms(), &priorities)).await {
         Ok(c) => c,
         Err(e) => {
@@ -190,16 +220,16 @@ async fn claim(state: &AppState, running: &Running, free: usize) {
     for job in claimed {
         // Taken while the drain began: back to the queue at once, for another replica or the
         // restart.
-        if state.inner.readiness.phase() != Phase::Ready {
-            release(state, &job.record.id, &job.lease).await;
+        if !runner.gate.accepting() {
+            release(runner, &job.record.id, &job.lease).await;
             continue;
         }
         let slot = RunningSlot::new(running, &job);
-        let state = state.clone();
-        let tracker = state.inner.in_flight.clone();
+        let runner = runner.clone();
+        let tracker = runner.tracker.clone();
         tracker.spawn(async move {
             let _slot = slot;
-            run_one(&state, job).await;
+            run_one(&runner, job).await;
         });
     }
 }
@@ -226,9 +256,9 @@ impl Drop for RunningSlot {
     }
 }
 
-async fn release(state: &AppState, id: &str, lease: &str) {
-    let store = state.inner.jobs.clone();
-    let retention = state.inner.args.jobs.job_retention;
+async fn release(runner: &Runner, id: &str, lease: &str) {
+    let store = runner.store.clone();
+    let retention = runner.settings.retention;
     let (id2, lease2) = (id.to_string(), lease.to_string());
     match call(move || store.release(&id2, &lease2, now_ms(), retention)).await {
         Ok(()) => tracing::info!(job = %id, "job put back in the queue"),
@@ -243,12 +273,12 @@ async fn release(state: &AppState, id: &str, lease: &str) {
 /// Stores a job's end, retrying a failing store; if the result itself cannot be stored, the
 /// job ends failed without it, and if even that fails it goes back to the queue. A job never
 /// stays running behind a store error.
-async fn finish(state: &AppState, id: &str, lease: &str, outcome: Outcome) {
-    let inner = &state.inner;
-    let retention = inner.args.jobs.job_retention;
+async fn finish(runner: &Runner, id: &str, lease: &str, outcome: Outcome) {
+    let inner = runner;
+    let retention = inner.settings.retention;
     let mut outcome = outcome;
     for attempt in 1..=FINISH_ATTEMPTS {
-        let store = inner.jobs.clone();
+        let store = inner.store.clone();
         let (id2, lease2, this) = (id.to_string(), lease.to_string(), outcome.clone());
         match call(move || store.finish(&id2, &lease2, this, now_ms(), retention)).await {
             Ok(Some(record)) => {
@@ -276,7 +306,7 @@ async fn finish(state: &AppState, id: &str, lease: &str, outcome: Outcome) {
             }
         }
     }
-    release(state, id, lease).await;
+    release(runner, id, lease).await;
 }
 
 /// What became of one job's run.
@@ -286,8 +316,8 @@ enum Ran {
     NotRun,
 }
 
-async fn run_one(state: &AppState, job: ClaimedJob) {
-    let inner = &state.inner;
+async fn run_one(runner: &Runner, job: ClaimedJob) {
+    let inner = runner;
     let ran = if job.record.attempts > MAX_ATTEMPTS {
         // Started this often without ending: each run took its server down with it.
         failure(
@@ -299,12 +329,12 @@ async fn run_one(state: &AppState, job: ClaimedJob) {
         )
     } else {
         // Counted like a /tryon request from here: the KEDA gauges see all the work.
-        let _active = ActiveGuard::new(&inner.metrics, job.record.priority);
-        execute(state, &job).await
+        let _active = ActiveGuard::new(&inner.metrics, job.record.priority.label());
+        execute(runner, &job).await
     };
     match ran {
-        Ran::NotRun => release(state, &job.record.id, &job.lease).await,
-        Ran::Done(outcome) => finish(state, &job.record.id, &job.lease, outcome).await,
+        Ran::NotRun => release(runner, &job.record.id, &job.lease).await,
+        Ran::Done(outcome) => finish(runner, &job.record.id, &job.lease, outcome).await,
     }
 }
 
@@ -315,50 +345,51 @@ fn failure(code: &str, message: impl Into<String>) -> Ran {
     }))
 }
 
-async fn execute(state: &AppState, job: &ClaimedJob) -> Ran {
-    let inner = &state.inner;
-    let args = &inner.args;
+async fn execute(runner: &Runner, job: &ClaimedJob) -> Ran {
     let record = &job.record;
-    let (person, cloth, mask) = (
-        job.inputs.person.clone(),
-        job.inputs.cloth.clone(),
-        job.inputs.mask.clone(),
-    );
-    let upload = match record.diffusion {
-        Some(_) => upload::Upload::stored_diffusion(person, cloth, mask),
-        None => upload::Upload::stored(person, cloth, mask),
+    let options = match runner
+        .pipeline
+        .stored_options(record.options.as_ref().unwrap_or(&serde_json::Value::Null))
+    {
+        Ok(o) => o,
+        Err(e) => return failure("bad_request", e),
+    };
+    let parts = ImageParts {
+        person: job.inputs.person.clone(),
+        cloth: job.inputs.cloth.clone(),
+        garment_mask: job.inputs.garment_mask.clone(),
+        person_mask: job.inputs.person_mask.clone(),
     };
     // Batch work decodes and encodes at a lower CPU priority than interactive work.
     let cpu = match record.priority {
         Priority::Interactive => Cpu::Blocking,
-        Priority::Batch => inner.background_cpu.clone(),
+        Priority::Batch => runner.background_cpu.clone(),
     };
     // Only as many batch jobs as there are background threads take the decode budget, so
     // that those waiting for a thread hold none of it while interactive requests decode.
     let _preparing = match record.priority {
-        Priority::Batch => inner.batch_preparing.acquire().await.ok(),
+        Priority::Batch => runner.preparing.acquire().await.ok(),
         Priority::Interactive => None,
     };
-    let prepared = match upload::prepare(
-        upload,
-        args.max_image_pixels,
-        &inner.budgets,
-        Instant::now() + DECODE_WAIT,
-        &cpu,
-        record.diffusion,
-    )
-    .await
+    let prepared = match runner
+        .pipeline
+        .prepare(parts, options, Instant::now() + DECODE_WAIT, &cpu)
+        .await
     {
         Ok(p) => p,
         // The decode budget stayed busy: a later run may find room.
-        Err(ApiError::Overloaded { .. }) => return Ran::NotRun,
-        Err(e) => return failure(e.code(), e.to_string()),
+        Err(PrepareError::Busy) => return Ran::NotRun,
+        Err(PrepareError::Image(ImageError::Unsupported(m))) => {
+            return failure("unsupported_media_type", m)
+        }
+        Err(PrepareError::Image(ImageError::Invalid(m))) => return failure("invalid_image", m),
+        Err(e @ PrepareError::Internal(_)) => return failure("internal", e.to_string()),
     };
     drop(_preparing);
-    let content = prepared.content();
+    let content = prepared.content;
     let receiver = loop {
         let age = record.age(now_ms());
-        match inner
+        match runner
             .batcher
             .submit_job(prepared.clone(), record.priority, age)
         {
@@ -375,35 +406,23 @@ async fn execute(state: &AppState, job: &ClaimedJob) -> Ran {
         }
         Ok(Err(JobError::Model(m))) => return failure("internal", format!("model failure: {m}")),
     };
-    let format = record
-        .format
-        .parse::<OutputFormat>()
-        .unwrap_or(args.output_format);
-    let quality = record.quality;
+    let choice = OutputChoice {
+        format: record
+            .format
+            .parse::<OutputFormat>()
+            .unwrap_or(runner.output_defaults.format),
+        quality: record.quality,
+    };
     let image = output.image;
     let encoded = cpu
-        .run(move || -> Result<Vec<u8>, String> {
-            let rgb = imaging::tensor_to_rgb(&image).map_err(|e| e.to_string())?;
-            imaging::encode(&imaging::crop_to(rgb, content), format, quality)
-        })
+        .run(move || crate::pipeline::encode_answer(&image, content, choice))
         .await;
     match encoded {
         Ok(Ok(image)) => Ran::Done(Outcome::Succeeded {
             image,
-            content_type: format.mime().to_string(),
+            content_type: choice.format.mime().to_string(),
         }),
         Ok(Err(e)) => failure("internal", format!("encoding failed: {e}")),
         Err(e) => failure("internal", format!("encoding failed: {e}")),
     }
-}
-
-/// Opens the store the flags name.
-pub fn open_store(args: &crate::config::JobsArgs) -> anyhow::Result<Arc<dyn JobStore>> {
-    Ok(match &args.jobs_redis {
-        Some(url) => Arc::new(crate::jobs::RedisStore::open(url, args.job_lease)?),
-        None => Arc::new(crate::jobs::SqliteStore::open(
-            &args.data_dir,
-            args.job_lease,
-        )?),
-    })
 }

@@ -1,0 +1,464 @@
+//! CatVTON behind the model interface: its request options, the inputs it needs, its loader
+//! (a folder or the hub), and step-by-step sampling as a [`StepModel`].
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+use image::{GrayImage, RgbImage};
+
+use super::mask::{auto_mask, Category};
+use super::preprocess::{resize_and_crop, resize_and_padding};
+use super::{
+    sources, CatVton, DiffusionInput, Noise, Resolution, Sample, SamplingParams, DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+};
+use crate::hub::{Hub, Reporter};
+use crate::models::registry::{required_dir, Downloaded};
+use crate::models::{
+    InputSpec, Licence, LoadRequest, LoadedModel, ModelError, ModelFamily, ModelFlags,
+    ModelInput, OptionKind, OptionLimits, OptionSpec, PersonMaskSpec, RequestOptions, StepModel,
+    StepState, WarmUp, WeightSource,
+};
+
+/// The largest guidance scale accepted: far past any useful value, it only bounds the input.
+pub const MAX_GUIDANCE: f64 = 30.0;
+
+/// What a request asks for, read back from its checked options.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+pub struct CatvtonOptions {
+    pub category: Category,
+    pub steps: usize,
+    pub guidance: f64,
+    pub seed: u64,
+    pub resolution: Resolution,
+}
+
+impl CatvtonOptions {
+    pub fn read(options: &RequestOptions) -> Result<Self, ModelError> {
+        options.read().map_err(ModelError::Options)
+    }
+
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            steps: self.steps,
+            guidance: self.guidance,
+            seed: self.seed,
+        }
+    }
+}
+
+/// The registry entry.
+pub struct Family;
+
+impl ModelFamily for Family {
+    fn name(&self) -> &'static str {
+        "catvton"
+    }
+
+    fn about(&self) -> &'static str {
+        "CatVTON, a diffusion try-on; needs --model-source DIR with its four parts, or \
+         --model-source hub"
+    }
+
+    fn options(&self, limits: &OptionLimits) -> Vec<OptionSpec> {
+        let max_steps = limits.max_steps.max(1);
+        vec![
+            OptionSpec {
+                name: "category",
+                kind: OptionKind::Choice {
+                    values: &["upper", "lower", "overall"],
+                    default: "upper",
+                },
+                help: "The garment replaced; the drawn mask follows it.",
+            },
+            OptionSpec {
+                name: "steps",
+                kind: OptionKind::Integer {
+                    min: 1,
+                    max: max_steps as u64,
+                    default: DEFAULT_STEPS.min(max_steps) as u64,
+                },
+                help: "Denoising steps (at most --max-steps).",
+            },
+            OptionSpec {
+                name: "guidance",
+                kind: OptionKind::Number {
+                    min: 0.0,
+                    max: MAX_GUIDANCE,
+                    default: DEFAULT_GUIDANCE,
+                },
+                help: "Classifier-free guidance scale (at 1 or below, no unconditional pass).",
+            },
+            OptionSpec {
+                name: "seed",
+                kind: OptionKind::Seed,
+                help: "Noise seed; drawn when absent, and returned in `x-seed`.",
+            },
+            OptionSpec {
+                name: "resolution",
+                kind: OptionKind::Choice {
+                    values: &["1024x768", "512x384"],
+                    default: "1024x768",
+                },
+                help: "Output size, height x width.",
+            },
+        ]
+    }
+
+    fn input(&self, options: &RequestOptions) -> InputSpec {
+        let (h, w) = CatvtonOptions::read(options)
+            .map(|o| o.resolution)
+            .unwrap_or(Resolution::Full)
+            .size();
+        InputSpec {
+            frame: (h as u32, w as u32),
+            fit_person: |img, (h, w)| (resize_and_crop(img, w, h), None),
+            fit_cloth: |img, (h, w)| resize_and_padding(img, w, h),
+            garment_mask: None,
+            person_mask: Some(PersonMaskSpec {
+                fit: |mask, (h, w)| resize_and_crop(mask, w, h),
+                draw: draw_mask,
+            }),
+        }
+    }
+
+    fn licences(&self, flags: &ModelFlags) -> Vec<Licence> {
+        sources::licences(&flags.catvton)
+    }
+
+    fn load(&self, request: &LoadRequest<'_>) -> Result<LoadedModel, ModelError> {
+        let model = match &request.source {
+            WeightSource::Hub { hub, reporter } => {
+                let files = fetch(hub, reporter, request)?;
+                CatVton::load_files(&files, request.dtype, request.device)?
+            }
+            source => CatVton::load(
+                required_dir(source, self.name())?,
+                request.dtype,
+                request.device,
+            )?,
+        };
+        Ok(LoadedModel::Steps(Box::new(model)))
+    }
+
+    fn random(&self, request: &LoadRequest<'_>) -> Option<Result<LoadedModel, ModelError>> {
+        Some(
+            CatVton::random(request.dtype, request.device)
+                .map(|m| LoadedModel::Steps(Box::new(m))),
+        )
+    }
+
+    fn offers_random(&self) -> bool {
+        true
+    }
+
+    fn download(
+        &self,
+        hub: &Hub,
+        reporter: &Reporter,
+        request: &LoadRequest<'_>,
+        to: Option<&Path>,
+    ) -> Result<Downloaded, ModelError> {
+        let files = fetch(hub, reporter, request)?;
+        let written = match to {
+            Some(dir) => sources::write_local(&files, dir).map_err(|e| ModelError::Checkpoint {
+                path: dir.to_path_buf(),
+                reason: format!("cannot lay the weights out: {e}"),
+            })?,
+            None => Vec::new(),
+        };
+        Ok(Downloaded {
+            files: vec![
+                files.unet_config,
+                files.unet_weights,
+                files.scheduler_config,
+                files.vae_config,
+                files.vae_weights,
+                files.attention,
+            ],
+            written,
+        })
+    }
+}
+
+/// Resolves the model's files on the hub: from the cache when every one is there and verified,
+/// else downloaded and verified (offline: an error listing what is missing).
+fn fetch(
+    hub: &Hub,
+    reporter: &Reporter,
+    request: &LoadRequest<'_>,
+) -> Result<super::weights::ModelFiles, ModelError> {
+    let requests = sources::hub_requests(&request.flags.catvton, request.dtype);
+    tracing::info!(cache = %hub.cache_dir().display(), "resolving the weights on the hub");
+    let resolved = crate::hub::block_on(hub.resolve(&requests, reporter))?;
+    for r in &resolved {
+        tracing::info!(repo = %r.repo, commit = %r.commit, "weights verified");
+    }
+    sources::model_files(&resolved)
+}
+
+/// The area to repaint when the request sends none: drawn from the fitted person photo and
+/// the category.
+fn draw_mask(person: &RgbImage, options: &RequestOptions) -> Result<GrayImage, String> {
+    let category = CatvtonOptions::read(options)
+        .map_err(|e| e.to_string())?
+        .category;
+    Ok(auto_mask(person, category))
+}
+
+impl StepState for Sample {
+    fn rows(&self) -> usize {
+        Sample::rows(self)
+    }
+
+    fn group(&self) -> (usize, usize) {
+        self.latent_size()
+    }
+
+    fn is_done(&self) -> bool {
+        Sample::is_done(self)
+    }
+
+    fn progress(&self) -> (usize, usize) {
+        Sample::progress(self)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+fn not_ours() -> ModelError {
+    ModelError::WrongInput("a sample of this model".into())
+}
+
+/// A request's inputs as the sampler takes them.
+fn diffusion_input(input: &ModelInput) -> Result<DiffusionInput, ModelError> {
+    let options = CatvtonOptions::read(&input.options)?;
+    let mask = input
+        .person_mask
+        .clone()
+        .ok_or_else(|| ModelError::WrongInput("the area to repaint".into()))?;
+    Ok(DiffusionInput {
+        person: input.person.clone(),
+        cloth: input.cloth.clone(),
+        mask,
+        params: options.params(),
+    })
+}
+
+impl StepModel for CatVton {
+    fn name(&self) -> &str {
+        "catvton"
+    }
+
+    fn rows(&self, input: &ModelInput) -> Result<usize, ModelError> {
+        Ok(super::rows_for(CatvtonOptions::read(&input.options)?.guidance))
+    }
+
+    fn begin(&self, input: &ModelInput) -> Result<Box<dyn StepState>, ModelError> {
+        let input = diffusion_input(input)?;
+        let sample = CatVton::begin(self, &input, Noise::seeded(input.params.seed))?;
+        Ok(Box::new(sample))
+    }
+
+    fn step(&self, states: &mut [&mut Box<dyn StepState>]) -> Result<(), ModelError> {
+        let mut samples = states
+            .iter_mut()
+            .map(|s| s.as_any_mut().downcast_mut::<Sample>().ok_or_else(not_ours))
+            .collect::<Result<Vec<&mut Sample>, ModelError>>()?;
+        CatVton::step(self, &mut samples)
+    }
+
+    fn finish(&self, state: &dyn StepState) -> Result<Tensor, ModelError> {
+        let sample = state.as_any().downcast_ref::<Sample>().ok_or_else(not_ours)?;
+        CatVton::finish(self, sample)
+    }
+
+    /// Encodes and samples one step of a small request, and estimates a full-size request's
+    /// device time for `Retry-After`.
+    fn warm_up(&self, row_cap: usize) -> Result<WarmUp, ModelError> {
+        let (h, w) = Resolution::Half.size();
+        let blank = |c: usize| Tensor::zeros((h, w, c), DType::U8, &Device::Cpu);
+        let input = DiffusionInput {
+            person: blank(3)?,
+            cloth: blank(3)?,
+            mask: blank(1)?,
+            params: SamplingParams {
+                steps: 1,
+                guidance: 2.0,
+                seed: 0,
+            },
+        };
+        let start = Instant::now();
+        let mut sample = CatVton::begin(self, &input, Noise::seeded(0))?;
+        let encoded = start.elapsed();
+        CatVton::step(self, &mut [&mut sample])?;
+        let stepped = start.elapsed() - encoded;
+        CatVton::finish(self, &sample)?;
+        let coded = start.elapsed() - stepped;
+        let decoded = coded.saturating_sub(encoded);
+        Ok(WarmUp {
+            seconds_per_request: coded.as_secs_f64() + stepped.as_secs_f64() * DEFAULT_STEPS as f64,
+            longest_call: encoded.max(stepped).max(decoded),
+            longest_call_estimate: longest_call_estimate(
+                encoded,
+                stepped,
+                decoded,
+                sample.rows(),
+                row_cap,
+            ),
+        })
+    }
+}
+
+/// The longest call to expect from a warm-up at half size with `warm_rows` UNet rows: a step
+/// of a full row cap (a request wider than the cap runs alone), or a VAE pass, at full size.
+/// Both are scaled by the square of the area ratio, the pessimistic end (attention's cost grows
+/// with the square of the tokens), and a step by its rows.
+fn longest_call_estimate(
+    encoded: Duration,
+    stepped: Duration,
+    decoded: Duration,
+    warm_rows: usize,
+    cap: usize,
+) -> Duration {
+    let area = |r: Resolution| {
+        let (h, w) = r.size();
+        (h * w) as f64
+    };
+    let size_factor = (area(Resolution::Full) / area(Resolution::Half)).powi(2);
+    let row_factor = cap.max(warm_rows) as f64 / warm_rows.max(1) as f64;
+    let step = stepped.as_secs_f64() * row_factor;
+    let vae = encoded.max(decoded).as_secs_f64();
+    Duration::from_secs_f64(step.max(vae) * size_factor)
+}
+
+impl std::str::FromStr for Category {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "upper" => Ok(Category::Upper),
+            "lower" => Ok(Category::Lower),
+            "overall" => Ok(Category::Overall),
+            _ => Err("the category is `upper`, `lower` or `overall`".into()),
+        }
+    }
+}
+
+impl Category {
+    /// As requests spell it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Category::Upper => "upper",
+            Category::Lower => "lower",
+            Category::Overall => "overall",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&'static str, &'static str)]) -> Result<CatvtonOptions, String> {
+        let specs = Family.options(&OptionLimits { max_steps: 50 });
+        let options = RequestOptions::parse(
+            &specs,
+            |name| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v),
+            || 7,
+        )?;
+        CatvtonOptions::read(&options).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_the_reference_settings() {
+        let r = parse(&[]).expect("defaults");
+        assert_eq!(r.category, Category::Upper);
+        assert_eq!(r.resolution, Resolution::Full);
+        assert_eq!(
+            r.params(),
+            SamplingParams {
+                steps: 50,
+                guidance: 2.5,
+                seed: 7
+            }
+        );
+    }
+
+    #[test]
+    fn fields_are_read_and_bounded() {
+        let r = parse(&[
+            ("category", "lower"),
+            ("resolution", "512x384"),
+            ("steps", "20"),
+            ("guidance", "1.0"),
+            ("seed", "18446744073709551615"),
+        ])
+        .expect("valid");
+        assert_eq!(r.category, Category::Lower);
+        assert_eq!(r.resolution, Resolution::Half);
+        assert_eq!(
+            r.params(),
+            SamplingParams {
+                steps: 20,
+                guidance: 1.0,
+                seed: u64::MAX
+            }
+        );
+        for bad in [
+            ("steps", "0"),
+            ("steps", "51"),
+            ("steps", "-1"),
+            ("guidance", "NaN"),
+            ("guidance", "inf"),
+            ("guidance", "31"),
+            ("seed", "-3"),
+            ("category", "hat"),
+            ("resolution", "2048x1536"),
+        ] {
+            let e = parse(&[bad]).expect_err("refused");
+            assert!(e.len() < 80, "a short message: {e}");
+        }
+    }
+
+    #[test]
+    fn the_frame_follows_the_resolution() {
+        let specs = Family.options(&OptionLimits::default());
+        let half = RequestOptions::parse(
+            &specs,
+            |n| (n == "resolution").then_some("512x384"),
+            || 1,
+        )
+        .expect("valid");
+        assert_eq!(Family.input(&half).frame, (512, 384));
+        let full = RequestOptions::parse(&specs, |_| None, || 1).expect("valid");
+        assert_eq!(Family.input(&full).frame, (1024, 768));
+    }
+
+    #[test]
+    fn the_longest_call_estimate_scales_a_half_size_warm_up_to_a_full_row_cap_at_full_size() {
+        let ms = Duration::from_millis;
+        // 2 rows warmed up, a cap of 8: a step of 4 times the rows at 4 times the area,
+        // counted as 16 times the cost: 100 ms x 4 x 16.
+        assert_eq!(
+            longest_call_estimate(ms(10), ms(100), ms(20), 2, 8),
+            ms(6400)
+        );
+        // A cap under a request's rows: the request runs alone, at its own rows.
+        assert_eq!(
+            longest_call_estimate(ms(10), ms(100), ms(20), 2, 1),
+            ms(1600)
+        );
+        // A VAE pass longer than the scaled step sets it.
+        assert_eq!(
+            longest_call_estimate(ms(500), ms(10), ms(300), 2, 2),
+            ms(8000)
+        );
+    }
+}
