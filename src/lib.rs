@@ -11,10 +11,12 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod gpu;
-pub mod gpu_check;
+pub use models::gpu_check;
 pub mod hub;
 pub mod imaging;
 pub mod jobs;
+#[cfg(test)]
+mod layering;
 pub mod metrics;
 pub mod metrics_text;
 pub mod models;

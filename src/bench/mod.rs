@@ -123,7 +123,7 @@ pub struct LoadArgs {
     /// Seed of the Poisson arrivals (random when absent).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// An extra form field sent with every request, `NAME=VALUE` (repeatable), e.g. catvton's
+    /// An extra form field sent with every request, `NAME=VALUE` (repeatable), e.g. a model's option
     /// `steps=20` or `resolution=512x384`.
     #[arg(long = "field", value_parser = parse_field)]
     pub fields: Vec<(String, String)>,

@@ -898,8 +898,8 @@ mod tests {
 
     #[test]
     fn repo_refs_parse_with_an_optional_revision_and_refuse_paths() {
-        let r: RepoRef = "zhengchong/CatVTON".parse().expect("parses");
-        assert_eq!(r, RepoRef::new("zhengchong/CatVTON", "main"));
+        let r: RepoRef = "some-org/some-model".parse().expect("parses");
+        assert_eq!(r, RepoRef::new("some-org/some-model", "main"));
         let r: RepoRef = "a/b@v1.0".parse().expect("parses");
         assert_eq!(r.revision, "v1.0");
         let r: RepoRef = "a/b@refs/pr/1".parse().expect("parses");

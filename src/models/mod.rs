@@ -16,6 +16,8 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 
+/// The GPU check: kernels, parity and speed on a lent card.
+pub use dmvton::gpu_check;
 pub use input::{
     GarmentMaskSpec, InputSpec, ModelInput, PersonMaskSpec, PreparedPair, Rect, MODEL_HEIGHT,
     MODEL_WIDTH,

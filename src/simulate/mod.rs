@@ -69,7 +69,7 @@ pub struct SimulateArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReplicaArgs {
     /// Replica profile: `virtualfit bench model --json` output (one object or an array), a
-    /// sweep `{"points": [...]}`, or `{"a_s", "b_s", ...}`. Default: dmvton on an H100.
+    /// sweep `{"points": [...]}`, or `{"a_s", "b_s", ...}`. Default: DM-VTON on an H100.
     #[arg(long, value_name = "FILE")]
     pub profile: Option<PathBuf>,
     /// Seconds from pod creation to ready (GPU node, image pull, model load, warm-up).

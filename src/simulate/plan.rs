@@ -66,7 +66,7 @@ pub struct PlanArgs {
     /// The largest share of requests the plan may refuse (429, 503, 504) in its simulation.
     #[arg(long, default_value_t = 0.001)]
     pub max_refused_share: f64,
-    /// The replicas: `--profile` (`bench sweep` or `bench model` JSON; default dmvton on an
+    /// The replicas: `--profile` (`bench sweep` or `bench model` JSON; default DM-VTON on an
     /// H100), start-up, batching and the simulation's seed.
     #[command(flatten)]
     pub replica: super::ReplicaArgs,

@@ -1,5 +1,5 @@
 //! What one replica costs: the batch time t(n) = a·n + b and the CPU time around it, from the
-//! default figures (dmvton on one H100) or from `virtualfit bench` JSON.
+//! default figures (DM-VTON on one H100) or from `virtualfit bench` JSON.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -34,13 +34,13 @@ pub struct Profile {
 }
 
 impl Default for Profile {
-    /// Assumed figures for one dmvton replica on an NVIDIA H100 80GB (256×192, f32):
+    /// Assumed figures for one DM-VTON replica on an NVIDIA H100 80GB (256×192, f32):
     /// t(n) = 6 ms·n + 12 ms (a batch of 8 in 60 ms, 133 images/s), 8 ms of decoding and
     /// preparing before admission, 4 ms of encoding after, 6 GiB of the 81559 MiB
     /// framebuffer held.
     fn default() -> Self {
         Profile {
-            model: "dmvton".into(),
+            model: "default".into(),
             device: "NVIDIA H100 80GB HBM3".into(),
             a_s: 0.006,
             b_s: 0.012,
@@ -48,7 +48,7 @@ impl Default for Profile {
             post_s: 0.004,
             fb_used_mib: 6144.0,
             fb_total_mib: 81559.0,
-            source: "default (assumed dmvton on H100)".into(),
+            source: "default (assumed: DM-VTON on an H100)".into(),
         }
     }
 }
@@ -216,18 +216,18 @@ mod tests {
 
     #[test]
     fn reads_bench_model_forms() {
-        let one = r#"{"model":"dmvton","device":"cuda:0","batch_size":8,"median_batch_s":0.08,"per_image_ms":10.0}"#;
+        let one = r#"{"model":"m1","device":"cuda:0","batch_size":8,"median_batch_s":0.08,"per_image_ms":10.0}"#;
         let p = Profile::from_json("one.json", one).expect("one object");
         assert!((p.a_s - 0.01).abs() < 1e-12 && p.b_s == 0.0);
         assert_eq!(p.device, "cuda:0");
-        let many = r#"[{"model":"dmvton","device":"cuda:0","batch_size":1,"median_batch_s":0.02,"per_image_ms":20.0},
-                       {"model":"dmvton","device":"cuda:0","batch_size":8,"median_batch_s":0.09,"per_image_ms":11.25}]"#;
+        let many = r#"[{"model":"m1","device":"cuda:0","batch_size":1,"median_batch_s":0.02,"per_image_ms":20.0},
+                       {"model":"m1","device":"cuda:0","batch_size":8,"median_batch_s":0.09,"per_image_ms":11.25}]"#;
         let p = Profile::from_json("many.json", many).expect("array");
         assert!((p.a_s - 0.01).abs() < 1e-12 && (p.b_s - 0.01).abs() < 1e-12);
-        let sweep = r#"{"model":"overlay","device":"cpu","points":[{"batch_size":2,"median_batch_s":0.5},{"batch_size":4,"median_batch_s":0.9}]}"#;
+        let sweep = r#"{"model":"m2","device":"cpu","points":[{"batch_size":2,"median_batch_s":0.5},{"batch_size":4,"median_batch_s":0.9}]}"#;
         let p = Profile::from_json("sweep.json", sweep).expect("sweep");
         assert!((p.a_s - 0.2).abs() < 1e-12 && (p.b_s - 0.1).abs() < 1e-12);
-        assert_eq!(p.model, "overlay");
+        assert_eq!(p.model, "m2");
         let own = r#"{"a_s":0.004,"b_s":0.01,"fb_used_mib":10000}"#;
         let p = Profile::from_json("own.json", own).expect("own form");
         assert_eq!((p.a_s, p.b_s, p.fb_used_mib), (0.004, 0.01, 10000.0));

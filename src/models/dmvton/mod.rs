@@ -7,6 +7,7 @@
 pub mod afwm;
 pub mod checkpoint;
 pub mod fpn;
+pub mod gpu_check;
 pub mod layers;
 pub mod unet;
 
