@@ -19,12 +19,13 @@ use libfuzzer_sys::fuzz_target;
 use tokio::runtime::Runtime;
 use tokio::time::Instant;
 use virtualfit::cli::Cli;
-use virtualfit::config::ServeArgs;
+use virtualfit::config::Settings;
 use virtualfit::error::ApiError;
 use virtualfit::jobs::{JobStatus, MAX_METADATA_BYTES};
 use virtualfit::metrics::Metrics;
+use virtualfit::pipeline::{DecodeBudget, Pipeline};
 use virtualfit::server::jobs::{fingerprint, job_record, text_fields};
-use virtualfit::server::upload::{self, Budgets};
+use virtualfit::server::upload::{self, BodyBudget};
 
 /// The boundary the corpus (`fuzz/make_corpus.py`) uses.
 const BOUNDARY: &str = "vfFuzzBoundary7MA4YWxkTrZu0gW";
@@ -38,9 +39,10 @@ const ALLOWED: &str = "hooks.example.com";
 
 struct State {
     runtime: Runtime,
-    budgets: Budgets,
+    budget: BodyBudget,
+    pipeline: Pipeline,
     headers: HeaderMap,
-    args: ServeArgs,
+    settings: Settings,
     trace: bool,
 }
 
@@ -51,7 +53,7 @@ fn state() -> &'static State {
             .enable_time()
             .build()
             .expect("tokio runtime");
-        let budgets = Budgets::new(BODY_BUDGET, DECODE_BUDGET, Metrics::new());
+        let budget = BodyBudget::new(BODY_BUDGET);
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
@@ -65,11 +67,19 @@ fn state() -> &'static State {
             &format!("{ALLOWED},http://127.0.0.1:9000"),
         ])
         .expect("flags");
+        let settings = cli.serve.settings().expect("settings");
+        let pipeline = Pipeline::new(
+            settings.model.family().expect("the default model"),
+            settings.option_limits,
+            MAX_PIXELS,
+            DecodeBudget::new(DECODE_BUDGET, Metrics::new()),
+        );
         State {
             runtime,
-            budgets,
+            budget,
+            pipeline,
             headers,
-            args: cli.serve,
+            settings,
             trace: std::env::var_os("FUZZ_TRACE").is_some_and(|v| v == "1"),
         }
     })
@@ -90,23 +100,23 @@ fuzz_target!(|data: &[u8]| {
     let s = state();
     let mut headers = s.headers.clone();
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
-    let fields = text_fields(&s.args);
-    let webhooks = s.args.jobs.webhook_config();
+    let fields = text_fields(&s.pipeline.option_names());
+    let webhooks = s.settings.jobs.webhooks.clone();
     let result = s.runtime.block_on(async {
         let deadline = Instant::now() + BODY_TIMEOUT;
         let upload = upload::read(
             &headers,
             body(data),
             BODY_LIMIT,
-            &s.budgets,
+            &s.budget,
             deadline,
             BODY_TIMEOUT,
             &fields,
         )
         .await?;
-        let record = job_record(&s.args, &webhooks, &upload)?;
+        let record = job_record(s.settings.upload.output, &webhooks, &upload)?;
         let print = fingerprint(&upload);
-        upload::check_headers(&upload, MAX_PIXELS, &s.budgets)?;
+        s.pipeline.check_headers(&upload.parts())?;
         Ok::<_, ApiError>((record, print, upload))
     });
     if s.trace {

@@ -1,6 +1,6 @@
 //! The `/tryon` upload path: the fuzz input is the request body, a multipart/form-data body
 //! with the boundary [`BOUNDARY`]; it is read (`upload::read`) and its images prepared
-//! (`upload::prepare`) under small limits. Errors are expected answers; a panic (also one on
+//! through the pipeline (`Pipeline::prepare`, for the default model) under small limits. Errors are expected answers; a panic (also one on
 //! the blocking pool, which libFuzzer's panic hook turns into an abort), an abort, running out
 //! of memory or time, an internal error, a leaked decode gauge or inputs of the wrong shape
 //! are findings.
@@ -17,9 +17,11 @@ use tokio::runtime::Runtime;
 use tokio::time::Instant;
 use virtualfit::error::ApiError;
 use virtualfit::metrics::Metrics;
-use virtualfit::models::{WorkItem, MODEL_HEIGHT, MODEL_WIDTH};
-use virtualfit::server::cpu::Cpu;
-use virtualfit::server::upload::{self, Budgets};
+use virtualfit::models::registry::{family, DEFAULT_MODEL};
+use virtualfit::models::{OptionLimits, RequestOptions, MODEL_HEIGHT, MODEL_WIDTH};
+use virtualfit::pipeline::cpu::Cpu;
+use virtualfit::pipeline::{DecodeBudget, Pipeline};
+use virtualfit::server::upload::{self, BodyBudget};
 
 /// The boundary the corpus (`fuzz/make_corpus.py`) uses.
 const BOUNDARY: &str = "vfFuzzBoundary7MA4YWxkTrZu0gW";
@@ -37,7 +39,8 @@ const CHUNKS: [usize; 6] = [usize::MAX, 1, 7, 100, 4096, 65536];
 
 struct State {
     runtime: Runtime,
-    budgets: Budgets,
+    budget: BodyBudget,
+    pipeline: Pipeline,
     metrics: Metrics,
     headers: HeaderMap,
     /// `FUZZ_TRACE=1` prints each input's answer, to check what the seeds reach.
@@ -53,7 +56,13 @@ fn state() -> &'static State {
             .build()
             .expect("tokio runtime");
         let metrics = Metrics::new();
-        let budgets = Budgets::new(BODY_BUDGET, DECODE_BUDGET, metrics.clone());
+        let budget = BodyBudget::new(BODY_BUDGET);
+        let pipeline = Pipeline::new(
+            family(DEFAULT_MODEL).expect("the default model"),
+            OptionLimits::default(),
+            MAX_PIXELS,
+            DecodeBudget::new(DECODE_BUDGET, metrics.clone()),
+        );
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
@@ -61,7 +70,8 @@ fn state() -> &'static State {
         );
         State {
             runtime,
-            budgets,
+            budget,
+            pipeline,
             metrics,
             headers,
             trace: std::env::var_os("FUZZ_TRACE").is_some_and(|v| v == "1"),
@@ -99,21 +109,16 @@ fuzz_target!(|data: &[u8]| {
             &headers,
             body(data),
             BODY_LIMIT,
-            &s.budgets,
+            &s.budget,
             deadline,
             BODY_TIMEOUT,
             &[],
         )
         .await?;
-        upload::prepare(
-            upload,
-            MAX_PIXELS,
-            &s.budgets,
-            deadline,
-            &Cpu::Blocking,
-            None,
-        )
-        .await
+        s.pipeline
+            .prepare(upload.parts(), RequestOptions::default(), deadline, &Cpu::Blocking)
+            .await
+            .map_err(ApiError::from)
     });
     if s.trace {
         match &result {
@@ -127,13 +132,14 @@ fuzz_target!(|data: &[u8]| {
         "the decode-memory gauge is not back to 0"
     );
     match result {
-        Ok(WorkItem::Diffusion(_)) => panic!("diffusion inputs without a diffusion request"),
-        Ok(WorkItem::Pair(pair)) => {
+        Ok(input) => {
             let (h, w) = (MODEL_HEIGHT, MODEL_WIDTH);
-            assert_eq!(pair.person.dims(), &[h, w, 3]);
-            assert_eq!(pair.cloth.dims(), &[h, w, 3]);
-            assert_eq!(pair.cloth_mask.dims(), &[h, w, 1]);
-            let c = pair.content;
+            assert_eq!(input.person.dims(), &[h, w, 3]);
+            assert_eq!(input.cloth.dims(), &[h, w, 3]);
+            let mask = input.garment_mask.expect("the default model reads a garment mask");
+            assert_eq!(mask.dims(), &[h, w, 1]);
+            assert!(input.person_mask.is_none(), "a mask the model does not read");
+            let c = input.content.expect("the answer is cropped to the person photo");
             assert!(c.width >= 1 && c.height >= 1, "empty content {c:?}");
             assert!(
                 (c.x + c.width) as usize <= w && (c.y + c.height) as usize <= h,
