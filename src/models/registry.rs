@@ -202,8 +202,8 @@ pub fn all_options(limits: &OptionLimits) -> Vec<OptionSpec> {
     all
 }
 
-/// The README's table of every model's options (`scripts/model-options-table` prints it; a
-/// test keeps the README in step).
+/// The README's table of every model's options, at the default `--max-steps` (a test keeps
+/// the README in step).
 pub fn options_table(limits: &OptionLimits) -> String {
     let mut out = String::from("| model | option | type | values | default | meaning |\n");
     out.push_str("|---|---|---|---|---|---|\n");
@@ -214,14 +214,23 @@ pub fn options_table(limits: &OptionLimits) -> String {
                 serde_json::Value::String(s) => s,
                 v => v.to_string(),
             };
+            // A table cell cannot hold `|`.
+            let values = match &spec.kind {
+                super::OptionKind::Choice { values, .. } => values
+                    .iter()
+                    .map(|v| format!("`{v}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                _ => spec.bounds(),
+            };
             out.push_str(&format!(
                 "| `{}` | `{}` | {} | {} | {} | {} |\n",
                 family.name(),
                 spec.name,
                 spec.type_name(),
-                spec.bounds(),
+                values,
                 default,
-                spec.help
+                spec.help.replace('|', "\\|")
             ));
         }
     }
@@ -449,5 +458,24 @@ mod tests {
             let spec = f.input(&options);
             assert!(spec.frame.0 > 0 && spec.frame.1 > 0, "{}", f.name());
         }
+    }
+
+    #[test]
+    fn the_readme_lists_every_model_option() {
+        let readme = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"),
+        )
+        .expect("README.md");
+        let table = options_table(&OptionLimits::default());
+        let (start, end) = ("<!-- model-options -->\n", "<!-- /model-options -->");
+        let block = readme
+            .split_once(start)
+            .and_then(|(_, rest)| rest.split_once(end))
+            .map(|(block, _)| block)
+            .expect("the README's model-options block");
+        assert!(
+            block == table,
+            "README.md's model-options block should read:\n{table}"
+        );
     }
 }
