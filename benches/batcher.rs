@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use virtualfit::batcher::{Batcher, BatcherConfig};
+use virtualfit::batcher::{Batcher, BatcherConfig, WorkerThread};
 use virtualfit::imaging::{PreparedPair, Rect};
 use virtualfit::metrics::Metrics;
 use virtualfit::models::{ModelError, TryOnBatch, TryOnModel, MODEL_HEIGHT, MODEL_WIDTH};
@@ -44,7 +44,7 @@ fn pair() -> PreparedPair {
     }
 }
 
-fn start(max_batch_size: usize) -> Batcher {
+fn start(max_batch_size: usize) -> (Batcher, WorkerThread) {
     let config = BatcherConfig {
         max_batch_size,
         max_batch_delay: Duration::ZERO,
@@ -54,7 +54,7 @@ fn start(max_batch_size: usize) -> Batcher {
         debug_stall_after_calls: None,
     };
     let (tx, rx) = std::sync::mpsc::channel();
-    let (batcher, _worker) = Batcher::start(
+    let (batcher, worker) = Batcher::start(
         Box::new(Noop(Device::Cpu)),
         config,
         Metrics::new(),
@@ -63,7 +63,7 @@ fn start(max_batch_size: usize) -> Batcher {
         },
     );
     assert!(rx.recv().expect("warm-up"), "warm-up");
-    batcher
+    (batcher, worker)
 }
 
 fn benches(c: &mut Criterion) {
@@ -79,7 +79,7 @@ fn benches(c: &mut Criterion) {
     // `burst` requests submitted at once, answered in batches of up to `max_batch` (1 request:
     // the round trip of a lone request).
     for (max_batch, burst) in [(1usize, 1u64), (1, 32), (8, 32)] {
-        let batcher = start(max_batch);
+        let (batcher, _worker) = start(max_batch);
         g.throughput(Throughput::Elements(burst));
         g.bench_with_input(
             BenchmarkId::new(format!("max_batch_{max_batch}"), format!("burst_{burst}")),

@@ -11,21 +11,32 @@
 //!
 //! The worker's progress (model calls finished, the last one's time, the longest call) is what
 //! tells a stalled device from a slow one: the handler's stall bound and `/livez` read it.
+//!
+//! This file is the public interface. The rest is split by concern:
+//! - `queue.rs`: the two queues and the admission policy (priorities, promotion, deadlines,
+//!   the `Retry-After` estimate);
+//! - `worker.rs`: the worker thread's life and what both loops share (progress for liveness,
+//!   guarded model calls, the out-of-memory split, the per-item time estimate);
+//! - `whole_batch.rs`: the loop for models that answer a batch in one call;
+//! - `steps.rs`: the loop that batches diffusion models step by step.
+//!
+//! The two loops use only what `queue.rs` and `worker.rs` expose.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use tokio::sync::oneshot;
 
-use crate::metrics::{Metrics, RejectReason, PRIORITY_LABELS};
-use crate::models::{
-    LoadedModel, ModelError, ModelInput, TryOnBatch, TryOnModel, MODEL_HEIGHT, MODEL_WIDTH,
-};
+use crate::metrics::{Metrics, PRIORITY_LABELS};
+use crate::models::{LoadedModel, ModelError, TryOnModel, ModelInput};
 
+mod queue;
 mod steps;
+mod whole_batch;
+mod worker;
+
+pub use worker::WorkerThread;
 
 /// Batching and admission settings.
 #[derive(Debug, Clone)]
@@ -108,244 +119,13 @@ pub enum AdmitError {
 /// an immediate retry.
 pub const MIN_RETRY_AFTER_S: u64 = 1;
 
-/// While interactive requests arrived this recently, a batch with no interactive request
-/// takes at most [`BATCH_ONLY_SHARE`] of the cap, so that a request arriving meanwhile waits
-/// for a short batch, not a full one. With no interactive traffic, batch work fills whole batches.
-const INTERACTIVE_RECENT: Duration = Duration::from_secs(2);
-/// The share (1/n) of the batch cap that batch-only batches take while interactive traffic flows.
-const BATCH_ONLY_SHARE: usize = 4;
-
-/// Weight of the newest batch in the moving average of seconds per item: about the last five
-/// batches count, so the backlog estimate follows a change of load within a second or two.
-const PER_ITEM_SMOOTHING: f64 = 0.2;
-
-type Reply = oneshot::Sender<Result<JobOutput, JobError>>;
 /// Where an admitted item's answer arrives.
 pub type Receiver = oneshot::Receiver<Result<JobOutput, JobError>>;
-
-struct Job {
-    inputs: ModelInput,
-    admitted_at: Instant,
-    priority: Priority,
-    /// When a batch item is served as interactive.
-    promote_at: Option<Instant>,
-    /// Past it, the item is answered with [`JobError::Deadline`] instead of running; `None`
-    /// for asynchronous jobs, which have no client waiting on the connection.
-    deadline: Option<Instant>,
-    reply: Reply,
-}
-
-impl Job {
-    fn promoted(&self, now: Instant) -> bool {
-        self.promote_at.is_some_and(|t| t <= now)
-    }
-}
-
-struct State {
-    /// Interactive requests, oldest first.
-    interactive: VecDeque<Job>,
-    /// Batch items, oldest first.
-    batch: VecDeque<Job>,
-    /// No new admissions (draining).
-    closed: bool,
-    /// The worker should exit once the queue is empty.
-    stop: bool,
-    /// Measured forward seconds per item (moving average), for the backlog estimate.
-    seconds_per_item: f64,
-    /// The current batch cap, lowered after out-of-memory errors.
-    batch_cap: usize,
-    /// Requests taken by the worker and not yet answered.
-    running: usize,
-    /// When the last interactive request was admitted.
-    last_interactive: Option<Instant>,
-    /// When the worker last finished a model call, or work arrived while nothing was pending,
-    /// whichever is later: what liveness measures a stall from.
-    last_progress: Instant,
-    /// The longest model call so far, warm-up included.
-    longest_call: Duration,
-    /// The warm-up's estimate of the longest call the worker may make (a full batch; for a
-    /// diffusion model a full-size step or VAE pass), before any such call is seen.
-    call_estimate: Duration,
-}
-
-impl State {
-    /// The estimated seconds to finish what is queued and running, at least
-    /// [`MIN_RETRY_AFTER_S`].
-    fn retry_after_s(&self) -> u64 {
-        let backlog = (self.queued() + self.running) as f64 * self.seconds_per_item;
-        (backlog.ceil() as u64).max(MIN_RETRY_AFTER_S)
-    }
-
-    /// Interactive and batch items waiting, together (the KEDA gauge's meaning).
-    fn queued(&self) -> usize {
-        self.interactive.len() + self.batch.len()
-    }
-
-    /// When the oldest waiting item was admitted.
-    fn oldest_admission(&self) -> Option<Instant> {
-        let a = self.interactive.front().map(|j| j.admitted_at);
-        let b = self.batch.front().map(|j| j.admitted_at);
-        match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// Takes up to `cap` items: interactive requests and promoted batch items, in the order
-    /// they were admitted, then batch items in the room that is left.
-    fn take_batch(&mut self, cap: usize, now: Instant) -> Vec<Job> {
-        let mut taken = Vec::with_capacity(cap.min(self.queued()));
-        let (mut promoted, mut waiting): (VecDeque<Job>, VecDeque<Job>) =
-            self.batch.drain(..).partition(|j| j.promoted(now));
-        while taken.len() < cap {
-            let promoted_first = match (promoted.front(), self.interactive.front()) {
-                (Some(p), Some(i)) => p.admitted_at <= i.admitted_at,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => break,
-            };
-            let next = if promoted_first {
-                promoted.pop_front()
-            } else {
-                self.interactive.pop_front()
-            };
-            taken.extend(next);
-        }
-        // What was not taken keeps its place, oldest first.
-        let mut merged = VecDeque::with_capacity(promoted.len() + waiting.len());
-        while let (Some(p), Some(w)) = (promoted.front(), waiting.front()) {
-            let next = if p.admitted_at <= w.admitted_at {
-                promoted.pop_front()
-            } else {
-                waiting.pop_front()
-            };
-            merged.extend(next);
-        }
-        merged.extend(promoted);
-        merged.extend(waiting);
-        self.batch = merged;
-        let cap = if taken.is_empty() && self.interactive_flows(now) {
-            (cap / BATCH_ONLY_SHARE).max(1)
-        } else {
-            cap
-        };
-        while taken.len() < cap {
-            match self.batch.pop_front() {
-                Some(job) => taken.push(job),
-                None => break,
-            }
-        }
-        taken
-    }
-}
-
-impl State {
-    /// Returns an item taken by [`State::take_batch`] to the front of its queue, where it was.
-    fn put_back(&mut self, job: Job) {
-        match job.priority {
-            Priority::Interactive => self.interactive.push_front(job),
-            Priority::Batch => self.batch.push_front(job),
-        }
-    }
-
-    /// Whether interactive requests arrived within [`INTERACTIVE_RECENT`].
-    fn interactive_flows(&self, now: Instant) -> bool {
-        self.last_interactive
-            .is_some_and(|t| now.saturating_duration_since(t) < INTERACTIVE_RECENT)
-    }
-}
-
-struct Shared {
-    state: Mutex<State>,
-    wake: Condvar,
-    config: BatcherConfig,
-    metrics: Metrics,
-    /// Model calls finished (batches, UNet steps, VAE passes), whatever their outcome: how a
-    /// handler tells a worker that is slow from one that is stalled.
-    model_calls: std::sync::atomic::AtomicU64,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves plain data behind; keep serving.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records a finished model call that kept the device busy for `elapsed`, shared out over
-    /// the priorities of its work by `weights` (items, or UNet rows, of each priority).
-    fn model_worked(&self, elapsed: Duration, weights: impl IntoIterator<Item = (Priority, f64)>) {
-        let seconds = elapsed.as_secs_f64();
-        self.metrics.model_busy_seconds_total.inc_by(seconds);
-        let mut shares = [0.0f64; 2];
-        for (priority, weight) in weights {
-            shares[priority as usize] += weight;
-        }
-        let total: f64 = shares.iter().sum();
-        if total > 0.0 {
-            for priority in Priority::ALL {
-                let share = shares[priority as usize];
-                if share > 0.0 {
-                    self.metrics
-                        .model_busy_share_seconds_total
-                        .with_label_values(&[priority.label()])
-                        .inc_by(seconds * share / total);
-                }
-            }
-        }
-        self.model_calls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut state = self.lock();
-        state.last_progress = Instant::now();
-        state.longest_call = state.longest_call.max(elapsed);
-    }
-
-    /// Records the warm-up: its longest call, and the estimate of the longest call to come.
-    fn warmed_up(&self, longest: Duration, estimate: Duration) {
-        let mut state = self.lock();
-        state.longest_call = state.longest_call.max(longest);
-        state.call_estimate = estimate;
-    }
-
-    /// Runs one model call, turning a panic into an error (see [`guarded`]); the test hook
-    /// `debug_stall_after_calls` makes it block for ever instead.
-    fn model_call<T>(&self, f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> {
-        if let Some(after) = self.config.debug_stall_after_calls {
-            if self.model_calls.load(std::sync::atomic::Ordering::Relaxed) >= after {
-                tracing::warn!(after, "test hook: the model worker stalls for ever");
-                loop {
-                    std::thread::park();
-                }
-            }
-        }
-        guarded(f)
-    }
-
-    fn publish_queue(&self, state: &State) {
-        let queued = state.queued();
-        self.metrics.queue_length.set(queued as i64);
-        self.metrics
-            .backlog_seconds
-            .set(queued as f64 * state.seconds_per_item);
-        for (priority, queue) in [
-            (Priority::Interactive, &state.interactive),
-            (Priority::Batch, &state.batch),
-        ] {
-            self.metrics
-                .queued_by_priority
-                .with_label_values(&[priority.label()])
-                .set(queue.len() as i64);
-            self.metrics
-                .queued_seconds_by_priority
-                .with_label_values(&[priority.label()])
-                .set(queue.len() as f64 * state.seconds_per_item);
-        }
-    }
-}
 
 /// Handle to the batching queue; cheap to clone.
 #[derive(Clone)]
 pub struct Batcher {
-    shared: Arc<Shared>,
+    shared: Arc<worker::Shared>,
 }
 
 impl Batcher {
@@ -368,70 +148,22 @@ impl Batcher {
         metrics: Metrics,
         on_ready: impl FnOnce(Result<(), ModelError>) + Send + 'static,
     ) -> (Batcher, WorkerThread) {
-        let cap = config.max_batch_size.max(1);
-        metrics.batch_cap.set(cap as i64);
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                interactive: VecDeque::with_capacity(config.queue_capacity),
-                batch: VecDeque::new(),
-                closed: false,
-                stop: false,
-                seconds_per_item: 0.0,
-                batch_cap: cap,
-                running: 0,
-                last_interactive: None,
-                last_progress: Instant::now(),
-                longest_call: Duration::ZERO,
-                call_estimate: Duration::ZERO,
-            }),
-            wake: Condvar::new(),
-            config,
-            metrics,
-            model_calls: Default::default(),
-        });
-        let worker_shared = shared.clone();
-        let handle = std::thread::Builder::new()
-            .name("virtualfit-worker".into())
-            .spawn(move || match model {
-                LoadedModel::Batch(model) => {
-                    let warm = warm_up(model.as_ref(), &worker_shared);
-                    let ok = warm.is_ok();
-                    on_ready(warm);
-                    if ok {
-                        worker_loop(model.as_ref(), &worker_shared);
-                    }
-                }
-                LoadedModel::Steps(model) => {
-                    let warm = steps::warm_up(model.as_ref(), &worker_shared);
-                    let ok = warm.is_ok();
-                    on_ready(warm);
-                    if ok {
-                        steps::worker_loop(model.as_ref(), &worker_shared);
-                    }
-                }
-            })
-            .expect("spawning the worker thread");
-        let batcher = Batcher { shared };
-        let worker = WorkerThread {
-            batcher: batcher.clone(),
-            handle: Some(handle),
-        };
-        (batcher, worker)
+        let (shared, worker) = worker::spawn(model, config, metrics, on_ready);
+        (Batcher { shared }, worker)
     }
 
     /// Model calls the worker has finished so far. A handler waiting for its answer sees the
     /// worker progress through other requests' work (or its own steps) by this count.
     pub fn model_calls(&self) -> u64 {
-        self.shared
-            .model_calls
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.shared.model_calls()
     }
 
     /// Admits an interactive request with the request timeout as its deadline, or refuses it
     /// at once when the queue is full or closed.
     pub fn submit(&self, inputs: impl Into<ModelInput>) -> Result<Receiver, AdmitError> {
         let deadline = Instant::now() + self.shared.config.request_timeout;
-        self.admit(inputs.into(), Priority::Interactive, None, Some(deadline))
+        self.shared
+            .admit(inputs.into(), Priority::Interactive, None, Some(deadline))
     }
 
     /// Admits the work of an asynchronous job, submitted `age` ago: no deadline, and a batch
@@ -449,90 +181,22 @@ impl Batcher {
                 Some(Instant::now() + self.shared.config.batch_max_wait.saturating_sub(age))
             }
         };
-        self.admit(inputs.into(), priority, promote_at, None)
-    }
-
-    fn admit(
-        &self,
-        inputs: ModelInput,
-        priority: Priority,
-        promote_at: Option<Instant>,
-        deadline: Option<Instant>,
-    ) -> Result<Receiver, AdmitError> {
-        let (tx, rx) = oneshot::channel();
-        let mut state = self.shared.lock();
-        if state.closed {
-            return Err(AdmitError::Draining {
-                retry_after_s: state.retry_after_s(),
-            });
-        }
-        let queue_len = match priority {
-            Priority::Interactive => state.interactive.len(),
-            Priority::Batch => state.batch.len(),
-        };
-        if queue_len >= self.shared.config.queue_capacity {
-            return Err(AdmitError::QueueFull {
-                retry_after_s: state.retry_after_s(),
-            });
-        }
-        let now = Instant::now();
-        if state.queued() + state.running == 0 {
-            // An idle worker has nothing to catch up on: a stall counts from this work.
-            state.last_progress = now;
-        }
-        let job = Job {
-            inputs,
-            admitted_at: now,
-            priority,
-            promote_at,
-            deadline,
-            reply: tx,
-        };
-        match priority {
-            Priority::Interactive => {
-                state.last_interactive = Some(job.admitted_at);
-                state.interactive.push_back(job)
-            }
-            Priority::Batch => state.batch.push_back(job),
-        }
-        self.shared.publish_queue(&state);
-        drop(state);
-        self.shared.wake.notify_one();
-        Ok(rx)
+        self.shared.admit(inputs.into(), priority, promote_at, None)
     }
 
     /// Stops admitting new requests; queued ones still run.
     pub fn close(&self) {
-        self.shared.lock().closed = true;
-        self.shared.wake.notify_all();
+        self.shared.close();
     }
 
     /// Answers every queued request with [`JobError::ShutDown`] and lets the worker exit.
     pub fn abort_pending(&self) {
-        let mut state = self.shared.lock();
-        state.closed = true;
-        state.stop = true;
-        let queues = &mut *state;
-        let queued: Vec<Job> = queues
-            .interactive
-            .drain(..)
-            .chain(queues.batch.drain(..))
-            .collect();
-        for job in queued {
-            // The handler counts what it answers; a request whose client left is counted here.
-            if job.reply.send(Err(JobError::ShutDown)).is_err() {
-                self.shared.metrics.reject(RejectReason::Cancelled);
-            }
-        }
-        self.shared.publish_queue(&state);
-        drop(state);
-        self.shared.wake.notify_all();
+        self.shared.abort_pending();
     }
 
     /// Queued plus running requests.
     pub fn pending(&self) -> usize {
-        let state = self.shared.lock();
-        state.queued() + state.running
+        self.shared.lock().pending()
     }
 
     /// The estimated seconds to drain what is queued now, at least 1 (for `Retry-After`).
@@ -542,18 +206,12 @@ impl Batcher {
 
     /// The current batch cap (lowered after out-of-memory errors).
     pub fn batch_cap(&self) -> usize {
-        self.shared.lock().batch_cap
+        self.shared.batch_cap()
     }
 
     /// Where the worker stands, for liveness.
     pub fn progress(&self) -> WorkerProgress {
-        let state = self.shared.lock();
-        WorkerProgress {
-            pending: state.queued() + state.running,
-            since_progress: state.last_progress.elapsed(),
-            longest_call: state.longest_call.max(state.call_estimate),
-            max_batch_delay: self.shared.config.max_batch_delay,
-        }
+        self.shared.progress()
     }
 }
 
@@ -572,218 +230,13 @@ pub struct WorkerProgress {
     pub max_batch_delay: Duration,
 }
 
-/// The worker thread, owned by whoever started the batcher: dropping it answers what is still
-/// queued with [`JobError::ShutDown`] and joins the thread once its current batch is done.
-pub struct WorkerThread {
-    batcher: Batcher,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl WorkerThread {
-    /// Whether the thread has exited (after a failed warm-up, or once stopped).
-    pub fn is_finished(&self) -> bool {
-        self.handle.as_ref().is_none_or(JoinHandle::is_finished)
-    }
-}
-
-impl Drop for WorkerThread {
-    fn drop(&mut self) {
-        self.batcher.abort_pending();
-        if let Some(handle) = self.handle.take() {
-            if handle.join().is_err() {
-                tracing::error!("the model worker thread panicked");
-            }
-        }
-    }
-}
-
-/// Runs one full batch of blank inputs so that the first request meets a warm model.
-fn warm_up(model: &dyn TryOnModel, shared: &Shared) -> Result<(), ModelError> {
-    let n = shared.config.max_batch_size.max(1);
-    let device = model.device();
-    let image = Tensor::zeros(
-        (n, 3, MODEL_HEIGHT, MODEL_WIDTH),
-        candle_core::DType::F32,
-        device,
-    )?;
-    let mask = Tensor::zeros(
-        (n, 1, MODEL_HEIGHT, MODEL_WIDTH),
-        candle_core::DType::F32,
-        device,
-    )?;
-    let batch = TryOnBatch {
-        person: image.clone(),
-        cloth: image,
-        cloth_mask: mask,
-    };
-    let start = Instant::now();
-    model.forward(&batch)?;
-    let elapsed = start.elapsed();
-    shared.lock().seconds_per_item = elapsed.as_secs_f64() / n as f64;
-    // A full batch: the longest call there is.
-    shared.warmed_up(elapsed, elapsed);
-    Ok(())
-}
-
-fn worker_loop(model: &dyn TryOnModel, shared: &Shared) {
-    let config = &shared.config;
-    loop {
-        let jobs = {
-            let mut state = shared.lock();
-            while state.queued() == 0 {
-                if state.stop {
-                    return;
-                }
-                state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
-            }
-            // Let the batch fill until it is full or its oldest request has waited long enough.
-            while let Some(oldest) = state.oldest_admission() {
-                let waited = oldest.elapsed();
-                if state.queued() >= state.batch_cap || waited >= config.max_batch_delay {
-                    break;
-                }
-                state = shared
-                    .wake
-                    .wait_timeout(state, config.max_batch_delay - waited)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-            }
-            let cap = state.batch_cap;
-            let jobs = state.take_batch(cap, Instant::now());
-            state.running += jobs.len();
-            shared.publish_queue(&state);
-            jobs
-        };
-        let taken = jobs.len();
-        let live = drop_dead_jobs(jobs, shared);
-        if !live.is_empty() {
-            run_batch(model, shared, live);
-        }
-        shared.lock().running -= taken;
-    }
-}
-
-/// Answers expired requests with 504 and forgets those whose client has gone.
-fn drop_dead_jobs(jobs: Vec<Job>, shared: &Shared) -> Vec<Job> {
-    let timeout = shared.config.request_timeout;
-    let now = Instant::now();
-    let mut live = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let waited = now.saturating_duration_since(job.admitted_at);
-        if job.reply.is_closed() {
-            shared.metrics.reject(RejectReason::Cancelled);
-        } else if job.deadline.is_some_and(|d| now > d) {
-            // The handler counts the 504 it answers; a client gone meanwhile is a cancellation.
-            if job
-                .reply
-                .send(Err(JobError::Deadline { waited, timeout }))
-                .is_err()
-            {
-                shared.metrics.reject(RejectReason::Cancelled);
-            }
-        } else {
-            live.push(job);
-        }
-    }
-    live
-}
-
-/// Runs `f`, turning a panic inside the model into [`ModelError::Panicked`]: a panic must not
-/// take the worker (and every later request) with it.
-fn guarded<T>(f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        Err(ModelError::Panicked(what))
-    })
-}
-
-/// Runs a batch; on a device out-of-memory error it splits the batch in half, lowers the cap
-/// and retries each half.
-fn run_batch(model: &dyn TryOnModel, shared: &Shared, jobs: Vec<Job>) {
-    let started = Instant::now();
-    let n = jobs.len();
-    let result = shared.model_call(|| forward(model, &jobs));
-    // The device was busy for this batch whatever its outcome.
-    shared.model_worked(started.elapsed(), jobs.iter().map(|j| (j.priority, 1.0)));
-    match result {
-        Ok(images) => {
-            let elapsed = started.elapsed();
-            let m = &shared.metrics;
-            m.batch_size.observe(n as f64);
-            m.batch_duration.observe(elapsed.as_secs_f64());
-            {
-                let mut state = shared.lock();
-                let per_item = elapsed.as_secs_f64() / n as f64;
-                state.seconds_per_item = if state.seconds_per_item == 0.0 {
-                    per_item
-                } else {
-                    (1.0 - PER_ITEM_SMOOTHING) * state.seconds_per_item
-                        + PER_ITEM_SMOOTHING * per_item
-                };
-                shared.publish_queue(&state);
-            }
-            for (job, image) in jobs.into_iter().zip(images) {
-                let queue_time = started.saturating_duration_since(job.admitted_at);
-                let priority = job.priority.label();
-                m.queue_duration
-                    .with_label_values(&[priority])
-                    .observe(queue_time.as_secs_f64());
-                m.batch_items_total.with_label_values(&[priority]).inc();
-                let output = JobOutput {
-                    image,
-                    batch_size: n,
-                    queue_time,
-                    inference_time: elapsed,
-                };
-                if job.reply.send(Ok(output)).is_err() {
-                    m.reject(RejectReason::Cancelled);
-                }
-            }
-        }
-        Err(e) if e.is_out_of_memory() && n > 1 => {
-            let half = n / 2;
-            {
-                let mut state = shared.lock();
-                state.batch_cap = state.batch_cap.min(half).max(1);
-                shared.metrics.batch_cap.set(state.batch_cap as i64);
-            }
-            shared.metrics.oom_recoveries_total.inc();
-            tracing::warn!(
-                batch = n,
-                cap = half,
-                "device out of memory: splitting the batch"
-            );
-            let mut first = jobs;
-            let second = first.split_off(half);
-            run_batch(model, shared, first);
-            run_batch(model, shared, second);
-        }
-        Err(e) => {
-            tracing::error!(batch = n, error = %e, "batch failed");
-            let message = e.to_string();
-            for job in jobs {
-                let _ = job.reply.send(Err(JobError::Model(message.clone())));
-            }
-        }
-    }
-}
-
-fn forward(model: &dyn TryOnModel, jobs: &[Job]) -> Result<Vec<Tensor>, ModelError> {
-    let inputs: Vec<&ModelInput> = jobs.iter().map(|j| &j.inputs).collect();
-    let batch = TryOnBatch::from_inputs(&inputs, model.device())?;
-    crate::models::forward_u8(model, &batch)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::PreparedPair;
-    use crate::models::Rect;
+    use crate::metrics::RejectReason;
+    use crate::models::{PreparedPair, Rect, TryOnBatch, MODEL_HEIGHT, MODEL_WIDTH};
     use candle_core::Device;
+    use std::sync::Mutex;
 
     /// A model that fails with out-of-memory above `max_ok` items and records batch sizes.
     struct FlakyModel {

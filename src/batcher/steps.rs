@@ -5,13 +5,20 @@
 //!
 //! `--max-batch-size` caps the UNet rows of one call; a request with classifier-free guidance
 //! takes two. Queue order, priorities, deadlines (checked when a request is taken from the
-//! queue) and the queue metrics are the whole-batch worker's.
+//! queue) and the queue metrics are the whole-batch loop's (`queue.rs`); the out-of-memory
+//! split and the per-item estimate are the worker's (`worker.rs`).
+//!
+//! What is particular to the model is kept together: `warm_up`, `begin`, `step` and `finish`
+//! are the only functions that call CatVTON, and `rows_of` the only one that reads its inputs.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use candle_core::Tensor;
 
-use super::{Job, JobError, JobOutput, Priority, Shared, BATCH_ONLY_SHARE};
+use super::queue::{Job, BATCH_ONLY_SHARE};
+use super::worker::Shared;
+use super::{JobError, JobOutput, Priority};
 use crate::metrics::RejectReason;
 use crate::models::{ModelError, StepModel, StepState};
 
@@ -38,10 +45,12 @@ impl Running {
 /// Runs the model's warm-up, so that the first request meets warm kernels, and keeps its
 /// estimate of a request's device time for `Retry-After`.
 pub(super) fn warm_up(model: &dyn StepModel, shared: &Shared) -> Result<(), ModelError> {
-    let cap = shared.lock().batch_cap;
-    let warm = model.warm_up(cap)?;
-    shared.lock().seconds_per_item = warm.seconds_per_request;
-    shared.warmed_up(warm.longest_call, warm.longest_call_estimate);
+    let warm = model.warm_up(shared.batch_cap())?;
+    shared.warmed_up(
+        warm.seconds_per_request,
+        warm.longest_call,
+        warm.longest_call_estimate,
+    );
     Ok(())
 }
 
@@ -93,7 +102,7 @@ fn admit(model: &dyn StepModel, shared: &Shared, running: &[Running]) -> Option<
         if state.stop {
             return None;
         }
-        state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+        state = shared.wait(state);
     }
     let cap = state.batch_cap;
     let mut used: usize = running.iter().map(Running::rows).sum();
@@ -128,7 +137,7 @@ fn admit(model: &dyn StepModel, shared: &Shared, running: &[Running]) -> Option<
         taken.push(job);
     }
     state.running += taken.len();
-    shared.publish_queue(&state);
+    state.publish(&shared.metrics);
     Some(taken)
 }
 
@@ -138,14 +147,15 @@ fn rows_of(model: &dyn StepModel, job: &Job) -> usize {
 }
 
 /// Answers expired requests and forgets those whose client has gone (see
-/// [`super::drop_dead_jobs`]); what is left starts sampling.
+/// [`Shared::drop_dead_jobs`]); what is left starts sampling.
 fn live_jobs(jobs: Vec<Job>, shared: &Shared) -> Vec<Job> {
     let taken = jobs.len();
-    let live = super::drop_dead_jobs(jobs, shared);
-    shared.lock().running -= taken - live.len();
+    let live = shared.drop_dead_jobs(jobs);
+    shared.done_running(taken - live.len());
     live
 }
 
+/// Encodes a request and draws its noise: its first call, before any step.
 fn begin(
     model: &dyn StepModel,
     shared: &Shared,
@@ -154,10 +164,28 @@ fn begin(
     shared.model_call(|| model.begin(&job.inputs))
 }
 
+/// One model call over `samples`.
+fn step(
+    model: &dyn StepModel,
+    shared: &Shared,
+    samples: &mut [&mut Box<dyn StepState>],
+) -> Result<(), ModelError> {
+    shared.model_call(|| model.step(samples))
+}
+
+/// Decodes a sample that has taken its last step into the request's image.
+fn finish(
+    model: &dyn StepModel,
+    shared: &Shared,
+    sample: &dyn StepState,
+) -> Result<Tensor, ModelError> {
+    shared.model_call(|| model.finish(sample))
+}
+
 /// Sends a request its answer; it no longer counts as running.
 fn answer(shared: &Shared, job: Job, result: Result<JobOutput, JobError>) {
-    shared.lock().running -= 1;
-    if job.reply.send(result).is_err() {
+    shared.done_running(1);
+    if !job.answer(result) {
         shared.metrics.reject(RejectReason::Cancelled);
     }
 }
@@ -166,9 +194,9 @@ fn answer(shared: &Shared, job: Job, result: Result<JobOutput, JobError>) {
 fn drop_abandoned(running: Vec<Running>, shared: &Shared) -> Vec<Running> {
     let mut kept = Vec::with_capacity(running.len());
     for r in running {
-        if r.job.reply.is_closed() {
+        if r.job.abandoned() {
             shared.metrics.reject(RejectReason::Cancelled);
-            shared.lock().running -= 1;
+            shared.done_running(1);
         } else {
             kept.push(r);
         }
@@ -210,7 +238,7 @@ fn step_group(
             .filter(|(i, _)| indices.contains(i))
             .map(|(_, r)| &mut r.sample)
             .collect();
-        shared.model_call(|| model.step(&mut picked))
+        step(model, shared, &mut picked)
     };
     let elapsed = started.elapsed();
     shared.model_worked(
@@ -234,19 +262,13 @@ fn step_group(
             }
         }
         Err(e) if e.is_out_of_memory() && indices.len() > 1 => {
-            {
-                let mut state = shared.lock();
-                state.batch_cap = state.batch_cap.min(rows / 2).max(1);
-                shared.metrics.batch_cap.set(state.batch_cap as i64);
-            }
-            shared.metrics.oom_recoveries_total.inc();
-            tracing::warn!(rows, "device out of memory: splitting the step batch");
-            let (first, second) = indices.split_at(indices.len() / 2);
+            let half = shared.split_after_out_of_memory(indices.len(), rows);
+            let (first, second) = indices.split_at(half);
             step_group(model, shared, running, first);
             step_group(model, shared, running, second);
         }
         Err(e) => {
-            tracing::error!(requests = indices.len(), error = %e, "a UNet step failed");
+            tracing::error!(requests = indices.len(), error = %e, "a step failed");
             let message = e.to_string();
             for &i in indices {
                 // Marked failed; finish_done answers it.
@@ -269,13 +291,13 @@ fn finish_done(model: &dyn StepModel, shared: &Shared, running: Vec<Running>) ->
             continue;
         }
         let decode_started = Instant::now();
-        let image = shared.model_call(|| model.finish(r.sample.as_ref()));
+        let image = finish(model, shared, r.sample.as_ref());
         let decode = decode_started.elapsed();
         shared.model_worked(decode, [(r.job.priority, 1.0)]);
         r.device_seconds += decode.as_secs_f64();
         match image {
             Ok(image) => {
-                update_estimate(shared, r.device_seconds);
+                shared.item_took(r.device_seconds);
                 let queue_time = r.started.saturating_duration_since(r.job.admitted_at);
                 let priority = r.job.priority.label();
                 let m = &shared.metrics;
@@ -299,17 +321,4 @@ fn finish_done(model: &dyn StepModel, shared: &Shared, running: Vec<Running>) ->
         }
     }
     kept
-}
-
-/// Folds a finished request's device time into the per-request estimate behind
-/// `Retry-After` and the backlog gauge.
-fn update_estimate(shared: &Shared, seconds: f64) {
-    let mut state = shared.lock();
-    state.seconds_per_item = if state.seconds_per_item == 0.0 {
-        seconds
-    } else {
-        (1.0 - super::PER_ITEM_SMOOTHING) * state.seconds_per_item
-            + super::PER_ITEM_SMOOTHING * seconds
-    };
-    shared.publish_queue(&state);
 }
