@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{LogFormat, ModelArgs, ServeArgs};
-use crate::imaging::OutputFormat;
+use crate::imaging::{self, OutputFormat};
 use crate::models::registry::OptionFlags;
 use crate::pipeline::{self, ImageParts, OutputChoice};
 
@@ -210,6 +210,17 @@ pub fn tryon(args: &TryOnArgs) -> anyhow::Result<()> {
         garment_mask: optional(&args.cloth_mask, "garment mask")?,
         person_mask: optional(&args.person_mask, "person mask")?,
     };
+    for (bytes, what, path) in [
+        (Some(&parts.person), "person photo", Some(&args.person)),
+        (Some(&parts.cloth), "garment photo", Some(&args.cloth)),
+        (parts.garment_mask.as_ref(), "garment mask", args.cloth_mask.as_ref()),
+        (parts.person_mask.as_ref(), "person mask", args.person_mask.as_ref()),
+    ] {
+        if let (Some(bytes), Some(path)) = (bytes, path) {
+            imaging::probe(bytes, args.max_image_pixels)
+                .with_context(|| format!("the {what} {} is not usable", path.display()))?;
+        }
+    }
     let choice = args.model.choice();
     let family = choice.family()?;
     let options = args

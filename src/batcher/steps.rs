@@ -8,8 +8,8 @@
 //! queue) and the queue metrics are the whole-batch loop's (`queue.rs`); the out-of-memory
 //! split and the per-item estimate are the worker's (`worker.rs`).
 //!
-//! What is particular to the model is kept together: `warm_up`, `begin`, `step` and `finish`
-//! are the only functions that call CatVTON, and `rows_of` the only one that reads its inputs.
+//! The loop drives any [`StepModel`]: `warm_up`, `begin`, `step` and `finish` are the only
+//! functions that call it, and `rows_of` the only one that asks about a request's inputs.
 
 use std::collections::BTreeMap;
 use std::time::Instant;

@@ -492,6 +492,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn records_of_older_versions_keep_their_options() {
+        let old = serde_json::json!({
+            "id": "j1", "status": "queued", "priority": "batch", "created_ms": 1,
+            "started_ms": null, "finished_ms": null, "expires_ms": null, "error": null,
+            "metadata": null, "webhook_url": null, "format": "png", "quality": 90,
+            "attempts": 0, "cancel_requested": false,
+            "diffusion": {"category": "lower", "resolution": "512x384",
+                          "params": {"steps": 2, "guidance": 1.5, "seed": 5}}
+        });
+        let record: JobRecord = serde_json::from_value(old).expect("an older record reads");
+        assert_eq!(
+            record.options,
+            Some(serde_json::json!({
+                "category": "lower", "resolution": "512x384",
+                "steps": 2, "guidance": 1.5, "seed": 5
+            }))
+        );
+        // Written back under the new name, flat.
+        let again = serde_json::to_value(&record).expect("JSON");
+        assert!(again.get("diffusion").is_none());
+        assert_eq!(again["options"]["seed"], 5);
+    }
+
+    #[test]
     fn ids_statuses_and_views_round_trip() {
         let id = new_id();
         assert!(valid_id(&id), "{id}");
