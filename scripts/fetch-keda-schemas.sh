@@ -16,4 +16,4 @@ for crd in keda.sh_scaledobjects.yaml keda.sh_triggerauthentications.yaml; do
   chmod 644 "$dest/$crd"
   echo "$dest/$crd <- kedacore/keda@$ref"
 done
-echo "Now record $ref in $dest/README.md and run: cargo test --release --test k8s_manifests"
+echo "Now record $ref in $dest/README.md and run: cargo test --release --test deploy k8s_manifests::"

@@ -17,4 +17,4 @@ for crd in monitoring.coreos.com_podmonitors.yaml monitoring.coreos.com_promethe
   chmod 644 "$dest/$crd"
   echo "$dest/$crd <- prometheus-operator/prometheus-operator@$ref"
 done
-echo "Now record $ref in $dest/README.md and run: cargo test --release --test k8s_manifests"
+echo "Now record $ref in $dest/README.md and run: cargo test --release --test deploy k8s_manifests::"

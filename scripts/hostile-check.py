@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Two attacks of a hostile client against a `virtualfit` binary on 127.0.0.1, for before/after
-figures (the tests in tests/hostile.rs assert the same behaviour; this prints the numbers):
+figures (the tests in tests/server/hostile.rs assert the same behaviour; this prints the numbers):
 
 1. 16 concurrent requests whose person image is a 5900×5900 16-bit RGBA PNG (0.4 MB, 278 MB
    decoded): the statuses and the server's peak RSS (VmHWM);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Writes k8s/components/prometheus-operator/prometheusrule.yaml from
 # k8s/monitoring/alerts.rules.yaml: the same groups, comments included, in a PrometheusRule.
-# Run it after changing the alert rules; tests/k8s_manifests.rs fails while the two differ.
+# Run it after changing the alert rules; tests/deploy/k8s_manifests.rs fails while the two differ.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=k8s/monitoring/alerts.rules.yaml

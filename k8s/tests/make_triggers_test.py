@@ -4,7 +4,7 @@
     python3 k8s/tests/make_triggers_test.py     # then: promtool test rules k8s/tests/triggers.test.yaml
 
 Standard library only. The queries are those of k8s/autoscaling/keda-gpu-scaler.yaml, verbatim
-(tests/k8s_promql.rs checks that every `expr` is a shipped query and that each is covered with 1,
+(tests/deploy/k8s_promql.rs checks that every `expr` is a shipped query and that each is covered with 1,
 3 and 8 pods). Every pod exports both priorities, and a pod of another namespace exports large
 values: only the interactive series of namespace virtualfit may count.
 """

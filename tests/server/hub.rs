@@ -3,7 +3,7 @@
 //! transfer, corruption in the cache and on the wire, offline starts, a 401, a wrong revision,
 //! the folder layout of `--to`, and dmvton's refusal.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -1,7 +1,7 @@
 //! `serve --model catvton` with the tiny fixture weights: real requests on the CPU, step-level
 //! batching through the worker, the request fields and their errors, jobs, and the metrics.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! and 8 pods (k8s/tests/triggers.test.yaml, written by k8s/tests/make_triggers_test.py), and the dashboard's cost row
 //! (k8s/tests/cost.test.yaml).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 

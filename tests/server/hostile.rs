@@ -3,7 +3,7 @@
 //! strings. Each attack is bounded in count and time, and each test ends with the server
 //! still serving. Run with `--nocapture` for the figures.
 
-mod common;
+use crate::common;
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};

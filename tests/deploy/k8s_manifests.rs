@@ -22,7 +22,7 @@
 //! PromQL: tests/k8s_promql.rs; a real Prometheus and live servers: tests/k8s_live.rs. Tools
 //! (from PATH): tests/common/k8s.rs.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -2533,7 +2533,7 @@ fn batch_pool_scales_from_zero_on_the_servers_job_stream() {
         );
     }
     // The inference replicas leave batch jobs to the pool: their triggers see interactive work
-    // only (tests/simulate.rs runs a backlog through both ScaledObjects).
+    // only (tests/deploy/simulate.rs runs a backlog through both ScaledObjects).
     assert_eq!(
         env_of(inference_container)
             .get("VIRTUALFIT_JOB_PRIORITIES")

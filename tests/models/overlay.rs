@@ -1,7 +1,7 @@
 //! The overlay baseline on the six sample pairs (assets/samples): the head stays as it was, the torso
 //! changes.
 
-mod common;
+use crate::common;
 
 use candle_core::Device;
 use common::{fixture, pairs};

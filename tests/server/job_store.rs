@@ -2,7 +2,7 @@
 //! check runs against each store; what only one store does (reopening a SQLite file, a Redis
 //! lease running out) has its own test below.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

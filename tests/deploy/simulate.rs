@@ -298,7 +298,7 @@ fn the_batch_pool_scaledobject_wakes_on_the_job_stream() {
 // The shipped ScaledObjects, rendered by `kubectl kustomize`, in the simulator: batch work
 // against the interactive Deployment, a step load, and a broken scrape.
 
-mod common;
+use crate::common;
 
 use common::k8s::{kind, name, render, seq};
 use virtualfit::batcher::Priority;

@@ -1,7 +1,7 @@
 //! The HTTP API against a real server on 127.0.0.1:0 with the sample photos (assets/samples): the happy
 //! path, every row of the contract's error table, batching, admission and metrics.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

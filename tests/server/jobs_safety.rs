@@ -3,7 +3,7 @@
 //! on SIGHUP, job ownership, per-key limits, the webhook allow list's address entries, a full
 //! disk (a real tmpfs, when running as root), a deleted `--data-dir`, and the byte bound.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

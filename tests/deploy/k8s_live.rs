@@ -6,7 +6,7 @@
 //!
 //! Needs `prometheus` (Debian package `prometheus`) and `kubectl` (tests/common/k8s.rs).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

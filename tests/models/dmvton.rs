@@ -365,7 +365,8 @@ fn registry_loads_dmvton_from_model_dir() {
     assert!(matches!(missing, Err(ModelError::MissingModelDir { .. })));
 }
 
-// ---- speed (a measurement, not a check): cargo test --release --test dmvton -- --ignored --nocapture ----
+// ---- speed (a measurement, not a check) ----
+// cargo test --release --test models dmvton::speed_profile -- --ignored --nocapture
 
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -505,7 +506,7 @@ fn cli_tryon_matches_reference_images() {
 
 // ---- served over HTTP ----
 
-mod common;
+use crate::common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_over_http_and_matches_reference() {

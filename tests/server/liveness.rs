@@ -4,7 +4,7 @@
 //! diffusion model's UNet step), and stays 200 while idle, however long since its last call; a
 //! drain still ends with the worker hung. The kubelet reads `/livez` on the metrics port.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! and restart over SQLite, two replicas sharing a real `redis-server`, and signed webhooks
 //! with retries.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};

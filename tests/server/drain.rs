@@ -1,7 +1,7 @@
 //! Drain: a child server process under load gets SIGTERM; every admitted request is answered,
 //! new work is refused with 503 and the process exits 0.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! `virtualfit tryon`, the offline one-shot command.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
