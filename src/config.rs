@@ -307,7 +307,7 @@ pub struct ServeArgs {
     #[arg(long, env = "VIRTUALFIT_LIVENESS_STALL_S", value_parser = positive_seconds)]
     pub liveness_stall_s: Option<f64>,
     /// Test hook, not for service: after this many finished model calls the model worker
-    /// blocks for ever inside the next one, as on a hung device (tests/liveness.rs).
+    /// blocks for ever inside the next one, as on a hung device (tests/server/liveness.rs).
     #[arg(long, hide = true)]
     pub debug_stall_model_after: Option<u64>,
 }

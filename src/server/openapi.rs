@@ -203,7 +203,7 @@ mod tests {
                 "code {code} documented"
             );
         }
-        // The paths are checked on the served document (tests/http_api.rs).
+        // The paths are checked on the served document (tests/server/http_api.rs).
     }
 
     #[test]

@@ -1,12 +1,11 @@
 //! The server's integration tests, one binary: the HTTP API, hostile clients, drain and
-//! liveness, the jobs API and both job stores, CatVTON served on the CPU, the hub download and
-//! the `tryon` command. Run one file's tests with a filter on its module, e.g.
+//! liveness, the jobs API and both job stores, the hub download, the model interface end to end
+//! and the `tryon` command. Run one file's tests with a filter on its module, e.g.
 //! `cargo test --release --test server http_api::`.
 
 #[path = "../common/mod.rs"]
 mod common;
 
-mod catvton_serve;
 mod cli;
 mod drain;
 mod hostile;
@@ -16,3 +15,4 @@ mod job_store;
 mod jobs;
 mod jobs_safety;
 mod liveness;
+mod model_interface;

@@ -4,7 +4,7 @@
 //! own declaration. Its answer is the person photo at its 64×48 frame, so every path can be
 //! compared with the expected image.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
