@@ -14,8 +14,8 @@ pub mod tensor;
 
 pub use crate::models::input::{PreparedPair, Rect};
 pub use decode::{
-    decode, decode_mask, decode_probed, probe, sniff_format, ImageError, Probe, MAX_ASPECT_RATIO,
-    MAX_SIDE,
+    decode, decode_mask, decode_probed, decode_probed_for, probe, sniff_format, ImageError, Probe,
+    MAX_ASPECT_RATIO, MAX_SIDE, MODEL_FRAME,
 };
 pub use encode::{encode, OutputFormat};
 pub use fit::{crop, crop_to, fit, fit_mask, fit_rect};
