@@ -1,72 +1,40 @@
 //! The garment mask of a product photo: what is not the plain backdrop around the garment.
 
-use std::collections::VecDeque;
+use image::{GrayImage, Luma, RgbImage};
 
-use image::{GrayImage, Luma, Rgb, RgbImage};
-
-use super::morphology::keep_large_components;
+use super::backdrop::Backdrop;
+use super::morphology::{keep_large_components, reaches_border, Grid};
 
 /// The garment mask of a product photo on a plain light background.
 ///
-/// The background colour is the median of the border pixels; background is what is close to it
-/// and connected to the border, so light parts inside the garment stay garment. Small specks
-/// are removed and the garment's holes filled.
+/// The background colour is the median of the border pixels ([`Backdrop::from_border`]);
+/// background is what is close to it and connected to the border, so light parts inside the
+/// garment stay garment. Small specks are removed and the garment's holes filled.
 pub fn cloth_mask(img: &RgbImage) -> GrayImage {
     let (w, h) = (img.width() as usize, img.height() as usize);
     if w == 0 || h == 0 {
         return GrayImage::new(img.width(), img.height());
     }
-    let bg = border_median(img);
-    let close = |p: &Rgb<u8>| {
-        let d: i32 = (0..3)
-            .map(|c| (p[c] as i32 - bg[c] as i32).abs())
-            .max()
-            .unwrap_or(0);
-        d <= BACKGROUND_TOLERANCE
+    let grid = Grid {
+        width: w,
+        height: h,
     };
-    // Flood the background from every border pixel.
-    let mut background = vec![false; w * h];
-    let mut queue = VecDeque::new();
-    let mut seed = |x: usize, y: usize, queue: &mut VecDeque<(usize, usize)>| {
-        let i = y * w + x;
-        if !background[i] && close(img.get_pixel(x as u32, y as u32)) {
-            background[i] = true;
-            queue.push_back((x, y));
-        }
-    };
-    for x in 0..w {
-        seed(x, 0, &mut queue);
-        seed(x, h - 1, &mut queue);
-    }
-    for y in 0..h {
-        seed(0, y, &mut queue);
-        seed(w - 1, y, &mut queue);
-    }
-    while let Some((x, y)) = queue.pop_front() {
-        let mut visit = |nx: usize, ny: usize| {
-            let i = ny * w + nx;
-            if !background[i] && close(img.get_pixel(nx as u32, ny as u32)) {
-                background[i] = true;
-                queue.push_back((nx, ny));
-            }
-        };
-        if x > 0 {
-            visit(x - 1, y);
-        }
-        if x + 1 < w {
-            visit(x + 1, y);
-        }
-        if y > 0 {
-            visit(x, y - 1);
-        }
-        if y + 1 < h {
-            visit(x, y + 1);
-        }
-    }
+    let bg = Backdrop::from_border(w, h, |x, y| img.get_pixel(x as u32, y as u32).0).colour;
+    let close: Vec<bool> = img
+        .pixels()
+        .map(|p| {
+            let d: i32 = (0..3)
+                .map(|c| (p[c] as i32 - bg[c] as i32).abs())
+                .max()
+                .unwrap_or(0);
+            d <= BACKGROUND_TOLERANCE
+        })
+        .collect();
+    let background = reaches_border(&close, grid, None);
     let garment: Vec<bool> = background.iter().map(|b| !b).collect();
-    let garment = keep_large_components(&garment, w, h, (w * h) / 200);
+    let garment = keep_large_components(&garment, grid, (w * h) / 200);
     GrayImage::from_fn(img.width(), img.height(), |x, y| {
-        Luma([if garment[y as usize * w + x as usize] {
+        Luma([if garment[grid.index(x as usize, y as usize)] {
             255
         } else {
             0
@@ -77,27 +45,30 @@ pub fn cloth_mask(img: &RgbImage) -> GrayImage {
 /// How far (max over channels) a pixel may be from the background colour and still be background.
 const BACKGROUND_TOLERANCE: i32 = 18;
 
-fn border_median(img: &RgbImage) -> [u8; 3] {
-    let (w, h) = img.dimensions();
-    let mut channels: [Vec<u8>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-    let mut push = |x: u32, y: u32| {
-        let p = img.get_pixel(x, y);
-        for c in 0..3 {
-            channels[c].push(p[c]);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Rgb;
+
+    #[test]
+    fn light_inside_the_garment_stays_garment_and_specks_go() {
+        // 20×20 (specks under 400 / 200 = 2 pixels go): a backdrop of 240 with a 1-pixel
+        // speck at (17, 17), a dark garment over columns and rows 3..=12 with a backdrop-coloured
+        // hole at (7, 7), and a light ring pixel 250 on the border, within the tolerance.
+        let img = RgbImage::from_fn(20, 20, |x, y| {
+            let garment = (3..=12).contains(&x) && (3..=12).contains(&y);
+            Rgb(match (x, y) {
+                (7, 7) => [240, 240, 240],
+                (17, 17) => [20, 20, 20],
+                (0, 5) => [250, 250, 250],
+                _ if garment => [40, 60, 90],
+                _ => [240, 240, 240],
+            })
+        });
+        let mask = cloth_mask(&img);
+        for (x, y, p) in mask.enumerate_pixels() {
+            let garment = (3..=12).contains(&x) && (3..=12).contains(&y);
+            assert_eq!(p.0[0], if garment { 255 } else { 0 }, "({x}, {y})");
         }
-    };
-    for x in 0..w {
-        push(x, 0);
-        push(x, h - 1);
     }
-    for y in 0..h {
-        push(0, y);
-        push(w - 1, y);
-    }
-    let mut median = [255u8; 3];
-    for c in 0..3 {
-        channels[c].sort_unstable();
-        median[c] = channels[c][channels[c].len() / 2];
-    }
-    median
 }

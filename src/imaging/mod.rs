@@ -1,9 +1,10 @@
 //! Images in and out of the models: decoding uploads under limits ([`decode`]), fitting them
 //! into the model frame ([`fit`]), tensors ([`tensor`]), encoding answers ([`encode`]), the
-//! garment mask of a product photo ([`garment_mask`]) and the binary-mask operations it shares
-//! with the models' own masks ([`morphology`]). [`pair`] holds the callers' entry points from
-//! bytes to a request's inputs.
+//! garment mask of a product photo ([`garment_mask`]), and the backdrop estimate
+//! ([`backdrop`]) and binary-mask operations ([`morphology`]) it shares with CatVTON's drawn
+//! mask. [`pair`] holds the callers' entry points from bytes to a request's inputs.
 
+pub mod backdrop;
 pub mod decode;
 pub mod encode;
 pub mod fit;
