@@ -19,6 +19,7 @@ pub fn fit_rect(w: u32, h: u32) -> Rect {
     }
 }
 
+/// Letterboxes `img` into the model frame: resized to `rect` and centred on `pad`.
 fn fit_into<P: image::Pixel<Subpixel = u8> + 'static>(
     img: &image::ImageBuffer<P, Vec<u8>>,
     rect: Rect,

@@ -1,6 +1,8 @@
-//! The current callers' entry points from bytes or decoded images to a request's inputs: the
-//! server uses [`decode_and_fit`], [`decode_mask_and_fit`] and [`prepare_fitted`], the CLI
-//! [`prepare_decoded`] and the bench [`prepare_pair`].
+//! The current callers' entry points from bytes or decoded images to a request's inputs, one
+//! per caller: the server uses [`decode_and_fit`], [`decode_mask_and_fit`] and
+//! [`prepare_fitted`], the CLI [`prepare_decoded`] and the bench [`prepare_pair`]. They only
+//! chain the pieces of the other files, and are to give way to one pipeline that every caller
+//! shares; new code should build on those pieces instead.
 
 use image::{DynamicImage, GrayImage, RgbImage};
 
