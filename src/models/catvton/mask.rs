@@ -36,12 +36,23 @@
 //! category's garment is added back, face and hands are cut out, and a final dilation by `r`
 //! follows. At 256 px `r` is 0; at 1024 px it is 2.
 //!
+//! The backdrop estimate and the binary-mask operations (labelling, hole filling, dilation,
+//! blur-and-threshold, hulls) are the ones the garment mask uses too, in
+//! [`crate::imaging::backdrop`] and [`crate::imaging::morphology`]; the person parse and its
+//! colour model stay here.
+//!
 //! Every step is linear in the number of pixels. The parse is rough and fails where colour
 //! does: a top and trousers of similar colour (the boundary lands off the waist or falls back
 //! to the layout), garments of skin or backdrop colour, busy backdrops, hands away from the
 //! ends of the arms, and faces turned away.
 
 use image::{GrayImage, RgbImage};
+
+use crate::imaging::backdrop::Backdrop;
+use crate::imaging::morphology::{
+    blur_threshold, connected_to, dilate, fill_component_hulls, fill_holes, label_components,
+    row_spans, Connectivity, Grid,
+};
 
 /// Which garment a request replaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -76,6 +87,9 @@ fn odd_kernel_size(width: usize, height: usize, divisor: usize) -> usize {
 fn dilation_kernel_size(width: usize, height: usize) -> usize {
     odd_kernel_size(width, height, 250)
 }
+
+/// The reference's threshold on its blurred mask, as a share of full scale.
+const BLUR_THRESHOLD: f32 = 25.0 / 255.0;
 
 /// Side of the reference's Gaussian blur kernel: `max(w, h) / 25`, made odd.
 fn blur_kernel_size(width: usize, height: usize) -> usize {
@@ -148,28 +162,30 @@ impl Part {
 /// Combines a parse into a repaint mask the way the reference's `cloth_agnostic_mask` does.
 fn compose_mask(parse: &PersonParse, category: Category) -> Vec<bool> {
     let (width, height) = (parse.width, parse.height);
+    let grid = Grid { width, height };
     let parts = &parse.parts;
     let radius = dilation_kernel_size(width, height) / 2;
 
     let repainted: Vec<bool> = parts.iter().map(|p| p.is_repainted(category)).collect();
     // The reference dilates its dense parts twice at a quarter of the resolution, which is
     // a radius of 4 × 2 × r at full resolution.
-    let dense = dilate(&repainted, width, 8 * radius);
+    let dense = dilate(&repainted, grid, 8 * radius);
     // The reference takes the hull of (foreground − weakly protected) ∪ dense parts; in this
     // parse every unprotected foreground pixel is a repainted part, so that union is `dense`.
-    let hull = fill_component_hulls(&dense, width, height);
+    let hull = fill_component_hulls(&dense, grid);
     let unprotected: Vec<bool> = hull
         .iter()
         .zip(parts)
         .map(|(&h, p)| h && !p.is_weakly_protected(category))
         .collect();
-    let smoothed = blur_threshold(&unprotected, width, height, blur_kernel_size(width, height));
+    let kernel_size = blur_kernel_size(width, height);
+    let smoothed = blur_threshold(&unprotected, grid, kernel_size, BLUR_THRESHOLD);
     let kept: Vec<bool> = smoothed
         .iter()
         .zip(parts)
         .map(|(&m, p)| (m || p.is_garment(category)) && !p.is_strongly_protected())
         .collect();
-    dilate(&kept, width, radius)
+    dilate(&kept, grid, radius)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -579,7 +595,7 @@ fn label_skin_below_chin(
 ) {
     let mut below_chin = skin.to_vec();
     below_chin[..grid.index(0, layout.chin + 1).min(skin.len())].fill(false);
-    let (labels, regions) = label_components(&below_chin, grid, true);
+    let (labels, regions) = label_components(&below_chin, grid, Connectivity::Eight);
     let hd = layout.head_height;
     let is_leg: Vec<bool> = regions
         .iter()
@@ -635,7 +651,8 @@ struct Face {
 
 fn find_face(skin: &[bool], grid: Grid, top: usize, bottom: usize) -> Option<Face> {
     // Eyes, lips and teeth are holes in the face's skin; filled, they keep its rows wide.
-    let (labels, regions) = label_components(&fill_holes(skin, grid, None), grid, true);
+    let (labels, regions) =
+        label_components(&fill_holes(skin, grid, None), grid, Connectivity::Eight);
     let figure_height = (bottom - top + 1) as f32;
     // Judge each region by its skin within a face's height from its top, so that hair of
     // skin-like colour (small) loses to the face, and the face to a larger body region below.
@@ -914,32 +931,18 @@ fn colour_tests(rgb: &[[u8; 3]], grid: Grid) -> ColourTests {
 
 /// The backdrop's colour and the distance beyond which a pixel is not backdrop.
 fn backdrop_model(rgb: &[[u8; 3]], grid: Grid) -> ([u8; 3], f32) {
-    let (width, height) = (grid.width, grid.height);
-    let mut border = Vec::with_capacity(2 * (width + height));
-    for x in 0..width {
-        border.push(rgb[grid.index(x, 0)]);
-        border.push(rgb[grid.index(x, height - 1)]);
-    }
-    for y in 0..height {
-        border.push(rgb[grid.index(0, y)]);
-        border.push(rgb[grid.index(width - 1, y)]);
-    }
     // The person often crosses the border (cut at the thighs, long hair, elbows), so the
     // backdrop is the median of the border, recomputed over the pixels close to the first
     // estimate.
-    let first_guess = channel_medians(&border);
-    let inliers: Vec<[u8; 3]> = border
-        .iter()
-        .copied()
-        .filter(|&p| distance(p, first_guess) < 40.0)
-        .collect();
-    let backdrop = if inliers.is_empty() {
-        first_guess
-    } else {
-        channel_medians(&inliers)
-    };
+    let estimate = Backdrop::from_border(grid.width, grid.height, |x, y| rgb[grid.index(x, y)])
+        .refined(distance, 40.0);
+    let backdrop = estimate.colour;
     // The threshold follows the backdrop's own noise (JPEG, gradients).
-    let mut noise: Vec<f32> = inliers.iter().map(|&p| distance(p, backdrop)).collect();
+    let mut noise: Vec<f32> = estimate
+        .border()
+        .iter()
+        .map(|&p| distance(p, backdrop))
+        .collect();
     let noise = match noise.len() {
         0 => 0.0,
         n => *noise.select_nth_unstable_by(n * 3 / 4, f32::total_cmp).1,
@@ -949,7 +952,7 @@ fn backdrop_model(rgb: &[[u8; 3]], grid: Grid) -> ([u8; 3], f32) {
 
 /// The person: the largest connected region of non-backdrop pixels, with its holes filled.
 fn segment_foreground(far_from_backdrop: &[bool], grid: Grid) -> Vec<bool> {
-    let (labels, regions) = label_components(far_from_backdrop, grid, false);
+    let (labels, regions) = label_components(far_from_backdrop, grid, Connectivity::Four);
     let largest = regions
         .iter()
         .enumerate()
@@ -967,16 +970,6 @@ fn segment_foreground(far_from_backdrop: &[bool], grid: Grid) -> Vec<bool> {
         .position(|&p| p)
         .zip(bottom_row.iter().rposition(|&p| p));
     fill_holes(&person, grid, cut)
-}
-
-fn channel_medians(colours: &[[u8; 3]]) -> [u8; 3] {
-    std::array::from_fn(|c| {
-        let mut channel: Vec<u8> = colours.iter().map(|p| p[c]).collect();
-        match channel.len() {
-            0 => 0,
-            n => *channel.select_nth_unstable(n / 2).1,
-        }
-    })
 }
 
 /// Colour distance in YCbCr with chroma counted twice: the backdrop's shading changes
@@ -1016,373 +1009,6 @@ fn mean_column(mask: &[bool], grid: Grid) -> f32 {
         grid.width as f32 / 2.0
     } else {
         (sum / count as f64) as f32
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Binary image operations, all linear in the number of pixels.
-
-#[derive(Debug, Clone, Copy)]
-struct Grid {
-    width: usize,
-    height: usize,
-}
-
-impl Grid {
-    fn index(self, x: usize, y: usize) -> usize {
-        y * self.width + x
-    }
-
-    /// The row nearest to `y`, clamped into the image.
-    fn row_at(self, y: f32) -> usize {
-        y.round().clamp(0.0, (self.height - 1) as f32) as usize
-    }
-}
-
-/// First and last set column of each row.
-fn row_spans(mask: &[bool], grid: Grid) -> Vec<Option<(usize, usize)>> {
-    mask.chunks(grid.width.max(1))
-        .map(|row| {
-            let first = row.iter().position(|&m| m)?;
-            let last = row.iter().rposition(|&m| m)?;
-            Some((first, last))
-        })
-        .collect()
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Region {
-    area: usize,
-    top: usize,
-    bottom: usize,
-    left: usize,
-    right: usize,
-}
-
-/// Labels the connected regions of `mask` (1, 2, … in raster order of their first pixel; 0
-/// outside), 8- or 4-connected. Works on horizontal runs joined through a union-find.
-fn label_components(mask: &[bool], grid: Grid, eight_connected: bool) -> (Vec<u32>, Vec<Region>) {
-    let (width, height) = (grid.width, grid.height);
-    // Runs as (row, first column, last column); `row_starts[y]` indexes row y's first run.
-    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
-    let mut row_starts = Vec::with_capacity(height + 1);
-    for (y, row) in mask.chunks(width.max(1)).enumerate().take(height) {
-        row_starts.push(runs.len());
-        let mut x = 0;
-        while x < width {
-            if row[x] {
-                let first = x;
-                while x + 1 < width && row[x + 1] {
-                    x += 1;
-                }
-                runs.push((y, first, x));
-            }
-            x += 1;
-        }
-    }
-    row_starts.push(runs.len());
-
-    let mut parent: Vec<usize> = (0..runs.len()).collect();
-    let reach = usize::from(eight_connected);
-    for y in 1..height {
-        let (mut above, above_end) = (row_starts[y - 1], row_starts[y]);
-        let (mut here, here_end) = (row_starts[y], row_starts[y + 1]);
-        while above < above_end && here < here_end {
-            let (_, a_first, a_last) = runs[above];
-            let (_, h_first, h_last) = runs[here];
-            if a_last + reach >= h_first && h_last + reach >= a_first {
-                union(&mut parent, above, here);
-            }
-            // The run that ends first cannot touch any later run of the other row.
-            if a_last <= h_last {
-                above += 1;
-            } else {
-                here += 1;
-            }
-        }
-    }
-
-    // Roots are each region's first run in raster order, so numbering by root keeps that order.
-    let mut region_of_root = vec![u32::MAX; runs.len()];
-    let mut regions: Vec<Region> = Vec::new();
-    let mut labels = vec![0u32; mask.len()];
-    for (k, &(y, first, last)) in runs.iter().enumerate() {
-        let root = find(&mut parent, k);
-        if region_of_root[root] == u32::MAX {
-            region_of_root[root] = regions.len() as u32;
-            regions.push(Region {
-                area: 0,
-                top: y,
-                bottom: y,
-                left: first,
-                right: last,
-            });
-        }
-        let index = region_of_root[root];
-        let region = &mut regions[index as usize];
-        region.area += last - first + 1;
-        region.bottom = region.bottom.max(y);
-        region.left = region.left.min(first);
-        region.right = region.right.max(last);
-        labels[y * width + first..=y * width + last].fill(index + 1);
-    }
-    (labels, regions)
-}
-
-fn find(parent: &mut [usize], mut k: usize) -> usize {
-    let mut root = k;
-    while parent[root] != root {
-        root = parent[root];
-    }
-    while parent[k] != root {
-        let next = parent[k];
-        parent[k] = root;
-        k = next;
-    }
-    root
-}
-
-/// Joins two sets, keeping the smaller index (the earlier run) as the root.
-fn union(parent: &mut [usize], a: usize, b: usize) {
-    let (ra, rb) = (find(parent, a), find(parent, b));
-    if ra != rb {
-        let (low, high) = if ra < rb { (ra, rb) } else { (rb, ra) };
-        parent[high] = low;
-    }
-}
-
-/// Sets the unset pixels that the image border cannot reach through unset pixels (4-connected).
-/// Bottom border columns inside `sealed_bottom` do not count as border.
-fn fill_holes(mask: &[bool], grid: Grid, sealed_bottom: Option<(usize, usize)>) -> Vec<bool> {
-    let (width, height) = (grid.width, grid.height);
-    let unset: Vec<bool> = mask.iter().map(|&m| !m).collect();
-    let (labels, regions) = label_components(&unset, grid, false);
-    let mut outside = vec![false; regions.len() + 1];
-    let mut mark = |x: usize, y: usize| outside[labels[grid.index(x, y)] as usize] = true;
-    for x in 0..width {
-        mark(x, 0);
-        if !sealed_bottom.is_some_and(|(first, last)| (first..=last).contains(&x)) {
-            mark(x, height - 1);
-        }
-    }
-    for y in 0..height {
-        mark(0, y);
-        mark(width - 1, y);
-    }
-    labels
-        .iter()
-        .map(|&l| l == 0 || !outside[l as usize])
-        .collect()
-}
-
-/// The set pixels of `mask` whose 4-connected region (within `mask`) holds a seed.
-fn connected_to(mask: &[bool], seeds: &[bool], grid: Grid) -> Vec<bool> {
-    let (labels, regions) = label_components(mask, grid, false);
-    let mut seeded = vec![false; regions.len() + 1];
-    for (&label, &seed) in labels.iter().zip(seeds) {
-        if seed {
-            seeded[label as usize] = true;
-        }
-    }
-    labels
-        .iter()
-        .map(|&l| l != 0 && seeded[l as usize])
-        .collect()
-}
-
-/// Dilation by a square of side `2 * radius + 1`: a row pass, then a column pass done row by
-/// row (each column remembers its last set row) to stay cache-friendly.
-fn dilate(mask: &[bool], width: usize, radius: usize) -> Vec<bool> {
-    if radius == 0 || mask.is_empty() {
-        return mask.to_vec();
-    }
-    let mut rows = vec![false; mask.len()];
-    for (src, dst) in mask.chunks(width).zip(rows.chunks_mut(width)) {
-        dilate_line(src, dst, radius);
-    }
-    // Rows since the last set cell of each column, going down and then going up.
-    let mut out = vec![false; mask.len()];
-    let mut since = vec![usize::MAX; width];
-    for (src, dst) in rows.chunks(width).zip(out.chunks_mut(width)) {
-        for ((since, &set), d) in since.iter_mut().zip(src).zip(dst) {
-            *since = if set { 0 } else { since.saturating_add(1) };
-            *d = *since <= radius;
-        }
-    }
-    since.fill(usize::MAX);
-    for (src, dst) in rows.chunks(width).zip(out.chunks_mut(width)).rev() {
-        for ((since, &set), d) in since.iter_mut().zip(src).zip(dst) {
-            *since = if set { 0 } else { since.saturating_add(1) };
-            *d |= *since <= radius;
-        }
-    }
-    out
-}
-
-/// One-dimensional dilation: a cell is set when a set cell lies within `radius` of it.
-fn dilate_line(src: &[bool], dst: &mut [bool], radius: usize) {
-    let mut since = usize::MAX;
-    for (&set, d) in src.iter().zip(dst.iter_mut()) {
-        since = if set { 0 } else { since.saturating_add(1) };
-        *d = since <= radius;
-    }
-    since = usize::MAX;
-    for (&set, d) in src.iter().zip(dst.iter_mut()).rev() {
-        since = if set { 0 } else { since.saturating_add(1) };
-        *d |= since <= radius;
-    }
-}
-
-/// The reference's Gaussian blur with a threshold of 25/255, approximated by a box filter of
-/// the same standard deviation: grows the mask by about 1.3 σ and closes narrow gaps.
-fn blur_threshold(mask: &[bool], width: usize, height: usize, kernel_size: usize) -> Vec<bool> {
-    // OpenCV's sigma for a given kernel size, and the box with the same variance.
-    let sigma = 0.3 * ((kernel_size as f32 - 1.0) * 0.5 - 1.0) + 0.8;
-    let half = (sigma * 12f32.sqrt()).round() as usize / 2;
-    if half == 0 || mask.is_empty() {
-        return mask.to_vec();
-    }
-    let side = 2 * half + 1;
-    let needed = (25.0 / 255.0 * (side * side) as f32).ceil().max(1.0) as u32;
-
-    // Horizontal window sums through per-row prefix sums.
-    let mut row_sums = vec![0u32; mask.len()];
-    let mut prefix = vec![0u32; width + 1];
-    for (src, dst) in mask.chunks(width).zip(row_sums.chunks_mut(width)) {
-        for (x, &m) in src.iter().enumerate() {
-            prefix[x + 1] = prefix[x] + u32::from(m);
-        }
-        for (x, d) in dst.iter_mut().enumerate() {
-            *d = prefix[(x + half + 1).min(width)] - prefix[x.saturating_sub(half)];
-        }
-    }
-    // Vertical window sums, kept per column while walking down the rows.
-    let mut window = vec![0u32; width];
-    for y in 0..half.min(height) {
-        for (w, &s) in window.iter_mut().zip(&row_sums[y * width..(y + 1) * width]) {
-            *w += s;
-        }
-    }
-    let mut out = vec![false; mask.len()];
-    for y in 0..height {
-        let entering = y + half;
-        if entering < height {
-            for (w, &s) in window
-                .iter_mut()
-                .zip(&row_sums[entering * width..(entering + 1) * width])
-            {
-                *w += s;
-            }
-        }
-        if y > half {
-            let leaving = y - half - 1;
-            for (w, &s) in window
-                .iter_mut()
-                .zip(&row_sums[leaving * width..(leaving + 1) * width])
-            {
-                *w -= s;
-            }
-        }
-        for (o, &w) in out[y * width..(y + 1) * width].iter_mut().zip(&window) {
-            *o = w >= needed;
-        }
-    }
-    out
-}
-
-/// Replaces each 8-connected region of `mask` by its filled convex hull.
-fn fill_component_hulls(mask: &[bool], width: usize, height: usize) -> Vec<bool> {
-    let grid = Grid { width, height };
-    let (labels, regions) = label_components(mask, grid, true);
-    // Run ends, collected row by row, so each region's points arrive sorted by (y, x).
-    let mut points: Vec<Vec<(i64, i64)>> = vec![Vec::new(); regions.len()];
-    for y in 0..height {
-        let row = &labels[y * width..(y + 1) * width];
-        for x in 0..width {
-            let label = row[x];
-            if label == 0 {
-                continue;
-            }
-            let run_start = x == 0 || row[x - 1] != label;
-            let run_end = x + 1 == width || row[x + 1] != label;
-            if run_start || run_end {
-                points[label as usize - 1].push((y as i64, x as i64));
-            }
-        }
-    }
-    let mut out = vec![false; mask.len()];
-    for region_points in &points {
-        let hull = convex_hull(region_points);
-        fill_convex_polygon(&hull, &mut out, grid);
-    }
-    out
-}
-
-/// Andrew's monotone chain over points already sorted by (y, x); returns the hull's corners
-/// in order, without repeating the first.
-fn convex_hull(points: &[(i64, i64)]) -> Vec<(i64, i64)> {
-    if points.len() < 3 {
-        return points.to_vec();
-    }
-    let cross = |o: (i64, i64), a: (i64, i64), b: (i64, i64)| {
-        (a.0 - o.0) * (b.1 - o.1) - (a.1 - o.1) * (b.0 - o.0)
-    };
-    let mut hull: Vec<(i64, i64)> = Vec::with_capacity(points.len() + 1);
-    for &p in points {
-        while hull.len() >= 2 && cross(hull[hull.len() - 2], hull[hull.len() - 1], p) <= 0 {
-            hull.pop();
-        }
-        hull.push(p);
-    }
-    let lower_len = hull.len() + 1;
-    for &p in points.iter().rev().skip(1) {
-        while hull.len() >= lower_len && cross(hull[hull.len() - 2], hull[hull.len() - 1], p) <= 0 {
-            hull.pop();
-        }
-        hull.push(p);
-    }
-    hull.pop();
-    hull
-}
-
-/// Sets every pixel of a convex polygon (corners as (y, x)), each row filled between the
-/// polygon's leftmost and rightmost crossing.
-fn fill_convex_polygon(corners: &[(i64, i64)], out: &mut [bool], grid: Grid) {
-    let Some(y_min) = corners.iter().map(|c| c.0).min() else {
-        return;
-    };
-    let y_max = corners.iter().map(|c| c.0).max().unwrap_or(y_min);
-    let rows = (y_max - y_min + 1) as usize;
-    let mut bounds = vec![(i64::MAX, i64::MIN); rows];
-    let mut widen = |y: i64, x_lo: i64, x_hi: i64| {
-        let b = &mut bounds[(y - y_min) as usize];
-        b.0 = b.0.min(x_lo);
-        b.1 = b.1.max(x_hi);
-    };
-    for (k, &a) in corners.iter().enumerate() {
-        let b = corners[(k + 1) % corners.len()];
-        widen(a.0, a.1, a.1);
-        if a.0 == b.0 {
-            widen(a.0, a.1.min(b.1), a.1.max(b.1));
-            continue;
-        }
-        let (from, to) = if a.0 < b.0 { (a, b) } else { (b, a) };
-        let slope = (to.1 - from.1) as f64 / (to.0 - from.0) as f64;
-        for y in from.0..=to.0 {
-            let x = from.1 as f64 + slope * (y - from.0) as f64;
-            widen(y, (x - 1e-6).ceil() as i64, (x + 1e-6).floor() as i64);
-        }
-    }
-    for (offset, &(lo, hi)) in bounds.iter().enumerate() {
-        if lo > hi {
-            continue;
-        }
-        let y = y_min as usize + offset;
-        let lo = lo.clamp(0, grid.width as i64 - 1) as usize;
-        let hi = hi.clamp(0, grid.width as i64 - 1) as usize;
-        if y < grid.height {
-            out[y * grid.width + lo..=y * grid.width + hi].fill(true);
-        }
     }
 }
 
@@ -1569,21 +1195,6 @@ mod tests {
         assert_eq!(blur_kernel_size(1, 1), 1);
     }
 
-    #[test]
-    fn dilation_grows_a_point_into_a_square() {
-        let (width, height) = (11, 9);
-        let mut point = vec![false; width * height];
-        point[4 * width + 5] = true;
-        let grown = dilate(&point, width, 2);
-        for y in 0..height {
-            for x in 0..width {
-                let inside = x.abs_diff(5) <= 2 && y.abs_diff(4) <= 2;
-                assert_eq!(grown[y * width + x], inside, "({x}, {y})");
-            }
-        }
-        assert_eq!(dilate(&point, width, 0), point);
-    }
-
     /// A parse of `width × height`: the left `split` columns are `left`, the rest `right`.
     fn halves(width: usize, height: usize, split: usize, left: Part, right: Part) -> PersonParse {
         let parts = (0..width * height)
@@ -1627,24 +1238,6 @@ mod tests {
         );
         // Not repainted for the other garment, whose hull it is cut out of.
         assert_eq!(mask_extent(&parse, Category::Upper), 0);
-    }
-
-    #[test]
-    fn the_hull_fills_the_gap_between_arm_and_torso() {
-        // Two bars joined at the top: the gap between them is inside their convex hull.
-        let (width, height) = (40, 40);
-        let mut mask = vec![false; width * height];
-        for y in 5..35 {
-            for x in (5..10).chain(30..35) {
-                mask[y * width + x] = true;
-            }
-        }
-        for x in 5..35 {
-            mask[5 * width + x] = true;
-        }
-        let hull = fill_component_hulls(&mask, width, height);
-        assert!(hull[20 * width + 20]);
-        assert!(!hull[20 * width + 2] && !hull[37 * width + 20]);
     }
 
     #[test]
