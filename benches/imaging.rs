@@ -57,12 +57,22 @@ fn benches(c: &mut Criterion) {
     g.bench_function("cloth_mask/192x256", |b| {
         b.iter(|| imaging::cloth_mask(black_box(&cloth_fit)))
     });
+    // A pair through the pipeline for the default (whole-batch) model, as the server prepares it.
+    let family = virtualfit::models::family(virtualfit::models::registry::DEFAULT_MODEL)
+        .expect("the default model");
+    let parts = |mask: Option<&Vec<u8>>| virtualfit::pipeline::ImageParts {
+        person: small.clone().into(),
+        cloth: cloth_bytes.clone().into(),
+        garment_mask: mask.map(|m| m.clone().into()),
+        person_mask: None,
+    };
+    let (with_mask, without_mask) = (parts(Some(&mask_bytes)), parts(None));
     g.bench_function("prepare_pair/with_mask", |b| {
         b.iter(|| {
-            imaging::prepare_pair(
-                black_box(&small),
-                black_box(&cloth_bytes),
-                Some(&mask_bytes),
+            virtualfit::pipeline::prepare_now(
+                family,
+                black_box(&with_mask),
+                Default::default(),
                 MAX_PIXELS,
             )
             .expect("prepares")
@@ -70,8 +80,13 @@ fn benches(c: &mut Criterion) {
     });
     g.bench_function("prepare_pair/computed_mask", |b| {
         b.iter(|| {
-            imaging::prepare_pair(black_box(&small), black_box(&cloth_bytes), None, MAX_PIXELS)
-                .expect("prepares")
+            virtualfit::pipeline::prepare_now(
+                family,
+                black_box(&without_mask),
+                Default::default(),
+                MAX_PIXELS,
+            )
+            .expect("prepares")
         })
     });
     // catvton's drawn repaint mask on a sample photo fitted to the full 768×1024.

@@ -16,20 +16,23 @@ fn root() -> PathBuf {
 fn batch(n: usize) -> TryOnBatch {
     let samples = root().join("assets/samples");
     let pairs = virtualfit::bench::load_dataset(&samples, true).expect("sample pairs");
+    // Every whole-batch model reads the same inputs; the default one's are prepared here.
+    let family = models::family(models::registry::DEFAULT_MODEL).expect("the default model");
     let prepared: Vec<_> = (0..n)
         .map(|i| {
             let p = &pairs[i % pairs.len()];
-            virtualfit::imaging::prepare_pair(
-                &p.person.bytes,
-                &p.cloth.bytes,
-                p.mask.as_ref().map(|m| &m.bytes[..]),
-                u64::MAX,
-            )
-            .expect("prepares")
+            let parts = virtualfit::pipeline::ImageParts {
+                person: p.person.bytes.clone().into(),
+                cloth: p.cloth.bytes.clone().into(),
+                garment_mask: p.mask.as_ref().map(|m| m.bytes.clone().into()),
+                person_mask: None,
+            };
+            virtualfit::pipeline::prepare_now(family, &parts, Default::default(), u64::MAX)
+                .expect("prepares")
         })
         .collect();
     let refs: Vec<_> = prepared.iter().collect();
-    TryOnBatch::from_pairs(&refs, &Device::Cpu).expect("converts")
+    TryOnBatch::from_inputs(&refs, &Device::Cpu).expect("converts")
 }
 
 fn benches(c: &mut Criterion) {
@@ -45,7 +48,8 @@ fn benches(c: &mut Criterion) {
             &Device::Cpu,
             candle_core::DType::F32,
         )
-        .and_then(models::LoadedModel::into_batch) {
+        .and_then(models::LoadedModel::into_batch)
+        {
             Ok(m) => m,
             Err(e) => {
                 eprintln!("skipping {name}: {e}");

@@ -25,10 +25,22 @@ fn main() -> anyhow::Result<()> {
         let (Some(p), Some(c)) = (it.next(), it.next()) else {
             continue;
         };
-        let person = imaging::decode(&std::fs::read(demo.join("person").join(p))?, u64::MAX)?;
-        let cloth = imaging::decode(&std::fs::read(demo.join("cloth").join(c))?, u64::MAX)?;
-        let pair = imaging::prepare_decoded(&person, &cloth, None)?;
-        let batch = TryOnBatch::from_pairs(&[&pair], &candle_core::Device::Cpu)?;
+        let (person_bytes, cloth_bytes) = (
+            std::fs::read(demo.join("person").join(p))?,
+            std::fs::read(demo.join("cloth").join(c))?,
+        );
+        let person = imaging::decode(&person_bytes, u64::MAX)?;
+        let cloth = imaging::decode(&cloth_bytes, u64::MAX)?;
+        let parts = virtualfit::pipeline::ImageParts {
+            person: person_bytes.into(),
+            cloth: cloth_bytes.into(),
+            garment_mask: None,
+            person_mask: None,
+        };
+        let family = models::family("overlay")?;
+        let input =
+            virtualfit::pipeline::prepare_now(family, &parts, Default::default(), u64::MAX)?;
+        let batch = TryOnBatch::from_inputs(&[&input], &candle_core::Device::Cpu)?;
         let out = imaging::tensor_to_rgb(&models::forward_u8(model.as_ref(), &batch)?[0])?;
         let mut strip = image::RgbImage::new(576, 256);
         image::imageops::replace(&mut strip, &person, 0, 0);

@@ -213,8 +213,16 @@ pub fn tryon(args: &TryOnArgs) -> anyhow::Result<()> {
     for (bytes, what, path) in [
         (Some(&parts.person), "person photo", Some(&args.person)),
         (Some(&parts.cloth), "garment photo", Some(&args.cloth)),
-        (parts.garment_mask.as_ref(), "garment mask", args.cloth_mask.as_ref()),
-        (parts.person_mask.as_ref(), "person mask", args.person_mask.as_ref()),
+        (
+            parts.garment_mask.as_ref(),
+            "garment mask",
+            args.cloth_mask.as_ref(),
+        ),
+        (
+            parts.person_mask.as_ref(),
+            "person mask",
+            args.person_mask.as_ref(),
+        ),
     ] {
         if let (Some(bytes), Some(path)) = (bytes, path) {
             imaging::probe(bytes, args.max_image_pixels)

@@ -122,7 +122,10 @@ fn no_model_is_named_outside_the_models() {
 #[test]
 fn the_checks_catch_what_they_look_for() {
     assert_eq!(word_lines("let m = Catvton::load();\nok", "catvton"), [1]);
-    assert_eq!(word_lines("k8s/overlays/batch-pool", "overlay"), Vec::<usize>::new());
+    assert_eq!(
+        word_lines("k8s/overlays/batch-pool", "overlay"),
+        Vec::<usize>::new()
+    );
     assert_eq!(word_lines("a\n\"overlay\"", "overlay"), [2]);
     assert_eq!(word_lines("dmvton_x", "dmvton"), Vec::<usize>::new());
     assert_eq!(

@@ -1,6 +1,6 @@
 //! One uploaded image on its own: the fuzz input is the image's bytes, which go through
-//! `imaging::probe`, then `decode_and_fit` and `cloth_mask`, and `decode_mask_and_fit` as the
-//! mask of a garment of the image's own decoded size. Errors are expected; a panic, an abort,
+//! `imaging::probe`, then `decode_probed`, `fit` and `cloth_mask`, and `fit_mask` as the mask
+//! of a garment of the image's own decoded size, as the pipeline chains them. Errors are expected; a panic, an abort,
 //! running out of memory or time, a decoded size the probe did not announce, or fitted images
 //! of the wrong size are findings.
 #![no_main]
@@ -21,9 +21,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let frame = (MODEL_WIDTH as u32, MODEL_HEIGHT as u32);
-    let Ok((fitted, rect, size)) = imaging::decode_and_fit(data, &probe) else {
+    let Ok(decoded) = imaging::decode_probed(data, &probe) else {
         return;
     };
+    let size = decoded.dimensions();
+    let (fitted, rect) = imaging::fit(&decoded);
     assert_eq!(fitted.dimensions(), frame);
     assert!(
         rect.width >= 1 && rect.height >= 1,
@@ -42,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
     );
     let mask = imaging::cloth_mask(&fitted);
     assert_eq!(mask.dimensions(), frame);
-    if let Ok(mask) = imaging::decode_mask_and_fit(data, &probe, size) {
-        assert_eq!(mask.dimensions(), frame);
+    if let Ok(mask) = imaging::decode_mask(data, MAX_PIXELS) {
+        assert_eq!(imaging::fit_mask(&mask, size).dimensions(), frame);
     }
 });

@@ -116,7 +116,8 @@ fuzz_target!(|data: &[u8]| {
         .await?;
         let record = job_record(s.settings.upload.output, &webhooks, &upload)?;
         let print = fingerprint(&upload);
-        s.pipeline.check_headers(&upload.parts())?;
+        let frame = s.pipeline.default_input().frame;
+        s.pipeline.check_headers(&upload.parts(), frame)?;
         Ok::<_, ApiError>((record, print, upload))
     });
     if s.trace {

@@ -29,7 +29,7 @@ use candle_core::Tensor;
 use tokio::sync::oneshot;
 
 use crate::metrics::{Metrics, PRIORITY_LABELS};
-use crate::models::{LoadedModel, ModelError, TryOnModel, ModelInput};
+use crate::models::{LoadedModel, ModelError, ModelInput, TryOnModel};
 
 mod queue;
 mod steps;

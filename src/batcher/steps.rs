@@ -224,12 +224,7 @@ fn step_all(model: &dyn StepModel, shared: &Shared, running: &mut [Running]) {
 
 /// Steps the requests at `indices`; on a device out-of-memory error it halves the group and
 /// lowers the row cap, as whole-batch workers do.
-fn step_group(
-    model: &dyn StepModel,
-    shared: &Shared,
-    running: &mut [Running],
-    indices: &[usize],
-) {
+fn step_group(model: &dyn StepModel, shared: &Shared, running: &mut [Running], indices: &[usize]) {
     let started = Instant::now();
     let result = {
         let mut picked: Vec<&mut Box<dyn StepState>> = running

@@ -10,9 +10,7 @@ use super::queue::Job;
 use super::worker::Shared;
 use super::{JobError, JobOutput};
 use crate::metrics::RejectReason;
-use crate::models::{
-    ModelError, ModelInput, TryOnBatch, TryOnModel, MODEL_HEIGHT, MODEL_WIDTH,
-};
+use crate::models::{ModelError, ModelInput, TryOnBatch, TryOnModel, MODEL_HEIGHT, MODEL_WIDTH};
 
 /// Runs one full batch of blank inputs so that the first request meets a warm model.
 pub(super) fn warm_up(model: &dyn TryOnModel, shared: &Shared) -> Result<(), ModelError> {

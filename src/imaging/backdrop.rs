@@ -1,5 +1,5 @@
 //! The plain backdrop behind a product photo or a person, estimated from the image border: the
-//! garment mask and CatVTON's drawn mask both start from it.
+//! garment mask and a model's drawn person mask both start from it.
 
 /// The backdrop's colour and the border pixels taken as backdrop.
 #[derive(Debug, Clone, PartialEq)]

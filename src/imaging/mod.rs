@@ -1,8 +1,8 @@
 //! Images in and out of the models: decoding uploads under limits ([`decode`]), fitting them
 //! into the model frame ([`fit`]), tensors ([`tensor`]), encoding answers ([`encode`]), the
 //! garment mask of a product photo ([`garment_mask`]), and the backdrop estimate
-//! ([`backdrop`]) and binary-mask operations ([`morphology`]) it shares with CatVTON's drawn
-//! mask. [`pair`] holds the callers' entry points from bytes to a request's inputs.
+//! ([`backdrop`]) and binary-mask operations ([`morphology`]) it shares with the masks a model
+//! draws. The way from a request's bytes to a model's input is `crate::pipeline`'s.
 
 pub mod backdrop;
 pub mod decode;
@@ -10,7 +10,6 @@ pub mod encode;
 pub mod fit;
 pub mod garment_mask;
 pub mod morphology;
-pub mod pair;
 pub mod tensor;
 
 pub use crate::models::input::{PreparedPair, Rect};
@@ -21,7 +20,4 @@ pub use decode::{
 pub use encode::{encode, OutputFormat};
 pub use fit::{crop, crop_to, fit, fit_mask, fit_rect};
 pub use garment_mask::cloth_mask;
-pub use pair::{
-    decode_and_fit, decode_mask_and_fit, prepare_decoded, prepare_fitted, prepare_pair,
-};
 pub use tensor::{mask_to_tensor, rgb_to_tensor, tensor_to_rgb};

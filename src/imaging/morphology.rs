@@ -1,7 +1,7 @@
 //! Operations on binary masks (one `bool` per pixel, row-major, sized by a [`Grid`]), all
 //! linear in the number of pixels: connected-component labelling, the filters built on it
 //! (small components, holes, a flood from the border, regions holding a seed), dilation, a
-//! blur-and-threshold, convex hulls and polygon filling. The garment mask and CatVTON's drawn
+//! blur-and-threshold, convex hulls and polygon filling. The garment mask and a model's drawn
 //! mask both use them.
 
 /// The size of a mask: `width × height` pixels, row-major.

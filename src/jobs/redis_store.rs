@@ -264,7 +264,7 @@ impl RedisStore {
                     redis::cmd("HMGET")
                         .arg(&key)
                         .arg(&["record", "person", "cloth", "mask", "person_mask"])
-                    .query(con)?;
+                        .query(con)?;
                 let record = text.as_deref().and_then(|t| from_json(t).ok());
                 let (Some(mut record), Some(person), Some(cloth)) = (record, person, cloth) else {
                     return Ok(Some(None));

@@ -192,10 +192,7 @@ async fn check_store(runner: &Runner) {
         }
         Err(e) => Some(e.to_string()),
     };
-    let mut slot = runner
-        .store_fault
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut slot = runner.store_fault.lock().unwrap_or_else(|p| p.into_inner());
     match (&*slot, &fault) {
         (None, Some(e)) => {
             tracing::error!(error = %e, "the job store cannot record jobs; not ready")

@@ -23,9 +23,7 @@ pub use input::{
     MODEL_WIDTH,
 };
 pub use options::{OptionKind, OptionLimits, OptionSpec, RequestOptions};
-pub use registry::{
-    family, load, LoadRequest, ModelFamily, ModelFlags, WeightSource, MODEL_NAMES,
-};
+pub use registry::{family, load, LoadRequest, ModelFamily, ModelFlags, WeightSource, MODEL_NAMES};
 
 use crate::ops::convert::{to_model_input, to_u8_images, InputKind};
 
@@ -70,10 +68,7 @@ impl TryOnBatch {
 
     /// Builds a batch on `device` from requests' inputs, converting them there; each needs a
     /// garment mask.
-    pub fn from_inputs(
-        inputs: &[&ModelInput],
-        device: &Device,
-    ) -> Result<TryOnBatch, ModelError> {
+    pub fn from_inputs(inputs: &[&ModelInput], device: &Device) -> Result<TryOnBatch, ModelError> {
         let stack = |f: &dyn Fn(&ModelInput) -> Option<&Tensor>,
                      kind: InputKind|
          -> Result<Tensor, ModelError> {

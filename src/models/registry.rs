@@ -91,7 +91,10 @@ pub enum WeightSource<'a> {
     /// A local folder.
     Dir(&'a Path),
     /// The model's repositories on the Hugging Face Hub, through the cache.
-    Hub { hub: &'a Hub, reporter: &'a Reporter },
+    Hub {
+        hub: &'a Hub,
+        reporter: &'a Reporter,
+    },
 }
 
 /// Everything a loader needs: where, onto which device, in which precision, with the models'

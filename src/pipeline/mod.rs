@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::imaging::{self, ImageError, OutputFormat, Probe};
 use crate::metrics::Metrics;
+use crate::models::input::Frame;
 use crate::models::{
     InputSpec, ModelFamily, ModelInput, OptionLimits, OptionSpec, Rect, RequestOptions,
 };
@@ -70,10 +71,7 @@ impl OutputChoice {
         let format = match format {
             None => defaults.format,
             Some(f) => f.parse::<OutputFormat>().map_err(|_| {
-                format!(
-                    "unknown format `{}` (use jpeg or png)",
-                    crate::api::echo(f)
-                )
+                format!("unknown format `{}` (use jpeg or png)", crate::api::echo(f))
             })?,
         };
         let quality = match quality {
@@ -96,7 +94,11 @@ pub fn encode_answer(
     output: OutputChoice,
 ) -> Result<Vec<u8>, String> {
     let rgb = imaging::tensor_to_rgb(image).map_err(|e| e.to_string())?;
-    imaging::encode(&imaging::crop_to(rgb, content), output.format, output.quality)
+    imaging::encode(
+        &imaging::crop_to(rgb, content),
+        output.format,
+        output.quality,
+    )
 }
 
 /// The bytes of images being decoded at once.
@@ -191,8 +193,9 @@ impl Pipeline {
     }
 
     /// Checks every image's header (format, size, aspect ratio) and that the largest fits the
-    /// decode budget, before anything is decoded.
-    pub fn check_headers(&self, parts: &ImageParts) -> Result<Probes, ImageError> {
+    /// decode budget for the model's `frame` (large JPEGs decode scaled to cover it), before
+    /// anything is decoded.
+    pub fn check_headers(&self, parts: &ImageParts, frame: Frame) -> Result<Probes, ImageError> {
         let max = self.max_pixels;
         let probe_opt = |b: &Option<Bytes>| -> Result<Option<Probe>, ImageError> {
             b.as_ref().map(|b| imaging::probe(b, max)).transpose()
@@ -209,10 +212,10 @@ impl Pipeline {
         ]
         .into_iter()
         .flatten()
-        .max_by_key(|p| p.decode_bytes())
+        .max_by_key(|p| p.decode_bytes_for(frame))
         .copied()
         .unwrap_or(person);
-        let need = largest.decode_bytes();
+        let need = largest.decode_bytes_for(frame);
         if need > self.decode.total {
             return Err(ImageError::Invalid(format!(
                 "the {}x{} image needs {} MiB to decode, more than this server decodes at once ({} MiB)",
@@ -245,7 +248,8 @@ impl Pipeline {
         deadline: Instant,
         cpu: &Cpu,
     ) -> Result<ModelInput, PrepareError> {
-        let probes = self.check_headers(&parts)?;
+        let spec = self.model.input(&options);
+        let probes = self.check_headers(&parts, spec.frame)?;
         let need = probes.decode_bytes;
         let permit = tokio::time::timeout_at(
             deadline,
@@ -258,7 +262,6 @@ impl Pipeline {
         .map_err(|_| PrepareError::Busy)?
         .map_err(|_| PrepareError::Internal("the decode budget is closed".into()))?;
         let gauge = self.decode.metrics.decode_memory.clone();
-        let spec = self.model.input(&options);
         // The permit goes with the work: if this request is abandoned meanwhile, the budget
         // is still held until the decoder has let go of its memory.
         cpu.run(move || {
@@ -283,19 +286,24 @@ pub fn decode_and_fit(
     options: RequestOptions,
 ) -> Result<ModelInput, PrepareError> {
     let frame = spec.frame;
+    let decode = |bytes: &Bytes, probe: &Probe| imaging::decode_probed_for(bytes, probe, frame);
     let gray = |bytes: &Bytes, probe: &Probe| -> Result<GrayImage, ImageError> {
-        Ok(DynamicImage::ImageRgb8(imaging::decode_probed(bytes, probe)?).to_luma8())
+        Ok(DynamicImage::ImageRgb8(decode(bytes, probe)?).to_luma8())
     };
     let (person, content, person_size) = {
-        let decoded = imaging::decode_probed(&parts.person, &probes.person)?;
+        let decoded = decode(&parts.person, &probes.person)?;
         let (fitted, content) = (spec.fit_person)(&decoded, frame);
         (fitted, content, decoded.dimensions())
     };
     let (cloth, garment_size) = {
-        let decoded = imaging::decode_probed(&parts.cloth, &probes.cloth)?;
+        let decoded = decode(&parts.cloth, &probes.cloth)?;
         ((spec.fit_cloth)(&decoded, frame), decoded.dimensions())
     };
-    let garment_mask = match (&spec.garment_mask, &parts.garment_mask, &probes.garment_mask) {
+    let garment_mask = match (
+        &spec.garment_mask,
+        &parts.garment_mask,
+        &probes.garment_mask,
+    ) {
         (None, _, _) => None,
         (Some(m), Some(bytes), Some(probe)) => {
             Some((m.fit)(&gray(bytes, probe)?, garment_size, frame))
@@ -349,7 +357,9 @@ pub fn prepare_now(
     max_pixels: u64,
 ) -> Result<ModelInput, PrepareError> {
     let probe_opt = |b: &Option<Bytes>| -> Result<Option<Probe>, ImageError> {
-        b.as_ref().map(|b| imaging::probe(b, max_pixels)).transpose()
+        b.as_ref()
+            .map(|b| imaging::probe(b, max_pixels))
+            .transpose()
     };
     let probes = Probes {
         person: imaging::probe(&parts.person, max_pixels)?,

@@ -20,11 +20,11 @@ use crate::api::echo;
 use crate::batcher::Priority;
 use crate::error::ApiError;
 use crate::imaging::OutputFormat;
-use crate::pipeline::OutputChoice;
 use crate::jobs::{
     now_ms, scoped_idempotency_key, valid_id, JobInputs, JobRecord, JobStatus, JobView, NewJob,
     MAX_IDEMPOTENCY_KEY_BYTES, MAX_METADATA_BYTES,
 };
+use crate::pipeline::OutputChoice;
 
 /// The form's text fields.
 pub const PRIORITY_FIELD: &str = "priority";
@@ -211,9 +211,10 @@ async fn submit(state: &AppState, request: Request) -> Result<Response, (ApiErro
     record.owner = caller.owner.clone();
     record.fingerprint = Some(fingerprint(&upload));
     let images = upload.parts();
+    let frame = inner.pipeline.model().input(&options).frame;
     inner
         .pipeline
-        .check_headers(&images)
+        .check_headers(&images, frame)
         .map_err(|e| (ApiError::from(e), false))?;
 
     let job = NewJob {

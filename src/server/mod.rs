@@ -154,11 +154,10 @@ impl Server {
         let device = args.model.open_device()?;
         let device_name = crate::device::name(&device);
         let choice = settings.model.clone();
-        let model = tokio::task::spawn_blocking(move || {
-            choice.load(&device, &crate::hub::Reporter::Log)
-        })
-        .await
-        .context("model loading panicked")??;
+        let model =
+            tokio::task::spawn_blocking(move || choice.load(&device, &crate::hub::Reporter::Log))
+                .await
+                .context("model loading panicked")??;
         let family = settings.model.family()?;
         let model_name = model.name().to_string();
         let metrics = Metrics::new();
@@ -201,18 +200,14 @@ impl Server {
 
         let readiness = Readiness::new();
         let on_ready = readiness.clone();
-        let (batcher, worker) = Batcher::start_model(
-            model,
-            settings.batcher.clone(),
-            metrics.clone(),
-            move |r| {
+        let (batcher, worker) =
+            Batcher::start_model(model, settings.batcher.clone(), metrics.clone(), move |r| {
                 match &r {
                     Ok(()) => tracing::info!("model warmed up; ready"),
                     Err(e) => tracing::error!(error = %e, "model warm-up failed"),
                 }
                 on_ready.warmed_up(r.map_err(|e| e.to_string()));
-            },
-        );
+            });
         let queue_capacity = settings.batcher.queue_capacity;
         let upload = settings.upload.clone();
         let body_budget =

@@ -253,7 +253,8 @@ mod tests {
                 for option in &options {
                     let schema = &props[option.name];
                     assert_eq!(
-                        schema["description"], option.help,
+                        schema["description"],
+                        option.help,
                         "{} {form}.{}",
                         family.name(),
                         option.name

@@ -6,23 +6,40 @@ use crate::common;
 use candle_core::Device;
 use common::{fixture, pairs};
 use virtualfit::imaging;
-use virtualfit::models::{self, TryOnBatch};
+use virtualfit::models::{self, ModelInput, TryOnBatch};
+use virtualfit::pipeline::{self, ImageParts};
+
+/// A sample pair's inputs, prepared by the pipeline as the server prepares them.
+fn prepared(p: &str, c: &str) -> ModelInput {
+    let parts = ImageParts {
+        person: fixture(&format!("person/{p}")).into(),
+        cloth: fixture(&format!("cloth/{c}")).into(),
+        garment_mask: None,
+        person_mask: None,
+    };
+    let family = models::family("overlay").expect("registered");
+    pipeline::prepare_now(family, &parts, Default::default(), u64::MAX).expect("prepared")
+}
 
 #[test]
 fn head_is_kept_and_torso_changes() {
-    let model = models::load("overlay", models::WeightSource::None, &Device::Cpu, candle_core::DType::F32)
-        .and_then(models::LoadedModel::into_batch).expect("overlay loads");
+    let model = models::load(
+        "overlay",
+        models::WeightSource::None,
+        &Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .and_then(models::LoadedModel::into_batch)
+    .expect("overlay loads");
     let mut inputs = Vec::new();
     let mut persons = Vec::new();
     for (p, c) in pairs() {
         let person = imaging::decode(&fixture(&format!("person/{p}")), u64::MAX).expect("person");
-        let cloth = imaging::decode(&fixture(&format!("cloth/{c}")), u64::MAX).expect("cloth");
-        let pair = imaging::prepare_decoded(&person, &cloth, None).expect("prepared");
-        inputs.push(pair);
+        inputs.push(prepared(&p, &c));
         persons.push(person);
     }
     let refs: Vec<&_> = inputs.iter().collect();
-    let batch = TryOnBatch::from_pairs(&refs, &Device::Cpu).expect("batch");
+    let batch = TryOnBatch::from_inputs(&refs, &Device::Cpu).expect("batch");
     let out = models::forward_u8(model.as_ref(), &batch).expect("forward");
     assert_eq!(out.len(), 6);
     for (i, person) in persons.iter().enumerate() {
@@ -51,21 +68,23 @@ fn head_is_kept_and_torso_changes() {
 
 #[test]
 fn batch_items_are_independent() {
-    let model = models::load("overlay", models::WeightSource::None, &Device::Cpu, candle_core::DType::F32)
-        .and_then(models::LoadedModel::into_batch).expect("overlay loads");
-    let prepare = |p: &str, c: &str| {
-        let person = imaging::decode(&fixture(&format!("person/{p}")), u64::MAX).expect("person");
-        let cloth = imaging::decode(&fixture(&format!("cloth/{c}")), u64::MAX).expect("cloth");
-        imaging::prepare_decoded(&person, &cloth, None).expect("prepared")
-    };
+    let model = models::load(
+        "overlay",
+        models::WeightSource::None,
+        &Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .and_then(models::LoadedModel::into_batch)
+    .expect("overlay loads");
+    let prepare = prepared;
     let all = pairs();
     let a = prepare(&all[0].0, &all[0].1);
     let b = prepare(&all[1].0, &all[1].1);
     let alone = model
-        .forward(&TryOnBatch::from_pairs(&[&b], &Device::Cpu).expect("batch"))
+        .forward(&TryOnBatch::from_inputs(&[&b], &Device::Cpu).expect("batch"))
         .expect("forward");
     let together = model
-        .forward(&TryOnBatch::from_pairs(&[&a, &b], &Device::Cpu).expect("batch"))
+        .forward(&TryOnBatch::from_inputs(&[&a, &b], &Device::Cpu).expect("batch"))
         .expect("forward");
     let diff = (alone.get(0).expect("x") - together.get(1).expect("y"))
         .expect("sub")

@@ -17,8 +17,10 @@ const MODEL: &str = "identity_steps";
 /// it, resized to 48×64.
 fn expected() -> image::RgbImage {
     let (person, _) = &pairs()[0];
-    let photo = virtualfit::imaging::decode(&fixture(&format!("person/{person}")), u64::MAX)
-        .expect("a sample");
+    let bytes = fixture(&format!("person/{person}"));
+    let probe = virtualfit::imaging::probe(&bytes, u64::MAX).expect("a sample");
+    // Large JPEGs decode scaled down to the smallest size that still covers the frame.
+    let photo = virtualfit::imaging::decode_probed_for(&bytes, &probe, (64, 48)).expect("decodes");
     imageops::resize(&photo, 48, 64, FilterType::Triangle)
 }
 
@@ -84,7 +86,10 @@ async fn a_step_model_serves_tryon_and_jobs_with_its_own_options() {
             Some("queued" | "running") => {}
             other => panic!("job ended {other:?}: {status}"),
         }
-        assert!(tokio::time::Instant::now() < deadline, "the job did not end");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job did not end"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let result = c
@@ -108,7 +113,10 @@ async fn a_step_model_serves_tryon_and_jobs_with_its_own_options() {
         .expect("JSON");
     let m = &models["models"][0];
     assert_eq!(m["name"], MODEL);
-    assert_eq!(m["resolution"], serde_json::json!({"height": 64, "width": 48}));
+    assert_eq!(
+        m["resolution"],
+        serde_json::json!({"height": 64, "width": 48})
+    );
     assert_eq!(m["options"][0]["name"], "steps");
     assert_eq!(m["options"][0]["values"], "1..5");
     assert_eq!(m["options"][0]["default"], 3);

@@ -16,9 +16,9 @@ use super::{
 use crate::hub::{Hub, Reporter};
 use crate::models::registry::{required_dir, Downloaded};
 use crate::models::{
-    InputSpec, Licence, LoadRequest, LoadedModel, ModelError, ModelFamily, ModelFlags,
-    ModelInput, OptionKind, OptionLimits, OptionSpec, PersonMaskSpec, RequestOptions, StepModel,
-    StepState, WarmUp, WeightSource,
+    InputSpec, Licence, LoadRequest, LoadedModel, ModelError, ModelFamily, ModelFlags, ModelInput,
+    OptionKind, OptionLimits, OptionSpec, PersonMaskSpec, RequestOptions, StepModel, StepState,
+    WarmUp, WeightSource,
 };
 
 /// The largest guidance scale accepted: far past any useful value, it only bounds the input.
@@ -144,8 +144,7 @@ impl ModelFamily for Family {
 
     fn random(&self, request: &LoadRequest<'_>) -> Option<Result<LoadedModel, ModelError>> {
         Some(
-            CatVton::random(request.dtype, request.device)
-                .map(|m| LoadedModel::Steps(Box::new(m))),
+            CatVton::random(request.dtype, request.device).map(|m| LoadedModel::Steps(Box::new(m))),
         )
     }
 
@@ -258,7 +257,9 @@ impl StepModel for CatVton {
     }
 
     fn rows(&self, input: &ModelInput) -> Result<usize, ModelError> {
-        Ok(super::rows_for(CatvtonOptions::read(&input.options)?.guidance))
+        Ok(super::rows_for(
+            CatvtonOptions::read(&input.options)?.guidance,
+        ))
     }
 
     fn begin(&self, input: &ModelInput) -> Result<Box<dyn StepState>, ModelError> {
@@ -276,7 +277,10 @@ impl StepModel for CatVton {
     }
 
     fn finish(&self, state: &dyn StepState) -> Result<Tensor, ModelError> {
-        let sample = state.as_any().downcast_ref::<Sample>().ok_or_else(not_ours)?;
+        let sample = state
+            .as_any()
+            .downcast_ref::<Sample>()
+            .ok_or_else(not_ours)?;
         CatVton::finish(self, sample)
     }
 
@@ -430,12 +434,9 @@ mod tests {
     #[test]
     fn the_frame_follows_the_resolution() {
         let specs = Family.options(&OptionLimits::default());
-        let half = RequestOptions::parse(
-            &specs,
-            |n| (n == "resolution").then_some("512x384"),
-            || 1,
-        )
-        .expect("valid");
+        let half =
+            RequestOptions::parse(&specs, |n| (n == "resolution").then_some("512x384"), || 1)
+                .expect("valid");
         assert_eq!(Family.input(&half).frame, (512, 384));
         let full = RequestOptions::parse(&specs, |_| None, || 1).expect("valid");
         assert_eq!(Family.input(&full).frame, (1024, 768));

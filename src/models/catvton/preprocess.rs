@@ -4,10 +4,7 @@
 //! `LANCZOS`; the two differ by rounding only.
 
 use image::imageops::{self, FilterType};
-use image::{GrayImage, ImageBuffer, Pixel, Rgb, RgbImage};
-
-use super::mask::{auto_mask, Category};
-use super::{DiffusionInput, SamplingParams};
+use image::{ImageBuffer, Pixel, Rgb, RgbImage};
 
 /// The centred crop of a `w×h` image to the aspect ratio `tw:th`, as `(x, y, width, height)`,
 /// in the reference's integer arithmetic.
@@ -64,42 +61,6 @@ pub fn resize_and_padding(img: &RgbImage, width: u32, height: u32) -> RgbImage {
     let y = (height - new_h) / 2;
     imageops::replace(&mut canvas, &resized, x as i64, y as i64);
     canvas
-}
-
-/// A request's images fitted to `(height, width)`; without a mask, one is drawn from the
-/// category (see [`auto_mask`]).
-pub fn prepare(
-    person: &RgbImage,
-    cloth: &RgbImage,
-    mask: Option<&GrayImage>,
-    category: Category,
-    (height, width): (usize, usize),
-    params: SamplingParams,
-) -> candle_core::Result<DiffusionInput> {
-    if let Some(m) = mask {
-        if m.dimensions() != person.dimensions() {
-            candle_core::bail!(
-                "the person mask is {}x{} but the person photo is {}x{}",
-                m.width(),
-                m.height(),
-                person.width(),
-                person.height()
-            );
-        }
-    }
-    let (w, h) = (width as u32, height as u32);
-    let person = resize_and_crop(person, w, h);
-    let cloth = resize_and_padding(cloth, w, h);
-    let mask = match mask {
-        Some(m) => resize_and_crop(m, w, h),
-        None => auto_mask(&person, category),
-    };
-    Ok(DiffusionInput {
-        person: crate::imaging::rgb_to_tensor(person)?,
-        cloth: crate::imaging::rgb_to_tensor(cloth)?,
-        mask: crate::imaging::mask_to_tensor(mask)?,
-        params,
-    })
 }
 
 #[cfg(test)]
