@@ -22,9 +22,9 @@ fn batch(n: usize) -> TryOnBatch {
         .map(|i| {
             let p = &pairs[i % pairs.len()];
             let parts = virtualfit::pipeline::ImageParts {
-                person: p.person.bytes.clone().into(),
-                cloth: p.cloth.bytes.clone().into(),
-                garment_mask: p.mask.as_ref().map(|m| m.bytes.clone().into()),
+                person: p.person.bytes.clone(),
+                cloth: p.cloth.bytes.clone(),
+                garment_mask: p.mask.as_ref().map(|m| m.bytes.clone()),
                 person_mask: None,
             };
             virtualfit::pipeline::prepare_now(family, &parts, Default::default(), u64::MAX)

@@ -113,9 +113,9 @@ fn inputs(
                 .map(|i| {
                     let p = &pairs[i % pairs.len()];
                     let parts = ImageParts {
-                        person: p.person.bytes.clone().into(),
-                        cloth: p.cloth.bytes.clone().into(),
-                        garment_mask: p.mask.as_ref().map(|m| m.bytes.clone().into()),
+                        person: p.person.bytes.clone(),
+                        cloth: p.cloth.bytes.clone(),
+                        garment_mask: p.mask.as_ref().map(|m| m.bytes.clone()),
                         person_mask: None,
                     };
                     pipeline::prepare_now(family, &parts, options.clone(), u64::MAX).map_err(|e| {

@@ -301,6 +301,39 @@ impl TryOnModel for OverlayModel {
     }
 }
 
+/// The registry entry.
+pub struct Family;
+
+impl super::ModelFamily for Family {
+    fn name(&self) -> &'static str {
+        "overlay"
+    }
+
+    fn about(&self) -> &'static str {
+        "weight-free baseline: pastes the garment over the worn top with the person's shading"
+    }
+
+    fn input(&self, _options: &super::RequestOptions) -> super::InputSpec {
+        super::InputSpec::letterboxed()
+    }
+
+    fn load(&self, request: &super::LoadRequest<'_>) -> Result<super::LoadedModel, ModelError> {
+        if let super::WeightSource::Hub { .. } = request.source {
+            return Err(super::ModelFamily::not_on_hub(self));
+        }
+        Ok(super::LoadedModel::Batch(Box::new(OverlayModel::new(
+            request.device.clone(),
+        ))))
+    }
+
+    fn not_on_hub(&self) -> ModelError {
+        ModelError::NotOnHub {
+            model: self.name().into(),
+            help: "it has no weights (--model catvton is the model on the hub)".into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,38 +367,5 @@ mod tests {
         m[5] = 1.0;
         let b = mask_bounds(&m, 3, 4);
         assert_eq!((b.x0, b.y0, b.x1, b.y1), (1.0, 1.0, 1.0, 1.0));
-    }
-}
-
-/// The registry entry.
-pub struct Family;
-
-impl super::ModelFamily for Family {
-    fn name(&self) -> &'static str {
-        "overlay"
-    }
-
-    fn about(&self) -> &'static str {
-        "weight-free baseline: pastes the garment over the worn top with the person's shading"
-    }
-
-    fn input(&self, _options: &super::RequestOptions) -> super::InputSpec {
-        super::InputSpec::letterboxed()
-    }
-
-    fn load(&self, request: &super::LoadRequest<'_>) -> Result<super::LoadedModel, ModelError> {
-        if let super::WeightSource::Hub { .. } = request.source {
-            return Err(super::ModelFamily::not_on_hub(self));
-        }
-        Ok(super::LoadedModel::Batch(Box::new(OverlayModel::new(
-            request.device.clone(),
-        ))))
-    }
-
-    fn not_on_hub(&self) -> ModelError {
-        ModelError::NotOnHub {
-            model: self.name().into(),
-            help: "it has no weights (--model catvton is the model on the hub)".into(),
-        }
     }
 }
