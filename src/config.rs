@@ -1,6 +1,8 @@
 //! Command-line and environment configuration. Every flag has an environment variable
 //! `VIRTUALFIT_<FLAG_IN_CAPS>`, except the hub's (`crate::hub::HubArgs`), which read the Hugging
 //! Face tools' own (`HF_ENDPOINT`, `HF_HUB_CACHE`, …); the defaults here are the contract's.
+//! `serve`'s flags are turned once, at start-up, into each part's own settings ([`Settings`]);
+//! this module parses and converts, and loads nothing.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
