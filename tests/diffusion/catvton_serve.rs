@@ -30,6 +30,11 @@ async fn post_tryon(base: &str, form: Form) -> reqwest::Response {
     post_form(base, "/tryon", form).await
 }
 
+/// Each test here runs a CatVTON server that keeps both cores busy, and several hold timing
+/// bounds (a drain, a deadline): they take turns, as they did when each file was a binary of
+/// its own and still two of them could meet.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn model_dir() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/catvton/model").to_string()
 }
@@ -76,6 +81,7 @@ fn differences(a: &image::RgbImage, b: &image::RgbImage) -> (usize, u8) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn catvton_serves_real_requests_and_batching_does_not_change_them() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let (_server, base) = catvton_server(&["--max-batch-size", "8"]).await;
 
     let r = post_form(&base, "/tryon?format=png", form(0, 2, 42)).await;
@@ -133,6 +139,7 @@ async fn catvton_serves_real_requests_and_batching_does_not_change_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_fields_are_refused_and_the_server_keeps_serving() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let (_server, base) = catvton_server(&[]).await;
     for (name, value) in [
         ("steps", "0"),
@@ -191,6 +198,7 @@ async fn bad_fields_are_refused_and_the_server_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catvton_job_runs_with_its_options_and_seed() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let (_server, base) = catvton_server(&[]).await;
     let r = post_form(&base, "/v1/jobs", form(0, 2, 5).text("format", "png")).await;
     assert_eq!(r.status(), 202);
@@ -249,6 +257,7 @@ fn run(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn the_cli_tries_on_benchmarks_and_simulates_catvton() {
+    let _one = ONE_AT_A_TIME.blocking_lock();
     let dir = tempfile::tempdir().expect("tempdir");
     let pairs = common::pairs();
     let samples = common::demo_dir();
@@ -330,6 +339,7 @@ fn the_cli_tries_on_benchmarks_and_simulates_catvton() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_http_sends_the_diffusion_fields() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let (_server, base) = catvton_server(&[]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("report.json");
@@ -378,6 +388,7 @@ async fn bench_http_sends_the_diffusion_fields() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_client_leaves_stops_sampling() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let (_server, base) = catvton_server(&["--max-steps", "40"]).await;
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_secs(6))
@@ -432,6 +443,7 @@ async fn wait_for_metric(base: &str, name: &str, label: &str, at_least: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_queued_past_its_deadline_gets_504_while_a_long_running_one_finishes() {
+    let _one = ONE_AT_A_TIME.lock().await;
     // One request with guidance fills the two rows; the second waits in the queue past the
     // 0.5 s request timeout, which bounds the wait for the device, not the sampling: the first
     // request's six steps take longer than the handler's stall bound (2 × 0.5 s + 10 s on this
@@ -461,6 +473,7 @@ async fn a_request_queued_past_its_deadline_gets_504_while_a_long_running_one_fi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_sampling_request_finish_and_refuses_new_ones() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = model_dir();
     let mut child = common::child::ChildServer::start(&[
         "--model",
@@ -482,8 +495,21 @@ async fn sigterm_lets_a_sampling_request_finish_and_refuses_new_ones() {
     };
     wait_for_metric(&base, "virtualfit_unet_steps_total", "", 1.0).await;
     child.sigterm();
-    // New work is refused at once while the admitted request keeps sampling.
+    // A request sent before the signal is handled is still admitted, and may be the last one
+    // answered before the process exits: wait until the server reports the drain.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while client()
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("still up while draining")
+        .status()
+        == 200
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never drained");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // New work is refused at once while the admitted request keeps sampling.
     loop {
         let r = client()
             .post(format!("{base}/tryon"))

@@ -1,6 +1,6 @@
 //! A diffusion model served on the CPU with its tiny fixture weights: step-level batching,
-//! deadlines, jobs, the CLI and the drain. A binary of its own: its requests keep both cores
-//! busy, which the timing bounds of the server binary's drain and liveness tests should not
+//! deadlines, jobs, the CLI and the drain. A binary of its own, whose tests take turns: their
+//! requests keep both cores busy, which the timing bounds of a drain or a deadline should not
 //! share. Run it with `cargo test --release --test diffusion`.
 
 #[path = "../common/mod.rs"]
