@@ -1,5 +1,5 @@
 //! CatVTON parity with the official pipeline (fixtures in `tests/fixtures/catvton`, made by
-//! `scripts/fixtures/catvton.py`), with DDIM and with DPM-Solver++ 2M in its place, batch
+//! `scripts/fixtures/catvton.py`), with DDIM and with DPM-Solver++ 2M or UniPC in its place, batch
 //! independence, the samplers' timesteps against diffusers', the PIL-like resizing, and the
 //! loader's errors. Run with `--nocapture` to see the error figures.
 
@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
+use virtualfit::models::catvton::scheduler::UniPcMemory;
 use virtualfit::models::catvton::{
     preprocess, CatVton, DiffusionInput, DpmSolver, Noise, Sample, SamplingParams, SchedulerKind,
+    UniPc,
 };
 use virtualfit::models::ModelError;
 
@@ -571,7 +573,7 @@ fn ddim_timesteps_match_diffusers_for_every_spacing_from_1_to_200_steps() {
 }
 
 #[test]
-fn dpm_solver_timesteps_match_diffusers_for_every_spacing_from_1_to_200_steps() {
+fn solver_timesteps_match_diffusers_for_every_spacing_from_1_to_200_steps() {
     use virtualfit::models::catvton::config::{parse, SchedulerConfig};
     use virtualfit::models::catvton::FULL_SIZE_CONFIGS;
     // The config names no spacing: DPM-Solver's own default, "linspace", as diffusers'
@@ -586,6 +588,9 @@ fn dpm_solver_timesteps_match_diffusers_for_every_spacing_from_1_to_200_steps() 
         let dpm = DpmSolver::new(&config);
         let expected = diffusers_timesteps("dpmsolver_multistep", spacing.unwrap_or("linspace"));
         assert_eq!(expected.len(), 200, "{spacing:?}");
+        // UniPC's are the same, and so are ours (`CatVton::timesteps` gives both the table's).
+        let unipc = diffusers_timesteps("unipc_multistep", spacing.unwrap_or("linspace"));
+        assert_eq!(unipc, expected, "{spacing:?}");
         let mut appended = Vec::new();
         for (i, theirs) in expected.iter().enumerate() {
             let steps = i + 1;
@@ -619,10 +624,10 @@ fn dpm_solver_timesteps_match_diffusers_for_every_spacing_from_1_to_200_steps() 
     }
 }
 
-// ---- DPM-Solver++ 2M against the official pipeline with `DPMSolverMultistepScheduler` -------
+// ---- The multistep solvers against the official pipeline with diffusers' classes ----------
 
 /// The solver fixtures (`scripts/fixtures/catvton.py --solvers`): pair `p0` sampled by the
-/// official pipeline with its scheduler swapped for diffusers' solver.
+/// official pipeline with its scheduler swapped for diffusers' solvers.
 fn solvers() -> &'static HashMap<String, Tensor> {
     static SOLVERS: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
     SOLVERS.get_or_init(|| {
@@ -654,123 +659,123 @@ fn recorded_with(scheduler: SchedulerKind, steps: usize) -> (DiffusionInput, Noi
     (input, Noise::Given(noise))
 }
 
+/// The solvers of the fixture: our kind and the fixture's name.
+const SOLVER_KINDS: [(SchedulerKind, &str); 2] = [
+    (SchedulerKind::DpmPp2m, "dpmpp_2m"),
+    (SchedulerKind::UniPc, "unipc"),
+];
+
 #[test]
-fn dpm_solver_steps_alone_match_diffusers() {
+fn solver_steps_alone_match_diffusers() {
     // Each recorded step replayed from diffusers' own latents and guided noise: the solver's
-    // update alone, first order at the first and the last step, second order between.
-    let r = |name: &str| solver_reference(&format!("dpmpp_2m.10.{name}"));
-    let timesteps: Vec<usize> = r("timesteps")
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|t| t as usize)
-        .collect();
-    let dpm = model().dpm_solver();
-    assert_eq!(dpm.timesteps(10), timesteps);
-    let sigmas = dpm.sigmas(&timesteps);
-    let theirs: Vec<f32> = r("sigmas").to_vec1().unwrap();
-    assert_eq!(sigmas.len(), theirs.len());
-    for (ours, theirs) in sigmas.iter().zip(&theirs) {
-        assert!(
-            (ours - theirs).abs() <= 1e-6 * theirs.abs(),
-            "σ {ours} against {theirs}"
-        );
-    }
-    let init = reference("p0.noise.init");
-    let mut previous_x0: Option<Tensor> = None;
-    for i in 0..timesteps.len() {
-        let x = if i == 0 {
-            init.clone()
-        } else {
-            r("latents").get(i - 1).unwrap()
-        };
-        let eps = r("noise_pred").get(i).unwrap();
-        let (next, x0) = DpmSolver::step(&sigmas, i, &x, &eps, previous_x0.as_ref()).expect("step");
-        let e = rel_l2(&next, &r("latents").get(i).unwrap());
-        println!("DPM-Solver++ step {i} alone: relative L2 {e:.2e}");
-        assert!(e <= 1e-6, "step {i}: {e:.3e}");
-        previous_x0 = Some(x0);
+    // update alone (DPM-Solver++: first order at the first and the last step, second order
+    // between; UniPC: its corrector from the second step on, then its predictor).
+    for (kind, name) in SOLVER_KINDS {
+        let r = |what: &str| solver_reference(&format!("{name}.10.{what}"));
+        let timesteps: Vec<usize> = r("timesteps")
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|t| t as usize)
+            .collect();
+        let m = model();
+        assert_eq!(m.timesteps(kind, 10), timesteps, "{name}");
+        let sigmas = m.dpm_solver().sigmas(&timesteps);
+        let theirs: Vec<f32> = r("sigmas").to_vec1().unwrap();
+        assert_eq!(sigmas.len(), theirs.len());
+        for (ours, theirs) in sigmas.iter().zip(&theirs) {
+            assert!(
+                (ours - theirs).abs() <= 1e-6 * theirs.abs(),
+                "{name}: σ {ours} against {theirs}"
+            );
+        }
+        let init = reference("p0.noise.init");
+        let mut previous_x0: Option<Tensor> = None;
+        let mut memory = UniPcMemory::default();
+        for i in 0..timesteps.len() {
+            let x = if i == 0 {
+                init.clone()
+            } else {
+                r("latents").get(i - 1).unwrap()
+            };
+            let eps = r("noise_pred").get(i).unwrap();
+            let next = match kind {
+                SchedulerKind::UniPc => {
+                    UniPc::step(&sigmas, i, &x, &eps, &mut memory).expect("step")
+                }
+                _ => {
+                    let (next, x0) =
+                        DpmSolver::step(&sigmas, i, &x, &eps, previous_x0.as_ref()).expect("step");
+                    previous_x0 = Some(x0);
+                    next
+                }
+            };
+            let e = rel_l2(&next, &r("latents").get(i).unwrap());
+            println!("{name} step {i} alone: relative L2 {e:.2e}");
+            assert!(e <= 1e-6, "{name} step {i}: {e:.3e}");
+        }
     }
 }
 
 #[test]
-fn dpm_solver_sampling_matches_the_official_pipeline_at_10_20_and_25_steps() {
+fn solver_samplings_match_the_official_pipeline_at_10_20_and_25_steps() {
     let m = model();
-    for steps in [10, 20, 25] {
-        let r = |name: &str| solver_reference(&format!("dpmpp_2m.{steps}.{name}"));
-        let (input, noise) = recorded_with(SchedulerKind::DpmPp2m, steps);
-        let mut sample = m.begin(&input, noise).expect("begin");
-        let expected_t: Vec<i64> = r("timesteps").to_vec1().unwrap();
-        let ours_t: Vec<i64> = sample.timesteps().iter().map(|&t| t as i64).collect();
-        assert_eq!(ours_t, expected_t, "{steps} steps: timesteps");
-        let mut stepped = 0;
-        while !sample.is_done() {
-            m.step(&mut [&mut sample]).expect("step");
-            if steps == 10 {
-                check(
-                    &format!("DPM-Solver++ {steps} steps, step {stepped} latents"),
-                    sample.latents(),
-                    &r("latents").get(stepped).unwrap(),
-                );
+    for (kind, name) in SOLVER_KINDS {
+        for steps in [10, 20, 25] {
+            let r = |what: &str| solver_reference(&format!("{name}.{steps}.{what}"));
+            let (input, noise) = recorded_with(kind, steps);
+            let mut sample = m.begin(&input, noise).expect("begin");
+            let expected_t: Vec<i64> = r("timesteps").to_vec1().unwrap();
+            let ours_t: Vec<i64> = sample.timesteps().iter().map(|&t| t as i64).collect();
+            assert_eq!(ours_t, expected_t, "{name}, {steps} steps: timesteps");
+            let mut stepped = 0;
+            while !sample.is_done() {
+                m.step(&mut [&mut sample]).expect("step");
+                if steps == 10 {
+                    check(
+                        &format!("{name} {steps} steps, step {stepped} latents"),
+                        sample.latents(),
+                        &r("latents").get(stepped).unwrap(),
+                    );
+                }
+                stepped += 1;
             }
-            stepped += 1;
-        }
-        assert_eq!(stepped, steps);
-        check(
-            &format!("DPM-Solver++ {steps} steps, final latents"),
-            sample.latents(),
-            r("final_latents"),
-        );
-        if steps == 10 {
+            assert_eq!(stepped, steps);
             check(
-                &format!("DPM-Solver++ {steps} steps, image"),
-                &m.decode(&sample).expect("decode"),
-                r("image"),
+                &format!("{name} {steps} steps, final latents"),
+                sample.latents(),
+                r("final_latents"),
+            );
+            let ours: Vec<u8> = m
+                .finish(&sample)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let theirs: Vec<u8> = r("image_u8").flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(ours.len(), theirs.len());
+            let off = ours
+                .iter()
+                .zip(&theirs)
+                .filter(|(a, b)| a.abs_diff(**b) > 1)
+                .count();
+            println!(
+                "{name} {steps} steps: {off} of {} 8-bit values off by more than 1",
+                ours.len()
+            );
+            assert!(
+                off as f64 <= ours.len() as f64 * 1e-3,
+                "{name}, {steps} steps: {off} values"
             );
         }
-        let ours: Vec<u8> = m
-            .finish(&sample)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let theirs: Vec<u8> = r("image_u8").flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(ours.len(), theirs.len());
-        let off = ours
-            .iter()
-            .zip(&theirs)
-            .filter(|(a, b)| a.abs_diff(**b) > 1)
-            .count();
-        println!(
-            "DPM-Solver++ {steps} steps: {off} of {} 8-bit values off by more than 1",
-            ours.len()
-        );
-        assert!(
-            off as f64 <= ours.len() as f64 * 1e-3,
-            "{steps} steps: {off} values"
-        );
     }
 }
 
 #[test]
 fn requests_on_different_samplers_batch_together_without_changing_each_other() {
-    // A DPM-Solver++ request and a DDIM one share UNet calls at different steps: each gives
-    // the image it gives alone (the solver's previous x̂₀ stays with its request).
-    let (mut a, _) = recorded("p0");
-    a.params = SamplingParams {
-        steps: 5,
-        scheduler: SchedulerKind::DpmPp2m,
-        guidance: 2.5,
-        seed: 21,
-    };
-    let (mut b, _) = recorded("p1");
-    b.params = SamplingParams {
-        steps: 7,
-        scheduler: SchedulerKind::Ddim,
-        guidance: 1.0,
-        seed: 22,
-    };
+    // A multistep-solver request and a DDIM one share UNet calls at different steps: each
+    // gives the image it gives alone (the solver's memory stays with its request).
     let max_diff = |x: &Tensor, y: &Tensor| -> f32 {
         (x - y)
             .unwrap()
@@ -781,20 +786,36 @@ fn requests_on_different_samplers_batch_together_without_changing_each_other() {
             .to_scalar::<f32>()
             .unwrap()
     };
-    let solver_alone = sample_with(&a, None);
+    let (mut b, _) = recorded("p1");
+    b.params = SamplingParams {
+        steps: 7,
+        scheduler: SchedulerKind::Ddim,
+        guidance: 1.0,
+        seed: 22,
+    };
     let ddim_alone = sample_with(&b, None);
-    for head_start in [0, 2, 6] {
-        let d = max_diff(&sample_with(&a, Some((&b, head_start))), &solver_alone);
-        println!("DPM-Solver++ beside DDIM {head_start} steps ahead: max difference {d:.2e}");
-        assert!(d < 1e-4, "batching changed the solver's image by {d}");
-        let d = max_diff(&sample_with(&b, Some((&a, head_start.min(4)))), &ddim_alone);
-        println!("DDIM beside DPM-Solver++: max difference {d:.2e}");
-        assert!(d < 1e-4, "batching changed the DDIM image by {d}");
+    for (kind, name) in SOLVER_KINDS {
+        let (mut a, _) = recorded("p0");
+        a.params = SamplingParams {
+            steps: 5,
+            scheduler: kind,
+            guidance: 2.5,
+            seed: 21,
+        };
+        let solver_alone = sample_with(&a, None);
+        for head_start in [0, 2, 6] {
+            let d = max_diff(&sample_with(&a, Some((&b, head_start))), &solver_alone);
+            println!("{name} beside DDIM {head_start} steps ahead: max difference {d:.2e}");
+            assert!(d < 1e-4, "batching changed the {name} image by {d}");
+            let d = max_diff(&sample_with(&b, Some((&a, head_start.min(4)))), &ddim_alone);
+            println!("DDIM beside {name}: max difference {d:.2e}");
+            assert!(d < 1e-4, "batching changed the DDIM image by {d}");
+        }
+        // The samplers differ: the same seed and steps give another image with DDIM.
+        let mut a_ddim = a.clone();
+        a_ddim.params.scheduler = SchedulerKind::Ddim;
+        assert!(max_diff(&sample_with(&a_ddim, None), &solver_alone) > 1e-2);
     }
-    // The samplers differ: the same seed and steps give another image with DDIM.
-    let mut a_ddim = a.clone();
-    a_ddim.params.scheduler = SchedulerKind::Ddim;
-    assert!(max_diff(&sample_with(&a_ddim, None), &solver_alone) > 1e-2);
 }
 
 /// max |a − b| / max |b|.

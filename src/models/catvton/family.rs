@@ -89,8 +89,8 @@ impl ModelFamily for Family {
                     values: &SchedulerKind::LABELS,
                     default: "ddim",
                 },
-                help: "Sampler: `ddim` (the reference's) or `dpmpp_2m` (DPM-Solver++ 2M, \
-                       made for 15 to 25 steps).",
+                help: "Sampler: `ddim` (the reference's), or `dpmpp_2m` (DPM-Solver++ 2M) or \
+                       `unipc` (UniPC), both made for 10 to 25 steps.",
             },
             OptionSpec {
                 name: "guidance",
@@ -440,7 +440,7 @@ mod tests {
             ("seed", "-3"),
             ("category", "hat"),
             ("resolution", "2048x1536"),
-            ("scheduler", "unipc"),
+            ("scheduler", "unipc2"),
             ("scheduler", "DDIM"),
             ("scheduler", ""),
         ] {

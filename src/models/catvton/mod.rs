@@ -5,7 +5,7 @@
 //! A request is sampled step by step ([`CatVton::begin`], [`CatVton::step`],
 //! [`CatVton::finish`]) so that the batcher can add and remove requests between UNet calls.
 //! Each request draws its noise from its own seed on the CPU and keeps its own sampler state
-//! (DDIM or DPM-Solver++ 2M, see [`scheduler`]), so its image does not depend on what it was
+//! (DDIM, DPM-Solver++ 2M or UniPC, see [`scheduler`]), so its image does not depend on what it was
 //! batched with.
 
 pub mod attention;
@@ -34,7 +34,7 @@ use crate::models::ModelError;
 pub use family::{CatvtonOptions, Family};
 pub use mask::Category;
 use scheduler::SolverState;
-pub use scheduler::{Ddim, DpmSolver, SchedulerKind};
+pub use scheduler::{Ddim, DpmSolver, SchedulerKind, UniPc};
 pub use unet::UNet;
 pub use vae::AutoencoderKl;
 
@@ -383,7 +383,7 @@ impl CatVton {
     pub fn timesteps(&self, scheduler: SchedulerKind, steps: usize) -> Vec<usize> {
         match scheduler {
             SchedulerKind::Ddim => self.ddim.timesteps(steps),
-            SchedulerKind::DpmPp2m => self.dpm.timesteps(steps),
+            SchedulerKind::DpmPp2m | SchedulerKind::UniPc => self.dpm.timesteps(steps),
         }
     }
 
@@ -437,6 +437,7 @@ impl CatVton {
         let solver = match input.params.scheduler {
             SchedulerKind::Ddim => SolverState::Ddim,
             SchedulerKind::DpmPp2m => self.dpm.state(&timesteps),
+            SchedulerKind::UniPc => self.dpm.unipc_state(&timesteps),
         };
         Ok(Sample {
             noise,
@@ -505,6 +506,9 @@ impl CatVton {
                         DpmSolver::step(sigmas, s.next, &s.latents, &eps, previous_x0.as_ref())?;
                     s.latents = next;
                     *previous_x0 = Some(x0);
+                }
+                SolverState::UniPc { sigmas, memory } => {
+                    s.latents = UniPc::step(sigmas, s.next, &s.latents, &eps, memory)?;
                 }
             }
             s.last_model_output = Some(out);

@@ -1,8 +1,8 @@
 //! The samplers a request can choose, as diffusers computes them from the model's scheduler
 //! config: DDIM (η = 1, ε-prediction, `DDIMScheduler`), with the variance noise supplied by the
-//! caller so that each request draws its own, and DPM-Solver++ 2M
-//! (`DPMSolverMultistepScheduler` with its defaults), which draws none but keeps the previous
-//! step's data prediction in the request's [`SolverState`].
+//! caller so that each request draws its own; DPM-Solver++ 2M (`DPMSolverMultistepScheduler`
+//! with its defaults) and UniPC (`UniPCMultistepScheduler`, bh2, order 2), which draw none but
+//! keep their previous steps' data predictions in the request's [`SolverState`].
 
 use candle_core::{Result, Tensor};
 
@@ -53,17 +53,21 @@ pub enum SchedulerKind {
     /// DPM-Solver++, second order, multistep.
     #[serde(rename = "dpmpp_2m")]
     DpmPp2m,
+    /// UniPC: a second-order predictor with a corrector, bh2.
+    #[serde(rename = "unipc")]
+    UniPc,
 }
 
 impl SchedulerKind {
     /// Every sampler, as requests spell them, the default first.
-    pub const LABELS: [&'static str; 2] = ["ddim", "dpmpp_2m"];
+    pub const LABELS: [&'static str; 3] = ["ddim", "dpmpp_2m", "unipc"];
 
     /// As requests spell it.
     pub fn label(self) -> &'static str {
         match self {
             SchedulerKind::Ddim => "ddim",
             SchedulerKind::DpmPp2m => "dpmpp_2m",
+            SchedulerKind::UniPc => "unipc",
         }
     }
 }
@@ -79,6 +83,22 @@ pub enum SolverState {
         sigmas: Vec<f32>,
         previous_x0: Option<Tensor>,
     },
+    /// UniPC: σ of every step and what its corrector and predictor look back on.
+    UniPc {
+        sigmas: Vec<f32>,
+        memory: UniPcMemory,
+    },
+}
+
+/// What UniPC carries from one step to the next.
+#[derive(Debug, Clone, Default)]
+pub struct UniPcMemory {
+    /// x̂₀ of the last two steps, the latest last.
+    x0s: Vec<Tensor>,
+    /// The (corrected) latents the last predictor started from.
+    last_sample: Option<Tensor>,
+    /// The last predictor's order.
+    last_order: usize,
 }
 
 /// The scalar factors of one DDIM update `x_t → x_{t-Δ}`.
@@ -234,7 +254,9 @@ impl Ddim {
     }
 }
 
-/// DPM-Solver++ 2M as diffusers' `DPMSolverMultistepScheduler` computes it with its defaults
+/// The timesteps and σ table of the multistep solvers (diffusers computes them alike for
+/// `DPMSolverMultistepScheduler` and `UniPCMultistepScheduler`), and DPM-Solver++ 2M as
+/// diffusers' `DPMSolverMultistepScheduler` computes it with its defaults
 /// (`algorithm_type` "dpmsolver++", `solver_order` 2, `solver_type` "midpoint",
 /// `lower_order_final`, `final_sigmas_type` "zero", ε-prediction): the first step and the last
 /// (down to σ = 0) are first order, every other one second order. The scalars are computed in
@@ -308,11 +330,19 @@ impl DpmSolver {
             .collect()
     }
 
-    /// The state of a request about to take its first step.
+    /// The DPM-Solver++ state of a request about to take its first step.
     pub fn state(&self, timesteps: &[usize]) -> SolverState {
         SolverState::DpmPp2m {
             sigmas: self.sigmas(timesteps),
             previous_x0: None,
+        }
+    }
+
+    /// The UniPC state of a request about to take its first step.
+    pub fn unipc_state(&self, timesteps: &[usize]) -> SolverState {
+        SolverState::UniPc {
+            sigmas: self.sigmas(timesteps),
+            memory: UniPcMemory::default(),
         }
     }
 
@@ -352,6 +382,127 @@ impl DpmSolver {
             _ => first_order?,
         };
         Ok((next, x0))
+    }
+}
+
+/// UniPC as diffusers' `UniPCMultistepScheduler` computes it with its defaults (`solver_order`
+/// 2, `solver_type` "bh2", `predict_x0`, `lower_order_final`, no step without the corrector,
+/// `final_sigmas_type` "zero", ε-prediction). Each step first corrects the latents the UNet
+/// was given with the new prediction (UniC, from the second step on), then predicts the next
+/// ones from the corrected latents (UniP: first order at the first and last step, second order
+/// between). Scalars in f32, as diffusers computes them.
+pub struct UniPc;
+
+/// The scalars of one UniPC update from step s0 to step t (diffusers' names).
+struct UniPcStep {
+    /// σ_t / σ_s0 (VP σ), multiplying the latents.
+    keep: f32,
+    /// α_t·(e^{−h} − 1), multiplying x̂₀.
+    to_x0: f32,
+    /// α_t·B(h), with bh2's B(h) = e^{−h} − 1, multiplying the higher-order terms.
+    alpha_b: f32,
+    lambda_s0: f32,
+    /// λ_t − λ_s0.
+    h: f32,
+    /// −h, and e^{−h} − 1.
+    hh: f32,
+    h_phi_1: f32,
+}
+
+impl UniPcStep {
+    fn new(sigma_s0: f32, sigma_t: f32) -> Self {
+        let (_, sigma_s0, lambda_s0) = alpha_sigma_lambda(sigma_s0);
+        let (alpha_t, sigma_t, lambda_t) = alpha_sigma_lambda(sigma_t);
+        let h = lambda_t - lambda_s0;
+        let hh = -h;
+        let h_phi_1 = hh.exp_m1();
+        Self {
+            keep: sigma_t / sigma_s0,
+            to_x0: alpha_t * h_phi_1,
+            alpha_b: alpha_t * h_phi_1,
+            lambda_s0,
+            h,
+            hh,
+            h_phi_1,
+        }
+    }
+
+    /// `r_k = (λ_{s_k} − λ_{s0}) / h` of an earlier step's σ.
+    fn r(&self, sigma: f32) -> f32 {
+        (alpha_sigma_lambda(sigma).2 - self.lambda_s0) / self.h
+    }
+
+    /// The corrector's weights `ρ` for order 2 with `r` = r_1: the solution of
+    /// `[[1, 1], [r, 1]]·ρ = b`, `b_1 = (φ/hh − 1)/B`, `b_2 = 2·((φ/hh − 1)/hh − ½)/B`.
+    fn corrector_rhos(&self, r: f32) -> (f32, f32) {
+        let b_h = self.h_phi_1;
+        let phi_k = self.h_phi_1 / self.hh - 1.0;
+        let b1 = phi_k / b_h;
+        let b2 = (phi_k / self.hh - 0.5) * 2.0 / b_h;
+        let rho0 = (b1 - b2) / (1.0 - r);
+        (rho0, b1 - rho0)
+    }
+}
+
+impl UniPc {
+    /// Step `index` of a sampling with σ table `sigmas` (one more entry than steps): from the
+    /// latents `x` the UNet was given and its predicted noise `eps`, the next latents.
+    pub fn step(
+        sigmas: &[f32],
+        index: usize,
+        x: &Tensor,
+        eps: &Tensor,
+        memory: &mut UniPcMemory,
+    ) -> Result<Tensor> {
+        let sigma = |i: usize| {
+            sigmas.get(i).copied().ok_or_else(|| {
+                candle_core::Error::Msg(format!("step {index} past the {} σ", sigmas.len()))
+            })
+        };
+        let sigma_next = sigma(index + 1)?;
+        let steps = sigmas.len() - 1;
+        let (alpha_s, sigma_s, _) = alpha_sigma_lambda(sigma(index)?);
+        let x0 = ((x - (eps * sigma_s as f64)?)? / alpha_s as f64)?;
+
+        // UniC: correct x with this step's x̂₀, looking back from the previous step.
+        let corrected = match (&memory.last_sample, memory.x0s.last()) {
+            (Some(last), Some(m0)) if index > 0 => {
+                let c = UniPcStep::new(sigma(index - 1)?, sigma(index)?);
+                let base = ((last * c.keep as f64)? - (m0 * c.to_x0 as f64)?)?;
+                let d1_t = (&x0 - m0)?;
+                let correction = match memory.x0s.len() {
+                    2 if memory.last_order == 2 && index >= 2 => {
+                        let r = c.r(sigma(index - 2)?);
+                        let d1 = ((&memory.x0s[0] - m0)? * (1.0 / r) as f64)?;
+                        let (rho0, rho1) = c.corrector_rhos(r);
+                        ((d1 * rho0 as f64)? + (d1_t * rho1 as f64)?)?
+                    }
+                    _ => (d1_t * 0.5)?,
+                };
+                (base - (correction * c.alpha_b as f64)?)?
+            }
+            _ => x.clone(),
+        };
+
+        // The predictor's order: 2 once a previous x̂₀ exists, 1 at the last step.
+        let order = 2.min(steps - index).min(memory.x0s.len().min(2) + 1);
+        if memory.x0s.len() == 2 {
+            memory.x0s.remove(0);
+        }
+        memory.x0s.push(x0);
+        memory.last_order = order;
+
+        // UniP from the corrected latents.
+        let p = UniPcStep::new(sigma(index)?, sigma_next);
+        let m0 = &memory.x0s[memory.x0s.len() - 1];
+        let mut next = ((&corrected * p.keep as f64)? - (m0 * p.to_x0 as f64)?)?;
+        if order == 2 {
+            let r = p.r(sigma(index - 1)?);
+            let d1 = ((&memory.x0s[0] - m0)? * (1.0 / r) as f64)?;
+            next = (next - (d1 * (0.5 * p.alpha_b) as f64)?)?;
+        }
+        memory.last_sample = Some(corrected);
+        Ok(next)
     }
 }
 
@@ -431,6 +582,53 @@ mod tests {
     }
 
     #[test]
+    fn unipc_follows_diffusers_on_a_four_step_run() {
+        // UniPCMultistepScheduler.from_config(scheduler.json), set_timesteps(4), stepped with
+        // these noise predictions (diffusers 0.29.2, torch 2.1.2). The steps take, in turn: a
+        // first-order predictor; a first-order corrector and a second-order predictor; both
+        // second order; a second-order corrector and a first-order predictor down to σ = 0.
+        let dpm = DpmSolver::new(&sd15());
+        let timesteps = dpm.timesteps(4);
+        assert_eq!(timesteps, vec![999, 749, 500, 250]);
+        let sigmas = dpm.sigmas(&timesteps);
+        let theirs = [14.614_647f32, 4.081_731, 1.618_279_7, 0.695_799_5, 0.0];
+        for (ours, theirs) in sigmas.iter().zip(theirs) {
+            assert!(
+                (ours - theirs).abs() <= 1e-6 * theirs,
+                "σ {ours} against {theirs}"
+            );
+        }
+        let dev = candle_core::Device::Cpu;
+        let t = |v: [f32; 4]| Tensor::new(&v, &dev).expect("tensor");
+        let eps = [
+            t([0.3, -0.1, 0.8, 1.5]),
+            t([-0.4, 0.2, 0.1, 0.9]),
+            t([0.05, -0.6, 0.3, -1.2]),
+            t([0.7, 0.4, -0.2, 0.1]),
+        ];
+        let expected = [
+            [2.733_872_7, -6.720_935, -0.262_210_16, 6.697_791],
+            [7.100_751_4, -15.339_151, -0.165_417_25, 14.096_414],
+            [10.958_023, -23.142_765, -0.447_495_1, 24.134_521],
+            [12.862_569, -28.472_029, -0.406_001_7, 29.332_34],
+        ];
+        let mut x = t([1.0, -2.0, 0.5, 3.0]);
+        let mut memory = UniPcMemory::default();
+        for (i, (eps, expected)) in eps.iter().zip(expected).enumerate() {
+            x = UniPc::step(&sigmas, i, &x, eps, &mut memory).expect("step");
+            let ours: Vec<f32> = x.to_vec1().expect("values");
+            for (a, b) in ours.iter().zip(expected) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs(),
+                    "step {i}: {ours:?} against {expected:?}"
+                );
+            }
+        }
+        // Past the table: an error, not a panic.
+        assert!(UniPc::step(&sigmas, 4, &x, &eps[0], &mut memory).is_err());
+    }
+
+    #[test]
     fn dpm_solver_first_order_is_deterministic_ddim_and_the_last_step_returns_x0() {
         // DPM-Solver++ of order 1 is DDIM with η = 0: √ᾱ_prev·x̂₀ + √(1 − ᾱ_prev)·ε.
         let dpm = DpmSolver::new(&sd15());
@@ -470,7 +668,7 @@ mod tests {
             assert_eq!(kind.label(), label);
         }
         assert_eq!(SchedulerKind::default(), SchedulerKind::Ddim);
-        assert!(serde_json::from_value::<SchedulerKind>(serde_json::Value::from("unipc")).is_err());
+        assert!(serde_json::from_value::<SchedulerKind>(serde_json::Value::from("euler")).is_err());
     }
 
     #[test]
