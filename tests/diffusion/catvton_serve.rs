@@ -150,6 +150,7 @@ async fn bad_fields_are_refused_and_the_server_keeps_serving() {
         ("seed", "-1"),
         ("category", "hat"),
         ("resolution", "2048x1536"),
+        ("scheduler", "unipc3"),
     ] {
         let r = post_tryon(&base, pair_form(0).text(name, value)).await;
         assert_eq!(r.status(), 400, "{name}={value}");

@@ -1,14 +1,17 @@
 //! CatVTON parity with the official pipeline (fixtures in `tests/fixtures/catvton`, made by
-//! `scripts/fixtures/catvton.py`), batch independence, the PIL-like resizing, and the loader's
-//! errors. Run with `--nocapture` to see the error figures.
+//! `scripts/fixtures/catvton.py`), with DDIM and with DPM-Solver++ 2M or UniPC in its place, batch
+//! independence, the samplers' timesteps against diffusers', the PIL-like resizing, and the
+//! loader's errors. Run with `--nocapture` to see the error figures.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
+use virtualfit::models::catvton::scheduler::UniPcMemory;
 use virtualfit::models::catvton::{
-    preprocess, CatVton, DiffusionInput, Noise, Sample, SamplingParams,
+    preprocess, CatVton, DiffusionInput, DpmSolver, Noise, Sample, SamplingParams, SchedulerKind,
+    UniPc,
 };
 use virtualfit::models::ModelError;
 
@@ -80,6 +83,7 @@ fn recorded(run: &str) -> (DiffusionInput, Noise) {
         mask: mask.reshape((h, w, 1)).unwrap(),
         params: SamplingParams {
             steps: timesteps.len(),
+            scheduler: SchedulerKind::Ddim,
             guidance,
             seed: 0,
         },
@@ -237,12 +241,14 @@ fn a_request_gives_the_same_image_alone_and_inside_a_batch_at_other_steps() {
     let (mut a, _) = recorded("p0");
     a.params = SamplingParams {
         steps: 4,
+        scheduler: SchedulerKind::Ddim,
         guidance: 2.5,
         seed: 11,
     };
     let (mut b, _) = recorded("p1");
     b.params = SamplingParams {
         steps: 6,
+        scheduler: SchedulerKind::Ddim,
         guidance: 1.0,
         seed: 12,
     };
@@ -538,7 +544,7 @@ fn ddim_timesteps_match_diffusers_for_every_spacing_from_1_to_200_steps() {
     use virtualfit::models::catvton::FULL_SIZE_CONFIGS;
     for spacing in ["leading", "trailing", "linspace"] {
         let mut config: SchedulerConfig = parse(FULL_SIZE_CONFIGS[2], "").expect("scheduler");
-        config.timestep_spacing = spacing.into();
+        config.timestep_spacing = Some(spacing.into());
         config.validate().expect("the spacing is supported");
         let ddim = virtualfit::models::catvton::Ddim::new(&config);
         let expected = diffusers_timesteps("ddim", spacing);
@@ -563,6 +569,252 @@ fn ddim_timesteps_match_diffusers_for_every_spacing_from_1_to_200_steps() {
             &[]
         };
         assert_eq!(appended, expected_appended, "{spacing}");
+    }
+}
+
+#[test]
+fn solver_timesteps_match_diffusers_for_every_spacing_from_1_to_200_steps() {
+    use virtualfit::models::catvton::config::{parse, SchedulerConfig};
+    use virtualfit::models::catvton::FULL_SIZE_CONFIGS;
+    // The config names no spacing: DPM-Solver's own default, "linspace", as diffusers'
+    // `from_config` gives it.
+    let config: SchedulerConfig = parse(FULL_SIZE_CONFIGS[2], "").expect("scheduler");
+    assert_eq!(config.timestep_spacing, None);
+    let default = DpmSolver::new(&config);
+    for spacing in [None, Some("leading"), Some("trailing"), Some("linspace")] {
+        let mut config = config.clone();
+        config.timestep_spacing = spacing.map(Into::into);
+        config.validate().expect("the spacing is supported");
+        let dpm = DpmSolver::new(&config);
+        let expected = diffusers_timesteps("dpmsolver_multistep", spacing.unwrap_or("linspace"));
+        assert_eq!(expected.len(), 200, "{spacing:?}");
+        // UniPC's are the same, and so are ours (`CatVton::timesteps` gives both the table's).
+        let unipc = diffusers_timesteps("unipc_multistep", spacing.unwrap_or("linspace"));
+        assert_eq!(unipc, expected, "{spacing:?}");
+        let mut appended = Vec::new();
+        for (i, theirs) in expected.iter().enumerate() {
+            let steps = i + 1;
+            let ours: Vec<i64> = dpm.timesteps(steps).iter().map(|&t| t as i64).collect();
+            assert_eq!(ours.len(), steps, "{spacing:?}, {steps} steps");
+            if spacing.is_none() {
+                assert_eq!(
+                    ours,
+                    default
+                        .timesteps(steps)
+                        .iter()
+                        .map(|&t| t as i64)
+                        .collect::<Vec<_>>()
+                );
+            }
+            // As with DDIM, numpy's `arange` makes one trailing value too many at a few step
+            // counts (a timestep of −1); we stop at the step count.
+            if theirs.len() == steps + 1 && theirs.last() == Some(&-1) {
+                appended.push(steps);
+                assert_eq!(ours[..], theirs[..steps], "{spacing:?}, {steps} steps");
+            } else {
+                assert_eq!(&ours, theirs, "{spacing:?}, {steps} steps");
+            }
+        }
+        let expected_appended: &[usize] = if spacing == Some("trailing") {
+            &[61, 103, 121, 122]
+        } else {
+            &[]
+        };
+        assert_eq!(appended, expected_appended, "{spacing:?}");
+    }
+}
+
+// ---- The multistep solvers against the official pipeline with diffusers' classes ----------
+
+/// The solver fixtures (`scripts/fixtures/catvton.py --solvers`): pair `p0` sampled by the
+/// official pipeline with its scheduler swapped for diffusers' solvers.
+fn solvers() -> &'static HashMap<String, Tensor> {
+    static SOLVERS: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
+    SOLVERS.get_or_init(|| {
+        let path = fixture_dir().join("solvers.safetensors.gz");
+        let mut bytes = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|f| {
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(f), &mut bytes)
+            })
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    })
+}
+
+fn solver_reference(name: &str) -> &'static Tensor {
+    solvers()
+        .get(name)
+        .unwrap_or_else(|| panic!("the solver fixture has no tensor {name}"))
+}
+
+/// Pair `p0` with its recorded VAE and initial noise, sampled by `scheduler` in `steps` steps.
+fn recorded_with(scheduler: SchedulerKind, steps: usize) -> (DiffusionInput, Noise) {
+    let (mut input, _) = recorded("p0");
+    input.params.scheduler = scheduler;
+    input.params.steps = steps;
+    let r = |name: &str| reference(&format!("p0.{name}")).clone();
+    let noise = VecDeque::from([r("noise.vae_person"), r("noise.vae_cloth"), r("noise.init")]);
+    (input, Noise::Given(noise))
+}
+
+/// The solvers of the fixture: our kind and the fixture's name.
+const SOLVER_KINDS: [(SchedulerKind, &str); 2] = [
+    (SchedulerKind::DpmPp2m, "dpmpp_2m"),
+    (SchedulerKind::UniPc, "unipc"),
+];
+
+#[test]
+fn solver_steps_alone_match_diffusers() {
+    // Each recorded step replayed from diffusers' own latents and guided noise: the solver's
+    // update alone (DPM-Solver++: first order at the first and the last step, second order
+    // between; UniPC: its corrector from the second step on, then its predictor).
+    for (kind, name) in SOLVER_KINDS {
+        let r = |what: &str| solver_reference(&format!("{name}.10.{what}"));
+        let timesteps: Vec<usize> = r("timesteps")
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|t| t as usize)
+            .collect();
+        let m = model();
+        assert_eq!(m.timesteps(kind, 10), timesteps, "{name}");
+        let sigmas = m.dpm_solver().sigmas(&timesteps);
+        let theirs: Vec<f32> = r("sigmas").to_vec1().unwrap();
+        assert_eq!(sigmas.len(), theirs.len());
+        for (ours, theirs) in sigmas.iter().zip(&theirs) {
+            assert!(
+                (ours - theirs).abs() <= 1e-6 * theirs.abs(),
+                "{name}: σ {ours} against {theirs}"
+            );
+        }
+        let init = reference("p0.noise.init");
+        let mut previous_x0: Option<Tensor> = None;
+        let mut memory = UniPcMemory::default();
+        for i in 0..timesteps.len() {
+            let x = if i == 0 {
+                init.clone()
+            } else {
+                r("latents").get(i - 1).unwrap()
+            };
+            let eps = r("noise_pred").get(i).unwrap();
+            let next = match kind {
+                SchedulerKind::UniPc => {
+                    UniPc::step(&sigmas, i, &x, &eps, &mut memory).expect("step")
+                }
+                _ => {
+                    let (next, x0) =
+                        DpmSolver::step(&sigmas, i, &x, &eps, previous_x0.as_ref()).expect("step");
+                    previous_x0 = Some(x0);
+                    next
+                }
+            };
+            let e = rel_l2(&next, &r("latents").get(i).unwrap());
+            println!("{name} step {i} alone: relative L2 {e:.2e}");
+            assert!(e <= 1e-6, "{name} step {i}: {e:.3e}");
+        }
+    }
+}
+
+#[test]
+fn solver_samplings_match_the_official_pipeline_at_10_20_and_25_steps() {
+    let m = model();
+    for (kind, name) in SOLVER_KINDS {
+        for steps in [10, 20, 25] {
+            let r = |what: &str| solver_reference(&format!("{name}.{steps}.{what}"));
+            let (input, noise) = recorded_with(kind, steps);
+            let mut sample = m.begin(&input, noise).expect("begin");
+            let expected_t: Vec<i64> = r("timesteps").to_vec1().unwrap();
+            let ours_t: Vec<i64> = sample.timesteps().iter().map(|&t| t as i64).collect();
+            assert_eq!(ours_t, expected_t, "{name}, {steps} steps: timesteps");
+            let mut stepped = 0;
+            while !sample.is_done() {
+                m.step(&mut [&mut sample]).expect("step");
+                if steps == 10 {
+                    check(
+                        &format!("{name} {steps} steps, step {stepped} latents"),
+                        sample.latents(),
+                        &r("latents").get(stepped).unwrap(),
+                    );
+                }
+                stepped += 1;
+            }
+            assert_eq!(stepped, steps);
+            check(
+                &format!("{name} {steps} steps, final latents"),
+                sample.latents(),
+                r("final_latents"),
+            );
+            let ours: Vec<u8> = m
+                .finish(&sample)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let theirs: Vec<u8> = r("image_u8").flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(ours.len(), theirs.len());
+            let off = ours
+                .iter()
+                .zip(&theirs)
+                .filter(|(a, b)| a.abs_diff(**b) > 1)
+                .count();
+            println!(
+                "{name} {steps} steps: {off} of {} 8-bit values off by more than 1",
+                ours.len()
+            );
+            assert!(
+                off as f64 <= ours.len() as f64 * 1e-3,
+                "{name}, {steps} steps: {off} values"
+            );
+        }
+    }
+}
+
+#[test]
+fn requests_on_different_samplers_batch_together_without_changing_each_other() {
+    // A multistep-solver request and a DDIM one share UNet calls at different steps: each
+    // gives the image it gives alone (the solver's memory stays with its request).
+    let max_diff = |x: &Tensor, y: &Tensor| -> f32 {
+        (x - y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let (mut b, _) = recorded("p1");
+    b.params = SamplingParams {
+        steps: 7,
+        scheduler: SchedulerKind::Ddim,
+        guidance: 1.0,
+        seed: 22,
+    };
+    let ddim_alone = sample_with(&b, None);
+    for (kind, name) in SOLVER_KINDS {
+        let (mut a, _) = recorded("p0");
+        a.params = SamplingParams {
+            steps: 5,
+            scheduler: kind,
+            guidance: 2.5,
+            seed: 21,
+        };
+        let solver_alone = sample_with(&a, None);
+        for head_start in [0, 2, 6] {
+            let d = max_diff(&sample_with(&a, Some((&b, head_start))), &solver_alone);
+            println!("{name} beside DDIM {head_start} steps ahead: max difference {d:.2e}");
+            assert!(d < 1e-4, "batching changed the {name} image by {d}");
+            let d = max_diff(&sample_with(&b, Some((&a, head_start.min(4)))), &ddim_alone);
+            println!("DDIM beside {name}: max difference {d:.2e}");
+            assert!(d < 1e-4, "batching changed the DDIM image by {d}");
+        }
+        // The samplers differ: the same seed and steps give another image with DDIM.
+        let mut a_ddim = a.clone();
+        a_ddim.params.scheduler = SchedulerKind::Ddim;
+        assert!(max_diff(&sample_with(&a_ddim, None), &solver_alone) > 1e-2);
     }
 }
 

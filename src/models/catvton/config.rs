@@ -126,9 +126,6 @@ pub struct VaeConfig {
     pub mid_block_add_attention: bool,
 }
 
-fn default_spacing() -> String {
-    "leading".into()
-}
 fn default_prediction() -> String {
     "epsilon".into()
 }
@@ -147,8 +144,10 @@ pub struct SchedulerConfig {
     pub set_alpha_to_one: bool,
     #[serde(default)]
     pub steps_offset: usize,
-    #[serde(default = "default_spacing")]
-    pub timestep_spacing: String,
+    /// Absent, each sampler takes diffusers' default for its class (DDIM "leading",
+    /// DPM-Solver "linspace").
+    #[serde(default)]
+    pub timestep_spacing: Option<String>,
     #[serde(default = "default_prediction")]
     pub prediction_type: String,
     #[serde(default)]
@@ -323,7 +322,7 @@ impl VaeConfig {
 }
 
 impl SchedulerConfig {
-    /// Checks that the configuration is one DDIM here computes exactly.
+    /// Checks that the configuration is one every sampler here computes exactly.
     pub fn validate(&self) -> Result<(), String> {
         expect(self.num_train_timesteps > 0, || {
             "num_train_timesteps 0".into()
@@ -333,10 +332,11 @@ impl SchedulerConfig {
                 || self.trained_betas.is_some(),
             || format!("beta_schedule `{}`", self.beta_schedule),
         )?;
-        expect(
-            super::scheduler::Spacing::parse(&self.timestep_spacing).is_some(),
-            || format!("timestep_spacing `{}`", self.timestep_spacing),
-        )?;
+        if let Some(spacing) = &self.timestep_spacing {
+            expect(super::scheduler::Spacing::parse(spacing).is_some(), || {
+                format!("timestep_spacing `{spacing}`")
+            })?;
+        }
         expect(self.prediction_type == "epsilon", || {
             format!("prediction_type `{}`", self.prediction_type)
         })?;

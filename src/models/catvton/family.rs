@@ -10,8 +10,8 @@ use image::{GrayImage, RgbImage};
 use super::mask::{auto_mask, Category};
 use super::preprocess::{resize_and_crop, resize_and_padding};
 use super::{
-    sources, CatVton, DiffusionInput, Noise, Resolution, Sample, SamplingParams, DEFAULT_GUIDANCE,
-    DEFAULT_STEPS,
+    sources, CatVton, DiffusionInput, Noise, Resolution, Sample, SamplingParams, SchedulerKind,
+    DEFAULT_GUIDANCE, DEFAULT_STEPS,
 };
 use crate::hub::{Hub, Reporter};
 use crate::models::registry::{required_dir, Downloaded};
@@ -29,6 +29,7 @@ pub const MAX_GUIDANCE: f64 = 30.0;
 pub struct CatvtonOptions {
     pub category: Category,
     pub steps: usize,
+    pub scheduler: SchedulerKind,
     pub guidance: f64,
     pub seed: u64,
     pub resolution: Resolution,
@@ -42,6 +43,7 @@ impl CatvtonOptions {
     pub fn params(&self) -> SamplingParams {
         SamplingParams {
             steps: self.steps,
+            scheduler: self.scheduler,
             guidance: self.guidance,
             seed: self.seed,
         }
@@ -80,6 +82,15 @@ impl ModelFamily for Family {
                     default: DEFAULT_STEPS.min(max_steps) as u64,
                 },
                 help: "Denoising steps (at most --max-steps).",
+            },
+            OptionSpec {
+                name: "scheduler",
+                kind: OptionKind::Choice {
+                    values: &SchedulerKind::LABELS,
+                    default: "ddim",
+                },
+                help: "Sampler: `ddim` (the reference's), or `dpmpp_2m` (DPM-Solver++ 2M) or \
+                       `unipc` (UniPC), both made for 10 to 25 steps.",
             },
             OptionSpec {
                 name: "guidance",
@@ -295,6 +306,7 @@ impl StepModel for CatVton {
             mask: blank(1)?,
             params: SamplingParams {
                 steps: 1,
+                scheduler: SchedulerKind::Ddim,
                 guidance: 2.0,
                 seed: 0,
             },
@@ -389,6 +401,7 @@ mod tests {
             r.params(),
             SamplingParams {
                 steps: 50,
+                scheduler: SchedulerKind::Ddim,
                 guidance: 2.5,
                 seed: 7
             }
@@ -401,6 +414,7 @@ mod tests {
             ("category", "lower"),
             ("resolution", "512x384"),
             ("steps", "20"),
+            ("scheduler", "dpmpp_2m"),
             ("guidance", "1.0"),
             ("seed", "18446744073709551615"),
         ])
@@ -411,6 +425,7 @@ mod tests {
             r.params(),
             SamplingParams {
                 steps: 20,
+                scheduler: SchedulerKind::DpmPp2m,
                 guidance: 1.0,
                 seed: u64::MAX
             }
@@ -425,6 +440,9 @@ mod tests {
             ("seed", "-3"),
             ("category", "hat"),
             ("resolution", "2048x1536"),
+            ("scheduler", "unipc2"),
+            ("scheduler", "DDIM"),
+            ("scheduler", ""),
         ] {
             let e = parse(&[bad]).expect_err("refused");
             assert!(e.len() < 80, "a short message: {e}");

@@ -4,8 +4,9 @@
 //!
 //! A request is sampled step by step ([`CatVton::begin`], [`CatVton::step`],
 //! [`CatVton::finish`]) so that the batcher can add and remove requests between UNet calls.
-//! Each request draws its noise from its own seed on the CPU, so its image does not depend on
-//! what it was batched with.
+//! Each request draws its noise from its own seed on the CPU and keeps its own sampler state
+//! (DDIM, DPM-Solver++ 2M or UniPC, see [`scheduler`]), so its image does not depend on what it was
+//! batched with.
 
 pub mod attention;
 pub mod blocks;
@@ -32,7 +33,8 @@ use rand_distr::Distribution;
 use crate::models::ModelError;
 pub use family::{CatvtonOptions, Family};
 pub use mask::Category;
-pub use scheduler::Ddim;
+use scheduler::SolverState;
+pub use scheduler::{Ddim, DpmSolver, SchedulerKind, UniPc};
 pub use unet::UNet;
 pub use vae::AutoencoderKl;
 
@@ -77,8 +79,10 @@ impl std::str::FromStr for Resolution {
 /// How a request is sampled.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SamplingParams {
-    /// DDIM steps.
+    /// Sampling steps (UNet calls, each of one or two rows).
     pub steps: usize,
+    /// The sampler.
+    pub scheduler: SchedulerKind,
     /// Classifier-free guidance scale; at 1 or below no unconditional pass is made.
     pub guidance: f64,
     /// Seeds the request's noise.
@@ -127,7 +131,7 @@ fn rows_for(guidance: f64) -> usize {
 
 /// Where a request's random draws come from, in the reference's order: the VAE posterior
 /// sample of the masked person, then of the garment, the initial latents, then one variance
-/// noise per step.
+/// noise per DDIM step (the other samplers draw none).
 #[derive(Debug)]
 pub enum Noise {
     /// Standard normal draws from a seeded generator on the CPU.
@@ -172,6 +176,8 @@ pub struct Sample {
     timesteps: Vec<usize>,
     /// Index of the next step in `timesteps`.
     next: usize,
+    /// The sampler and what it carries between steps.
+    solver: SolverState,
     guidance: f64,
     /// `1×4×2h×w`, f32.
     latents: Tensor,
@@ -225,13 +231,19 @@ impl Sample {
     pub fn latents(&self) -> &Tensor {
         &self.latents
     }
+
+    /// The sampler's timesteps, from the noisiest down.
+    pub fn timesteps(&self) -> &[usize] {
+        &self.timesteps
+    }
 }
 
-/// The CatVTON model: UNet, VAE and sampler.
+/// The CatVTON model: UNet, VAE and samplers.
 pub struct CatVton {
     unet: UNet,
     vae: AutoencoderKl,
     ddim: Ddim,
+    dpm: DpmSolver,
     device: Device,
 }
 
@@ -316,6 +328,7 @@ impl CatVton {
             unet: random_network(dtype, device, |vb| UNet::new(vb, &unet_config))?,
             vae: random_network(dtype, device, |vb| AutoencoderKl::new(vb, &vae_config))?,
             ddim: Ddim::new(&scheduler),
+            dpm: DpmSolver::new(&scheduler),
             device: device.clone(),
         })
     }
@@ -341,6 +354,7 @@ impl CatVton {
             unet: loaded.unet,
             vae: loaded.vae,
             ddim: Ddim::new(&loaded.scheduler),
+            dpm: DpmSolver::new(&loaded.scheduler),
             device: device.clone(),
         })
     }
@@ -359,6 +373,18 @@ impl CatVton {
 
     pub fn scheduler(&self) -> &Ddim {
         &self.ddim
+    }
+
+    pub fn dpm_solver(&self) -> &DpmSolver {
+        &self.dpm
+    }
+
+    /// The timesteps of a `steps`-step sampling with `scheduler`.
+    pub fn timesteps(&self, scheduler: SchedulerKind, steps: usize) -> Vec<usize> {
+        match scheduler {
+            SchedulerKind::Ddim => self.ddim.timesteps(steps),
+            SchedulerKind::DpmPp2m | SchedulerKind::UniPc => self.dpm.timesteps(steps),
+        }
     }
 
     /// Encodes a request and draws its initial latents: the sample is ready for its first
@@ -407,10 +433,17 @@ impl CatVton {
             Tensor::cat(&[&mask_concat, &full], 1)?
         };
         let latents = noise.draw(&[1, dims[0], 2 * h, w], dev)?;
+        let timesteps = self.timesteps(input.params.scheduler, input.params.steps);
+        let solver = match input.params.scheduler {
+            SchedulerKind::Ddim => SolverState::Ddim,
+            SchedulerKind::DpmPp2m => self.dpm.state(&timesteps),
+            SchedulerKind::UniPc => self.dpm.unipc_state(&timesteps),
+        };
         Ok(Sample {
             noise,
-            timesteps: self.ddim.timesteps(input.params.steps),
+            timesteps,
             next: 0,
+            solver,
             guidance,
             latents,
             condition,
@@ -458,10 +491,26 @@ impl CatVton {
             } else {
                 out.clone()
             };
-            let t = s.timesteps[s.next];
-            let factors = self.ddim.factors(t, s.timesteps.len());
-            let noise = s.noise.draw(s.latents.dims(), &self.device)?;
-            s.latents = self.ddim.step(factors, &s.latents, &eps, &noise)?;
+            match &mut s.solver {
+                SolverState::Ddim => {
+                    let t = s.timesteps[s.next];
+                    let factors = self.ddim.factors(t, s.timesteps.len());
+                    let noise = s.noise.draw(s.latents.dims(), &self.device)?;
+                    s.latents = self.ddim.step(factors, &s.latents, &eps, &noise)?;
+                }
+                SolverState::DpmPp2m {
+                    sigmas,
+                    previous_x0,
+                } => {
+                    let (next, x0) =
+                        DpmSolver::step(sigmas, s.next, &s.latents, &eps, previous_x0.as_ref())?;
+                    s.latents = next;
+                    *previous_x0 = Some(x0);
+                }
+                SolverState::UniPc { sigmas, memory } => {
+                    s.latents = UniPc::step(sigmas, s.next, &s.latents, &eps, memory)?;
+                }
+            }
             s.last_model_output = Some(out);
             s.last_noise_pred = Some(eps);
             s.next += 1;
