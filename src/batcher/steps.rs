@@ -20,7 +20,7 @@ use super::queue::{Job, BATCH_ONLY_SHARE};
 use super::worker::Shared;
 use super::{JobError, JobOutput, Priority};
 use crate::metrics::RejectReason;
-use crate::models::{ModelError, StepModel, StepState};
+use crate::models::{ModelError, StepGroup, StepModel, StepState};
 
 /// One request in the running set.
 struct Running {
@@ -211,9 +211,10 @@ fn fail_all(running: Vec<Running>, shared: &Shared) {
     }
 }
 
-/// One model call per group present (e.g. requests of one resolution step together).
+/// One model call per group present (e.g. requests of one resolution step together, and
+/// CatVTON's full and shallow DeepCache passes apart).
 fn step_all(model: &dyn StepModel, shared: &Shared, running: &mut [Running]) {
-    let mut groups: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+    let mut groups: BTreeMap<StepGroup, Vec<usize>> = BTreeMap::new();
     for (i, r) in running.iter().enumerate() {
         groups.entry(r.sample.group()).or_default().push(i);
     }

@@ -10,7 +10,7 @@ use image::imageops::{self, FilterType};
 
 use super::{
     InputSpec, LoadRequest, LoadedModel, ModelError, ModelFamily, ModelInput, OptionKind,
-    OptionLimits, OptionSpec, RequestOptions, StepModel, StepState, WarmUp,
+    OptionLimits, OptionSpec, RequestOptions, StepGroup, StepModel, StepState, WarmUp,
 };
 
 /// Its frame, `(height, width)`.
@@ -79,9 +79,12 @@ impl StepState for Walk {
         1
     }
 
-    fn group(&self) -> (usize, usize) {
+    fn group(&self) -> StepGroup {
         let d = self.image.dims();
-        (d[0], d[1])
+        StepGroup {
+            size: (d[0], d[1]),
+            variant: None,
+        }
     }
 
     fn is_done(&self) -> bool {

@@ -195,13 +195,23 @@ pub trait TryOnModel: Send {
     fn forward(&self, batch: &TryOnBatch) -> Result<Tensor, ModelError>;
 }
 
+/// What must match for requests to share one step call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StepGroup {
+    /// The size the model works at (e.g. the latent grid).
+    pub size: (usize, usize),
+    /// A model-defined kind of call, `None` for its plain one (e.g. CatVTON's shallow
+    /// DeepCache pass, by where it splits the UNet).
+    pub variant: Option<(usize, usize)>,
+}
+
 /// One request being sampled by a [`StepModel`]: the model's own state, which only the model
 /// reads (through [`StepState::as_any_mut`]).
 pub trait StepState: Send {
     /// Model rows each step of this request takes (e.g. two with classifier-free guidance).
     fn rows(&self) -> usize;
     /// Requests step together only when their groups match (e.g. their latent size).
-    fn group(&self) -> (usize, usize);
+    fn group(&self) -> StepGroup;
     /// Whether every step has run.
     fn is_done(&self) -> bool;
     /// Steps run so far, and in all.

@@ -137,6 +137,50 @@ async fn catvton_serves_real_requests_and_batching_does_not_change_them() {
     assert_eq!(metric(&text, "virtualfit_queue_length", ""), 0.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deepcache_requests_share_the_worker_with_uncached_ones_unchanged() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (_server, base) = catvton_server(&["--max-batch-size", "8"]).await;
+    let cached = || form(0, 6, 42).text("cache_interval", "3");
+    let alone = png(&base, cached()).await;
+    let uncached_alone = png(&base, form(0, 6, 42)).await;
+    // Caching changes the image: the comparisons below can fail.
+    let (off, _) = differences(&alone, &uncached_alone);
+    assert!(off * 10 > alone.as_raw().len(), "caching changed nothing");
+
+    // Started beside an uncached request and one caching every 2 steps on another branch,
+    // at other steps: full and shallow passes run as separate calls of one running set.
+    let early = tokio::spawn({
+        let base = base.clone();
+        async move { png(&base, form(1, 5, 7)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other = tokio::spawn({
+        let base = base.clone();
+        async move {
+            let f = form(2, 4, 8)
+                .text("cache_interval", "2")
+                .text("cache_branch", "4");
+            png(&base, f).await
+        }
+    });
+    let same = tokio::spawn({
+        let base = base.clone();
+        async move { png(&base, cached()).await }
+    });
+    let batched = same.await.expect("task");
+    early.await.expect("task");
+    other.await.expect("task");
+    let (off, largest) = differences(&batched, &alone);
+    println!(
+        "cached, batched vs alone: {off} values off by more than one level, largest {largest}"
+    );
+    assert!(
+        off * 1000 <= alone.as_raw().len(),
+        "batching changed the cached image ({off} values)"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_fields_are_refused_and_the_server_keeps_serving() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -151,6 +195,10 @@ async fn bad_fields_are_refused_and_the_server_keeps_serving() {
         ("category", "hat"),
         ("resolution", "2048x1536"),
         ("scheduler", "unipc3"),
+        ("cache_interval", "0"),
+        ("cache_interval", "11"),
+        ("cache_branch", "12"),
+        ("cache_branch", "x"),
     ] {
         let r = post_tryon(&base, pair_form(0).text(name, value)).await;
         assert_eq!(r.status(), 400, "{name}={value}");

@@ -1,6 +1,6 @@
 //! CatVTON parity with the official pipeline (fixtures in `tests/fixtures/catvton`, made by
-//! `scripts/fixtures/catvton.py`), with DDIM and with DPM-Solver++ 2M or UniPC in its place, batch
-//! independence, the samplers' timesteps against diffusers', the PIL-like resizing, and the
+//! `scripts/fixtures/catvton.py`), with DDIM and with DPM-Solver++ 2M or UniPC in its place, with
+//! DeepCache as `DeepCacheSDHelper` runs it, batch independence, the samplers' timesteps against diffusers', the PIL-like resizing, and the
 //! loader's errors. Run with `--nocapture` to see the error figures.
 
 use std::collections::{HashMap, VecDeque};
@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use virtualfit::models::catvton::scheduler::UniPcMemory;
 use virtualfit::models::catvton::{
-    preprocess, CatVton, DiffusionInput, DpmSolver, Noise, Sample, SamplingParams, SchedulerKind,
-    UniPc,
+    preprocess, CatVton, DeepCache, DiffusionInput, DpmSolver, Noise, Sample, SamplingParams,
+    SchedulerKind, UnetCall, UniPc,
 };
 use virtualfit::models::ModelError;
 
@@ -86,6 +86,7 @@ fn recorded(run: &str) -> (DiffusionInput, Noise) {
             scheduler: SchedulerKind::Ddim,
             guidance,
             seed: 0,
+            cache: DeepCache::OFF,
         },
     };
     let mut noise = VecDeque::from([r("noise.vae_person"), r("noise.vae_cloth"), r("noise.init")]);
@@ -244,6 +245,7 @@ fn a_request_gives_the_same_image_alone_and_inside_a_batch_at_other_steps() {
         scheduler: SchedulerKind::Ddim,
         guidance: 2.5,
         seed: 11,
+        cache: DeepCache::OFF,
     };
     let (mut b, _) = recorded("p1");
     b.params = SamplingParams {
@@ -251,6 +253,7 @@ fn a_request_gives_the_same_image_alone_and_inside_a_batch_at_other_steps() {
         scheduler: SchedulerKind::Ddim,
         guidance: 1.0,
         seed: 12,
+        cache: DeepCache::OFF,
     };
     let alone = sample_with(&a, None);
     for head_start in [0, 2, 5] {
@@ -792,6 +795,7 @@ fn requests_on_different_samplers_batch_together_without_changing_each_other() {
         scheduler: SchedulerKind::Ddim,
         guidance: 1.0,
         seed: 22,
+        cache: DeepCache::OFF,
     };
     let ddim_alone = sample_with(&b, None);
     for (kind, name) in SOLVER_KINDS {
@@ -801,6 +805,7 @@ fn requests_on_different_samplers_batch_together_without_changing_each_other() {
             scheduler: kind,
             guidance: 2.5,
             seed: 21,
+            cache: DeepCache::OFF,
         };
         let solver_alone = sample_with(&a, None);
         for head_start in [0, 2, 6] {
@@ -816,6 +821,258 @@ fn requests_on_different_samplers_batch_together_without_changing_each_other() {
         a_ddim.params.scheduler = SchedulerKind::Ddim;
         assert!(max_diff(&sample_with(&a_ddim, None), &solver_alone) > 1e-2);
     }
+}
+
+// ---- DeepCache against `DeepCacheSDHelper` on the official pipeline ------------------------
+
+/// The DeepCache fixtures (`scripts/fixtures/catvton.py --deepcache`).
+fn deepcache() -> &'static HashMap<String, Tensor> {
+    static DEEPCACHE: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
+    DEEPCACHE.get_or_init(|| {
+        let path = fixture_dir().join("deepcache.safetensors.gz");
+        let mut bytes = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|f| {
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(f), &mut bytes)
+            })
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    })
+}
+
+fn deepcache_reference(name: &str) -> &'static Tensor {
+    deepcache()
+        .get(&format!("deepcache.{name}"))
+        .unwrap_or_else(|| panic!("the DeepCache fixture has no tensor {name}"))
+}
+
+/// Pair `p0` with its recorded VAE and initial noise and the fixture's step noise: DDIM, 10
+/// steps, with `cache`.
+fn recorded_deepcache(cache: DeepCache) -> (DiffusionInput, Noise) {
+    let (mut input, _) = recorded("p0");
+    input.params.steps = 10;
+    input.params.cache = cache;
+    let r = |name: &str| reference(&format!("p0.{name}")).clone();
+    let mut noise = VecDeque::from([r("noise.vae_person"), r("noise.vae_cloth"), r("noise.init")]);
+    let steps = deepcache_reference("noise.step");
+    for i in 0..10 {
+        noise.push_back(steps.get(i).unwrap());
+    }
+    (input, Noise::Given(noise))
+}
+
+/// 8-bit values of `ours` more than one level away from `theirs`, and their count.
+fn u8_off(ours: &Tensor, theirs: &Tensor) -> (usize, usize) {
+    let ours: Vec<u8> = ours.flatten_all().unwrap().to_vec1().unwrap();
+    let theirs: Vec<u8> = theirs.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    let off = ours
+        .iter()
+        .zip(&theirs)
+        .filter(|(a, b)| a.abs_diff(**b) > 1)
+        .count();
+    (off, ours.len())
+}
+
+#[test]
+fn deepcache_matches_the_reference_helper_at_intervals_2_and_3_on_two_branches() {
+    let m = model();
+    let uncached = deepcache_reference("none.final_latents");
+    for (key, cache) in [
+        ("none", DeepCache::OFF),
+        (
+            "i2.b0",
+            DeepCache {
+                interval: 2,
+                branch: 0,
+            },
+        ),
+        (
+            "i2.b4",
+            DeepCache {
+                interval: 2,
+                branch: 4,
+            },
+        ),
+        (
+            "i3.b0",
+            DeepCache {
+                interval: 3,
+                branch: 0,
+            },
+        ),
+        (
+            "i3.b4",
+            DeepCache {
+                interval: 3,
+                branch: 4,
+            },
+        ),
+    ] {
+        let r = |what: &str| deepcache_reference(&format!("{key}.{what}"));
+        let (input, noise) = recorded_deepcache(cache);
+        let mut sample = m.begin(&input, noise).expect("begin");
+        let expected_t: Vec<i64> = deepcache_reference("timesteps").to_vec1().unwrap();
+        let ours_t: Vec<i64> = sample.timesteps().iter().map(|&t| t as i64).collect();
+        assert_eq!(ours_t, expected_t, "{key}: timesteps");
+        let mut full = Vec::new();
+        let mut step = 0;
+        while !sample.is_done() {
+            if sample.unet_call() == UnetCall::Full {
+                full.push(step);
+            }
+            m.step(&mut [&mut sample]).expect("step");
+            step += 1;
+        }
+        let expected_full: Vec<usize> = (0..10).step_by(cache.interval).collect();
+        assert_eq!(full, expected_full, "{key}: full steps");
+        check(
+            &format!("DeepCache {key}, final latents"),
+            sample.latents(),
+            r("final_latents"),
+        );
+        let (off, n) = u8_off(&m.finish(&sample).unwrap(), r("image_u8"));
+        println!("DeepCache {key}: {off} of {n} 8-bit values off by more than 1");
+        assert!(off as f64 <= n as f64 * 1e-3, "{key}: {off} values");
+        if cache.is_on() {
+            // Caching moves the result far past the tolerance: the check above can fail.
+            let moved = rel_l2(r("final_latents"), uncached);
+            println!("DeepCache {key}: {moved:.3} from the uncached latents");
+            assert!(moved > 1e-2, "{key}: {moved}");
+        }
+    }
+}
+
+#[test]
+fn cached_requests_batch_beside_others_without_changing_each_other() {
+    // A request caching every 3 steps, one caching every 2 steps on another branch, and one
+    // without caching share the running set at different steps: each gives its image alone.
+    let max_diff = |x: &Tensor, y: &Tensor| -> f32 {
+        (x - y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let input = |run: &str, steps, guidance, seed, cache| {
+        let (mut i, _) = recorded(run);
+        i.params = SamplingParams {
+            steps,
+            scheduler: SchedulerKind::Ddim,
+            guidance,
+            seed,
+            cache,
+        };
+        i
+    };
+    let every3 = input(
+        "p0",
+        7,
+        2.5,
+        31,
+        DeepCache {
+            interval: 3,
+            branch: 0,
+        },
+    );
+    let every2 = input(
+        "p1",
+        6,
+        1.0,
+        32,
+        DeepCache {
+            interval: 2,
+            branch: 0,
+        },
+    );
+    let every2_deeper = input(
+        "p0",
+        6,
+        2.5,
+        34,
+        DeepCache {
+            interval: 2,
+            branch: 4,
+        },
+    );
+    let plain = input("p1", 5, 2.5, 33, DeepCache::OFF);
+    let inputs = [&every3, &every2, &every2_deeper, &plain];
+    let alone: Vec<Tensor> = inputs.iter().map(|i| sample_with(i, None)).collect();
+    // Beside another interval on the same branch (their shallow passes meet in one call at
+    // step 4), another branch, and no caching; each way round.
+    for (a, b) in [(0, 1), (1, 0), (0, 2), (2, 0), (0, 3), (3, 0), (2, 3)] {
+        for head_start in [0, 1, 4] {
+            let d = max_diff(
+                &sample_with(inputs[a], Some((inputs[b], head_start))),
+                &alone[a],
+            );
+            println!("request {a} beside {b}, {head_start} steps ahead: max difference {d:.2e}");
+            assert!(d < 1e-4, "batching changed request {a}'s image by {d}");
+        }
+    }
+    // Caching changes the image: the same request without it differs.
+    let mut uncached = every3.clone();
+    uncached.params.cache = DeepCache::OFF;
+    assert!(max_diff(&sample_with(&uncached, None), &alone[0]) > 1e-2);
+}
+
+#[test]
+fn full_and_shallow_passes_and_branches_step_in_separate_groups() {
+    use virtualfit::models::{StepGroup, StepState};
+    let m = model();
+    let begin = |cache| {
+        let (mut input, _) = recorded("p0");
+        input.params.steps = 4;
+        input.params.cache = cache;
+        m.begin(&input, Noise::seeded(5)).expect("begin")
+    };
+    let mut plain = begin(DeepCache::OFF);
+    let mut shallow = begin(DeepCache {
+        interval: 2,
+        branch: 0,
+    });
+    let mut deeper = begin(DeepCache {
+        interval: 2,
+        branch: 4,
+    });
+    let mut beyond = begin(DeepCache {
+        interval: 3,
+        branch: 11,
+    });
+    let groups = |samples: [&Sample; 4]| -> Vec<StepGroup> {
+        samples.iter().map(|s| StepState::group(*s)).collect()
+    };
+    let size = plain.latent_size();
+    let full = StepGroup {
+        size,
+        variant: None,
+    };
+    // Step 0 is a full pass for everyone: one call.
+    assert_eq!(groups([&plain, &shallow, &deeper, &beyond]), vec![full; 4]);
+    m.step(&mut [&mut plain, &mut shallow, &mut deeper, &mut beyond])
+        .expect("step");
+    // Step 1: shallow passes, each by where it splits the UNet (3 levels, one resnet each:
+    // branch 11 lies past the deepest level and caches the mid block only).
+    let variants: Vec<_> = groups([&plain, &shallow, &deeper, &beyond])
+        .into_iter()
+        .map(|g| g.variant)
+        .collect();
+    assert_eq!(
+        variants,
+        vec![None, Some((0, 0)), Some((1, 1)), Some((2, 1))]
+    );
+    m.step(&mut [&mut plain, &mut shallow, &mut deeper, &mut beyond])
+        .expect("step");
+    // Step 2: full again for interval 2, shallow for interval 3.
+    let variants: Vec<_> = groups([&plain, &shallow, &deeper, &beyond])
+        .into_iter()
+        .map(|g| g.variant)
+        .collect();
+    assert_eq!(variants, vec![None, None, None, Some((2, 1))]);
 }
 
 /// max |a − b| / max |b|.

@@ -82,19 +82,36 @@ impl DownBlock {
         })
     }
 
+    /// Resnets (and transformers) in the block.
+    pub fn layers(&self) -> usize {
+        self.resnets.len()
+    }
+
     /// Returns the block's output and the skip connections it hands to the up path.
     pub fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+        let (mut h, mut skips) = self.forward_layers(x, temb, self.resnets.len())?;
+        if let Some(down) = &self.downsampler {
+            h = down.forward(&h)?;
+            skips.push(h.clone());
+        }
+        Ok((h, skips))
+    }
+
+    /// Only the first `layers` resnets (each with its transformer), without the downsampler:
+    /// the part a shallow (cached) UNet pass recomputes. Returns their output and skips.
+    pub fn forward_layers(
+        &self,
+        x: &Tensor,
+        temb: &Tensor,
+        layers: usize,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let mut h = x.clone();
         let mut skips = Vec::with_capacity(self.resnets.len() + 1);
-        for (i, resnet) in self.resnets.iter().enumerate() {
+        for (i, resnet) in self.resnets.iter().enumerate().take(layers) {
             h = resnet.forward(&h, Some(temb))?;
             if let Some(attn) = self.attentions.get(i) {
                 h = attn.forward(&h)?;
             }
-            skips.push(h.clone());
-        }
-        if let Some(down) = &self.downsampler {
-            h = down.forward(&h)?;
             skips.push(h.clone());
         }
         Ok((h, skips))
@@ -181,19 +198,46 @@ impl UpBlock {
         })
     }
 
-    /// Consumes the last `resnets.len()` skip connections (newest first). The upsampler
-    /// matches the size of the skip the next level takes, as diffusers does for odd sizes.
+    /// Resnets (and transformers) in the block.
+    pub fn layers(&self) -> usize {
+        self.resnets.len()
+    }
+
+    /// Consumes the last `resnets.len()` skip connections (newest first), then upsamples.
     pub fn forward(&self, x: &Tensor, skips: &mut Vec<Tensor>, temb: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
-        for (i, resnet) in self.resnets.iter().enumerate() {
-            let skip = skips
-                .pop()
-                .ok_or_else(|| candle_core::Error::Msg("UNet skip connections ran out".into()))?;
-            h = resnet.forward(&Tensor::cat(&[&h, &skip], 1)?, Some(temb))?;
-            if let Some(attn) = self.attentions.get(i) {
-                h = attn.forward(&h)?;
-            }
+        for layer in 0..self.resnets.len() {
+            h = self.forward_layer(layer, &h, skips, temb)?;
         }
+        self.upsample(&h, skips)
+    }
+
+    /// Resnet `layer` on `x` and the newest skip connection, which it consumes, then its
+    /// transformer.
+    pub fn forward_layer(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        skips: &mut Vec<Tensor>,
+        temb: &Tensor,
+    ) -> Result<Tensor> {
+        let resnet = self
+            .resnets
+            .get(layer)
+            .ok_or_else(|| candle_core::Error::Msg(format!("no up layer {layer}")))?;
+        let skip = skips
+            .pop()
+            .ok_or_else(|| candle_core::Error::Msg("UNet skip connections ran out".into()))?;
+        let h = resnet.forward(&Tensor::cat(&[x, &skip], 1)?, Some(temb))?;
+        match self.attentions.get(layer) {
+            Some(attn) => attn.forward(&h),
+            None => Ok(h),
+        }
+    }
+
+    /// The upsampler, if the block has one. It matches the size of the skip the next level
+    /// takes, as diffusers does for odd sizes.
+    pub fn upsample(&self, h: &Tensor, skips: &[Tensor]) -> Result<Tensor> {
         match &self.upsampler {
             Some(up) => {
                 let next_size = match skips.last() {
@@ -203,9 +247,9 @@ impl UpBlock {
                     }
                     None => None,
                 };
-                up.forward(&h, next_size)
+                up.forward(h, next_size)
             }
-            None => Ok(h),
+            None => Ok(h.clone()),
         }
     }
 }

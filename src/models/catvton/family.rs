@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 use image::{GrayImage, RgbImage};
 
+use super::deep_cache::{self, DeepCache, UnetCall};
 use super::mask::{auto_mask, Category};
 use super::preprocess::{resize_and_crop, resize_and_padding};
 use super::{
@@ -17,8 +18,8 @@ use crate::hub::{Hub, Reporter};
 use crate::models::registry::{required_dir, Downloaded};
 use crate::models::{
     InputSpec, Licence, LoadRequest, LoadedModel, ModelError, ModelFamily, ModelFlags, ModelInput,
-    OptionKind, OptionLimits, OptionSpec, PersonMaskSpec, RequestOptions, StepModel, StepState,
-    WarmUp, WeightSource,
+    OptionKind, OptionLimits, OptionSpec, PersonMaskSpec, RequestOptions, StepGroup, StepModel,
+    StepState, WarmUp, WeightSource,
 };
 
 /// The largest guidance scale accepted: far past any useful value, it only bounds the input.
@@ -33,6 +34,8 @@ pub struct CatvtonOptions {
     pub guidance: f64,
     pub seed: u64,
     pub resolution: Resolution,
+    pub cache_interval: usize,
+    pub cache_branch: usize,
 }
 
 impl CatvtonOptions {
@@ -46,6 +49,10 @@ impl CatvtonOptions {
             scheduler: self.scheduler,
             guidance: self.guidance,
             seed: self.seed,
+            cache: DeepCache {
+                interval: self.cache_interval,
+                branch: self.cache_branch,
+            },
         }
     }
 }
@@ -113,6 +120,26 @@ impl ModelFamily for Family {
                     default: "1024x768",
                 },
                 help: "Output size, height x width.",
+            },
+            OptionSpec {
+                name: "cache_interval",
+                kind: OptionKind::Integer {
+                    min: 1,
+                    max: deep_cache::MAX_INTERVAL as u64,
+                    default: 1,
+                },
+                help: "DeepCache: a full UNet pass every this many steps, shallow passes from \
+                       cached deep features between (1: off).",
+            },
+            OptionSpec {
+                name: "cache_branch",
+                kind: OptionKind::Integer {
+                    min: 0,
+                    max: deep_cache::MAX_BRANCH as u64,
+                    default: 0,
+                },
+                help: "DeepCache's skip branch (`cache_branch_id`): the higher, the more a \
+                       shallow pass recomputes.",
             },
         ]
     }
@@ -222,8 +249,14 @@ impl StepState for Sample {
         Sample::rows(self)
     }
 
-    fn group(&self) -> (usize, usize) {
-        self.latent_size()
+    fn group(&self) -> StepGroup {
+        StepGroup {
+            size: self.latent_size(),
+            variant: match self.unet_call() {
+                UnetCall::Full => None,
+                UnetCall::Shallow(point) => Some((point.level, point.layer)),
+            },
+        }
     }
 
     fn is_done(&self) -> bool {
@@ -309,6 +342,7 @@ impl StepModel for CatVton {
                 scheduler: SchedulerKind::Ddim,
                 guidance: 2.0,
                 seed: 0,
+                cache: DeepCache::OFF,
             },
         };
         let start = Instant::now();
@@ -403,7 +437,8 @@ mod tests {
                 steps: 50,
                 scheduler: SchedulerKind::Ddim,
                 guidance: 2.5,
-                seed: 7
+                seed: 7,
+                cache: DeepCache::OFF,
             }
         );
     }
@@ -417,6 +452,8 @@ mod tests {
             ("scheduler", "dpmpp_2m"),
             ("guidance", "1.0"),
             ("seed", "18446744073709551615"),
+            ("cache_interval", "3"),
+            ("cache_branch", "11"),
         ])
         .expect("valid");
         assert_eq!(r.category, Category::Lower);
@@ -427,7 +464,11 @@ mod tests {
                 steps: 20,
                 scheduler: SchedulerKind::DpmPp2m,
                 guidance: 1.0,
-                seed: u64::MAX
+                seed: u64::MAX,
+                cache: DeepCache {
+                    interval: 3,
+                    branch: 11
+                },
             }
         );
         for bad in [
@@ -443,6 +484,15 @@ mod tests {
             ("scheduler", "unipc2"),
             ("scheduler", "DDIM"),
             ("scheduler", ""),
+            ("cache_interval", "0"),
+            ("cache_interval", "11"),
+            ("cache_interval", "2.5"),
+            ("cache_interval", "-1"),
+            ("cache_interval", ""),
+            ("cache_branch", "12"),
+            ("cache_branch", "-1"),
+            ("cache_branch", "1e1"),
+            ("cache_branch", "99999999999999999999999"),
         ] {
             let e = parse(&[bad]).expect_err("refused");
             assert!(e.len() < 80, "a short message: {e}");

@@ -5,12 +5,13 @@
 //! A request is sampled step by step ([`CatVton::begin`], [`CatVton::step`],
 //! [`CatVton::finish`]) so that the batcher can add and remove requests between UNet calls.
 //! Each request draws its noise from its own seed on the CPU and keeps its own sampler state
-//! (DDIM, DPM-Solver++ 2M or UniPC, see [`scheduler`]), so its image does not depend on what it was
-//! batched with.
+//! (DDIM, DPM-Solver++ 2M or UniPC, see [`scheduler`]) and its own DeepCache features (see
+//! [`deep_cache`]), so its image does not depend on what it was batched with.
 
 pub mod attention;
 pub mod blocks;
 pub mod config;
+pub mod deep_cache;
 pub mod family;
 pub mod fused_attention;
 pub mod mask;
@@ -31,6 +32,8 @@ use rand::SeedableRng;
 use rand_distr::Distribution;
 
 use crate::models::ModelError;
+use deep_cache::StepCache;
+pub use deep_cache::{DeepCache, UnetCall};
 pub use family::{CatvtonOptions, Family};
 pub use mask::Category;
 use scheduler::SolverState;
@@ -87,6 +90,8 @@ pub struct SamplingParams {
     pub guidance: f64,
     /// Seeds the request's noise.
     pub seed: u64,
+    /// DeepCache ([`DeepCache::OFF`]: every step a full UNet pass).
+    pub cache: DeepCache,
 }
 
 /// The reference's defaults: 50 steps, guidance 2.5.
@@ -178,6 +183,8 @@ pub struct Sample {
     next: usize,
     /// The sampler and what it carries between steps.
     solver: SolverState,
+    /// DeepCache's split and features, when the request caches.
+    cache: Option<StepCache>,
     guidance: f64,
     /// `1×4×2h×w`, f32.
     latents: Tensor,
@@ -235,6 +242,14 @@ impl Sample {
     /// The sampler's timesteps, from the noisiest down.
     pub fn timesteps(&self) -> &[usize] {
         &self.timesteps
+    }
+
+    /// The UNet pass the next step takes; requests step in one call only when it matches.
+    pub fn unet_call(&self) -> UnetCall {
+        match &self.cache {
+            Some(cache) => cache.call(self.next),
+            None => UnetCall::Full,
+        }
     }
 }
 
@@ -439,11 +454,17 @@ impl CatVton {
             SchedulerKind::DpmPp2m => self.dpm.state(&timesteps),
             SchedulerKind::UniPc => self.dpm.unipc_state(&timesteps),
         };
+        let cache = input.params.cache.is_on().then(|| StepCache {
+            interval: input.params.cache.interval,
+            point: self.unet.split_point(input.params.cache.branch),
+            deep: None,
+        });
         Ok(Sample {
             noise,
             timesteps,
             next: 0,
             solver,
+            cache,
             guidance,
             latents,
             condition,
@@ -455,34 +476,87 @@ impl CatVton {
         })
     }
 
-    /// Runs one UNet call over the next step of every sample (all of one latent size, none
-    /// done) and advances each by its own timestep.
+    /// Advances every sample (all of one latent size, none done) by its own timestep: one UNet
+    /// call per kind of pass present ([`Sample::unet_call`]); the batcher hands over one kind
+    /// at a time.
     pub fn step(&self, samples: &mut [&mut Sample]) -> Result<(), ModelError> {
-        if samples.is_empty() {
-            return Ok(());
-        }
-        let mut inputs = Vec::with_capacity(samples.len());
-        let mut timesteps = Vec::new();
-        for s in samples.iter() {
-            let Some(&t) = s.timesteps.get(s.next) else {
+        let mut calls: Vec<(UnetCall, Vec<usize>)> = Vec::new();
+        for (i, s) in samples.iter().enumerate() {
+            if s.is_done() {
                 return Err(ModelError::Candle(candle_core::Error::Msg(
                     "a finished sample was stepped".into(),
                 )));
-            };
+            }
+            let call = s.unet_call();
+            match calls.iter_mut().find(|(c, _)| *c == call) {
+                Some((_, members)) => members.push(i),
+                None => calls.push((call, vec![i])),
+            }
+        }
+        for (call, members) in calls {
+            self.step_call(samples, call, &members)?;
+        }
+        Ok(())
+    }
+
+    /// One UNet call of kind `call` over `samples[members]`, then each sampler's update.
+    fn step_call(
+        &self,
+        samples: &mut [&mut Sample],
+        call: UnetCall,
+        members: &[usize],
+    ) -> Result<(), ModelError> {
+        let mut inputs = Vec::with_capacity(members.len());
+        let mut timesteps = Vec::new();
+        let mut deep = Vec::new();
+        let mut points = Vec::new();
+        for &i in members {
+            let s = &samples[i];
+            let t = s.timesteps[s.next];
             let rows = s.rows();
             let latents = s.latents.repeat((rows, 1, 1, 1))?;
             inputs.push(Tensor::cat(&[&latents, &s.condition], 1)?);
             timesteps.extend(std::iter::repeat_n(t as f64, rows));
+            if let Some(cache) = &s.cache {
+                match (call, &cache.deep) {
+                    (UnetCall::Shallow(_), Some(features)) => deep.push(features.clone()),
+                    (UnetCall::Shallow(_), None) => {
+                        return Err(ModelError::Candle(candle_core::Error::Msg(
+                            "a shallow step without cached features".into(),
+                        )))
+                    }
+                    (UnetCall::Full, _) if !points.contains(&cache.point) => {
+                        points.push(cache.point)
+                    }
+                    (UnetCall::Full, _) => {}
+                }
+            }
         }
         let batch = Tensor::cat(&inputs, 0)?;
-        let output = self
-            .unet
-            .forward(&batch, &timesteps)?
-            .to_dtype(DType::F32)?;
+        let (output, captured) = match call {
+            UnetCall::Full => self.unet.forward_capturing(&batch, &timesteps, &points)?,
+            UnetCall::Shallow(point) => {
+                let deep = Tensor::cat(&deep, 0)?;
+                let out = self
+                    .unet
+                    .forward_shallow(&batch, &timesteps, point, &deep)?;
+                (out, Vec::new())
+            }
+        };
+        let output = output.to_dtype(DType::F32)?;
+        let shared = members.len() > 1;
         let mut row = 0;
-        for s in samples.iter_mut() {
+        for &i in members {
+            let s = &mut *samples[i];
             let rows = s.rows();
             let out = output.narrow(0, row, rows)?;
+            if let Some(cache) = &mut s.cache {
+                if let Some(k) = points.iter().position(|p| *p == cache.point) {
+                    let features = captured[k].narrow(0, row, rows)?;
+                    // A copy, so that the batch's tensor is not kept alive by one request.
+                    cache.deep = Some(if shared { features.copy()? } else { features });
+                }
+            }
             row += rows;
             let eps = if rows == 2 {
                 let uncond = out.get(0)?.unsqueeze(0)?;

@@ -1,5 +1,11 @@
 //! `UNet2DConditionModel` as CatVTON runs it: the Stable Diffusion 1.5 inpainting UNet with its
 //! cross-attention skipped, so it takes no text, and with one timestep per batch item.
+//!
+//! It also runs DeepCache's two passes (Ma et al., CVPR 2024, as the `DeepCache` package's
+//! `DeepCacheSDHelper` does): a full pass that keeps the deep features entering the up path
+//! at a skip branch ([`UNet::forward_capturing`]), and a shallow pass that recomputes only
+//! the levels above that branch and takes the deep features from an earlier full pass
+//! ([`UNet::forward_shallow`]).
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
@@ -46,6 +52,19 @@ impl TimeEmbedding {
         self.linear_2.forward(&h)
     }
 }
+
+/// Where a DeepCache branch splits the UNet: a shallow pass recomputes down block `level`'s
+/// first `layer` resnets (without its downsampler) and every level above it, then resumes the
+/// up path at that level's resnet mirroring `layer`, from the cached deep features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SplitPoint {
+    pub level: usize,
+    pub layer: usize,
+}
+
+/// DeepCache numbers the skip branches `block · 3 + layer` (`cache_branch_id`), three per
+/// level as in Stable Diffusion, whose levels have two resnets and a downsampler.
+pub const BRANCHES_PER_LEVEL: usize = 3;
 
 /// The CatVTON UNet.
 #[derive(Debug, Clone)]
@@ -154,15 +173,65 @@ impl UNet {
         self.dtype
     }
 
-    /// Predicts the noise in `x: B×9×h×w`, row `i` being at timestep `timesteps[i]`. Answers
-    /// `B×4×h×w` in the weights' dtype.
-    pub fn forward(&self, x: &Tensor, timesteps: &[f64]) -> Result<Tensor> {
+    /// Resnets per down block (`layers_per_block`); up blocks have one more.
+    fn layers_per_block(&self) -> usize {
+        self.down_blocks.first().map_or(0, |b| b.layers())
+    }
+
+    /// Where DeepCache's `cache_branch_id` splits this UNet, as `DeepCacheSDHelper` reads it:
+    /// block `branch / 3`, layer `branch % 3`. A layer past the level's resnets caches the same
+    /// features as its last one, and a block past the deepest level caches only the mid
+    /// block, as the helper's comparisons do.
+    pub fn split_point(&self, branch: usize) -> SplitPoint {
+        let levels = self.down_blocks.len();
+        let layers = self.layers_per_block();
+        let level = branch / BRANCHES_PER_LEVEL;
+        if level >= levels {
+            return SplitPoint {
+                level: levels.saturating_sub(1),
+                layer: layers,
+            };
+        }
+        SplitPoint {
+            level,
+            layer: (branch % BRANCHES_PER_LEVEL).min(layers),
+        }
+    }
+
+    /// Position in the up path (up blocks in order, their resnets in order) of the first
+    /// resnet a shallow pass at `point` runs.
+    fn resume_position(&self, point: SplitPoint) -> usize {
+        let per_block = self.layers_per_block() + 1;
+        let block = self.up_blocks.len().saturating_sub(1 + point.level);
+        block * per_block + (per_block - 1).saturating_sub(point.layer)
+    }
+
+    /// The inputs in the weights' dtype and the timestep embedding.
+    fn prepare(&self, x: &Tensor, timesteps: &[f64]) -> Result<(Tensor, Tensor)> {
         let b = x.dim(0)?;
         if timesteps.len() != b {
             candle_core::bail!("{} timesteps for a batch of {b}", timesteps.len());
         }
         let x = x.to_dtype(self.dtype)?;
         let temb = self.time.forward(timesteps, x.device(), self.dtype)?;
+        Ok((x, temb))
+    }
+
+    /// Predicts the noise in `x: B×9×h×w`, row `i` being at timestep `timesteps[i]`. Answers
+    /// `B×4×h×w` in the weights' dtype.
+    pub fn forward(&self, x: &Tensor, timesteps: &[f64]) -> Result<Tensor> {
+        Ok(self.forward_capturing(x, timesteps, &[])?.0)
+    }
+
+    /// [`UNet::forward`], also answering, for each of `points`, the deep features a shallow
+    /// pass at that point resumes from (`B×C×h'×w'`).
+    pub fn forward_capturing(
+        &self,
+        x: &Tensor,
+        timesteps: &[f64],
+        points: &[SplitPoint],
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let (x, temb) = self.prepare(x, timesteps)?;
         let mut h = self.conv_in.forward(&x)?;
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
@@ -171,10 +240,91 @@ impl UNet {
             skips.extend(block_skips);
         }
         h = self.mid_block.forward(&h, &temb)?;
-        for block in &self.up_blocks {
-            h = block.forward(&h, &mut skips, &temb)?;
+        let positions: Vec<usize> = points.iter().map(|&p| self.resume_position(p)).collect();
+        let mut captured: Vec<Option<Tensor>> = vec![None; points.len()];
+        let h = self.up_path(h, &mut skips, &temb, 0, |position, h| {
+            for (slot, &p) in captured.iter_mut().zip(&positions) {
+                if p == position {
+                    *slot = Some(h.clone());
+                }
+            }
+        })?;
+        let captured = captured
+            .into_iter()
+            .map(|c| {
+                c.ok_or_else(|| candle_core::Error::Msg("a split point outside the UNet".into()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((self.output(&h)?, captured))
+    }
+
+    /// DeepCache's shallow pass: the levels above `point` recomputed, the rest taken from
+    /// `deep`, the features [`UNet::forward_capturing`] answered for `point` (one row per row
+    /// of `x`).
+    pub fn forward_shallow(
+        &self,
+        x: &Tensor,
+        timesteps: &[f64],
+        point: SplitPoint,
+        deep: &Tensor,
+    ) -> Result<Tensor> {
+        let (x, temb) = self.prepare(x, timesteps)?;
+        let Some(split_block) = self.down_blocks.get(point.level) else {
+            candle_core::bail!("no UNet level {}", point.level);
+        };
+        let mut h = self.conv_in.forward(&x)?;
+        let mut skips = vec![h.clone()];
+        for block in &self.down_blocks[..point.level] {
+            let (out, block_skips) = block.forward(&h, &temb)?;
+            h = out;
+            skips.extend(block_skips);
         }
-        let h = candle_nn::ops::silu(&self.conv_norm_out.forward(&h)?)?;
+        let (_, block_skips) = split_block.forward_layers(&h, &temb, point.layer)?;
+        skips.extend(block_skips);
+        let start = self.resume_position(point);
+        let h = self.up_path(
+            deep.to_dtype(self.dtype)?,
+            &mut skips,
+            &temb,
+            start,
+            |_, _| {},
+        )?;
+        self.output(&h)
+    }
+
+    /// The up path from position `start` (see [`UNet::resume_position`]); `observe` sees the
+    /// features entering each resnet it runs.
+    fn up_path(
+        &self,
+        mut h: Tensor,
+        skips: &mut Vec<Tensor>,
+        temb: &Tensor,
+        start: usize,
+        mut observe: impl FnMut(usize, &Tensor),
+    ) -> Result<Tensor> {
+        let mut position = 0;
+        for block in &self.up_blocks {
+            let mut ran = false;
+            for layer in 0..block.layers() {
+                if position >= start {
+                    observe(position, &h);
+                    h = block.forward_layer(layer, &h, skips, temb)?;
+                    ran = true;
+                }
+                position += 1;
+            }
+            if ran {
+                h = block.upsample(&h, skips)?;
+            }
+        }
+        if !skips.is_empty() {
+            candle_core::bail!("{} UNet skip connections left over", skips.len());
+        }
+        Ok(h)
+    }
+
+    fn output(&self, h: &Tensor) -> Result<Tensor> {
+        let h = candle_nn::ops::silu(&self.conv_norm_out.forward(h)?)?;
         self.conv_out.forward(&h)
     }
 }
