@@ -59,7 +59,7 @@ impl StepCache {
     /// The pass step `step` takes: full on the interval (and whenever nothing is cached).
     pub fn call(&self, step: usize) -> UnetCall {
         match &self.deep {
-            Some(_) if step % self.interval.max(1) != 0 => UnetCall::Shallow(self.point),
+            Some(_) if !step.is_multiple_of(self.interval.max(1)) => UnetCall::Shallow(self.point),
             _ => UnetCall::Full,
         }
     }
