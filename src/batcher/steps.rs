@@ -211,8 +211,8 @@ fn fail_all(running: Vec<Running>, shared: &Shared) {
     }
 }
 
-/// One model call per group present (e.g. requests of one resolution step together, and
-/// CatVTON's full and shallow DeepCache passes apart).
+/// One model call per group present (e.g. requests of one resolution step together, and a
+/// model's full and cached passes apart).
 fn step_all(model: &dyn StepModel, shared: &Shared, running: &mut [Running]) {
     let mut groups: BTreeMap<StepGroup, Vec<usize>> = BTreeMap::new();
     for (i, r) in running.iter().enumerate() {
