@@ -148,20 +148,10 @@ fn run_parity(run: &str) {
         r("image"),
     );
     let bytes = m.finish(&sample).expect("finish");
-    let ours: Vec<u8> = bytes.flatten_all().unwrap().to_vec1().unwrap();
-    let theirs: Vec<u8> = r("image_u8").flatten_all().unwrap().to_vec1().unwrap();
-    assert_eq!(ours.len(), theirs.len());
-    let off = ours
-        .iter()
-        .zip(&theirs)
-        .filter(|(a, b)| a.abs_diff(**b) > 1)
-        .count();
-    println!(
-        "{run}: {off} of {} 8-bit values differ by more than 1",
-        ours.len()
-    );
+    let (off, n) = u8_off(&bytes, r("image_u8"));
+    println!("{run}: {off} of {n} 8-bit values differ by more than 1");
     assert!(
-        off as f64 <= ours.len() as f64 * 1e-3,
+        off as f64 <= n as f64 * 1e-3,
         "{run}: {off} values differ by more than one level"
     );
 }
@@ -749,26 +739,10 @@ fn solver_samplings_match_the_official_pipeline_at_10_20_and_25_steps() {
                 sample.latents(),
                 r("final_latents"),
             );
-            let ours: Vec<u8> = m
-                .finish(&sample)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let theirs: Vec<u8> = r("image_u8").flatten_all().unwrap().to_vec1().unwrap();
-            assert_eq!(ours.len(), theirs.len());
-            let off = ours
-                .iter()
-                .zip(&theirs)
-                .filter(|(a, b)| a.abs_diff(**b) > 1)
-                .count();
-            println!(
-                "{name} {steps} steps: {off} of {} 8-bit values off by more than 1",
-                ours.len()
-            );
+            let (off, n) = u8_off(&m.finish(&sample).unwrap(), r("image_u8"));
+            println!("{name} {steps} steps: {off} of {n} 8-bit values off by more than 1");
             assert!(
-                off as f64 <= ours.len() as f64 * 1e-3,
+                off as f64 <= n as f64 * 1e-3,
                 "{name}, {steps} steps: {off} values"
             );
         }
