@@ -15,8 +15,6 @@ pub use models::gpu_check;
 pub mod hub;
 pub mod imaging;
 pub mod jobs;
-#[cfg(test)]
-mod layering;
 pub mod metrics;
 pub mod metrics_text;
 pub mod models;
