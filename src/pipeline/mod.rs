@@ -126,7 +126,44 @@ pub struct Probes {
     pub cloth: Probe,
     pub garment_mask: Option<Probe>,
     pub person_mask: Option<Probe>,
+    /// The image that needs the most memory to decode for the frame, and what it needs.
+    pub largest: Probe,
     pub decode_bytes: u64,
+}
+
+impl Probes {
+    /// Reads every image's header and checks it against the limits (format, size, aspect
+    /// ratio, `max_pixels`); nothing is decoded.
+    pub fn read(parts: &ImageParts, max_pixels: u64, frame: Frame) -> Result<Probes, ImageError> {
+        let probe_opt = |b: &Option<Bytes>| -> Result<Option<Probe>, ImageError> {
+            b.as_ref()
+                .map(|b| imaging::probe(b, max_pixels))
+                .transpose()
+        };
+        let person = imaging::probe(&parts.person, max_pixels)?;
+        let cloth = imaging::probe(&parts.cloth, max_pixels)?;
+        let garment_mask = probe_opt(&parts.garment_mask)?;
+        let person_mask = probe_opt(&parts.person_mask)?;
+        let largest = [
+            Some(&person),
+            Some(&cloth),
+            garment_mask.as_ref(),
+            person_mask.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .max_by_key(|p| p.decode_bytes_for(frame))
+        .copied()
+        .unwrap_or(person);
+        Ok(Probes {
+            person,
+            cloth,
+            garment_mask,
+            person_mask,
+            largest,
+            decode_bytes: largest.decode_bytes_for(frame),
+        })
+    }
 }
 
 /// The served model's side of the pipeline: its options and inputs, and the server's bounds.
@@ -196,42 +233,18 @@ impl Pipeline {
     /// decode budget for the model's `frame` (large JPEGs decode scaled to cover it), before
     /// anything is decoded.
     pub fn check_headers(&self, parts: &ImageParts, frame: Frame) -> Result<Probes, ImageError> {
-        let max = self.max_pixels;
-        let probe_opt = |b: &Option<Bytes>| -> Result<Option<Probe>, ImageError> {
-            b.as_ref().map(|b| imaging::probe(b, max)).transpose()
-        };
-        let person = imaging::probe(&parts.person, max)?;
-        let cloth = imaging::probe(&parts.cloth, max)?;
-        let garment_mask = probe_opt(&parts.garment_mask)?;
-        let person_mask = probe_opt(&parts.person_mask)?;
-        let largest = [
-            Some(&person),
-            Some(&cloth),
-            garment_mask.as_ref(),
-            person_mask.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .max_by_key(|p| p.decode_bytes_for(frame))
-        .copied()
-        .unwrap_or(person);
-        let need = largest.decode_bytes_for(frame);
-        if need > self.decode.total {
+        let probes = Probes::read(parts, self.max_pixels, frame)?;
+        if probes.decode_bytes > self.decode.total {
+            let largest = probes.largest;
             return Err(ImageError::Invalid(format!(
                 "the {}x{} image needs {} MiB to decode, more than this server decodes at once ({} MiB)",
                 largest.width,
                 largest.height,
-                need >> 20,
+                probes.decode_bytes >> 20,
                 self.decode.total >> 20
             )));
         }
-        Ok(Probes {
-            person,
-            cloth,
-            garment_mask,
-            person_mask,
-            decode_bytes: need,
-        })
+        Ok(probes)
     }
 
     /// Checks every image's header, then decodes and fits the images one after the other on
@@ -356,19 +369,8 @@ pub fn prepare_now(
     options: RequestOptions,
     max_pixels: u64,
 ) -> Result<ModelInput, PrepareError> {
-    let probe_opt = |b: &Option<Bytes>| -> Result<Option<Probe>, ImageError> {
-        b.as_ref()
-            .map(|b| imaging::probe(b, max_pixels))
-            .transpose()
-    };
-    let probes = Probes {
-        person: imaging::probe(&parts.person, max_pixels)?,
-        cloth: imaging::probe(&parts.cloth, max_pixels)?,
-        garment_mask: probe_opt(&parts.garment_mask)?,
-        person_mask: probe_opt(&parts.person_mask)?,
-        decode_bytes: 0,
-    };
     let spec = model.input(&options);
+    let probes = Probes::read(parts, max_pixels, spec.frame)?;
     decode_and_fit(parts, &probes, &spec, options)
 }
 
