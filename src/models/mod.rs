@@ -4,6 +4,7 @@
 //! declares its request options and the inputs it needs ([`ModelFamily`]); the registry
 //! ([`registry`]) is the one place that lists them.
 
+pub mod automasker;
 pub mod catvton;
 pub mod dmvton;
 pub mod identity_steps;
