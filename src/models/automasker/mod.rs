@@ -2,3 +2,20 @@
 //! maps [`labels`] describes, combined per garment part into the region to repaint.
 
 pub mod labels;
+
+pub use labels::{LabelMap, MaskPart};
+
+/// The two parsers' label maps for one person photo, each at the photo's size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedPerson {
+    /// SCHP trained on ATR: 18 labels.
+    pub atr: LabelMap,
+    /// SCHP trained on LIP: 20 labels.
+    pub lip: LabelMap,
+}
+
+/// Human parsers that label a batch of person photos on their device.
+pub trait HumanParsers: Send + Sync {
+    /// Label maps for each photo, in order. Photos may differ in size.
+    fn parse(&self, photos: &[image::RgbImage]) -> anyhow::Result<Vec<ParsedPerson>>;
+}
