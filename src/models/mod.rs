@@ -23,7 +23,7 @@ pub use input::{
     GarmentMaskSpec, InputSpec, ModelInput, PersonMaskSpec, PreparedPair, Rect, MODEL_HEIGHT,
     MODEL_WIDTH,
 };
-pub use options::{OptionKind, OptionLimits, OptionSpec, RequestOptions};
+pub use options::{OptionKind, OptionLimits, OptionSpec, Preset, RequestOptions};
 pub use registry::{family, load, LoadRequest, ModelFamily, ModelFlags, WeightSource, MODEL_NAMES};
 
 use crate::ops::convert::{to_model_input, to_u8_images, InputKind};

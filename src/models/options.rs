@@ -34,6 +34,21 @@ pub enum OptionKind {
     /// A noise seed, `0..=2^64-1`: drawn when the request has none, and reported back (the
     /// `x-seed` header, the CLI's output) so that the image can be made again.
     Seed,
+    /// One of the listed presets, each a set of other options' values: a request's options
+    /// that it leaves out take the chosen preset's value before their own default.
+    Preset {
+        presets: &'static [Preset],
+        default: &'static str,
+    },
+}
+
+/// A named set of other options' values (a speed mode, say).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preset {
+    pub name: &'static str,
+    /// `(option, value)` pairs, the values as a request would write them. An integer past
+    /// its option's bounds (a preset's steps above `--max-steps`) is brought within them.
+    pub sets: &'static [(&'static str, &'static str)],
 }
 
 /// One request option of a model.
@@ -52,7 +67,7 @@ impl OptionSpec {
         match self.kind {
             OptionKind::Integer { .. } => "integer",
             OptionKind::Number { .. } => "number",
-            OptionKind::Choice { .. } => "string",
+            OptionKind::Choice { .. } | OptionKind::Preset { .. } => "string",
             OptionKind::Seed => "seed",
         }
     }
@@ -62,8 +77,19 @@ impl OptionSpec {
         match &self.kind {
             OptionKind::Integer { default, .. } => Value::from(*default),
             OptionKind::Number { default, .. } => Value::from(*default),
-            OptionKind::Choice { default, .. } => Value::from(*default),
+            OptionKind::Choice { default, .. } | OptionKind::Preset { default, .. } => {
+                Value::from(*default)
+            }
             OptionKind::Seed => Value::Null,
+        }
+    }
+
+    /// The words a choice or preset takes (empty for other kinds).
+    pub fn words(&self) -> Vec<&'static str> {
+        match &self.kind {
+            OptionKind::Choice { values, .. } => values.to_vec(),
+            OptionKind::Preset { presets, .. } => presets.iter().map(|p| p.name).collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -72,7 +98,7 @@ impl OptionSpec {
         match &self.kind {
             OptionKind::Integer { min, max, .. } => format!("{min}..{max}"),
             OptionKind::Number { min, max, .. } => format!("{min}..{max}"),
-            OptionKind::Choice { values, .. } => values.join(" | "),
+            OptionKind::Choice { .. } | OptionKind::Preset { .. } => self.words().join(" | "),
             OptionKind::Seed => "0..2^64-1, drawn when absent".into(),
         }
     }
@@ -91,21 +117,32 @@ impl OptionSpec {
                 Ok(x) if x.is_finite() && (*min..=*max).contains(&x) => Ok(Value::from(x)),
                 _ => Err(format!("{name} must be a number in {min}..{max}")),
             },
-            OptionKind::Choice { values, .. } => match values.iter().find(|v| **v == text) {
-                Some(v) => Ok(Value::from(*v)),
-                None => Err(format!(
-                    "{name} is {}",
-                    values
-                        .iter()
-                        .map(|v| format!("`{v}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
-            },
+            OptionKind::Choice { .. } | OptionKind::Preset { .. } => {
+                let words = self.words();
+                match words.iter().find(|v| **v == text) {
+                    Some(v) => Ok(Value::from(*v)),
+                    None => Err(format!(
+                        "{name} is {}",
+                        words
+                            .iter()
+                            .map(|v| format!("`{v}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                }
+            }
             OptionKind::Seed => text
                 .parse::<u64>()
                 .map(Value::from)
                 .map_err(|_| format!("{name} must be a whole number 0..2^64-1")),
+        }
+    }
+
+    /// A preset's value brought within this option's integer bounds (others unchanged).
+    fn within_bounds(&self, text: &str) -> String {
+        match (&self.kind, text.parse::<u64>()) {
+            (OptionKind::Integer { min, max, .. }, Ok(n)) => n.clamp(*min, *max).to_string(),
+            _ => text.to_string(),
         }
     }
 
@@ -124,9 +161,9 @@ impl OptionSpec {
                 .minimum(Some(*min))
                 .maximum(Some(*max))
                 .default(Some(Value::from(*default))),
-            OptionKind::Choice { values, default } => builder
+            OptionKind::Choice { default, .. } | OptionKind::Preset { default, .. } => builder
                 .schema_type(Type::String)
-                .enum_values(Some(values.iter().copied()))
+                .enum_values(Some(self.words()))
                 .default(Some(Value::from(*default))),
             OptionKind::Seed => builder
                 .schema_type(Type::Integer)
@@ -147,18 +184,32 @@ pub struct RequestOptions(Map<String, Value>);
 
 impl RequestOptions {
     /// Reads every declared option from `field` (a field's text by name): absent options take
-    /// their default, and absent seeds `draw_seed()`.
+    /// the chosen preset's value, else their default, and absent seeds `draw_seed()`.
     pub fn parse<'a>(
         specs: &[OptionSpec],
         field: impl Fn(&str) -> Option<&'a str>,
         mut draw_seed: impl FnMut() -> u64,
     ) -> Result<RequestOptions, String> {
+        let mut preset_values: &[(&str, &str)] = &[];
+        for spec in specs {
+            if let OptionKind::Preset { presets, default } = &spec.kind {
+                let chosen = match field(spec.name) {
+                    Some(text) => spec.parse(text)?,
+                    None => Value::from(*default),
+                };
+                if let Some(preset) = presets.iter().find(|p| Some(p.name) == chosen.as_str()) {
+                    preset_values = preset.sets;
+                }
+            }
+        }
         let mut values = Map::new();
         for spec in specs {
-            let value = match field(spec.name) {
-                Some(text) => spec.parse(text)?,
-                None if spec.kind == OptionKind::Seed => Value::from(draw_seed()),
-                None => spec.default_value(),
+            let from_preset = preset_values.iter().find(|(name, _)| *name == spec.name);
+            let value = match (field(spec.name), from_preset) {
+                (Some(text), _) => spec.parse(text)?,
+                (None, Some((_, text))) => spec.parse(&spec.within_bounds(text))?,
+                (None, None) if spec.kind == OptionKind::Seed => Value::from(draw_seed()),
+                (None, None) => spec.default_value(),
             };
             values.insert(spec.name.to_string(), value);
         }

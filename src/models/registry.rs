@@ -219,7 +219,8 @@ pub fn options_table(limits: &OptionLimits) -> String {
             };
             // A table cell cannot hold `|`.
             let values = match &spec.kind {
-                super::OptionKind::Choice { values, .. } => values
+                super::OptionKind::Choice { .. } | super::OptionKind::Preset { .. } => spec
+                    .words()
                     .iter()
                     .map(|v| format!("`{v}`"))
                     .collect::<Vec<_>>()
@@ -312,7 +313,9 @@ impl clap::Args for OptionFlags {
                     .value_name(match spec.kind {
                         super::OptionKind::Integer { .. } | super::OptionKind::Seed => "N",
                         super::OptionKind::Number { .. } => "X",
-                        super::OptionKind::Choice { .. } => "WORD",
+                        super::OptionKind::Choice { .. } | super::OptionKind::Preset { .. } => {
+                            "WORD"
+                        }
                     })
                     .help(spec.help)
                     .required(false),

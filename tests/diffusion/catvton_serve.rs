@@ -138,27 +138,30 @@ async fn catvton_serves_real_requests_and_batching_does_not_change_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn deepcache_requests_share_the_worker_with_uncached_ones_unchanged() {
+async fn cached_requests_in_every_mode_share_the_worker_with_others_unchanged() {
     let _one = ONE_AT_A_TIME.lock().await;
     let (_server, base) = catvton_server(&["--max-batch-size", "8"]).await;
-    let cached = || form(0, 6, 42).text("cache_interval", "3");
+    // `fast`: DPM-Solver++ with a full pass every 3 steps (6 steps here, as sent).
+    let cached = || form(0, 6, 42).text("mode", "fast");
     let alone = png(&base, cached()).await;
     let uncached_alone = png(&base, form(0, 6, 42)).await;
     // Caching changes the image: the comparisons below can fail.
     let (off, _) = differences(&alone, &uncached_alone);
     assert!(off * 10 > alone.as_raw().len(), "caching changed nothing");
 
-    // Started beside an uncached request and one caching every 2 steps on another branch,
-    // at other steps: full and shallow passes run as separate calls of one running set.
+    // Started beside an uncached UniPC request and a `balanced` one caching every 2 steps on
+    // another branch, at other steps: full and shallow passes, and each request's own solver,
+    // run as separate calls of one running set.
     let early = tokio::spawn({
         let base = base.clone();
-        async move { png(&base, form(1, 5, 7)).await }
+        async move { png(&base, form(1, 5, 7).text("scheduler", "unipc")).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let other = tokio::spawn({
         let base = base.clone();
         async move {
             let f = form(2, 4, 8)
+                .text("mode", "balanced")
                 .text("cache_interval", "2")
                 .text("cache_branch", "4");
             png(&base, f).await
@@ -195,6 +198,8 @@ async fn bad_fields_are_refused_and_the_server_keeps_serving() {
         ("category", "hat"),
         ("resolution", "2048x1536"),
         ("scheduler", "unipc3"),
+        ("mode", "turbo"),
+        ("mode", "Fast"),
         ("cache_interval", "0"),
         ("cache_interval", "11"),
         ("cache_branch", "12"),

@@ -18,8 +18,8 @@ use crate::hub::{Hub, Reporter};
 use crate::models::registry::{required_dir, Downloaded};
 use crate::models::{
     InputSpec, Licence, LoadRequest, LoadedModel, ModelError, ModelFamily, ModelFlags, ModelInput,
-    OptionKind, OptionLimits, OptionSpec, PersonMaskSpec, RequestOptions, StepGroup, StepModel,
-    StepState, WarmUp, WeightSource,
+    OptionKind, OptionLimits, OptionSpec, PersonMaskSpec, Preset, RequestOptions, StepGroup,
+    StepModel, StepState, WarmUp, WeightSource,
 };
 
 /// The largest guidance scale accepted: far past any useful value, it only bounds the input.
@@ -57,6 +57,36 @@ impl CatvtonOptions {
     }
 }
 
+/// The speed modes: what `mode` sets when the request leaves the option out. `quality` is the
+/// reference pipeline; the others trade UNet calls for time (50, 25 and 20 calls per image,
+/// the last with two of every three shallow).
+pub const MODES: [Preset; 3] = [
+    Preset {
+        name: "quality",
+        sets: &[
+            ("scheduler", "ddim"),
+            ("steps", "50"),
+            ("cache_interval", "1"),
+        ],
+    },
+    Preset {
+        name: "balanced",
+        sets: &[
+            ("scheduler", "dpmpp_2m"),
+            ("steps", "25"),
+            ("cache_interval", "1"),
+        ],
+    },
+    Preset {
+        name: "fast",
+        sets: &[
+            ("scheduler", "dpmpp_2m"),
+            ("steps", "20"),
+            ("cache_interval", "3"),
+        ],
+    },
+];
+
 /// The registry entry.
 pub struct Family;
 
@@ -82,13 +112,24 @@ impl ModelFamily for Family {
                 help: "The garment replaced; the drawn mask follows it.",
             },
             OptionSpec {
+                name: "mode",
+                kind: OptionKind::Preset {
+                    presets: &MODES,
+                    default: "quality",
+                },
+                help: "Speed mode, the defaults of `scheduler`, `steps` and `cache_interval`: \
+                       `quality` = DDIM 50 (the reference), `balanced` = DPM-Solver++ 25, \
+                       `fast` = DPM-Solver++ 20 with DeepCache every 3 steps. Options sent \
+                       with it win.",
+            },
+            OptionSpec {
                 name: "steps",
                 kind: OptionKind::Integer {
                     min: 1,
                     max: max_steps as u64,
                     default: DEFAULT_STEPS.min(max_steps) as u64,
                 },
-                help: "Denoising steps (at most --max-steps).",
+                help: "Denoising steps (at most --max-steps; default: the mode's).",
             },
             OptionSpec {
                 name: "scheduler",
@@ -97,7 +138,7 @@ impl ModelFamily for Family {
                     default: "ddim",
                 },
                 help: "Sampler: `ddim` (the reference's), or `dpmpp_2m` (DPM-Solver++ 2M) or \
-                       `unipc` (UniPC), both made for 10 to 25 steps.",
+                       `unipc` (UniPC), both made for 10 to 25 steps (default: the mode's).",
             },
             OptionSpec {
                 name: "guidance",
@@ -129,7 +170,7 @@ impl ModelFamily for Family {
                     default: 1,
                 },
                 help: "DeepCache: a full UNet pass every this many steps, shallow passes from \
-                       cached deep features between (1: off).",
+                       cached deep features between (1: off; default: the mode's).",
             },
             OptionSpec {
                 name: "cache_branch",
@@ -497,6 +538,38 @@ mod tests {
             let e = parse(&[bad]).expect_err("refused");
             assert!(e.len() < 80, "a short message: {e}");
         }
+    }
+
+    #[test]
+    fn modes_set_the_sampler_steps_and_cache_and_sent_options_win() {
+        let sampler = |r: CatvtonOptions| (r.scheduler, r.steps, r.cache_interval);
+        let quality = parse(&[("mode", "quality")]).expect("quality");
+        assert_eq!(quality, parse(&[]).expect("defaults"));
+        assert_eq!(sampler(quality), (SchedulerKind::Ddim, 50, 1));
+        let balanced = parse(&[("mode", "balanced")]).expect("balanced");
+        assert_eq!(sampler(balanced), (SchedulerKind::DpmPp2m, 25, 1));
+        let fast = parse(&[("mode", "fast")]).expect("fast");
+        assert_eq!(sampler(fast), (SchedulerKind::DpmPp2m, 20, 3));
+        let fast_unipc =
+            parse(&[("mode", "fast"), ("scheduler", "unipc"), ("steps", "12")]).expect("valid");
+        assert_eq!(sampler(fast_unipc), (SchedulerKind::UniPc, 12, 3));
+        for bad in ["turbo", "", "Fast"] {
+            let e = parse(&[("mode", bad)]).expect_err("refused");
+            assert!(e.starts_with("mode is `quality`"), "{e}");
+        }
+        let specs = Family.options(&OptionLimits::default());
+        for (name, value) in MODES.iter().flat_map(|m| m.sets.iter()) {
+            let spec = specs
+                .iter()
+                .find(|s| s.name == *name)
+                .expect("a declared option");
+            spec.parse(value).expect("a valid value");
+        }
+        // A server with --max-steps 10 runs `balanced` at 10 steps rather than refusing it.
+        let specs = Family.options(&OptionLimits { max_steps: 10 });
+        let capped = RequestOptions::parse(&specs, |n| (n == "mode").then_some("balanced"), || 1)
+            .expect("capped");
+        assert_eq!(capped.get("steps"), Some(&serde_json::Value::from(10)));
     }
 
     #[test]
