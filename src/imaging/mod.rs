@@ -11,6 +11,7 @@ pub mod fit;
 pub mod garment_mask;
 pub mod morphology;
 pub mod tensor;
+pub mod warp_affine;
 
 pub use crate::models::input::{PreparedPair, Rect};
 pub use decode::{
