@@ -2,6 +2,7 @@
 //! maps [`labels`] describes, combined per garment part into the region to repaint.
 
 pub mod labels;
+pub mod schp;
 
 pub use labels::{LabelMap, MaskPart};
 
