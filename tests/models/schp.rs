@@ -321,3 +321,21 @@ fn both_parsers_match_the_official_schp() {
         }
     }
 }
+
+#[test]
+fn tiny_and_thin_photos_warp_both_ways_without_panicking() {
+    for (w, h) in [(1u32, 1u32), (1, 40), (40, 1), (2, 2)] {
+        let photo = image::RgbImage::from_pixel(w, h, image::Rgb([200, 100, 50]));
+        let warped = preprocess::warp_to_input(&photo, 473, 473);
+        assert_eq!(warped.len(), 473 * 473 * 3);
+        assert!(
+            warped.iter().any(|&v| v != 0),
+            "{w}×{h}: the photo is in the input"
+        );
+        let logits: Vec<f32> = (0..473 * 473 * 2).map(|i| (i % 7) as f32).collect();
+        let back = preprocess::transform_logits(&logits, 2, 473, 473, w as usize, h as usize);
+        assert_eq!(back.len(), (w * h * 2) as usize);
+        let labels = preprocess::argmax(&back, 2, w as usize, h as usize);
+        assert_eq!(labels.labels.len(), (w * h) as usize);
+    }
+}
