@@ -242,7 +242,10 @@ impl Schp {
     }
 }
 
-/// CatVTON's two human parsers, SCHP on ATR and on LIP, on one device.
+/// CatVTON's two human parsers, SCHP on ATR and on LIP, on one device. Photos are RGB and go
+/// in as they are, as the official app passes its PIL images (see [`preprocess`] on the
+/// channel order); each photo's label maps come back at its own size. A batch runs through
+/// each network at once.
 ///
 /// ```no_run
 /// use virtualfit::models::automasker::{schp::SchpParsers, HumanParsers};
