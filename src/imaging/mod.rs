@@ -2,7 +2,8 @@
 //! into the model frame ([`fit`]), tensors ([`tensor`]), encoding answers ([`encode`]), the
 //! garment mask of a product photo ([`garment_mask`]), and the backdrop estimate
 //! ([`backdrop`]) and binary-mask operations ([`morphology`]) it shares with the masks a model
-//! draws. The way from a request's bytes to a model's input is `crate::pipeline`'s.
+//! draws, and OpenCV's affine warp ([`warp_affine`]) the human parsers use. The way from a
+//! request's bytes to a model's input is `crate::pipeline`'s.
 
 pub mod backdrop;
 pub mod decode;
@@ -11,6 +12,7 @@ pub mod fit;
 pub mod garment_mask;
 pub mod morphology;
 pub mod tensor;
+pub mod warp_affine;
 
 pub use crate::models::input::{PreparedPair, Rect};
 pub use decode::{

@@ -1,7 +1,8 @@
-//! The automatic person mask from human parsers: SCHP trained on ATR and on LIP, whose label
-//! maps [`labels`] describes, combined per garment part into the region to repaint.
+//! The automatic person mask from human parsers: SCHP trained on ATR and on LIP ([`schp`]),
+//! whose label maps [`labels`] describes, combined per garment part into the region to repaint.
 
 pub mod labels;
+pub mod schp;
 
 pub use labels::{LabelMap, MaskPart};
 
