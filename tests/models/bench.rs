@@ -367,6 +367,54 @@ fn model_timing_refuses_an_unusable_model_with_a_message() {
 }
 
 #[test]
+fn flash_attention_that_cannot_run_here_is_a_start_up_error() {
+    // A CPU build on the CPU: the flag is refused before any model loads, with the reason.
+    for dtype in ["f32", "bf16"] {
+        let o = bench(&[
+            "model",
+            "--model",
+            "catvton",
+            "--random-weights",
+            "--device",
+            "cpu",
+            "--dtype",
+            dtype,
+            "--flash-attention",
+            "on",
+            "--iterations",
+            "1",
+        ]);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        let reason = if cfg!(feature = "cuda") {
+            "runs on a CUDA device only"
+        } else {
+            "needs a binary built with `--features cuda`"
+        };
+        assert!(err.contains("--flash-attention on") && err.contains(reason), "{err}");
+    }
+    let o = bench(&["model", "--model", "overlay", "--flash-attention", "yes"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("use on or off"), "{err}");
+    // Off is the default and accepted anywhere.
+    let o = bench(&[
+        "model",
+        "--model",
+        "overlay",
+        "--device",
+        "cpu",
+        "--flash-attention",
+        "off",
+        "--iterations",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert_success(&o);
+}
+
+#[test]
 fn http_needs_inputs_and_one_load_shape() {
     let o = bench(&["http", "--url", "http://127.0.0.1:9"]);
     assert!(!o.status.success(), "no --data or --person/--cloth");
