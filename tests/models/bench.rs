@@ -367,6 +367,47 @@ fn model_timing_refuses_an_unusable_model_with_a_message() {
 }
 
 #[test]
+fn step_model_timing_splits_a_batch_into_its_phases() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/catvton/model");
+    let o = bench(&[
+        "model",
+        "--model",
+        "catvton",
+        "--model-dir",
+        model.to_str().expect("utf-8 path"),
+        "--device",
+        "cpu",
+        "--resolution",
+        "512x384",
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--iterations",
+        "2",
+        "--warmup",
+        "0",
+        "--flash-attention",
+        "off",
+        "--json",
+    ]);
+    assert_success(&o);
+    let r: ModelReport =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).expect("one JSON object");
+    assert_eq!(r.steps, Some(3));
+    let p = r.phases.expect("a step model's phases");
+    assert!(p.begin_s > 0.0 && p.step_s > 0.0 && p.finish_s > 0.0, "{p:?}");
+    // The phases are parts of each timed pass: together they make up (nearly all of) the
+    // mean pass, and never more.
+    let whole = p.at_steps(3);
+    assert!(
+        whole <= r.mean_batch_s * 1.0001 && whole >= 0.5 * r.mean_batch_s,
+        "{p:?} against a mean pass of {} s",
+        r.mean_batch_s
+    );
+}
+
+#[test]
 fn flash_attention_that_cannot_run_here_is_a_start_up_error() {
     // A CPU build on the CPU: the flag is refused before any model loads, with the reason.
     for dtype in ["f32", "bf16"] {
