@@ -396,7 +396,10 @@ fn step_model_timing_splits_a_batch_into_its_phases() {
         serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).expect("one JSON object");
     assert_eq!(r.steps, Some(3));
     let p = r.phases.expect("a step model's phases");
-    assert!(p.begin_s > 0.0 && p.step_s > 0.0 && p.finish_s > 0.0, "{p:?}");
+    assert!(
+        p.begin_s > 0.0 && p.step_s > 0.0 && p.finish_s > 0.0,
+        "{p:?}"
+    );
     // The phases are parts of each timed pass: together they make up (nearly all of) the
     // mean pass, and never more.
     let whole = p.at_steps(3);
@@ -432,7 +435,10 @@ fn flash_attention_that_cannot_run_here_is_a_start_up_error() {
         } else {
             "needs a binary built with `--features cuda`"
         };
-        assert!(err.contains("--flash-attention on") && err.contains(reason), "{err}");
+        assert!(
+            err.contains("--flash-attention on") && err.contains(reason),
+            "{err}"
+        );
     }
     let o = bench(&["model", "--model", "overlay", "--flash-attention", "yes"]);
     assert!(!o.status.success());

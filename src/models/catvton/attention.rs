@@ -48,7 +48,11 @@ pub fn attention_path(is_cpu: bool, dtype: DType, head_dim: usize, flash: bool) 
 
 /// Applies `--flash-attention` for the models that run on `device` in `dtype`: turning it on
 /// where this build or set-up cannot honour it is an error, said at start-up.
-pub fn enable_flash_attention(on: bool, device: &Device, dtype: DType) -> std::result::Result<(), String> {
+pub fn enable_flash_attention(
+    on: bool,
+    device: &Device,
+    dtype: DType,
+) -> std::result::Result<(), String> {
     if on {
         flash_attention_usable(cfg!(feature = "cuda"), device.is_cuda(), dtype)?;
     }
