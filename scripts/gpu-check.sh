@@ -185,9 +185,9 @@ catvton_row quality 4 ddim 50 1 on
 echo "== catvton: the official pipeline (diffusers, SDPA), with and without DeepCache"
 # torch where the card's machine has it; CatVTON's pins from the bundle's wheels, installed
 # into a folder of our own that goes first on PYTHONPATH (only what is missing or pinned).
-TORCH_ROWS=quality,deepcache@1,balanced@1,fast@1
-TORCH_BATCHES=1,4
-[ $GPU = 1 ] || { TORCH_BATCHES=1; }
+# The most telling rows first: torch_catvton.py writes its JSON after each one.
+TORCH_ROWS=quality@1,fast@1,deepcache@1,balanced@1,quality@4
+[ $GPU = 1 ] || TORCH_ROWS=quality@1,fast@1,deepcache@1,balanced@1
 torch_status="not run"
 if ! "$PY" -c 'import torch' 2>/dev/null; then
   torch_status="skipped: no torch here"
@@ -218,7 +218,7 @@ else
       --reference "$BUNDLE/catvton-reference" \
       --configs "$TORCH_CONFIGS_UNET" "$TORCH_CONFIGS_VAE" "$TORCH_CONFIGS_SCHEDULER" \
       --device $TORCH_DEVICE --dtype "$TORCH_DTYPE" --resolution "$TORCH_RESOLUTION" \
-      --batch-sizes $TORCH_BATCHES --rows $TORCH_ROWS --measure-steps "$MEASURE" \
+      --rows $TORCH_ROWS --measure-steps "$MEASURE" \
       --json "$OUT/catvton-torch.json" > "$OUT/catvton-torch.txt" 2>&1
     rc=$?
     kill $smi 2>/dev/null; wait $smi 2>/dev/null

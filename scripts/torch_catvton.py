@@ -5,7 +5,7 @@ torch 2), with and without DeepCache (`DeepCacheSDHelper`), on random full-size 
 `scripts/gpu-check.sh` runs it where torch is installed; it needs nothing downloaded:
 
     python3 scripts/torch_catvton.py --reference DIR --configs UNET.json VAE.json SCHEDULER.json \\
-        --device cuda --dtype bf16 --resolution 1024x768 --batch-sizes 1,4 --json OUT.json
+        --device cuda --dtype bf16 --resolution 1024x768 --json OUT.json
 
 `--reference` is a folder with CatVTON's `model/pipeline.py`, `model/attn_processor.py`,
 `model/utils.py` and `utils.py`; `--configs` the diffusers configurations of the UNet, the VAE and
@@ -60,7 +60,7 @@ def parse_args():
     p.add_argument("--dtype", default="bf16", choices=["bf16", "f16", "f32"])
     p.add_argument("--resolution", default="1024x768")
     p.add_argument("--batch-sizes", default="1,4")
-    p.add_argument("--rows", default="quality,deepcache,fast@1",
+    p.add_argument("--rows", default="quality@1,fast@1,deepcache@1,balanced@1,quality@4",
                    help="comma-separated row names, each optionally @BATCH")
     p.add_argument("--measure-steps", type=int, default=6)
     p.add_argument("--guidance", type=float, default=2.5)
@@ -157,6 +157,13 @@ def main():
           f"(UNet {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.1f} M parameters)", flush=True)
 
     rows, warmed = [], set()
+    report = {
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
+        "torch": torch.__version__, "diffusers": diffusers.__version__, "dtype": args.dtype,
+        "resolution": args.resolution,
+        "attention_processors": sorted({type(p).__name__ for p in pipe.unet.attn_processors.values()}),
+        "rows": rows,
+    }
     for name, batch in wanted:
         scheduler, steps, interval = ROWS[name]
         pipe.noise_scheduler = pipe.scheduler = ddim if scheduler == "ddim" else dpm
@@ -197,16 +204,10 @@ def main():
               f"extrapolated {extrapolated:.2f} s, {extrapolated / batch:.2f} s per image"
               + (f", peak {row['peak_reserved_mib']:.0f} MiB" if row["peak_reserved_mib"] else ""),
               flush=True)
+        # Written after every row: a run cut short by the check's budget keeps what it measured.
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1))
 
-    report = {
-        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
-        "torch": torch.__version__, "diffusers": diffusers.__version__, "dtype": args.dtype,
-        "resolution": args.resolution,
-        "attention_processors": sorted({type(p).__name__ for p in pipe.unet.attn_processors.values()}),
-        "rows": rows,
-    }
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ pub struct ModelArgs {
     pub dtype: candle_core::DType,
     /// CatVTON's self-attention through our flash-attention kernel (CUDA, f16/bf16 only; an
     /// error elsewhere). Off until a card has verified it with scripts/gpu-check.sh.
-    #[arg(long, env = "VIRTUALFIT_FLASH_ATTENTION", default_value = "off", value_parser = parse_switch)]
+    #[arg(long, env = "VIRTUALFIT_FLASH_ATTENTION", default_value = "off", value_parser = parse_switch, action = clap::ArgAction::Set)]
     pub flash_attention: bool,
     /// The most sampling steps a request may ask for (step models).
     #[arg(long, env = "VIRTUALFIT_MAX_STEPS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
