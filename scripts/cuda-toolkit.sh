@@ -10,9 +10,10 @@
 # because driver 580 cannot load the PTX of a newer nvcc, adds link-time stub libraries for the
 # CUDA libraries the wheels lack, and prints the environment to export. The stubs only satisfy the
 # linker: at run time the GPU machine's real libcuda.so.1, libcublas.so.13, libcublasLt.so.13 and
-# libcurand.so.10 are loaded. With --cudnn it also installs the cuDNN 9 wheel for CUDA 13, whose
-# libcudnn.so.9 is real, and puts it on LIBRARY_PATH, for builds that link cuDNN; no cargo
-# feature of this crate does yet, and the runtime image does not ship it.
+# libcurand.so.10 are loaded. The `cudnn` feature links libcudnn.so.9 the same way: a stub is
+# made for it too, so `--features cuda,cudnn` builds without the large cuDNN wheel; the binary
+# then needs the real libcudnn.so.9 where it runs (the runtime image does not ship it). With
+# --cudnn it also installs that wheel for CUDA 13 and puts it on LIBRARY_PATH.
 set -euo pipefail
 with_cudnn=0
 for arg in "$@"; do
@@ -40,14 +41,14 @@ if [ "$with_cudnn" = 1 ]; then
 fi
 mkdir -p "$CU/lib/stubs"
 CUDARC=$(ls -d ~/.cargo/registry/src/*/cudarc-0.19.* 2>/dev/null | sort -V | tail -1 || true)
-if [ -n "$CUDARC" ] && [ ! -e "$CU/lib/stubs/libcuda.so" ]; then
+if [ -n "$CUDARC" ] && [ ! -e "$CU/lib/stubs/libcudnn.so" ]; then
   # One empty function per symbol that cudarc declares, in a library with the real soname.
   python3 - "$CUDARC/src" "$CU/lib/stubs" >&2 <<'PY'
 import re, subprocess, sys
 src, out = sys.argv[1], sys.argv[2]
 libs = {"driver": ("cuda", "libcuda.so.1"), "nvrtc": ("nvrtc", "libnvrtc.so.13"),
         "curand": ("curand", "libcurand.so.10"), "cublas": ("cublas", "libcublas.so.13"),
-        "cublaslt": ("cublasLt", "libcublasLt.so.13")}
+        "cublaslt": ("cublasLt", "libcublasLt.so.13"), "cudnn": ("cudnn", "libcudnn.so.9")}
 decl = re.compile(r'extern "C" \{\s*(?:#\[[^\]]*\]\s*)*(?:pub )?fn ([A-Za-z0-9_]+)\(')
 for module, (name, soname) in libs.items():
     names = sorted(set(decl.findall(open(f"{src}/{module}/sys/mod.rs").read())))

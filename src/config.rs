@@ -50,9 +50,22 @@ pub struct ModelArgs {
     /// precision is for GPUs; the CPU has no bf16 matrix product).
     #[arg(long, env = "VIRTUALFIT_DTYPE", default_value = "f32", value_parser = parse_dtype)]
     pub dtype: candle_core::DType,
+    /// CatVTON's self-attention through our flash-attention kernel (CUDA, f16/bf16 only; an
+    /// error elsewhere). Off until a card has verified it with scripts/gpu-check.sh.
+    #[arg(long, env = "VIRTUALFIT_FLASH_ATTENTION", default_value = "off", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub flash_attention: bool,
     /// The most sampling steps a request may ask for (step models).
     #[arg(long, env = "VIRTUALFIT_MAX_STEPS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub max_steps: u64,
+}
+
+/// `on` or `off`.
+pub(crate) fn parse_switch(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("use on or off".into()),
+    }
 }
 
 /// `f32`, `f16` or `bf16`.
@@ -69,7 +82,14 @@ impl ModelArgs {
     /// Opens the device and applies the precision setting.
     pub fn open_device(&self) -> Result<candle_core::Device, crate::device::DeviceError> {
         crate::device::set_tf32(self.allow_tf32);
-        crate::device::select(self.device)
+        let device = crate::device::select(self.device)?;
+        crate::models::catvton::attention::enable_flash_attention(
+            self.flash_attention,
+            &device,
+            self.dtype,
+        )
+        .map_err(crate::device::DeviceError::Unsupported)?;
+        Ok(device)
     }
 
     /// The model to load: --model-source, else --model-dir.

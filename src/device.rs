@@ -9,6 +9,9 @@ pub enum DeviceError {
     Unknown(String),
     #[error("device `{0}` needs a binary built with `--features cuda`")]
     NoCudaSupport(String),
+    /// A setting that the device, dtype or build cannot honour (e.g. `--flash-attention on`).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("cannot open CUDA device {ordinal}: {reason}")]
     CudaOpen { ordinal: usize, reason: String },
 }

@@ -70,6 +70,28 @@ pub struct ModelReport {
     /// Step models: request-steps per second (`batch_size · steps / median_batch_s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unet_steps_per_s: Option<f64>,
+    /// Step models: where a batch's time goes, averaged over the timed passes (the device
+    /// synchronised at each boundary), so that a run of few steps extrapolates to more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phases: Option<StepPhases>,
+}
+
+/// The parts of one sampling of a batch, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepPhases {
+    /// Every request's `begin` (CatVTON: the VAE encodings and the initial noise).
+    pub begin_s: f64,
+    /// One step of the whole batch (the mean over its steps).
+    pub step_s: f64,
+    /// Every request's `finish` (CatVTON: the VAE decodings).
+    pub finish_s: f64,
+}
+
+impl StepPhases {
+    /// The time of one batch at `steps` steps.
+    pub fn at_steps(&self, steps: usize) -> f64 {
+        self.begin_s + self.step_s * steps as f64 + self.finish_s
+    }
 }
 
 /// One batch of inputs as the model asks for them: the fixture pairs (cycled) through the
@@ -130,25 +152,41 @@ fn inputs(
     }
 }
 
-/// Samples every input together, step by step, and decodes them; answers the steps each took.
+/// Samples every input together, step by step, and decodes them; answers the steps each took
+/// and the time of each phase.
 fn sample_all(
     model: &dyn crate::models::StepModel,
     inputs: &[ModelInput],
-) -> Result<usize, BenchError> {
+    device: &Device,
+) -> Result<(usize, StepPhases), BenchError> {
+    let start = Instant::now();
     let mut states = inputs
         .iter()
         .map(|i| model.begin(i))
         .collect::<Result<Vec<Box<dyn StepState>>, _>>()?;
+    device.synchronize()?;
+    let begun = start.elapsed().as_secs_f64();
     let steps = states.first().map_or(0, |s| s.progress().1);
+    let mut calls = 0usize;
     while states.iter().any(|s| !s.is_done()) {
         let mut pending: Vec<&mut Box<dyn StepState>> =
             states.iter_mut().filter(|s| !s.is_done()).collect();
         model.step(&mut pending)?;
+        calls += 1;
     }
+    device.synchronize()?;
+    let stepped = start.elapsed().as_secs_f64();
     for s in &states {
         model.finish(s.as_ref())?;
     }
-    Ok(steps)
+    device.synchronize()?;
+    let finished = start.elapsed().as_secs_f64();
+    let phases = StepPhases {
+        begin_s: begun,
+        step_s: (stepped - begun) / calls.max(1) as f64,
+        finish_s: finished - stepped,
+    };
+    Ok((steps, phases))
 }
 
 /// Times the forward passes (diffusion models: whole samplings of a batch).
@@ -184,6 +222,7 @@ pub fn measure(args: &ModelBenchArgs) -> Result<ModelReport, BenchError> {
     let inputs = inputs(args, family, &options)?;
     let name = model.name().to_string();
     let steps = std::rc::Rc::new(std::cell::Cell::new(None));
+    let phases = std::rc::Rc::new(std::cell::Cell::new(None::<StepPhases>));
     let mut run: Box<dyn FnMut() -> Result<(), BenchError>> = match model {
         LoadedModel::Batch(model) => {
             let refs: Vec<&ModelInput> = inputs.iter().collect();
@@ -194,9 +233,11 @@ pub fn measure(args: &ModelBenchArgs) -> Result<ModelReport, BenchError> {
             })
         }
         LoadedModel::Steps(model) => {
-            let steps = steps.clone();
+            let (steps, phases, device) = (steps.clone(), phases.clone(), device.clone());
             Box::new(move || {
-                steps.set(Some(sample_all(model.as_ref(), &inputs)?));
+                let (n, p) = sample_all(model.as_ref(), &inputs, &device)?;
+                steps.set(Some(n));
+                phases.set(Some(p));
                 Ok(())
             })
         }
@@ -211,9 +252,18 @@ pub fn measure(args: &ModelBenchArgs) -> Result<ModelReport, BenchError> {
     for _ in 0..args.warmup {
         timed()?;
     }
+    let mut phase_sum = StepPhases::default();
     let mut times = (0..args.iterations)
-        .map(|_| timed())
-        .collect::<Result<Vec<f64>, _>>()?;
+        .map(|_| {
+            let t = timed()?;
+            if let Some(p) = phases.get() {
+                phase_sum.begin_s += p.begin_s;
+                phase_sum.step_s += p.step_s;
+                phase_sum.finish_s += p.finish_s;
+            }
+            Ok(t)
+        })
+        .collect::<Result<Vec<f64>, BenchError>>()?;
     times.sort_by(f64::total_cmp);
     let n = times.len();
     let median = if n % 2 == 1 {
@@ -242,6 +292,14 @@ pub fn measure(args: &ModelBenchArgs) -> Result<ModelReport, BenchError> {
         images_per_s: b / median,
         steps,
         unet_steps_per_s: steps.map(|s| b * s as f64 / median),
+        phases: phases.get().map(|_| {
+            let runs = args.iterations as f64;
+            StepPhases {
+                begin_s: phase_sum.begin_s / runs,
+                step_s: phase_sum.step_s / runs,
+                finish_s: phase_sum.finish_s / runs,
+            }
+        }),
     })
 }
 

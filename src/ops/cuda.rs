@@ -36,6 +36,22 @@ pub const CORRELATION: Kernel = kernel!("correlation7_f32" in "correlation");
 pub const DEPTHWISE: Kernel = kernel!("depthwise3x3_f32" in "depthwise");
 pub const RESIZE: Kernel = kernel!("resize_bilinear_f32" in "resize");
 pub const BIAS_ACT: Kernel = kernel!("bias_act_f32" in "bias_act");
+/// Flash attention per element type (f16, bf16) and padded head dimension, in the order of
+/// [`crate::ops::flash_attention::PADDED_HEAD_DIMS`].
+pub const FLASH_ATTENTION_F16: [Kernel; 5] = [
+    kernel!("flash_attention_f16_d48" in "flash_attention"),
+    kernel!("flash_attention_f16_d64" in "flash_attention"),
+    kernel!("flash_attention_f16_d80" in "flash_attention"),
+    kernel!("flash_attention_f16_d128" in "flash_attention"),
+    kernel!("flash_attention_f16_d160" in "flash_attention"),
+];
+pub const FLASH_ATTENTION_BF16: [Kernel; 5] = [
+    kernel!("flash_attention_bf16_d48" in "flash_attention"),
+    kernel!("flash_attention_bf16_d64" in "flash_attention"),
+    kernel!("flash_attention_bf16_d80" in "flash_attention"),
+    kernel!("flash_attention_bf16_d128" in "flash_attention"),
+    kernel!("flash_attention_bf16_d160" in "flash_attention"),
+];
 
 /// A scalar parameter of a kernel, of the C type the kernel declares.
 #[derive(Debug, Clone, Copy, PartialEq)]

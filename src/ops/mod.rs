@@ -41,6 +41,7 @@ pub mod correlation;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod depthwise;
+pub mod flash_attention;
 pub mod grid_sample;
 pub mod resize;
 

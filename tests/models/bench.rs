@@ -367,6 +367,101 @@ fn model_timing_refuses_an_unusable_model_with_a_message() {
 }
 
 #[test]
+fn step_model_timing_splits_a_batch_into_its_phases() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/catvton/model");
+    let o = bench(&[
+        "model",
+        "--model",
+        "catvton",
+        "--model-dir",
+        model.to_str().expect("utf-8 path"),
+        "--device",
+        "cpu",
+        "--resolution",
+        "512x384",
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--iterations",
+        "2",
+        "--warmup",
+        "0",
+        "--flash-attention",
+        "off",
+        "--json",
+    ]);
+    assert_success(&o);
+    let r: ModelReport =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).expect("one JSON object");
+    assert_eq!(r.steps, Some(3));
+    let p = r.phases.expect("a step model's phases");
+    assert!(
+        p.begin_s > 0.0 && p.step_s > 0.0 && p.finish_s > 0.0,
+        "{p:?}"
+    );
+    // The phases are parts of each timed pass: together they make up (nearly all of) the
+    // mean pass, and never more.
+    let whole = p.at_steps(3);
+    assert!(
+        whole <= r.mean_batch_s * 1.0001 && whole >= 0.5 * r.mean_batch_s,
+        "{p:?} against a mean pass of {} s",
+        r.mean_batch_s
+    );
+}
+
+#[test]
+fn flash_attention_that_cannot_run_here_is_a_start_up_error() {
+    // A CPU build on the CPU: the flag is refused before any model loads, with the reason.
+    for dtype in ["f32", "bf16"] {
+        let o = bench(&[
+            "model",
+            "--model",
+            "catvton",
+            "--random-weights",
+            "--device",
+            "cpu",
+            "--dtype",
+            dtype,
+            "--flash-attention",
+            "on",
+            "--iterations",
+            "1",
+        ]);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        let reason = if cfg!(feature = "cuda") {
+            "runs on a CUDA device only"
+        } else {
+            "needs a binary built with `--features cuda`"
+        };
+        assert!(
+            err.contains("--flash-attention on") && err.contains(reason),
+            "{err}"
+        );
+    }
+    let o = bench(&["model", "--model", "overlay", "--flash-attention", "yes"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("use on or off"), "{err}");
+    // Off is the default and accepted anywhere.
+    let o = bench(&[
+        "model",
+        "--model",
+        "overlay",
+        "--device",
+        "cpu",
+        "--flash-attention",
+        "off",
+        "--iterations",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert_success(&o);
+}
+
+#[test]
 fn http_needs_inputs_and_one_load_shape() {
     let o = bench(&["http", "--url", "http://127.0.0.1:9"]);
     assert!(!o.status.success(), "no --data or --person/--cloth");

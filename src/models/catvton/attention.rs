@@ -4,12 +4,87 @@
 //! the UNet's first level has 24,576 tokens, whose score matrix alone would take 2.4 GB per
 //! head in f32. In f32 on the CPU the fused op of `fused_attention.rs` never writes scores at
 //! all; elsewhere scores are computed in query chunks ([`chunked_attention`], also the fused
-//! op's reference in tests).
+//! op's reference in tests). On CUDA in f16/bf16, `--flash-attention on` runs the UNet's heads
+//! through the flash kernel of `ops::flash_attention` instead ([`attention_path`]); it stays off
+//! by default until a card has verified it (`scripts/gpu-check.sh`).
 
-use candle_core::{DType, Module, Result, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{GroupNorm, Linear, VarBuilder};
 
 use super::fused_attention::fused_attention;
+use crate::ops::flash_attention;
+
+/// `--flash-attention`: set once at start-up by [`enable_flash_attention`].
+static FLASH_ATTENTION: AtomicBool = AtomicBool::new(false);
+
+/// How one attention call runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// f32 on the CPU: the fused op, one pass over the keys.
+    FusedCpu,
+    /// f16/bf16 on CUDA with flash attention enabled, for the head sizes it has kernels for.
+    Flash,
+    /// Everything else: query chunks under the score budget.
+    Chunked,
+}
+
+/// The path for tensors of `dtype` with heads of `head_dim` on a CPU or CUDA device, with
+/// flash attention `flash` enabled or not.
+pub fn attention_path(is_cpu: bool, dtype: DType, head_dim: usize, flash: bool) -> AttentionPath {
+    if is_cpu {
+        if dtype == DType::F32 {
+            AttentionPath::FusedCpu
+        } else {
+            AttentionPath::Chunked
+        }
+    } else if flash && flash_attention::supports(dtype, head_dim) {
+        AttentionPath::Flash
+    } else {
+        AttentionPath::Chunked
+    }
+}
+
+/// Applies `--flash-attention` for the models that run on `device` in `dtype`: turning it on
+/// where this build or set-up cannot honour it is an error, said at start-up.
+pub fn enable_flash_attention(
+    on: bool,
+    device: &Device,
+    dtype: DType,
+) -> std::result::Result<(), String> {
+    if on {
+        flash_attention_usable(cfg!(feature = "cuda"), device.is_cuda(), dtype)?;
+    }
+    FLASH_ATTENTION.store(on, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Why `--flash-attention on` cannot be honoured, if it cannot.
+pub fn flash_attention_usable(
+    built_with_cuda: bool,
+    on_cuda: bool,
+    dtype: DType,
+) -> std::result::Result<(), String> {
+    if !built_with_cuda {
+        return Err("--flash-attention on needs a binary built with `--features cuda`".into());
+    }
+    if !on_cuda {
+        return Err("--flash-attention on runs on a CUDA device only (--device cuda:N)".into());
+    }
+    if !matches!(dtype, DType::F16 | DType::BF16) {
+        return Err(format!(
+            "--flash-attention on needs --dtype f16 or bf16, not {}",
+            dtype.as_str()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `--flash-attention on` is in effect.
+pub fn flash_attention_enabled() -> bool {
+    FLASH_ATTENTION.load(Ordering::Relaxed)
+}
 
 /// The most score elements one chunk may hold (all batch rows and heads together) on a GPU:
 /// 2^27, 512 MiB in f32. Larger inputs are cut into query chunks under this bound.
@@ -145,10 +220,18 @@ impl Attention {
         let q = self.split_heads(&self.to_q.forward(x)?)?;
         let k = self.split_heads(&self.to_k.forward(x)?)?;
         let v = self.split_heads(&self.to_v.forward(x)?)?;
-        let out = if x.device().is_cpu() && x.dtype() == DType::F32 {
-            fused_attention(&q, &k, &v, self.scale)?
-        } else {
-            chunked_attention(&q, &k, &v, self.scale, score_budget(x.device()))?
+        let path = attention_path(
+            x.device().is_cpu(),
+            x.dtype(),
+            c / self.heads,
+            flash_attention_enabled(),
+        );
+        let out = match path {
+            AttentionPath::FusedCpu => fused_attention(&q, &k, &v, self.scale)?,
+            AttentionPath::Flash => flash_attention::flash_attention(&q, &k, &v, self.scale)?,
+            AttentionPath::Chunked => {
+                chunked_attention(&q, &k, &v, self.scale, score_budget(x.device()))?
+            }
         };
         let out = out
             .reshape((b, self.heads, n, c / self.heads))?
@@ -207,6 +290,41 @@ mod tests {
             assert!(diff < 1e-5, "budget {budget}: max difference {diff}");
         }
         Ok(())
+    }
+
+    #[test]
+    fn flash_attention_runs_only_on_cuda_in_half_precision_for_the_unet_heads() {
+        use AttentionPath::*;
+        for d in [40, 80, 160] {
+            for dtype in [DType::F16, DType::BF16] {
+                assert_eq!(attention_path(false, dtype, d, true), Flash);
+                assert_eq!(attention_path(false, dtype, d, false), Chunked);
+                assert_eq!(attention_path(true, dtype, d, true), Chunked);
+            }
+            assert_eq!(attention_path(false, DType::F32, d, true), Chunked);
+            assert_eq!(attention_path(true, DType::F32, d, true), FusedCpu);
+            assert_eq!(attention_path(true, DType::F32, d, false), FusedCpu);
+        }
+        // The VAE's single head of 512 channels has no flash kernel.
+        assert_eq!(attention_path(false, DType::BF16, 512, true), Chunked);
+    }
+
+    #[test]
+    fn flash_attention_that_cannot_be_honoured_is_refused_with_the_reason() {
+        let no_build = flash_attention_usable(false, true, DType::BF16).expect_err("no cuda");
+        assert!(no_build.contains("--features cuda"), "{no_build}");
+        let cpu = flash_attention_usable(true, false, DType::BF16).expect_err("cpu");
+        assert!(cpu.contains("CUDA device"), "{cpu}");
+        let f32 = flash_attention_usable(true, true, DType::F32).expect_err("f32");
+        assert!(f32.contains("f16 or bf16") && f32.contains("f32"), "{f32}");
+        assert!(flash_attention_usable(true, true, DType::BF16).is_ok());
+        assert!(flash_attention_usable(true, true, DType::F16).is_ok());
+        // Off is always accepted, on any device and dtype.
+        assert!(enable_flash_attention(false, &Device::Cpu, DType::F32).is_ok());
+        assert!(!flash_attention_enabled());
+        let on_cpu = enable_flash_attention(true, &Device::Cpu, DType::BF16).expect_err("cpu");
+        assert!(on_cpu.contains("--flash-attention on"), "{on_cpu}");
+        assert!(!flash_attention_enabled());
     }
 
     #[test]

@@ -20,6 +20,9 @@ use crate::ops::{self, GridPadding};
 pub const KERNEL_TOLERANCE: f64 = 1e-5;
 /// Largest relative L2 error of a model output against the reference fixtures.
 pub const PARITY_TOLERANCE: f64 = 1e-4;
+/// Flash attention in f16/bf16 against the f32 chunked attention on the same (rounded) inputs:
+/// the output's own rounding (bf16: 2^-9 relative) bounds what can be asked.
+pub const FLASH_TOLERANCE: f64 = 1e-2;
 /// Share of 8-bit values that must be within one level of the reference.
 pub const U8_AGREEMENT: f64 = 0.999;
 
@@ -71,6 +74,9 @@ pub struct Report {
     pub timings: Vec<Timing>,
     pub parity_tf32: Vec<Check>,
     pub timings_tf32: Vec<Timing>,
+    /// CatVTON's flash attention against the f32 attention: run last, since a kernel that
+    /// faults leaves the CUDA context unusable for whatever follows.
+    pub flash_attention: Vec<Check>,
 }
 
 /// ‖a − b‖ / ‖b‖ and max |a − b| over all elements, and whether `a` holds a NaN.
@@ -253,6 +259,57 @@ pub fn kernel_checks(gpu: &Device) -> anyhow::Result<Vec<Check>> {
     Ok(out)
 }
 
+/// CatVTON's flash attention (CUDA only, f16/bf16) against the chunked attention in f32 on the
+/// CPU, on the same inputs rounded to the half type: the UNet's head sizes, odd token counts
+/// (past a query block and a key block) and different query and key counts.
+pub fn flash_attention_checks(gpu: &Device) -> anyhow::Result<Vec<Check>> {
+    use crate::models::catvton::attention::chunked_attention;
+    use crate::ops::flash_attention::flash_attention;
+    let mut out = Vec::new();
+    for &(groups, n_q, n_k, d) in &[
+        (16, 300, 300, 40),
+        (16, 200, 200, 80),
+        (16, 96, 96, 160),
+        (3, 129, 65, 40),
+        (2, 1, 1000, 80),
+        (1, 1536, 1536, 160),
+    ] {
+        for dtype in [DType::BF16, DType::F16] {
+            let name = format!("flash_attention {dtype:?} {groups}x{n_q}x{d} over {n_k} keys");
+            let scale = 1.0 / (d as f64).sqrt();
+            // Scores of a few units, as after the projections: softmax neither flat nor one-hot.
+            let rounded = |shape: &[usize]| -> anyhow::Result<Tensor> {
+                Ok((randn(shape)? * 1.5)?
+                    .to_dtype(dtype)?
+                    .to_dtype(DType::F32)?)
+            };
+            let (q, k, v) = (
+                rounded(&[groups, n_q, d])?,
+                rounded(&[groups, n_k, d])?,
+                rounded(&[groups, n_k, d])?,
+            );
+            let cpu = chunked_attention(&q, &k, &v, scale, usize::MAX)?;
+            let gpu_out = [&q, &k, &v]
+                .iter()
+                .map(|t| t.to_dtype(dtype)?.to_device(gpu))
+                .collect::<candle_core::Result<Vec<_>>>()
+                .and_then(|t| flash_attention(&t[0], &t[1], &t[2], scale))
+                .and_then(|o| o.to_dtype(DType::F32));
+            out.push(match gpu_out {
+                Ok(o) => check(name, &o, &cpu, FLASH_TOLERANCE)?,
+                Err(e) => Check {
+                    name: format!("{name}: {e}"),
+                    rel_l2: f64::INFINITY,
+                    max_abs: f64::INFINITY,
+                    nan: false,
+                    pass: false,
+                },
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// DM-VTON on the GPU against the reference outputs in `parity`.
 pub fn parity_checks(
     model: &DmVton,
@@ -403,6 +460,11 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
         }
         crate::device::set_tf32(false);
     }
+    report.flash_attention = flash_attention_checks(&gpu)?;
+    print_checks(
+        "CatVTON flash attention (f16/bf16) vs f32 attention (rel L2 <= 1e-2)",
+        &report.flash_attention,
+    );
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -411,6 +473,7 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
         .kernels
         .iter()
         .chain(&report.parity)
+        .chain(&report.flash_attention)
         .filter(|c| !c.pass)
         .collect();
     if !failed.is_empty() {
@@ -426,7 +489,7 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
     }
     println!(
         "\nall {} checks passed",
-        report.kernels.len() + report.parity.len()
+        report.kernels.len() + report.parity.len() + report.flash_attention.len()
     );
     Ok(())
 }
@@ -469,6 +532,17 @@ mod tests {
         assert!(checks.len() > 30);
         for c in checks {
             assert!(c.pass && c.rel_l2 == 0.0, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn flash_attention_checks_run_their_reference_and_fail_where_the_kernel_cannot_run() {
+        // On the CPU the reference side runs at every shape and the kernel side is refused:
+        // each row is a failed check with the reason, never a pass and never an abort.
+        let checks = flash_attention_checks(&Device::Cpu).expect("checks");
+        assert_eq!(checks.len(), 12);
+        for c in checks {
+            assert!(!c.pass && c.name.contains("CUDA only"), "{c:?}");
         }
     }
 
