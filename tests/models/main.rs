@@ -1,12 +1,14 @@
 //! The models' integration tests, one binary: DM-VTON and CatVTON parity with their reference
-//! pipelines, the overlay baseline, imaging, and `virtualfit bench`. Run one file's tests with a
-//! filter on its module, e.g. `cargo test --release --test models dmvton::`.
+//! pipelines, the overlay baseline, imaging, OpenCV-exact image operations, and `virtualfit
+//! bench`. Run one file's tests with a filter on its module, e.g. `cargo test --release --test
+//! models dmvton::`.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod bench;
 mod catvton;
+mod cv;
 mod dmvton;
 mod imaging;
 mod overlay;
