@@ -1,11 +1,12 @@
 //! The models' integration tests, one binary: DM-VTON and CatVTON parity with their reference
-//! pipelines, the overlay baseline, imaging, OpenCV-exact image operations, and `virtualfit
-//! bench`. Run one file's tests with a filter on its module, e.g. `cargo test --release --test
-//! models dmvton::`.
+//! pipelines, the automatic mask's combination against the official one, the overlay baseline,
+//! imaging, OpenCV-exact image operations, and `virtualfit bench`. Run one file's tests with a
+//! filter on its module, e.g. `cargo test --release --test models dmvton::`.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod automasker;
 mod bench;
 mod catvton;
 mod cv;
