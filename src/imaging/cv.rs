@@ -434,3 +434,68 @@ fn gray(width: usize, height: usize, pixels: Vec<u8>) -> GrayImage {
     GrayImage::from_raw(width as u32, height as u32, pixels)
         .expect("the buffer holds width × height pixels")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draw(img: &GrayImage) -> String {
+        img.as_raw()
+            .chunks(img.width() as usize)
+            .map(|row| {
+                row.iter()
+                    .map(|&v| if v != 0 { '#' } else { '.' })
+                    .collect()
+            })
+            .collect::<Vec<String>>()
+            .join("\n")
+    }
+
+    fn tidy(art: &str) -> String {
+        art.split_whitespace().collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn the_hull_keeps_corners_only() {
+        // (x, y): a 4×4 square's corners with points on its edges and inside.
+        let mut points = [(0, 0), (2, 0), (4, 0), (0, 2), (2, 2), (0, 4), (4, 4)];
+        let mut hull = convex_hull(&mut points);
+        hull.sort_unstable();
+        assert_eq!(hull, vec![(0, 0), (0, 4), (4, 0), (4, 4)]);
+        // Fewer than three distinct points are their own hull.
+        assert_eq!(
+            convex_hull(&mut [(1, 1), (3, 2), (1, 1)]),
+            vec![(1, 1), (3, 2)]
+        );
+    }
+
+    #[test]
+    fn a_polygon_is_filled_as_opencv_fills_it() {
+        // cv2.fillPoly of this triangle: the edges' lines plus each row between the crossings
+        // rounded to the nearest column.
+        let mut img = GrayImage::new(7, 7);
+        fill_poly(&mut img, &[(3, 0), (0, 6), (6, 6)], 255);
+        assert_eq!(
+            draw(&img),
+            tidy(
+                "...#...
+                 ..###..
+                 ..###..
+                 .#####.
+                 .#####.
+                 #######
+                 #######"
+            )
+        );
+    }
+
+    #[test]
+    fn the_fixed_point_kernels_sum_to_one() {
+        for size in (1..=61).step_by(2) {
+            let kernel = gaussian_kernel_fixed(size);
+            assert_eq!(kernel.iter().sum::<u32>(), 256, "size {size}");
+            assert!(kernel.iter().eq(kernel.iter().rev()), "size {size}");
+        }
+        assert_eq!(gaussian_kernel_fixed(3), vec![64, 128, 64]);
+    }
+}
