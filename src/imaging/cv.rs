@@ -12,8 +12,6 @@
 //!
 //! Images are [`GrayImage`]s; binary masks are 0 and non-zero.
 
-use std::collections::VecDeque;
-
 use image::GrayImage;
 
 use super::morphology::{label_components, reaches_border, Connectivity, Grid};
@@ -31,45 +29,32 @@ pub fn dilate(src: &GrayImage, size: u32, iterations: u32) -> GrayImage {
     let before = anchor * iterations as usize;
     let after = (size as usize - 1 - anchor) * iterations as usize;
 
-    let mut rows = vec![0u8; width * height];
+    // Rows, then columns; each pass is a running maximum of whole shifted slices, which the
+    // compiler vectorises.
+    let mut rows = src.as_raw().clone();
     for (src_row, dst_row) in src.as_raw().chunks(width).zip(rows.chunks_mut(width)) {
-        sliding_max(src_row, dst_row, before, after);
-    }
-    let mut out = vec![0u8; width * height];
-    let mut column = vec![0u8; height];
-    let mut column_max = vec![0u8; height];
-    for x in 0..width {
-        for (y, c) in column.iter_mut().enumerate() {
-            *c = rows[y * width + x];
+        for shift in 1..=before.min(width - 1) {
+            max_into(&mut dst_row[shift..], &src_row[..width - shift]);
         }
-        sliding_max(&column, &mut column_max, before, after);
-        for (y, &m) in column_max.iter().enumerate() {
-            out[y * width + x] = m;
+        for shift in 1..=after.min(width - 1) {
+            max_into(&mut dst_row[..width - shift], &src_row[shift..]);
+        }
+    }
+    let mut out = rows.clone();
+    for (y, dst_row) in out.chunks_mut(width).enumerate() {
+        let first = y.saturating_sub(before);
+        let last = (y + after).min(height - 1);
+        for other in (first..=last).filter(|&r| r != y) {
+            max_into(dst_row, &rows[other * width..(other + 1) * width]);
         }
     }
     gray(width, height, out)
 }
 
-/// `dst[i]` is the maximum of `src[i - before ..= i + after]`, clipped to the line: a
-/// monotonic queue of candidate indices, linear in the line's length.
-fn sliding_max(src: &[u8], dst: &mut [u8], before: usize, after: usize) {
-    let len = src.len();
-    let mut queue: VecDeque<usize> = VecDeque::new();
-    let mut next = 0;
-    for (i, d) in dst.iter_mut().enumerate() {
-        let last = (i + after).min(len - 1);
-        while next <= last {
-            while queue.back().is_some_and(|&b| src[b] <= src[next]) {
-                queue.pop_back();
-            }
-            queue.push_back(next);
-            next += 1;
-        }
-        let first = i.saturating_sub(before);
-        while queue.front().is_some_and(|&f| f < first) {
-            queue.pop_front();
-        }
-        *d = queue.front().map_or(0, |&f| src[f]);
+/// `dst[i] = max(dst[i], src[i])`.
+fn max_into(dst: &mut [u8], src: &[u8]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = (*d).max(s);
     }
 }
 
@@ -322,19 +307,22 @@ pub fn gaussian_blur(src: &GrayImage, size: u32) -> GrayImage {
     let kernel_x: &[u32] = if width == 1 { &one } else { &kernel };
     let kernel_y: &[u32] = if height == 1 { &one } else { &kernel };
 
-    // Rows: 8.8 fixed point, exact (at most 255 · 256).
+    // Rows: 8.8 fixed point, exact (at most 255 · 256), one tap at a time over the row padded
+    // by its reflection, which the compiler vectorises.
     let radius_x = kernel_x.len() / 2;
     let columns: Vec<usize> = (0..width + 2 * radius_x)
         .map(|i| reflect_101(i as i64 - radius_x as i64, width))
         .collect();
     let mut rows = vec![0u32; width * height];
+    let mut padded = vec![0u32; columns.len()];
     for (src_row, dst_row) in src.as_raw().chunks(width).zip(rows.chunks_mut(width)) {
-        for (x, d) in dst_row.iter_mut().enumerate() {
-            *d = kernel_x
-                .iter()
-                .zip(&columns[x..])
-                .map(|(&k, &c)| k * u32::from(src_row[c]))
-                .sum();
+        for (p, &c) in padded.iter_mut().zip(&columns) {
+            *p = u32::from(src_row[c]);
+        }
+        for (tap, &k) in kernel_x.iter().enumerate() {
+            for (d, &v) in dst_row.iter_mut().zip(&padded[tap..]) {
+                *d += k * v;
+            }
         }
     }
     // Columns: 16.16 fixed point, exact, rounded to the nearest integer.
