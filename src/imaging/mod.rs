@@ -2,8 +2,9 @@
 //! into the model frame ([`fit`]), tensors ([`tensor`]), encoding answers ([`encode`]), the
 //! garment mask of a product photo ([`garment_mask`]), and the backdrop estimate
 //! ([`backdrop`]) and binary-mask operations ([`morphology`]) it shares with the masks a model
-//! draws, and OpenCV's image operations reproduced bit for bit ([`cv`]). The way from a
-//! request's bytes to a model's input is `crate::pipeline`'s.
+//! draws, OpenCV's affine warp ([`warp_affine`]) the human parsers use, and OpenCV's mask
+//! operations reproduced bit for bit ([`cv`]). The way from a request's bytes to a model's
+//! input is `crate::pipeline`'s.
 
 pub mod backdrop;
 pub mod cv;
@@ -13,6 +14,7 @@ pub mod fit;
 pub mod garment_mask;
 pub mod morphology;
 pub mod tensor;
+pub mod warp_affine;
 
 pub use crate::models::input::{PreparedPair, Rect};
 pub use decode::{

@@ -1,9 +1,10 @@
-//! The automatic person mask from human parsers: SCHP trained on ATR and on LIP, whose label
-//! maps [`labels`] describes, combined per garment part into the region to repaint as CatVTON's
-//! `AutoMasker` does ([`combine`]).
+//! The automatic person mask from human parsers: SCHP trained on ATR and on LIP ([`schp`]),
+//! whose label maps [`labels`] describes, combined per garment part into the region to repaint
+//! as CatVTON's `AutoMasker` does ([`combine`]).
 
 pub mod combine;
 pub mod labels;
+pub mod schp;
 
 pub use combine::cloth_agnostic_mask;
 pub use labels::{LabelMap, MaskPart};
