@@ -2,10 +2,12 @@
 //! into the model frame ([`fit`]), tensors ([`tensor`]), encoding answers ([`encode`]), the
 //! garment mask of a product photo ([`garment_mask`]), and the backdrop estimate
 //! ([`backdrop`]) and binary-mask operations ([`morphology`]) it shares with the masks a model
-//! draws, and OpenCV's affine warp ([`warp_affine`]) the human parsers use. The way from a
-//! request's bytes to a model's input is `crate::pipeline`'s.
+//! draws, OpenCV's affine warp ([`warp_affine`]) the human parsers use, and OpenCV's mask
+//! operations reproduced bit for bit ([`cv`]). The way from a request's bytes to a model's
+//! input is `crate::pipeline`'s.
 
 pub mod backdrop;
+pub mod cv;
 pub mod decode;
 pub mod encode;
 pub mod fit;

@@ -1,8 +1,13 @@
 //! Operations on binary masks (one `bool` per pixel, row-major, sized by a [`Grid`]), all
 //! linear in the number of pixels: connected-component labelling, the filters built on it
-//! (small components, holes, a flood from the border, regions holding a seed), dilation, a
-//! blur-and-threshold, convex hulls and polygon filling. The garment mask and a model's drawn
+//! (small components, holes, a flood from the border, regions holding a seed), and adapters to
+//! the OpenCV-exact dilation, blur and convex hulls of [`super::cv`] (one implementation of each
+//! operation, shared with CatVTON's parser-based mask). The garment mask and a model's drawn
 //! mask both use them.
+
+use image::GrayImage;
+
+use super::cv;
 
 /// The size of a mask: `width × height` pixels, row-major.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,205 +218,38 @@ pub fn connected_to(mask: &[bool], seeds: &[bool], grid: Grid) -> Vec<bool> {
         .collect()
 }
 
-/// Dilation by a square of side `2 * radius + 1`: a row pass, then a column pass done row by
-/// row (each column remembers its last set row) to stay cache-friendly.
+/// Dilation by a square of side `2 * radius + 1`, pixels outside the image left out: OpenCV's
+/// ([`cv::dilate`]) on a 0/1 mask.
 pub fn dilate(mask: &[bool], grid: Grid, radius: usize) -> Vec<bool> {
-    let width = grid.width;
-    if radius == 0 || mask.is_empty() {
-        return mask.to_vec();
-    }
-    let mut rows = vec![false; mask.len()];
-    for (src, dst) in mask.chunks(width).zip(rows.chunks_mut(width)) {
-        dilate_line(src, dst, radius);
-    }
-    // Rows since the last set cell of each column, going down and then going up.
-    let mut out = vec![false; mask.len()];
-    let mut since = vec![usize::MAX; width];
-    for (src, dst) in rows.chunks(width).zip(out.chunks_mut(width)) {
-        for ((since, &set), d) in since.iter_mut().zip(src).zip(dst) {
-            *since = if set { 0 } else { since.saturating_add(1) };
-            *d = *since <= radius;
-        }
-    }
-    since.fill(usize::MAX);
-    for (src, dst) in rows.chunks(width).zip(out.chunks_mut(width)).rev() {
-        for ((since, &set), d) in since.iter_mut().zip(src).zip(dst) {
-            *since = if set { 0 } else { since.saturating_add(1) };
-            *d |= *since <= radius;
-        }
-    }
-    out
+    let size = u32::try_from(2 * radius + 1).unwrap_or(u32::MAX);
+    from_gray(&cv::dilate(&to_gray(mask, grid), size, 1))
 }
 
-/// One-dimensional dilation: a cell is set when a set cell lies within `radius` of it.
-fn dilate_line(src: &[bool], dst: &mut [bool], radius: usize) {
-    let mut since = usize::MAX;
-    for (&set, d) in src.iter().zip(dst.iter_mut()) {
-        since = if set { 0 } else { since.saturating_add(1) };
-        *d = since <= radius;
-    }
-    since = usize::MAX;
-    for (&set, d) in src.iter().zip(dst.iter_mut()).rev() {
-        since = if set { 0 } else { since.saturating_add(1) };
-        *d |= since <= radius;
-    }
+/// OpenCV's Gaussian blur of the mask drawn in 0/255, with an odd `kernel_size` and σ from it
+/// ([`cv::gaussian_blur`]), kept where it reaches `threshold`: the blur-and-threshold step of
+/// CatVTON's mask. A low threshold grows the mask and closes narrow gaps; a high one drops
+/// specks and thin parts.
+pub fn blur_threshold(mask: &[bool], grid: Grid, kernel_size: u32, threshold: u8) -> Vec<bool> {
+    let blurred = cv::gaussian_blur(&to_gray(mask, grid), kernel_size);
+    blurred.as_raw().iter().map(|&v| v >= threshold).collect()
 }
 
-/// A Gaussian blur of OpenCV's `kernel_size` followed by `value > threshold` (a share of
-/// full scale), approximated by a box filter of the same standard deviation: a pixel is set
-/// when at least `threshold` of the box around it (of the full box, also at the border) is
-/// set. A low threshold grows the mask and closes narrow gaps; one half rounds corners off and
-/// drops specks.
-pub fn blur_threshold(mask: &[bool], grid: Grid, kernel_size: usize, threshold: f32) -> Vec<bool> {
-    let (width, height) = (grid.width, grid.height);
-    // OpenCV's sigma for a given kernel size, and the box with the same variance.
-    let sigma = 0.3 * ((kernel_size as f32 - 1.0) * 0.5 - 1.0) + 0.8;
-    let half = (sigma * 12f32.sqrt()).round() as usize / 2;
-    if half == 0 || mask.is_empty() {
-        return mask.to_vec();
-    }
-    let side = 2 * half + 1;
-    let needed = (threshold * (side * side) as f32).ceil().max(1.0) as u32;
-
-    // Horizontal window sums through per-row prefix sums.
-    let mut row_sums = vec![0u32; mask.len()];
-    let mut prefix = vec![0u32; width + 1];
-    for (src, dst) in mask.chunks(width).zip(row_sums.chunks_mut(width)) {
-        for (x, &m) in src.iter().enumerate() {
-            prefix[x + 1] = prefix[x] + u32::from(m);
-        }
-        for (x, d) in dst.iter_mut().enumerate() {
-            *d = prefix[(x + half + 1).min(width)] - prefix[x.saturating_sub(half)];
-        }
-    }
-    // Vertical window sums, kept per column while walking down the rows.
-    let mut window = vec![0u32; width];
-    for y in 0..half.min(height) {
-        for (w, &s) in window.iter_mut().zip(&row_sums[y * width..(y + 1) * width]) {
-            *w += s;
-        }
-    }
-    let mut out = vec![false; mask.len()];
-    for y in 0..height {
-        let entering = y + half;
-        if entering < height {
-            for (w, &s) in window
-                .iter_mut()
-                .zip(&row_sums[entering * width..(entering + 1) * width])
-            {
-                *w += s;
-            }
-        }
-        if y > half {
-            let leaving = y - half - 1;
-            for (w, &s) in window
-                .iter_mut()
-                .zip(&row_sums[leaving * width..(leaving + 1) * width])
-            {
-                *w -= s;
-            }
-        }
-        for (o, &w) in out[y * width..(y + 1) * width].iter_mut().zip(&window) {
-            *o = w >= needed;
-        }
-    }
-    out
-}
-
-/// Replaces each 8-connected region of `mask` by its filled convex hull.
+/// Replaces each outer 8-connected region of `mask` by its filled convex hull, as OpenCV's
+/// `findContours` + `convexHull` + `fillPoly` draw it ([`cv::fill_external_hulls`]). Regions
+/// inside another's hole fall within that one's hull.
 pub fn fill_component_hulls(mask: &[bool], grid: Grid) -> Vec<bool> {
-    let (width, height) = (grid.width, grid.height);
-    let (labels, regions) = label_components(mask, grid, Connectivity::Eight);
-    // Run ends, collected row by row, so each region's points arrive sorted by (y, x).
-    let mut points: Vec<Vec<(i64, i64)>> = vec![Vec::new(); regions.len()];
-    for y in 0..height {
-        let row = &labels[y * width..(y + 1) * width];
-        for x in 0..width {
-            let label = row[x];
-            if label == 0 {
-                continue;
-            }
-            let run_start = x == 0 || row[x - 1] != label;
-            let run_end = x + 1 == width || row[x + 1] != label;
-            if run_start || run_end {
-                points[label as usize - 1].push((y as i64, x as i64));
-            }
-        }
-    }
-    let mut out = vec![false; mask.len()];
-    for region_points in &points {
-        let hull = convex_hull(region_points);
-        fill_convex_polygon(&hull, &mut out, grid);
-    }
-    out
+    from_gray(&cv::fill_external_hulls(&to_gray(mask, grid)))
 }
 
-/// Andrew's monotone chain over points already sorted by (y, x); returns the hull's corners
-/// in order, without repeating the first.
-pub fn convex_hull(points: &[(i64, i64)]) -> Vec<(i64, i64)> {
-    if points.len() < 3 {
-        return points.to_vec();
-    }
-    let cross = |o: (i64, i64), a: (i64, i64), b: (i64, i64)| {
-        (a.0 - o.0) * (b.1 - o.1) - (a.1 - o.1) * (b.0 - o.0)
-    };
-    let mut hull: Vec<(i64, i64)> = Vec::with_capacity(points.len() + 1);
-    for &p in points {
-        while hull.len() >= 2 && cross(hull[hull.len() - 2], hull[hull.len() - 1], p) <= 0 {
-            hull.pop();
-        }
-        hull.push(p);
-    }
-    let lower_len = hull.len() + 1;
-    for &p in points.iter().rev().skip(1) {
-        while hull.len() >= lower_len && cross(hull[hull.len() - 2], hull[hull.len() - 1], p) <= 0 {
-            hull.pop();
-        }
-        hull.push(p);
-    }
-    hull.pop();
-    hull
+/// The mask as an 8-bit image, 255 where set.
+fn to_gray(mask: &[bool], grid: Grid) -> GrayImage {
+    let pixels = mask.iter().map(|&m| 255 * u8::from(m)).collect();
+    GrayImage::from_raw(grid.width as u32, grid.height as u32, pixels)
+        .expect("the mask holds width × height pixels")
 }
 
-/// Sets every pixel of a convex polygon (corners as (y, x)), each row filled between the
-/// polygon's leftmost and rightmost crossing.
-pub fn fill_convex_polygon(corners: &[(i64, i64)], out: &mut [bool], grid: Grid) {
-    let Some(y_min) = corners.iter().map(|c| c.0).min() else {
-        return;
-    };
-    let y_max = corners.iter().map(|c| c.0).max().unwrap_or(y_min);
-    let rows = (y_max - y_min + 1) as usize;
-    let mut bounds = vec![(i64::MAX, i64::MIN); rows];
-    let mut widen = |y: i64, x_lo: i64, x_hi: i64| {
-        let b = &mut bounds[(y - y_min) as usize];
-        b.0 = b.0.min(x_lo);
-        b.1 = b.1.max(x_hi);
-    };
-    for (k, &a) in corners.iter().enumerate() {
-        let b = corners[(k + 1) % corners.len()];
-        widen(a.0, a.1, a.1);
-        if a.0 == b.0 {
-            widen(a.0, a.1.min(b.1), a.1.max(b.1));
-            continue;
-        }
-        let (from, to) = if a.0 < b.0 { (a, b) } else { (b, a) };
-        let slope = (to.1 - from.1) as f64 / (to.0 - from.0) as f64;
-        for y in from.0..=to.0 {
-            let x = from.1 as f64 + slope * (y - from.0) as f64;
-            widen(y, (x - 1e-6).ceil() as i64, (x + 1e-6).floor() as i64);
-        }
-    }
-    for (offset, &(lo, hi)) in bounds.iter().enumerate() {
-        if lo > hi {
-            continue;
-        }
-        let y = y_min as usize + offset;
-        let lo = lo.clamp(0, grid.width as i64 - 1) as usize;
-        let hi = hi.clamp(0, grid.width as i64 - 1) as usize;
-        if y < grid.height {
-            out[y * grid.width + lo..=y * grid.width + hi].fill(true);
-        }
-    }
+fn from_gray(image: &GrayImage) -> Vec<bool> {
+    image.as_raw().iter().map(|&v| v != 0).collect()
 }
 
 #[cfg(test)]
@@ -763,17 +601,17 @@ mod tests {
         .......";
 
     #[test]
-    fn a_half_threshold_rounds_corners_and_drops_specks() {
-        // Kernel 3: σ = 0.8, a 3×3 box; half of it is 4.5, so 5 set pixels are needed. The
-        // block's corners see 4, its edges' middles 6, the pixels beside it at most 3.
+    fn a_half_threshold_drops_specks() {
+        // Kernel 3 is OpenCV's [1 2 1]/4 both ways: the speck reaches 64 of 255, the block's
+        // corners 143; the reflected border (row −1 is row 1) lifts (0, 2) to 128.
         let (mask, grid) = parse(BLOCK_AND_SPECK);
         assert_eq!(
-            draw(&blur_threshold(&mask, grid, 3, 0.5), grid),
+            draw(&blur_threshold(&mask, grid, 3, 128), grid),
             tidy(
-                ".......
-                 ..#....
+                "..#....
                  .###...
-                 ..#....
+                 ####...
+                 .###...
                  .......
                  .......
                  ......."
@@ -783,10 +621,11 @@ mod tests {
 
     #[test]
     fn a_low_threshold_grows_the_mask() {
-        // 25/255 of a 3×3 box is 0.88: one set pixel is enough, a dilation by 1.
+        // At 25 of 255 every pixel within one of a set pixel is reached (at least 32), and the
+        // gap between block and speck closes.
         let (mask, grid) = parse(BLOCK_AND_SPECK);
         assert_eq!(
-            draw(&blur_threshold(&mask, grid, 3, 25.0 / 255.0), grid),
+            draw(&blur_threshold(&mask, grid, 3, 25), grid),
             tidy(
                 "#####..
                  #####..
@@ -797,40 +636,8 @@ mod tests {
                  ....###"
             )
         );
-        // Kernel 0: σ = 0.35, a box of side 1, which changes nothing.
-        assert_eq!(blur_threshold(&mask, grid, 0, 0.5), mask);
-    }
-
-    #[test]
-    fn the_hull_keeps_corners_only() {
-        // (y, x), sorted: a 4×4 square's corners with points on its edges and inside.
-        let points = [(0, 0), (0, 2), (0, 4), (2, 0), (2, 2), (4, 0), (4, 4)];
-        assert_eq!(convex_hull(&points), vec![(0, 0), (4, 0), (4, 4), (0, 4)]);
-        // Fewer than three points are their own hull.
-        assert_eq!(convex_hull(&[(1, 1), (2, 3)]), vec![(1, 1), (2, 3)]);
-    }
-
-    #[test]
-    fn a_polygon_fills_the_pixels_on_and_inside_its_edges() {
-        let grid = Grid {
-            width: 7,
-            height: 7,
-        };
-        let mut out = vec![false; 49];
-        // Apex (0, 3), base from (6, 0) to (6, 6): the sides move half a column per row.
-        fill_convex_polygon(&[(0, 3), (6, 0), (6, 6)], &mut out, grid);
-        assert_eq!(
-            draw(&out, grid),
-            tidy(
-                "...#...
-                 ...#...
-                 ..###..
-                 ..###..
-                 .#####.
-                 .#####.
-                 #######"
-            )
-        );
+        // Kernel 1 changes nothing.
+        assert_eq!(blur_threshold(&mask, grid, 1, 128), mask);
     }
 
     #[test]

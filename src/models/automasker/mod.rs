@@ -1,9 +1,12 @@
 //! The automatic person mask from human parsers: SCHP trained on ATR and on LIP ([`schp`]),
-//! whose label maps [`labels`] describes, combined per garment part into the region to repaint.
+//! whose label maps [`labels`] describes, combined per garment part into the region to repaint
+//! as CatVTON's `AutoMasker` does ([`combine`]).
 
+pub mod combine;
 pub mod labels;
 pub mod schp;
 
+pub use combine::cloth_agnostic_mask;
 pub use labels::{LabelMap, MaskPart};
 
 /// The two parsers' label maps for one person photo, each at the photo's size.

@@ -30,16 +30,18 @@
 //!
 //! The combination, as in the reference (`r` is half the kernel `max(w, h) / 250`, made odd):
 //! the category's parts are dilated (the reference does this twice at a quarter of the
-//! resolution: radius `8 r` here), each connected region is replaced by its convex hull, the
-//! weakly protected parts (face, hair, hands, feet and, for `Upper`/`Lower`, the other
-//! garment and its limbs) are cut out, a blur-and-threshold step rounds the result, the
-//! category's garment is added back, face and hands are cut out, and a final dilation by `r`
-//! follows. At 256 px `r` is 0; at 1024 px it is 2.
+//! resolution: radius `8 r` here), each outer connected region is replaced by its convex hull,
+//! the weakly protected parts (face, hair, hands, feet and, for `Upper`/`Lower`, the other
+//! garment and its limbs) are cut out, the reference's Gaussian blur (kernel `max(w, h) / 25`,
+//! made odd) thresholded at 25 rounds the result, the category's garment is added back, face
+//! and hands are cut out, and a final dilation by `r` follows. At 256 px `r` is 0; at 1024 px
+//! it is 2.
 //!
-//! The backdrop estimate and the binary-mask operations (labelling, hole filling, dilation,
-//! blur-and-threshold, hulls) are the ones the garment mask uses too, in
-//! [`crate::imaging::backdrop`] and [`crate::imaging::morphology`]; the person parse and its
-//! colour model stay here.
+//! The backdrop estimate and the binary-mask operations (labelling, hole filling) are the ones
+//! the garment mask uses too, in [`crate::imaging::backdrop`] and
+//! [`crate::imaging::morphology`]; dilation, blur and hulls are OpenCV's, bit for bit
+//! ([`crate::imaging::cv`]), shared with the parser-based mask
+//! ([`crate::models::automasker::combine`]); the person parse and its colour model stay here.
 //!
 //! Every step is linear in the number of pixels. The parse is rough and fails where colour
 //! does: a top and trousers of similar colour (the boundary lands off the waist or falls back
@@ -53,6 +55,7 @@ use crate::imaging::morphology::{
     blur_threshold, connected_to, dilate, fill_component_hulls, fill_holes, label_components,
     row_spans, Connectivity, Grid,
 };
+use crate::models::automasker::combine::{blur_kernel_size, dilation_kernel_size};
 
 /// Which garment a request replaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -77,24 +80,8 @@ pub fn auto_mask(person: &RgbImage, category: Category) -> GrayImage {
     GrayImage::from_raw(width, height, pixels).unwrap_or_else(|| GrayImage::new(width, height))
 }
 
-/// `max(w, h) / divisor`, made odd by adding one: how the reference sizes its kernels.
-fn odd_kernel_size(width: usize, height: usize, divisor: usize) -> usize {
-    let size = width.max(height) / divisor;
-    size | 1
-}
-
-/// Side of the reference's square dilation kernel: `max(w, h) / 250`, made odd.
-fn dilation_kernel_size(width: usize, height: usize) -> usize {
-    odd_kernel_size(width, height, 250)
-}
-
-/// The reference's threshold on its blurred mask, as a share of full scale.
-const BLUR_THRESHOLD: f32 = 25.0 / 255.0;
-
-/// Side of the reference's Gaussian blur kernel: `max(w, h) / 25`, made odd.
-fn blur_kernel_size(width: usize, height: usize) -> usize {
-    odd_kernel_size(width, height, 25)
-}
+/// The reference's threshold on its blurred 0/255 mask.
+const BLUR_THRESHOLD: u8 = 25;
 
 /// What a pixel of the person image shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,7 +151,7 @@ fn compose_mask(parse: &PersonParse, category: Category) -> Vec<bool> {
     let (width, height) = (parse.width, parse.height);
     let grid = Grid { width, height };
     let parts = &parse.parts;
-    let radius = dilation_kernel_size(width, height) / 2;
+    let radius = dilation_kernel_size(width, height) as usize / 2;
 
     let repainted: Vec<bool> = parts.iter().map(|p| p.is_repainted(category)).collect();
     // The reference dilates its dense parts twice at a quarter of the resolution, which is
@@ -1183,16 +1170,6 @@ mod tests {
         assert!(repaints(&overall, 1, (96, 58)));
         assert!(repaints(&upper, 1, (96, 58)));
         assert!(!repaints(&lower, 1, (96, 58)));
-    }
-
-    #[test]
-    fn kernel_sizes_follow_the_reference() {
-        assert_eq!(dilation_kernel_size(192, 256), 1);
-        assert_eq!(dilation_kernel_size(500, 400), 3); // 2, made odd
-        assert_eq!(dilation_kernel_size(768, 1024), 5); // 4, made odd
-        assert_eq!(dilation_kernel_size(750, 10), 3); // 3, odd already
-        assert_eq!(blur_kernel_size(768, 1024), 41);
-        assert_eq!(blur_kernel_size(1, 1), 1);
     }
 
     /// A parse of `width × height`: the left `split` columns are `left`, the rest `right`.
