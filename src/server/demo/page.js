@@ -38,11 +38,11 @@ function showImage(img, blob) {
   img.src = URL.createObjectURL(blob);
 }
 
-function showProgress(p) {
+function showProgress(p, label) {
   if (!p) return;
   $('progress').max = Math.max(p.total, 1);
   $('progress').value = p.done;
-  $('stage').textContent = `${STAGES[p.stage] || p.stage}: ${p.done} of ${p.total}`;
+  $('stage').textContent = `${label || STAGES[p.stage] || p.stage}: ${p.done} of ${p.total}`;
 }
 
 function setPhoto(which, blob) {
@@ -227,6 +227,7 @@ async function tryOn(event) {
     if (!image.ok) throw new Error(await messageOf(image));
     const blob = await image.blob();
     showImage($('result-img'), blob);
+    showProgress(job.progress, 'Done');
     $('download').href = $('result-img').src;
     $('download').download = blob.type === 'image/png' ? 'tryon.png' : 'tryon.jpg';
     $('download').hidden = false;
