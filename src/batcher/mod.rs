@@ -9,6 +9,8 @@
 //! interactive load never starves it. The two have separate queues, so batch work never
 //! takes an interactive request's place in the queue.
 //!
+//! A job's item reports its [`Progress`] (stage, steps done) to a watch channel as it runs.
+//!
 //! The worker's progress (model calls finished, the last one's time, the longest call) is what
 //! tells a stalled device from a slow one: the handler's stall bound and `/livez` read it.
 //!

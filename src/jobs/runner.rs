@@ -1,6 +1,7 @@
 //! Runs asynchronous jobs: takes them from the store while the batcher has room for them,
 //! decodes their stored images through the pipeline, hands them to the batcher at their
-//! priority, and stores each result with its final status. Renews the claims' leases while they
+//! priority, and stores each result with its final status. Writes each job's progress, as the
+//! batcher reports it, to the store at a bounded rate. Renews the claims' leases while they
 //! run, and sweeps expired results. It speaks no HTTP: the server gives it its parts and tells
 //! it, through [`Gate`], whether work is taken.
 //!

@@ -1,7 +1,8 @@
 //! The HTTP server: starting it (model, listeners, worker, job runner), its shared state, and
 //! its end (the SIGTERM drain). Routes live in [`routes`], `/tryon` in [`tryon`], the jobs API
-//! in [`jobs`], reading uploads in [`upload`], connection bounds in [`listener`], the
-//! stalled-worker rule of `/livez` in [`liveness`]. The images' way from bytes to the model is
+//! in [`jobs`], job event streams in [`events`], the try-on page in [`demo`], reading uploads in
+//! [`upload`], connection bounds in [`listener`], the stalled-worker rule of `/livez` in
+//! [`liveness`]. The images' way from bytes to the model is
 //! `crate::pipeline`'s; the job runner is `crate::jobs::runner`.
 
 pub mod auth;

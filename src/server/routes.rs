@@ -1,5 +1,6 @@
-//! The routers: the API (try-on, health, models, OpenAPI) and the separate metrics port, each
-//! with request ids, one tracing span per request and `X-Content-Type-Options: nosniff`.
+//! The routers: the API (try-on, jobs and their events, health, models, OpenAPI, and the try-on
+//! page unless `--demo off`) and the separate metrics port, each with request ids, one tracing
+//! span per request and `X-Content-Type-Options: nosniff`.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
