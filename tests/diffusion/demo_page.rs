@@ -34,8 +34,17 @@ impl Drop for Driver {
     }
 }
 
-/// Starts chromedriver and a headless Chromium session with a window of `width`×`height`.
-async fn browser(width: u32, height: u32) -> (Driver, Client) {
+/// How the browser's viewport is set.
+enum Screen {
+    /// A desktop window of this size.
+    Window(u32, u32),
+    /// A phone's viewport (CSS pixels), by Chromium's device emulation: a headless window is
+    /// never narrower than 500 pixels.
+    Phone(u32, u32),
+}
+
+/// Starts chromedriver and a headless Chromium session on `screen`.
+async fn browser(screen: Screen) -> (Driver, Client) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -54,15 +63,24 @@ async fn browser(width: u32, height: u32) -> (Driver, Client) {
         url: format!("http://127.0.0.1:{port}"),
         _profile: profile,
     };
+    let (width, height) = match screen {
+        Screen::Window(w, h) | Screen::Phone(w, h) => (w, h),
+    };
     let args = [
         "--headless=new".to_string(),
         "--no-sandbox".to_string(),
         "--disable-dev-shm-usage".to_string(),
         "--disable-gpu".to_string(),
-        format!("--window-size={width},{height}"),
+        format!("--window-size={},{}", width.max(500), height),
         format!("--user-data-dir={}", driver._profile.path().display()),
     ];
-    let capabilities = json!({"goog:chromeOptions": {"args": args}});
+    let mut options = json!({"args": args});
+    if let Screen::Phone(..) = screen {
+        options["mobileEmulation"] = json!({
+            "deviceMetrics": {"width": width, "height": height, "pixelRatio": 1.0}
+        });
+    }
+    let capabilities = json!({ "goog:chromeOptions": options });
     let capabilities = capabilities.as_object().expect("an object").clone();
     let deadline = Instant::now() + Duration::from_secs(30);
     let client = loop {
@@ -180,7 +198,7 @@ async fn save_screenshot(client: &Client, name: &str) {
 async fn the_page_runs_a_catvton_try_on_of_a_sample_pair_in_chromium() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let (_server, base) = catvton_server(&[]).await;
-    let (_driver, client) = browser(1280, 1000).await;
+    let (_driver, client) = browser(Screen::Window(1280, 1000)).await;
     client
         .goto(&format!("{base}/"))
         .await
@@ -266,7 +284,7 @@ async fn the_page_works_by_keyboard_at_phone_width_and_shows_the_server_s_errors
     let _turn = ONE_AT_A_TIME.lock().await;
     let limit = 200_000;
     let (_server, base) = common::start(&["--max-body-bytes", &limit.to_string()]).await;
-    let (_driver, client) = browser(390, 844).await;
+    let (_driver, client) = browser(Screen::Phone(390, 844)).await;
     client
         .goto(&format!("{base}/"))
         .await
@@ -279,6 +297,7 @@ async fn the_page_works_by_keyboard_at_phone_width_and_shows_the_server_s_errors
     )
     .await;
     // Nothing wider than the phone.
+    assert_eq!(js(&client, "window.innerWidth").await, Value::from(390));
     assert_eq!(
         js(
             &client,
