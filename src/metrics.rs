@@ -27,6 +27,7 @@ pub const JOBS_SUBMITTED_TOTAL: &str = "virtualfit_jobs_submitted_total";
 pub const JOBS_FINISHED_TOTAL: &str = "virtualfit_jobs_finished_total";
 pub const JOBS_QUEUED: &str = "virtualfit_jobs_queued";
 pub const JOB_STORE_BYTES: &str = "virtualfit_job_store_bytes";
+pub const EVENT_STREAMS: &str = "virtualfit_open_event_streams";
 pub const MODEL_BUSY_SECONDS_TOTAL: &str = "virtualfit_model_busy_seconds_total";
 pub const GPU_HOUR_PRICE: &str = "virtualfit_price_per_gpu_hour_usd";
 pub const WEBHOOK_DELIVERIES_TOTAL: &str = "virtualfit_webhook_deliveries_total";
@@ -164,6 +165,8 @@ pub struct Metrics {
     pub jobs_queued: IntGauge,
     /// Bytes of job inputs and results the store holds (`--max-store-bytes` bounds it).
     pub job_store_bytes: IntGauge,
+    /// `GET /v1/jobs/{id}/events` streams open now.
+    pub event_streams: IntGauge,
     pub webhook_deliveries_total: IntCounterVec,
     /// Diffusion models: denoising steps taken, one per request per UNet call.
     pub unet_steps_total: prometheus::IntCounter,
@@ -423,6 +426,14 @@ impl Metrics {
                 IntGauge::new(
                     JOB_STORE_BYTES,
                     "Bytes of job inputs and results the job store holds, bounded by --max-store-bytes.",
+                )
+                .expect("valid gauge"),
+            ),
+            event_streams: register(
+                r,
+                IntGauge::new(
+                    EVENT_STREAMS,
+                    "Job event streams (GET /v1/jobs/{id}/events) open now, bounded by --max-event-streams.",
                 )
                 .expect("valid gauge"),
             ),

@@ -9,6 +9,8 @@
 //! interactive load never starves it. The two have separate queues, so batch work never
 //! takes an interactive request's place in the queue.
 //!
+//! A job's item reports its [`Progress`] (stage, steps done) to a watch channel as it runs.
+//!
 //! The worker's progress (model calls finished, the last one's time, the longest call) is what
 //! tells a stalled device from a slow one: the handler's stall bound and `/livez` read it.
 //!
@@ -119,6 +121,48 @@ pub enum AdmitError {
 /// an immediate retry.
 pub const MIN_RETRY_AFTER_S: u64 = 1;
 
+/// Where a job is in its run, as its status reports it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Waiting in the store or the batcher's queue.
+    Queued,
+    /// The model encodes the inputs (a step model's first call).
+    Encode,
+    /// The model runs: a step model's UNet steps, or a whole-batch model's one call.
+    Sampling,
+    /// A step model decodes the last step's latents.
+    Decode,
+    /// The image is encoded as JPEG or PNG.
+    EncodeOutput,
+}
+
+/// How far a job has got: `done` of `total` model steps (a whole-batch model has one), in
+/// `stage`. Before a step model has begun, the total is not known and reads 1.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+    pub stage: Stage,
+}
+
+impl Progress {
+    /// Waiting to run: nothing done.
+    pub const QUEUED: Progress = Progress {
+        done: 0,
+        total: 1,
+        stage: Stage::Queued,
+    };
+}
+
+/// Where an admitted job's progress goes: the latest value wins, so a slow reader never holds
+/// the worker back.
+pub type ProgressSender = tokio::sync::watch::Sender<Progress>;
+
 /// Where an admitted item's answer arrives.
 pub type Receiver = oneshot::Receiver<Result<JobOutput, JobError>>;
 
@@ -162,18 +206,25 @@ impl Batcher {
     /// at once when the queue is full or closed.
     pub fn submit(&self, inputs: impl Into<ModelInput>) -> Result<Receiver, AdmitError> {
         let deadline = Instant::now() + self.shared.config.request_timeout;
-        self.shared
-            .admit(inputs.into(), Priority::Interactive, None, Some(deadline))
+        self.shared.admit(
+            inputs.into(),
+            Priority::Interactive,
+            None,
+            Some(deadline),
+            None,
+        )
     }
 
     /// Admits the work of an asynchronous job, submitted `age` ago: no deadline, and a batch
     /// item is promoted once its job has waited `batch_max_wait` in all. Each priority has its
-    /// own queue of `queue_capacity` items.
+    /// own queue of `queue_capacity` items. The item reports its stages and steps to
+    /// `progress`.
     pub fn submit_job(
         &self,
         inputs: impl Into<ModelInput>,
         priority: Priority,
         age: Duration,
+        progress: Option<ProgressSender>,
     ) -> Result<Receiver, AdmitError> {
         let promote_at = match priority {
             Priority::Interactive => None,
@@ -181,7 +232,8 @@ impl Batcher {
                 Some(Instant::now() + self.shared.config.batch_max_wait.saturating_sub(age))
             }
         };
-        self.shared.admit(inputs.into(), priority, promote_at, None)
+        self.shared
+            .admit(inputs.into(), priority, promote_at, None, progress)
     }
 
     /// Stops admitting new requests; queued ones still run.
@@ -452,7 +504,7 @@ mod tests {
         let batch: [&'static str; 6] = ["b1", "b2", "b3", "b4", "b5", "b6"];
         for name in batch {
             let rx = batcher
-                .submit_job(pair(1), Priority::Batch, fresh)
+                .submit_job(pair(1), Priority::Batch, fresh, None)
                 .expect("admitted");
             f.watch(name, rx);
         }
@@ -479,13 +531,13 @@ mod tests {
         f.watch(
             "new",
             batcher
-                .submit_job(pair(5), Priority::Batch, fresh)
+                .submit_job(pair(5), Priority::Batch, fresh, None)
                 .expect("admitted"),
         );
         f.watch(
             "aged",
             batcher
-                .submit_job(pair(6), Priority::Batch, Duration::from_secs(5))
+                .submit_job(pair(6), Priority::Batch, Duration::from_secs(5), None)
                 .expect("admitted"),
         );
         for name in ["i3", "i4", "i5"] {
@@ -557,12 +609,12 @@ mod tests {
         let _b: Vec<_> = (0..2)
             .map(|_| {
                 batcher
-                    .submit_job(pair(0), Priority::Batch, Duration::ZERO)
+                    .submit_job(pair(0), Priority::Batch, Duration::ZERO, None)
                     .expect("batch admitted")
             })
             .collect();
         assert!(matches!(
-            batcher.submit_job(pair(0), Priority::Batch, Duration::ZERO),
+            batcher.submit_job(pair(0), Priority::Batch, Duration::ZERO, None),
             Err(AdmitError::QueueFull { .. })
         ));
         let _i: Vec<_> = (0..2)

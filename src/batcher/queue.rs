@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{AdmitError, JobError, JobOutput, Priority, Receiver, MIN_RETRY_AFTER_S};
+use super::{
+    AdmitError, JobError, JobOutput, Priority, Progress, ProgressSender, Receiver, Stage,
+    MIN_RETRY_AFTER_S,
+};
 use crate::metrics::{Metrics, RejectReason};
 use crate::models::ModelInput;
 
@@ -33,6 +36,8 @@ pub(super) struct Job {
     /// for asynchronous jobs, which have no client waiting on the connection.
     deadline: Option<Instant>,
     reply: Reply,
+    /// Where the item's progress goes, for a job that reports it.
+    progress: Option<ProgressSender>,
 }
 
 impl Job {
@@ -43,6 +48,13 @@ impl Job {
     /// Whether the client waiting for the answer has gone.
     pub(super) fn abandoned(&self) -> bool {
         self.reply.is_closed()
+    }
+
+    /// Reports how far the item has got, to whoever watches it.
+    pub(super) fn report(&self, done: usize, total: usize, stage: Stage) {
+        if let Some(tx) = &self.progress {
+            tx.send_replace(Progress { done, total, stage });
+        }
     }
 
     /// Sends the item its answer; `false` when its client has gone.
@@ -106,6 +118,7 @@ impl State {
         promote_at: Option<Instant>,
         deadline: Option<Instant>,
         queue_capacity: usize,
+        progress: Option<ProgressSender>,
     ) -> Result<Receiver, AdmitError> {
         if self.closed {
             return Err(AdmitError::Draining {
@@ -134,6 +147,7 @@ impl State {
             promote_at,
             deadline,
             reply,
+            progress,
         };
         match priority {
             Priority::Interactive => {

@@ -18,7 +18,7 @@ use candle_core::Tensor;
 
 use super::queue::{Job, BATCH_ONLY_SHARE};
 use super::worker::Shared;
-use super::{JobError, JobOutput, Priority};
+use super::{JobError, JobOutput, Priority, Stage};
 use crate::metrics::RejectReason;
 use crate::models::{ModelError, StepGroup, StepModel, StepState};
 
@@ -63,8 +63,11 @@ pub(super) fn worker_loop(model: &dyn StepModel, shared: &Shared) {
         };
         for job in live_jobs(new_jobs, shared) {
             let started = Instant::now();
+            job.report(0, 1, Stage::Encode);
             match begin(model, shared, &job) {
                 Ok(sample) => {
+                    let (done, total) = sample.progress();
+                    job.report(done, total, Stage::Sampling);
                     shared.model_worked(started.elapsed(), [(job.priority, 1.0)]);
                     running.push(Running {
                         job,
@@ -255,6 +258,8 @@ fn step_group(model: &dyn StepModel, shared: &Shared, running: &mut [Running], i
                 let r = &mut running[i];
                 r.device_seconds += elapsed.as_secs_f64() * r.rows() as f64 / rows as f64;
                 r.batch_sum += indices.len();
+                let (done, total) = r.sample.progress();
+                r.job.report(done, total, Stage::Sampling);
             }
         }
         Err(e) if e.is_out_of_memory() && indices.len() > 1 => {
@@ -286,6 +291,8 @@ fn finish_done(model: &dyn StepModel, shared: &Shared, running: Vec<Running>) ->
             kept.push(r);
             continue;
         }
+        let (done, total) = r.sample.progress();
+        r.job.report(done, total, Stage::Decode);
         let decode_started = Instant::now();
         let image = finish(model, shared, r.sample.as_ref());
         let decode = decode_started.elapsed();

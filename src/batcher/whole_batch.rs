@@ -8,7 +8,7 @@ use candle_core::Tensor;
 
 use super::queue::Job;
 use super::worker::Shared;
-use super::{JobError, JobOutput};
+use super::{JobError, JobOutput, Stage};
 use crate::metrics::RejectReason;
 use crate::models::{ModelError, ModelInput, TryOnBatch, TryOnModel, MODEL_HEIGHT, MODEL_WIDTH};
 
@@ -78,6 +78,9 @@ pub(super) fn worker_loop(model: &dyn TryOnModel, shared: &Shared) {
 fn run_batch(model: &dyn TryOnModel, shared: &Shared, jobs: Vec<Job>) {
     let started = Instant::now();
     let n = jobs.len();
+    for job in &jobs {
+        job.report(0, 1, Stage::Sampling);
+    }
     let result = shared.model_call(|| forward(model, &jobs));
     // The device was busy for this batch whatever its outcome.
     shared.model_worked(started.elapsed(), jobs.iter().map(|j| (j.priority, 1.0)));
@@ -89,6 +92,7 @@ fn run_batch(model: &dyn TryOnModel, shared: &Shared, jobs: Vec<Job>) {
             m.batch_duration.observe(elapsed.as_secs_f64());
             shared.item_took(elapsed.as_secs_f64() / n as f64);
             for (job, image) in jobs.into_iter().zip(images) {
+                job.report(1, 1, Stage::Sampling);
                 let queue_time = started.saturating_duration_since(job.admitted_at);
                 let priority = job.priority.label();
                 m.queue_duration

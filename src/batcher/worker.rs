@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use super::queue::{Job, State};
 use super::{steps, whole_batch};
-use super::{AdmitError, BatcherConfig, JobError, Priority, Receiver, WorkerProgress};
+use super::{
+    AdmitError, BatcherConfig, JobError, Priority, ProgressSender, Receiver, WorkerProgress,
+};
 use crate::metrics::{Metrics, RejectReason};
 use crate::models::{LoadedModel, ModelError, ModelInput};
 
@@ -107,6 +109,7 @@ impl Shared {
         priority: Priority,
         promote_at: Option<Instant>,
         deadline: Option<Instant>,
+        progress: Option<ProgressSender>,
     ) -> Result<Receiver, AdmitError> {
         let mut state = self.lock();
         let receiver = state.admit(
@@ -115,6 +118,7 @@ impl Shared {
             promote_at,
             deadline,
             self.config.queue_capacity,
+            progress,
         )?;
         state.publish(&self.metrics);
         drop(state);

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::batcher::Priority;
+use crate::batcher::{Priority, Progress, Stage};
 
 pub use redis_store::RedisStore;
 pub use sqlite::SqliteStore;
@@ -128,6 +128,11 @@ pub struct JobRecord {
     /// again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// How far the run has got, as last published ([`JobStore::set_progress`]). Kept beside
+    /// the record, never in it, so that a progress write never races a cancel's rewrite of
+    /// the record; cleared each time the job is taken.
+    #[serde(skip)]
+    pub progress: Option<Progress>,
 }
 
 /// Reads stored options as one flat object: an older record's nested `params` object is
@@ -352,6 +357,9 @@ pub trait JobStore: Send + Sync {
         now_ms: i64,
         retention: Duration,
     ) -> StoreResult<Option<JobRecord>>;
+    /// Records how far a running job has got, if `lease` still holds it (a job that has ended
+    /// or been taken over keeps what it had).
+    fn set_progress(&self, id: &str, lease: &str, progress: Progress) -> StoreResult<()>;
     /// Deletes the data of jobs past their retention; returns how many expired.
     fn expire(&self, now_ms: i64) -> StoreResult<usize>;
     /// Jobs waiting to be claimed.
@@ -403,6 +411,24 @@ pub struct JobView {
     pub result_url: Option<String>,
     /// A running job was asked to cancel: it ends `cancelled`.
     pub cancel_requested: bool,
+    /// How far the job has got. A queued job reads `queued` (also after a restart put it
+    /// back), a succeeded one `done` = `total`.
+    pub progress: Progress,
+}
+
+/// The progress a status reports: a queued job's is `queued` whatever its last run reached
+/// (a restart or a drain put it back); a succeeded job's is complete.
+pub fn reported_progress(record: &JobRecord) -> Progress {
+    let last = record.progress.unwrap_or(Progress::QUEUED);
+    match record.status {
+        JobStatus::Queued => Progress::QUEUED,
+        JobStatus::Succeeded => Progress {
+            done: last.total,
+            total: last.total,
+            stage: Stage::EncodeOutput,
+        },
+        _ => last,
+    }
 }
 
 impl From<&JobRecord> for JobView {
@@ -420,6 +446,7 @@ impl From<&JobRecord> for JobView {
             result_url: (r.status == JobStatus::Succeeded)
                 .then(|| format!("/v1/jobs/{}/result", r.id)),
             cancel_requested: r.cancel_requested,
+            progress: reported_progress(r),
         }
     }
 }

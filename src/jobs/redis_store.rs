@@ -27,7 +27,7 @@ use super::{
     cancelled_record, finished_record, kept_result, webhook_body, ClaimedJob, Delivery, JobInputs,
     JobRecord, JobStatus, JobStore, NewJob, Outcome, StoreError, StoreResult, Submitted,
 };
-use crate::batcher::Priority;
+use crate::batcher::{Priority, Progress};
 
 const PREFIX: &str = "virtualfit";
 /// The consumer group every replica reads the job streams with.
@@ -134,6 +134,17 @@ if ARGV[10] ~= '' then redis.call('SET', ARGV[10], ARGV[7], 'PX', ARGV[9]) end
 return {0, ARGV[7]}
 ";
 
+/// KEYS: the job's hash. ARGV: the progress (JSON), the lease. Sets the hash's `progress`
+/// while the record is running under that lease; answers 1 when it did.
+const PROGRESS_SCRIPT: &str = r"
+local text = redis.call('HGET', KEYS[1], 'record')
+if not text then return 0 end
+local record = cjson.decode(text)
+if record.status ~= 'running' or record.lease ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+return 1
+";
+
 /// A job hash's record and inputs, as HMGET answers them.
 type StoredJob = (
     Option<String>,
@@ -230,6 +241,17 @@ impl RedisStore {
         con.hget(job_key(id), "record")
     }
 
+    /// The record and its progress (JSON each).
+    fn load_with_progress(
+        con: &mut Connection,
+        id: &str,
+    ) -> RedisResult<(Option<String>, Option<String>)> {
+        redis::cmd("HMGET")
+            .arg(job_key(id))
+            .arg(&["record", "progress"])
+            .query(con)
+    }
+
     /// The bytes of a job's inputs while they are kept.
     fn input_bytes(con: &mut Connection, id: &str) -> RedisResult<u64> {
         let bytes: Option<u64> = con.hget(job_key(id), "bytes")?;
@@ -284,6 +306,8 @@ impl RedisStore {
                 pipe.hset(&key, "record", to_json(&record))
                     .ignore()
                     .hset(&key, "status", record.status.as_str())
+                    .ignore()
+                    .hdel(&key, "progress")
                     .ignore();
                 let inputs = JobInputs {
                     person: person.into(),
@@ -391,9 +415,11 @@ impl JobStore for RedisStore {
     }
 
     fn get(&self, id: &str, now_ms: i64) -> StoreResult<Option<JobRecord>> {
-        let text = self.with_conn(|con| Self::load(con, id))?;
+        let (text, progress) = self.with_conn(|con| Self::load_with_progress(con, id))?;
         let Some(text) = text else { return Ok(None) };
         let mut record = from_json(&text)?;
+        // A malformed progress is only a progress lost.
+        record.progress = progress.and_then(|p| serde_json::from_str(&p).ok());
         if record.status.is_final() && record.expires_ms.is_some_and(|t| t <= now_ms) {
             record.status = JobStatus::Expired;
         }
@@ -626,6 +652,16 @@ impl JobStore for RedisStore {
             })
         })?;
         text.as_deref().map(from_json).transpose()
+    }
+
+    fn set_progress(&self, id: &str, lease: &str, progress: Progress) -> StoreResult<()> {
+        let text =
+            serde_json::to_string(&progress).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let script = redis::Script::new(PROGRESS_SCRIPT);
+        self.with_conn(|con| {
+            let _set: i64 = script.key(job_key(id)).arg(&text).arg(lease).invoke(con)?;
+            Ok(())
+        })
     }
 
     fn expire(&self, _now_ms: i64) -> StoreResult<usize> {

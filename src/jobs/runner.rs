@@ -1,6 +1,7 @@
 //! Runs asynchronous jobs: takes them from the store while the batcher has room for them,
 //! decodes their stored images through the pipeline, hands them to the batcher at their
-//! priority, and stores each result with its final status. Renews the claims' leases while they
+//! priority, and stores each result with its final status. Writes each job's progress, as the
+//! batcher reports it, to the store at a bounded rate. Renews the claims' leases while they
 //! run, and sweeps expired results. It speaks no HTTP: the server gives it its parts and tells
 //! it, through [`Gate`], whether work is taken.
 //!
@@ -12,13 +13,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{now_ms, ClaimedJob, JobFailure, JobStore, JobsSettings, Outcome, StoreError};
-use crate::batcher::{AdmitError, Batcher, JobError, Priority};
+use crate::batcher::{AdmitError, Batcher, JobError, Priority, Progress, ProgressSender, Stage};
 use crate::imaging::{ImageError, OutputFormat};
 use crate::metrics::{ActiveGuard, Metrics};
 use crate::pipeline::cpu::Cpu;
@@ -34,6 +35,10 @@ const STORE_CHECK: Duration = Duration::from_secs(1);
 const FULL_QUEUE_BACKOFF: Duration = Duration::from_millis(20);
 /// How long a stored image may wait for the decode budget.
 const DECODE_WAIT: Duration = Duration::from_secs(600);
+/// The least time between two progress writes of one job: a step model reports every step,
+/// and the store (Redis, which every replica's event streams read) gets the latest at most
+/// this often.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 /// Runs of a job that never ended (its server died each time) before it fails.
 const MAX_ATTEMPTS: u32 = 5;
 /// Tries at storing a job's end, the wait before the next growing by this each time.
@@ -327,11 +332,48 @@ async fn run_one(runner: &Runner, job: ClaimedJob) {
     } else {
         // Counted like a /tryon request from here: the KEDA gauges see all the work.
         let _active = ActiveGuard::new(&inner.metrics, job.record.priority.label());
-        execute(runner, &job).await
+        let (progress, watched) = watch::channel(Progress::QUEUED);
+        let publisher = tokio::spawn(publish_progress(
+            inner.store.clone(),
+            job.record.id.clone(),
+            job.lease.clone(),
+            watched,
+        ));
+        let ran = execute(runner, &job, &progress).await;
+        // The last progress is stored before the final status, so that it reads complete.
+        drop(progress);
+        let _ = publisher.await;
+        ran
     };
     match ran {
         Ran::NotRun => release(runner, &job.record.id, &job.lease).await,
         Ran::Done(outcome) => finish(runner, &job.record.id, &job.lease, outcome).await,
+    }
+}
+
+/// Writes a job's progress to the store as it changes, at most every [`PROGRESS_EVERY`]
+/// (only the latest value), until the run drops its sender; the last value is written too.
+async fn publish_progress(
+    store: Arc<dyn JobStore>,
+    id: String,
+    lease: String,
+    mut watched: watch::Receiver<Progress>,
+) {
+    let mut written = None;
+    loop {
+        let closed = watched.changed().await.is_err();
+        let latest = *watched.borrow_and_update();
+        if written != Some(latest) {
+            let (store, id2, lease2) = (store.clone(), id.clone(), lease.clone());
+            match call(move || store.set_progress(&id2, &lease2, latest)).await {
+                Ok(()) => written = Some(latest),
+                Err(e) => tracing::debug!(job = %id, error = %e, "cannot store the progress"),
+            }
+        }
+        if closed {
+            return;
+        }
+        tokio::time::sleep(PROGRESS_EVERY).await;
     }
 }
 
@@ -342,7 +384,7 @@ fn failure(code: &str, message: impl Into<String>) -> Ran {
     }))
 }
 
-async fn execute(runner: &Runner, job: &ClaimedJob) -> Ran {
+async fn execute(runner: &Runner, job: &ClaimedJob, progress: &ProgressSender) -> Ran {
     let record = &job.record;
     let options = match runner
         .pipeline
@@ -386,10 +428,12 @@ async fn execute(runner: &Runner, job: &ClaimedJob) -> Ran {
     let content = prepared.content;
     let receiver = loop {
         let age = record.age(now_ms());
-        match runner
-            .batcher
-            .submit_job(prepared.clone(), record.priority, age)
-        {
+        match runner.batcher.submit_job(
+            prepared.clone(),
+            record.priority,
+            age,
+            Some(progress.clone()),
+        ) {
             Ok(rx) => break rx,
             Err(AdmitError::QueueFull { .. }) => tokio::time::sleep(FULL_QUEUE_BACKOFF).await,
             Err(AdmitError::Draining { .. }) => return Ran::NotRun,
@@ -410,6 +454,10 @@ async fn execute(runner: &Runner, job: &ClaimedJob) -> Ran {
             .unwrap_or(runner.output_defaults.format),
         quality: record.quality,
     };
+    progress.send_modify(|p| {
+        p.done = p.total;
+        p.stage = Stage::EncodeOutput;
+    });
     let image = output.image;
     let encoded = cpu
         .run(move || crate::pipeline::encode_answer(&image, content, choice))

@@ -19,7 +19,7 @@ use super::{
     cancelled_record, finished_record, kept_result, webhook_body, ClaimedJob, Delivery, JobInputs,
     JobRecord, JobStatus, JobStore, NewJob, Outcome, StoreError, StoreResult, Submitted,
 };
-use crate::batcher::Priority;
+use crate::batcher::{Priority, Progress};
 
 /// The database's file name inside `--data-dir`.
 pub const DB_FILE: &str = "jobs.sqlite3";
@@ -69,6 +69,8 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("bytes", "INTEGER"),
     // The area of the person photo to repaint (the `mask` column is the garment mask).
     ("person_mask", "BLOB"),
+    // How far a running job has got (JSON), apart from the record: see JobRecord::progress.
+    ("progress", "TEXT"),
 ];
 
 pub struct SqliteStore {
@@ -372,7 +374,22 @@ impl JobStore for SqliteStore {
     fn get(&self, id: &str, now_ms: i64) -> StoreResult<Option<JobRecord>> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let mut record = load_record(&tx, id)?;
+        let row: Option<(String, Option<String>)> = tx
+            .query_row(
+                "SELECT record, progress FROM jobs WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let mut record = match row {
+            None => None,
+            Some((text, progress)) => {
+                let mut record = from_json(&text)?;
+                // A malformed progress is only a progress lost.
+                record.progress = progress.and_then(|p| serde_json::from_str(&p).ok());
+                Some(record)
+            }
+        };
         // Past its retention but not yet swept: already reported as expired.
         if let Some(r) = record.as_mut() {
             if r.status.is_final() && r.expires_ms.is_some_and(|t| t <= now_ms) {
@@ -474,7 +491,7 @@ impl JobStore for SqliteStore {
             record.lease = Some(lease.clone());
             write_record(&tx, &record)?;
             tx.execute(
-                "UPDATE jobs SET lease_until_ms = ?2 WHERE id = ?1",
+                "UPDATE jobs SET lease_until_ms = ?2, progress = NULL WHERE id = ?1",
                 params![record.id, until],
             )?;
             claimed.push(ClaimedJob {
@@ -558,6 +575,23 @@ impl JobStore for SqliteStore {
         }
         tx.commit()?;
         Ok(Some(record))
+    }
+
+    fn set_progress(&self, id: &str, lease: &str, progress: Progress) -> StoreResult<()> {
+        let text =
+            serde_json::to_string(&progress).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let holds = load_record(&tx, id)?
+            .is_some_and(|r| r.status == JobStatus::Running && r.lease.as_deref() == Some(lease));
+        if holds {
+            tx.execute(
+                "UPDATE jobs SET progress = ?2 WHERE id = ?1",
+                params![id, text],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn expire(&self, now_ms: i64) -> StoreResult<usize> {

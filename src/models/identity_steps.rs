@@ -22,7 +22,11 @@ pub struct Family;
 #[derive(serde::Deserialize)]
 struct Options {
     steps: usize,
+    step_ms: u64,
 }
+
+/// The longest pause a step may take, in milliseconds.
+const MAX_STEP_MS: u64 = 1000;
 
 impl ModelFamily for Family {
     fn name(&self) -> &'static str {
@@ -38,15 +42,26 @@ impl ModelFamily for Family {
     }
 
     fn options(&self, limits: &OptionLimits) -> Vec<OptionSpec> {
-        vec![OptionSpec {
-            name: "steps",
-            kind: OptionKind::Integer {
-                min: 1,
-                max: limits.max_steps.max(1) as u64,
-                default: 3.min(limits.max_steps.max(1)) as u64,
+        vec![
+            OptionSpec {
+                name: "steps",
+                kind: OptionKind::Integer {
+                    min: 1,
+                    max: limits.max_steps.max(1) as u64,
+                    default: 3.min(limits.max_steps.max(1)) as u64,
+                },
+                help: "Steps before the answer (at most --max-steps).",
             },
-            help: "Steps before the answer (at most --max-steps).",
-        }]
+            OptionSpec {
+                name: "step_ms",
+                kind: OptionKind::Integer {
+                    min: 0,
+                    max: MAX_STEP_MS,
+                    default: 0,
+                },
+                help: "Milliseconds each step takes, so that tests can watch a job's progress.",
+            },
+        ]
     }
 
     fn input(&self, _options: &RequestOptions) -> InputSpec {
@@ -72,6 +87,7 @@ struct Walk {
     image: Tensor,
     done: usize,
     total: usize,
+    step_ms: u64,
 }
 
 impl StepState for Walk {
@@ -123,10 +139,12 @@ impl StepModel for IdentitySteps {
             image: input.person.clone(),
             done: 0,
             total: options.steps,
+            step_ms: options.step_ms,
         }))
     }
 
     fn step(&self, states: &mut [&mut Box<dyn StepState>]) -> Result<(), ModelError> {
+        let mut pause = 0;
         for state in states.iter_mut() {
             let walk = state
                 .as_any_mut()
@@ -136,7 +154,9 @@ impl StepModel for IdentitySteps {
                 return Err(ModelError::WrongInput("a request with steps left".into()));
             }
             walk.done += 1;
+            pause = pause.max(walk.step_ms);
         }
+        std::thread::sleep(Duration::from_millis(pause));
         Ok(())
     }
 

@@ -341,12 +341,17 @@ pub fn job_record(
         options: None,
         owner: None,
         fingerprint: None,
+        progress: None,
     })
 }
 
 /// The job's record, after authentication; 404 for an id this server never made, and for
 /// another key's job.
-async fn find(state: &AppState, headers: &HeaderMap, id: &str) -> Result<JobRecord, ApiError> {
+pub(super) async fn find(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<JobRecord, ApiError> {
     let caller = check_id(state, headers, id)?;
     let store = state.inner.jobs.clone();
     let key = id.to_string();

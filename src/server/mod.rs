@@ -1,10 +1,13 @@
 //! The HTTP server: starting it (model, listeners, worker, job runner), its shared state, and
 //! its end (the SIGTERM drain). Routes live in [`routes`], `/tryon` in [`tryon`], the jobs API
-//! in [`jobs`], reading uploads in [`upload`], connection bounds in [`listener`], the
-//! stalled-worker rule of `/livez` in [`liveness`]. The images' way from bytes to the model is
+//! in [`jobs`], job event streams in [`events`], the try-on page in [`demo`], reading uploads in
+//! [`upload`], connection bounds in [`listener`], the stalled-worker rule of `/livez` in
+//! [`liveness`]. The images' way from bytes to the model is
 //! `crate::pipeline`'s; the job runner is `crate::jobs::runner`.
 
 pub mod auth;
+pub mod demo;
+pub mod events;
 pub mod jobs;
 pub mod listener;
 pub mod liveness;
@@ -90,6 +93,12 @@ struct Inner {
     keys: auth::Keys,
     /// Why the job store cannot record jobs now, if it cannot (the runner checks every second).
     store_fault: Arc<std::sync::Mutex<Option<String>>>,
+    /// Whether `/` serves the try-on page.
+    demo: bool,
+    /// The page's sample photos, when `--samples-dir` has them.
+    samples: Option<demo::Samples>,
+    /// The open job event streams.
+    event_streams: Arc<events::StreamSlots>,
 }
 
 impl Inner {
@@ -225,6 +234,15 @@ impl Server {
         };
         let background_cpu = Cpu::background()?;
         let job_wake = Arc::new(Notify::new());
+        let samples = settings.demo.as_deref().and_then(demo::Samples::load);
+        match (&settings.demo, &samples) {
+            (None, _) => tracing::info!("the try-on page is off (--demo off)"),
+            (Some(_), Some(_)) => tracing::info!("the try-on page is at /, with sample photos"),
+            (Some(dir), None) => tracing::info!(
+                samples_dir = %dir.display(),
+                "the try-on page is at /, upload only (no sample photos)"
+            ),
+        }
         let store_fault = Arc::new(std::sync::Mutex::new(None));
         let state = AppState {
             inner: Arc::new(Inner {
@@ -249,6 +267,9 @@ impl Server {
                 liveness: liveness::Liveness::new(settings.liveness_stall),
                 keys,
                 store_fault: store_fault.clone(),
+                demo: settings.demo.is_some(),
+                samples,
+                event_streams: events::StreamSlots::new(settings.events.clone(), metrics.clone()),
             }),
         };
         // Enough jobs in hand for the batch that runs and the next one; more would only wait

@@ -13,7 +13,7 @@ use utoipa::{Modify, OpenApi};
 use crate::jobs::webhook::WebhookConfig;
 use crate::models::OptionSpec;
 
-use super::{jobs, routes, tryon};
+use super::{events, jobs, routes, tryon};
 use crate::error::ErrorBody;
 
 #[derive(OpenApi)]
@@ -28,6 +28,7 @@ use crate::error::ErrorBody;
         jobs::status_handler,
         jobs::result_handler,
         jobs::cancel_handler,
+        events::events_handler,
         routes::livez,
         routes::readyz,
         routes::metrics,

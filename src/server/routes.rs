@@ -1,5 +1,6 @@
-//! The routers: the API (try-on, health, models, OpenAPI) and the separate metrics port, each
-//! with request ids, one tracing span per request and `X-Content-Type-Options: nosniff`.
+//! The routers: the API (try-on, jobs and their events, health, models, OpenAPI, and the try-on
+//! page unless `--demo off`) and the separate metrics port, each with request ids, one tracing
+//! span per request and `X-Content-Type-Options: nosniff`.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
@@ -29,12 +30,16 @@ pub fn api_router(state: AppState) -> Router {
             get(super::jobs::status_handler).delete(super::jobs::cancel_handler),
         )
         .route("/v1/jobs/{id}/result", get(super::jobs::result_handler))
+        .route("/v1/jobs/{id}/events", get(super::events::events_handler))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/v1/models", get(models))
         .route("/openapi.json", get(openapi));
     if !state.inner.metrics_port {
         router = router.route("/metrics", get(metrics));
+    }
+    if state.inner.demo {
+        router = router.merge(super::demo::router());
     }
     with_layers(router.with_state(state))
 }
@@ -156,6 +161,37 @@ pub struct ModelOption {
     #[schema(value_type = Object)]
     default: serde_json::Value,
     help: &'static str,
+    /// The least value of an `integer` or `number` (a form's bound).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    minimum: Option<f64>,
+    /// The greatest value of an `integer` or `number`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    maximum: Option<f64>,
+    /// The allowed words of a `string`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    choices: Option<Vec<&'static str>>,
+}
+
+impl ModelOption {
+    fn of(spec: &crate::models::OptionSpec) -> ModelOption {
+        use crate::models::OptionKind;
+        let (minimum, maximum, choices) = match &spec.kind {
+            OptionKind::Integer { min, max, .. } => (Some(*min as f64), Some(*max as f64), None),
+            OptionKind::Number { min, max, .. } => (Some(*min), Some(*max), None),
+            OptionKind::Choice { values, .. } => (None, None, Some(values.to_vec())),
+            OptionKind::Seed => (Some(0.0), None, None),
+        };
+        ModelOption {
+            name: spec.name,
+            r#type: spec.type_name(),
+            values: spec.bounds(),
+            default: spec.default_value(),
+            help: spec.help,
+            minimum,
+            maximum,
+            choices,
+        }
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -188,13 +224,7 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelsBody> {
                 .pipeline
                 .option_specs()
                 .iter()
-                .map(|o| ModelOption {
-                    name: o.name,
-                    r#type: o.type_name(),
-                    values: o.bounds(),
-                    default: o.default_value(),
-                    help: o.help,
-                })
+                .map(ModelOption::of)
                 .collect(),
         }],
         available: MODEL_NAMES.to_vec(),

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::redis_server::RedisServer;
-use virtualfit::batcher::Priority;
+use virtualfit::batcher::{Priority, Progress, Stage};
 use virtualfit::jobs::{
-    new_id, now_ms, JobInputs, JobRecord, JobStatus, JobStore, NewJob, Outcome, RedisStore,
-    SqliteStore, StoreError,
+    new_id, now_ms, JobInputs, JobRecord, JobStatus, JobStore, JobView, NewJob, Outcome,
+    RedisStore, SqliteStore, StoreError,
 };
 
 const RETENTION: Duration = Duration::from_secs(3600);
@@ -37,6 +37,7 @@ fn record(priority: Priority, created_ms: i64, webhook: Option<&str>) -> JobReco
         options: None,
         owner: None,
         fingerprint: None,
+        progress: None,
     }
 }
 
@@ -502,6 +503,80 @@ fn redis_claims_only_the_priorities_asked_for() {
     claims_only_the_priorities_asked_for(
         &RedisStore::open(&redis.url(), Duration::from_secs(60)).expect("open"),
     );
+}
+
+/// Progress is kept for the run that holds the job, cleared when the job is taken again, and
+/// kept once it has ended; a queued job reports `queued` whatever its last run reached.
+fn progress(store: &dyn JobStore) {
+    let now = now_ms();
+    let job = submit(store, Priority::Batch, now);
+    let sampling = |done| Progress {
+        done,
+        total: 4,
+        stage: Stage::Sampling,
+    };
+    let first = store.claim("w1", 1, now + 1).expect("claim").remove(0);
+    store
+        .set_progress(&job.id, &first.lease, sampling(2))
+        .expect("set");
+    let got = store.get(&job.id, now + 2).expect("get").expect("known");
+    assert_eq!(got.progress, Some(sampling(2)));
+    assert_eq!(JobView::from(&got).progress, sampling(2));
+    // Another lease (a run that lost the job) changes nothing.
+    store
+        .set_progress(&job.id, "w9/other", sampling(3))
+        .expect("set");
+    assert_eq!(
+        store
+            .get(&job.id, now + 2)
+            .expect("get")
+            .expect("known")
+            .progress,
+        Some(sampling(2))
+    );
+    // Put back (a drain): it reads queued; taken again, its old run's steps are gone.
+    store
+        .release(&job.id, &first.lease, now + 3, RETENTION)
+        .expect("release");
+    let queued = store.get(&job.id, now + 3).expect("get").expect("known");
+    assert_eq!(JobView::from(&queued).progress, Progress::QUEUED);
+    let second = store.claim("w2", 1, now + 4).expect("claim").remove(0);
+    let taken = store.get(&job.id, now + 4).expect("get").expect("known");
+    assert_eq!(taken.progress, None);
+    assert_eq!(JobView::from(&taken).progress, Progress::QUEUED);
+    store
+        .set_progress(&job.id, &second.lease, sampling(4))
+        .expect("set");
+    store
+        .finish(&job.id, &second.lease, succeeded(), now + 5, RETENTION)
+        .expect("finish")
+        .expect("set");
+    // Ended: no more writes, and the status reads complete.
+    store
+        .set_progress(&job.id, &second.lease, sampling(1))
+        .expect("set");
+    let done = store.get(&job.id, now + 6).expect("get").expect("known");
+    assert_eq!(done.progress, Some(sampling(4)));
+    assert_eq!(
+        JobView::from(&done).progress,
+        Progress {
+            done: 4,
+            total: 4,
+            stage: Stage::EncodeOutput
+        }
+    );
+}
+
+#[test]
+fn sqlite_keeps_the_progress_of_the_run_that_holds_the_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    progress(&SqliteStore::open(dir.path(), LEASE).expect("open"));
+}
+
+#[test]
+fn redis_keeps_the_progress_of_the_run_that_holds_the_job() {
+    let redis = RedisServer::start();
+    progress(&RedisStore::open(&redis.url(), Duration::from_secs(60)).expect("open"));
 }
 
 /// A job of `owner`'s with an idempotency key (already scoped) and a request fingerprint.

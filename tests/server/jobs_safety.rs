@@ -600,6 +600,7 @@ async fn a_receiver_that_never_answers_does_not_delay_another() {
             options: None,
             owner: None,
             fingerprint: None,
+            progress: None,
         };
         let id = record.id.clone();
         store

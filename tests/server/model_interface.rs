@@ -120,6 +120,12 @@ async fn a_step_model_serves_tryon_and_jobs_with_its_own_options() {
     assert_eq!(m["options"][0]["name"], "steps");
     assert_eq!(m["options"][0]["values"], "1..5");
     assert_eq!(m["options"][0]["default"], 3);
+    // The bounds as numbers too, for a form (the try-on page builds its own from them).
+    assert_eq!(
+        (&m["options"][0]["minimum"], &m["options"][0]["maximum"]),
+        (&serde_json::json!(1.0), &serde_json::json!(5.0))
+    );
+    assert!(m["options"][0].get("choices").is_none());
     assert!(
         !models["available"].to_string().contains(MODEL),
         "a test model is not listed: {models}"
