@@ -178,7 +178,9 @@ impl ModelOption {
         let (minimum, maximum, choices) = match &spec.kind {
             OptionKind::Integer { min, max, .. } => (Some(*min as f64), Some(*max as f64), None),
             OptionKind::Number { min, max, .. } => (Some(*min), Some(*max), None),
-            OptionKind::Choice { values, .. } => (None, None, Some(values.to_vec())),
+            OptionKind::Choice { .. } | OptionKind::Preset { .. } => {
+                (None, None, Some(spec.words()))
+            }
             OptionKind::Seed => (Some(0.0), None, None),
         };
         ModelOption {
