@@ -68,6 +68,8 @@ function optionField(option) {
     else input.placeholder = 'random';
   }
   input.id = `option-${option.name}`;
+  // Only changed fields are sent, so the server's defaults (a preset's among them) apply.
+  input.dataset.initial = input.value;
   const help = document.createElement('small');
   help.textContent = `${option.help} (${option.values})`;
   label.append(input, help);
@@ -209,8 +211,9 @@ async function tryOn(event) {
   form.append('cloth_image', chosen.cloth, 'cloth');
   form.append('priority', 'interactive');
   for (const option of chosen.model ? chosen.model.options : []) {
-    const value = $(`option-${option.name}`).value.trim();
-    if (value !== '') form.append(option.name, value);
+    const input = $(`option-${option.name}`);
+    const value = input.value.trim();
+    if (value !== '' && value !== input.dataset.initial) form.append(option.name, value);
   }
   $('submit').disabled = true;
   $('download').hidden = true;
