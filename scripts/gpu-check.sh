@@ -285,7 +285,7 @@ except OSError:
 what = "bf16 1024x768, random full-size weights" if gpu else "CPU rehearsal: f32 512x384, the tiny fixture model"
 print(f"\ncatvton ({what}); every row ran {measure} steps and is extrapolated to its own steps "
       f"(fixed part + steps x measured time per step); peak memory from nvidia-smi, CUDA context included")
-print(f"{'row':<34} {'batch':>5} {'s/image':>9} {'s/step':>8} {'fixed s':>8} {'peak MiB':>9} {'vs torch':>9}")
+print(f"{'row':<46} {'batch':>5} {'s/image':>9} {'s/step':>8} {'fixed s':>8} {'peak MiB':>9} {'vs torch':>9}")
 ours = {}
 try:
     lines = [l.rstrip("\n").split("\t") for l in open(os.path.join(out, "catvton-rows.tsv")) if l.strip()]
@@ -297,7 +297,7 @@ for name, batch, scheduler, steps, interval, flash, tag, status in lines:
     r = load(f"{tag}.json")
     ph = r.get("phases") if status == "ok" else None
     if not ph:
-        print(f"{label:<34} {batch:>5} {status}")
+        print(f"{label:<46} {batch:>5} {status}")
         continue
     total = ph["begin_s"] + steps * ph["step_s"] + ph["finish_s"]
     per_image = total / batch
@@ -305,14 +305,14 @@ for name, batch, scheduler, steps, interval, flash, tag, status in lines:
     t = torch_rows.get((name, batch))
     ratio = f"{per_image / t['per_image_s']:8.2f}x" if t else f"{'-':>9}"
     mem = peak(f"{tag}.mem")
-    print(f"{label:<34} {batch:>5} {per_image:9.2f} {ph['step_s']:8.3f} {ph['begin_s'] + ph['finish_s']:8.2f} "
+    print(f"{label:<46} {batch:>5} {per_image:9.2f} {ph['step_s']:8.3f} {ph['begin_s'] + ph['finish_s']:8.2f} "
           f"{mem if mem is not None else '-':>9} {ratio}")
 if torch_rows:
     tmem = peak("catvton-torch.mem")
     for (name, batch), t in torch_rows.items():
         label = f"torch {name} ({t['scheduler']} {t['steps']}{', DeepCache ' + str(t['cache_interval']) if t['cache_interval'] > 1 else ''})"
         pr = t.get("peak_reserved_mib")
-        print(f"{label:<34} {batch:>5} {t['per_image_s']:9.2f} {t['per_step_s']:8.3f} {t['fixed_s']:8.2f} "
+        print(f"{label:<46} {batch:>5} {t['per_image_s']:9.2f} {t['per_step_s']:8.3f} {t['fixed_s']:8.2f} "
               f"{(str(round(pr)) + ' (torch)') if pr else '-':>9}")
     print(f"official pipeline: torch {torch.get('torch')}, diffusers {torch.get('diffusers')}, "
           f"attention {', '.join(torch.get('attention_processors', []))}; nvidia-smi peak over its run: {tmem} MiB")

@@ -16,7 +16,7 @@ pub const THREADS_PER_BLOCK: usize = 256;
 
 /// The index in [`PADDED_HEAD_DIMS`] of the kernel for heads of `head_dim`, if one fits.
 pub fn padded_head_dim(head_dim: usize) -> Option<usize> {
-    if head_dim == 0 || head_dim % 2 != 0 {
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
         // The kernel reads the head's columns in pairs.
         return None;
     }
@@ -96,6 +96,7 @@ impl CustomOp3 for FlashAttention {
         use super::cuda::{
             launch, Scalar::F32, Scalar::I32, FLASH_ATTENTION_BF16, FLASH_ATTENTION_F16,
         };
+        use candle_core::backend::BackendStorage;
         let (groups, n_q, d) = lq.shape().dims3()?;
         let n_k = lk.shape().dims()[1];
         let shape = Shape::from((groups, n_q, d));
