@@ -23,6 +23,7 @@ use crate::models::MODEL_NAMES;
 pub fn api_router(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/tryon", post(super::tryon::tryon_handler))
+        .route("/v1/masks", post(super::masks::masks_handler))
         .route("/v1/jobs", post(super::jobs::submit_handler))
         .route(
             "/v1/jobs/{id}",
@@ -142,6 +143,9 @@ pub struct ModelEntry {
     licences: Vec<crate::models::Licence>,
     /// The request options the model takes, as form fields of `/tryon` and `/v1/jobs`.
     options: Vec<ModelOption>,
+    /// What draws the person mask a request does not send: `parsers` (human parsers) or
+    /// `drawn` (colours and layout); `null` when the model reads no person mask.
+    masker: Option<&'static str>,
 }
 
 /// One request option of the served model.
@@ -196,6 +200,7 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelsBody> {
                     help: o.help,
                 })
                 .collect(),
+            masker: inner.pipeline.masker_name(),
         }],
         available: MODEL_NAMES.to_vec(),
     })
