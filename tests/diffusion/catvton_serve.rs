@@ -33,7 +33,7 @@ async fn post_tryon(base: &str, form: Form) -> reqwest::Response {
 /// Each test here runs a CatVTON server that keeps both cores busy, and several hold timing
 /// bounds (a drain, a deadline): they take turns, as they did when each file was a binary of
 /// its own and still two of them could meet.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn model_dir() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/catvton/model").to_string()

@@ -7,3 +7,4 @@
 mod common;
 
 mod catvton_serve;
+mod masks_serve;
