@@ -97,6 +97,8 @@ struct BodyBudgetSpent;
 /// Streams the multipart body under the size limit, the body budget and the deadline, and
 /// keeps the image parts and the named `text_fields`. Without `need_cloth`, a missing garment
 /// photo reads as empty.
+// The limits are the settings' own fields, passed one by one so that tests can vary each.
+#[allow(clippy::too_many_arguments)]
 pub async fn read(
     headers: &HeaderMap,
     body: Body,
