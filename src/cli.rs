@@ -238,9 +238,19 @@ pub fn tryon(args: &TryOnArgs) -> anyhow::Result<()> {
     for seed in options.seeds(&family.options(&args.model.option_limits())) {
         eprintln!("seed {seed}");
     }
-    let input = pipeline::prepare_now(family, &parts, options, args.max_image_pixels)
-        .context("the images are not usable")?;
     let device = args.model.open_device()?;
+    let masker = choice.masker(&device)?;
+    family
+        .check_masker_options(&options, masker.is_some())
+        .map_err(anyhow::Error::msg)?;
+    let input = pipeline::prepare_now_masked(
+        family,
+        masker.as_deref(),
+        &parts,
+        options,
+        args.max_image_pixels,
+    )
+    .context("the images are not usable")?;
     // Its logs show warnings only: a download's progress goes to bars on a terminal.
     let model = choice.load(&device, &progress_reporter())?;
     let image = crate::models::run_one(&model, &input)?;

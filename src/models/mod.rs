@@ -16,6 +16,7 @@ pub mod registry;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
+use image::GrayImage;
 
 /// The GPU check: kernels, parity and speed on a lent card.
 pub use dmvton::gpu_check;
@@ -27,6 +28,22 @@ pub use options::{OptionKind, OptionLimits, OptionSpec, Preset, RequestOptions};
 pub use registry::{family, load, LoadRequest, ModelFamily, ModelFlags, WeightSource, MODEL_NAMES};
 
 use crate::ops::convert::{to_model_input, to_u8_images, InputKind};
+
+/// A loaded model of the area to repaint in the person photo (e.g. human parsers), which a
+/// family offers in place of its drawn mask. It runs on the CPU pool, on the device its weights
+/// were loaded onto.
+pub trait PersonMasker: Send + Sync {
+    /// What `/v1/models` and the log call it (`parsers`).
+    fn name(&self) -> &'static str;
+    /// The area to repaint (white) in the fitted person photo, for the request's options.
+    fn mask(&self, person: &image::RgbImage, options: &RequestOptions)
+        -> Result<GrayImage, String>;
+    /// The label maps it can show (`atr`, `lip`).
+    fn label_maps(&self) -> &'static [&'static str];
+    /// The label map `name` of the fitted person photo, one label per pixel as a grey level;
+    /// `None` when it has no such map.
+    fn label_map(&self, person: &image::RgbImage, name: &str) -> Result<Option<GrayImage>, String>;
+}
 
 /// The licence of one part of a model's weights, as the logs and `/v1/models` report it.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]

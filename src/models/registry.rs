@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::{
     catvton, dmvton, identity_steps, overlay, InputSpec, Licence, LoadedModel, ModelError,
-    OptionLimits, OptionSpec, RequestOptions,
+    OptionLimits, OptionSpec, PersonMasker, RequestOptions,
 };
 use crate::hub::{Hub, HubArgs, Reporter};
 
@@ -65,6 +65,23 @@ pub trait ModelFamily: Sync {
         _to: Option<&Path>,
     ) -> Result<Downloaded, ModelError> {
         Err(self.not_on_hub())
+    }
+    /// The masker its flags name (e.g. `--masker-source`), loaded onto `device`; `None`: the
+    /// drawn mask of [`InputSpec::person_mask`] serves.
+    fn masker(
+        &self,
+        _flags: &ModelFlags,
+        _device: &Device,
+    ) -> Result<Option<std::sync::Arc<dyn PersonMasker>>, ModelError> {
+        Ok(None)
+    }
+    /// Refuses options that only a loaded masker serves (`has_masker` says whether one is).
+    fn check_masker_options(
+        &self,
+        _options: &RequestOptions,
+        _has_masker: bool,
+    ) -> Result<(), String> {
+        Ok(())
     }
     /// The error for `--model-source hub` when the model has no repository there.
     fn not_on_hub(&self) -> ModelError {
@@ -370,6 +387,24 @@ impl ModelChoice {
         self.family()
             .map(|f| f.licences(&self.flags))
             .unwrap_or_default()
+    }
+
+    /// Loads the masker the flags name onto `device`, and logs which masker serves.
+    pub fn masker(
+        &self,
+        device: &Device,
+    ) -> Result<Option<std::sync::Arc<dyn PersonMasker>>, ModelError> {
+        let family = self.family()?;
+        let masker = family.masker(&self.flags, device)?;
+        if family
+            .input(&RequestOptions::default())
+            .person_mask
+            .is_some()
+        {
+            let name = masker.as_ref().map(|m| m.name()).unwrap_or("drawn");
+            tracing::info!(masker = name, "person mask: {name}");
+        }
+        Ok(masker)
     }
 
     /// Loads the model onto `device`, fetching its weights first from the hub when asked

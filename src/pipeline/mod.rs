@@ -17,7 +17,8 @@ use crate::imaging::{self, ImageError, OutputFormat, Probe};
 use crate::metrics::Metrics;
 use crate::models::input::Frame;
 use crate::models::{
-    InputSpec, ModelFamily, ModelInput, OptionLimits, OptionSpec, Rect, RequestOptions,
+    InputSpec, ModelFamily, ModelInput, OptionLimits, OptionSpec, PersonMasker, Rect,
+    RequestOptions,
 };
 use cpu::Cpu;
 
@@ -171,6 +172,8 @@ impl Probes {
 pub struct Pipeline {
     model: &'static dyn ModelFamily,
     options: Arc<Vec<OptionSpec>>,
+    /// The model's loaded masker of the person photo; `None`: its drawn mask.
+    masker: Option<Arc<dyn PersonMasker>>,
     max_pixels: u64,
     decode: DecodeBudget,
 }
@@ -185,9 +188,28 @@ impl Pipeline {
         Pipeline {
             options: Arc::new(model.options(&limits)),
             model,
+            masker: None,
             max_pixels,
             decode,
         }
+    }
+
+    /// The pipeline with the model's loaded masker, which replaces its drawn mask.
+    pub fn with_masker(mut self, masker: Option<Arc<dyn PersonMasker>>) -> Self {
+        self.masker = masker;
+        self
+    }
+
+    /// The loaded masker, if any.
+    pub fn masker(&self) -> Option<&Arc<dyn PersonMasker>> {
+        self.masker.as_ref()
+    }
+
+    /// Which masker makes the automatic person mask: the loaded one's name, `drawn`, or `None`
+    /// when the model reads no person mask.
+    pub fn masker_name(&self) -> Option<&'static str> {
+        self.default_input().person_mask?;
+        Some(self.masker.as_ref().map(|m| m.name()).unwrap_or("drawn"))
     }
 
     /// The served model.
@@ -210,7 +232,10 @@ impl Pipeline {
         &self,
         field: impl Fn(&str) -> Option<&'a str>,
     ) -> Result<RequestOptions, String> {
-        RequestOptions::parse(&self.options, field, rand::random)
+        let options = RequestOptions::parse(&self.options, field, rand::random)?;
+        self.model
+            .check_masker_options(&options, self.masker.is_some())?;
+        Ok(options)
     }
 
     /// Options stored with a job, checked again.
@@ -275,15 +300,77 @@ impl Pipeline {
         .map_err(|_| PrepareError::Busy)?
         .map_err(|_| PrepareError::Internal("the decode budget is closed".into()))?;
         let gauge = self.decode.metrics.decode_memory.clone();
+        let masker = self.masker.clone();
         // The permit goes with the work: if this request is abandoned meanwhile, the budget
         // is still held until the decoder has let go of its memory.
         cpu.run(move || {
             gauge.add(need as i64);
-            let prepared = decode_and_fit(&parts, &probes, &spec, options);
+            let prepared = decode_and_fit(&parts, &probes, &spec, masker.as_deref(), options);
             gauge.sub(need as i64);
             drop(permit);
             drop(parts);
             prepared
+        })
+        .await
+        .map_err(PrepareError::Internal)?
+    }
+}
+
+impl Pipeline {
+    /// The automatic person mask a request with `options` would get for this photo, at the
+    /// model's frame; or, with `labels`, the loaded masker's label map of that name. Decoded
+    /// and computed on `cpu` under the decode budget (waiting for it until `deadline`).
+    pub async fn automatic_mask(
+        &self,
+        person: Bytes,
+        options: RequestOptions,
+        labels: Option<String>,
+        deadline: Instant,
+        cpu: &Cpu,
+    ) -> Result<GrayImage, PrepareError> {
+        let spec = self.model.input(&options);
+        let mask_spec = spec
+            .person_mask
+            .ok_or_else(|| PrepareError::Internal("the model reads no person mask".into()))?;
+        let probe = imaging::probe(&person, self.max_pixels)?;
+        let need = probe.decode_bytes_for(spec.frame);
+        if need > self.decode.total {
+            return Err(ImageError::Invalid(format!(
+                "the {}x{} image needs {} MiB to decode, more than this server decodes at once ({} MiB)",
+                probe.width,
+                probe.height,
+                need >> 20,
+                self.decode.total >> 20
+            ))
+            .into());
+        }
+        let permit = tokio::time::timeout_at(
+            deadline,
+            self.decode
+                .semaphore
+                .clone()
+                .acquire_many_owned(budget_units(need)),
+        )
+        .await
+        .map_err(|_| PrepareError::Busy)?
+        .map_err(|_| PrepareError::Internal("the decode budget is closed".into()))?;
+        let gauge = self.decode.metrics.decode_memory.clone();
+        let masker = self.masker.clone();
+        cpu.run(move || {
+            gauge.add(need as i64);
+            let decoded = imaging::decode_probed_for(&person, &probe, spec.frame);
+            gauge.sub(need as i64);
+            drop(permit);
+            let (person, _) = (spec.fit_person)(&decoded?, spec.frame);
+            match (labels, masker) {
+                (Some(name), Some(masker)) => masker
+                    .label_map(&person, &name)
+                    .and_then(|map| map.ok_or_else(|| format!("no label map `{name}`"))),
+                (Some(name), None) => Err(format!("the drawn mask has no label map `{name}`")),
+                (None, Some(masker)) => masker.mask(&person, &options),
+                (None, None) => (mask_spec.draw)(&person, &options),
+            }
+            .map_err(PrepareError::Internal)
         })
         .await
         .map_err(PrepareError::Internal)?
@@ -296,6 +383,7 @@ pub fn decode_and_fit(
     parts: &ImageParts,
     probes: &Probes,
     spec: &InputSpec,
+    masker: Option<&dyn PersonMasker>,
     options: RequestOptions,
 ) -> Result<ModelInput, PrepareError> {
     let frame = spec.frame;
@@ -340,7 +428,13 @@ pub fn decode_and_fit(
             }
             Some((m.fit)(&mask, frame))
         }
-        (Some(m), _, _) => Some((m.draw)(&person, &options).map_err(PrepareError::Internal)?),
+        (Some(m), _, _) => Some(
+            match masker {
+                Some(masker) => masker.mask(&person, &options),
+                None => (m.draw)(&person, &options),
+            }
+            .map_err(PrepareError::Internal)?,
+        ),
     };
     let tensor_error = |e: candle_core::Error| {
         PrepareError::Image(ImageError::Invalid(format!("cannot convert image: {e}")))
@@ -369,9 +463,20 @@ pub fn prepare_now(
     options: RequestOptions,
     max_pixels: u64,
 ) -> Result<ModelInput, PrepareError> {
+    prepare_now_masked(model, None, parts, options, max_pixels)
+}
+
+/// [`prepare_now`] with the model's loaded masker, when there is one.
+pub fn prepare_now_masked(
+    model: &dyn ModelFamily,
+    masker: Option<&dyn PersonMasker>,
+    parts: &ImageParts,
+    options: RequestOptions,
+    max_pixels: u64,
+) -> Result<ModelInput, PrepareError> {
     let spec = model.input(&options);
     let probes = Probes::read(parts, max_pixels, spec.frame)?;
-    decode_and_fit(parts, &probes, &spec, options)
+    decode_and_fit(parts, &probes, &spec, masker, options)
 }
 
 #[cfg(test)]

@@ -196,6 +196,7 @@ async fn submit(state: &AppState, request: Request) -> Result<Response, (ApiErro
         Instant::now() + upload_settings.body_timeout,
         upload_settings.body_timeout,
         &text_fields(&inner.pipeline.option_names()),
+        true,
     )
     .await
     .map_err(|e| (e, true))?;

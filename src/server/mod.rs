@@ -11,6 +11,7 @@ pub mod events;
 pub mod jobs;
 pub mod listener;
 pub mod liveness;
+pub mod masks;
 pub mod openapi;
 pub mod readiness;
 pub mod request_id;
@@ -163,10 +164,12 @@ impl Server {
         let device = args.model.open_device()?;
         let device_name = crate::device::name(&device);
         let choice = settings.model.clone();
-        let model =
-            tokio::task::spawn_blocking(move || choice.load(&device, &crate::hub::Reporter::Log))
-                .await
-                .context("model loading panicked")??;
+        let (model, masker) = tokio::task::spawn_blocking(move || {
+            let model = choice.load(&device, &crate::hub::Reporter::Log)?;
+            Ok::<_, crate::models::ModelError>((model, choice.masker(&device)?))
+        })
+        .await
+        .context("model loading panicked")??;
         let family = settings.model.family()?;
         let model_name = model.name().to_string();
         let metrics = Metrics::new();
@@ -226,7 +229,8 @@ impl Server {
             settings.option_limits,
             upload.max_image_pixels,
             DecodeBudget::new(upload.max_decode_memory, metrics.clone()),
-        );
+        )
+        .with_masker(masker);
         let api_limits = settings.connections;
         let metrics_limits = ConnectionLimits {
             max_connections: METRICS_MAX_CONNECTIONS,

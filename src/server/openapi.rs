@@ -13,7 +13,7 @@ use utoipa::{Modify, OpenApi};
 use crate::jobs::webhook::WebhookConfig;
 use crate::models::OptionSpec;
 
-use super::{events, jobs, routes, tryon};
+use super::{events, jobs, masks, routes, tryon};
 use crate::error::ErrorBody;
 
 #[derive(OpenApi)]
@@ -24,6 +24,7 @@ use crate::error::ErrorBody;
     ),
     paths(
         tryon::tryon_handler,
+        masks::masks_handler,
         jobs::submit_handler,
         jobs::status_handler,
         jobs::result_handler,
@@ -38,6 +39,7 @@ use crate::error::ErrorBody;
     components(schemas(
         ErrorBody,
         tryon::TryOnForm,
+        masks::MaskForm,
         routes::ModelsBody,
         jobs::JobForm,
         crate::jobs::JobView
@@ -87,7 +89,7 @@ fn forms(
         .components
         .iter_mut()
         .flat_map(|c| c.schemas.iter_mut())
-        .filter(|(name, _)| matches!(name.as_str(), "JobForm" | "TryOnForm"))
+        .filter(|(name, _)| matches!(name.as_str(), "JobForm" | "TryOnForm" | "MaskForm"))
         .filter_map(|(name, schema)| match schema {
             RefOr::T(Schema::Object(o)) => Some((name, o)),
             _ => None,

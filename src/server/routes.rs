@@ -24,6 +24,7 @@ use crate::models::MODEL_NAMES;
 pub fn api_router(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/tryon", post(super::tryon::tryon_handler))
+        .route("/v1/masks", post(super::masks::masks_handler))
         .route("/v1/jobs", post(super::jobs::submit_handler))
         .route(
             "/v1/jobs/{id}",
@@ -147,6 +148,9 @@ pub struct ModelEntry {
     licences: Vec<crate::models::Licence>,
     /// The request options the model takes, as form fields of `/tryon` and `/v1/jobs`.
     options: Vec<ModelOption>,
+    /// What draws the person mask a request does not send: `parsers` (human parsers) or
+    /// `drawn` (colours and layout); `null` when the model reads no person mask.
+    masker: Option<&'static str>,
 }
 
 /// One request option of the served model.
@@ -228,6 +232,7 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelsBody> {
                 .iter()
                 .map(ModelOption::of)
                 .collect(),
+            masker: inner.pipeline.masker_name(),
         }],
         available: MODEL_NAMES.to_vec(),
     })

@@ -192,6 +192,7 @@ async fn tryon(
         body_deadline,
         settings.body_timeout,
         &inner.pipeline.option_names(),
+        true,
     )
     .await
     .map_err(Failure::mid_body)?;

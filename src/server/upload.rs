@@ -95,7 +95,10 @@ impl Upload {
 struct BodyBudgetSpent;
 
 /// Streams the multipart body under the size limit, the body budget and the deadline, and
-/// keeps the three image parts and the named `text_fields`.
+/// keeps the image parts and the named `text_fields`. Without `need_cloth`, a missing garment
+/// photo reads as empty.
+// The limits are the settings' own fields, passed one by one so that tests can vary each.
+#[allow(clippy::too_many_arguments)]
 pub async fn read(
     headers: &HeaderMap,
     body: Body,
@@ -104,6 +107,7 @@ pub async fn read(
     deadline: Instant,
     timeout: Duration,
     text_fields: &[&str],
+    need_cloth: bool,
 ) -> Result<Upload, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -173,8 +177,15 @@ pub async fn read(
     let (person, cloth, garment_mask, person_mask, fields) = parts;
     let person = person
         .ok_or_else(|| ApiError::BadRequest(format!("the `{PERSON_PART}` part is missing")))?;
-    let cloth =
-        cloth.ok_or_else(|| ApiError::BadRequest(format!("the `{CLOTH_PART}` part is missing")))?;
+    let cloth = match cloth {
+        Some(cloth) => cloth,
+        None if !need_cloth => Bytes::new(),
+        None => {
+            return Err(ApiError::BadRequest(format!(
+                "the `{CLOTH_PART}` part is missing"
+            )))
+        }
+    };
     let held = held.lock().unwrap_or_else(|p| p.into_inner()).take();
     Ok(Upload {
         person,
@@ -326,6 +337,7 @@ mod tests {
             Instant::now() + timeout,
             timeout,
             &[],
+            true,
         )
         .await
         .unwrap_or_else(|e| panic!("read: {e}"));

@@ -28,7 +28,8 @@ impl LabelMap {
 }
 
 /// The part of the outfit a mask frees for the new garment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MaskPart {
     Upper,
     Lower,

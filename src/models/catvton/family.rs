@@ -2,6 +2,7 @@
 //! (a folder or the hub), and step-by-step sampling as a [`StepModel`].
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
@@ -15,11 +16,15 @@ use super::{
     DEFAULT_GUIDANCE, DEFAULT_STEPS,
 };
 use crate::hub::{Hub, Reporter};
+use crate::models::automasker::schp::SchpParsers;
+use crate::models::automasker::{
+    cloth_agnostic_mask, HumanParsers, LabelMap, MaskPart, ParsedPerson,
+};
 use crate::models::registry::{required_dir, Downloaded};
 use crate::models::{
     InputSpec, Licence, LoadRequest, LoadedModel, ModelError, ModelFamily, ModelFlags, ModelInput,
-    OptionKind, OptionLimits, OptionSpec, PersonMaskSpec, Preset, RequestOptions, StepGroup,
-    StepModel, StepState, WarmUp, WeightSource,
+    OptionKind, OptionLimits, OptionSpec, PersonMaskSpec, PersonMasker, Preset, RequestOptions,
+    StepGroup, StepModel, StepState, WarmUp, WeightSource,
 };
 
 /// The largest guidance scale accepted: far past any useful value, it only bounds the input.
@@ -28,7 +33,7 @@ pub const MAX_GUIDANCE: f64 = 30.0;
 /// What a request asks for, read back from its checked options.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
 pub struct CatvtonOptions {
-    pub category: Category,
+    pub category: MaskPart,
     pub steps: usize,
     pub scheduler: SchedulerKind,
     pub guidance: f64,
@@ -106,10 +111,12 @@ impl ModelFamily for Family {
             OptionSpec {
                 name: "category",
                 kind: OptionKind::Choice {
-                    values: &["upper", "lower", "overall"],
+                    values: &["upper", "lower", "overall", "inner", "outer"],
                     default: "upper",
                 },
-                help: "The garment replaced; the drawn mask follows it.",
+                help: "The garment replaced; the automatic person mask follows it. `inner` and \
+                       `outer` (the layers of an upper outfit) need the human parsers \
+                       (--masker-source); the drawn mask knows `upper`, `lower` and `overall`.",
             },
             OptionSpec {
                 name: "mode",
@@ -231,6 +238,46 @@ impl ModelFamily for Family {
         true
     }
 
+    fn masker(
+        &self,
+        flags: &ModelFlags,
+        device: &Device,
+    ) -> Result<Option<Arc<dyn PersonMasker>>, ModelError> {
+        let Some(source) = flags.catvton.masker_source.as_deref() else {
+            return Ok(None);
+        };
+        let parsers = match source.strip_prefix("random:") {
+            // Test-only: seeded random weights, meaningless labels.
+            Some(seed) => {
+                let seed = seed.parse().map_err(|_| ModelError::Checkpoint {
+                    path: source.into(),
+                    reason: "--masker-source random:SEED takes a whole number".into(),
+                })?;
+                SchpParsers::random(seed, device)?
+            }
+            None => SchpParsers::load(Path::new(source), device)?,
+        };
+        Ok(Some(Arc::new(ParserMasker { parsers })))
+    }
+
+    fn check_masker_options(
+        &self,
+        options: &RequestOptions,
+        has_masker: bool,
+    ) -> Result<(), String> {
+        let part = CatvtonOptions::read(options)
+            .map_err(|e| e.to_string())?
+            .category;
+        match drawn_category(part) {
+            None if !has_masker => Err(format!(
+                "category `{}` needs the human parsers (--masker-source); the drawn mask knows \
+                 `upper`, `lower` and `overall`",
+                part.as_str()
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn download(
         &self,
         hub: &Hub,
@@ -276,13 +323,77 @@ fn fetch(
     sources::model_files(&resolved)
 }
 
-/// The area to repaint when the request sends none: drawn from the fitted person photo and
-/// the category.
+/// The area to repaint when the request sends none and no parsers are loaded: drawn from the
+/// fitted person photo and the category.
 fn draw_mask(person: &RgbImage, options: &RequestOptions) -> Result<GrayImage, String> {
-    let category = CatvtonOptions::read(options)
+    let part = CatvtonOptions::read(options)
         .map_err(|e| e.to_string())?
         .category;
+    let category = drawn_category(part)
+        .ok_or_else(|| format!("the drawn mask has no category `{}`", part.as_str()))?;
     Ok(auto_mask(person, category))
+}
+
+/// The drawn mask's category for a part; `inner` and `outer` have none.
+fn drawn_category(part: MaskPart) -> Option<Category> {
+    match part {
+        MaskPart::Upper => Some(Category::Upper),
+        MaskPart::Lower => Some(Category::Lower),
+        MaskPart::Overall => Some(Category::Overall),
+        MaskPart::Inner | MaskPart::Outer => None,
+    }
+}
+
+/// The official AutoMasker's way, without DensePose: both SCHP parsers label the fitted person
+/// photo (at the model's frame, as the official app masks at 768×1024), and
+/// [`cloth_agnostic_mask`] combines their maps with an all-background DensePose map.
+struct ParserMasker {
+    parsers: SchpParsers,
+}
+
+impl ParserMasker {
+    fn parse(&self, person: &RgbImage) -> Result<ParsedPerson, String> {
+        self.parsers
+            .parse(std::slice::from_ref(person))
+            .map_err(|e| format!("the human parsers failed: {e:#}"))?
+            .pop()
+            .ok_or_else(|| "the human parsers answered no label map".to_string())
+    }
+}
+
+impl PersonMasker for ParserMasker {
+    fn name(&self) -> &'static str {
+        "parsers"
+    }
+
+    fn mask(&self, person: &RgbImage, options: &RequestOptions) -> Result<GrayImage, String> {
+        let part = CatvtonOptions::read(options)
+            .map_err(|e| e.to_string())?
+            .category;
+        let parsed = self.parse(person)?;
+        let densepose = LabelMap::filled(parsed.atr.width, parsed.atr.height, 0);
+        cloth_agnostic_mask(&densepose, &parsed.lip, &parsed.atr, part)
+            .map_err(|e| format!("cannot combine the label maps: {e:#}"))
+    }
+
+    fn label_maps(&self) -> &'static [&'static str] {
+        &["atr", "lip"]
+    }
+
+    fn label_map(&self, person: &RgbImage, name: &str) -> Result<Option<GrayImage>, String> {
+        if !self.label_maps().contains(&name) {
+            return Ok(None);
+        }
+        let parsed = self.parse(person)?;
+        let map = if name == "atr" {
+            parsed.atr
+        } else {
+            parsed.lip
+        };
+        GrayImage::from_raw(map.width as u32, map.height as u32, map.labels)
+            .map(Some)
+            .ok_or_else(|| "a label map of the wrong length".to_string())
+    }
 }
 
 impl StepState for Sample {
@@ -470,7 +581,7 @@ mod tests {
     #[test]
     fn defaults_are_the_reference_settings() {
         let r = parse(&[]).expect("defaults");
-        assert_eq!(r.category, Category::Upper);
+        assert_eq!(r.category, MaskPart::Upper);
         assert_eq!(r.resolution, Resolution::Full);
         assert_eq!(
             r.params(),
@@ -497,7 +608,7 @@ mod tests {
             ("cache_branch", "11"),
         ])
         .expect("valid");
-        assert_eq!(r.category, Category::Lower);
+        assert_eq!(r.category, MaskPart::Lower);
         assert_eq!(r.resolution, Resolution::Half);
         assert_eq!(
             r.params(),

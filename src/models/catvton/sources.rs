@@ -49,6 +49,16 @@ pub struct CatvtonRepos {
     /// 512×384 `vitonhd-16k-512`, `dresscode-16k-512`).
     #[arg(long = "catvton-variant", env = "VIRTUALFIT_CATVTON_VARIANT", default_value = VARIANTS[0], value_parser = VARIANTS)]
     pub variant: String,
+    /// catvton: the human parsers of the automatic person mask, a folder holding
+    /// `exp-schp-201908301523-atr.pth` and `exp-schp-201908261155-lip.pth` (CatVTON's `SCHP/`);
+    /// without it the mask is drawn. `random:SEED` (seeded random weights, meaningless masks)
+    /// is for tests only.
+    #[arg(
+        long = "masker-source",
+        env = "VIRTUALFIT_MASKER_SOURCE",
+        value_name = "DIR"
+    )]
+    pub masker_source: Option<String>,
 }
 
 impl CatvtonRepos {
@@ -63,6 +73,9 @@ impl CatvtonRepos {
             if repo.id != default || repo.revision != "main" {
                 flags.push(format!("{flag} {repo}"));
             }
+        }
+        if let Some(source) = &self.masker_source {
+            flags.push(format!("--masker-source {source}"));
         }
         if self.variant != VARIANTS[0] {
             flags.push(format!("--catvton-variant {}", self.variant));

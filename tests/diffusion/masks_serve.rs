@@ -1,0 +1,213 @@
+//! CatVTON's person masker when serving: with `--masker-source random:0` (the test-only seeded
+//! parsers) `POST /v1/masks` answers the parsers' combined mask, the one `/tryon` samples with,
+//! and `inner`/`outer` are accepted; without parsers the drawn mask serves and `inner` is
+//! refused. The parsers cost about 10 s of CPU per photo, so each test runs them sparingly.
+
+use crate::catvton_serve::ONE_AT_A_TIME;
+use crate::common;
+
+use std::io::Cursor;
+use std::time::Duration;
+
+use common::{image_part, start};
+use image::{GrayImage, RgbImage};
+use reqwest::multipart::Form;
+use virtualfit::models::automasker::schp::SchpParsers;
+use virtualfit::models::automasker::{cloth_agnostic_mask, HumanParsers, LabelMap, MaskPart};
+use virtualfit::models::catvton::mask::auto_mask;
+use virtualfit::models::catvton::preprocess::resize_and_crop;
+use virtualfit::models::catvton::Category;
+
+/// The half-size frame, width × height.
+const FRAME: (u32, u32) = (384, 512);
+
+fn patient() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()
+        .expect("client")
+}
+
+async fn server(masker: Option<&str>) -> (virtualfit::server::Server, String) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/catvton/model");
+    let mut args = vec![
+        "--model",
+        "catvton",
+        "--model-dir",
+        dir,
+        "--request-timeout-s",
+        "300",
+        "--max-steps",
+        "2",
+    ];
+    if let Some(source) = masker {
+        args.extend_from_slice(&["--masker-source", source]);
+    }
+    start(&args).await
+}
+
+/// The first sample person, already at the half-size frame, so that fitting it is the
+/// identity and an uploaded mask of its size is used as sent.
+fn person() -> RgbImage {
+    let (name, _) = &common::pairs()[0];
+    let photo = image::load_from_memory(&common::fixture(&format!("person/{name}")))
+        .expect("a sample photo")
+        .to_rgb8();
+    resize_and_crop(&photo, FRAME.0, FRAME.1)
+}
+
+fn encode_png(image: impl Into<image::DynamicImage>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    image
+        .into()
+        .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .expect("PNG");
+    bytes
+}
+
+fn mask_form(person: &RgbImage, category: &str) -> Form {
+    Form::new()
+        .part(
+            "person_image",
+            image_part(encode_png(person.clone()), "image/png"),
+        )
+        .text("category", category.to_string())
+        .text("resolution", "512x384")
+}
+
+async fn post(base: &str, path: &str, form: Form) -> reqwest::Response {
+    patient()
+        .post(format!("{base}{path}"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("the server answers")
+}
+
+async fn gray_png(response: reqwest::Response) -> GrayImage {
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers().get("content-type").map(|v| v.as_bytes()),
+        Some(&b"image/png"[..])
+    );
+    let bytes = response.bytes().await.expect("body");
+    let image = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
+        .expect("a PNG")
+        .to_luma8();
+    assert_eq!(image.dimensions(), FRAME, "the model's frame");
+    image
+}
+
+async fn masker_reported(base: &str) -> serde_json::Value {
+    let models: serde_json::Value = patient()
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("JSON");
+    models["models"][0]["masker"].clone()
+}
+
+async fn tryon(base: &str, person: &RgbImage, mask: Option<&GrayImage>) -> RgbImage {
+    let (_, cloth) = &common::pairs()[0];
+    let mut form = Form::new()
+        .part(
+            "person_image",
+            image_part(encode_png(person.clone()), "image/png"),
+        )
+        .part(
+            "cloth_image",
+            image_part(common::fixture(&format!("cloth/{cloth}")), "image/jpeg"),
+        )
+        .text("resolution", "512x384")
+        .text("steps", "1")
+        .text("seed", "5");
+    if let Some(mask) = mask {
+        form = form.part(
+            "person_mask",
+            image_part(encode_png(mask.clone()), "image/png"),
+        );
+    }
+    let r = post(base, "/tryon?format=png", form).await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    image::load_from_memory(&r.bytes().await.expect("body"))
+        .expect("a PNG")
+        .to_rgb8()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_parsers_the_mask_is_the_parsers_combination_and_tryon_samples_with_it() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (_server, base) = server(Some("random:0")).await;
+    assert_eq!(masker_reported(&base).await, "parsers");
+    let person = person();
+
+    let served = gray_png(post(&base, "/v1/masks", mask_form(&person, "upper")).await).await;
+    // The same parsers in this process, on the same fitted photo.
+    let parsed = SchpParsers::random(0, &candle_core::Device::Cpu)
+        .expect("parsers")
+        .parse(std::slice::from_ref(&person))
+        .expect("parsed")
+        .remove(0);
+    let densepose = LabelMap::filled(FRAME.0 as usize, FRAME.1 as usize, 0);
+    let expected = cloth_agnostic_mask(&densepose, &parsed.lip, &parsed.atr, MaskPart::Upper)
+        .expect("combined");
+    assert!(served == expected, "/v1/masks answers the combined mask");
+    let drawn = auto_mask(&person, Category::Upper);
+    let differing = served
+        .pixels()
+        .zip(drawn.pixels())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(differing > 0, "the parsers' mask is not the drawn one");
+
+    // /tryon without a mask samples with the parsers' mask: the same answer as with it sent,
+    // another with the drawn mask sent.
+    let automatic = tryon(&base, &person, None).await;
+    assert!(automatic == tryon(&base, &person, Some(&served)).await);
+    assert!(automatic != tryon(&base, &person, Some(&drawn)).await);
+
+    // `inner` is accepted and the label maps are answered; unknown values are refused.
+    let inner = post(&base, "/v1/masks", mask_form(&person, "inner")).await;
+    assert_eq!(gray_png(inner).await.dimensions(), FRAME);
+    let atr =
+        gray_png(post(&base, "/v1/masks?labels=atr", mask_form(&person, "upper")).await).await;
+    assert_eq!(atr.as_raw(), &parsed.atr.labels);
+    for (path, category) in [
+        ("/v1/masks", "hat"),
+        ("/v1/masks?labels=densepose", "upper"),
+    ] {
+        let r = post(&base, path, mask_form(&person, category)).await;
+        assert_eq!(r.status(), 400, "{path} {category}");
+        let body: serde_json::Value = r.json().await.expect("an error body");
+        assert_eq!(body["error"], "bad_request", "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_parsers_the_drawn_mask_serves_and_inner_is_refused() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (_server, base) = server(None).await;
+    assert_eq!(masker_reported(&base).await, "drawn");
+    let person = person();
+    let served = gray_png(post(&base, "/v1/masks", mask_form(&person, "lower")).await).await;
+    assert!(served == auto_mask(&person, Category::Lower));
+    for category in ["inner", "outer"] {
+        let r = post(&base, "/v1/masks", mask_form(&person, category)).await;
+        assert_eq!(r.status(), 400);
+        let text = r.text().await.expect("body");
+        assert!(text.contains("--masker-source"), "{text}");
+    }
+    let r = post(&base, "/v1/masks?labels=atr", mask_form(&person, "upper")).await;
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_without_a_person_mask_has_no_masks_endpoint() {
+    let (_server, base) = start(&["--model", "overlay"]).await;
+    assert!(masker_reported(&base).await.is_null());
+    let r = post(&base, "/v1/masks", mask_form(&person(), "upper")).await;
+    assert_eq!(r.status(), 404);
+}
