@@ -77,7 +77,8 @@ pub(super) fn kernels(weight: &[f32], co: usize, ci: usize) -> Vec<f32> {
     let mut u = vec![0f32; ALPHA2 * co * ci];
     let u_ptr = OutPtr(u.as_mut_ptr());
     (0..co).into_par_iter().for_each(|o| {
-        let u_ptr = u_ptr;
+        // The whole `OutPtr` (Sync), not its raw pointer field, goes into the closure.
+        let dst = u_ptr;
         for c in 0..ci {
             let g = &weight[(o * ci + c) * 9..(o * ci + c) * 9 + 9];
             // G·g, column by column: 6×3.
@@ -92,7 +93,7 @@ pub(super) fn kernels(weight: &[f32], co: usize, ci: usize) -> Vec<f32> {
                 for (j, v) in kernel_transform(*row).iter().enumerate() {
                     // SAFETY: the index is inside `u` (i·6 + j < 36, o < Co, c < Ci), and
                     // only the task of output channel `o` writes row `o` of each block.
-                    unsafe { *u_ptr.0.add(((i * ALPHA + j) * co + o) * ci + c) = *v };
+                    unsafe { *dst.0.add(((i * ALPHA + j) * co + o) * ci + c) = *v };
                 }
             }
         }
