@@ -346,7 +346,8 @@ mod tests {
     #[test]
     fn precomputed_winograd_weights_give_the_same_output() -> Result<()> {
         let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1.0, (2, 24, 13, 10), &dev)?;
+        // 2·26·10 output pixels: enough for `conv2d_fused` to take the Winograd path too.
+        let x = Tensor::randn(0f32, 1.0, (2, 24, 26, 10), &dev)?;
         let wt = Tensor::randn(0f32, 1.0, (7, 24, 3, 3), &dev)?;
         let b = Tensor::randn(0f32, 1.0, 7, &dev)?;
         assert!(winograd_applies(&wt, 1, 1));
