@@ -1,8 +1,9 @@
-//! `virtualfit bench`: the HTTP load generator (`http`), the throughput–latency sweep (`sweep`)
-//! and the raw model timing (`model`). A run's load shape and samples live in `load`, the
-//! server-side figures read from `/metrics` in `scrape`, and the report built from both in
-//! `report`.
+//! `virtualfit bench`: the HTTP load generator (`http`), the throughput–latency sweep (`sweep`),
+//! the raw model timing (`model`) and CatVTON's stages (`catvton-stages`, in `catvton`). A
+//! run's load shape and samples live in `load`, the server-side figures read from `/metrics`
+//! in `scrape`, and the report built from both in `report`.
 
+pub mod catvton;
 pub mod http;
 pub mod load;
 pub mod model;
@@ -64,6 +65,8 @@ pub enum BenchCommand {
     Sweep(sweep::SweepArgs),
     /// Time a model's forward pass on random (or fixture) inputs, without HTTP.
     Model(model::ModelBenchArgs),
+    /// Time CatVTON's networks stage by stage (UNet step, VAE encode and decode) at 512×384.
+    CatvtonStages(catvton::CatvtonStagesArgs),
 }
 
 /// How open-loop arrivals are spaced.
@@ -374,5 +377,6 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             rt.block_on(sweep::run(&a))
         }
         BenchCommand::Model(a) => model::run(&a),
+        BenchCommand::CatvtonStages(a) => catvton::run(&a),
     }
 }

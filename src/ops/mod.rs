@@ -43,12 +43,14 @@ pub mod cuda;
 pub mod depthwise;
 pub mod flash_attention;
 pub mod grid_sample;
+pub mod group_norm;
 pub mod resize;
 
 pub use conv::{conv2d_fused, conv2d_winograd, winograd_applies, winograd_weights, ConvActivation};
 pub use correlation::correlation;
 pub use depthwise::depthwise_conv3x3;
 pub use grid_sample::{grid_sample, GridPadding};
+pub use group_norm::group_norm;
 pub use resize::resize_bilinear;
 
 use candle_core::{CpuStorage, Layout, Result};

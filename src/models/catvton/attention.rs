@@ -11,7 +11,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
+
+use super::layers::GroupNorm;
 
 use super::fused_attention::fused_attention;
 use crate::ops::flash_attention;
@@ -193,12 +195,7 @@ impl Attention {
             to_k: linear_named(channels, channels, true, &["to_k", "key"], &vb)?,
             to_v: linear_named(channels, channels, true, &["to_v", "value"], &vb)?,
             to_out: linear_named(channels, channels, true, &["to_out.0", "proj_attn"], &vb)?,
-            group_norm: Some(candle_nn::group_norm(
-                groups,
-                channels,
-                1e-6,
-                vb.pp("group_norm"),
-            )?),
+            group_norm: Some(GroupNorm::new(vb.pp("group_norm"), groups, channels, 1e-6)?),
             heads: 1,
             scale: 1.0 / (channels as f64).sqrt(),
             residual: true,

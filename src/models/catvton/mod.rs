@@ -14,6 +14,7 @@ pub mod config;
 pub mod deep_cache;
 pub mod family;
 pub mod fused_attention;
+pub mod layers;
 pub mod mask;
 pub mod preprocess;
 pub mod resnet;

@@ -1,7 +1,9 @@
 //! diffusers' `ResnetBlock2D`, `Downsample2D` and `Upsample2D`, shared by the UNet and the VAE.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
+
+use super::layers::{Conv2d, GroupNorm};
 
 fn conv(
     vb: VarBuilder,
@@ -11,17 +13,7 @@ fn conv(
     padding: usize,
     stride: usize,
 ) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding,
-        stride,
-        ..Default::default()
-    };
-    candle_nn::conv2d(c_in, c_out, k, cfg, vb)
-}
-
-/// `silu(norm(x))`, the pre-activation every block uses.
-fn norm_silu(norm: &GroupNorm, x: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::silu(&norm.forward(x)?)
+    Conv2d::new(vb, c_in, c_out, k, padding, stride)
 }
 
 /// Two 3×3 convolutions with group norms and SiLU, an optional timestep projection added
@@ -51,13 +43,13 @@ impl ResnetBlock2D {
     pub fn new(vb: VarBuilder, cfg: ResnetConfig) -> Result<Self> {
         let (c_in, c_out) = (cfg.in_channels, cfg.out_channels);
         Ok(Self {
-            norm1: candle_nn::group_norm(cfg.groups, c_in, cfg.eps, vb.pp("norm1"))?,
+            norm1: GroupNorm::new(vb.pp("norm1"), cfg.groups, c_in, cfg.eps)?,
             conv1: conv(vb.pp("conv1"), c_in, c_out, 3, 1, 1)?,
             time_emb_proj: cfg
                 .temb_channels
                 .map(|t| candle_nn::linear(t, c_out, vb.pp("time_emb_proj")))
                 .transpose()?,
-            norm2: candle_nn::group_norm(cfg.groups, c_out, cfg.eps, vb.pp("norm2"))?,
+            norm2: GroupNorm::new(vb.pp("norm2"), cfg.groups, c_out, cfg.eps)?,
             conv2: conv(vb.pp("conv2"), c_out, c_out, 3, 1, 1)?,
             conv_shortcut: (c_in != c_out)
                 .then(|| conv(vb.pp("conv_shortcut"), c_in, c_out, 1, 0, 1))
@@ -67,12 +59,12 @@ impl ResnetBlock2D {
 
     /// `x: B×C×H×W`; `temb: B×T`, one row per batch item (each may be at its own timestep).
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let mut h = self.conv1.forward(&norm_silu(&self.norm1, x)?)?;
+        let mut h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(&candle_nn::ops::silu(temb)?)?;
             h = h.broadcast_add(&t.unsqueeze(2)?.unsqueeze(3)?)?;
         }
-        let h = self.conv2.forward(&norm_silu(&self.norm2, &h)?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         match &self.conv_shortcut {
             Some(shortcut) => shortcut.forward(x)? + h,
             None => x + h,

@@ -5,7 +5,9 @@
 //! computes `h + norm2(h)`; `attn2`'s weights are never read.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use super::layers::{Conv2d, GroupNorm};
 
 use super::attention::Attention;
 
@@ -78,16 +80,15 @@ pub struct Transformer2DModel {
 
 impl Transformer2DModel {
     pub fn new(vb: VarBuilder, channels: usize, heads: usize, groups: usize) -> Result<Self> {
-        let one = Conv2dConfig::default();
         Ok(Self {
-            norm: candle_nn::group_norm(groups, channels, 1e-6, vb.pp("norm"))?,
-            proj_in: candle_nn::conv2d(channels, channels, 1, one, vb.pp("proj_in"))?,
+            norm: GroupNorm::new(vb.pp("norm"), groups, channels, 1e-6)?,
+            proj_in: Conv2d::new(vb.pp("proj_in"), channels, channels, 1, 0, 1)?,
             block: BasicTransformerBlock::new(
                 vb.pp("transformer_blocks").pp("0"),
                 channels,
                 heads,
             )?,
-            proj_out: candle_nn::conv2d(channels, channels, 1, one, vb.pp("proj_out"))?,
+            proj_out: Conv2d::new(vb.pp("proj_out"), channels, channels, 1, 0, 1)?,
         })
     }
 

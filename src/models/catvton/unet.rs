@@ -8,10 +8,11 @@
 //! ([`UNet::forward_shallow`]).
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use super::blocks::{BlockShape, DownBlock, LevelConfig, MidBlock, UpBlock};
 use super::config::UNetConfig;
+use super::layers::{Conv2d, GroupNorm};
 
 /// The sinusoidal timestep embedding (`Timesteps`) followed by `TimestepEmbedding`'s two
 /// linear layers.
@@ -80,11 +81,7 @@ pub struct UNet {
 }
 
 fn conv3(vb: VarBuilder, c_in: usize, c_out: usize) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: 1,
-        ..Default::default()
-    };
-    candle_nn::conv2d(c_in, c_out, 3, cfg, vb)
+    Conv2d::new(vb, c_in, c_out, 3, 1, 1)
 }
 
 impl UNet {
@@ -157,11 +154,11 @@ impl UNet {
             down_blocks,
             mid_block,
             up_blocks,
-            conv_norm_out: candle_nn::group_norm(
+            conv_norm_out: GroupNorm::new(
+                vb.pp("conv_norm_out"),
                 config.norm_num_groups,
                 c0,
                 config.norm_eps,
-                vb.pp("conv_norm_out"),
             )?,
             conv_out: conv3(vb.pp("conv_out"), c0, config.out_channels)?,
             dtype: vb.dtype(),
@@ -324,7 +321,7 @@ impl UNet {
     }
 
     fn output(&self, h: &Tensor) -> Result<Tensor> {
-        let h = candle_nn::ops::silu(&self.conv_norm_out.forward(h)?)?;
+        let h = self.conv_norm_out.forward_silu(h)?;
         self.conv_out.forward(&h)
     }
 }

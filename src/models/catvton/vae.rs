@@ -2,21 +2,18 @@
 //! latents, the decoder turns latents back into an image.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::attention::Attention;
 use super::config::VaeConfig;
+use super::layers::{Conv2d, GroupNorm};
 use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 
 /// The VAE's group norms all use this epsilon.
 const EPS: f64 = 1e-6;
 
 fn conv(vb: VarBuilder, c_in: usize, c_out: usize, k: usize) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: k / 2,
-        ..Default::default()
-    };
-    candle_nn::conv2d(c_in, c_out, k, cfg, vb)
+    Conv2d::new(vb, c_in, c_out, k, k / 2, 1)
 }
 
 fn resnet(vb: VarBuilder, c_in: usize, c_out: usize, groups: usize) -> Result<ResnetBlock2D> {
@@ -90,14 +87,13 @@ struct Head {
 impl Head {
     fn new(vb: &VarBuilder, c_in: usize, c_out: usize, groups: usize) -> Result<Self> {
         Ok(Self {
-            norm: candle_nn::group_norm(groups, c_in, EPS, vb.pp("conv_norm_out"))?,
+            norm: GroupNorm::new(vb.pp("conv_norm_out"), groups, c_in, EPS)?,
             conv: conv(vb.pp("conv_out"), c_in, c_out, 3)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.conv
-            .forward(&candle_nn::ops::silu(&self.norm.forward(x)?)?)
+        self.conv.forward(&self.norm.forward_silu(x)?)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Dense 2-D convolution (square kernel, zero padding) with the bias and the activation fused
 //! in: the ops and what their CPU paths share. On the CPU a convolution runs as banded im2col
 //! and one GEMM per band (`im2col.rs`), or, for 3×3 stride-1 convolutions with enough input
-//! channels, as Winograd F(4×4, 3×3) (`winograd.rs`); elsewhere through candle, then one fused
+//! channels and (unless the weight comes transformed) enough output pixels, as Winograd
+//! F(4×4, 3×3) (`winograd.rs`); elsewhere through candle, then one fused
 //! bias and activation pass ([`bias_activation`]).
 
 mod im2col;
@@ -324,7 +325,7 @@ impl CustomOp3 for Conv2dFused {
         let bias = contiguous_f32(s3, l3, "conv2d_fused")?;
         let out = if self.winograd_weights {
             winograd::winograd_cpu(input, weight, bias, g, self.activation)
-        } else if winograd::applies(&g) {
+        } else if winograd::pays_per_call(&g) {
             let u = winograd::kernels(weight, co, ci);
             winograd::winograd_cpu(input, &u, bias, g, self.activation)
         } else {
@@ -418,7 +419,12 @@ mod tests {
                 let x = Tensor::randn(0f32, 2.0, dims, &dev)?;
                 let wt = Tensor::randn(0f32, 1.0, (co, dims.1, k, k), &dev)?;
                 let b = Tensor::randn(0f32, 1.0, co, &dev)?;
-                let got = conv2d_fused(&x, &wt, &b, s, pad, act)?;
+                let mut outputs = vec![conv2d_fused(&x, &wt, &b, s, pad, act)?];
+                // Small images take im2col in `conv2d_fused`; the Winograd path is checked
+                // at every size through the transformed weight.
+                if winograd_applies(&wt, s, pad) {
+                    outputs.push(conv2d_winograd(&x, &winograd_weights(&wt)?, &b, act)?);
+                }
                 let (want, scale, ho, wo) = naive(
                     &x.flatten_all()?.to_vec1()?,
                     &wt.flatten_all()?.to_vec1()?,
@@ -430,14 +436,16 @@ mod tests {
                     pad,
                     act,
                 );
-                assert_eq!(got.dims(), &[dims.0, co, ho, wo]);
-                let got: Vec<f32> = got.flatten_all()?.to_vec1()?;
-                // Winograd F(4×4, 3×3) rounds to a few 1e-6 of the terms' magnitude.
-                for ((g, r), m) in got.iter().zip(&want).zip(&scale) {
-                    assert!(
-                        (g - r).abs() <= 2e-5 * (1.0 + m),
-                        "{dims:?} k{k} s{s}: {g} vs {r} (scale {m})"
-                    );
+                for got in outputs {
+                    assert_eq!(got.dims(), &[dims.0, co, ho, wo]);
+                    let got: Vec<f32> = got.flatten_all()?.to_vec1()?;
+                    // Winograd F(4×4, 3×3) rounds to a few 1e-6 of the terms' magnitude.
+                    for ((g, r), m) in got.iter().zip(&want).zip(&scale) {
+                        assert!(
+                            (g - r).abs() <= 2e-5 * (1.0 + m),
+                            "{dims:?} k{k} s{s}: {g} vs {r} (scale {m})"
+                        );
+                    }
                 }
             }
         }

@@ -11,10 +11,22 @@ use super::{bands_per_image, gemm_rows, Conv2dFused, ConvActivation, Geometry, O
 /// Input channels from which the transforms pay off.
 const MIN_CHANNELS: usize = 16;
 
+/// Output pixels (over the batch) from which transforming the weight on each call pays off:
+/// the transform costs about as much per input–output channel pair as 36 output pixels of
+/// the direct GEMM save. Below it (the UNet's deepest levels, 16×6 at 512×384) the banded
+/// im2col path is faster.
+const MIN_PIXELS_PER_CALL: usize = 512;
+
 /// Whether the Winograd path applies to a convolution: a 3×3 kernel, stride 1, padding 1 and
 /// enough input channels.
 pub(super) fn applies(g: &Geometry) -> bool {
     g.k == 3 && g.stride == 1 && g.padding == 1 && g.ci >= MIN_CHANNELS
+}
+
+/// Whether a convolution whose weight is not yet transformed should take the Winograd path:
+/// [`applies`], and enough output pixels to repay the weight transform.
+pub(super) fn pays_per_call(g: &Geometry) -> bool {
+    applies(g) && g.n * g.ho * g.wo >= MIN_PIXELS_PER_CALL
 }
 
 /// Output tile size of F(4×4, 3×3).
@@ -58,10 +70,15 @@ fn output_transform([m0, m1, m2, m3, m4, m5]: [f32; ALPHA]) -> [f32; TILE] {
     [m0 + a + c, b + 2.0 * d, a + 4.0 * c, b + 8.0 * d + m5]
 }
 
-/// The 36 transformed kernels `U = G·g·Gᵀ`, as `36 × Co × Ci`.
+/// The 36 transformed kernels `U = G·g·Gᵀ`, as `36 × Co × Ci`. The output channels are
+/// transformed in parallel: for the UNet's 1280-channel convolutions this is 59 M values a
+/// call.
 pub(super) fn kernels(weight: &[f32], co: usize, ci: usize) -> Vec<f32> {
     let mut u = vec![0f32; ALPHA2 * co * ci];
-    for o in 0..co {
+    let u_ptr = OutPtr(u.as_mut_ptr());
+    (0..co).into_par_iter().for_each(|o| {
+        // The whole `OutPtr` (Sync), not its raw pointer field, goes into the closure.
+        let dst = u_ptr;
         for c in 0..ci {
             let g = &weight[(o * ci + c) * 9..(o * ci + c) * 9 + 9];
             // G·g, column by column: 6×3.
@@ -74,11 +91,13 @@ pub(super) fn kernels(weight: &[f32], co: usize, ci: usize) -> Vec<f32> {
             }
             for (i, row) in gg.iter().enumerate() {
                 for (j, v) in kernel_transform(*row).iter().enumerate() {
-                    u[((i * ALPHA + j) * co + o) * ci + c] = *v;
+                    // SAFETY: the index is inside `u` (i·6 + j < 36, o < Co, c < Ci), and
+                    // only the task of output channel `o` writes row `o` of each block.
+                    unsafe { *dst.0.add(((i * ALPHA + j) * co + o) * ci + c) = *v };
                 }
             }
         }
-    }
+    });
     u
 }
 
@@ -327,7 +346,8 @@ mod tests {
     #[test]
     fn precomputed_winograd_weights_give_the_same_output() -> Result<()> {
         let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1.0, (2, 24, 13, 10), &dev)?;
+        // 2·26·10 output pixels: enough for `conv2d_fused` to take the Winograd path too.
+        let x = Tensor::randn(0f32, 1.0, (2, 24, 26, 10), &dev)?;
         let wt = Tensor::randn(0f32, 1.0, (7, 24, 3, 3), &dev)?;
         let b = Tensor::randn(0f32, 1.0, 7, &dev)?;
         assert!(winograd_applies(&wt, 1, 1));
