@@ -51,7 +51,7 @@ pub struct ModelArgs {
     /// precision is for GPUs; the CPU has no bf16 matrix product).
     #[arg(long, env = "VIRTUALFIT_DTYPE", default_value = "f32", value_parser = parse_dtype)]
     pub dtype: candle_core::DType,
-    /// CatVTON's self-attention through our flash-attention kernel (CUDA, f16/bf16 only; an
+    /// Diffusion models' self-attention through our flash-attention kernel (CUDA, f16/bf16 only; an
     /// error elsewhere). Off until a card has verified it with scripts/gpu-check.sh.
     #[arg(long, env = "VIRTUALFIT_FLASH_ATTENTION", default_value = "off", value_parser = parse_switch, action = clap::ArgAction::Set)]
     pub flash_attention: bool,
@@ -84,12 +84,8 @@ impl ModelArgs {
     pub fn open_device(&self) -> Result<candle_core::Device, crate::device::DeviceError> {
         crate::device::set_tf32(self.allow_tf32);
         let device = crate::device::select(self.device)?;
-        crate::models::catvton::attention::enable_flash_attention(
-            self.flash_attention,
-            &device,
-            self.dtype,
-        )
-        .map_err(crate::device::DeviceError::Unsupported)?;
+        crate::models::enable_flash_attention(self.flash_attention, &device, self.dtype)
+            .map_err(crate::device::DeviceError::Unsupported)?;
         Ok(device)
     }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CatVTON's networks side by side on the CPU: ours (`virtualfit bench catvton-stages`) and the
+"""CatVTON's networks side by side on the CPU: ours (`virtualfit bench stages`) and the
 official pipeline's (diffusers' `UNet2DConditionModel` with CatVTON's `init_adapter`, and
 `AutoencoderKL`, as `model/pipeline.py` calls them), on the same random full-size weights, at
 512×384 in float32.
@@ -17,7 +17,7 @@ What it does:
   writes them in the layout our `--model-dir` reads: `base/unet/`, `base/scheduler/`, `vae/`
   (diffusers' `save_pretrained`, safetensors) and `attention/model.safetensors` (the UNet's own
   `attn1` weights, in CatVTON's checkpoint naming). Both sides load these files;
-- starts our stage runner once (`bench catvton-stages --stdin`) and keeps the official
+- starts our stage runner once (`bench stages --stdin`) and keeps the official
   networks in this process;
 - times, per stage, each side once untimed, then `--rounds` rounds in which the two sides
   alternate stage by stage (the side that goes first alternates too), so both see the same
@@ -34,7 +34,7 @@ Stages (512×384, latents 64×48):
 
 `--json PATH` writes every timing. `--profile STAGE` instead runs the official network's stage
 once under `torch.profiler` and prints its time per operator (our side's profile comes from
-`perf record` on `bench catvton-stages`; see benches/README.md).
+`perf record` on `bench stages`; see benches/README.md).
 """
 
 import argparse
@@ -129,11 +129,11 @@ class Official:
 
 
 class Ours:
-    """`virtualfit bench catvton-stages --stdin`, one process for the whole run."""
+    """`virtualfit bench stages --stdin`, one process for the whole run."""
 
     def __init__(self, binary: Path, folder: Path, branch: int):
         self.proc = subprocess.Popen(
-            [str(binary), "bench", "catvton-stages", "--model-dir", str(folder), "--stdin",
+            [str(binary), "bench", "stages", "--model-dir", str(folder), "--stdin",
              "--branch", str(branch)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 

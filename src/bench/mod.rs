@@ -1,9 +1,8 @@
 //! `virtualfit bench`: the HTTP load generator (`http`), the throughput–latency sweep (`sweep`),
-//! the raw model timing (`model`) and CatVTON's stages (`catvton-stages`, in `catvton`). A
+//! the raw model timing (`model`) and a diffusion model's stages (`stages`, the model's own). A
 //! run's load shape and samples live in `load`, the server-side figures read from `/metrics`
 //! in `scrape`, and the report built from both in `report`.
 
-pub mod catvton;
 pub mod http;
 pub mod load;
 pub mod model;
@@ -65,8 +64,9 @@ pub enum BenchCommand {
     Sweep(sweep::SweepArgs),
     /// Time a model's forward pass on random (or fixture) inputs, without HTTP.
     Model(model::ModelBenchArgs),
-    /// Time CatVTON's networks stage by stage (UNet step, VAE encode and decode) at 512×384.
-    CatvtonStages(catvton::CatvtonStagesArgs),
+    /// Time a diffusion model's networks stage by stage (UNet step, VAE encode and decode) at
+    /// 512×384, on the CPU.
+    Stages(crate::models::StageBenchArgs),
 }
 
 /// How open-loop arrivals are spaced.
@@ -377,6 +377,8 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             rt.block_on(sweep::run(&a))
         }
         BenchCommand::Model(a) => model::run(&a),
-        BenchCommand::CatvtonStages(a) => catvton::run(&a),
+        BenchCommand::Stages(a) => {
+            crate::models::run_stage_bench(&a).map_err(|e| BenchError::Usage(format!("{e:#}")))
+        }
     }
 }

@@ -79,11 +79,11 @@ pub struct ModelReport {
 /// The parts of one sampling of a batch, in seconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepPhases {
-    /// Every request's `begin` (CatVTON: the VAE encodings and the initial noise).
+    /// Every request's `begin` (a diffusion model: the VAE encodings and the initial noise).
     pub begin_s: f64,
     /// One step of the whole batch (the mean over its steps).
     pub step_s: f64,
-    /// Every request's `finish` (CatVTON: the VAE decodings).
+    /// Every request's `finish` (a diffusion model: the VAE decodings).
     pub finish_s: f64,
 }
 

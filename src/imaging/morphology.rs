@@ -2,7 +2,7 @@
 //! linear in the number of pixels: connected-component labelling, the filters built on it
 //! (small components, holes, a flood from the border, regions holding a seed), and adapters to
 //! the OpenCV-exact dilation, blur and convex hulls of [`super::cv`] (one implementation of each
-//! operation, shared with CatVTON's parser-based mask). The garment mask and a model's drawn
+//! operation, shared with the parser-based person mask). The garment mask and a model's drawn
 //! mask both use them.
 
 use image::GrayImage;
@@ -227,8 +227,8 @@ pub fn dilate(mask: &[bool], grid: Grid, radius: usize) -> Vec<bool> {
 
 /// OpenCV's Gaussian blur of the mask drawn in 0/255, with an odd `kernel_size` and σ from it
 /// ([`cv::gaussian_blur`]), kept where it reaches `threshold`: the blur-and-threshold step of
-/// CatVTON's mask. A low threshold grows the mask and closes narrow gaps; a high one drops
-/// specks and thin parts.
+/// the person mask a model draws. A low threshold grows the mask and closes narrow gaps; a high
+/// one drops specks and thin parts.
 pub fn blur_threshold(mask: &[bool], grid: Grid, kernel_size: u32, threshold: u8) -> Vec<bool> {
     let blurred = cv::gaussian_blur(&to_gray(mask, grid), kernel_size);
     blurred.as_raw().iter().map(|&v| v >= threshold).collect()

@@ -18,6 +18,10 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use image::GrayImage;
 
+/// `--flash-attention`, applied at start-up.
+pub use catvton::attention::enable_flash_attention;
+/// `virtualfit bench stages`: the diffusion model's networks one stage at a time.
+pub use catvton::stage_bench::{run as run_stage_bench, StageBenchArgs};
 /// The GPU check: kernels, parity and speed on a lent card.
 pub use dmvton::gpu_check;
 pub use input::{

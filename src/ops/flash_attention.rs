@@ -1,13 +1,13 @@
 //! Flash attention on CUDA for f16 and bf16 (`kernels/flash_attention.cu`): `softmax(q·kᵀ·scale)·v`
 //! with f32 accumulation and an online softmax over key blocks, the score matrix never written.
-//! It has no CPU form (the CPU's is `models::catvton::fused_attention`, in f32): on the CPU, or
+//! It has no CPU form (the CPU's is the models' fused attention, in f32): on the CPU, or
 //! in a build without the `cuda` feature, the op answers an error, and [`supports`] says
 //! beforehand which inputs it takes.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 /// The head dimensions the kernel is instantiated for; a head of `d` runs in the smallest one
-/// that holds it (CatVTON's UNet: 40, 80 and 160).
+/// that holds it (the diffusion UNet's: 40, 80 and 160).
 pub const PADDED_HEAD_DIMS: [usize; 5] = [48, 64, 80, 128, 160];
 
 /// Queries one CUDA block takes (8 warps of 16), and its threads.
@@ -152,7 +152,7 @@ mod tests {
 
     #[test]
     fn every_unet_head_dimension_has_a_kernel_and_the_vae_head_has_none() {
-        // CatVTON's UNet: 8 heads of 40, 80 and 160; the VAE: one head of 512.
+        // The diffusion UNet: 8 heads of 40, 80 and 160; its VAE: one head of 512.
         assert_eq!(padded_head_dim(40), Some(0));
         assert_eq!(padded_head_dim(80), Some(2));
         assert_eq!(padded_head_dim(160), Some(4));

@@ -20,6 +20,7 @@ pub mod preprocess;
 pub mod resnet;
 pub mod scheduler;
 pub mod sources;
+pub mod stage_bench;
 pub mod transformer;
 pub mod unet;
 pub mod vae;

@@ -1,4 +1,4 @@
-//! `virtualfit bench catvton-stages`: CatVTON's networks one stage at a time on the CPU in f32,
+//! `virtualfit bench stages`: CatVTON's networks one stage at a time on the CPU in f32,
 //! at 512×384: a UNet step of one request with guidance (two rows, fused attention), the same
 //! step as a DeepCache shallow pass, the VAE encoding of the masked person and the garment,
 //! and the VAE decoding of one image. The weights are a model folder (`--model-dir`, the
@@ -16,12 +16,11 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 
-use super::BenchError;
-use crate::models::catvton::CatVton;
+use super::CatVton;
 
-/// `virtualfit bench catvton-stages`.
+/// `virtualfit bench stages`.
 #[derive(Debug, Clone, Args)]
-pub struct CatvtonStagesArgs {
+pub struct StageBenchArgs {
     /// A CatVTON model folder (base/unet, base/scheduler, vae, attention).
     #[arg(
         long,
@@ -87,7 +86,7 @@ struct Bench {
 }
 
 impl Bench {
-    fn new(args: &CatvtonStagesArgs) -> Result<Self, BenchError> {
+    fn new(args: &StageBenchArgs) -> anyhow::Result<Self> {
         let device = Device::Cpu;
         let model = match &args.model_dir {
             Some(dir) => CatVton::load(dir, DType::F32, &device)?,
@@ -105,7 +104,7 @@ impl Bench {
     }
 
     /// Runs `stage` once; answers its seconds.
-    fn run(&mut self, stage: Stage) -> Result<f64, BenchError> {
+    fn run(&mut self, stage: Stage) -> anyhow::Result<f64> {
         let t = [TIMESTEP; 2];
         let unet = self.model.unet();
         let point = unet.split_point(self.branch);
@@ -117,9 +116,10 @@ impl Bench {
         match stage {
             Stage::Unet => drop(unet.forward(&self.unet_input, &t)?),
             Stage::UnetCached => {
-                let deep = self.deep.as_ref().ok_or_else(|| {
-                    BenchError::Usage("the full pass gave no deep features".into())
-                })?;
+                let deep = self
+                    .deep
+                    .as_ref()
+                    .ok_or_else(|| anyhow::Error::msg("the full pass gave no deep features"))?;
                 drop(unet.forward_shallow(&self.unet_input, &t, point, deep)?)
             }
             Stage::Encode => drop(self.model.vae().encode(&self.images)?),
@@ -129,20 +129,20 @@ impl Bench {
     }
 }
 
-/// Runs `virtualfit bench catvton-stages`.
-pub fn run(args: &CatvtonStagesArgs) -> Result<(), BenchError> {
+/// Runs `virtualfit bench stages`.
+pub fn run(args: &StageBenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut bench = Bench::new(args)?;
     eprintln!("loaded in {:.1} s", started.elapsed().as_secs_f64());
     if args.stdin {
         for line in std::io::stdin().lock().lines() {
-            let line = line.map_err(|e| BenchError::Usage(format!("stdin: {e}")))?;
+            let line = line.map_err(|e| anyhow::Error::msg(format!("stdin: {e}")))?;
             let name = line.trim();
             if name.is_empty() {
                 continue;
             }
             let stage = <Stage as clap::ValueEnum>::from_str(name, false)
-                .map_err(|e| BenchError::Usage(format!("unknown stage `{name}`: {e}")))?;
+                .map_err(|e| anyhow::Error::msg(format!("unknown stage `{name}`: {e}")))?;
             let seconds = bench.run(stage)?;
             println!(
                 "{}",
