@@ -112,6 +112,7 @@ fuzz_target!(|data: &[u8]| {
             deadline,
             BODY_TIMEOUT,
             &fields,
+            true,
         )
         .await?;
         let record = job_record(s.settings.upload.output, &webhooks, &upload)?;

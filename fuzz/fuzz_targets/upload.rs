@@ -113,6 +113,7 @@ fuzz_target!(|data: &[u8]| {
             deadline,
             BODY_TIMEOUT,
             &[],
+            true,
         )
         .await?;
         s.pipeline
