@@ -289,16 +289,7 @@ impl Pipeline {
         let spec = self.model.input(&options);
         let probes = self.check_headers(&parts, spec.frame)?;
         let need = probes.decode_bytes;
-        let permit = tokio::time::timeout_at(
-            deadline,
-            self.decode
-                .semaphore
-                .clone()
-                .acquire_many_owned(budget_units(need)),
-        )
-        .await
-        .map_err(|_| PrepareError::Busy)?
-        .map_err(|_| PrepareError::Internal("the decode budget is closed".into()))?;
+        let permit = self.decode_permit(need, deadline).await?;
         let gauge = self.decode.metrics.decode_memory.clone();
         let masker = self.masker.clone();
         // The permit goes with the work: if this request is abandoned meanwhile, the budget
@@ -317,6 +308,24 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    /// `need` bytes of the decode budget, waited for until `deadline` (then `Busy`).
+    async fn decode_permit(
+        &self,
+        need: u64,
+        deadline: Instant,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, PrepareError> {
+        tokio::time::timeout_at(
+            deadline,
+            self.decode
+                .semaphore
+                .clone()
+                .acquire_many_owned(budget_units(need)),
+        )
+        .await
+        .map_err(|_| PrepareError::Busy)?
+        .map_err(|_| PrepareError::Internal("the decode budget is closed".into()))
+    }
+
     /// The automatic person mask a request with `options` would get for this photo, at the
     /// model's frame; or, with `labels`, the loaded masker's label map of that name. Decoded
     /// and computed on `cpu` under the decode budget (waiting for it until `deadline`).
@@ -344,16 +353,7 @@ impl Pipeline {
             ))
             .into());
         }
-        let permit = tokio::time::timeout_at(
-            deadline,
-            self.decode
-                .semaphore
-                .clone()
-                .acquire_many_owned(budget_units(need)),
-        )
-        .await
-        .map_err(|_| PrepareError::Busy)?
-        .map_err(|_| PrepareError::Internal("the decode budget is closed".into()))?;
+        let permit = self.decode_permit(need, deadline).await?;
         let gauge = self.decode.metrics.decode_memory.clone();
         let masker = self.masker.clone();
         cpu.run(move || {
