@@ -22,6 +22,21 @@ struct Flags {
     serve: ServeArgs,
 }
 
+/// A gzip-compressed file's bytes (the parity fixtures are `.safetensors.gz`).
+pub fn gunzip(path: &Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(f), &mut bytes))
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    bytes
+}
+
+/// The tensors of a gzip-compressed safetensors fixture, on the CPU.
+pub fn gz_tensors(path: &Path) -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load_buffer(&gunzip(path), &candle_core::Device::Cpu)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
 /// A fresh folder under the build's temporary directory, for a server's job store.
 pub fn fresh_data_dir() -> PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};

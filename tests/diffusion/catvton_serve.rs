@@ -10,14 +10,14 @@ use common::{client, image_part, metric, metrics_text, pair_form, start};
 use reqwest::multipart::Form;
 
 /// A client that waits as long as CPU sampling takes.
-fn patient() -> reqwest::Client {
+pub(crate) fn patient() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
         .build()
         .expect("client")
 }
 
-async fn post_form(base: &str, path: &str, form: Form) -> reqwest::Response {
+pub(crate) async fn post_form(base: &str, path: &str, form: Form) -> reqwest::Response {
     patient()
         .post(format!("{base}{path}"))
         .multipart(form)

@@ -3,11 +3,10 @@
 //! and `inner`/`outer` are accepted; without parsers the drawn mask serves and `inner` is
 //! refused. The parsers cost about 10 s of CPU per photo, so each test runs them sparingly.
 
-use crate::catvton_serve::ONE_AT_A_TIME;
+use crate::catvton_serve::{patient, post_form, ONE_AT_A_TIME};
 use crate::common;
 
 use std::io::Cursor;
-use std::time::Duration;
 
 use common::{image_part, start};
 use image::{GrayImage, RgbImage};
@@ -20,13 +19,6 @@ use virtualfit::models::catvton::Category;
 
 /// The half-size frame, width × height.
 const FRAME: (u32, u32) = (384, 512);
-
-fn patient() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(600))
-        .build()
-        .expect("client")
-}
 
 async fn server(masker: Option<&str>) -> (virtualfit::server::Server, String) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/catvton/model");
@@ -75,15 +67,6 @@ fn mask_form(person: &RgbImage, category: &str) -> Form {
         .text("resolution", "512x384")
 }
 
-async fn post(base: &str, path: &str, form: Form) -> reqwest::Response {
-    patient()
-        .post(format!("{base}{path}"))
-        .multipart(form)
-        .send()
-        .await
-        .expect("the server answers")
-}
-
 async fn gray_png(response: reqwest::Response) -> GrayImage {
     assert_eq!(response.status(), 200);
     assert_eq!(
@@ -130,7 +113,7 @@ async fn tryon(base: &str, person: &RgbImage, mask: Option<&GrayImage>) -> RgbIm
             image_part(encode_png(mask.clone()), "image/png"),
         );
     }
-    let r = post(base, "/tryon?format=png", form).await;
+    let r = post_form(base, "/tryon?format=png", form).await;
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
     image::load_from_memory(&r.bytes().await.expect("body"))
         .expect("a PNG")
@@ -144,7 +127,7 @@ async fn with_parsers_the_mask_is_the_parsers_combination_and_tryon_samples_with
     assert_eq!(masker_reported(&base).await, "parsers");
     let person = person();
 
-    let served = gray_png(post(&base, "/v1/masks", mask_form(&person, "upper")).await).await;
+    let served = gray_png(post_form(&base, "/v1/masks", mask_form(&person, "upper")).await).await;
     // The same parsers in this process, on the same fitted photo.
     let parsed = SchpParsers::random(0, &candle_core::Device::Cpu)
         .expect("parsers")
@@ -170,16 +153,16 @@ async fn with_parsers_the_mask_is_the_parsers_combination_and_tryon_samples_with
     assert!(automatic != tryon(&base, &person, Some(&drawn)).await);
 
     // `inner` is accepted and the label maps are answered; unknown values are refused.
-    let inner = post(&base, "/v1/masks", mask_form(&person, "inner")).await;
+    let inner = post_form(&base, "/v1/masks", mask_form(&person, "inner")).await;
     assert_eq!(gray_png(inner).await.dimensions(), FRAME);
     let atr =
-        gray_png(post(&base, "/v1/masks?labels=atr", mask_form(&person, "upper")).await).await;
+        gray_png(post_form(&base, "/v1/masks?labels=atr", mask_form(&person, "upper")).await).await;
     assert_eq!(atr.as_raw(), &parsed.atr.labels);
     for (path, category) in [
         ("/v1/masks", "hat"),
         ("/v1/masks?labels=densepose", "upper"),
     ] {
-        let r = post(&base, path, mask_form(&person, category)).await;
+        let r = post_form(&base, path, mask_form(&person, category)).await;
         assert_eq!(r.status(), 400, "{path} {category}");
         let body: serde_json::Value = r.json().await.expect("an error body");
         assert_eq!(body["error"], "bad_request", "{body}");
@@ -192,15 +175,15 @@ async fn without_parsers_the_drawn_mask_serves_and_inner_is_refused() {
     let (_server, base) = server(None).await;
     assert_eq!(masker_reported(&base).await, "drawn");
     let person = person();
-    let served = gray_png(post(&base, "/v1/masks", mask_form(&person, "lower")).await).await;
+    let served = gray_png(post_form(&base, "/v1/masks", mask_form(&person, "lower")).await).await;
     assert!(served == auto_mask(&person, Category::Lower));
     for category in ["inner", "outer"] {
-        let r = post(&base, "/v1/masks", mask_form(&person, category)).await;
+        let r = post_form(&base, "/v1/masks", mask_form(&person, category)).await;
         assert_eq!(r.status(), 400);
         let text = r.text().await.expect("body");
         assert!(text.contains("--masker-source"), "{text}");
     }
-    let r = post(&base, "/v1/masks?labels=atr", mask_form(&person, "upper")).await;
+    let r = post_form(&base, "/v1/masks?labels=atr", mask_form(&person, "upper")).await;
     assert_eq!(r.status(), 400);
 }
 
@@ -208,6 +191,6 @@ async fn without_parsers_the_drawn_mask_serves_and_inner_is_refused() {
 async fn a_model_without_a_person_mask_has_no_masks_endpoint() {
     let (_server, base) = start(&["--model", "overlay"]).await;
     assert!(masker_reported(&base).await.is_null());
-    let r = post(&base, "/v1/masks", mask_form(&person(), "upper")).await;
+    let r = post_form(&base, "/v1/masks", mask_form(&person(), "upper")).await;
     assert_eq!(r.status(), 404);
 }

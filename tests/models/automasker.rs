@@ -2,7 +2,6 @@
 //! `tests/fixtures/automasker/masks.safetensors.gz` (written by
 //! `scripts/fixtures/automasker.py`), all five parts, must come out identical, pixel for pixel.
 
-use std::io::Read;
 use std::path::Path;
 
 use safetensors::SafeTensors;
@@ -10,14 +9,10 @@ use serde_json::Value;
 use virtualfit::models::automasker::{cloth_agnostic_mask, LabelMap, MaskPart};
 
 fn fixture() -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/automasker/masks.safetensors.gz");
-    let file = std::fs::File::open(&path).expect("automasker fixture");
-    let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(file)
-        .read_to_end(&mut bytes)
-        .expect("gzip");
-    bytes
+    crate::common::gunzip(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/automasker/masks.safetensors.gz"),
+    )
 }
 
 fn label_map(tensors: &SafeTensors, name: &str) -> LabelMap {

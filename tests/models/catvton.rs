@@ -623,17 +623,7 @@ fn solver_timesteps_match_diffusers_for_every_spacing_from_1_to_200_steps() {
 /// official pipeline with its scheduler swapped for diffusers' solvers.
 fn solvers() -> &'static HashMap<String, Tensor> {
     static SOLVERS: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
-    SOLVERS.get_or_init(|| {
-        let path = fixture_dir().join("solvers.safetensors.gz");
-        let mut bytes = Vec::new();
-        std::fs::File::open(&path)
-            .and_then(|f| {
-                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(f), &mut bytes)
-            })
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-    })
+    SOLVERS.get_or_init(|| crate::common::gz_tensors(&fixture_dir().join("solvers.safetensors.gz")))
 }
 
 fn solver_reference(name: &str) -> &'static Tensor {
@@ -802,17 +792,8 @@ fn requests_on_different_samplers_batch_together_without_changing_each_other() {
 /// The DeepCache fixtures (`scripts/fixtures/catvton.py --deepcache`).
 fn deepcache() -> &'static HashMap<String, Tensor> {
     static DEEPCACHE: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
-    DEEPCACHE.get_or_init(|| {
-        let path = fixture_dir().join("deepcache.safetensors.gz");
-        let mut bytes = Vec::new();
-        std::fs::File::open(&path)
-            .and_then(|f| {
-                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(f), &mut bytes)
-            })
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-    })
+    DEEPCACHE
+        .get_or_init(|| crate::common::gz_tensors(&fixture_dir().join("deepcache.safetensors.gz")))
 }
 
 fn deepcache_reference(name: &str) -> &'static Tensor {

@@ -2,7 +2,6 @@
 //! `tests/fixtures/cv/ops.safetensors.gz` (written by `scripts/fixtures/cv_ops.py`) must come
 //! out identical, pixel for pixel.
 
-use std::io::Read;
 use std::path::Path;
 
 use image::GrayImage;
@@ -12,13 +11,9 @@ use virtualfit::imaging::cv;
 
 /// The decompressed fixture file.
 fn fixture() -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cv/ops.safetensors.gz");
-    let file = std::fs::File::open(&path).expect("cv fixture");
-    let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(file)
-        .read_to_end(&mut bytes)
-        .expect("gzip");
-    bytes
+    crate::common::gunzip(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cv/ops.safetensors.gz"),
+    )
 }
 
 fn image(tensors: &SafeTensors, name: &str) -> GrayImage {

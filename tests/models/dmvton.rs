@@ -16,17 +16,7 @@ fn fixture_dir() -> PathBuf {
 
 fn parity() -> &'static HashMap<String, Tensor> {
     static PARITY: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
-    PARITY.get_or_init(|| {
-        let path = fixture_dir().join("parity.safetensors.gz");
-        let mut bytes = Vec::new();
-        std::fs::File::open(&path)
-            .and_then(|f| {
-                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(f), &mut bytes)
-            })
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-    })
+    PARITY.get_or_init(|| crate::common::gz_tensors(&fixture_dir().join("parity.safetensors.gz")))
 }
 
 fn reference(name: &str) -> &'static Tensor {

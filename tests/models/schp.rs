@@ -20,10 +20,7 @@ fn fixture_dir() -> PathBuf {
 }
 
 fn load_gz(name: &str) -> HashMap<String, Tensor> {
-    let f = std::fs::File::open(fixture_dir().join(name)).expect("fixture");
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(f), &mut bytes).unwrap();
-    candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap()
+    crate::common::gz_tensors(&fixture_dir().join(name))
 }
 
 fn vec_f32(t: &Tensor) -> Vec<f32> {
