@@ -81,24 +81,33 @@ fn moments(data: &[f32], shift: f32) -> (f64, f64) {
     (sum, sq)
 }
 
-/// `out = silu?(x · scale + shift)` over one channel.
+/// `out = silu?((x − center) · scale + shift)` over one channel. Centring on an element of the
+/// group keeps the product small: `x · scale` alone would round at the magnitude of the mean
+/// times `1/σ`, which a group of near-equal values far from zero makes large.
 #[inline(always)]
-fn affine(x: &[f32], out: &mut [f32], scale: f32, shift: f32, silu: bool) {
+fn affine(x: &[f32], out: &mut [f32], center: f32, scale: f32, shift: f32, silu: bool) {
     if silu {
         for (o, &v) in out.iter_mut().zip(x) {
-            let y = v * scale + shift;
+            let y = (v - center) * scale + shift;
             *o = y / (1.0 + (-y).exp());
         }
     } else {
         for (o, &v) in out.iter_mut().zip(x) {
-            *o = v * scale + shift;
+            *o = (v - center) * scale + shift;
         }
     }
 }
 
 avx2_dispatch!(fn moments_fast(data: &[f32], shift: f32) -> (f64, f64) => moments);
 avx2_dispatch!(
-    fn affine_fast(x: &[f32], out: &mut [f32], scale: f32, shift: f32, silu: bool) => affine
+    fn affine_fast(
+        x: &[f32],
+        out: &mut [f32],
+        center: f32,
+        scale: f32,
+        shift: f32,
+        silu: bool,
+    ) => affine
 );
 
 impl CustomOp3 for GroupNorm {
@@ -138,17 +147,17 @@ impl CustomOp3 for GroupNorm {
                 let n = x.len() as f64;
                 let mean_dev = sum / n;
                 let var = (sq / n - mean_dev * mean_dev).max(0.0);
-                let mean = first as f64 + mean_dev;
                 let rstd = 1.0 / (var + self.eps).sqrt();
                 let group = index % self.groups;
                 for j in 0..per_group {
                     let ch = group * per_group + j;
                     let scale = rstd * weight[ch] as f64;
-                    let shift = bias[ch] as f64 - mean * scale;
+                    let shift = bias[ch] as f64 - mean_dev * scale;
                     let range = j * plane..(j + 1) * plane;
                     affine_fast(
                         &x[range.clone()],
                         &mut out[range],
+                        first,
                         scale as f32,
                         shift as f32,
                         self.silu,
@@ -178,8 +187,12 @@ mod tests {
             let x = (Tensor::randn(0f32, 3.0, dims.as_slice(), &dev)? + 50.0)?;
             let w = Tensor::randn(1f32, 0.5, c, &dev)?;
             let b = Tensor::randn(0f32, 0.5, c, &dev)?;
-            let reference =
-                candle_nn::GroupNorm::new(w.clone(), b.clone(), c, groups, 1e-6)?.forward(&x)?;
+            // The reference runs candle's ops in f64: in f32 its own statistics lose digits to
+            // the offset, and with two values a group that loss is amplified up to 1/sqrt(eps).
+            let f64s = |t: &Tensor| t.to_dtype(DType::F64);
+            let reference = candle_nn::GroupNorm::new(f64s(&w)?, f64s(&b)?, c, groups, 1e-6)?
+                .forward(&f64s(&x)?)?
+                .to_dtype(DType::F32)?;
             for silu in [false, true] {
                 let want = if silu {
                     candle_nn::ops::silu(&reference)?
@@ -195,6 +208,32 @@ mod tests {
                     .to_scalar::<f32>()?;
                 assert!(err < 2e-4, "{dims:?} silu {silu}: {err}");
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn near_equal_values_far_from_zero_keep_their_digits() -> Result<()> {
+        let dev = Device::Cpu;
+        // Two groups of two: the first is 1e-3 apart at 50, so 1/σ is near 1,000.
+        let values = [50.0f32, 50.001, -3.0, 7.0];
+        let x = Tensor::from_slice(&values, (1, 4, 1, 1), &dev)?;
+        let w = Tensor::from_slice(&[1.0f32, 2.0, 1.0, 1.0], 4, &dev)?;
+        let b = Tensor::from_slice(&[0.5f32, -0.5, 0.0, 0.0], 4, &dev)?;
+        let got = group_norm(&x, &w, &b, 2, 1e-6, false)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let normalised = |a: f32, b: f32, eps: f64| {
+            let (a, b) = (a as f64, b as f64);
+            let (mean, var) = ((a + b) / 2.0, (a - b).powi(2) / 4.0);
+            let rstd = 1.0 / (var + eps).sqrt();
+            [(a - mean) * rstd, (b - mean) * rstd]
+        };
+        let [n0, n1] = normalised(values[0], values[1], 1e-6);
+        let [n2, n3] = normalised(values[2], values[3], 1e-6);
+        let want = [n0 + 0.5, 2.0 * n1 - 0.5, n2, n3];
+        for (g, w) in got.iter().zip(want) {
+            assert!((*g as f64 - w).abs() < 1e-5, "{got:?} against {want:?}");
         }
         Ok(())
     }
