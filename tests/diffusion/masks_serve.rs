@@ -1,7 +1,8 @@
 //! CatVTON's person masker when serving: with `--masker-source random:0` (the test-only seeded
-//! parsers) `POST /v1/masks` answers the parsers' combined mask, the one `/tryon` samples with,
-//! and `inner`/`outer` are accepted; without parsers the drawn mask serves and `inner` is
-//! refused. The parsers cost about 10 s of CPU per photo, so each test runs them sparingly.
+//! parsers) `POST /v1/masks` answers the official `AutoMasker.__call__`'s mask for the same
+//! weights, pixel for pixel, and it is the one `/tryon` samples with; `inner`/`outer` are
+//! accepted; without parsers the drawn mask serves and `inner` is refused. The parsers cost
+//! about 10 s of CPU per photo, so each test runs them sparingly.
 
 use crate::catvton_serve::{patient, post_form, ONE_AT_A_TIME};
 use crate::common;
@@ -11,8 +12,6 @@ use std::io::Cursor;
 use common::{image_part, start};
 use image::{GrayImage, RgbImage};
 use reqwest::multipart::Form;
-use virtualfit::models::automasker::schp::SchpParsers;
-use virtualfit::models::automasker::{cloth_agnostic_mask, HumanParsers, LabelMap, MaskPart};
 use virtualfit::models::catvton::mask::auto_mask;
 use virtualfit::models::catvton::preprocess::resize_and_crop;
 use virtualfit::models::catvton::Category;
@@ -120,25 +119,41 @@ async fn tryon(base: &str, person: &RgbImage, mask: Option<&GrayImage>) -> RgbIm
         .to_rgb8()
 }
 
+/// A file of the official `AutoMasker.__call__` fixture (`scripts/fixtures/automasker_call.py`):
+/// the fitted photos, the official masks per part and the parsers' label maps, all at the frame.
+fn official(name: &str) -> image::DynamicImage {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/automasker/call/"
+    );
+    image::open(format!("{path}{name}")).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_parsers_the_mask_is_the_parsers_combination_and_tryon_samples_with_it() {
+async fn with_parsers_the_mask_is_the_official_automaskers_and_tryon_samples_with_it() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let (_server, base) = server(Some("random:0")).await;
     assert_eq!(masker_reported(&base).await, "parsers");
-    let person = person();
+    // The official pipeline with the same seeded parsers and an all-background DensePose map,
+    // on photos it fitted to the frame (so that fitting them here is the identity).
+    let photos = [
+        official("photo-0.png").to_rgb8(),
+        official("photo-1.png").to_rgb8(),
+    ];
+    let same = |served: &GrayImage, name: &str| {
+        let want = official(name).to_luma8();
+        let differing = served
+            .pixels()
+            .zip(want.pixels())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(differing, 0, "{name}: {differing} pixels differ");
+    };
 
-    let served = gray_png(post_form(&base, "/v1/masks", mask_form(&person, "upper")).await).await;
-    // The same parsers in this process, on the same fitted photo.
-    let parsed = SchpParsers::random(0, &candle_core::Device::Cpu)
-        .expect("parsers")
-        .parse(std::slice::from_ref(&person))
-        .expect("parsed")
-        .remove(0);
-    let densepose = LabelMap::filled(FRAME.0 as usize, FRAME.1 as usize, 0);
-    let expected = cloth_agnostic_mask(&densepose, &parsed.lip, &parsed.atr, MaskPart::Upper)
-        .expect("combined");
-    assert!(served == expected, "/v1/masks answers the combined mask");
-    let drawn = auto_mask(&person, Category::Upper);
+    let served =
+        gray_png(post_form(&base, "/v1/masks", mask_form(&photos[0], "upper")).await).await;
+    same(&served, "mask-0-upper.png");
+    let drawn = auto_mask(&photos[0], Category::Upper);
     let differing = served
         .pixels()
         .zip(drawn.pixels())
@@ -148,21 +163,36 @@ async fn with_parsers_the_mask_is_the_parsers_combination_and_tryon_samples_with
 
     // /tryon without a mask samples with the parsers' mask: the same answer as with it sent,
     // another with the drawn mask sent.
-    let automatic = tryon(&base, &person, None).await;
-    assert!(automatic == tryon(&base, &person, Some(&served)).await);
-    assert!(automatic != tryon(&base, &person, Some(&drawn)).await);
+    let automatic = tryon(&base, &photos[0], None).await;
+    assert!(automatic == tryon(&base, &photos[0], Some(&served)).await);
+    assert!(automatic != tryon(&base, &photos[0], Some(&drawn)).await);
 
-    // `inner` is accepted and the label maps are answered; unknown values are refused.
-    let inner = post_form(&base, "/v1/masks", mask_form(&person, "inner")).await;
-    assert_eq!(gray_png(inner).await.dimensions(), FRAME);
-    let atr =
-        gray_png(post_form(&base, "/v1/masks?labels=atr", mask_form(&person, "upper")).await).await;
-    assert_eq!(atr.as_raw(), &parsed.atr.labels);
+    // The other parts, and the label maps, are the official ones too.
+    let inner = post_form(&base, "/v1/masks", mask_form(&photos[0], "inner")).await;
+    same(&gray_png(inner).await, "mask-0-inner.png");
+    let outer = post_form(&base, "/v1/masks", mask_form(&photos[1], "outer")).await;
+    same(&gray_png(outer).await, "mask-1-outer.png");
+    let atr = post_form(
+        &base,
+        "/v1/masks?labels=atr",
+        mask_form(&photos[0], "upper"),
+    )
+    .await;
+    same(&gray_png(atr).await, "atr-0.png");
+    let lip = post_form(
+        &base,
+        "/v1/masks?labels=lip",
+        mask_form(&photos[1], "upper"),
+    )
+    .await;
+    same(&gray_png(lip).await, "lip-1.png");
+
+    // Unknown values are refused.
     for (path, category) in [
         ("/v1/masks", "hat"),
         ("/v1/masks?labels=densepose", "upper"),
     ] {
-        let r = post_form(&base, path, mask_form(&person, category)).await;
+        let r = post_form(&base, path, mask_form(&photos[0], category)).await;
         assert_eq!(r.status(), 400, "{path} {category}");
         let body: serde_json::Value = r.json().await.expect("an error body");
         assert_eq!(body["error"], "bad_request", "{body}");
