@@ -239,7 +239,7 @@ pub fn tryon(args: &TryOnArgs) -> anyhow::Result<()> {
         eprintln!("seed {seed}");
     }
     let device = args.model.open_device()?;
-    let masker = choice.masker(&device)?;
+    let masker = choice.masker(&device, &progress_reporter())?;
     family
         .check_masker_options(&options, masker.is_some())
         .map_err(anyhow::Error::msg)?;

@@ -29,7 +29,9 @@ pub use input::{
     MODEL_WIDTH,
 };
 pub use options::{OptionKind, OptionLimits, OptionSpec, Preset, RequestOptions};
-pub use registry::{family, load, LoadRequest, ModelFamily, ModelFlags, WeightSource, MODEL_NAMES};
+pub use registry::{
+    family, load, LoadRequest, MaskerRequest, ModelFamily, ModelFlags, WeightSource, MODEL_NAMES,
+};
 
 use crate::ops::convert::{to_model_input, to_u8_images, InputKind};
 

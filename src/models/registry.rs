@@ -66,12 +66,11 @@ pub trait ModelFamily: Sync {
     ) -> Result<Downloaded, ModelError> {
         Err(self.not_on_hub())
     }
-    /// The masker its flags name (e.g. `--masker-source`), loaded onto `device`; `None`: the
-    /// drawn mask of [`InputSpec::person_mask`] serves.
+    /// The masker its flags name (e.g. `--masker-source`), loaded onto the request's device;
+    /// `None`: the drawn mask of [`InputSpec::person_mask`] serves.
     fn masker(
         &self,
-        _flags: &ModelFlags,
-        _device: &Device,
+        _request: &MaskerRequest<'_>,
     ) -> Result<Option<std::sync::Arc<dyn PersonMasker>>, ModelError> {
         Ok(None)
     }
@@ -122,6 +121,15 @@ pub struct LoadRequest<'a> {
     /// The compute precision of models that offer several (the others run in f32).
     pub dtype: DType,
     pub flags: &'a ModelFlags,
+}
+
+/// What a family's masker loads from.
+pub struct MaskerRequest<'a> {
+    pub device: &'a Device,
+    pub flags: &'a ModelFlags,
+    /// Opens the hub cache, for a masker whose flags name the hub (opened only then).
+    pub hub: &'a dyn Fn() -> Result<Hub, ModelError>,
+    pub reporter: &'a Reporter,
 }
 
 /// The models' own flags (e.g. which hub repositories a model reads).
@@ -389,13 +397,20 @@ impl ModelChoice {
             .unwrap_or_default()
     }
 
-    /// Loads the masker the flags name onto `device`, and logs which masker serves.
+    /// Loads the masker the flags name onto `device` (fetching its weights first when the flags
+    /// name the hub, progress through `reporter`), and logs which masker serves.
     pub fn masker(
         &self,
         device: &Device,
+        reporter: &Reporter,
     ) -> Result<Option<std::sync::Arc<dyn PersonMasker>>, ModelError> {
         let family = self.family()?;
-        let masker = family.masker(&self.flags, device)?;
+        let masker = family.masker(&MaskerRequest {
+            device,
+            flags: &self.flags,
+            hub: &|| self.hub(),
+            reporter,
+        })?;
         if family
             .input(&RequestOptions::default())
             .person_mask

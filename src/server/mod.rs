@@ -166,7 +166,8 @@ impl Server {
         let choice = settings.model.clone();
         let (model, masker) = tokio::task::spawn_blocking(move || {
             let model = choice.load(&device, &crate::hub::Reporter::Log)?;
-            Ok::<_, crate::models::ModelError>((model, choice.masker(&device)?))
+            let masker = choice.masker(&device, &crate::hub::Reporter::Log)?;
+            Ok::<_, crate::models::ModelError>((model, masker))
         })
         .await
         .context("model loading panicked")??;

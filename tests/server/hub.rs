@@ -630,3 +630,112 @@ async fn half_precision_takes_the_fp16_unet_when_the_repository_has_one() {
     assert!(!fetched.iter().any(|f| f == UNET), "{fetched:?}");
     assert!(snapshot(&cache, BASE, FP16).is_file());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_human_parsers_come_from_the_attention_repository_and_lay_out_under_schp() {
+    const ATR: &str = "SCHP/exp-schp-201908301523-atr.pth";
+    const LIP: &str = "SCHP/exp-schp-201908261155-lip.pth";
+    // A real `torch.save` file that holds a few of the parser's tensors, not all of them: the
+    // server must read it from the cache and refuse it as an incomplete checkpoint.
+    let partial =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schp/subset.pth"))
+            .expect("fixture");
+    let hub = FakeHub::start_with(vec![
+        (ATTENTION, ATR, partial.clone()),
+        (ATTENTION, LIP, b"not a checkpoint".to_vec()),
+    ])
+    .await;
+    let cache = fresh_cache();
+    let to = fresh_data_dir().with_extension("layout");
+    let to_text = to.display().to_string();
+
+    // Offline with an empty cache: the error names the parsers' files and the command.
+    let serve = |env: &[(&str, &str)]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_virtualfit"));
+        command
+            .args(["serve", "--bind", "127.0.0.1:0", "--model", "catvton"])
+            .arg("--model-dir")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/catvton/model"))
+            .args(["--masker-source", "hub", "--hub-endpoint", &hub.endpoint])
+            .arg("--hub-cache")
+            .arg(&cache)
+            .arg("--data-dir")
+            .arg(fresh_data_dir())
+            .env_remove("HF_HUB_OFFLINE")
+            .kill_on_drop(true);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        async move {
+            tokio::time::timeout(Duration::from_secs(120), command.output())
+                .await
+                .expect("exits in time")
+                .expect("runs")
+        }
+    };
+    let log = assert_failed(&serve(&[("HF_HUB_OFFLINE", "1")]).await);
+    assert!(log.contains(&format!("{ATTENTION}@main {ATR}")), "{log}");
+    assert!(
+        log.contains("virtualfit download --model catvton --masker-source hub"),
+        "{log}"
+    );
+    assert!(hub.seen().is_empty(), "offline asks nothing");
+
+    // `download --masker-source hub` fetches the two parsers with the model, nothing else of
+    // the repository, and lays them out where `--masker-source DIR` reads them.
+    let o = download(
+        &hub,
+        &cache,
+        &["--masker-source", "hub", "--to", &to_text],
+        &[],
+    )
+    .await;
+    assert_ok(&o);
+    assert!(
+        text(&o).contains("SCHP human parsers (ATR, LIP) (zhengchong/CatVTON/SCHP)"),
+        "the download names the parsers' licence: {}",
+        text(&o)
+    );
+    let asked: std::collections::BTreeSet<String> = hub
+        .seen()
+        .iter()
+        .filter(|s| s.route == "resolve")
+        .map(|s| s.what.clone())
+        .collect();
+    let expected: std::collections::BTreeSet<String> = [
+        "unet/config.json",
+        UNET,
+        "scheduler/scheduler_config.json",
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+        ATTENTION_FILE,
+        ATR,
+        LIP,
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(asked, expected);
+    assert_eq!(std::fs::read(to.join(ATR)).expect("laid out"), partial);
+    assert_eq!(
+        std::fs::read(to.join(LIP)).expect("laid out"),
+        b"not a checkpoint"
+    );
+    assert_eq!(
+        std::fs::read(snapshot(&cache, ATTENTION, ATR)).expect("cached"),
+        partial
+    );
+
+    // Serving reads the cached file into the parser's loader, which refuses it by name.
+    hub.clear_seen();
+    let log = assert_failed(&serve(&[]).await);
+    assert!(log.contains("not an SCHP atr checkpoint"), "{log}");
+    assert!(
+        log.contains(&snapshot(&cache, ATTENTION, ATR).display().to_string()),
+        "names the cached file: {log}"
+    );
+    assert!(
+        hub.transfers().is_empty(),
+        "the verified cache is used: {:?}",
+        hub.transfers()
+    );
+}

@@ -22,9 +22,9 @@ use crate::models::automasker::{
 };
 use crate::models::registry::{required_dir, Downloaded};
 use crate::models::{
-    InputSpec, Licence, LoadRequest, LoadedModel, ModelError, ModelFamily, ModelFlags, ModelInput,
-    OptionKind, OptionLimits, OptionSpec, PersonMaskSpec, PersonMasker, Preset, RequestOptions,
-    StepGroup, StepModel, StepState, WarmUp, WeightSource,
+    InputSpec, Licence, LoadRequest, LoadedModel, MaskerRequest, ModelError, ModelFamily,
+    ModelFlags, ModelInput, OptionKind, OptionLimits, OptionSpec, PersonMaskSpec, PersonMasker,
+    Preset, RequestOptions, StepGroup, StepModel, StepState, WarmUp, WeightSource,
 };
 
 /// The largest guidance scale accepted: far past any useful value, it only bounds the input.
@@ -240,22 +240,25 @@ impl ModelFamily for Family {
 
     fn masker(
         &self,
-        flags: &ModelFlags,
-        device: &Device,
+        request: &MaskerRequest<'_>,
     ) -> Result<Option<Arc<dyn PersonMasker>>, ModelError> {
-        let Some(source) = flags.catvton.masker_source.as_deref() else {
+        let device = request.device;
+        let Some(source) = request.flags.catvton.masker_source.as_deref() else {
             return Ok(None);
         };
-        let parsers = match source.strip_prefix("random:") {
+        let parsers = if source == MASKER_FROM_HUB {
+            let files = fetch_masker(&(request.hub)()?, request.reporter, request.flags)?;
+            SchpParsers::load_files(&files.atr, &files.lip, device)?
+        } else if let Some(seed) = source.strip_prefix("random:") {
             // Test-only: seeded random weights, meaningless labels.
-            Some(seed) => {
-                let seed = seed.parse().map_err(|_| ModelError::Checkpoint {
-                    path: source.into(),
-                    reason: "--masker-source random:SEED takes a whole number".into(),
-                })?;
-                SchpParsers::random(seed, device)?
-            }
-            None => SchpParsers::load(Path::new(source), device)?,
+            let seed = seed.parse().map_err(|_| ModelError::Checkpoint {
+                path: source.into(),
+                reason: "--masker-source random:SEED takes a whole number".into(),
+            })?;
+            SchpParsers::random(seed, device)?
+        } else {
+            // A folder literally named `hub` is `./hub`.
+            SchpParsers::load(Path::new(source), device)?
         };
         Ok(Some(Arc::new(ParserMasker { parsers })))
     }
@@ -286,24 +289,35 @@ impl ModelFamily for Family {
         to: Option<&Path>,
     ) -> Result<Downloaded, ModelError> {
         let files = fetch(hub, reporter, request)?;
-        let written = match to {
-            Some(dir) => sources::write_local(&files, dir).map_err(|e| ModelError::Checkpoint {
-                path: dir.to_path_buf(),
-                reason: format!("cannot lay the weights out: {e}"),
-            })?,
-            None => Vec::new(),
+        let masker = match request.flags.catvton.masker_source.as_deref() {
+            Some(MASKER_FROM_HUB) => Some(fetch_masker(hub, reporter, request.flags)?),
+            _ => None,
         };
-        Ok(Downloaded {
-            files: vec![
-                files.unet_config,
-                files.unet_weights,
-                files.scheduler_config,
-                files.vae_config,
-                files.vae_weights,
-                files.attention,
-            ],
-            written,
-        })
+        let lay_out_error = |dir: &Path, e: std::io::Error| ModelError::Checkpoint {
+            path: dir.to_path_buf(),
+            reason: format!("cannot lay the weights out: {e}"),
+        };
+        let mut written = Vec::new();
+        if let Some(dir) = to {
+            written = sources::write_local(&files, dir).map_err(|e| lay_out_error(dir, e))?;
+            if let Some(masker) = &masker {
+                written.extend(
+                    sources::write_local_masker(masker, dir).map_err(|e| lay_out_error(dir, e))?,
+                );
+            }
+        }
+        let mut files = vec![
+            files.unet_config,
+            files.unet_weights,
+            files.scheduler_config,
+            files.vae_config,
+            files.vae_weights,
+            files.attention,
+        ];
+        if let Some(masker) = masker {
+            files.extend([masker.atr, masker.lip]);
+        }
+        Ok(Downloaded { files, written })
     }
 }
 
@@ -321,6 +335,26 @@ fn fetch(
         tracing::info!(repo = %r.repo, commit = %r.commit, "weights verified");
     }
     sources::model_files(&resolved)
+}
+
+/// `--masker-source hub`: the parsers from the attention weights' repository.
+const MASKER_FROM_HUB: &str = "hub";
+
+/// Resolves the human parsers' checkpoints on the hub, as [`fetch`] does the model's.
+fn fetch_masker(
+    hub: &Hub,
+    reporter: &Reporter,
+    flags: &ModelFlags,
+) -> Result<sources::MaskerFiles, ModelError> {
+    let request = sources::masker_request(&flags.catvton);
+    let resolved = crate::hub::block_on(hub.resolve(std::slice::from_ref(&request), reporter))?;
+    let resolved = resolved.first().ok_or_else(|| {
+        ModelError::Candle(candle_core::Error::Msg(
+            "the hub resolved no repository for the human parsers".into(),
+        ))
+    })?;
+    tracing::info!(repo = %resolved.repo, commit = %resolved.commit, "human parsers verified");
+    sources::masker_files(resolved)
 }
 
 /// The area to repaint when the request sends none and no parsers are loaded: drawn from the

@@ -13,6 +13,7 @@ use clap::Args;
 
 use super::weights::ModelFiles;
 use crate::hub::{RepoRef, RepoRequest, Resolved, Wanted};
+use crate::models::automasker::schp::SchpConfig;
 use crate::models::{Licence, ModelError};
 
 /// Stable Diffusion 1.5 inpainting (a copy of the removed `runwayml/stable-diffusion-inpainting`,
@@ -49,14 +50,15 @@ pub struct CatvtonRepos {
     /// 512×384 `vitonhd-16k-512`, `dresscode-16k-512`).
     #[arg(long = "catvton-variant", env = "VIRTUALFIT_CATVTON_VARIANT", default_value = VARIANTS[0], value_parser = VARIANTS)]
     pub variant: String,
-    /// catvton: the human parsers of the automatic person mask, a folder holding
-    /// `exp-schp-201908301523-atr.pth` and `exp-schp-201908261155-lip.pth` (CatVTON's `SCHP/`);
-    /// without it the mask is drawn. `random:SEED` (seeded random weights, meaningless masks)
-    /// is for tests only.
+    /// catvton: the human parsers of the automatic person mask: `hub` (the folder `SCHP/` of
+    /// the attention weights' repository, through the hub cache), or a folder holding
+    /// `exp-schp-201908301523-atr.pth` and `exp-schp-201908261155-lip.pth`; without it the
+    /// mask is drawn. `random:SEED` (seeded random weights, meaningless masks) is for tests
+    /// only.
     #[arg(
         long = "masker-source",
         env = "VIRTUALFIT_MASKER_SOURCE",
-        value_name = "DIR"
+        value_name = "hub|DIR"
     )]
     pub masker_source: Option<String>,
 }
@@ -119,6 +121,53 @@ pub fn hub_requests(repos: &CatvtonRepos, dtype: DType) -> Vec<RepoRequest> {
     ]
 }
 
+/// Where the parsers' checkpoints sit in the attention weights' repository, and in the
+/// `--to` layout.
+const MASKER_FOLDER: &str = "SCHP";
+
+/// The human parsers' checkpoints: (ATR, LIP).
+pub struct MaskerFiles {
+    pub atr: PathBuf,
+    pub lip: PathBuf,
+}
+
+/// The parsers' files in the attention weights' repository (CatVTON's `SCHP/`).
+pub fn masker_request(repos: &CatvtonRepos) -> RepoRequest {
+    RepoRequest {
+        repo: repos.attention.clone(),
+        files: [SchpConfig::ATR, SchpConfig::LIP]
+            .iter()
+            .map(|config| Wanted::file(&format!("{MASKER_FOLDER}/{}", config.file_name)))
+            .collect(),
+    }
+}
+
+/// The parsers' files from what [`masker_request`] resolved to.
+pub fn masker_files(resolved: &Resolved) -> Result<MaskerFiles, ModelError> {
+    match resolved.files.as_slice() {
+        [atr, lip] => Ok(MaskerFiles {
+            atr: atr.path.clone(),
+            lip: lip.path.clone(),
+        }),
+        _ => Err(ModelError::Candle(candle_core::Error::Msg(
+            "the hub resolved other files than the human parsers' two".into(),
+        ))),
+    }
+}
+
+/// Puts the parsers' files under `dir/SCHP/`, the folder `--masker-source` takes, as
+/// [`write_local`] does the model's.
+pub fn write_local_masker(files: &MaskerFiles, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    for (source, config) in [(&files.atr, SchpConfig::ATR), (&files.lip, SchpConfig::LIP)] {
+        let target = dir.join(MASKER_FOLDER).join(config.file_name);
+        if place(source, &target)? {
+            written.push(target);
+        }
+    }
+    Ok(written)
+}
+
 /// The model's files from what [`hub_requests`] resolved to.
 pub fn model_files(resolved: &[Resolved]) -> Result<ModelFiles, ModelError> {
     let path = |repo: usize, file: usize| -> Result<PathBuf, ModelError> {
@@ -144,7 +193,7 @@ pub fn model_files(resolved: &[Resolved]) -> Result<ModelFiles, ModelError> {
 
 /// Each part's licence, naming the repository it comes from.
 pub fn licences(repos: &CatvtonRepos) -> Vec<Licence> {
-    vec![
+    let mut licences = vec![
         Licence {
             part: "Stable Diffusion 1.5 inpainting UNet and scheduler".into(),
             source: repos.base.id.clone(),
@@ -160,7 +209,24 @@ pub fn licences(repos: &CatvtonRepos) -> Vec<Licence> {
             source: repos.attention.id.clone(),
             licence: "CC BY-NC-SA 4.0, non-commercial".into(),
         },
-    ]
+    ];
+    if repos
+        .masker_source
+        .as_deref()
+        .is_some_and(|source| !source.starts_with("random:"))
+    {
+        licences.push(Licence {
+            part: "SCHP human parsers (ATR, LIP)".into(),
+            source: match repos.masker_source.as_deref() {
+                Some("hub") => format!("{}/{MASKER_FOLDER}", repos.attention.id),
+                _ => "--masker-source".into(),
+            },
+            licence: "SCHP code MIT; checkpoints published without terms of their own, copied \
+                      in a CC BY-NC-SA 4.0 repository"
+                .into(),
+        });
+    }
+    licences
 }
 
 /// Puts the files into the local-folder layout under `dir` (`base/unet`, `base/scheduler`,

@@ -270,10 +270,18 @@ impl SchpParsers {
     /// `exp-schp-201908261155-lip.pth`, as in CatVTON's Hugging Face repository, folder
     /// `SCHP/`), on `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
-        let load = |config: SchpConfig| Schp::load(config, &dir.join(config.file_name), device);
+        Self::load_files(
+            &dir.join(SchpConfig::ATR.file_name),
+            &dir.join(SchpConfig::LIP.file_name),
+            device,
+        )
+    }
+
+    /// The official checkpoints at their own paths (e.g. entries of the hub cache).
+    pub fn load_files(atr: &Path, lip: &Path, device: &Device) -> Result<Self, ModelError> {
         Ok(Self {
-            atr: load(SchpConfig::ATR)?,
-            lip: load(SchpConfig::LIP)?,
+            atr: Schp::load(SchpConfig::ATR, atr, device)?,
+            lip: Schp::load(SchpConfig::LIP, lip, device)?,
         })
     }
 
