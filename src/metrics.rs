@@ -36,6 +36,7 @@ pub const QUEUED_SECONDS_BY_PRIORITY: &str = "virtualfit_queued_seconds";
 pub const MODEL_BUSY_SHARE_SECONDS_TOTAL: &str = "virtualfit_model_busy_share_seconds_total";
 pub const UNET_STEPS_TOTAL: &str = "virtualfit_unet_steps_total";
 pub const UNET_BATCH_ROWS: &str = "virtualfit_unet_batch_rows";
+pub const MASK_BATCH_SIZE: &str = "virtualfit_mask_batch_size";
 pub const GPU_UTILIZATION: &str = "virtualfit_gpu_utilization_ratio";
 pub const GPU_MEMORY_USED: &str = "virtualfit_gpu_memory_used_bytes";
 pub const GPU_MEMORY_TOTAL: &str = "virtualfit_gpu_memory_total_bytes";
@@ -172,6 +173,8 @@ pub struct Metrics {
     pub unet_steps_total: prometheus::IntCounter,
     /// Diffusion models: UNet rows per call (a request with guidance takes two).
     pub unet_batch_rows: Histogram,
+    /// Person photos per masker call on the worker (the human parsers), across requests.
+    pub mask_batch_size: Histogram,
     /// Forward time, summed: what the device is really used for.
     pub model_busy_seconds_total: prometheus::Counter,
     /// The configured price of one GPU-hour; registered only when one is configured.
@@ -461,6 +464,14 @@ impl Metrics {
                 histogram(
                     UNET_BATCH_ROWS,
                     "UNet rows per call (diffusion models; a request with guidance takes two).",
+                    BATCH_SIZE_BUCKETS,
+                ),
+            ),
+            mask_batch_size: register(
+                r,
+                histogram(
+                    MASK_BATCH_SIZE,
+                    "Person photos per masker call on the worker (automatic masks and /v1/masks).",
                     BATCH_SIZE_BUCKETS,
                 ),
             ),

@@ -20,7 +20,9 @@
 //! - `worker.rs`: the worker thread's life and what both loops share (progress for liveness,
 //!   guarded model calls, the out-of-memory split, the per-item time estimate);
 //! - `whole_batch.rs`: the loop for models that answer a batch in one call;
-//! - `steps.rs`: the loop that batches diffusion models step by step.
+//! - `steps.rs`: the loop that batches diffusion models step by step;
+//! - `masks.rs`: the model's person masker run on the worker between model calls, the photos
+//!   of concurrent requests batched (work queued with [`Batcher::run_beside`]).
 //!
 //! The two loops use only what `queue.rs` and `worker.rs` expose.
 
@@ -33,6 +35,7 @@ use tokio::sync::oneshot;
 use crate::metrics::{Metrics, PRIORITY_LABELS};
 use crate::models::{LoadedModel, ModelError, ModelInput, TryOnModel};
 
+pub mod masks;
 mod queue;
 mod steps;
 mod whole_batch;
@@ -163,6 +166,11 @@ impl Progress {
 /// the worker back.
 pub type ProgressSender = tokio::sync::watch::Sender<Progress>;
 
+/// Work queued to run on the worker thread between model calls, on the model's device (see
+/// [`Batcher::run_beside`]). It answers through its own channel; dropped unrun when the worker
+/// stops, which its waiter sees as a closed channel.
+pub type BesideTask = Box<dyn FnOnce() + Send>;
+
 /// Where an admitted item's answer arrives.
 pub type Receiver = oneshot::Receiver<Result<JobOutput, JobError>>;
 
@@ -234,6 +242,14 @@ impl Batcher {
         };
         self.shared
             .admit(inputs.into(), priority, promote_at, None, progress)
+    }
+
+    /// Queues `task` to run on the worker thread between model calls (between two UNet steps
+    /// of the running requests), so that it shares the device with the model instead of
+    /// contending for it. Refused only once the worker is stopping; while draining it still
+    /// runs, for requests admitted before.
+    pub fn run_beside(&self, task: BesideTask) -> Result<(), AdmitError> {
+        self.shared.beside(task)
     }
 
     /// Stops admitting new requests; queued ones still run.

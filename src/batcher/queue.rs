@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::BesideTask;
 use super::{
     AdmitError, JobError, JobOutput, Priority, Progress, ProgressSender, Receiver, Stage,
     MIN_RETRY_AFTER_S,
@@ -89,6 +90,9 @@ pub(super) struct State {
     /// The warm-up's estimate of the longest call the worker may make (a full batch; for a
     /// diffusion model a full-size step or VAE pass), before any such call is seen.
     pub(super) call_estimate: Duration,
+    /// Work beside the model's own (person masks), run by the worker between its calls in
+    /// arrival order; whoever queued it waits for its answer.
+    pub(super) beside: VecDeque<BesideTask>,
 }
 
 impl State {
@@ -106,6 +110,7 @@ impl State {
             last_progress: Instant::now(),
             longest_call: Duration::ZERO,
             call_estimate: Duration::ZERO,
+            beside: VecDeque::new(),
         }
     }
 

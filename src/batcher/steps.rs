@@ -57,6 +57,7 @@ pub(super) fn warm_up(model: &dyn StepModel, shared: &Shared) -> Result<(), Mode
 pub(super) fn worker_loop(model: &dyn StepModel, shared: &Shared) {
     let mut running: Vec<Running> = Vec::new();
     loop {
+        shared.run_beside();
         let Some(new_jobs) = admit(model, shared, &running) else {
             fail_all(running, shared);
             return;
@@ -104,6 +105,9 @@ fn admit(model: &dyn StepModel, shared: &Shared, running: &[Running]) -> Option<
     while running.is_empty() && state.queued() == 0 {
         if state.stop {
             return None;
+        }
+        if !state.beside.is_empty() {
+            return Some(Vec::new());
         }
         state = shared.wait(state);
     }

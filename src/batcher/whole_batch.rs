@@ -42,11 +42,15 @@ pub(super) fn warm_up(model: &dyn TryOnModel, shared: &Shared) -> Result<(), Mod
 pub(super) fn worker_loop(model: &dyn TryOnModel, shared: &Shared) {
     let config = &shared.config;
     loop {
+        shared.run_beside();
         let jobs = {
             let mut state = shared.lock();
             while state.queued() == 0 {
                 if state.stop {
                     return;
+                }
+                if !state.beside.is_empty() {
+                    break;
                 }
                 state = shared.wait(state);
             }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use super::queue::{Job, State};
 use super::{steps, whole_batch};
 use super::{
-    AdmitError, BatcherConfig, JobError, Priority, ProgressSender, Receiver, WorkerProgress,
+    AdmitError, BatcherConfig, BesideTask, JobError, Priority, ProgressSender, Receiver,
+    WorkerProgress,
 };
 use crate::metrics::{Metrics, RejectReason};
 use crate::models::{LoadedModel, ModelError, ModelInput};
@@ -53,23 +54,28 @@ pub(super) fn spawn(
     let worker_shared = shared.clone();
     let handle = std::thread::Builder::new()
         .name("virtualfit-worker".into())
-        .spawn(move || match model {
-            LoadedModel::Batch(model) => {
-                let warm = whole_batch::warm_up(model.as_ref(), &worker_shared);
-                let ok = warm.is_ok();
-                on_ready(warm);
-                if ok {
-                    whole_batch::worker_loop(model.as_ref(), &worker_shared);
+        .spawn(move || {
+            match model {
+                LoadedModel::Batch(model) => {
+                    let warm = whole_batch::warm_up(model.as_ref(), &worker_shared);
+                    let ok = warm.is_ok();
+                    on_ready(warm);
+                    if ok {
+                        whole_batch::worker_loop(model.as_ref(), &worker_shared);
+                    }
+                }
+                LoadedModel::Steps(model) => {
+                    let warm = steps::warm_up(model.as_ref(), &worker_shared);
+                    let ok = warm.is_ok();
+                    on_ready(warm);
+                    if ok {
+                        steps::worker_loop(model.as_ref(), &worker_shared);
+                    }
                 }
             }
-            LoadedModel::Steps(model) => {
-                let warm = steps::warm_up(model.as_ref(), &worker_shared);
-                let ok = warm.is_ok();
-                on_ready(warm);
-                if ok {
-                    steps::worker_loop(model.as_ref(), &worker_shared);
-                }
-            }
+            // No worker runs what is still queued beside the model: let its waiters go.
+            worker_shared.lock().stop = true;
+            worker_shared.drop_beside();
         })
         .expect("spawning the worker thread");
     let worker = WorkerThread {
@@ -124,6 +130,46 @@ impl Shared {
         drop(state);
         self.wake.notify_one();
         Ok(receiver)
+    }
+
+    /// Queues work beside the model's (see [`super::Batcher::run_beside`]) and wakes the
+    /// worker.
+    pub(super) fn beside(&self, task: BesideTask) -> Result<(), AdmitError> {
+        let mut state = self.lock();
+        if state.stop {
+            return Err(AdmitError::Draining {
+                retry_after_s: state.retry_after_s(),
+            });
+        }
+        state.beside.push_back(task);
+        drop(state);
+        self.wake.notify_all();
+        Ok(())
+    }
+
+    /// Runs the work queued beside the model's, each task guarded against panics and counted
+    /// as a call of the device for liveness and the busy-time metrics.
+    pub(super) fn run_beside(&self) {
+        loop {
+            let Some(task) = self.lock().beside.pop_front() else {
+                return;
+            };
+            let started = Instant::now();
+            if let Err(e) = guarded(|| {
+                task();
+                Ok(())
+            }) {
+                tracing::error!(error = %e, "work beside the model failed");
+            }
+            self.model_worked(started.elapsed(), []);
+        }
+    }
+
+    /// Drops the work queued beside the model's unrun, once the worker has stopped: each
+    /// waiter sees its channel closed.
+    fn drop_beside(&self) {
+        let dropped = std::mem::take(&mut self.lock().beside);
+        drop(dropped);
     }
 
     /// Stops admitting new requests; queued ones still run.

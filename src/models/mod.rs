@@ -49,6 +49,36 @@ pub trait PersonMasker: Send + Sync {
     /// The label map `name` of the fitted person photo, one label per pixel as a grey level;
     /// `None` when it has no such map.
     fn label_map(&self, person: &image::RgbImage, name: &str) -> Result<Option<GrayImage>, String>;
+    /// The answers to several photos at once, in order: a masker with device work (the
+    /// parsers) runs it once for all of them. By default each in turn.
+    fn masks(&self, queries: &[MaskQuery]) -> Vec<Result<GrayImage, String>> {
+        queries
+            .iter()
+            .map(|query| query.answer_with(self))
+            .collect()
+    }
+}
+
+/// One photo for [`PersonMasker::masks`].
+#[derive(Debug, Clone)]
+pub struct MaskQuery {
+    /// The fitted person photo.
+    pub person: image::RgbImage,
+    pub options: RequestOptions,
+    /// `None`: the mask for `options`; else the label map of this name.
+    pub labels: Option<String>,
+}
+
+impl MaskQuery {
+    /// The answer of `masker` to this one photo, without batching.
+    pub fn answer_with<M: PersonMasker + ?Sized>(&self, masker: &M) -> Result<GrayImage, String> {
+        match &self.labels {
+            None => masker.mask(&self.person, &self.options),
+            Some(name) => masker
+                .label_map(&self.person, name)?
+                .ok_or_else(|| format!("no label map `{name}`")),
+        }
+    }
 }
 
 /// The licence of one part of a model's weights, as the logs and `/v1/models` report it.

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::batcher::masks::WorkerMasker;
 use crate::batcher::{Batcher, WorkerThread};
 use crate::config::ServeArgs;
 use crate::jobs::runner::Runner;
@@ -231,7 +232,11 @@ impl Server {
             upload.max_image_pixels,
             DecodeBudget::new(upload.max_decode_memory, metrics.clone()),
         )
-        .with_masker(masker);
+        .with_masker(masker.map(|masker| {
+            // The masker's device work runs on the model's worker, batched across requests.
+            Arc::new(WorkerMasker::new(masker, batcher.clone(), metrics.clone()))
+                as Arc<dyn crate::models::PersonMasker>
+        }));
         let api_limits = settings.connections;
         let metrics_limits = ConnectionLimits {
             max_connections: METRICS_MAX_CONNECTIONS,

@@ -167,25 +167,41 @@ async fn with_parsers_the_mask_is_the_official_automaskers_and_tryon_samples_wit
     assert!(automatic == tryon(&base, &photos[0], Some(&served)).await);
     assert!(automatic != tryon(&base, &photos[0], Some(&drawn)).await);
 
-    // The other parts, and the label maps, are the official ones too.
-    let inner = post_form(&base, "/v1/masks", mask_form(&photos[0], "inner")).await;
+    // The other parts, and the label maps, are the official ones too. Sent at once, they wait
+    // together while the worker parses the first to arrive, then go through in one call.
+    let (inner, outer, atr, lip) = tokio::join!(
+        post_form(&base, "/v1/masks", mask_form(&photos[0], "inner")),
+        post_form(&base, "/v1/masks", mask_form(&photos[1], "outer")),
+        post_form(
+            &base,
+            "/v1/masks?labels=atr",
+            mask_form(&photos[0], "upper")
+        ),
+        post_form(
+            &base,
+            "/v1/masks?labels=lip",
+            mask_form(&photos[1], "upper")
+        ),
+    );
     same(&gray_png(inner).await, "mask-0-inner.png");
-    let outer = post_form(&base, "/v1/masks", mask_form(&photos[1], "outer")).await;
     same(&gray_png(outer).await, "mask-1-outer.png");
-    let atr = post_form(
-        &base,
-        "/v1/masks?labels=atr",
-        mask_form(&photos[0], "upper"),
-    )
-    .await;
     same(&gray_png(atr).await, "atr-0.png");
-    let lip = post_form(
-        &base,
-        "/v1/masks?labels=lip",
-        mask_form(&photos[1], "upper"),
-    )
-    .await;
     same(&gray_png(lip).await, "lip-1.png");
+
+    // Every automatic mask went through the masker on the model's worker: one photo for the
+    // first /v1/masks, one for the /tryon without a mask, four for the concurrent ones, which
+    // took two calls at most (a parser pass takes seconds; the four arrive within
+    // milliseconds).
+    let text = common::metrics_text(&base).await;
+    assert_eq!(
+        common::metric(&text, "virtualfit_mask_batch_size_sum", ""),
+        6.0
+    );
+    let calls = common::metric(&text, "virtualfit_mask_batch_size_count", "");
+    assert!(
+        calls <= 4.0,
+        "the concurrent masks were batched: {calls} calls for 6 photos"
+    );
 
     // Unknown values are refused.
     for (path, category) in [

@@ -22,9 +22,9 @@ use crate::models::automasker::{
 };
 use crate::models::registry::{required_dir, Downloaded};
 use crate::models::{
-    InputSpec, Licence, LoadRequest, LoadedModel, MaskerRequest, ModelError, ModelFamily,
-    ModelFlags, ModelInput, OptionKind, OptionLimits, OptionSpec, PersonMaskSpec, PersonMasker,
-    Preset, RequestOptions, StepGroup, StepModel, StepState, WarmUp, WeightSource,
+    InputSpec, Licence, LoadRequest, LoadedModel, MaskQuery, MaskerRequest, ModelError,
+    ModelFamily, ModelFlags, ModelInput, OptionKind, OptionLimits, OptionSpec, PersonMaskSpec,
+    PersonMasker, Preset, RequestOptions, StepGroup, StepModel, StepState, WarmUp, WeightSource,
 };
 
 /// The largest guidance scale accepted: far past any useful value, it only bounds the input.
@@ -386,12 +386,40 @@ struct ParserMasker {
 }
 
 impl ParserMasker {
-    fn parse(&self, person: &RgbImage) -> Result<ParsedPerson, String> {
-        self.parsers
-            .parse(std::slice::from_ref(person))
-            .map_err(|e| format!("the human parsers failed: {e:#}"))?
-            .pop()
-            .ok_or_else(|| "the human parsers answered no label map".to_string())
+    /// Both parsers over the photos, as one batch each.
+    fn parse(&self, people: &[RgbImage]) -> Result<Vec<ParsedPerson>, String> {
+        let parsed = self
+            .parsers
+            .parse(people)
+            .map_err(|e| format!("the human parsers failed: {e:#}"))?;
+        if parsed.len() != people.len() {
+            return Err("the human parsers answered another number of label maps".into());
+        }
+        Ok(parsed)
+    }
+
+    /// The mask for `options`, or the label map `labels`, from a photo's parsed maps.
+    fn answer(
+        &self,
+        parsed: ParsedPerson,
+        options: &RequestOptions,
+        labels: Option<&str>,
+    ) -> Result<GrayImage, String> {
+        let map = match labels {
+            None => {
+                let part = CatvtonOptions::read(options)
+                    .map_err(|e| e.to_string())?
+                    .category;
+                let densepose = LabelMap::filled(parsed.atr.width, parsed.atr.height, 0);
+                return cloth_agnostic_mask(&densepose, &parsed.lip, &parsed.atr, part)
+                    .map_err(|e| format!("cannot combine the label maps: {e:#}"));
+            }
+            Some("atr") => parsed.atr,
+            Some("lip") => parsed.lip,
+            Some(name) => return Err(format!("no label map `{name}`")),
+        };
+        GrayImage::from_raw(map.width as u32, map.height as u32, map.labels)
+            .ok_or_else(|| "a label map of the wrong length".to_string())
     }
 }
 
@@ -401,13 +429,9 @@ impl PersonMasker for ParserMasker {
     }
 
     fn mask(&self, person: &RgbImage, options: &RequestOptions) -> Result<GrayImage, String> {
-        let part = CatvtonOptions::read(options)
-            .map_err(|e| e.to_string())?
-            .category;
-        let parsed = self.parse(person)?;
-        let densepose = LabelMap::filled(parsed.atr.width, parsed.atr.height, 0);
-        cloth_agnostic_mask(&densepose, &parsed.lip, &parsed.atr, part)
-            .map_err(|e| format!("cannot combine the label maps: {e:#}"))
+        let parsed = self.parse(std::slice::from_ref(person))?;
+        let parsed = parsed.into_iter().next().ok_or("no label map")?;
+        self.answer(parsed, options, None)
     }
 
     fn label_maps(&self) -> &'static [&'static str] {
@@ -418,15 +442,22 @@ impl PersonMasker for ParserMasker {
         if !self.label_maps().contains(&name) {
             return Ok(None);
         }
-        let parsed = self.parse(person)?;
-        let map = if name == "atr" {
-            parsed.atr
-        } else {
-            parsed.lip
-        };
-        GrayImage::from_raw(map.width as u32, map.height as u32, map.labels)
+        let parsed = self.parse(std::slice::from_ref(person))?;
+        let parsed = parsed.into_iter().next().ok_or("no label map")?;
+        self.answer(parsed, &RequestOptions::default(), Some(name))
             .map(Some)
-            .ok_or_else(|| "a label map of the wrong length".to_string())
+    }
+
+    fn masks(&self, queries: &[MaskQuery]) -> Vec<Result<GrayImage, String>> {
+        let people: Vec<RgbImage> = queries.iter().map(|q| q.person.clone()).collect();
+        match self.parse(&people) {
+            Ok(parsed) => parsed
+                .into_iter()
+                .zip(queries)
+                .map(|(parsed, q)| self.answer(parsed, &q.options, q.labels.as_deref()))
+                .collect(),
+            Err(e) => queries.iter().map(|_| Err(e.clone())).collect(),
+        }
     }
 }
 
