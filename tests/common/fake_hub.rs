@@ -175,7 +175,7 @@ impl FakeHub {
             .map(|(id, files)| (id.to_string(), (commit_of(id), files.into_iter().collect())))
             .collect();
         for (repo, path, bytes) in extra {
-            let lfs = path.ends_with(".safetensors");
+            let lfs = path.ends_with(".safetensors") || path.ends_with(".pth");
             let files = &mut repos.get_mut(repo).expect("a fixture repository").1;
             files.insert(path.to_string(), HubFile::new(bytes, lfs));
         }

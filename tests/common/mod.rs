@@ -5,6 +5,7 @@
 pub mod child;
 pub mod fake_hub;
 pub mod redis_server;
+pub mod schp_checkpoint;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -739,3 +739,73 @@ async fn the_human_parsers_come_from_the_attention_repository_and_lay_out_under_
         hub.transfers()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parsers_from_the_hub_make_the_official_automaskers_mask() {
+    use common::schp_checkpoint::formula_checkpoint;
+    use virtualfit::models::automasker::schp::SchpConfig;
+    // Full-size checkpoints in the official layout, holding the seeded weights the official
+    // `AutoMasker.__call__` fixture ran with (tests/fixtures/automasker/call).
+    let (atr, lip) = tokio::task::spawn_blocking(|| {
+        (
+            formula_checkpoint(SchpConfig::ATR, "atr"),
+            formula_checkpoint(SchpConfig::LIP, "lip"),
+        )
+    })
+    .await
+    .expect("checkpoints");
+    let hub = FakeHub::start_with(vec![
+        (ATTENTION, "SCHP/exp-schp-201908301523-atr.pth", atr),
+        (ATTENTION, "SCHP/exp-schp-201908261155-lip.pth", lip),
+    ])
+    .await;
+    let cache = fresh_cache();
+    let cache_text = cache.display().to_string();
+    let model_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/catvton/model");
+    let server = ChildServer::start(&[
+        "--model",
+        "catvton",
+        "--model-dir",
+        model_dir,
+        "--masker-source",
+        "hub",
+        "--hub-endpoint",
+        &hub.endpoint,
+        "--hub-cache",
+        &cache_text,
+        "--request-timeout-s",
+        "300",
+    ]);
+    server.wait_ready().await;
+    let logs = server.logs().join("\n");
+    assert!(logs.contains("human parsers verified"), "{logs}");
+    assert!(logs.contains("person mask: parsers"), "{logs}");
+
+    let fixture = |name: &str| {
+        std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/automasker/call")
+                .join(name),
+        )
+        .expect("fixture")
+    };
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "person_image",
+            common::image_part(fixture("photo-0.png"), "image/png"),
+        )
+        .text("category", "upper")
+        .text("resolution", "512x384");
+    let r = common::post_form(&server.base, "/v1/masks", form).await;
+    assert_eq!(r.status(), 200);
+    let served = image::load_from_memory(&r.bytes().await.expect("body"))
+        .expect("a PNG")
+        .to_luma8();
+    let official = image::load_from_memory(&fixture("mask-0-upper.png"))
+        .expect("a PNG")
+        .to_luma8();
+    assert!(
+        served == official,
+        "the parsers read from the hub give the official mask"
+    );
+}
