@@ -15,6 +15,7 @@ use crate::models::{
     LoadRequest, LoadedModel, ModelFamily, ModelInput, RequestOptions, StepState, TryOnBatch,
     WeightSource,
 };
+use crate::ops::profile;
 use crate::pipeline::{self, ImageParts};
 
 /// `virtualfit bench model`.
@@ -44,6 +45,10 @@ pub struct ModelBenchArgs {
     /// without the downloads (the outputs are noise), for the models that offer it.
     #[arg(long)]
     pub random_weights: bool,
+    /// After the timed passes, as many again with the profile on: the time per stage of the
+    /// model and per kind of op (CUDA events on a GPU), printed as a table (JSON: `profile`).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// The `bench model` result.
@@ -74,6 +79,9 @@ pub struct ModelReport {
     /// synchronised at each boundary), so that a run of few steps extrapolates to more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phases: Option<StepPhases>,
+    /// `--profile`: the time per stage and op kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profile: Vec<profile::Row>,
 }
 
 /// The parts of one sampling of a batch, in seconds.
@@ -264,6 +272,18 @@ pub fn measure(args: &ModelBenchArgs) -> Result<ModelReport, BenchError> {
             Ok(t)
         })
         .collect::<Result<Vec<f64>, BenchError>>()?;
+    let profile = if args.profile {
+        profile::start();
+        let start = Instant::now();
+        let ran = (0..args.iterations).try_for_each(|_| run());
+        device.synchronize()?;
+        let total = start.elapsed().as_secs_f64();
+        let kinds = profile::finish();
+        ran?;
+        profile::rows(&kinds, args.iterations as usize, total)
+    } else {
+        Vec::new()
+    };
     times.sort_by(f64::total_cmp);
     let n = times.len();
     let median = if n % 2 == 1 {
@@ -292,6 +312,7 @@ pub fn measure(args: &ModelBenchArgs) -> Result<ModelReport, BenchError> {
         images_per_s: b / median,
         steps,
         unet_steps_per_s: steps.map(|s| b * s as f64 / median),
+        profile,
         phases: phases.get().map(|_| {
             let runs = args.iterations as f64;
             StepPhases {
@@ -322,6 +343,10 @@ pub fn run(args: &ModelBenchArgs) -> Result<(), BenchError> {
             r.max_batch_s * 1e3,
             r.iterations
         );
+        if !r.profile.is_empty() {
+            println!();
+            profile::print(&r.profile);
+        }
     }
     Ok(())
 }

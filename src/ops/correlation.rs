@@ -15,6 +15,7 @@ pub const DISPLACEMENTS: usize = (2 * MAX_DISPLACEMENT + 1) * (2 * MAX_DISPLACEM
 /// Correlates `first` and `second` (both `N×C×H×W`); answers `N×49×H×W` where channel
 /// `(dy + 3)·7 + (dx + 3)` holds displacement `(dy, dx)`.
 pub fn correlation(first: &Tensor, second: &Tensor) -> Result<Tensor> {
+    let _span = super::profile::op("correlation", first.device());
     if first.dims() != second.dims() || first.rank() != 4 {
         candle_core::bail!(
             "correlation: inputs {:?} and {:?} must be equal N×C×H×W",

@@ -18,6 +18,7 @@ pub fn depthwise_conv3x3(
     stride: usize,
     relu6: bool,
 ) -> Result<Tensor> {
+    let _span = super::profile::op("depthwise 3x3", input.device());
     let (_n, c, _h, _w) = input.dims4()?;
     if weight.elem_count() != c * 9 || bias.elem_count() != c {
         candle_core::bail!(

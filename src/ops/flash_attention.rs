@@ -30,6 +30,7 @@ pub fn supports(dtype: DType, head_dim: usize) -> bool {
 
 /// `softmax(q·kᵀ·scale)·v` for `q: G×Nq×d`, `k, v: G×Nk×d` of one half dtype on a CUDA device.
 pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let _span = super::profile::op("flash attention", q.device());
     let (groups, _, d) = q.dims3()?;
     let (kg, n_k, kd) = k.dims3()?;
     if (kg, kd) != (groups, d) || v.dims3()? != (groups, n_k, d) {

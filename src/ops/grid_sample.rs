@@ -22,6 +22,7 @@ pub fn grid_sample(
     padding: GridPadding,
     align_corners: bool,
 ) -> Result<Tensor> {
+    let _span = super::profile::op("grid_sample", input.device());
     let (n, _c, _h, _w) = input.dims4()?;
     let (gn, _ho, _wo, two) = grid.dims4()?;
     if gn != n || two != 2 {

@@ -19,6 +19,7 @@ pub fn group_norm(
     eps: f64,
     silu: bool,
 ) -> Result<Tensor> {
+    let _span = super::profile::op("group norm", x.device());
     let dims = x.dims();
     let c = dims.get(1).copied().unwrap_or(0);
     if dims.len() < 3 || groups == 0 || c % groups != 0 {

@@ -44,6 +44,7 @@ pub mod depthwise;
 pub mod flash_attention;
 pub mod grid_sample;
 pub mod group_norm;
+pub mod profile;
 pub mod resize;
 
 pub use conv::{conv2d_fused, conv2d_winograd, winograd_applies, winograd_weights, ConvActivation};

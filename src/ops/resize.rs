@@ -9,6 +9,7 @@ use super::contiguous_f32;
 /// Resizes `input` (`N×C×H×W`) to `N×C×out_h×out_w`. The source scale is `H / out_h`, which is
 /// what PyTorch uses for `size=` and, for exact factors, for `scale_factor=`.
 pub fn resize_bilinear(input: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    let _span = super::profile::op("resize", input.device());
     let (_n, _c, h, w) = input.dims4()?;
     if out_h == 0 || out_w == 0 || h == 0 || w == 0 {
         candle_core::bail!(

@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 
 use super::fpn::{MobileFpn, FPN_DIM};
 use super::layers::{Activation, Conv, ConvConfig};
-use crate::ops::{correlation, grid_sample, resize_bilinear, GridPadding};
+use crate::ops::{correlation, grid_sample, profile, resize_bilinear, GridPadding};
 
 /// Number of pyramid levels.
 pub const LEVELS: usize = 5;
@@ -153,8 +153,14 @@ impl MobileAfwm {
 
     /// Warps `cloth` (`N×3×H×W`) onto `person`.
     pub fn forward(&self, person: &Tensor, cloth: &Tensor) -> Result<WarpOutput> {
-        let (conds, warps) = self.pyramids(person, cloth)?;
-        let flow = self.aflow_net.forward(&warps, &conds)?;
+        let (conds, warps) = {
+            let _stage = profile::stage("warp: feature pyramids", person.device());
+            self.pyramids(person, cloth)?
+        };
+        let flow = {
+            let _stage = profile::stage("warp: flow", person.device());
+            self.aflow_net.forward(&warps, &conds)?
+        };
         let warped_cloth = grid_sample(cloth, &as_grid(&flow)?, GridPadding::Border, true)?;
         Ok(WarpOutput { warped_cloth, flow })
     }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::models::dmvton::DmVton;
 use crate::models::{TryOnBatch, TryOnModel, MODEL_HEIGHT, MODEL_WIDTH};
 use crate::ops::convert::{to_model_input, to_u8_images, InputKind};
-use crate::ops::{self, GridPadding};
+use crate::ops::{self, profile, GridPadding};
 
 /// Largest relative L2 error of a CUDA kernel against its CPU op (f32).
 pub const KERNEL_TOLERANCE: f64 = 1e-5;
@@ -72,6 +72,8 @@ pub struct Report {
     pub kernels: Vec<Check>,
     pub parity: Vec<Check>,
     pub timings: Vec<Timing>,
+    /// Where the f32 forward pass at the largest batch size spends its time.
+    pub profile: Vec<profile::Row>,
     pub parity_tf32: Vec<Check>,
     pub timings_tf32: Vec<Timing>,
     /// CatVTON's flash attention against the f32 attention: run last, since a kernel that
@@ -369,6 +371,38 @@ pub fn parity_checks(
     Ok(checks)
 }
 
+/// A batch of random inputs on `device`.
+fn random_batch(batch_size: usize, device: &Device) -> anyhow::Result<TryOnBatch> {
+    let shape = |c: usize| [batch_size, c, MODEL_HEIGHT, MODEL_WIDTH];
+    Ok(TryOnBatch {
+        person: Tensor::rand(-1f32, 1f32, &shape(3), device)?,
+        cloth: Tensor::rand(-1f32, 1f32, &shape(3), device)?,
+        cloth_mask: Tensor::rand(0f32, 1f32, &shape(1), device)?.round()?,
+    })
+}
+
+/// Where `passes` forward passes at `batch_size` spend their time, per stage and op kind (the
+/// model warmed up first).
+pub fn profile_forward(
+    model: &dyn TryOnModel,
+    batch_size: usize,
+    passes: usize,
+) -> anyhow::Result<Vec<profile::Row>> {
+    let device = model.device().clone();
+    let batch = random_batch(batch_size, &device)?;
+    model.forward(&batch)?;
+    device.synchronize()?;
+    profile::start();
+    let start = Instant::now();
+    let ran = (0..passes.max(1)).try_for_each(|_| model.forward(&batch).map(drop));
+    let synced = device.synchronize();
+    let total = start.elapsed().as_secs_f64();
+    let kinds = profile::finish();
+    ran?;
+    synced?;
+    Ok(profile::rows(&kinds, passes.max(1), total))
+}
+
 /// Median forward time per batch on random inputs, after three warm-up runs.
 pub fn time_forward(
     model: &dyn TryOnModel,
@@ -376,12 +410,7 @@ pub fn time_forward(
     iterations: usize,
 ) -> anyhow::Result<Timing> {
     let device = model.device().clone();
-    let shape = |c: usize| [batch_size, c, MODEL_HEIGHT, MODEL_WIDTH];
-    let batch = TryOnBatch {
-        person: Tensor::rand(-1f32, 1f32, &shape(3), &device)?,
-        cloth: Tensor::rand(-1f32, 1f32, &shape(3), &device)?,
-        cloth_mask: Tensor::rand(0f32, 1f32, &shape(1), &device)?.round()?,
-    };
+    let batch = random_batch(batch_size, &device)?;
     for _ in 0..3 {
         model.forward(&batch)?;
     }
@@ -456,6 +485,15 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
                     &mut report.timings
                 }
                 .push(t);
+            }
+            if let (false, Some(&largest)) = (tf32, args.batch_sizes.iter().max()) {
+                println!(
+                    "\nDM-VTON forward in f32 at batch {largest}: time per stage and op kind \
+                     (CUDA events, {} passes)",
+                    args.iterations
+                );
+                report.profile = profile_forward(&model, largest, args.iterations)?;
+                profile::print(&report.profile);
             }
         }
         crate::device::set_tf32(false);
@@ -544,6 +582,49 @@ mod tests {
         for c in checks {
             assert!(!c.pass && c.name.contains("CUDA only"), "{c:?}");
         }
+    }
+
+    #[test]
+    fn the_forward_profile_names_each_stage_and_op_kind_of_dm_vton() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dmvton");
+        let model = DmVton::load(&dir, &Device::Cpu).expect("the fixture's checkpoints");
+        let rows = profile_forward(&model, 1, 1).expect("profile");
+        let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
+        for kind in [
+            "forward",
+            "warp",
+            "warp: feature pyramids",
+            "warp: flow",
+            "generator",
+            "correlation",
+            "grid_sample",
+            "depthwise 3x3",
+            "conv 1x1",
+            "resize",
+        ] {
+            assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+        }
+        let forward = &rows[0];
+        assert_eq!(
+            (forward.level.as_str(), forward.calls_per_pass),
+            ("stage", 1.0)
+        );
+        // The pass contains its stages, and the stages their ops.
+        let ms = |kind: &str| {
+            rows.iter()
+                .find(|r| r.kind == kind)
+                .map_or(0.0, |r| r.ms_per_pass)
+        };
+        assert!(ms("forward") >= ms("warp") + ms("generator"));
+        let ops: f64 = rows
+            .iter()
+            .filter(|r| r.level == "op")
+            .map(|r| r.ms_per_pass)
+            .sum();
+        assert!(ops <= ms("forward") && ops > 0.0, "{rows:?}");
+        // Five pyramid levels: five correlations per pass.
+        let corr = rows.iter().find(|r| r.kind == "correlation").expect("row");
+        assert_eq!(corr.calls_per_pass, 5.0);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use crate::models::{ModelError, TryOnBatch, TryOnModel};
-use crate::ops::{grid_sample, GridPadding};
+use crate::ops::{grid_sample, profile, GridPadding};
 pub use afwm::MobileAfwm;
 pub use checkpoint::Checkpoint;
 pub use unet::MobileUnet;
@@ -89,13 +89,21 @@ impl DmVton {
 
     /// Runs the full pipeline and answers every stage's output.
     pub fn run(&self, batch: &TryOnBatch) -> candle_core::Result<DmVtonOutput> {
+        let device = &self.device;
+        let _pass = profile::stage("forward", device);
         let mask = batch.cloth_mask.gt(0.5f64)?.to_dtype(DType::F32)?;
         let cloth = batch.cloth.broadcast_mul(&mask)?;
-        let warp = self.warp.forward(&batch.person, &cloth)?;
+        let warp = {
+            let _stage = profile::stage("warp", device);
+            self.warp.forward(&batch.person, &cloth)?
+        };
         let grid = warp.flow.permute((0, 2, 3, 1))?;
         let warped_mask = grid_sample(&mask, &grid, GridPadding::Zeros, true)?;
         let gen_in = Tensor::cat(&[&batch.person, &warp.warped_cloth, &warped_mask], 1)?;
-        let gen_raw = self.gen.forward(&gen_in)?;
+        let gen_raw = {
+            let _stage = profile::stage("generator", device);
+            self.gen.forward(&gen_in)?
+        };
         let rendered = gen_raw.narrow(1, 0, 3)?.tanh()?;
         let composite = (candle_nn::ops::sigmoid(&gen_raw.narrow(1, 3, 1)?)? * &warped_mask)?;
         let tryon = (warp.warped_cloth.broadcast_mul(&composite)?

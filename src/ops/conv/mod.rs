@@ -67,6 +67,10 @@ pub fn conv2d_fused(
     padding: usize,
     activation: ConvActivation,
 ) -> Result<Tensor> {
+    let _span = crate::ops::profile::op(
+        crate::ops::profile::conv_kind(weight.dims().get(2).copied().unwrap_or(0), stride, false),
+        input.device(),
+    );
     let (_n, ci, h, w) = input.dims4()?;
     let (co, wci, kh, kw) = weight.dims4()?;
     if wci != ci || kh != kw || bias.elem_count() != co || stride == 0 {

@@ -312,6 +312,7 @@ pub fn conv2d_winograd(
     bias: &Tensor,
     activation: ConvActivation,
 ) -> Result<Tensor> {
+    let _span = crate::ops::profile::op(crate::ops::profile::conv_kind(3, 1, true), input.device());
     let (_n, ci, _h, _w) = input.dims4()?;
     let (a2, co, uci) = u.dims3()?;
     if a2 != ALPHA2 || uci != ci || bias.elem_count() != co {
