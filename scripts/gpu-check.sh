@@ -97,6 +97,42 @@ if "$PY" -c 'import torch' 2>/dev/null && [ -f "$TORCH_SCRIPT" ]; then
       --iterations $DM_ITER --tf32 --cudnn-benchmark --json "$OUT/torch-tf32.json" > "$OUT/torch-tf32.txt" 2>&1
   fi
   tail -n 12 "$OUT/torch.txt"
+  # The deployed-style rows: the fused (Triton) correlation and the CUDA graphs checked against
+  # the plain ones first (--self-test, f32), then TF32, bf16 and f16 autocast, each with cuDNN
+  # benchmark, channels-last, CUDA graphs and the fused correlation, with the parity fixture.
+  # In the CPU rehearsal: the self-test and one row that proves the CPU-capable flags work
+  # (--cuda-graphs is CUDA only). Each row is capped (TORCH_ROW_TIMEOUT_S) to keep the budget.
+  ROW_TIMEOUT=${TORCH_ROW_TIMEOUT_S:-120}
+  [ $GPU = 1 ] || ROW_TIMEOUT=${TORCH_ROW_TIMEOUT_S:-900}
+  torch_row() {  # torch_row NAME FLAGS...: writes $OUT/NAME.json and $OUT/NAME.txt
+    local name=$1; shift
+    timeout "$ROW_TIMEOUT" "$PY" "$TORCH_SCRIPT" --model-dir "$BUNDLE/dmvton" \
+      --parity "$BUNDLE/dmvton/parity.safetensors" --device $TORCH_DEVICE --batch-sizes $DM_BATCHES \
+      --iterations $DM_ITER "$@" --json "$OUT/$name.json" > "$OUT/$name.txt" 2>&1
+    local rc=$?
+    [ $rc = 0 ] || echo "  $name failed (exit $rc, see $name.txt)"
+  }
+  timeout "$ROW_TIMEOUT" "$PY" "$TORCH_SCRIPT" --self-test --model-dir "$BUNDLE/dmvton" --device $TORCH_DEVICE \
+    > "$OUT/torch-self-test.txt" 2>&1
+  self_rc=$?
+  [ $self_rc = 0 ] || echo "  torch self-test failed (exit $self_rc, see torch-self-test.txt)"
+  BEST=(--channels-last --cuda-graphs --fused-correlation)
+  if [ $GPU = 1 ]; then
+    torch_row torch-best-tf32 --tf32 --cudnn-benchmark "${BEST[@]}"
+    torch_row torch-best-bf16 --amp bf16 --tf32 --cudnn-benchmark "${BEST[@]}"
+    torch_row torch-best-f16 --amp f16 --tf32 --cudnn-benchmark "${BEST[@]}"
+    rows="torch-tf32 torch-best-tf32 torch-best-bf16 torch-best-f16"
+  else
+    torch_row torch-cpu-best --channels-last --fused-correlation --amp bf16
+    rows="torch-cpu-best"
+  fi
+  echo "-- torch-self-test"
+  grep -E '^self-test|^  (fused|CUDA graph)' "$OUT/torch-self-test.txt" | tail -n 12
+  for row in $rows; do
+    [ -f "$OUT/$row.txt" ] || continue
+    echo "-- $row"
+    grep -E '^config:|^batch|rel_l2|Error|error' "$OUT/$row.txt" | tail -n 12
+  done
 else
   echo "no PyTorch here: baseline skipped"
 fi

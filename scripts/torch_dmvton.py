@@ -1,22 +1,65 @@
 #!/usr/bin/env python3
-"""DM-VTON in PyTorch eager mode: a speed baseline for the candle port in `src/models/dmvton/`.
+"""DM-VTON in PyTorch: a speed baseline for the candle port in `src/models/dmvton/`.
 
 The modules mirror the Rust port (and the reference KiseKloset/DM-VTON networks) layer for layer,
 with parameter names equal to the keys of the official checkpoints `dmvton_pf_warp.pt` and
 `dmvton_pf_gen.pt`, so that `load_state_dict(strict=True)` accepts them. The reference's CUDA
-correlation kernel is replaced by a plain PyTorch 7×7 cost volume with the same definition.
+correlation kernel is replaced by a plain PyTorch 7×7 cost volume with the same definition
+(`correlation()`: 49 shifted products), or with `--fused-correlation` by a single kernel.
 
     python3 scripts/torch_dmvton.py --model-dir DIR [--parity parity.safetensors] \
-        [--device cuda] [--batch-sizes 1,8,32] [--iterations 30] [--json OUT]
+        [--device cuda] [--batch-sizes 1,8,32] [--iterations 30] [--json OUT] \
+        [--tf32] [--cudnn-benchmark] [--channels-last] [--amp bf16|f16] [--cuda-graphs] \
+        [--fused-correlation]
+    python3 scripts/torch_dmvton.py --self-test [--model-dir DIR] [--device cpu|cuda]
 
-With `--parity`, the script runs the fixture's inputs and prints ‖out − ref‖ / ‖ref‖ for every
-output the file holds. Then it times the forward pass on random inputs at each batch size
-(3 warm-up runs, median over `--iterations` runs, synchronised around each run).
+With `--parity`, the script runs the fixture's inputs (under the same flags as the timing) and
+prints ‖out − ref‖ / ‖ref‖ for every output the file holds. Then it times the forward pass on
+random inputs at each batch size (3 warm-up runs, median over `--iterations` runs, synchronised
+around each run).
 
-Needs only torch, safetensors and numpy.
+Without any of the flags below this is plain eager mode in strict float32. The flags, each of
+which a deployed PyTorch service would use:
+
+  --tf32               TF32 in cuDNN convolutions and cuBLAS matmuls (CUDA; no effect on CPU).
+  --cudnn-benchmark    cuDNN picks its kernels by timing them (CUDA; no effect on CPU).
+  --channels-last      the model's weights and the inputs in `torch.channels_last` (NHWC) memory
+                       format (CPU and CUDA).
+  --amp bf16|f16       `torch.autocast` to bfloat16 or float16 around the forward pass. CUDA
+                       takes both; CPU autocast takes bf16 only (f16 is refused there, exit 2).
+                       The sampling grids are built in float32 (`apply_offset`), as a deployment
+                       would: in half precision they put the flow off by pixels.
+  --cuda-graphs        the forward pass captured once per batch size in a `torch.cuda.CUDAGraph`
+                       (static input buffers, warm-up on a side stream, then capture) and
+                       replayed; each timed run copies its inputs into the static buffers, and
+                       that copy counts in the time. CUDA only: refused on CPU (exit 2). With
+                       `--parity`, the fixture also runs through a captured graph.
+  --fused-correlation  the 7×7 cost volume as a single kernel instead of 49 products. On CUDA a
+                       Triton kernel (`triton` >= 2.1, as torch 2.1.2's CUDA wheels ship:
+                       triton 2.1.0) that reads both maps through their strides (any memory
+                       format) and accumulates in float32; where Triton or CUDA is missing (CPU),
+                       one einsum over a strided 7×7 window view of the zero-padded second map
+                       (it gathers the 49 windows into one buffer, so on CPU it is no faster than
+                       the 49 products; it is there so the flag runs everywhere). The script
+                       prints which one runs.
+
+`--self-test` compares the fused correlation against `correlation()` on random inputs of
+several shapes (batch > 1, odd sizes, channels-last and non-contiguous inputs; on CUDA both the
+Triton and the einsum forms; float32 with a bfloat16 second map as under autocast), then the
+whole network's outputs on smooth random images with and without `--fused-correlation` (and, on
+CUDA, a CUDA graph replay against eager), in float32 without TF32; it prints the max abs errors
+and exits 1 if one exceeds 1e-4. It uses the checkpoints of `--model-dir`
+when given, random weights otherwise.
+
+The JSON output (`--json`) holds the device, the torch version, `tf32`, the parity figures and
+the timings as before, plus `config` (every flag above and the correlation in use) and `label`
+(the same as one short string), so that each row of a comparison says what it ran.
+
+Needs only torch, safetensors and numpy (and triton for the CUDA fused correlation).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -53,6 +96,95 @@ def correlation(first, second, max_disp=MAX_DISPLACEMENT):
     return torch.stack(out, 1)
 
 
+def correlation_einsum(first, second, max_disp=MAX_DISPLACEMENT):
+    """`correlation()` as one einsum: the zero-padded second map seen through a strided
+    `N×C×7×7×H×W` window view (no copy), contracted over channels with the first map."""
+    dtype = torch.result_type(first, second)
+    first, second = first.to(dtype), second.to(dtype)
+    n, c, h, w = first.shape
+    size = 2 * max_disp + 1
+    padded = F.pad(second, (max_disp, max_disp, max_disp, max_disp))
+    # windows[n, c, i, j, y, x] = padded[n, c, y + i, x + j]
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)
+    out = torch.einsum("nchw,ncijhw->nijhw", first, windows) / c
+    return out.reshape(n, size * size, h, w)
+
+
+try:  # Triton: only for the CUDA fused correlation
+    import triton
+    import triton.language as tl
+except Exception:  # pragma: no cover - CPU-only installs
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def _correlation_kernel(
+        a_ptr, b_ptr, out_ptr, C, H, W,
+        sa_n, sa_c, sa_h, sa_w,
+        sb_n, sb_c, sb_h, sb_w,
+        so_n, so_c, so_h, so_w,
+        MAX_DISP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    ):
+        """One program: one image, one displacement, BLOCK_P pixels; loops over channels."""
+        SIZE: tl.constexpr = 2 * MAX_DISP + 1
+        pid_nd = tl.program_id(0)
+        pid_p = tl.program_id(1)
+        n = pid_nd // (SIZE * SIZE)
+        d = pid_nd % (SIZE * SIZE)
+        dy = d // SIZE - MAX_DISP
+        dx = d % SIZE - MAX_DISP
+        p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+        inside = p < H * W
+        y = p // W
+        x = p % W
+        y2 = y + dy
+        x2 = x + dx
+        valid = inside & (y2 >= 0) & (y2 < H) & (x2 >= 0) & (x2 < W)
+        a_pix = a_ptr + n * sa_n + y * sa_h + x * sa_w
+        b_pix = b_ptr + n * sb_n + y2 * sb_h + x2 * sb_w
+        acc = tl.zeros([BLOCK_P], dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            ch = c0 + tl.arange(0, BLOCK_C)
+            ch_ok = ch < C
+            a = tl.load(a_pix[None, :] + ch[:, None] * sa_c, mask=ch_ok[:, None] & inside[None, :], other=0.0)
+            b = tl.load(b_pix[None, :] + ch[:, None] * sb_c, mask=ch_ok[:, None] & valid[None, :], other=0.0)
+            acc += tl.sum(a.to(tl.float32) * b.to(tl.float32), axis=0)
+        # `tl.store` casts to the output's element type (float32, bfloat16 or float16).
+        tl.store(out_ptr + n * so_n + d * so_c + y * so_h + x * so_w, acc / C, mask=inside)
+
+
+def correlation_triton(first, second, max_disp=MAX_DISPLACEMENT):
+    """`correlation()` as one Triton kernel (CUDA): float32 accumulation, the output in the
+    inputs' promoted dtype and in the first map's memory format."""
+    dtype = torch.result_type(first, second)
+    n, c, h, w = first.shape
+    size = 2 * max_disp + 1
+    channels_last = first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous()
+    out = torch.empty(
+        (n, size * size, h, w),
+        device=first.device,
+        dtype=dtype,
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+    )
+    block_p = 64
+    grid = (n * size * size, triton.cdiv(h * w, block_p))
+    _correlation_kernel[grid](
+        first, second, out, c, h, w,
+        *first.stride(), *second.stride(), *out.stride(),
+        MAX_DISP=max_disp, BLOCK_C=32, BLOCK_P=block_p,
+    )
+    return out
+
+
+def fused_correlation_for(device):
+    """The single-kernel correlation for `device` and its name: Triton on CUDA where triton
+    imports, the einsum form otherwise."""
+    if device.type == "cuda" and triton is not None:
+        return correlation_triton, f"triton {triton.__version__} kernel"
+    return correlation_einsum, "einsum over a strided window view"
+
+
 def grid_sample(x, grid, padding_mode):
     """Bilinear `grid_sample` with aligned corners; `grid` is `N×Ho×Wo×2` (x then y)."""
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
@@ -65,7 +197,10 @@ def resize_bilinear(x, h, w):
 
 def apply_offset(offset):
     """A pixel offset field (`N×2×H×W`, x then y) as a sampling grid (`N×H×W×2`, in [-1, 1]
-    with aligned corners): `(index + offset) / ((size − 1) / 2) − 1`."""
+    with aligned corners): `(index + offset) / ((size − 1) / 2) − 1`. Always in float32: under
+    `--amp` the flow heads' output is half precision, whose 8 (bf16) or 11 (f16) bits cannot hold
+    pixel coordinates up to 191 finely enough (bf16 steps by 0.5 px above 64)."""
+    offset = offset.float()  # a no-op in float32
     _, _, h, w = offset.shape
     xs = torch.arange(w, device=offset.device, dtype=offset.dtype).view(1, 1, w)
     ys = torch.arange(h, device=offset.device, dtype=offset.dtype).view(1, h, 1)
@@ -197,6 +332,8 @@ class AFlowNet(nn.Module):
         super().__init__()
         self.netMain = nn.ModuleList([flow_head(49) for _ in range(LEVELS)])
         self.netRefine = nn.ModuleList([flow_head(2 * FPN_DIM) for _ in range(LEVELS)])
+        # The cost volume's implementation (`--fused-correlation` swaps it); not a parameter.
+        self.correlation = correlation
 
     def forward(self, warps, conds):
         """The flow from the garment pyramid `warps` to the person pyramid `conds` (both fine
@@ -209,7 +346,7 @@ class AFlowNet(nn.Module):
                 warped = grid_sample(x_warp, last_flow.permute(0, 2, 3, 1), "border")
             else:
                 warped = x_warp
-            corr = F.leaky_relu(correlation(warped, x_cond), 0.1)
+            corr = F.leaky_relu(self.correlation(warped, x_cond), 0.1)
             grid = apply_offset(self.netMain[i](corr))
             if last_flow is not None:
                 flow = grid_sample(last_flow, grid, "border")
@@ -385,17 +522,88 @@ def rel_l2(out, ref):
     return (out - ref).norm().item() / denom if denom > 0 else (out - ref).norm().item()
 
 
-def check_parity(model, path, device):
+class Runner:
+    """The network under one configuration: the memory format of the inputs, autocast, and
+    (CUDA) one captured graph per input shape."""
+
+    def __init__(self, model, device, channels_last=False, amp=None, cuda_graphs=False):
+        self.model = model
+        self.device = device
+        self.channels_last = channels_last
+        self.amp_dtype = {None: None, "bf16": torch.bfloat16, "f16": torch.float16}[amp]
+        self.cuda_graphs = cuda_graphs
+        self.graphs = {}  # input shape -> (graph, static inputs, static outputs)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        # The weight cast cache must be off while capturing CUDA graphs.
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=not self.cuda_graphs)
+
+    def prepare(self, x):
+        """`x` on the device, in the configured memory format."""
+        x = x.to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+
+    def eager(self, person, cloth, mask):
+        with torch.no_grad(), self.autocast():
+            return self.model.run(person, cloth, mask)
+
+    def capture(self, person, cloth, mask):
+        """A graph of `run` on static copies of the inputs: 3 warm-up runs on a side stream (which
+        also compiles Triton and lets cuDNN benchmark), then the capture."""
+        static = [torch.empty_like(t) for t in (person, cloth, mask)]  # keeps the memory format
+        for buf, t in zip(static, (person, cloth, mask)):
+            buf.copy_(t)
+        current = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.eager(*static)
+        current.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.no_grad(), self.autocast():
+            outputs = self.model.run(*static)
+        return graph, static, outputs
+
+    def run(self, person, cloth, mask):
+        """Every output. With CUDA graphs: the inputs copied into the shape's static buffers and
+        the graph replayed; the returned tensors are the graph's own, overwritten by the next
+        replay."""
+        if not self.cuda_graphs:
+            return self.eager(person, cloth, mask)
+        key = tuple(person.shape)
+        if key not in self.graphs:
+            self.graphs[key] = self.capture(person, cloth, mask)
+        graph, static, outputs = self.graphs[key]
+        for buf, t in zip(static, (person, cloth, mask)):
+            buf.copy_(t)
+        graph.replay()
+        return outputs
+
+    def release(self):
+        """Drops the captured graphs (and their memory pools)."""
+        self.graphs.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def check_parity(runner, path):
     from safetensors.torch import load_file
 
+    device = runner.device
     tensors = load_file(path)
-    person = tensors["input.person"].float().to(device)
-    cloth = tensors["input.cloth"].float().to(device)
-    mask = tensors["input.cloth_mask"].float().to(device)
+    person = runner.prepare(tensors["input.person"].float())
+    cloth = runner.prepare(tensors["input.cloth"].float())
+    mask = runner.prepare(tensors["input.cloth_mask"].float())
     results = {}
     with torch.no_grad():
-        outputs = model.run(person, cloth, mask)
-        print(f"parity on {path} (batch {person.shape[0]}): ‖out − ref‖ / ‖ref‖")
+        outputs = runner.run(person, cloth, mask)
+        how = " through a CUDA graph" if runner.cuda_graphs else ""
+        print(f"parity on {path} (batch {person.shape[0]}{how}): ‖out − ref‖ / ‖ref‖")
         for name in OUTPUTS:
             key = "output." + name
             if key in tensors:
@@ -406,7 +614,8 @@ def check_parity(model, path, device):
                 print(f"  {name:<14} rel_l2 {err:.3e}  max_abs {max_abs:.3e}")
         # Pyramid intermediates of the first pair, where the file holds them.
         if any(k.startswith("cond_fpn.") or k.startswith("image_fpn.") for k in tensors):
-            conds, warps = model.warp.pyramids(person[:1], cloth[:1] * (mask[:1] > 0.5).float())
+            with runner.autocast():
+                conds, warps = runner.model.warp.pyramids(person[:1], cloth[:1] * (mask[:1] > 0.5).float())
             for prefix, pyramid in (("cond_fpn", conds), ("image_fpn", warps)):
                 for level, feat in enumerate(pyramid):
                     key = f"{prefix}.{level}"
@@ -414,6 +623,7 @@ def check_parity(model, path, device):
                         err = rel_l2(feat, tensors[key])
                         results[key] = err
                         print(f"  {key:<14} rel_l2 {err:.3e}")
+    runner.release()
     return results
 
 
@@ -422,22 +632,31 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def time_forward(model, device, batch_size, iterations, warmup=3):
-    gen = torch.Generator(device="cpu").manual_seed(batch_size)
-    person = (torch.rand(batch_size, 3, HEIGHT, WIDTH, generator=gen) * 2 - 1).to(device)
-    cloth = (torch.rand(batch_size, 3, HEIGHT, WIDTH, generator=gen) * 2 - 1).to(device)
-    mask = torch.rand(batch_size, 1, HEIGHT, WIDTH, generator=gen).to(device)
+def random_inputs(batch_size, seed):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    person = torch.rand(batch_size, 3, HEIGHT, WIDTH, generator=gen) * 2 - 1
+    cloth = torch.rand(batch_size, 3, HEIGHT, WIDTH, generator=gen) * 2 - 1
+    mask = torch.rand(batch_size, 1, HEIGHT, WIDTH, generator=gen)
+    return person, cloth, mask
+
+
+def time_forward(runner, batch_size, iterations, warmup=3):
+    """Median time of one forward pass; with CUDA graphs each run includes copying the inputs
+    into the graph's static buffers."""
+    device = runner.device
+    person, cloth, mask = (runner.prepare(t) for t in random_inputs(batch_size, batch_size))
     times = []
     with torch.no_grad():
         for _ in range(warmup):
-            model(person, cloth, mask)
+            runner.run(person, cloth, mask)
         synchronize(device)
         for _ in range(iterations):
             synchronize(device)
             start = time.perf_counter()
-            model(person, cloth, mask)
+            runner.run(person, cloth, mask)
             synchronize(device)
             times.append((time.perf_counter() - start) * 1000.0)
+    runner.release()
     median_ms = statistics.median(times)
     return {
         "batch_size": batch_size,
@@ -446,9 +665,93 @@ def time_forward(model, device, batch_size, iterations, warmup=3):
     }
 
 
+# --------------------------------------------------------------------------------------------
+# Self-test
+# --------------------------------------------------------------------------------------------
+
+SELF_TEST_TOLERANCE = 1e-4
+
+
+def self_test(model, device):
+    """The fused correlation(s) against `correlation()`, then the network with and without it
+    (and on CUDA a graph replay against eager), all in float32. Returns the exit status."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    fused, fused_name = fused_correlation_for(device)
+    impls = [(fused_name, fused)]
+    if fused is not correlation_einsum:
+        impls.append(("einsum over a strided window view", correlation_einsum))
+    worst = 0.0
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen).to(device)
+
+    print(f"self-test on {device}: max abs error against correlation() (tolerance {SELF_TEST_TOLERANCE:g})")
+    shapes = [(1, 256, 8, 6), (2, 16, 13, 11), (3, 7, 5, 9), (2, 33, 1, 4), (2, 256, 32, 24), (1, 5, 2, 2)]
+    for n, c, h, w in shapes:
+        cases = {
+            "contiguous": (rand(n, c, h, w), rand(n, c, h, w)),
+            "channels-last": tuple(
+                rand(n, c, h, w).contiguous(memory_format=torch.channels_last) for _ in range(2)
+            ),
+            "transposed view": (rand(n, c, w, h).transpose(2, 3), rand(n, c, w, h).transpose(2, 3)),
+            "f32 × bf16": (rand(n, c, h, w), rand(n, c, h, w).to(torch.bfloat16)),
+        }
+        for layout, (a, b) in cases.items():
+            ref = correlation(a, b)
+            for name, f in impls:
+                out = f(a, b)
+                if out.shape != ref.shape or out.dtype != ref.dtype:
+                    print(f"  {name}: {tuple(out.shape)} {out.dtype} against {tuple(ref.shape)} {ref.dtype}")
+                    return 1
+                err = (out.float() - ref.float()).abs().max().item()
+                worst = max(worst, err)
+                print(f"  {name:<34} {str((n, c, h, w)):<18} {layout:<16} {err:.3e}")
+
+    # Smooth random images (white noise would turn the flow's float rounding, ~1e-6, into
+    # larger differences of the sampled pixels).
+    print("self-test: the network (smooth random inputs, batch 2), every output, max abs error")
+    person, cloth, mask = (
+        resize_bilinear(t[:, :, :: HEIGHT // 16, :: WIDTH // 12], HEIGHT, WIDTH).to(device)
+        for t in random_inputs(2, 12345)
+    )
+    plain = Runner(model, device)
+    model.warp.aflow_net.correlation = correlation
+    ref = {k: v.clone() for k, v in plain.run(person, cloth, mask).items()}
+    model.warp.aflow_net.correlation = fused
+    out = plain.run(person, cloth, mask)
+    for name in OUTPUTS:
+        err = (out[name] - ref[name]).abs().max().item()
+        worst = max(worst, err)
+        print(f"  fused correlation vs 49 products  {name:<14} {err:.3e}  (|ref| max {ref[name].abs().max().item():.2f})")
+    if device.type == "cuda":
+        graphed = Runner(model, device, cuda_graphs=True)
+        out = graphed.run(person, cloth, mask)
+        out = graphed.run(person, cloth, mask)  # a second replay, on the same buffers
+        for name in OUTPUTS:
+            err = (out[name] - ref[name]).abs().max().item()
+            worst = max(worst, err)
+            print(f"  CUDA graph (fused) vs eager       {name:<14} {err:.3e}")
+        graphed.release()
+    ok = worst <= SELF_TEST_TOLERANCE
+    print(f"self-test {'passed' if ok else 'FAILED'}: worst max abs error {worst:.3e}")
+    return 0 if ok else 1
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def refuse(message):
+    print(f"torch_dmvton.py: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-dir", required=True, help="folder with dmvton_pf_warp.pt and dmvton_pf_gen.pt")
+    parser.add_argument("--model-dir", help="folder with dmvton_pf_warp.pt and dmvton_pf_gen.pt")
     parser.add_argument("--parity", help="parity fixture (.safetensors) to compare against")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batch-sizes", default="1,8,32")
@@ -460,27 +763,83 @@ def main():
         help="allow TF32 in convolutions and matmuls (off by default: strict float32)",
     )
     parser.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN pick kernels by timing")
+    parser.add_argument("--channels-last", action="store_true", help="model and inputs in channels_last")
+    parser.add_argument("--amp", choices=["bf16", "f16"], help="autocast the forward pass to this dtype")
+    parser.add_argument(
+        "--cuda-graphs", action="store_true", help="capture the forward pass per batch size and replay it (CUDA)"
+    )
+    parser.add_argument(
+        "--fused-correlation",
+        action="store_true",
+        help="the cost volume as one kernel (Triton on CUDA, one einsum elsewhere)",
+    )
+    parser.add_argument(
+        "--self-test",
+        action="store_true",
+        help="check the fused correlation and the CUDA graph path against the plain ones, then exit",
+    )
     args = parser.parse_args()
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("CUDA is not available")
+    if args.cuda_graphs and device.type != "cuda":
+        refuse(f"--cuda-graphs needs a CUDA device (got --device {args.device})")
+    if args.amp == "f16" and device.type == "cpu":
+        refuse("--amp f16: CPU autocast supports bf16 only")
+    if not args.model_dir and not args.self_test:
+        parser.error("--model-dir is required (optional only with --self-test)")
+
+    if args.self_test:
+        if args.model_dir:
+            model = load_model(args.model_dir, device)
+            weights = args.model_dir
+        else:
+            torch.manual_seed(0)
+            model = DmVton().to(device).eval()
+            weights = "random weights"
+        print(f"torch {torch.__version__}, weights: {weights}")
+        sys.exit(self_test(model, device))
 
     torch.backends.cudnn.allow_tf32 = args.tf32
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("CUDA is not available")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"torch {torch.__version__} on {device_name} (tf32 {'on' if args.tf32 else 'off'})")
 
     model = load_model(args.model_dir, device)
+    correlation_name = "49 shifted products"
+    if args.fused_correlation:
+        model.warp.aflow_net.correlation, correlation_name = fused_correlation_for(device)
+    runner = Runner(model, device, channels_last=args.channels_last, amp=args.amp, cuda_graphs=args.cuda_graphs)
+    config = {
+        "tf32": args.tf32,
+        "cudnn_benchmark": args.cudnn_benchmark,
+        "channels_last": args.channels_last,
+        "amp": args.amp,
+        "cuda_graphs": args.cuda_graphs,
+        "fused_correlation": args.fused_correlation,
+        "correlation": correlation_name,
+    }
+    parts = [f"amp {args.amp}" if args.amp else "f32"]
+    parts += [flag for flag, on in (
+        ("tf32", args.tf32),
+        ("cudnn-benchmark", args.cudnn_benchmark),
+        ("channels-last", args.channels_last),
+        ("cuda-graphs", args.cuda_graphs),
+        ("fused-correlation", args.fused_correlation),
+    ) if on]
+    label = "eager f32" if parts == ["f32"] else " ".join(parts)
+    print(f"config: {label}; correlation: {correlation_name}")
 
     parity = {}
     if args.parity:
-        parity = check_parity(model, args.parity, device)
+        parity = check_parity(runner, args.parity)
 
     timings = []
     for bs in [int(b) for b in args.batch_sizes.split(",") if b.strip()]:
-        t = time_forward(model, device, bs, args.iterations)
+        t = time_forward(runner, bs, args.iterations)
         timings.append(t)
         print(f"batch {bs:>4}: {t['median_batch_ms']:9.3f} ms/batch  {t['images_per_s']:9.1f} images/s")
 
@@ -489,6 +848,8 @@ def main():
             "device": device_name,
             "torch": torch.__version__,
             "tf32": args.tf32,
+            "label": label,
+            "config": config,
             "parity": parity,
             "timings": timings,
         }

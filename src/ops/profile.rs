@@ -17,6 +17,8 @@ use serde::Serialize;
 thread_local! {
     /// The spans of the profile this thread is taking, if it is taking one.
     static RECORDS: RefCell<Option<Vec<Record>>> = const { RefCell::new(None) };
+    /// Spans opened so far on this thread, to order the report by first opening.
+    static OPENED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// What a span measures.
@@ -41,6 +43,7 @@ pub struct KindTime {
 struct Record {
     level: Level,
     kind: &'static str,
+    opened: u64,
     time: Measured,
 }
 
@@ -55,6 +58,7 @@ enum Measured {
 pub struct Span {
     level: Level,
     kind: &'static str,
+    opened: u64,
     start: Start,
 }
 
@@ -90,7 +94,16 @@ fn span(level: Level, kind: &'static str, device: &Device) -> Option<Span> {
         #[allow(unreachable_patterns)]
         _ => return None,
     };
-    Some(Span { level, kind, start })
+    let opened = OPENED.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
+    });
+    Some(Span {
+        level,
+        kind,
+        opened,
+        start,
+    })
 }
 
 impl Drop for Span {
@@ -107,6 +120,7 @@ impl Drop for Span {
         let record = Record {
             level: self.level,
             kind: self.kind,
+            opened: self.opened,
             time,
         };
         RECORDS.with(|r| {
@@ -123,10 +137,10 @@ pub fn start() {
 }
 
 /// Ends the profile and answers the time per stage and per op kind, stages first, each in the
-/// order first seen. On CUDA it waits for the recorded work to finish.
+/// order first opened. On CUDA it waits for the recorded work to finish.
 pub fn finish() -> Vec<KindTime> {
     let records = RECORDS.with(|r| r.borrow_mut().take()).unwrap_or_default();
-    let mut times: Vec<KindTime> = Vec::new();
+    let mut times: Vec<(KindTime, u64)> = Vec::new();
     for record in records {
         let seconds = match &record.time {
             Measured::Seconds(s) => *s,
@@ -138,22 +152,26 @@ pub fn finish() -> Vec<KindTime> {
         };
         match times
             .iter_mut()
-            .find(|t| t.level == record.level && t.kind == record.kind)
+            .find(|(t, _)| t.level == record.level && t.kind == record.kind)
         {
-            Some(t) => {
+            Some((t, first)) => {
                 t.calls += 1;
                 t.seconds += seconds;
+                *first = (*first).min(record.opened);
             }
-            None => times.push(KindTime {
-                level: record.level,
-                kind: record.kind,
-                calls: 1,
-                seconds,
-            }),
+            None => times.push((
+                KindTime {
+                    level: record.level,
+                    kind: record.kind,
+                    calls: 1,
+                    seconds,
+                },
+                record.opened,
+            )),
         }
     }
-    times.sort_by_key(|t| t.level == Level::Op);
-    times
+    times.sort_by_key(|(t, first)| (t.level == Level::Op, *first));
+    times.into_iter().map(|(t, _)| t).collect()
 }
 
 /// A convolution's shape class, for its op kind.
