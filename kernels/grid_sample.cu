@@ -1,13 +1,17 @@
 // Bilinear grid_sample (PyTorch semantics), one thread per output pixel, looping over channels.
-// input: N×C×H×W, grid: N×Ho×Wo×2 (x, y in [-1, 1]), out: N×C×Ho×Wo.
+// input: N×C×H×W, grid: N×Ho×Wo×2 (x, y in [-1, 1]), out: N×C×Ho×Wo. The grid is f32 in every
+// precision: a half-precision coordinate would be pixels off at these sizes (bf16 has half-pixel
+// steps past 64); coordinates and weights are computed in f32.
+#include "precision.cuh"
 
 __device__ __forceinline__ float unnormalize(float coord, int size, int align_corners) {
     return align_corners ? (coord + 1.0f) * 0.5f * (float)(size - 1)
                          : ((coord + 1.0f) * (float)size - 1.0f) * 0.5f;
 }
 
-extern "C" __global__ void grid_sample_bilinear_f32(
-    const float* __restrict__ input, const float* __restrict__ grid, float* __restrict__ out,
+template <typename T>
+__device__ __forceinline__ void grid_sample_bilinear(
+    const T* __restrict__ input, const float* __restrict__ grid, T* __restrict__ out,
     int n, int c, int h, int w, int ho, int wo, int border, int align_corners) {
     const long plane_out = (long)ho * wo;
     const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -37,11 +41,19 @@ extern "C" __global__ void grid_sample_bilinear_f32(
     }
     const long plane_in = (long)h * w;
     for (int ch = 0; ch < c; ++ch) {
-        const float* src = input + (b * c + ch) * plane_in;
+        const T* src = input + (b * c + ch) * plane_in;
         float acc = 0.0f;
         for (int k = 0; k < 4; ++k) {
-            if (inside[k]) acc += src[offs[k]] * wts[k];
+            if (inside[k]) acc += to_float(src[offs[k]]) * wts[k];
         }
-        out[(b * c + ch) * plane_out + p] = acc;
+        out[(b * c + ch) * plane_out + p] = from_float<T>(acc);
     }
 }
+
+#define GRID_SAMPLE_ENTRY(suffix, T)                                                          \
+    extern "C" __global__ void grid_sample_bilinear_##suffix(                                 \
+        const T* __restrict__ input, const float* __restrict__ grid, T* __restrict__ out,      \
+        int n, int c, int h, int w, int ho, int wo, int border, int align_corners) {          \
+        grid_sample_bilinear<T>(input, grid, out, n, c, h, w, ho, wo, border, align_corners); \
+    }
+FOR_EACH_PRECISION(GRID_SAMPLE_ENTRY)

@@ -103,7 +103,7 @@ impl CustomOp1 for ToModelInput {
         // SAFETY: the arguments of `u8_hwc_to_f32_nchw`, in its order; one thread per output
         // element.
         let out = unsafe {
-            launch::<u8, f32>(
+            launch::<f32>(
                 "to_model_input",
                 &U8_HWC_TO_F32_NCHW,
                 &[(storage, layout)],
@@ -151,7 +151,7 @@ impl CustomOp1 for ToU8Images {
         // SAFETY: the arguments of `f32_nchw_to_u8_hwc`, in its order; one thread per output
         // element.
         let out = unsafe {
-            launch::<f32, u8>(
+            launch::<u8>(
                 "to_u8_images",
                 &F32_NCHW_TO_U8_HWC,
                 &[(storage, layout)],

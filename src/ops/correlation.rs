@@ -15,6 +15,9 @@ pub const DISPLACEMENTS: usize = (2 * MAX_DISPLACEMENT + 1) * (2 * MAX_DISPLACEM
 /// Correlates `first` and `second` (both `N×C×H×W`); answers `N×49×H×W` where channel
 /// `(dy + 3)·7 + (dx + 3)` holds displacement `(dy, dx)`.
 pub fn correlation(first: &Tensor, second: &Tensor) -> Result<Tensor> {
+    if super::half_on_cpu(first) {
+        return super::in_f32(&[first, second], |t| correlation(&t[0], &t[1]));
+    }
     let _span = super::profile::op("correlation", first.device());
     if first.dims() != second.dims() || first.rank() != 4 {
         candle_core::bail!(
@@ -149,12 +152,13 @@ impl CustomOp2 for Correlation {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{launch, Scalar::I32, CORRELATION};
+        use super::cuda::{launch_typed, Scalar::I32, CORRELATION};
         let (n, c, h, w) = l1.shape().dims4()?;
-        // SAFETY: the arguments of `correlation7_f32`, in its order; one thread per pixel writes
+        // SAFETY: the arguments of `correlation7_*` (each precision), in its order; one thread per
+        // pixel writes
         // its 49 displacements.
         let out = unsafe {
-            launch::<f32, f32>(
+            launch_typed(
                 "correlation",
                 &CORRELATION,
                 &[(s1, l1), (s2, l2)],

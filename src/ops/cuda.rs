@@ -7,7 +7,7 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, WrapErr};
-use candle_core::{CudaDevice, CudaStorage, Layout, Result};
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result};
 
 /// A kernel of `kernels/`: its function, the module its PTX loads as, and that PTX.
 #[derive(Debug, Clone, Copy)]
@@ -20,7 +20,7 @@ pub struct Kernel {
 /// The kernel `$func` of `kernels/$file.cu`: build.rs compiled the file to PTX, which loads as
 /// the module `vf_$file`.
 macro_rules! kernel {
-    ($func:literal in $file:literal) => {
+    ($func:expr, $file:literal) => {
         Kernel {
             func: $func,
             module: concat!("vf_", $file),
@@ -29,28 +29,47 @@ macro_rules! kernel {
     };
 }
 
-pub const GRID_SAMPLE: Kernel = kernel!("grid_sample_bilinear_f32" in "grid_sample");
-pub const U8_HWC_TO_F32_NCHW: Kernel = kernel!("u8_hwc_to_f32_nchw" in "convert");
-pub const F32_NCHW_TO_U8_HWC: Kernel = kernel!("f32_nchw_to_u8_hwc" in "convert");
-pub const CORRELATION: Kernel = kernel!("correlation7_f32" in "correlation");
-pub const DEPTHWISE: Kernel = kernel!("depthwise3x3_f32" in "depthwise");
-pub const RESIZE: Kernel = kernel!("resize_bilinear_f32" in "resize");
-pub const BIAS_ACT: Kernel = kernel!("bias_act_f32" in "bias_act");
+/// A kernel of `kernels/` in every precision (`kernels/precision.cuh`): the entries
+/// `$func_f32`, `$func_f16` and `$func_bf16`, which compute in f32 whatever they load and store.
+#[derive(Debug, Clone, Copy)]
+pub struct Typed {
+    pub f32: Kernel,
+    pub f16: Kernel,
+    pub bf16: Kernel,
+}
+
+macro_rules! typed_kernel {
+    ($func:literal, $file:literal) => {
+        Typed {
+            f32: kernel!(concat!($func, "_f32"), $file),
+            f16: kernel!(concat!($func, "_f16"), $file),
+            bf16: kernel!(concat!($func, "_bf16"), $file),
+        }
+    };
+}
+
+pub const GRID_SAMPLE: Typed = typed_kernel!("grid_sample_bilinear", "grid_sample");
+pub const U8_HWC_TO_F32_NCHW: Kernel = kernel!("u8_hwc_to_f32_nchw", "convert");
+pub const F32_NCHW_TO_U8_HWC: Kernel = kernel!("f32_nchw_to_u8_hwc", "convert");
+pub const CORRELATION: Typed = typed_kernel!("correlation7", "correlation");
+pub const DEPTHWISE: Typed = typed_kernel!("depthwise3x3", "depthwise");
+pub const RESIZE: Typed = typed_kernel!("resize_bilinear", "resize");
+pub const BIAS_ACT: Typed = typed_kernel!("bias_act", "bias_act");
 /// Flash attention per element type (f16, bf16) and padded head dimension, in the order of
 /// [`crate::ops::flash_attention::PADDED_HEAD_DIMS`].
 pub const FLASH_ATTENTION_F16: [Kernel; 5] = [
-    kernel!("flash_attention_f16_d48" in "flash_attention"),
-    kernel!("flash_attention_f16_d64" in "flash_attention"),
-    kernel!("flash_attention_f16_d80" in "flash_attention"),
-    kernel!("flash_attention_f16_d128" in "flash_attention"),
-    kernel!("flash_attention_f16_d160" in "flash_attention"),
+    kernel!("flash_attention_f16_d48", "flash_attention"),
+    kernel!("flash_attention_f16_d64", "flash_attention"),
+    kernel!("flash_attention_f16_d80", "flash_attention"),
+    kernel!("flash_attention_f16_d128", "flash_attention"),
+    kernel!("flash_attention_f16_d160", "flash_attention"),
 ];
 pub const FLASH_ATTENTION_BF16: [Kernel; 5] = [
-    kernel!("flash_attention_bf16_d48" in "flash_attention"),
-    kernel!("flash_attention_bf16_d64" in "flash_attention"),
-    kernel!("flash_attention_bf16_d80" in "flash_attention"),
-    kernel!("flash_attention_bf16_d128" in "flash_attention"),
-    kernel!("flash_attention_bf16_d160" in "flash_attention"),
+    kernel!("flash_attention_bf16_d48", "flash_attention"),
+    kernel!("flash_attention_bf16_d64", "flash_attention"),
+    kernel!("flash_attention_bf16_d80", "flash_attention"),
+    kernel!("flash_attention_bf16_d128", "flash_attention"),
+    kernel!("flash_attention_bf16_d160", "flash_attention"),
 ];
 
 /// A scalar parameter of a kernel, of the C type the kernel declares.
@@ -62,16 +81,17 @@ pub enum Scalar {
 }
 
 /// Launches `kernel` on `threads` threads with, in the order every kernel of `kernels/`
-/// declares them: the contiguous elements of each of `inputs` (of element type `I`), a new
-/// output of `out_len` elements of type `O`, then `scalars`. Answers the output; `op` names the
-/// op in errors.
+/// declares them: the contiguous elements of each of `inputs` (each of its own element type:
+/// u8, f32, f16 or bf16), a new output of `out_len` elements of type `O`, then `scalars`.
+/// Answers the output; `op` names the op in errors.
 ///
 /// # Safety
 ///
-/// The inputs, the output and `scalars` must be, in number, order and type, the parameters of
-/// `kernel`; the inputs must hold every element that the kernel reads for these scalars on
-/// `threads` threads, and it must write every element of the output and no more.
-pub unsafe fn launch<I, O>(
+/// The inputs (with their element types), the output and `scalars` must be, in number, order
+/// and type, the parameters of `kernel`; the inputs must hold every element that the kernel
+/// reads for these scalars on `threads` threads, and it must write every element of the output
+/// and no more.
+pub unsafe fn launch<O>(
     op: &str,
     kernel: &Kernel,
     inputs: &[(&CudaStorage, &Layout)],
@@ -80,7 +100,6 @@ pub unsafe fn launch<I, O>(
     scalars: &[Scalar],
 ) -> Result<CudaStorage>
 where
-    I: CudaDType + DeviceRepr,
     O: CudaDType + DeviceRepr,
 {
     let Some((first, _)) = inputs.first() else {
@@ -89,14 +108,19 @@ where
     let dev = first.device().clone();
     let views = inputs
         .iter()
-        .map(|(storage, layout)| view::<I>(storage, layout, op))
+        .map(|(storage, layout)| View::of(storage, layout, op))
         .collect::<Result<Vec<_>>>()?;
     let func = dev.get_or_load_custom_func(kernel.func, kernel.module, kernel.ptx)?;
     // SAFETY: the caller vouches that the kernel writes every element of the output.
     let out = unsafe { alloc_output::<O>(&dev, out_len) }?;
     let mut builder = func.builder();
     for v in &views {
-        builder.arg(v);
+        match v {
+            View::U8(v) => builder.arg(v),
+            View::F32(v) => builder.arg(v),
+            View::F16(v) => builder.arg(v),
+            View::Bf16(v) => builder.arg(v),
+        };
     }
     builder.arg(&out);
     for s in scalars {
@@ -113,16 +137,56 @@ where
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 
-/// The contiguous elements of a CUDA tensor.
-fn view<'a, T: CudaDType + DeviceRepr>(
-    storage: &'a CudaStorage,
-    layout: &Layout,
+/// [`launch`] of the entry of `kernel` for the element type of the first input, which the
+/// output shares.
+///
+/// # Safety
+///
+/// As for [`launch`], for each of the three entries.
+pub unsafe fn launch_typed(
     op: &str,
-) -> Result<CudaView<'a, T>> {
-    let slice = storage.as_cuda_slice::<T>()?;
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(slice.slice(a..b)),
-        None => candle_core::bail!("{op}: input must be contiguous"),
+    kernel: &Typed,
+    inputs: &[(&CudaStorage, &Layout)],
+    out_len: usize,
+    threads: usize,
+    scalars: &[Scalar],
+) -> Result<CudaStorage> {
+    let Some((first, _)) = inputs.first() else {
+        candle_core::bail!("{op}: a kernel launch needs an input");
+    };
+    // SAFETY: the caller answers for the arguments, which are the same for each entry.
+    unsafe {
+        match first.dtype() {
+            DType::F32 => launch::<f32>(op, &kernel.f32, inputs, out_len, threads, scalars),
+            DType::F16 => launch::<half::f16>(op, &kernel.f16, inputs, out_len, threads, scalars),
+            DType::BF16 => {
+                launch::<half::bf16>(op, &kernel.bf16, inputs, out_len, threads, scalars)
+            }
+            other => candle_core::bail!("{op}: no kernel for {other:?}"),
+        }
+    }
+}
+
+/// The contiguous elements of a CUDA tensor, of its element type.
+enum View<'a> {
+    U8(CudaView<'a, u8>),
+    F32(CudaView<'a, f32>),
+    F16(CudaView<'a, half::f16>),
+    Bf16(CudaView<'a, half::bf16>),
+}
+
+impl<'a> View<'a> {
+    fn of(storage: &'a CudaStorage, layout: &Layout, op: &str) -> Result<Self> {
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("{op}: input must be contiguous");
+        };
+        Ok(match storage.dtype() {
+            DType::U8 => View::U8(storage.as_cuda_slice::<u8>()?.slice(a..b)),
+            DType::F32 => View::F32(storage.as_cuda_slice::<f32>()?.slice(a..b)),
+            DType::F16 => View::F16(storage.as_cuda_slice::<half::f16>()?.slice(a..b)),
+            DType::BF16 => View::Bf16(storage.as_cuda_slice::<half::bf16>()?.slice(a..b)),
+            other => candle_core::bail!("{op}: no kernel input of {other:?}"),
+        })
     }
 }
 

@@ -18,6 +18,11 @@ pub fn depthwise_conv3x3(
     stride: usize,
     relu6: bool,
 ) -> Result<Tensor> {
+    if super::half_on_cpu(input) {
+        return super::in_f32(&[input, weight, bias], |t| {
+            depthwise_conv3x3(&t[0], &t[1], &t[2], stride, relu6)
+        });
+    }
     let _span = super::profile::op("depthwise 3x3", input.device());
     let (_n, c, _h, _w) = input.dims4()?;
     if weight.elem_count() != c * 9 || bias.elem_count() != c {
@@ -183,14 +188,15 @@ impl CustomOp3 for DepthwiseConv3x3 {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{launch, Scalar::I32, DEPTHWISE};
+        use super::cuda::{launch_typed, Scalar::I32, DEPTHWISE};
         let (n, c, h, w) = l1.shape().dims4()?;
         let (ho, wo) = (out_size(h, self.stride), out_size(w, self.stride));
         let total = n * c * ho * wo;
         let scalars = [n, c, h, w, ho, wo, self.stride, self.relu6.into()];
-        // SAFETY: the arguments of `depthwise3x3_f32`, in its order; one thread per output element.
+        // SAFETY: the arguments of `depthwise3x3_*` (each precision), in its order; one thread per
+        // output element.
         let out = unsafe {
-            launch::<f32, f32>(
+            launch_typed(
                 "depthwise_conv3x3",
                 &DEPTHWISE,
                 &[(s1, l1), (s2, l2), (s3, l3)],

@@ -123,7 +123,7 @@ impl CustomOp3 for FlashAttention {
         // together write every output element once.
         let out = unsafe {
             match sq.dtype() {
-                DType::F16 => launch::<half::f16, half::f16>(
+                DType::F16 => launch::<half::f16>(
                     "flash_attention",
                     &FLASH_ATTENTION_F16[variant],
                     &inputs,
@@ -131,7 +131,7 @@ impl CustomOp3 for FlashAttention {
                     blocks * THREADS_PER_BLOCK,
                     &scalars,
                 ),
-                DType::BF16 => launch::<half::bf16, half::bf16>(
+                DType::BF16 => launch::<half::bf16>(
                     "flash_attention",
                     &FLASH_ATTENTION_BF16[variant],
                     &inputs,

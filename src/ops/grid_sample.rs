@@ -22,6 +22,11 @@ pub fn grid_sample(
     padding: GridPadding,
     align_corners: bool,
 ) -> Result<Tensor> {
+    if super::half_on_cpu(input) {
+        return super::in_f32(&[input, grid], |t| {
+            grid_sample(&t[0], &t[1], padding, align_corners)
+        });
+    }
     let _span = super::profile::op("grid_sample", input.device());
     let (n, _c, _h, _w) = input.dims4()?;
     let (gn, _ho, _wo, two) = grid.dims4()?;
@@ -32,7 +37,14 @@ pub fn grid_sample(
             input.dims()
         );
     }
-    let input = input.to_dtype(candle_core::DType::F32)?.contiguous()?;
+    // The CPU computes in f32; a GPU runs the input's own precision. The grid is f32 in every
+    // precision (`kernels/grid_sample.cu` says why).
+    let input = if input.device().is_cpu() {
+        input.to_dtype(candle_core::DType::F32)?
+    } else {
+        input.clone()
+    }
+    .contiguous()?;
     let grid = grid.to_dtype(candle_core::DType::F32)?.contiguous()?;
     input.apply_op2_no_bwd(
         &grid,
@@ -171,15 +183,16 @@ impl CustomOp2 for GridSample {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{launch, Scalar::I32, GRID_SAMPLE};
+        use super::cuda::{launch_typed, Scalar::I32, GRID_SAMPLE};
         let (n, c, h, w) = l1.shape().dims4()?;
         let (_, ho, wo, _) = l2.shape().dims4()?;
         let border = self.padding == GridPadding::Border;
         let scalars = [n, c, h, w, ho, wo, border.into(), self.align_corners.into()];
-        // SAFETY: the arguments of `grid_sample_bilinear_f32`, in its order; one thread per output
+        // SAFETY: the arguments of `grid_sample_bilinear_*` (each precision), in its order; one
+        // thread per output
         // pixel writes its `C` channels.
         let out = unsafe {
-            launch::<f32, f32>(
+            launch_typed(
                 "grid_sample",
                 &GRID_SAMPLE,
                 &[(s1, l1), (s2, l2)],

@@ -54,9 +54,30 @@ pub use grid_sample::{grid_sample, GridPadding};
 pub use group_norm::group_norm;
 pub use resize::resize_bilinear;
 
-use candle_core::{CpuStorage, Layout, Result};
+use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
 
 /// The f32 elements of a contiguous CPU tensor.
+/// Runs `f32_op` on f32 copies of `inputs` and answers its output in the first input's element
+/// type. The CPU ops compute in f32 only: a half-precision tensor on the CPU takes this path,
+/// which is also the reference of the GPU kernels' half entries (f32 arithmetic between half
+/// loads and stores).
+pub(crate) fn in_f32(
+    inputs: &[&Tensor],
+    f32_op: impl FnOnce(&[Tensor]) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let dtype = inputs.first().map_or(DType::F32, |t| t.dtype());
+    let upcast = inputs
+        .iter()
+        .map(|t| t.to_dtype(DType::F32))
+        .collect::<Result<Vec<_>>>()?;
+    f32_op(&upcast)?.to_dtype(dtype)
+}
+
+/// Whether `t` is a half-precision tensor on the CPU, which the ops compute through [`in_f32`].
+pub(crate) fn half_on_cpu(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F16 | DType::BF16)
+}
+
 pub(crate) fn contiguous_f32<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,

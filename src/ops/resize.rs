@@ -9,6 +9,9 @@ use super::contiguous_f32;
 /// Resizes `input` (`N×C×H×W`) to `N×C×out_h×out_w`. The source scale is `H / out_h`, which is
 /// what PyTorch uses for `size=` and, for exact factors, for `scale_factor=`.
 pub fn resize_bilinear(input: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    if super::half_on_cpu(input) {
+        return super::in_f32(&[input], |t| resize_bilinear(&t[0], out_h, out_w));
+    }
     let _span = super::profile::op("resize", input.device());
     let (_n, _c, h, w) = input.dims4()?;
     if out_h == 0 || out_w == 0 || h == 0 || w == 0 {
@@ -88,14 +91,15 @@ impl CustomOp1 for ResizeBilinear {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{launch, Scalar::I32, RESIZE};
+        use super::cuda::{launch_typed, Scalar::I32, RESIZE};
         let (n, c, h, w) = l.shape().dims4()?;
         let (out_h, out_w) = (self.out_h, self.out_w);
         let total = n * c * out_h * out_w;
-        // SAFETY: the arguments of `resize_bilinear_f32`, in its order; one thread per output
+        // SAFETY: the arguments of `resize_bilinear_*` (each precision), in its order; one thread
+        // per output
         // element.
         let out = unsafe {
-            launch::<f32, f32>(
+            launch_typed(
                 "resize_bilinear",
                 &RESIZE,
                 &[(s, l)],

@@ -47,8 +47,11 @@ impl Module for FlowHead {
 }
 
 /// Turns a pixel offset field (`N×2×H×W`, x then y) into a sampling grid (`N×H×W×2`, in
-/// [-1, 1] with aligned corners): `(index + offset) / ((size − 1) / 2) − 1`.
+/// [-1, 1] with aligned corners): `(index + offset) / ((size − 1) / 2) − 1`. The grid is f32
+/// whatever the offset's precision: pixel positions in half precision would be pixels off
+/// (bf16 has half-pixel steps past 64), so the flow stays f32 in every precision.
 pub fn apply_offset(offset: &Tensor) -> Result<Tensor> {
+    let offset = offset.to_dtype(DType::F32)?;
     let (_n, _two, h, w) = offset.dims4()?;
     let dev = offset.device();
     let xs = Tensor::arange(0u32, w as u32, dev)?

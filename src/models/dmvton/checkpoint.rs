@@ -79,24 +79,74 @@ impl Checkpoint {
         &self.tensors
     }
 
-    /// A `VarBuilder` over the tensors (f32), whose paths are the state_dict names.
-    pub fn var_builder(&self, device: &Device) -> VarBuilder<'static> {
-        VarBuilder::from_tensors(self.tensors.clone(), DType::F32, device)
+    /// A `VarBuilder` over the tensors, whose paths are the state_dict names. It serves every
+    /// tensor in f32 whatever its `dtype`, which is the precision the network runs in: the
+    /// layers fold BatchNorm into their weights in f32 and only then round them to it.
+    pub fn var_builder(&self, device: &Device, dtype: DType) -> VarBuilder<'static> {
+        VarBuilder::from_backend(
+            Box::new(F32Tensors(self.tensors.clone())),
+            dtype,
+            device.clone(),
+        )
     }
 
-    /// Builds a network from the checkpoint, turning a missing or mis-shaped tensor into an
-    /// error that names this file and the tensor.
+    /// Builds a network running in `dtype` from the checkpoint, turning a missing or mis-shaped
+    /// tensor into an error that names this file and the tensor.
     pub fn build<T>(
         &self,
         device: &Device,
+        dtype: DType,
         what: &str,
         f: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
     ) -> Result<T, ModelError> {
-        f(self.var_builder(device)).map_err(|e| {
+        f(self.var_builder(device, dtype)).map_err(|e| {
             error(
                 &self.path,
                 format!("not a DM-VTON {what} checkpoint: {}", message(e)),
             )
         })
+    }
+}
+
+/// The checkpoint's tensors in f32 (see [`Checkpoint::var_builder`]).
+struct F32Tensors(HashMap<String, Tensor>);
+
+impl candle_nn::var_builder::SimpleBackend for F32Tensors {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        _dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self.get_unchecked(name, DType::F32, dev)?;
+        if tensor.shape() != &s {
+            candle_core::bail!(
+                "shape mismatch for {name}, got {:?}, expected {:?}",
+                tensor.dims(),
+                s.dims()
+            );
+        }
+        Ok(tensor)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self
+            .0
+            .get(name)
+            .ok_or_else(|| candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            })?;
+        tensor.to_dtype(DType::F32)?.to_device(dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.contains_key(name)
     }
 }

@@ -23,6 +23,11 @@ pub const PARITY_TOLERANCE: f64 = 1e-4;
 /// Flash attention in f16/bf16 against the f32 chunked attention on the same (rounded) inputs:
 /// the output's own rounding (bf16: 2^-9 relative) bounds what can be asked.
 pub const FLASH_TOLERANCE: f64 = 1e-2;
+/// A half-precision kernel against the CPU op in the same precision: both compute in f32 and
+/// round once, so they differ by at most a rounding step (f16: 2^-11, bf16: 2^-8 relative)
+/// where the f32 results straddle one; the bound is a few such steps over the whole tensor.
+pub const HALF_F16_TOLERANCE: f64 = 2e-3;
+pub const HALF_BF16_TOLERANCE: f64 = 1.6e-2;
 /// Share of 8-bit values that must be within one level of the reference.
 pub const U8_AGREEMENT: f64 = 0.999;
 
@@ -66,6 +71,14 @@ pub struct Timing {
     pub images_per_s: f64,
 }
 
+/// A forward timing in half precision.
+#[derive(Debug, Clone, Serialize)]
+pub struct HalfTiming {
+    pub dtype: String,
+    #[serde(flatten)]
+    pub timing: Timing,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub device: String,
@@ -75,6 +88,11 @@ pub struct Report {
     /// Where the f32 forward pass at the largest batch size spends its time.
     pub profile: Vec<profile::Row>,
     pub parity_tf32: Vec<Check>,
+    /// The kernels' f16 and bf16 entries against the CPU ops in the same precision.
+    pub half_kernels: Vec<Check>,
+    /// DM-VTON in f16 and bf16 against the f32 reference (informative).
+    pub parity_half: Vec<Check>,
+    pub timings_half: Vec<HalfTiming>,
     pub timings_tf32: Vec<Timing>,
     /// CatVTON's flash attention against the f32 attention: run last, since a kernel that
     /// faults leaves the CUDA context unusable for whatever follows.
@@ -135,6 +153,17 @@ fn kernel(
     inputs: &[Tensor],
     op: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>,
 ) -> anyhow::Result<Check> {
+    kernel_within(name, gpu, inputs, op, KERNEL_TOLERANCE)
+}
+
+/// [`kernel`] with its own tolerance.
+fn kernel_within(
+    name: String,
+    gpu: &Device,
+    inputs: &[Tensor],
+    op: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+    tolerance: f64,
+) -> anyhow::Result<Check> {
     let cpu_out = op(inputs).with_context(|| format!("{name} on the CPU"))?;
     let gpu_out = inputs
         .iter()
@@ -142,7 +171,7 @@ fn kernel(
         .collect::<candle_core::Result<Vec<_>>>()
         .and_then(|gpu_inputs| op(&gpu_inputs));
     match gpu_out {
-        Ok(out) => check(name, &out, &cpu_out, KERNEL_TOLERANCE),
+        Ok(out) => check(name, &out, &cpu_out, tolerance),
         // A kernel that fails to launch is a failed check, and the others still run.
         Err(e) => Ok(Check {
             name: format!("{name}: {e}"),
@@ -261,6 +290,106 @@ pub fn kernel_checks(gpu: &Device) -> anyhow::Result<Vec<Check>> {
     Ok(out)
 }
 
+/// The half-precision entries of the kernels (f16, bf16) against the CPU ops in the same
+/// precision (f32 arithmetic between rounded loads and stores), on the same rounded inputs:
+/// one shape per op and mode, from the DM-VTON networks.
+pub fn half_kernel_checks(gpu: &Device) -> anyhow::Result<Vec<Check>> {
+    type Op = Box<dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>>;
+    let cases: Vec<(String, Vec<Tensor>, Op)> = vec![
+        (
+            "grid_sample Border align=true 2x64x64x48".into(),
+            vec![
+                randn(&[2, 64, 64, 48])?,
+                uniform(&[2, 64, 48, 2], -1.2, 1.2)?,
+            ],
+            Box::new(|t| ops::grid_sample(&t[0], &t[1], GridPadding::Border, true)),
+        ),
+        (
+            "grid_sample Zeros align=false 3x5x31x17->40x9".into(),
+            vec![randn(&[3, 5, 31, 17])?, uniform(&[3, 40, 9, 2], -1.2, 1.2)?],
+            Box::new(|t| ops::grid_sample(&t[0], &t[1], GridPadding::Zeros, false)),
+        ),
+        (
+            "correlation 2x256x16x12".into(),
+            vec![randn(&[2, 256, 16, 12])?, randn(&[2, 256, 16, 12])?],
+            Box::new(|t| ops::correlation(&t[0], &t[1])),
+        ),
+        (
+            "depthwise3x3 s1 relu6 2x32x128x96".into(),
+            vec![
+                randn(&[2, 32, 128, 96])?,
+                randn(&[32, 1, 3, 3])?,
+                randn(&[32])?,
+            ],
+            Box::new(|t| ops::depthwise_conv3x3(&t[0], &t[1], &t[2], 1, true)),
+        ),
+        (
+            "depthwise3x3 s2 3x5x7x9".into(),
+            vec![randn(&[3, 5, 7, 9])?, randn(&[5, 1, 3, 3])?, randn(&[5])?],
+            Box::new(|t| ops::depthwise_conv3x3(&t[0], &t[1], &t[2], 2, false)),
+        ),
+        (
+            "resize_bilinear 8x6->16x12".into(),
+            vec![randn(&[1, 256, 8, 6])?],
+            Box::new(|t| ops::resize_bilinear(&t[0], 16, 12)),
+        ),
+        (
+            "conv2d 4x96x32x24 k1 -> 24".into(),
+            vec![
+                randn(&[4, 96, 32, 24])?,
+                randn(&[24, 96, 1, 1])?,
+                randn(&[24])?,
+            ],
+            Box::new(|t| ops::conv2d_fused(&t[0], &t[1], &t[2], 1, 0, ops::ConvActivation::Relu6)),
+        ),
+        (
+            "conv2d 2x16x64x48 k3 s1 -> 32".into(),
+            vec![
+                randn(&[2, 16, 64, 48])?,
+                randn(&[32, 16, 3, 3])?,
+                randn(&[32])?,
+            ],
+            Box::new(|t| {
+                ops::conv2d_fused(
+                    &t[0],
+                    &t[1],
+                    &t[2],
+                    1,
+                    1,
+                    ops::ConvActivation::LeakyRelu(0.1),
+                )
+            }),
+        ),
+        (
+            "bias_activation LeakyRelu 3x17x9x7".into(),
+            vec![randn(&[3, 17, 9, 7])?, randn(&[17])?],
+            Box::new(|t| {
+                ops::conv::bias_activation(&t[0], &t[1], ops::ConvActivation::LeakyRelu(0.1))
+            }),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (dtype, tolerance) in [
+        (DType::F16, HALF_F16_TOLERANCE),
+        (DType::BF16, HALF_BF16_TOLERANCE),
+    ] {
+        for (name, inputs, op) in &cases {
+            let rounded = inputs
+                .iter()
+                .map(|t| t.to_dtype(dtype))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            out.push(kernel_within(
+                format!("{} {name}", dtype.as_str()),
+                gpu,
+                &rounded,
+                op,
+                tolerance,
+            )?);
+        }
+    }
+    Ok(out)
+}
+
 /// CatVTON's flash attention (CUDA only, f16/bf16) against the chunked attention in f32 on the
 /// CPU, on the same inputs rounded to the half type: the UNet's head sizes, odd token counts
 /// (past a query block and a key block) and different query and key counts.
@@ -343,7 +472,7 @@ pub fn parity_checks(
     }
     if let Some(reference) = parity.get("output.tryon_u8") {
         // The fixture stores N×3×H×W; ours come back N×H×W×3.
-        let ours = to_u8_images(&out.tryon)?
+        let ours = to_u8_images(&out.tryon.to_dtype(DType::F32)?)?
             .permute((0, 3, 1, 2))?
             .to_device(&Device::Cpu)?;
         let a: Vec<u8> = ours.flatten_all()?.to_vec1()?;
@@ -443,6 +572,11 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
     };
     report.kernels = kernel_checks(&gpu)?;
     print_checks("CUDA kernel vs CPU op (rel L2 <= 1e-5)", &report.kernels);
+    report.half_kernels = half_kernel_checks(&gpu)?;
+    print_checks(
+        "CUDA kernel in f16/bf16 vs CPU op in the same precision (rel L2 <= 2e-3 / 1.6e-2)",
+        &report.half_kernels,
+    );
     if let Some(dir) = &args.model_dir {
         let model = DmVton::load(dir, &gpu)?;
         let parity = match &args.parity {
@@ -497,6 +631,41 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
             }
         }
         crate::device::set_tf32(false);
+        // Half precision (`--dtype f16|bf16`): parity against the f32 reference is informative
+        // (the error each precision costs), the timings are the point.
+        for dtype in [DType::BF16, DType::F16] {
+            let model = DmVton::load_in(dir, &gpu, dtype)?;
+            let mode = dtype.as_str();
+            if let Some(parity) = &parity {
+                let checks = parity_checks(&model, parity)?;
+                print_checks(
+                    &format!(
+                        "DM-VTON on the GPU in {mode} against the f32 reference (informative)"
+                    ),
+                    &checks,
+                );
+                report.parity_half.extend(checks.into_iter().map(|mut c| {
+                    c.name = format!("{mode} {}", c.name);
+                    c
+                }));
+            }
+            println!(
+                "\nDM-VTON forward in {mode} (median of {} runs)",
+                args.iterations
+            );
+            println!("{:>6} {:>14} {:>12}", "batch", "batch ms", "images/s");
+            for &b in &args.batch_sizes {
+                let t = time_forward(&model, b, args.iterations)?;
+                println!(
+                    "{:>6} {:>14.2} {:>12.1}",
+                    t.batch_size, t.median_batch_ms, t.images_per_s
+                );
+                report.timings_half.push(HalfTiming {
+                    dtype: mode.to_string(),
+                    timing: t,
+                });
+            }
+        }
     }
     report.flash_attention = flash_attention_checks(&gpu)?;
     print_checks(
@@ -510,6 +679,7 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
     let failed: Vec<&Check> = report
         .kernels
         .iter()
+        .chain(&report.half_kernels)
         .chain(&report.parity)
         .chain(&report.flash_attention)
         .filter(|c| !c.pass)
@@ -527,7 +697,10 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
     }
     println!(
         "\nall {} checks passed",
-        report.kernels.len() + report.parity.len() + report.flash_attention.len()
+        report.kernels.len()
+            + report.half_kernels.len()
+            + report.parity.len()
+            + report.flash_attention.len()
     );
     Ok(())
 }
@@ -568,6 +741,16 @@ mod tests {
         // harness (shapes, ops, inputs) that the GPU run uses.
         let checks = kernel_checks(&Device::Cpu).expect("checks");
         assert!(checks.len() > 30);
+        for c in checks {
+            assert!(c.pass && c.rel_l2 == 0.0, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn half_kernel_checks_run_every_op_in_both_half_precisions() {
+        // CPU against CPU: exact, which exercises the rounded inputs and each op's half path.
+        let checks = half_kernel_checks(&Device::Cpu).expect("checks");
+        assert_eq!(checks.len(), 18);
         for c in checks {
             assert!(c.pass && c.rel_l2 == 0.0, "{c:?}");
         }

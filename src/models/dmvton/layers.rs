@@ -1,7 +1,7 @@
 //! Building blocks shared by the DM-VTON networks: convolutions with BatchNorm folded in at load
 //! time, the fused depthwise convolution and the MobileNetV2 inverted residual block.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::ops::{
@@ -85,7 +85,7 @@ impl Conv {
     ) -> Result<Self> {
         let weight = vb.get((c_out, c_in, kernel, kernel), "weight")?;
         let bias = vb.get(c_out, "bias")?;
-        Self::finish(weight, bias, cfg)
+        Self::finish(weight, bias, cfg, vb.dtype())
     }
 
     /// As [`Conv::new`] for an `nn.Conv2d(bias=False)` (only `weight`), as
@@ -99,7 +99,7 @@ impl Conv {
     ) -> Result<Self> {
         let weight = vb.get((c_out, c_in, kernel, kernel), "weight")?;
         let bias = Tensor::zeros(c_out, weight.dtype(), weight.device())?;
-        Self::finish(weight, bias, cfg)
+        Self::finish(weight, bias, cfg, vb.dtype())
     }
 
     /// A bias-free `nn.Conv2d` under `conv` followed by the `nn.BatchNorm2d` under `bn`, folded
@@ -117,7 +117,7 @@ impl Conv {
         let weight = weight
             .broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?
             .contiguous()?;
-        Self::finish(weight, shift, cfg)
+        Self::finish(weight, shift, cfg, conv.dtype())
     }
 }
 
@@ -135,7 +135,9 @@ impl Conv {
         Ok(equal(&self.weight, &other.weight)? && equal(&self.bias, &other.bias)?)
     }
 
-    fn finish(weight: Tensor, bias: Tensor, cfg: ConvConfig) -> Result<Self> {
+    /// The layer from its f32 weights (BatchNorm folded in), rounded to `dtype`, the precision
+    /// it runs in. The Winograd transform stays f32: the CPU computes in f32.
+    fn finish(weight: Tensor, bias: Tensor, cfg: ConvConfig, dtype: DType) -> Result<Self> {
         let ConvConfig {
             padding,
             stride,
@@ -147,8 +149,8 @@ impl Conv {
             None
         };
         Ok(Self {
-            weight,
-            bias,
+            weight: weight.to_dtype(dtype)?,
+            bias: bias.to_dtype(dtype)?,
             stride,
             padding,
             activation,
@@ -194,10 +196,11 @@ impl Depthwise {
         let weight = weight
             .reshape((channels, 9))?
             .broadcast_mul(&scale.reshape((channels, 1))?)?
+            .to_dtype(conv.dtype())?
             .contiguous()?;
         Ok(Self {
             weight,
-            bias: shift.contiguous()?,
+            bias: shift.to_dtype(conv.dtype())?.contiguous()?,
             stride,
         })
     }

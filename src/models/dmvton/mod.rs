@@ -47,6 +47,9 @@ pub struct DmVton {
     warp: MobileAfwm,
     gen: MobileUnet,
     device: Device,
+    /// The precision the networks run in (weights and activations); inputs are converted to
+    /// it and the try-on image back to f32.
+    dtype: DType,
 }
 
 /// `DIR/STEM.pt`, or `DIR/STEM.safetensors` when only that exists.
@@ -61,25 +64,48 @@ fn checkpoint_path(dir: &Path, stem: &str) -> PathBuf {
 }
 
 impl DmVton {
-    /// Loads `dmvton_pf_warp.pt` and `dmvton_pf_gen.pt` (or `.safetensors`) from `dir`.
+    /// Loads `dmvton_pf_warp.pt` and `dmvton_pf_gen.pt` (or `.safetensors`) from `dir`, in f32.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        Self::load_in(dir, device, DType::F32)
+    }
+
+    /// [`DmVton::load`] running in `dtype` (f32, f16 or bf16).
+    pub fn load_in(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
         Self::load_files(
             &checkpoint_path(dir, WARP_STEM),
             &checkpoint_path(dir, GEN_STEM),
             device,
+            dtype,
         )
     }
 
-    /// Loads the warp and generator checkpoints from the given files.
-    pub fn load_files(warp: &Path, gen: &Path, device: &Device) -> Result<Self, ModelError> {
-        let warp = Checkpoint::load(warp, device)?.build(device, "warp", MobileAfwm::new)?;
+    /// Loads the warp and generator checkpoints from the given files, running in `dtype`.
+    pub fn load_files(
+        warp: &Path,
+        gen: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(ModelError::Candle(candle_core::Error::Msg(format!(
+                "DM-VTON runs in f32, f16 or bf16, not {}",
+                dtype.as_str()
+            ))));
+        }
+        let warp = Checkpoint::load(warp, device)?.build(device, dtype, "warp", MobileAfwm::new)?;
         let gen = Checkpoint::load(gen, device)?
-            .build(device, "generator", |vb| MobileUnet::new(vb, 7, 4))?;
+            .build(device, dtype, "generator", |vb| MobileUnet::new(vb, 7, 4))?;
         Ok(Self {
             warp,
             gen,
             device: device.clone(),
+            dtype,
         })
+    }
+
+    /// The precision the networks run in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// The warp module.
@@ -91,15 +117,17 @@ impl DmVton {
     pub fn run(&self, batch: &TryOnBatch) -> candle_core::Result<DmVtonOutput> {
         let device = &self.device;
         let _pass = profile::stage("forward", device);
-        let mask = batch.cloth_mask.gt(0.5f64)?.to_dtype(DType::F32)?;
-        let cloth = batch.cloth.broadcast_mul(&mask)?;
+        let dtype = self.dtype;
+        let person = batch.person.to_dtype(dtype)?;
+        let mask = batch.cloth_mask.gt(0.5f64)?.to_dtype(dtype)?;
+        let cloth = batch.cloth.to_dtype(dtype)?.broadcast_mul(&mask)?;
         let warp = {
             let _stage = profile::stage("warp", device);
-            self.warp.forward(&batch.person, &cloth)?
+            self.warp.forward(&person, &cloth)?
         };
         let grid = warp.flow.permute((0, 2, 3, 1))?;
         let warped_mask = grid_sample(&mask, &grid, GridPadding::Zeros, true)?;
-        let gen_in = Tensor::cat(&[&batch.person, &warp.warped_cloth, &warped_mask], 1)?;
+        let gen_in = Tensor::cat(&[&person, &warp.warped_cloth, &warped_mask], 1)?;
         let gen_raw = {
             let _stage = profile::stage("generator", device);
             self.gen.forward(&gen_in)?
@@ -128,7 +156,7 @@ impl TryOnModel for DmVton {
     }
 
     fn forward(&self, batch: &TryOnBatch) -> Result<Tensor, ModelError> {
-        Ok(self.run(batch)?.tryon)
+        Ok(self.run(batch)?.tryon.to_dtype(DType::F32)?)
     }
 }
 
@@ -170,10 +198,9 @@ impl crate::models::ModelFamily for Family {
             return Err(crate::models::ModelFamily::not_on_hub(self));
         }
         let dir = crate::models::registry::required_dir(&request.source, self.name())?;
-        Ok(crate::models::LoadedModel::Batch(Box::new(DmVton::load(
-            dir,
-            request.device,
-        )?)))
+        Ok(crate::models::LoadedModel::Batch(Box::new(
+            DmVton::load_in(dir, request.device, request.dtype)?,
+        )))
     }
 
     fn not_on_hub(&self) -> ModelError {

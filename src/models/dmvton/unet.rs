@@ -27,8 +27,13 @@ struct UpConv {
 impl UpConv {
     fn new(vb: VarBuilder, c_in: usize, c_out: usize) -> Result<Self> {
         Ok(Self {
-            weight: vb.get((c_in, c_out, 4, 4), "weight")?,
-            bias: vb.get(c_out, "bias")?.reshape((1, c_out, 1, 1))?,
+            weight: vb
+                .get((c_in, c_out, 4, 4), "weight")?
+                .to_dtype(vb.dtype())?,
+            bias: vb
+                .get(c_out, "bias")?
+                .to_dtype(vb.dtype())?
+                .reshape((1, c_out, 1, 1))?,
         })
     }
 }

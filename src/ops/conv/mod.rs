@@ -67,6 +67,11 @@ pub fn conv2d_fused(
     padding: usize,
     activation: ConvActivation,
 ) -> Result<Tensor> {
+    if crate::ops::half_on_cpu(input) {
+        return crate::ops::in_f32(&[input, weight, bias], |t| {
+            conv2d_fused(&t[0], &t[1], &t[2], stride, padding, activation)
+        });
+    }
     let _span = crate::ops::profile::op(
         crate::ops::profile::conv_kind(weight.dims().get(2).copied().unwrap_or(0), stride, false),
         input.device(),
@@ -128,6 +133,9 @@ fn conv2d_device(
 
 /// `act(x + bias[c])` for `x` of `N×C×H×W` and a bias of `C`, in one pass.
 pub fn bias_activation(x: &Tensor, bias: &Tensor, activation: ConvActivation) -> Result<Tensor> {
+    if crate::ops::half_on_cpu(x) {
+        return crate::ops::in_f32(&[x, bias], |t| bias_activation(&t[0], &t[1], activation));
+    }
     let x = x.contiguous()?;
     let bias = bias.flatten_all()?.contiguous()?;
     x.apply_op2_no_bwd(&bias, &BiasActivation { activation })
@@ -170,7 +178,7 @@ impl candle_core::CustomOp2 for BiasActivation {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{launch, Scalar, BIAS_ACT};
+        use super::cuda::{launch_typed, Scalar, BIAS_ACT};
         let dims = l1.shape().dims();
         let c = dims.get(1).copied().unwrap_or(1);
         let plane: usize = dims.iter().skip(2).product();
@@ -180,9 +188,10 @@ impl candle_core::CustomOp2 for BiasActivation {
             ConvActivation::LeakyRelu(s) => (2, s),
         };
         let total = l1.shape().elem_count();
-        // SAFETY: the arguments of `bias_act_f32`, in its order; one thread per element.
+        // SAFETY: the arguments of `bias_act_*` (each precision), in its order; one thread per
+        // element.
         let out = unsafe {
-            launch::<f32, f32>(
+            launch_typed(
                 "bias_activation",
                 &BIAS_ACT,
                 &[(s1, l1), (s2, l2)],

@@ -312,6 +312,11 @@ pub fn conv2d_winograd(
     bias: &Tensor,
     activation: ConvActivation,
 ) -> Result<Tensor> {
+    if crate::ops::half_on_cpu(input) {
+        return crate::ops::in_f32(&[input, u, bias], |t| {
+            conv2d_winograd(&t[0], &t[1], &t[2], activation)
+        });
+    }
     let _span = crate::ops::profile::op(crate::ops::profile::conv_kind(3, 1, true), input.device());
     let (_n, ci, _h, _w) = input.dims4()?;
     let (a2, co, uci) = u.dims3()?;
