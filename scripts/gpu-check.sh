@@ -3,8 +3,12 @@
 #   1. the card, the driver and the CUDA libraries found;
 #   2. every CUDA kernel against its CPU op on fresh random inputs (rel L2 <= 1e-5, no NaN), and
 #      CatVTON's flash attention against the f32 chunked attention (rel L2 <= 1e-2 in f16/bf16);
-#   3. the DM-VTON parity fixtures on the GPU (the CPU tests' tolerances);
-#   4. DM-VTON forward at batch 1, 8 and 32, and PyTorch eager on the same network;
+#   3. the DM-VTON parity fixtures on the GPU (the CPU tests' tolerances), and the kernels' f16
+#      and bf16 entries against the CPU ops in the same precision;
+#   4. DM-VTON forward at batch 1, 8 and 32 in f32, TF32, bf16 and f16, where the f32 pass
+#      spends its time (per stage and op kind, CUDA events), and PyTorch on the same network:
+#      eager, and as deployed (channels-last, cuDNN benchmark, CUDA graphs, a fused Triton
+#      correlation; TF32, bf16 and f16 autocast), after its own self-test;
 #   5. the server end to end (`bench http` at saturation) against the raw forward throughput;
 #   6. CatVTON: the tiny fixture model on the GPU against the CPU (same request and seed), then
 #      the full-size networks with random weights generated there, bf16, 1024x768, batch 1 and
@@ -81,8 +85,15 @@ if [ $GPU = 1 ]; then
     --batch-sizes $DM_BATCHES --iterations $DM_ITER --json "$OUT/gpu-check.json" 2>&1 | tee "$OUT/gpu-check.txt"
   check_rc=${PIPESTATUS[0]}
 else
-  echo "skipped: CUDA only"
+  echo "kernels and GPU parity skipped: CUDA only; the forward in each precision, with its profile:"
   check_rc=0
+  for dt in f32 bf16 f16; do
+    "$BIN" bench model --model dmvton --model-dir "$BUNDLE/dmvton" --device cpu --dtype $dt \
+      --batch-size 2 --iterations $DM_ITER --warmup 1 --profile > "$OUT/dmvton-cpu-$dt.txt" 2>&1 \
+      || { echo "  dmvton $dt failed (see dmvton-cpu-$dt.txt)"; check_rc=1; }
+    head -n 1 "$OUT/dmvton-cpu-$dt.txt"
+  done
+  tail -n +2 "$OUT/dmvton-cpu-f32.txt"
 fi
 
 echo "== PyTorch eager baseline (same network and checkpoints)"
@@ -282,6 +293,12 @@ print(f"parity:  {sum(c['pass'] for c in p)}/{len(p)} pass, worst rel L2 {max([c
 fa = g.get("flash_attention", [])
 print(f"flash attention: {sum(c['pass'] for c in fa)}/{len(fa)} pass, worst rel L2 {max([c['rel_l2'] for c in fa] or [0]):.2e}"
       + ("" if fa else " (not run)"))
+hk, hp = g.get("half_kernels", []), g.get("parity_half", [])
+print(f"half kernels: {sum(c['pass'] for c in hk)}/{len(hk)} pass, worst rel L2 {max([c['rel_l2'] for c in hk] or [0]):.2e}"
+      + ("" if hk else " (not run)"))
+for c in hp:
+    if c["name"].endswith("output.tryon"):
+        print(f"DM-VTON {c['name']} against the f32 reference: rel L2 {c['rel_l2']:.2e}")
 def by_batch(rows):
     return {r["batch_size"]: r for r in rows or []}
 ours, ours_tf, th, th_tf = (by_batch(g.get("timings")), by_batch(g.get("timings_tf32")),
@@ -294,6 +311,23 @@ for b in sorted(ours):
           f"{cell(ours_tf.get(b))} {cell(th_tf.get(b))} {ratio(ours_tf.get(b), th_tf.get(b))}")
 if t32.get("parity"):
     print("torch parity (rel L2):", {k: f"{v:.1e}" for k, v in t32["parity"].items()})
+# Each precision, ours against PyTorch as deployed (CUDA graphs, channels-last, cuDNN benchmark,
+# fused correlation); the goals: >= 2x in f32/TF32, >= 2x with autocast in half.
+half = {}
+for r in g.get("timings_half", []):
+    half.setdefault(r["dtype"], {})[r["batch_size"]] = r
+pairs = [("tf32", ours_tf, "torch-best-tf32.json"), ("bf16", half.get("bf16", {}), "torch-best-bf16.json"),
+         ("f16", half.get("f16", {}), "torch-best-f16.json")]
+if any(rows for _, rows, _ in pairs):
+    print(f"{'batch':>6} | " + " | ".join(f"{'ours ' + n:>16} {'torch best ' + n:>16} {'x':>5}" for n, _, _ in pairs))
+    best = {n: by_batch(load(f).get("timings")) for n, _, f in pairs}
+    for b in sorted(ours):
+        print(f"{b:>6} | " + " | ".join(f"{cell(rows.get(b))} {cell(best[n].get(b))} {ratio(rows.get(b), best[n].get(b))}"
+                                       for n, rows, _ in pairs))
+prof = g.get("profile", [])
+if prof:
+    print("where the f32 forward spends its time (largest batch):",
+          ", ".join(f"{r['kind']} {100 * r['share']:.0f}%" for r in prof if r["level"] == "op" and r["share"] >= 0.03))
 raw = m["batch_size"] / m["median_batch_s"] if "median_batch_s" in m else float("nan")
 rps = h.get("throughput_rps", float("nan"))
 lat = h.get("latency_ms", {})

@@ -56,6 +56,9 @@ pub struct ModelBenchArgs {
 pub struct ModelReport {
     pub model: String,
     pub device: String,
+    /// The networks' precision (`--dtype`).
+    #[serde(default)]
+    pub dtype: String,
     pub batch_size: u64,
     pub iterations: u64,
     pub warmup: u64,
@@ -296,6 +299,7 @@ pub fn measure(args: &ModelBenchArgs) -> Result<ModelReport, BenchError> {
     Ok(ModelReport {
         model: name,
         device: crate::device::name(&device),
+        dtype: choice.dtype.as_str().to_string(),
         batch_size: args.batch_size,
         iterations: args.iterations,
         warmup: args.warmup,
@@ -331,10 +335,11 @@ pub fn run(args: &ModelBenchArgs) -> Result<(), BenchError> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{} on {}, batch {}: median {:.2} ms per batch, {:.2} ms per image, {:.1} images/s \
-             (min {:.2} ms, max {:.2} ms, {} iterations)",
+            "{} on {} in {}, batch {}: median {:.2} ms per batch, {:.2} ms per image, \
+             {:.1} images/s (min {:.2} ms, max {:.2} ms, {} iterations)",
             r.model,
             r.device,
+            r.dtype,
             r.batch_size,
             r.median_batch_s * 1e3,
             r.per_image_ms,
