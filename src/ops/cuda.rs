@@ -211,3 +211,53 @@ fn elementwise(n: usize) -> LaunchConfig {
         shared_mem_bytes: 0,
     }
 }
+
+/// The memory pool that stream-ordered allocations on `dev` come from (candle's tensors, where
+/// the driver supports them): the device's default pool.
+fn default_pool(
+    dev: &CudaDevice,
+) -> Result<candle_core::cuda_backend::cudarc::driver::sys::CUmemoryPool> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let stream = dev.cuda_stream();
+    let ctx = stream.context();
+    ctx.bind_to_thread().w()?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: `pool` is a valid place for the handle, and `cu_device` is the context's device.
+    let status = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) };
+    status.result().w()?;
+    Ok(pool)
+}
+
+/// The most memory in use at once from `dev`'s pool since the last [`reset_peak_memory`] (or
+/// since it was created), in bytes.
+pub fn peak_memory(dev: &CudaDevice) -> Result<u64> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let pool = default_pool(dev)?;
+    let mut high: u64 = 0;
+    // SAFETY: USED_MEM_HIGH is a 64-bit value (cuuint64_t), written to `high`.
+    let status = unsafe {
+        sys::cuMemPoolGetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            (&mut high as *mut u64).cast(),
+        )
+    };
+    status.result().w()?;
+    Ok(high)
+}
+
+/// Starts a new high-water mark of `dev`'s pool at what is in use now.
+pub fn reset_peak_memory(dev: &CudaDevice) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let pool = default_pool(dev)?;
+    let mut zero: u64 = 0;
+    // SAFETY: USED_MEM_HIGH may only be set to 0 (a reset), passed as a 64-bit value.
+    let status = unsafe {
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            (&mut zero as *mut u64).cast(),
+        )
+    };
+    status.result().w()
+}

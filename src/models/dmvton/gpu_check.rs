@@ -69,6 +69,9 @@ pub struct Timing {
     pub batch_size: usize,
     pub median_batch_ms: f64,
     pub images_per_s: f64,
+    /// The most device memory in use at once over the runs (the weights included), from the
+    /// device's memory pool; `None` where there is none (the CPU).
+    pub peak_memory_mib: Option<f64>,
 }
 
 /// A forward timing in half precision.
@@ -540,6 +543,7 @@ pub fn time_forward(
 ) -> anyhow::Result<Timing> {
     let device = model.device().clone();
     let batch = random_batch(batch_size, &device)?;
+    reset_peak_memory(&device)?;
     for _ in 0..3 {
         model.forward(&batch)?;
     }
@@ -557,7 +561,27 @@ pub fn time_forward(
         batch_size,
         median_batch_ms: median * 1e3,
         images_per_s: batch_size as f64 / median,
+        peak_memory_mib: peak_memory(&device)?.map(|b| b as f64 / (1 << 20) as f64),
     })
+}
+
+/// Starts a new high-water mark of the device's memory in use.
+fn reset_peak_memory(device: &Device) -> anyhow::Result<()> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => Ok(ops::cuda::reset_peak_memory(d)?),
+        _ => Ok(()),
+    }
+}
+
+/// The device's memory in use at its most since [`reset_peak_memory`]; `None` on the CPU, or
+/// where allocations do not come from the device's pool (it then reads 0).
+fn peak_memory(device: &Device) -> anyhow::Result<Option<u64>> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => Ok(Some(ops::cuda::peak_memory(d)?).filter(|&b| b > 0)),
+        _ => Ok(None),
+    }
 }
 
 /// `virtualfit gpu-check`.
@@ -606,12 +630,18 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
                 "\nDM-VTON forward {mode} (median of {} runs)",
                 args.iterations
             );
-            println!("{:>6} {:>14} {:>12}", "batch", "batch ms", "images/s");
+            println!(
+                "{:>6} {:>14} {:>12} {:>10}",
+                "batch", "batch ms", "images/s", "peak MiB"
+            );
             for &b in &args.batch_sizes {
                 let t = time_forward(&model, b, args.iterations)?;
                 println!(
-                    "{:>6} {:>14.2} {:>12.1}",
-                    t.batch_size, t.median_batch_ms, t.images_per_s
+                    "{:>6} {:>14.2} {:>12.1} {:>10}",
+                    t.batch_size,
+                    t.median_batch_ms,
+                    t.images_per_s,
+                    t.peak_memory_mib.map_or("-".into(), |m| format!("{m:.0}"))
                 );
                 if tf32 {
                     &mut report.timings_tf32
@@ -653,12 +683,18 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
                 "\nDM-VTON forward in {mode} (median of {} runs)",
                 args.iterations
             );
-            println!("{:>6} {:>14} {:>12}", "batch", "batch ms", "images/s");
+            println!(
+                "{:>6} {:>14} {:>12} {:>10}",
+                "batch", "batch ms", "images/s", "peak MiB"
+            );
             for &b in &args.batch_sizes {
                 let t = time_forward(&model, b, args.iterations)?;
                 println!(
-                    "{:>6} {:>14.2} {:>12.1}",
-                    t.batch_size, t.median_batch_ms, t.images_per_s
+                    "{:>6} {:>14.2} {:>12.1} {:>10}",
+                    t.batch_size,
+                    t.median_batch_ms,
+                    t.images_per_s,
+                    t.peak_memory_mib.map_or("-".into(), |m| format!("{m:.0}"))
                 );
                 report.timings_half.push(HalfTiming {
                     dtype: mode.to_string(),
