@@ -19,6 +19,29 @@ const ATTENTION: &str = "zhengchong/CatVTON";
 const UNET: &str = "unet/diffusion_pytorch_model.safetensors";
 const ATTENTION_FILE: &str = "mix-48k-1024/attention/model.safetensors";
 
+/// The six files CatVTON reads, across its three repositories.
+const MODEL_FILES: [&str; 6] = [
+    "unet/config.json",
+    UNET,
+    "scheduler/scheduler_config.json",
+    "config.json",
+    "diffusion_pytorch_model.safetensors",
+    ATTENTION_FILE,
+];
+
+fn files_set(files: &[&str]) -> std::collections::BTreeSet<String> {
+    files.iter().map(|f| f.to_string()).collect()
+}
+
+/// The repository files the hub was asked to resolve.
+fn asked_files(hub: &FakeHub) -> std::collections::BTreeSet<String> {
+    hub.seen()
+        .iter()
+        .filter(|s| s.route == "resolve")
+        .map(|s| s.what.clone())
+        .collect()
+}
+
 /// A fresh, empty hub cache folder.
 fn fresh_cache() -> PathBuf {
     let dir = fresh_data_dir().with_extension("hub-cache");
@@ -123,23 +146,7 @@ async fn download_then_serve_answers_tryon_and_a_second_start_downloads_nothing(
     );
 
     // Only the six files the model reads were asked for, never the rest of the repository.
-    let asked: std::collections::BTreeSet<String> = hub
-        .seen()
-        .iter()
-        .filter(|s| s.route == "resolve")
-        .map(|s| s.what.clone())
-        .collect();
-    let expected: std::collections::BTreeSet<String> = [
-        "unet/config.json",
-        UNET,
-        "scheduler/scheduler_config.json",
-        "config.json",
-        "diffusion_pytorch_model.safetensors",
-        ATTENTION_FILE,
-    ]
-    .map(String::from)
-    .into();
-    assert_eq!(asked, expected);
+    assert_eq!(asked_files(&hub), files_set(&MODEL_FILES));
 
     // The standard hub cache: refs/main holds the commit, snapshots link to blobs named by etag.
     let refs = std::fs::read_to_string(repo_dir(&cache, BASE).join("refs/main")).expect("ref");
@@ -696,25 +703,9 @@ async fn the_human_parsers_come_from_the_attention_repository_and_lay_out_under_
         "the download names the parsers' licence: {}",
         text(&o)
     );
-    let asked: std::collections::BTreeSet<String> = hub
-        .seen()
-        .iter()
-        .filter(|s| s.route == "resolve")
-        .map(|s| s.what.clone())
-        .collect();
-    let expected: std::collections::BTreeSet<String> = [
-        "unet/config.json",
-        UNET,
-        "scheduler/scheduler_config.json",
-        "config.json",
-        "diffusion_pytorch_model.safetensors",
-        ATTENTION_FILE,
-        ATR,
-        LIP,
-    ]
-    .map(String::from)
-    .into();
-    assert_eq!(asked, expected);
+    let mut expected = files_set(&MODEL_FILES);
+    expected.extend([ATR.to_string(), LIP.to_string()]);
+    assert_eq!(asked_files(&hub), expected);
     assert_eq!(std::fs::read(to.join(ATR)).expect("laid out"), partial);
     assert_eq!(
         std::fs::read(to.join(LIP)).expect("laid out"),

@@ -565,6 +565,33 @@ pub fn time_forward(
     })
 }
 
+/// Times the forward pass at each of `args`' batch sizes and prints the table; `mode` names
+/// the precision in its title.
+fn time_and_print(model: &DmVton, mode: &str, args: &GpuCheckArgs) -> anyhow::Result<Vec<Timing>> {
+    println!(
+        "\nDM-VTON forward {mode} (median of {} runs)",
+        args.iterations
+    );
+    println!(
+        "{:>6} {:>14} {:>12} {:>10}",
+        "batch", "batch ms", "images/s", "peak MiB"
+    );
+    args.batch_sizes
+        .iter()
+        .map(|&b| {
+            let t = time_forward(model, b, args.iterations)?;
+            println!(
+                "{:>6} {:>14.2} {:>12.1} {:>10}",
+                t.batch_size,
+                t.median_batch_ms,
+                t.images_per_s,
+                t.peak_memory_mib.map_or("-".into(), |m| format!("{m:.0}"))
+            );
+            Ok(t)
+        })
+        .collect()
+}
+
 /// Starts a new high-water mark of the device's memory in use.
 fn reset_peak_memory(device: &Device) -> anyhow::Result<()> {
     match device {
@@ -626,29 +653,11 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
                     &mut report.parity
                 }) = checks;
             }
-            println!(
-                "\nDM-VTON forward {mode} (median of {} runs)",
-                args.iterations
-            );
-            println!(
-                "{:>6} {:>14} {:>12} {:>10}",
-                "batch", "batch ms", "images/s", "peak MiB"
-            );
-            for &b in &args.batch_sizes {
-                let t = time_forward(&model, b, args.iterations)?;
-                println!(
-                    "{:>6} {:>14.2} {:>12.1} {:>10}",
-                    t.batch_size,
-                    t.median_batch_ms,
-                    t.images_per_s,
-                    t.peak_memory_mib.map_or("-".into(), |m| format!("{m:.0}"))
-                );
-                if tf32 {
-                    &mut report.timings_tf32
-                } else {
-                    &mut report.timings
-                }
-                .push(t);
+            let timings = time_and_print(&model, mode, args)?;
+            if tf32 {
+                report.timings_tf32 = timings;
+            } else {
+                report.timings = timings;
             }
             if let (false, Some(&largest)) = (tf32, args.batch_sizes.iter().max()) {
                 println!(
@@ -679,28 +688,13 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
                     c
                 }));
             }
-            println!(
-                "\nDM-VTON forward in {mode} (median of {} runs)",
-                args.iterations
-            );
-            println!(
-                "{:>6} {:>14} {:>12} {:>10}",
-                "batch", "batch ms", "images/s", "peak MiB"
-            );
-            for &b in &args.batch_sizes {
-                let t = time_forward(&model, b, args.iterations)?;
-                println!(
-                    "{:>6} {:>14.2} {:>12.1} {:>10}",
-                    t.batch_size,
-                    t.median_batch_ms,
-                    t.images_per_s,
-                    t.peak_memory_mib.map_or("-".into(), |m| format!("{m:.0}"))
-                );
-                report.timings_half.push(HalfTiming {
+            let timings = time_and_print(&model, &format!("in {mode}"), args)?;
+            report
+                .timings_half
+                .extend(timings.into_iter().map(|timing| HalfTiming {
                     dtype: mode.to_string(),
-                    timing: t,
-                });
-            }
+                    timing,
+                }));
         }
     }
     report.flash_attention = flash_attention_checks(&gpu)?;
