@@ -47,9 +47,9 @@ pub struct ModelArgs {
     /// instead of f32's 1e-6 (off by default; no effect on the CPU).
     #[arg(long, env = "VIRTUALFIT_ALLOW_TF32")]
     pub allow_tf32: bool,
-    /// The networks' precision, `f32`, `f16` or `bf16`, for models that offer several (catvton,
-    /// dmvton; half precision is for GPUs, where our kernels compute in f32 between half loads
-    /// and stores).
+    /// The networks' precision, `f32`, `f16` or `bf16`, for models that offer several (half
+    /// precision is for GPUs, where our kernels compute in f32 between half loads and stores;
+    /// the README says which models take it).
     #[arg(long, env = "VIRTUALFIT_DTYPE", default_value = "f32", value_parser = parse_dtype)]
     pub dtype: candle_core::DType,
     /// Diffusion models' self-attention through our flash-attention kernel (CUDA, f16/bf16 only; an
