@@ -11,6 +11,7 @@ mod automasker;
 mod bench;
 mod catvton;
 mod cv;
+mod detectron2_pkl;
 mod dmvton;
 mod imaging;
 mod overlay;

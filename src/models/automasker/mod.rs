@@ -3,6 +3,7 @@
 //! as CatVTON's `AutoMasker` does ([`combine`]).
 
 pub mod combine;
+pub mod densepose;
 pub mod labels;
 pub mod schp;
 
