@@ -50,6 +50,9 @@ impl WorkerMasker {
 
     /// Queues `queries` for the worker and waits for their answers.
     fn ask(&self, queries: Vec<MaskQuery>) -> Vec<Answer> {
+        if queries.is_empty() {
+            return Vec::new();
+        }
         let receivers: Vec<AnswerReceiver<Answer>> = {
             let mut waiting = lock(&self.waiting);
             let receivers = queries

@@ -223,7 +223,24 @@ pub enum ModelError {
     Candle(#[from] candle_core::Error),
 }
 
+/// The message of a candle error without the backtrace it may have captured (for the
+/// checkpoint errors' reasons).
+pub fn candle_message(e: candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(*inner),
+        other => other.to_string(),
+    }
+}
+
 impl ModelError {
+    /// A checkpoint error naming the file `path` and why.
+    pub fn checkpoint(path: &std::path::Path, reason: impl std::fmt::Display) -> Self {
+        ModelError::Checkpoint {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
+    }
+
     /// True when the error is a device out-of-memory error that a smaller batch may avoid.
     pub fn is_out_of_memory(&self) -> bool {
         match self {

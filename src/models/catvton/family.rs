@@ -251,9 +251,11 @@ impl ModelFamily for Family {
             SchpParsers::load_files(&files.atr, &files.lip, device)?
         } else if let Some(seed) = source.strip_prefix("random:") {
             // Test-only: seeded random weights, meaningless labels.
-            let seed = seed.parse().map_err(|_| ModelError::Checkpoint {
-                path: source.into(),
-                reason: "--masker-source random:SEED takes a whole number".into(),
+            let seed = seed.parse().map_err(|_| {
+                ModelError::checkpoint(
+                    Path::new(source),
+                    "--masker-source random:SEED takes a whole number",
+                )
             })?;
             SchpParsers::random(seed, device)?
         } else {
@@ -293,9 +295,8 @@ impl ModelFamily for Family {
             Some(MASKER_FROM_HUB) => Some(fetch_masker(hub, reporter, request.flags)?),
             _ => None,
         };
-        let lay_out_error = |dir: &Path, e: std::io::Error| ModelError::Checkpoint {
-            path: dir.to_path_buf(),
-            reason: format!("cannot lay the weights out: {e}"),
+        let lay_out_error = |dir: &Path, e: std::io::Error| {
+            ModelError::checkpoint(dir, format!("cannot lay the weights out: {e}"))
         };
         let mut written = Vec::new();
         if let Some(dir) = to {

@@ -18,7 +18,7 @@ use candle_nn::VarBuilder;
 use super::config::{self, SchedulerConfig, UNetConfig, VaeConfig};
 use super::unet::{attn1_paths, UNet};
 use super::vae::AutoencoderKl;
-use crate::models::ModelError;
+use crate::models::{candle_message as message, ModelError};
 
 /// The weight file names diffusers writes, in the order they are looked for.
 const WEIGHT_FILES: [&str; 2] = [
@@ -38,18 +38,6 @@ const ATTENTION_TENSORS: [&str; 5] = [
 /// The checkpoint lists eight entries per `attn1` module (the module, its four projections,
 /// `to_out`'s dropout and the processor); an entry's tensors are reachable under each alias.
 const ENTRIES_PER_MODULE: usize = 8;
-
-fn error(path: &Path, reason: impl std::fmt::Display) -> ModelError {
-    crate::models::dmvton::checkpoint::error(path, reason)
-}
-
-/// The message of a candle error without a captured backtrace.
-fn message(e: candle_core::Error) -> String {
-    match e {
-        candle_core::Error::WithBacktrace { inner, .. } => message(*inner),
-        other => other.to_string(),
-    }
-}
 
 /// The files of one CatVTON model folder.
 #[derive(Debug, Clone)]
@@ -95,22 +83,23 @@ fn read_config<T: serde::de::DeserializeOwned>(
     validate: impl FnOnce(&T) -> Result<(), String>,
 ) -> Result<T, ModelError> {
     if !path.is_file() {
-        return Err(error(path, "file not found"));
+        return Err(ModelError::checkpoint(path, "file not found"));
     }
-    let config: T = config::read(path, class).map_err(|e| error(path, e))?;
-    validate(&config).map_err(|e| error(path, e))?;
+    let config: T = config::read(path, class).map_err(|e| ModelError::checkpoint(path, e))?;
+    validate(&config).map_err(|e| ModelError::checkpoint(path, e))?;
     Ok(config)
 }
 
 /// Reads every tensor of a safetensors file onto `device`.
 fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>, ModelError> {
     if !path.is_file() {
-        return Err(error(path, "file not found"));
+        return Err(ModelError::checkpoint(path, "file not found"));
     }
-    let tensors = candle_core::safetensors::load(path, device)
-        .map_err(|e| error(path, format!("cannot read safetensors: {}", message(e))))?;
+    let tensors = candle_core::safetensors::load(path, device).map_err(|e| {
+        ModelError::checkpoint(path, format!("cannot read safetensors: {}", message(e)))
+    })?;
     if tensors.is_empty() {
-        return Err(error(path, "no tensors found"));
+        return Err(ModelError::checkpoint(path, "no tensors found"));
     }
     Ok(tensors)
 }
@@ -125,8 +114,9 @@ fn build<T>(
     device: &Device,
     f: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
 ) -> Result<T, ModelError> {
-    f(VarBuilder::from_tensors(tensors, dtype, device))
-        .map_err(|e| error(path, format!("not a {what} checkpoint: {}", message(e))))
+    f(VarBuilder::from_tensors(tensors, dtype, device)).map_err(|e| {
+        ModelError::checkpoint(path, format!("not a {what} checkpoint: {}", message(e)))
+    })
 }
 
 /// Maps a key of CatVTON's attention checkpoint (`16.to_q.weight`, or an alias such as
@@ -160,10 +150,10 @@ fn apply_attention(
     let mut keys: Vec<&String> = attention.keys().collect();
     keys.sort();
     for key in keys {
-        let (module, name) =
-            attention_key(key).ok_or_else(|| error(path, format!("unexpected tensor `{key}`")))?;
+        let (module, name) = attention_key(key)
+            .ok_or_else(|| ModelError::checkpoint(path, format!("unexpected tensor `{key}`")))?;
         let Some(prefix) = modules.get(module) else {
-            return Err(error(
+            return Err(ModelError::checkpoint(
                 path,
                 format!(
                     "tensor `{key}` is for attention module {module}, but the UNet has {} \
@@ -173,13 +163,16 @@ fn apply_attention(
             ));
         };
         if !ATTENTION_TENSORS.contains(&name.as_str()) {
-            return Err(error(path, format!("unexpected tensor `{key}`")));
+            return Err(ModelError::checkpoint(
+                path,
+                format!("unexpected tensor `{key}`"),
+            ));
         }
         let target = format!("{prefix}.{name}");
         let tensor = &attention[key];
         if let Some(base) = unet.get(&target) {
             if base.dims() != tensor.dims() {
-                return Err(error(
+                return Err(ModelError::checkpoint(
                     path,
                     format!(
                         "tensor `{key}` has shape {:?}, the UNet's `{target}` has {:?}",
@@ -195,7 +188,7 @@ fn apply_attention(
     for (module, prefix) in modules.iter().enumerate() {
         for name in ATTENTION_TENSORS {
             if !applied.contains_key(&format!("{prefix}.{name}")) {
-                return Err(error(
+                return Err(ModelError::checkpoint(
                     path,
                     format!(
                         "missing tensor `{}.{name}` (for `{prefix}`)",
@@ -218,7 +211,7 @@ pub struct Loaded {
 /// Reads the model folder `dir`; the networks compute in `dtype`.
 pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Loaded, ModelError> {
     if !dir.is_dir() {
-        return Err(error(dir, "model directory not found"));
+        return Err(ModelError::checkpoint(dir, "model directory not found"));
     }
     load_files(&ModelFiles::under(dir), dtype, device)
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::models::ModelError;
+use crate::models::{candle_message as message, ModelError};
 
 /// The key of the state_dict inside the official `.pt` files.
 pub const STATE_DICT_KEY: &str = "model";
@@ -19,38 +19,23 @@ pub struct Checkpoint {
     tensors: HashMap<String, Tensor>,
 }
 
-/// The message of a candle error without a captured backtrace.
-fn message(e: candle_core::Error) -> String {
-    match e {
-        candle_core::Error::WithBacktrace { inner, .. } => message(*inner),
-        other => other.to_string(),
-    }
-}
-
-/// A checkpoint error naming `path`.
-pub(crate) fn error(path: &Path, reason: impl std::fmt::Display) -> ModelError {
-    ModelError::Checkpoint {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
-}
-
 impl Checkpoint {
     /// Reads `path`: safetensors when it ends in `.safetensors`, a PyTorch zip file otherwise.
     pub fn load(path: &Path, device: &Device) -> Result<Self, ModelError> {
         if !path.is_file() {
-            return Err(error(path, "file not found"));
+            return Err(ModelError::checkpoint(path, "file not found"));
         }
         let is_safetensors = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
         let tensors: HashMap<String, Tensor> = if is_safetensors {
-            candle_core::safetensors::load(path, device)
-                .map_err(|e| error(path, format!("cannot read safetensors: {}", message(e))))?
+            candle_core::safetensors::load(path, device).map_err(|e| {
+                ModelError::checkpoint(path, format!("cannot read safetensors: {}", message(e)))
+            })?
         } else {
             candle_core::pickle::read_all_with_key(path, Some(STATE_DICT_KEY))
                 .map_err(|e| {
-                    error(
+                    ModelError::checkpoint(
                         path,
                         format!("cannot read PyTorch checkpoint: {}", message(e)),
                     )
@@ -58,10 +43,10 @@ impl Checkpoint {
                 .into_iter()
                 .map(|(name, t)| Ok((name, t.to_device(device)?)))
                 .collect::<candle_core::Result<_>>()
-                .map_err(|e| error(path, message(e)))?
+                .map_err(|e| ModelError::checkpoint(path, message(e)))?
         };
         if tensors.is_empty() {
-            return Err(error(path, "no tensors found"));
+            return Err(ModelError::checkpoint(path, "no tensors found"));
         }
         Ok(Self {
             path: path.to_path_buf(),
@@ -100,7 +85,7 @@ impl Checkpoint {
         f: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
     ) -> Result<T, ModelError> {
         f(self.var_builder(device, dtype)).map_err(|e| {
-            error(
+            ModelError::checkpoint(
                 &self.path,
                 format!("not a DM-VTON {what} checkpoint: {}", message(e)),
             )

@@ -45,10 +45,7 @@ pub fn read_detectron2_pkl(
     path: &Path,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>, ModelError> {
-    let error = |reason: String| ModelError::Checkpoint {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let error = |reason: String| ModelError::checkpoint(path, reason);
     let file = std::fs::File::open(path).map_err(|e| error(format!("cannot open: {e}")))?;
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES + 1)

@@ -152,7 +152,7 @@ impl Schp {
             reason: format!(
                 "not an SCHP {} checkpoint: {}",
                 config.name,
-                weights::message(e)
+                crate::models::candle_message(e)
             ),
         })
     }

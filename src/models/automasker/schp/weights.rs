@@ -15,7 +15,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Shape, Tensor};
 
-use crate::models::ModelError;
+use crate::models::{candle_message as message, ModelError};
 
 /// The key of the state dict inside the official checkpoints.
 pub const STATE_DICT_KEY: &str = "state_dict";
@@ -53,10 +53,7 @@ pub fn read_checkpoint(
     path: &Path,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>, ModelError> {
-    let error = |reason: String| ModelError::Checkpoint {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let error = |reason: String| ModelError::checkpoint(path, reason);
     if !path.is_file() {
         return Err(error("file not found".into()));
     }
@@ -76,14 +73,6 @@ pub fn read_checkpoint(
             Ok((module_path(&key).to_string(), t))
         })
         .collect()
-}
-
-/// The message of a candle error without a captured backtrace.
-pub(crate) fn message(e: candle_core::Error) -> String {
-    match e {
-        candle_core::Error::WithBacktrace { inner, .. } => message(*inner),
-        other => other.to_string(),
-    }
 }
 
 /// 64-bit FNV-1a.
