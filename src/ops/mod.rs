@@ -35,6 +35,9 @@ macro_rules! avx2_dispatch {
     };
 }
 
+/// For the model code's own inner loops (DensePose's ROIAlign).
+pub(crate) use avx2_dispatch;
+
 pub mod conv;
 pub mod convert;
 pub mod correlation;
