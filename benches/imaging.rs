@@ -1,6 +1,7 @@
 //! Request preparation and answer encoding: decode + fit + normalise for a 192×256 JPEG (the
 //! fixtures' size) and a 1024×768 one (a phone-sized upload), the garment mask, catvton's drawn
-//! repaint mask at 768×1024, and JPEG encode.
+//! repaint mask at 768×1024, DensePose's input (Pillow's bilinear resize of a 384×512 photo to
+//! detectron2's 800×1067, and the whole preparation), and JPEG encode.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,9 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use image::RgbImage;
 use virtualfit::imaging::{self, OutputFormat};
+use virtualfit::models::automasker::densepose::preprocess::{
+    model_input, pil_resize_bilinear, InputFormat,
+};
 use virtualfit::models::catvton::mask::{auto_mask, Category};
 use virtualfit::models::catvton::preprocess::resize_and_crop;
 use virtualfit::ops::convert::{to_model_input, InputKind};
@@ -97,6 +101,21 @@ fn benches(c: &mut Criterion) {
             |b| b.iter(|| auto_mask(black_box(&catvton_person), category)),
         );
     }
+    let densepose_photo = resize_and_crop(&person, 384, 512);
+    g.bench_function("densepose_pil_resize/384x512_to_800x1067", |b| {
+        b.iter(|| pil_resize_bilinear(black_box(&densepose_photo), 800, 1067))
+    });
+    let format = InputFormat::default();
+    g.bench_function("densepose_model_input/384x512", |b| {
+        b.iter(|| {
+            model_input(
+                std::slice::from_ref(black_box(&densepose_photo)),
+                &format,
+                &candle_core::Device::Cpu,
+            )
+            .expect("prepares")
+        })
+    });
     g.bench_function("encode_jpeg_q90/192x256", |b| {
         b.iter(|| imaging::encode(black_box(&person), OutputFormat::Jpeg, 90).expect("encodes"))
     });
