@@ -23,8 +23,8 @@ use crate::pipeline::cpu::Cpu;
 #[into_params(parameter_in = Query)]
 pub struct MaskQuery {
     /// Answer the masker's label map of this name instead of the mask (with the human parsers:
-    /// `atr` or `lip`; one label per pixel as a grey level).
-    #[param(value_type = Option<String>, pattern = "^(atr|lip)$")]
+    /// `atr` or `lip`, and `densepose` when it runs; one label per pixel as a grey level).
+    #[param(value_type = Option<String>, pattern = "^(atr|lip|densepose)$")]
     labels: Option<String>,
 }
 

@@ -20,6 +20,10 @@ use virtualfit::models::catvton::Category;
 const FRAME: (u32, u32) = (384, 512);
 
 async fn server(masker: Option<&str>) -> (virtualfit::server::Server, String) {
+    server_with(masker, &[]).await
+}
+
+async fn server_with(masker: Option<&str>, extra: &[&str]) -> (virtualfit::server::Server, String) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/catvton/model");
     let mut args = vec![
         "--model",
@@ -34,6 +38,7 @@ async fn server(masker: Option<&str>) -> (virtualfit::server::Server, String) {
     if let Some(source) = masker {
         args.extend_from_slice(&["--masker-source", source]);
     }
+    args.extend_from_slice(extra);
     start(&args).await
 }
 
@@ -119,20 +124,43 @@ async fn tryon(base: &str, person: &RgbImage, mask: Option<&GrayImage>) -> RgbIm
         .to_rgb8()
 }
 
-/// A file of the official `AutoMasker.__call__` fixture (`scripts/fixtures/automasker_call.py`):
-/// the fitted photos, the official masks per part and the parsers' label maps, all at the frame.
+/// A file of the official `AutoMasker.__call__` fixture with an all-background DensePose map
+/// (`scripts/fixtures/automasker_call.py`): the fitted photos, the official masks per part and
+/// the parsers' label maps, all at the frame.
 fn official(name: &str) -> image::DynamicImage {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/automasker/call/"
+    fixture_image("call", name)
+}
+
+/// A file of the official `AutoMasker.__call__` fixture with the seeded DensePose too
+/// (`scripts/fixtures/automasker_call_densepose.py`), which adds DensePose's map per photo.
+fn official_with_densepose(name: &str) -> image::DynamicImage {
+    fixture_image("call-densepose", name)
+}
+
+fn fixture_image(folder: &str, name: &str) -> image::DynamicImage {
+    let path = format!(
+        "{}/tests/fixtures/automasker/{folder}/{name}",
+        env!("CARGO_MANIFEST_DIR")
     );
-    image::open(format!("{path}{name}")).unwrap_or_else(|e| panic!("{name}: {e}"))
+    image::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Asserts that `served` is the fixture image `want`, pixel for pixel.
+fn assert_same(served: &GrayImage, want: &GrayImage, name: &str) {
+    assert_eq!(served.dimensions(), want.dimensions(), "{name}");
+    let differing = served
+        .pixels()
+        .zip(want.pixels())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(differing, 0, "{name}: {differing} pixels differ");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_parsers_the_mask_is_the_official_automaskers_and_tryon_samples_with_it() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let (_server, base) = server(Some("random:0")).await;
+    // `--masker-densepose off`: the official combination with an all-background DensePose map.
+    let (_server, base) = server_with(Some("random:0"), &["--masker-densepose", "off"]).await;
     assert_eq!(masker_reported(&base).await, "parsers");
     // The official pipeline with the same seeded parsers and an all-background DensePose map,
     // on photos it fitted to the frame (so that fitting them here is the identity).
@@ -140,15 +168,8 @@ async fn with_parsers_the_mask_is_the_official_automaskers_and_tryon_samples_wit
         official("photo-0.png").to_rgb8(),
         official("photo-1.png").to_rgb8(),
     ];
-    let same = |served: &GrayImage, name: &str| {
-        let want = official(name).to_luma8();
-        let differing = served
-            .pixels()
-            .zip(want.pixels())
-            .filter(|(a, b)| a != b)
-            .count();
-        assert_eq!(differing, 0, "{name}: {differing} pixels differ");
-    };
+    let same =
+        |served: &GrayImage, name: &str| assert_same(served, &official(name).to_luma8(), name);
 
     let served =
         gray_png(post_form(&base, "/v1/masks", mask_form(&photos[0], "upper")).await).await;
@@ -212,6 +233,59 @@ async fn with_parsers_the_mask_is_the_official_automaskers_and_tryon_samples_wit
         assert_eq!(r.status(), 400, "{path} {category}");
         let body: serde_json::Value = r.json().await.expect("an error body");
         assert_eq!(body["error"], "bad_request", "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_densepose_its_map_and_the_masks_are_the_official_automaskers() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // DensePose is on by default; with `random:SEED` parsers it has the fixtures' seeded weights.
+    let (_server, base) = server(Some("random:0")).await;
+    assert_eq!(masker_reported(&base).await, "parsers+densepose");
+    let photos: Vec<RgbImage> = (0..3)
+        .map(|i| official_with_densepose(&format!("photo-{i}.png")).to_rgb8())
+        .collect();
+    // Sent at once: the worker takes them in batches of up to four photos, and DensePose runs
+    // each batch as one.
+    let (d0, d1, d2, upper, overall, lower) = tokio::join!(
+        post_form(
+            &base,
+            "/v1/masks?labels=densepose",
+            mask_form(&photos[0], "upper")
+        ),
+        post_form(
+            &base,
+            "/v1/masks?labels=densepose",
+            mask_form(&photos[1], "upper")
+        ),
+        post_form(
+            &base,
+            "/v1/masks?labels=densepose",
+            mask_form(&photos[2], "upper")
+        ),
+        post_form(&base, "/v1/masks", mask_form(&photos[0], "upper")),
+        post_form(&base, "/v1/masks", mask_form(&photos[1], "overall")),
+        post_form(&base, "/v1/masks", mask_form(&photos[2], "lower")),
+    );
+    for (i, served) in [d0, d1, d2].into_iter().enumerate() {
+        let name = format!("densepose-{i}.png");
+        let map = gray_png(served).await;
+        assert!(
+            map.pixels().any(|p| p.0[0] > 0),
+            "{name}: the seeded network detects someone"
+        );
+        assert_same(&map, &official_with_densepose(&name).to_luma8(), &name);
+    }
+    for (served, name) in [
+        (upper, "mask-0-upper.png"),
+        (overall, "mask-1-overall.png"),
+        (lower, "mask-2-lower.png"),
+    ] {
+        assert_same(
+            &gray_png(served).await,
+            &official_with_densepose(name).to_luma8(),
+            name,
+        );
     }
 }
 

@@ -12,6 +12,7 @@ mod automasker;
 mod bench;
 mod catvton;
 mod cv;
+mod densepose;
 mod densepose_preprocess;
 mod detection_ops;
 mod detectron2_pkl;

@@ -642,6 +642,17 @@ async fn half_precision_takes_the_fp16_unet_when_the_repository_has_one() {
 async fn the_human_parsers_come_from_the_attention_repository_and_lay_out_under_schp() {
     const ATR: &str = "SCHP/exp-schp-201908301523-atr.pth";
     const LIP: &str = "SCHP/exp-schp-201908261155-lip.pth";
+    const DENSEPOSE_CONFIG: &str = "DensePose/densepose_rcnn_R_50_FPN_s1x.yaml";
+    const DENSEPOSE_BASE: &str = "DensePose/Base-DensePose-RCNN-FPN.yaml";
+    const DENSEPOSE_WEIGHTS: &str = "DensePose/model_final_162be9.pkl";
+    let published = |name: &str| {
+        std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("models/densepose/config")
+                .join(name),
+        )
+        .expect("the published configuration")
+    };
     // A real `torch.save` file that holds a few of the parser's tensors, not all of them: the
     // server must read it from the cache and refuse it as an incomplete checkpoint.
     let partial =
@@ -650,6 +661,17 @@ async fn the_human_parsers_come_from_the_attention_repository_and_lay_out_under_
     let hub = FakeHub::start_with(vec![
         (ATTENTION, ATR, partial.clone()),
         (ATTENTION, LIP, b"not a checkpoint".to_vec()),
+        (
+            ATTENTION,
+            DENSEPOSE_CONFIG,
+            published("densepose_rcnn_R_50_FPN_s1x.yaml"),
+        ),
+        (
+            ATTENTION,
+            DENSEPOSE_BASE,
+            published("Base-DensePose-RCNN-FPN.yaml"),
+        ),
+        (ATTENTION, DENSEPOSE_WEIGHTS, b"not a pickle".to_vec()),
     ])
     .await;
     let cache = fresh_cache();
@@ -688,8 +710,9 @@ async fn the_human_parsers_come_from_the_attention_repository_and_lay_out_under_
     );
     assert!(hub.seen().is_empty(), "offline asks nothing");
 
-    // `download --masker-source hub` fetches the two parsers with the model, nothing else of
-    // the repository, and lays them out where `--masker-source DIR` reads them.
+    // `download --masker-source hub` fetches the two parsers and DensePose's three files with
+    // the model, nothing else of the repository, and lays them out where `--masker-source DIR`
+    // reads them (DensePose beside the parsers' folder).
     let o = download(
         &hub,
         &cache,
@@ -703,9 +726,33 @@ async fn the_human_parsers_come_from_the_attention_repository_and_lay_out_under_
         "the download names the parsers' licence: {}",
         text(&o)
     );
+    assert!(
+        text(&o).contains(
+            "DensePose R-CNN (R_50_FPN_s1x, model zoo 165712039) (zhengchong/CatVTON/DensePose)"
+        ),
+        "the download names DensePose's licence: {}",
+        text(&o)
+    );
     let mut expected = files_set(&MODEL_FILES);
-    expected.extend([ATR.to_string(), LIP.to_string()]);
+    expected.extend(
+        [
+            ATR,
+            LIP,
+            DENSEPOSE_CONFIG,
+            DENSEPOSE_BASE,
+            DENSEPOSE_WEIGHTS,
+        ]
+        .map(String::from),
+    );
     assert_eq!(asked_files(&hub), expected);
+    assert_eq!(
+        std::fs::read(to.join(DENSEPOSE_CONFIG)).expect("laid out"),
+        published("densepose_rcnn_R_50_FPN_s1x.yaml")
+    );
+    assert_eq!(
+        std::fs::read(to.join(DENSEPOSE_WEIGHTS)).expect("laid out"),
+        b"not a pickle"
+    );
     assert_eq!(std::fs::read(to.join(ATR)).expect("laid out"), partial);
     assert_eq!(
         std::fs::read(to.join(LIP)).expect("laid out"),
@@ -760,6 +807,9 @@ async fn parsers_from_the_hub_make_the_official_automaskers_mask() {
         model_dir,
         "--masker-source",
         "hub",
+        // The fixture's official masks had an all-background DensePose map.
+        "--masker-densepose",
+        "off",
         "--hub-endpoint",
         &hub.endpoint,
         "--hub-cache",

@@ -5,6 +5,7 @@
 pub mod combine;
 pub mod densepose;
 pub mod labels;
+pub mod layers;
 pub mod schp;
 
 pub use combine::cloth_agnostic_mask;

@@ -11,11 +11,13 @@ use image::{GrayImage, RgbImage};
 use super::deep_cache::{self, DeepCache, UnetCall};
 use super::mask::{auto_mask, Category};
 use super::preprocess::{resize_and_crop, resize_and_padding};
+use super::sources::DensePoseSource;
 use super::{
     sources, CatVton, DiffusionInput, Noise, Resolution, Sample, SamplingParams, SchedulerKind,
     DEFAULT_GUIDANCE, DEFAULT_STEPS,
 };
 use crate::hub::{Hub, Reporter};
+use crate::models::automasker::densepose::{self, DensePose};
 use crate::models::automasker::schp::SchpParsers;
 use crate::models::automasker::{
     cloth_agnostic_mask, HumanParsers, LabelMap, MaskPart, ParsedPerson,
@@ -262,7 +264,8 @@ impl ModelFamily for Family {
             // A folder literally named `hub` is `./hub`.
             SchpParsers::load(Path::new(source), device)?
         };
-        Ok(Some(Arc::new(ParserMasker { parsers })))
+        let densepose = load_densepose(request)?;
+        Ok(Some(Arc::new(ParserMasker { parsers, densepose })))
     }
 
     fn check_masker_options(
@@ -295,6 +298,10 @@ impl ModelFamily for Family {
             Some(MASKER_FROM_HUB) => Some(fetch_masker(hub, reporter, request.flags)?),
             _ => None,
         };
+        let densepose = match request.flags.catvton.densepose_source() {
+            Some(DensePoseSource::Hub) => Some(fetch_densepose(hub, reporter, request.flags)?),
+            _ => None,
+        };
         let lay_out_error = |dir: &Path, e: std::io::Error| {
             ModelError::checkpoint(dir, format!("cannot lay the weights out: {e}"))
         };
@@ -304,6 +311,12 @@ impl ModelFamily for Family {
             if let Some(masker) = &masker {
                 written.extend(
                     sources::write_local_masker(masker, dir).map_err(|e| lay_out_error(dir, e))?,
+                );
+            }
+            if let Some(densepose) = &densepose {
+                written.extend(
+                    sources::write_local_densepose(densepose, dir)
+                        .map_err(|e| lay_out_error(dir, e))?,
                 );
             }
         }
@@ -317,6 +330,9 @@ impl ModelFamily for Family {
         ];
         if let Some(masker) = masker {
             files.extend([masker.atr, masker.lip]);
+        }
+        if let Some(densepose) = densepose {
+            files.extend([densepose.config, densepose.base, densepose.weights]);
         }
         Ok(Downloaded { files, written })
     }
@@ -358,6 +374,54 @@ fn fetch_masker(
     sources::masker_files(resolved)
 }
 
+/// Resolves DensePose's files on the hub, as [`fetch_masker`] does the parsers'.
+fn fetch_densepose(
+    hub: &Hub,
+    reporter: &Reporter,
+    flags: &ModelFlags,
+) -> Result<sources::DensePoseFiles, ModelError> {
+    let request = sources::densepose_request(&flags.catvton);
+    let resolved = crate::hub::block_on(hub.resolve(std::slice::from_ref(&request), reporter))?;
+    let resolved = resolved.first().ok_or_else(|| {
+        ModelError::Candle(candle_core::Error::Msg(
+            "the hub resolved no repository for DensePose".into(),
+        ))
+    })?;
+    tracing::info!(repo = %resolved.repo, commit = %resolved.commit, "DensePose verified");
+    sources::densepose_files(resolved)
+}
+
+/// DensePose as `--masker-densepose` asks, beside the parsers.
+fn load_densepose(request: &MaskerRequest<'_>) -> Result<Option<DensePose>, ModelError> {
+    let device = request.device;
+    let densepose = match request.flags.catvton.densepose_source() {
+        None | Some(DensePoseSource::Off) => return Ok(None),
+        Some(DensePoseSource::Random) => DensePose::random(device)?,
+        Some(DensePoseSource::Hub) => {
+            let files = fetch_densepose(&(request.hub)()?, request.reporter, request.flags)?;
+            DensePose::load_files(&files.config, &files.weights, device)?
+        }
+        Some(DensePoseSource::Folder(dir)) => {
+            if !dir.is_dir() {
+                return Err(ModelError::checkpoint(
+                    &dir,
+                    format!(
+                        "no DensePose folder here (it holds {}, {} and {}); pass \
+                         --masker-densepose DIR to read another, or --masker-densepose off to \
+                         mask without DensePose",
+                        densepose::CONFIG_FILE,
+                        densepose::BASE_CONFIG_FILE,
+                        densepose::CHECKPOINT_FILE
+                    ),
+                ));
+            }
+            DensePose::load(&dir, device)?
+        }
+    };
+    tracing::info!("DensePose loaded for the automatic person mask");
+    Ok(Some(densepose))
+}
+
 /// The area to repaint when the request sends none and no parsers are loaded: drawn from the
 /// fitted person photo and the category.
 fn draw_mask(person: &RgbImage, options: &RequestOptions) -> Result<GrayImage, String> {
@@ -379,16 +443,21 @@ fn drawn_category(part: MaskPart) -> Option<Category> {
     }
 }
 
-/// The official AutoMasker's way, without DensePose: both SCHP parsers label the fitted person
-/// photo (at the model's frame, as the official app masks at 768×1024), and
-/// [`cloth_agnostic_mask`] combines their maps with an all-background DensePose map.
+/// The official AutoMasker's way: both SCHP parsers and DensePose label the fitted person photo
+/// (at the model's frame, as the official app masks at 768×1024), and [`cloth_agnostic_mask`]
+/// combines their maps. With `--masker-densepose off` the DensePose map is all background.
 struct ParserMasker {
     parsers: SchpParsers,
+    densepose: Option<DensePose>,
 }
 
+/// The label maps answered by name, without and with DensePose.
+const PARSER_MAPS: [&str; 2] = ["atr", "lip"];
+const PARSER_AND_DENSEPOSE_MAPS: [&str; 3] = ["atr", "lip", "densepose"];
+
 impl ParserMasker {
-    /// Both parsers over the photos, as one batch each.
-    fn parse(&self, people: &[RgbImage]) -> Result<Vec<ParsedPerson>, String> {
+    /// Both parsers and DensePose over the photos, as one batch each.
+    fn parse(&self, people: &[RgbImage]) -> Result<Vec<(ParsedPerson, LabelMap)>, String> {
         let parsed = self
             .parsers
             .parse(people)
@@ -396,13 +465,25 @@ impl ParserMasker {
         if parsed.len() != people.len() {
             return Err("the human parsers answered another number of label maps".into());
         }
-        Ok(parsed)
+        let dense = match &self.densepose {
+            Some(densepose) => densepose
+                .label_maps(people)
+                .map_err(|e| format!("DensePose failed: {e}"))?,
+            None => people
+                .iter()
+                .map(|p| LabelMap::filled(p.width() as usize, p.height() as usize, 0))
+                .collect(),
+        };
+        if dense.len() != people.len() {
+            return Err("DensePose answered another number of label maps".into());
+        }
+        Ok(parsed.into_iter().zip(dense).collect())
     }
 
     /// The mask for `options`, or the label map `labels`, from a photo's parsed maps.
     fn answer(
         &self,
-        parsed: ParsedPerson,
+        (parsed, densepose): (ParsedPerson, LabelMap),
         options: &RequestOptions,
         labels: Option<&str>,
     ) -> Result<GrayImage, String> {
@@ -411,12 +492,12 @@ impl ParserMasker {
                 let part = CatvtonOptions::read(options)
                     .map_err(|e| e.to_string())?
                     .category;
-                let densepose = LabelMap::filled(parsed.atr.width, parsed.atr.height, 0);
                 return cloth_agnostic_mask(&densepose, &parsed.lip, &parsed.atr, part)
                     .map_err(|e| format!("cannot combine the label maps: {e:#}"));
             }
             Some("atr") => parsed.atr,
             Some("lip") => parsed.lip,
+            Some("densepose") if self.densepose.is_some() => densepose,
             Some(name) => return Err(format!("no label map `{name}`")),
         };
         GrayImage::from_raw(map.width as u32, map.height as u32, map.labels)
@@ -426,7 +507,11 @@ impl ParserMasker {
 
 impl PersonMasker for ParserMasker {
     fn name(&self) -> &'static str {
-        "parsers"
+        if self.densepose.is_some() {
+            "parsers+densepose"
+        } else {
+            "parsers"
+        }
     }
 
     fn mask(&self, person: &RgbImage, options: &RequestOptions) -> Result<GrayImage, String> {
@@ -436,7 +521,11 @@ impl PersonMasker for ParserMasker {
     }
 
     fn label_maps(&self) -> &'static [&'static str] {
-        &["atr", "lip"]
+        if self.densepose.is_some() {
+            &PARSER_AND_DENSEPOSE_MAPS
+        } else {
+            &PARSER_MAPS
+        }
     }
 
     fn label_map(&self, person: &RgbImage, name: &str) -> Result<Option<GrayImage>, String> {

@@ -13,6 +13,7 @@ use clap::Args;
 
 use super::weights::ModelFiles;
 use crate::hub::{RepoRef, RepoRequest, Resolved, Wanted};
+use crate::models::automasker::densepose::{BASE_CONFIG_FILE, CHECKPOINT_FILE, CONFIG_FILE};
 use crate::models::automasker::schp::SchpConfig;
 use crate::models::{Licence, ModelError};
 
@@ -61,7 +62,27 @@ pub struct CatvtonRepos {
         value_name = "hub|DIR"
     )]
     pub masker_source: Option<String>,
+    /// catvton: DensePose in the automatic person mask (the official AutoMasker's third
+    /// network: it keeps hands and feet and adds the body under the garment). `on` reads it where
+    /// the parsers come from: the folder `DensePose/` of the attention repository with
+    /// `--masker-source hub`, the folder `DensePose` beside a `--masker-source` folder (the
+    /// repository's layout, which `download --to` writes); or a folder holding
+    /// `densepose_rcnn_R_50_FPN_s1x.yaml`, `Base-DensePose-RCNN-FPN.yaml` and
+    /// `model_final_162be9.pkl`; or `off`: an all-background DensePose map, faster, the
+    /// official mask without those two parts.
+    #[arg(
+        long = "masker-densepose",
+        env = "VIRTUALFIT_MASKER_DENSEPOSE",
+        default_value = DENSEPOSE_ON,
+        value_name = "on|off|DIR"
+    )]
+    pub masker_densepose: String,
 }
+
+/// `--masker-densepose on`: from where the parsers come from.
+pub const DENSEPOSE_ON: &str = "on";
+/// `--masker-densepose off`: no DensePose.
+pub const DENSEPOSE_OFF: &str = "off";
 
 impl CatvtonRepos {
     /// The flags that differ from the defaults, to repeat in a suggested command.
@@ -78,6 +99,9 @@ impl CatvtonRepos {
         }
         if let Some(source) = &self.masker_source {
             flags.push(format!("--masker-source {source}"));
+        }
+        if self.masker_densepose != DENSEPOSE_ON {
+            flags.push(format!("--masker-densepose {}", self.masker_densepose));
         }
         if self.variant != VARIANTS[0] {
             flags.push(format!("--catvton-variant {}", self.variant));
@@ -168,6 +192,85 @@ pub fn write_local_masker(files: &MaskerFiles, dir: &Path) -> std::io::Result<Ve
     Ok(written)
 }
 
+/// Where DensePose's files sit in the attention weights' repository, and in the `--to` layout.
+pub const DENSEPOSE_FOLDER: &str = "DensePose";
+
+/// DensePose's files: its configuration, the configuration's base, the checkpoint.
+pub struct DensePoseFiles {
+    pub config: PathBuf,
+    pub base: PathBuf,
+    pub weights: PathBuf,
+}
+
+/// DensePose's files in the attention weights' repository (CatVTON's `DensePose/`).
+pub fn densepose_request(repos: &CatvtonRepos) -> RepoRequest {
+    RepoRequest {
+        repo: repos.attention.clone(),
+        files: [CONFIG_FILE, BASE_CONFIG_FILE, CHECKPOINT_FILE]
+            .iter()
+            .map(|name| Wanted::file(&format!("{DENSEPOSE_FOLDER}/{name}")))
+            .collect(),
+    }
+}
+
+/// DensePose's files from what [`densepose_request`] resolved to.
+pub fn densepose_files(resolved: &Resolved) -> Result<DensePoseFiles, ModelError> {
+    match resolved.files.as_slice() {
+        [config, base, weights] => Ok(DensePoseFiles {
+            config: config.path.clone(),
+            base: base.path.clone(),
+            weights: weights.path.clone(),
+        }),
+        _ => Err(ModelError::Candle(candle_core::Error::Msg(
+            "the hub resolved other files than DensePose's three".into(),
+        ))),
+    }
+}
+
+/// Puts DensePose's files under `dir/DensePose/`, beside `dir/SCHP/`.
+pub fn write_local_densepose(files: &DensePoseFiles, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    for (source, name) in [
+        (&files.config, CONFIG_FILE),
+        (&files.base, BASE_CONFIG_FILE),
+        (&files.weights, CHECKPOINT_FILE),
+    ] {
+        let target = dir.join(DENSEPOSE_FOLDER).join(name);
+        if place(source, &target)? {
+            written.push(target);
+        }
+    }
+    Ok(written)
+}
+
+/// Where `--masker-densepose` reads DensePose from, given `--masker-source`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DensePoseSource {
+    Off,
+    Hub,
+    /// The seeded weights (with `--masker-source random:SEED`).
+    Random,
+    Folder(PathBuf),
+}
+
+impl CatvtonRepos {
+    /// DensePose's source, or None without parsers (no automatic mask at all).
+    pub fn densepose_source(&self) -> Option<DensePoseSource> {
+        let parsers = self.masker_source.as_deref()?;
+        Some(match self.masker_densepose.as_str() {
+            DENSEPOSE_OFF => DensePoseSource::Off,
+            DENSEPOSE_ON if parsers == "hub" => DensePoseSource::Hub,
+            DENSEPOSE_ON if parsers.starts_with("random:") => DensePoseSource::Random,
+            DENSEPOSE_ON => {
+                let parsers = Path::new(parsers);
+                let parent = parsers.parent().unwrap_or(Path::new("."));
+                DensePoseSource::Folder(parent.join(DENSEPOSE_FOLDER))
+            }
+            folder => DensePoseSource::Folder(PathBuf::from(folder)),
+        })
+    }
+}
+
 /// The model's files from what [`hub_requests`] resolved to.
 pub fn model_files(resolved: &[Resolved]) -> Result<ModelFiles, ModelError> {
     let path = |repo: usize, file: usize| -> Result<PathBuf, ModelError> {
@@ -225,6 +328,19 @@ pub fn licences(repos: &CatvtonRepos) -> Vec<Licence> {
                       in a CC BY-NC-SA 4.0 repository"
                 .into(),
         });
+    }
+    match repos.densepose_source() {
+        None | Some(DensePoseSource::Off) | Some(DensePoseSource::Random) => {}
+        Some(source) => licences.push(Licence {
+            part: "DensePose R-CNN (R_50_FPN_s1x, model zoo 165712039)".into(),
+            source: match source {
+                DensePoseSource::Folder(dir) => dir.display().to_string(),
+                _ => format!("{}/{DENSEPOSE_FOLDER}", repos.attention.id),
+            },
+            licence: "detectron2 and its configuration Apache-2.0; DensePose model zoo weights \
+                      CC BY-SA 3.0"
+                .into(),
+        }),
     }
     licences
 }

@@ -47,6 +47,7 @@ impl RoiAlign {
 
 /// detectron2's ROIPooler for ROIAlign: levels with scales (1/stride), boxes assigned with
 /// assign_levels (canonical 224, level 4), output in box order. One level means no assignment.
+#[derive(Debug, Clone)]
 pub struct RoiPooler {
     pub output_size: usize,
     /// One per feature level, from the finest: 1/4, 1/8, ... (powers of two in a pyramid).

@@ -9,7 +9,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::layers::{upsample, Activation, Conv, ConvShape};
+use super::super::layers::{upsample, Activation, Conv, ConvShape};
 
 /// Channels of the decoder's output.
 pub const DECODER_FEATURES: usize = 256;

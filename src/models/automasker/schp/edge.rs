@@ -8,7 +8,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::layers::{upsample, Activation, Conv, ConvShape};
+use super::super::layers::{upsample, Activation, Conv, ConvShape};
 
 /// Channels of each reduced stage.
 pub const EDGE_FEATURES: usize = 256;

@@ -13,7 +13,6 @@
 pub mod decoder;
 pub mod edge;
 pub mod fusion;
-pub mod layers;
 pub mod preprocess;
 pub mod psp;
 pub mod resnet;
@@ -186,7 +185,7 @@ impl Schp {
             .edge
             .forward(&features.layer1, &features.layer2, &features.layer3)?;
         let logits = self.fusion.forward(&Tensor::cat(&[parsing, edge], 1)?)?;
-        layers::upsample(&logits, h, w)
+        super::layers::upsample(&logits, h, w)
     }
 
     /// The photos' logits and labels, the batch through the network at once.

@@ -5,7 +5,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::layers::{upsample, Activation, Conv, ConvShape};
+use super::super::layers::{upsample, Activation, Conv, ConvShape};
 
 /// The pooled grid sizes.
 const SIZES: [usize; 4] = [1, 2, 3, 6];

@@ -6,7 +6,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::layers::{Activation, Conv, ConvShape};
+use super::super::layers::{Activation, Conv, ConvShape};
 
 /// Blocks per stage of ResNet-101.
 const BLOCKS: [usize; 4] = [3, 4, 23, 3];

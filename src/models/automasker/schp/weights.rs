@@ -86,27 +86,49 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 /// shape, the same function as the fixtures' generator:
 /// - a splitmix64 stream seeded with the FNV-1a hash of `"{tag}/{name}"`, each output `z`
 ///   giving `u = (z >> 40) / 2^24` in [0, 1), one per value in row-major order;
-/// - a 4-D convolution weight is `(2u - 1) √(3 / fan_in)`; a 1-D `weight` (BatchNorm scale) and
-///   `running_var` are `0.5 + u`; `running_mean` and any `bias` are `0.2 (2u - 1)`;
-/// - each value is computed in f64 and rounded once to f32.
+/// - a 4-D convolution weight is `(2u - 1) √(3 / fan_in)` with `fan_in` the product of the
+///   dimensions after the first; a 2-D (linear) weight is `(2u - 1) √(3 / dims[1])`; a 1-D
+///   `weight` (BatchNorm scale) and `running_var` are `0.5 + u`; `running_mean` and any `bias`
+///   are `0.2 (2u - 1)`;
+/// - each value is computed in f64 and rounded once to f32;
+/// - [`FormulaWeights::with_constant`] fixes a tensor's values instead.
 ///
-/// Random-weight parsers produce meaningless labels; they exist for parity tests and for
+/// Random-weight networks produce meaningless labels; they exist for parity tests and for
 /// exercising the serving path without the checkpoints.
 #[derive(Debug, Clone)]
 pub struct FormulaWeights {
     tag: String,
+    /// Tensors given fixed values instead of the formula's.
+    constants: Vec<(String, Vec<f32>)>,
 }
 
 impl FormulaWeights {
     pub fn new(tag: &str) -> Self {
         Self {
             tag: tag.to_string(),
+            constants: Vec::new(),
         }
+    }
+
+    /// The same weights with tensor `name` holding `values` (e.g. a classifier's bias that makes
+    /// random weights still detect).
+    pub fn with_constant(mut self, name: &str, values: &[f32]) -> Self {
+        self.constants.push((name.to_string(), values.to_vec()));
+        self
     }
 
     /// The values of tensor `name` with `dims`.
     pub fn values(&self, name: &str, dims: &[usize]) -> candle_core::Result<Vec<f32>> {
         let n: usize = dims.iter().product();
+        if let Some((_, values)) = self.constants.iter().find(|(c, _)| c == name) {
+            if values.len() != n {
+                candle_core::bail!(
+                    "constant {name} has {} values, {dims:?} needs {n}",
+                    values.len()
+                );
+            }
+            return Ok(values.clone());
+        }
         let mut state = fnv1a64(format!("{}/{name}", self.tag).as_bytes());
         let mut uniform = move || {
             state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -119,6 +141,10 @@ impl FormulaWeights {
         let map: Box<dyn Fn(f64) -> f64> = if dims.len() == 4 {
             let fan_in: usize = dims[1..].iter().product();
             let bound = (3.0 / fan_in as f64).sqrt();
+            Box::new(move |u| (2.0 * u - 1.0) * bound)
+        } else if dims.len() == 2 {
+            // A linear layer's (out, in) weight.
+            let bound = (3.0 / dims[1] as f64).sqrt();
             Box::new(move |u| (2.0 * u - 1.0) * bound)
         } else if name.ends_with("running_var") || name.ends_with(".weight") {
             Box::new(|u| 0.5 + u)

@@ -1,10 +1,12 @@
-//! SCHP's building block: a bias-free convolution followed by an eval-mode `BatchNorm2d`, folded
-//! into one convolution with a bias at load time, and its activation.
+//! The parsers' building block (SCHP's and DensePose's ResNets): a bias-free convolution followed
+//! by an eval-mode `BatchNorm2d` (detectron2's `FrozenBatchNorm2d` computes the same affine map),
+//! folded into one convolution with a bias at load time, and its activation.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-/// `nn.BatchNorm2d`'s default epsilon, which every BatchNorm of the network uses.
+/// `nn.BatchNorm2d`'s default epsilon, which every BatchNorm of the networks uses (and
+/// `FrozenBatchNorm2d`'s).
 const BN_EPS: f64 = 1e-5;
 
 /// The slope of `nn.LeakyReLU()` (its default).
@@ -105,6 +107,11 @@ impl Conv {
             shape,
             activation: Activation::None,
         })
+    }
+
+    /// The same convolution followed by `activation`.
+    pub fn with_activation(self, activation: Activation) -> Self {
+        Self { activation, ..self }
     }
 }
 

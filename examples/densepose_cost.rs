@@ -1,0 +1,81 @@
+//! Measures DensePose's cost on the CPU beside the two human parsers it runs with: the six
+//! sample photos fitted to 768×1024 (the size the app masks at; detectron2 then works at
+//! 800×1067), per image, with the process's CPU time and peak resident memory. Seeded weights:
+//! the cost is set by the network and the input size, not by the values.
+//!
+//! `cargo run --release --example densepose_cost`
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use virtualfit::models::automasker::densepose::DensePose;
+use virtualfit::models::automasker::schp::SchpParsers;
+use virtualfit::models::automasker::HumanParsers;
+use virtualfit::models::catvton::preprocess::resize_and_crop;
+
+/// User plus system CPU time of this process so far, and its peak resident memory in MiB.
+fn usage() -> (Duration, f64) {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct it is given.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |tv: libc::timeval| Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000);
+    (t(u.ru_utime) + t(u.ru_stime), u.ru_maxrss as f64 / 1024.0)
+}
+
+/// Runs `work` on each photo after one warm-up, and prints the wall and CPU time per image.
+fn measure(
+    name: &str,
+    photos: &[image::RgbImage],
+    work: impl Fn(&image::RgbImage) -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    work(&photos[0])?;
+    let (cpu0, _) = usage();
+    let wall0 = Instant::now();
+    for photo in photos {
+        work(photo)?;
+    }
+    let (cpu1, peak) = usage();
+    let n = photos.len() as f64;
+    let wall = wall0.elapsed().as_secs_f64() / n;
+    println!(
+        "{name}: {wall:.2} s wall, {:.2} s CPU per image; peak resident {peak:.0} MiB",
+        (cpu1 - cpu0).as_secs_f64() / n,
+    );
+    Ok(wall)
+}
+
+fn main() -> anyhow::Result<()> {
+    let device = Device::Cpu;
+    let (_, rss_before) = usage();
+    let densepose = DensePose::random(&device)?;
+    let (_, rss_densepose) = usage();
+    let parsers = SchpParsers::random(0, &device)?;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/samples/person");
+    let mut photos = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "jpg") {
+            photos.push(resize_and_crop(&image::open(&path)?.to_rgb8(), 768, 1024));
+        }
+    }
+    println!(
+        "{} photos 768×1024, {} threads; DensePose's weights {:.0} MiB resident",
+        photos.len(),
+        rayon::current_num_threads(),
+        rss_densepose - rss_before
+    );
+    let dense = measure("DensePose", &photos, |p| {
+        densepose.label_maps(std::slice::from_ref(p))?;
+        Ok(())
+    })?;
+    let parse = measure("SCHP ATR + LIP", &photos, |p| {
+        parsers.parse(std::slice::from_ref(p))?;
+        Ok(())
+    })?;
+    println!(
+        "DensePose is {:.0} % of the three networks' wall time",
+        100.0 * dense / (dense + parse)
+    );
+    Ok(())
+}
