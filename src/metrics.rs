@@ -173,7 +173,7 @@ pub struct Metrics {
     pub unet_steps_total: prometheus::IntCounter,
     /// Diffusion models: UNet rows per call (a request with guidance takes two).
     pub unet_batch_rows: Histogram,
-    /// Person photos per masker call on the worker (the human parsers), across requests.
+    /// Person photos per masker call on the worker (the human parsers and DensePose), across requests.
     pub mask_batch_size: Histogram,
     /// Forward time, summed: what the device is really used for.
     pub model_busy_seconds_total: prometheus::Counter,

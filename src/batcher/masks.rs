@@ -1,7 +1,7 @@
 //! Person masks on the worker: [`WorkerMasker`] wraps the model's masker so that its device
-//! work (the human parsers) runs on the worker thread between model calls, on the model's
-//! device, instead of on a thread of its own that would contend for it. Photos that arrive
-//! while the worker is busy wait together and go through the masker as one batch.
+//! work (the human parsers and DensePose) runs on the worker thread between model calls, on
+//! the model's device, instead of on a thread of its own that would contend for it. Photos that
+//! arrive while the worker is busy wait together and go through the masker as one batch.
 //!
 //! The callers (the decode threads of `/tryon`, jobs and `/v1/masks`) block until their answer
 //! comes back. At most one masker call is queued beside the model at a time; when it finishes

@@ -39,7 +39,7 @@ use crate::ops::convert::{to_model_input, to_u8_images, InputKind};
 /// family offers in place of its drawn mask. It runs on the CPU pool, on the device its weights
 /// were loaded onto.
 pub trait PersonMasker: Send + Sync {
-    /// What `/v1/models` and the log call it (`parsers`).
+    /// What `/v1/models` and the log call it (`parsers`, `parsers+densepose`).
     fn name(&self) -> &'static str;
     /// The area to repaint (white) in the fitted person photo, for the request's options.
     fn mask(&self, person: &image::RgbImage, options: &RequestOptions)

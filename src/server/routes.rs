@@ -148,8 +148,9 @@ pub struct ModelEntry {
     licences: Vec<crate::models::Licence>,
     /// The request options the model takes, as form fields of `/tryon` and `/v1/jobs`.
     options: Vec<ModelOption>,
-    /// What draws the person mask a request does not send: `parsers` (human parsers) or
-    /// `drawn` (colours and layout); `null` when the model reads no person mask.
+    /// What draws the person mask a request does not send: `parsers+densepose` (human parsers
+    /// and DensePose), `parsers` (human parsers alone) or `drawn` (colours and layout); `null`
+    /// when the model reads no person mask.
     masker: Option<&'static str>,
 }
 
