@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod child;
+pub mod detectron2_checkpoint;
 pub mod fake_hub;
 pub mod redis_server;
 pub mod schp_checkpoint;

@@ -316,3 +316,73 @@ async fn a_model_without_a_person_mask_has_no_masks_endpoint() {
     let r = post_form(&base, "/v1/masks", mask_form(&person(), "upper")).await;
     assert_eq!(r.status(), 404);
 }
+
+/// What a server start with `extra` fails with.
+async fn start_error(extra: &[&str]) -> String {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/catvton/model");
+    let mut args = vec!["--model", "catvton", "--model-dir", dir];
+    args.extend_from_slice(extra);
+    match virtualfit::server::Server::start(common::serve_args(&args)).await {
+        Err(e) => format!("{e:#}"),
+        Ok(mut server) => match server.ready().await {
+            Err(e) => format!("{e:#}"),
+            Ok(()) => panic!("the server started with {extra:?}"),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn densepose_reads_the_published_files_from_a_folder() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // The published layout: both YAML files and a pickled checkpoint, holding the seeded
+    // weights, which the official run of the fixture had.
+    let root = common::fresh_data_dir().with_extension("densepose");
+    let folder = root.join("DensePose");
+    tokio::task::spawn_blocking({
+        let folder = folder.clone();
+        move || common::detectron2_checkpoint::write_folder(&folder)
+    })
+    .await
+    .expect("the folder");
+    let folder_text = folder.display().to_string();
+    let (server, base) = server_with(Some("random:0"), &["--masker-densepose", &folder_text]).await;
+    assert_eq!(masker_reported(&base).await, "parsers+densepose");
+    let photo = official_with_densepose("photo-2.png").to_rgb8();
+    let map = gray_png(
+        post_form(
+            &base,
+            "/v1/masks?labels=densepose",
+            mask_form(&photo, "upper"),
+        )
+        .await,
+    )
+    .await;
+    assert_same(
+        &map,
+        &official_with_densepose("densepose-2.png").to_luma8(),
+        "densepose-2.png",
+    );
+    drop(server);
+
+    // A folder that is not there: the start-up error names it and the way out.
+    let error = start_error(&[
+        "--masker-source",
+        "random:0",
+        "--masker-densepose",
+        "/nonexistent/dp",
+    ])
+    .await;
+    assert!(error.contains("/nonexistent/dp"), "{error}");
+    assert!(error.contains("--masker-densepose off"), "{error}");
+    // A folder whose checkpoint is not a pickle: refused by name.
+    std::fs::write(folder.join("model_final_162be9.pkl"), b"not a pickle").expect("write");
+    let error = start_error(&[
+        "--masker-source",
+        "random:0",
+        "--masker-densepose",
+        &folder_text,
+    ])
+    .await;
+    assert!(error.contains("model_final_162be9.pkl"), "{error}");
+    let _ = std::fs::remove_dir_all(&root);
+}

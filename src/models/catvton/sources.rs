@@ -397,3 +397,67 @@ fn place(source: &Path, target: &Path) -> std::io::Result<bool> {
     std::fs::rename(&tmp, target)?;
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        repos: CatvtonRepos,
+    }
+
+    fn source(args: &[&str]) -> Option<DensePoseSource> {
+        let mut argv = vec!["virtualfit"];
+        argv.extend_from_slice(args);
+        Flags::try_parse_from(argv)
+            .expect("flags")
+            .repos
+            .densepose_source()
+    }
+
+    #[test]
+    fn densepose_comes_from_where_the_parsers_come_from_unless_named() {
+        assert_eq!(source(&[]), None, "no parsers, no automatic mask");
+        assert_eq!(
+            source(&["--masker-source", "hub"]),
+            Some(DensePoseSource::Hub)
+        );
+        assert_eq!(
+            source(&["--masker-source", "random:3"]),
+            Some(DensePoseSource::Random)
+        );
+        assert_eq!(
+            source(&["--masker-source", "/w/SCHP"]),
+            Some(DensePoseSource::Folder(PathBuf::from("/w/DensePose")))
+        );
+        assert_eq!(
+            source(&["--masker-source", "hub", "--masker-densepose", "off"]),
+            Some(DensePoseSource::Off)
+        );
+        assert_eq!(
+            source(&["--masker-source", "hub", "--masker-densepose", "/d"]),
+            Some(DensePoseSource::Folder(PathBuf::from("/d")))
+        );
+    }
+
+    #[test]
+    fn the_suggested_command_repeats_a_densepose_choice() {
+        let flags = Flags::try_parse_from([
+            "virtualfit",
+            "--masker-source",
+            "hub",
+            "--masker-densepose",
+            "off",
+        ])
+        .expect("flags");
+        assert!(flags
+            .repos
+            .flags()
+            .contains(&"--masker-densepose off".to_string()));
+        let flags = Flags::try_parse_from(["virtualfit", "--masker-source", "hub"]).expect("flags");
+        assert!(!flags.repos.flags().iter().any(|f| f.contains("densepose")));
+    }
+}
