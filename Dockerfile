@@ -43,6 +43,8 @@ COPY k8s/autoscaling/keda-gpu-scaler.yaml k8s/autoscaling/keda-gpu-scaler.yaml
 COPY kernels kernels
 # The full-size CatVTON configurations are compiled in (bench model --random-weights).
 COPY models/catvton/config models/catvton/config
+# So is DensePose's published configuration (the seeded network of --masker-source random:SEED).
+COPY models/densepose/config models/densepose/config
 # The plots' font (src/plotting.rs embeds it).
 COPY assets/fonts assets/fonts
 COPY benches benches
@@ -64,6 +66,8 @@ COPY k8s/autoscaling/keda-gpu-scaler.yaml k8s/autoscaling/keda-gpu-scaler.yaml
 COPY kernels kernels
 # The full-size CatVTON configurations are compiled in (bench model --random-weights).
 COPY models/catvton/config models/catvton/config
+# So is DensePose's published configuration (the seeded network of --masker-source random:SEED).
+COPY models/densepose/config models/densepose/config
 # The plots' font (src/plotting.rs embeds it).
 COPY assets/fonts assets/fonts
 COPY benches benches

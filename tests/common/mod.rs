@@ -39,6 +39,17 @@ pub fn gz_tensors(path: &Path) -> std::collections::HashMap<String, candle_core:
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
+/// ‖a − b‖ / ‖b‖, in f64: how the parity tests compare a network's outputs.
+pub fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let (mut num, mut den) = (0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        num += (f64::from(x) - f64::from(y)).powi(2);
+        den += f64::from(y).powi(2);
+    }
+    (num / den).sqrt()
+}
+
 /// A fresh folder under the build's temporary directory, for a server's job store.
 pub fn fresh_data_dir() -> PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};

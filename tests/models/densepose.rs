@@ -217,17 +217,6 @@ fn boxes(t: &Tensor) -> Vec<[f32; 4]> {
         .collect()
 }
 
-/// ‖a − b‖ / ‖b‖.
-fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let (mut num, mut den) = (0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        num += (f64::from(x) - f64::from(y)).powi(2);
-        den += f64::from(y).powi(2);
-    }
-    (num / den).sqrt()
-}
-
 fn photo(i: usize) -> RgbImage {
     image::open(fixture_dir().join(format!("photo-{i}.png")))
         .expect("a fixture photo")
@@ -348,7 +337,7 @@ fn the_feature_pyramid_matches_within_1e_4() {
             .expect("two channels");
             let theirs = fixture(&format!("{i}/features/{level}"));
             assert_eq!(channels.dims()[1..], theirs.dims()[..], "{i}/{level}");
-            let error = relative_l2(&floats(&channels), &floats(theirs));
+            let error = crate::common::relative_l2(&floats(&channels), &floats(theirs));
             eprintln!("image {i} {level}: relative L2 {error:.2e}");
             assert!(error <= 1e-4, "image {i} {level}: relative L2 {error:.2e}");
         }
@@ -435,7 +424,7 @@ fn densepose_logits_match_within_1e_4() {
         ] {
             let theirs = fixture(&format!("{i}/{key}"));
             assert_eq!(ours.dims()[1..], theirs.dims()[..], "{i}/{key}");
-            let error = relative_l2(&floats(ours), &floats(theirs));
+            let error = crate::common::relative_l2(&floats(ours), &floats(theirs));
             eprintln!("image {i} {key}: relative L2 {error:.2e}");
             assert!(error <= 1e-4, "image {i} {key}: relative L2 {error:.2e}");
         }

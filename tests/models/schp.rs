@@ -46,17 +46,6 @@ fn dims2(t: &Tensor) -> (usize, usize) {
     (v[0] as usize, v[1] as usize)
 }
 
-/// ‖a − b‖ / ‖b‖.
-fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let (mut num, mut den) = (0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        num += (f64::from(x) - f64::from(y)).powi(2);
-        den += f64::from(y).powi(2);
-    }
-    (num / den).sqrt()
-}
-
 #[test]
 fn warp_affine_matches_opencv_bit_for_bit_on_8_bit_images() {
     let fx = load_gz("warp.safetensors.gz");
@@ -260,7 +249,7 @@ fn both_parsers_match_the_official_schp() {
                 .flat_map(|y| (0..s).step_by(16).map(move |x| (y, x)))
                 .flat_map(|(y, x)| out.input_logits[(y * s + x) * classes..][..classes].to_vec())
                 .collect();
-            let err = relative_l2(&sub, &vec_f32(&fx[&key("upsampled_sub")]));
+            let err = crate::common::relative_l2(&sub, &vec_f32(&fx[&key("upsampled_sub")]));
             eprintln!("{}: input logits relative L2 {err:.2e}", key(""));
             assert!(err < 1e-4, "{}: input logits relative L2 {err}", key(""));
             let sums = vec_f32(&fx[&key("upsampled_sum")]);
@@ -289,7 +278,7 @@ fn both_parsers_match_the_official_schp() {
                 .flat_map(|y| (0..w).step_by(16).map(move |x| (y, x)))
                 .flat_map(|(y, x)| out.photo_logits[(y * w + x) * classes..][..classes].to_vec())
                 .collect();
-            let err = relative_l2(&sub, &vec_f32(&fx[&key("photo_logits_sub")]));
+            let err = crate::common::relative_l2(&sub, &vec_f32(&fx[&key("photo_logits_sub")]));
             assert!(err < 1e-4, "{}: photo logits relative L2 {err}", key(""));
             // The labels: differences only where the top two logits (nearly) tie.
             let want = vec_u8(&fx[&key("labels")]);
