@@ -23,8 +23,11 @@ if [ "${SKIP_BUILD:-0}" != 1 ] && [ -z "${VIRTUALFIT_BIN:-}" ]; then
   cargo fetch --locked
   eval "$(scripts/cuda-toolkit.sh)"
   CARGO_TARGET_DIR=target-cuda cargo build --release --locked --features cuda,cudnn
+  CARGO_TARGET_DIR=target-cuda cargo build --release --locked --features cuda,cudnn --example densepose_cost
 fi
 [ -x "$BIN" ] || { echo "no $BIN: build it first" >&2; exit 1; }
+# DensePose's cost measurement, built beside the binary (examples/densepose_cost.rs).
+DENSEPOSE_BIN=${DENSEPOSE_COST_BIN:-$(dirname "$BIN")/examples/densepose_cost}
 
 rm -rf "$B"
 mkdir -p "$B/dmvton" "$B/samples" "$B/wheels" "$B/catvton-reference/model"
@@ -36,6 +39,12 @@ esac
 
 strip -o "$B/.virtualfit" "$BIN"
 gzip -9 -c "$B/.virtualfit" > "$B/virtualfit.gz" && rm "$B/.virtualfit"
+if [ -x "$DENSEPOSE_BIN" ]; then
+  strip -o "$B/.densepose_cost" "$DENSEPOSE_BIN"
+  gzip -9 -c "$B/.densepose_cost" > "$B/densepose_cost.gz" && rm "$B/.densepose_cost"
+else
+  echo "no $DENSEPOSE_BIN: the check will skip DensePose" >&2
+fi
 cp tests/fixtures/dmvton/*.pt "$B/dmvton/"
 # The parity fixture's inputs and outputs, without the feature pyramids.
 python3 scripts/trim-parity.py tests/fixtures/dmvton/parity.safetensors.gz "$B/dmvton/parity.safetensors" 2

@@ -10,6 +10,8 @@
 #      eager, and as deployed (channels-last, cuDNN benchmark, CUDA graphs, a fused Triton
 #      correlation; TF32, bf16 and f16 autocast), after its own self-test;
 #   5. the server end to end (`bench http` at saturation) against the raw forward throughput;
+#   5b. DensePose (the automatic mask's third network, seeded weights) on two sample photos at
+#      768x1024: time per image and the memory pool's peak, beside both SCHP parsers;
 #   6. CatVTON: the tiny fixture model on the GPU against the CPU (same request and seed), then
 #      the full-size networks with random weights generated there, bf16, 1024x768, batch 1 and
 #      4: quality (DDIM 50) with flash attention off and on, balanced (DPM-Solver++ 2M 25) and
@@ -28,7 +30,8 @@
 #   BUNDLE_DIR holds virtualfit (or virtualfit.gz), dmvton/ (the two checkpoints and a trimmed
 #   parity.safetensors), samples/ (assets/samples: the photos for the HTTP benchmark),
 #   catvton-tiny/ (tests/fixtures/catvton/model), catvton-config/ (models/catvton/config),
-#   catvton-reference/ (CatVTON's pipeline files) and wheels/ (the baseline's Python packages).
+#   catvton-reference/ (CatVTON's pipeline files), wheels/ (the baseline's Python packages) and
+#   densepose_cost.gz (examples/densepose_cost.rs; skipped when absent).
 #   --device cpu rehearses the whole check on the CPU with small sizes and the tiny CatVTON
 #   model instead of the full-size one, skipping only what needs CUDA.
 set -uo pipefail
@@ -165,6 +168,20 @@ curl -s "http://127.0.0.1:$PORT/metrics" | grep '^virtualfit_gpu_' | tee "$OUT/g
   --duration $HTTP_S --warmup $HTTP_WARM --json "$OUT/http.json" > "$OUT/http.txt" 2>&1
 kill -TERM $SERVER; wait $SERVER
 
+echo "== densepose"
+# Two photos: one warm-up and one measured per network; on the CPU this is the slow part of
+# the rehearsal (about 30 s), on a card a few seconds.
+if [ -f "$BUNDLE/densepose_cost.gz" ]; then
+  gunzip -c "$BUNDLE/densepose_cost.gz" > /tmp/densepose_cost && chmod +x /tmp/densepose_cost
+  dp_device=cpu
+  [ $GPU = 1 ] && dp_device=cuda
+  timeout 120 /tmp/densepose_cost --device $dp_device --photos "$BUNDLE/samples/person" --count 2 \
+    > "$OUT/densepose.txt" 2>&1 || echo "  failed or over 120 s: see densepose.txt" >> "$OUT/densepose.txt"
+else
+  echo "skipped: no densepose_cost.gz in the bundle" > "$OUT/densepose.txt"
+fi
+sed 's/^/  /' "$OUT/densepose.txt"
+
 echo "== catvton"
 P="$BUNDLE/samples/person/000066_0.jpg"; C="$BUNDLE/samples/cloth/017575_1.jpg"
 if [ -d "$BUNDLE/catvton-tiny" ]; then
@@ -287,6 +304,11 @@ def load(name):
 g, m, h = load("gpu-check.json"), load("model-bmax.json"), load("http.json")
 t32, ttf = load("torch.json"), load("torch-tf32.json")
 print("\n== summary")
+try:
+    dp = [l.strip() for l in open(os.path.join(out, "densepose.txt")) if l.startswith(("DensePose", "skipped", "  failed"))]
+except OSError:
+    dp = ["not run"]
+print("densepose: " + ("; ".join(dp) or "no figures (see densepose.txt)"))
 k = g.get("kernels", []); p = g.get("parity", [])
 print(f"kernels: {sum(c['pass'] for c in k)}/{len(k)} pass, worst rel L2 {max([c['rel_l2'] for c in k] or [0]):.2e}")
 print(f"parity:  {sum(c['pass'] for c in p)}/{len(p)} pass, worst rel L2 {max([c['rel_l2'] for c in p if 'u8' not in c['name']] or [0]):.2e}")
