@@ -13,9 +13,14 @@ use super::resnet::ResNet;
 /// The FPN's output levels, finest first.
 pub const LEVELS: [&str; 5] = ["p2", "p3", "p4", "p5", "p6"];
 
-/// The stride of level `p{n}`.
+/// The stride of level `p{n}`: 2^n. The configuration admits only p2..p6, so any other name is
+/// a caller's mistake, and it is taken as p2 rather than panicking.
 pub fn level_stride(level: &str) -> usize {
-    let n: u32 = level.trim_start_matches('p').parse().unwrap_or(2);
+    let n: u32 = level
+        .strip_prefix('p')
+        .and_then(|n| n.parse().ok())
+        .filter(|n| (2..=6).contains(n))
+        .unwrap_or(2);
     1 << n
 }
 

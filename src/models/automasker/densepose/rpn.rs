@@ -77,7 +77,9 @@ impl Rpn {
             .zip(sizes.iter().zip(&ratios))
             .map(|(level, (s, r))| (level_stride(level), cell_anchors(s, r)))
             .collect();
-        let per_location = levels[0].1.len();
+        let Some(per_location) = levels.first().map(|(_, a)| a.len()) else {
+            candle_core::bail!("the RPN needs at least one level");
+        };
         if levels.iter().any(|(_, a)| a.len() != per_location) {
             candle_core::bail!("every RPN level needs the same number of anchors");
         }
@@ -115,7 +117,8 @@ impl Rpn {
                 features.len()
             );
         }
-        let per_location = self.levels[0].1.len();
+        // Every level has the same number of anchors per location (checked at construction).
+        let per_location = self.levels.first().map_or(0, |(_, a)| a.len());
         // Per image: candidate boxes, logits and level ids, level by level.
         let mut candidates: Vec<(Vec<BoxXyxy>, Vec<f32>, Vec<usize>)> =
             vec![Default::default(); image_sizes.len()];
