@@ -282,41 +282,39 @@ impl DensePoseConfig {
                 reason: "the FPN reads res2..res5",
             });
         }
-        let pooler = |prefix: &'static str, res_key, ratio_key, type_key| {
+        // Each key with detectron2's default: the box head pools 14×14 with adaptive sampling,
+        // DensePose 28×28 with ratio 2, both ROIAlignV2 unless the file says otherwise.
+        let pooler = |type_key: &'static str,
+                      (resolution_key, resolution): (&'static str, usize),
+                      (ratio_key, ratio): (&'static str, i64)| {
             let kind = v.str_or(type_key, "ROIAlignV2")?;
             let aligned = match kind.as_str() {
                 "ROIAlign" => false,
                 "ROIAlignV2" => true,
                 _ => {
                     return Err(ConfigError::Unsupported {
-                        key: prefix,
+                        key: type_key,
                         value: kind,
                         reason: "only ROIAlign and ROIAlignV2 poolers are implemented",
                     })
                 }
             };
             Ok(PoolerConfig {
-                resolution: v.usize_or(res_key, 14)?,
-                sampling_ratio: v.int_or(ratio_key, 0)? as i32,
+                resolution: v.usize_or(resolution_key, resolution)?,
+                sampling_ratio: v.int_or(ratio_key, ratio)? as i32,
                 aligned,
             })
         };
         let box_pooler = pooler(
             "MODEL.ROI_BOX_HEAD.POOLER_TYPE",
-            "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
-            "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO",
-            "MODEL.ROI_BOX_HEAD.POOLER_TYPE",
+            ("MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", 14),
+            ("MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", 0),
         )?;
-        let dp_pooler = PoolerConfig {
-            resolution: v.usize_or("MODEL.ROI_DENSEPOSE_HEAD.POOLER_RESOLUTION", 28)?,
-            sampling_ratio: v.int_or("MODEL.ROI_DENSEPOSE_HEAD.POOLER_SAMPLING_RATIO", 2)? as i32,
-            ..pooler(
-                "MODEL.ROI_DENSEPOSE_HEAD.POOLER_TYPE",
-                "MODEL.ROI_DENSEPOSE_HEAD.POOLER_RESOLUTION",
-                "MODEL.ROI_DENSEPOSE_HEAD.POOLER_SAMPLING_RATIO",
-                "MODEL.ROI_DENSEPOSE_HEAD.POOLER_TYPE",
-            )?
-        };
+        let dp_pooler = pooler(
+            "MODEL.ROI_DENSEPOSE_HEAD.POOLER_TYPE",
+            ("MODEL.ROI_DENSEPOSE_HEAD.POOLER_RESOLUTION", 28),
+            ("MODEL.ROI_DENSEPOSE_HEAD.POOLER_SAMPLING_RATIO", 2),
+        )?;
         let decoder = if v.bool_or("MODEL.ROI_DENSEPOSE_HEAD.DECODER_ON", true)? {
             Some(DecoderConfig {
                 num_classes: v.usize_or("MODEL.ROI_DENSEPOSE_HEAD.DECODER_NUM_CLASSES", 256)?,
