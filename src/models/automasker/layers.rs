@@ -128,6 +128,32 @@ impl Module for Conv {
     }
 }
 
+/// A bottleneck residual block, as both ResNets have it: 1×1, 3×3 and 1×1 convolutions (the first
+/// two with ReLU), plus the input or its 1×1 projection, then ReLU. Each network builds the
+/// convolutions from its own checkpoint paths.
+#[derive(Debug, Clone)]
+pub struct Bottleneck {
+    pub conv1: Conv,
+    pub conv2: Conv,
+    pub conv3: Conv,
+    /// The projection of the input where the block changes its size or channels.
+    pub shortcut: Option<Conv>,
+}
+
+impl Module for Bottleneck {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _span = tracing::trace_span!("bottleneck").entered();
+        let out = self
+            .conv3
+            .forward(&self.conv2.forward(&self.conv1.forward(x)?)?)?;
+        let shortcut = match &self.shortcut {
+            Some(conv) => conv.forward(x)?,
+            None => x.clone(),
+        };
+        (out + shortcut)?.relu()
+    }
+}
+
 /// `nn.LeakyReLU()`: `x` where positive, `0.01 x` elsewhere.
 pub fn leaky_relu(x: &Tensor) -> Result<Tensor> {
     x.maximum(&(x * LEAKY_SLOPE)?)

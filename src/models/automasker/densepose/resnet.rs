@@ -6,80 +6,53 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::super::layers::{Activation, Conv, ConvShape};
+use super::super::layers::{Activation, Bottleneck, Conv, ConvShape};
 use super::config::ResNetConfig;
 
-/// A bottleneck block: 1×1, 3×3, 1×1, plus the (projected) input.
-#[derive(Debug, Clone)]
-struct Bottleneck {
-    conv1: Conv,
-    conv2: Conv,
-    conv3: Conv,
-    shortcut: Option<Conv>,
-}
-
-impl Bottleneck {
-    fn new(
-        vb: VarBuilder,
-        c_in: usize,
-        bottleneck: usize,
-        c_out: usize,
-        stride: usize,
-        dilation: usize,
-        stride_in_1x1: bool,
-    ) -> Result<Self> {
-        let (stride_1x1, stride_3x3) = if stride_in_1x1 {
-            (stride, 1)
-        } else {
-            (1, stride)
-        };
-        let frozen = |name: &str, shape: ConvShape, activation| {
-            Conv::with_batch_norm(vb.pp(name), vb.pp(name).pp("norm"), shape, activation)
-        };
-        let shortcut = if c_in != c_out {
-            Some(frozen(
-                "shortcut",
-                ConvShape::new(c_in, c_out, 1).stride(stride),
-                Activation::None,
-            )?)
-        } else {
-            None
-        };
-        Ok(Self {
-            conv1: frozen(
-                "conv1",
-                ConvShape::new(c_in, bottleneck, 1).stride(stride_1x1),
-                Activation::Relu,
-            )?,
-            conv2: frozen(
-                "conv2",
-                ConvShape::new(bottleneck, bottleneck, 3)
-                    .stride(stride_3x3)
-                    .dilated(dilation),
-                Activation::Relu,
-            )?,
-            conv3: frozen(
-                "conv3",
-                ConvShape::new(bottleneck, c_out, 1),
-                Activation::None,
-            )?,
-            shortcut,
-        })
-    }
-}
-
-impl Module for Bottleneck {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let _span = tracing::trace_span!("bottleneck").entered();
-        let out = self
-            .conv3
-            .forward(&self.conv2.forward(&self.conv1.forward(x)?)?)?;
-        let shortcut = match &self.shortcut {
-            Some(conv) => conv.forward(x)?,
-            None => x.clone(),
-        };
-        (out + shortcut)?.relu()
-    }
+/// A bottleneck block under `vb`, the stride in the 1×1 or the 3×3 convolution, each
+/// convolution's frozen norm under `.norm`.
+fn bottleneck(
+    vb: VarBuilder,
+    c_in: usize,
+    inner: usize,
+    c_out: usize,
+    stride: usize,
+    dilation: usize,
+    stride_in_1x1: bool,
+) -> Result<Bottleneck> {
+    let (stride_1x1, stride_3x3) = if stride_in_1x1 {
+        (stride, 1)
+    } else {
+        (1, stride)
+    };
+    let frozen = |name: &str, shape: ConvShape, activation| {
+        Conv::with_batch_norm(vb.pp(name), vb.pp(name).pp("norm"), shape, activation)
+    };
+    let shortcut = if c_in != c_out {
+        Some(frozen(
+            "shortcut",
+            ConvShape::new(c_in, c_out, 1).stride(stride),
+            Activation::None,
+        )?)
+    } else {
+        None
+    };
+    Ok(Bottleneck {
+        conv1: frozen(
+            "conv1",
+            ConvShape::new(c_in, inner, 1).stride(stride_1x1),
+            Activation::Relu,
+        )?,
+        conv2: frozen(
+            "conv2",
+            ConvShape::new(inner, inner, 3)
+                .stride(stride_3x3)
+                .dilated(dilation),
+            Activation::Relu,
+        )?,
+        conv3: frozen("conv3", ConvShape::new(inner, c_out, 1), Activation::None)?,
+        shortcut,
+    })
 }
 
 /// The ResNet's stem and its four stages; [`ResNet::forward`] returns res2..res5.
@@ -98,7 +71,7 @@ impl ResNet {
             Activation::Relu,
         )?;
         let mut c_in = config.stem_out_channels;
-        let mut bottleneck = config.width_per_group;
+        let mut inner = config.width_per_group;
         let mut c_out = config.res2_out_channels;
         let mut stages = Vec::with_capacity(4);
         for (index, blocks) in config.blocks_per_stage().into_iter().enumerate() {
@@ -108,10 +81,10 @@ impl ResNet {
             let vb = vb.pp(format!("res{stage}"));
             let mut stage_blocks = Vec::with_capacity(blocks);
             for block in 0..blocks {
-                stage_blocks.push(Bottleneck::new(
+                stage_blocks.push(bottleneck(
                     vb.pp(block),
                     c_in,
-                    bottleneck,
+                    inner,
                     c_out,
                     if block == 0 { first_stride } else { 1 },
                     dilation,
@@ -120,7 +93,7 @@ impl ResNet {
                 c_in = c_out;
             }
             stages.push(stage_blocks);
-            bottleneck *= 2;
+            inner *= 2;
             c_out *= 2;
         }
         Ok(Self { stem, stages })

@@ -6,82 +6,59 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::super::layers::{Activation, Conv, ConvShape};
+use super::super::layers::{Activation, Bottleneck, Conv, ConvShape};
 
 /// Blocks per stage of ResNet-101.
 const BLOCKS: [usize; 4] = [3, 4, 23, 3];
 /// A bottleneck's output channels over its inner ones.
 const EXPANSION: usize = 4;
 
-/// A bottleneck residual block: 1×1, 3×3 (strided, dilated), 1×1, plus the shortcut.
-#[derive(Debug, Clone)]
-struct Bottleneck {
-    conv1: Conv,
-    conv2: Conv,
-    conv3: Conv,
-    downsample: Option<Conv>,
-}
-
-impl Bottleneck {
-    fn new(
-        vb: VarBuilder,
-        c_in: usize,
-        planes: usize,
-        stride: usize,
-        dilation: usize,
-    ) -> Result<Self> {
-        let c_out = planes * EXPANSION;
-        let conv1 = Conv::with_batch_norm(
-            vb.pp("conv1"),
-            vb.pp("bn1"),
-            ConvShape::new(c_in, planes, 1),
-            Activation::Relu,
-        )?;
-        let conv2 = Conv::with_batch_norm(
-            vb.pp("conv2"),
-            vb.pp("bn2"),
-            ConvShape::new(planes, planes, 3)
-                .stride(stride)
-                .dilated(dilation),
-            Activation::Relu,
-        )?;
-        let conv3 = Conv::with_batch_norm(
-            vb.pp("conv3"),
-            vb.pp("bn3"),
-            ConvShape::new(planes, c_out, 1),
+/// A bottleneck block under `vb`: 1×1, 3×3 (strided, dilated), 1×1, plus the shortcut.
+fn bottleneck(
+    vb: VarBuilder,
+    c_in: usize,
+    planes: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<Bottleneck> {
+    let c_out = planes * EXPANSION;
+    let conv1 = Conv::with_batch_norm(
+        vb.pp("conv1"),
+        vb.pp("bn1"),
+        ConvShape::new(c_in, planes, 1),
+        Activation::Relu,
+    )?;
+    let conv2 = Conv::with_batch_norm(
+        vb.pp("conv2"),
+        vb.pp("bn2"),
+        ConvShape::new(planes, planes, 3)
+            .stride(stride)
+            .dilated(dilation),
+        Activation::Relu,
+    )?;
+    let conv3 = Conv::with_batch_norm(
+        vb.pp("conv3"),
+        vb.pp("bn3"),
+        ConvShape::new(planes, c_out, 1),
+        Activation::None,
+    )?;
+    let shortcut = if stride != 1 || c_in != c_out {
+        let vb = vb.pp("downsample");
+        Some(Conv::with_batch_norm(
+            vb.pp("0"),
+            vb.pp("1"),
+            ConvShape::new(c_in, c_out, 1).stride(stride),
             Activation::None,
-        )?;
-        let downsample = if stride != 1 || c_in != c_out {
-            let vb = vb.pp("downsample");
-            Some(Conv::with_batch_norm(
-                vb.pp("0"),
-                vb.pp("1"),
-                ConvShape::new(c_in, c_out, 1).stride(stride),
-                Activation::None,
-            )?)
-        } else {
-            None
-        };
-        Ok(Self {
-            conv1,
-            conv2,
-            conv3,
-            downsample,
-        })
-    }
-}
-
-impl Module for Bottleneck {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let out = self
-            .conv3
-            .forward(&self.conv2.forward(&self.conv1.forward(x)?)?)?;
-        let shortcut = match &self.downsample {
-            Some(d) => d.forward(x)?,
-            None => x.clone(),
-        };
-        (out + shortcut)?.relu()
-    }
+        )?)
+    } else {
+        None
+    };
+    Ok(Bottleneck {
+        conv1,
+        conv2,
+        conv3,
+        shortcut,
+    })
 }
 
 /// The backbone's outputs: each stage's features, at 1/4, 1/8, 1/16 and 1/16 of the input
@@ -131,7 +108,7 @@ impl ResNet {
             let vb = vb.pp(format!("layer{}", s + 1));
             for i in 0..blocks {
                 let stride = if i == 0 { stride } else { 1 };
-                stages[s].push(Bottleneck::new(
+                stages[s].push(bottleneck(
                     vb.pp(i.to_string()),
                     c_in,
                     planes,
