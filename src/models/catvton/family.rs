@@ -451,13 +451,24 @@ struct ParserMasker {
     densepose: Option<DensePose>,
 }
 
+/// Whether answering `labels` (None: the mask) reads DensePose's map.
+fn reads_densepose(labels: Option<&str>) -> bool {
+    matches!(labels, None | Some("densepose"))
+}
+
 /// The label maps answered by name, without and with DensePose.
 const PARSER_MAPS: [&str; 2] = ["atr", "lip"];
 const PARSER_AND_DENSEPOSE_MAPS: [&str; 3] = ["atr", "lip", "densepose"];
 
 impl ParserMasker {
-    /// Both parsers and DensePose over the photos, as one batch each.
-    fn parse(&self, people: &[RgbImage]) -> Result<Vec<(ParsedPerson, LabelMap)>, String> {
+    /// Both parsers over the photos, and DensePose over those `needs_densepose` picks, as one
+    /// batch each; the others get an all-background DensePose map (an `atr` or `lip` label map
+    /// does not read it).
+    fn parse(
+        &self,
+        people: &[RgbImage],
+        needs_densepose: impl Fn(usize) -> bool,
+    ) -> Result<Vec<(ParsedPerson, LabelMap)>, String> {
         let parsed = self
             .parsers
             .parse(people)
@@ -465,17 +476,22 @@ impl ParserMasker {
         if parsed.len() != people.len() {
             return Err("the human parsers answered another number of label maps".into());
         }
-        let dense = match &self.densepose {
-            Some(densepose) => densepose
-                .label_maps(people)
-                .map_err(|e| format!("DensePose failed: {e}"))?,
-            None => people
-                .iter()
-                .map(|p| LabelMap::filled(p.width() as usize, p.height() as usize, 0))
-                .collect(),
-        };
-        if dense.len() != people.len() {
-            return Err("DensePose answered another number of label maps".into());
+        let mut dense: Vec<LabelMap> = people
+            .iter()
+            .map(|p| LabelMap::filled(p.width() as usize, p.height() as usize, 0))
+            .collect();
+        if let Some(densepose) = &self.densepose {
+            let wanted: Vec<usize> = (0..people.len()).filter(|&i| needs_densepose(i)).collect();
+            let photos: Vec<RgbImage> = wanted.iter().map(|&i| people[i].clone()).collect();
+            let maps = densepose
+                .label_maps(&photos)
+                .map_err(|e| format!("DensePose failed: {e}"))?;
+            if maps.len() != wanted.len() {
+                return Err("DensePose answered another number of label maps".into());
+            }
+            for (i, map) in wanted.into_iter().zip(maps) {
+                dense[i] = map;
+            }
         }
         Ok(parsed.into_iter().zip(dense).collect())
     }
@@ -515,7 +531,7 @@ impl PersonMasker for ParserMasker {
     }
 
     fn mask(&self, person: &RgbImage, options: &RequestOptions) -> Result<GrayImage, String> {
-        let parsed = self.parse(std::slice::from_ref(person))?;
+        let parsed = self.parse(std::slice::from_ref(person), |_| true)?;
         let parsed = parsed.into_iter().next().ok_or("no label map")?;
         self.answer(parsed, options, None)
     }
@@ -532,7 +548,9 @@ impl PersonMasker for ParserMasker {
         if !self.label_maps().contains(&name) {
             return Ok(None);
         }
-        let parsed = self.parse(std::slice::from_ref(person))?;
+        let parsed = self.parse(std::slice::from_ref(person), |_| {
+            reads_densepose(Some(name))
+        })?;
         let parsed = parsed.into_iter().next().ok_or("no label map")?;
         self.answer(parsed, &RequestOptions::default(), Some(name))
             .map(Some)
@@ -540,7 +558,7 @@ impl PersonMasker for ParserMasker {
 
     fn masks(&self, queries: &[MaskQuery]) -> Vec<Result<GrayImage, String>> {
         let people: Vec<RgbImage> = queries.iter().map(|q| q.person.clone()).collect();
-        match self.parse(&people) {
+        match self.parse(&people, |i| reads_densepose(queries[i].labels.as_deref())) {
             Ok(parsed) => parsed
                 .into_iter()
                 .zip(queries)
