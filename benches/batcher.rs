@@ -52,6 +52,7 @@ fn start(max_batch_size: usize) -> (Batcher, WorkerThread) {
         request_timeout: Duration::from_secs(30),
         batch_max_wait: Duration::from_secs(600),
         debug_stall_after_calls: None,
+        overlap: false,
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let (batcher, worker) = Batcher::start(

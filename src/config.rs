@@ -56,6 +56,22 @@ pub struct ModelArgs {
     /// error elsewhere). Off until a card has verified it with scripts/gpu-check.sh.
     #[arg(long, env = "VIRTUALFIT_FLASH_ATTENTION", default_value = "off", value_parser = parse_switch, action = clap::ArgAction::Set)]
     pub flash_attention: bool,
+    /// Whole-batch models replay CUDA graphs, one captured per batch-size bucket at warm-up (a
+    /// batch runs padded to the next power of two, or to --max-batch-size). CUDA only; off
+    /// until a card has verified it with scripts/gpu-check.sh.
+    #[arg(long, env = "VIRTUALFIT_CUDA_GRAPHS", default_value = "off", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub cuda_graphs: bool,
+    /// Dense convolutions through our cuDNN op (descriptors cached per shape, the algorithm
+    /// chosen by a timed search at warm-up, one workspace, the bias fused where cuDNN allows)
+    /// instead of candle's. Needs a build with --features cudnn and a CUDA device; off until a
+    /// card has verified it.
+    #[arg(long, env = "VIRTUALFIT_CUDNN_CONV", default_value = "off", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub cudnn_conv: bool,
+    /// Whole-batch models stage the next batch's inputs (stacked into pinned memory, copied on a
+    /// second stream) while the device computes the current one, and bring outputs back through
+    /// pinned memory. CUDA only; off until a card has verified it.
+    #[arg(long, env = "VIRTUALFIT_OVERLAP", default_value = "off", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub overlap: bool,
     /// The most sampling steps a request may ask for (step models).
     #[arg(long, env = "VIRTUALFIT_MAX_STEPS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub max_steps: u64,
@@ -86,6 +102,34 @@ impl ModelArgs {
         crate::device::set_tf32(self.allow_tf32);
         let device = crate::device::select(self.device)?;
         crate::models::enable_flash_attention(self.flash_attention, &device, self.dtype)
+            .map_err(crate::device::DeviceError::Unsupported)?;
+        if self.cuda_graphs && !device.is_cuda() {
+            return Err(crate::device::DeviceError::Unsupported(format!(
+                "--cuda-graphs on needs a CUDA device, and the device is {}{}",
+                crate::device::name(&device),
+                if cfg!(feature = "cuda") {
+                    ""
+                } else {
+                    " (this binary is built without --features cuda)"
+                }
+            )));
+        }
+        if self.overlap && !device.is_cuda() {
+            return Err(crate::device::DeviceError::Unsupported(format!(
+                "--overlap on needs a CUDA device, and the device is {}",
+                crate::device::name(&device)
+            )));
+        }
+        if self.overlap {
+            crate::ops::transfer::prepare_device(&device);
+        }
+        if self.cudnn_conv && !device.is_cuda() {
+            return Err(crate::device::DeviceError::Unsupported(format!(
+                "--cudnn-conv on needs a CUDA device, and the device is {}",
+                crate::device::name(&device)
+            )));
+        }
+        crate::ops::cudnn_conv::enable_cudnn_conv(self.cudnn_conv)
             .map_err(crate::device::DeviceError::Unsupported)?;
         Ok(device)
     }
@@ -149,6 +193,7 @@ impl BatchingArgs {
             request_timeout: seconds(self.request_timeout_s),
             batch_max_wait: self.batch_max_wait,
             debug_stall_after_calls: None,
+            overlap: false,
         }
     }
 }
@@ -445,6 +490,7 @@ impl ServeArgs {
     pub fn batcher_config(&self) -> BatcherConfig {
         BatcherConfig {
             debug_stall_after_calls: self.debug_stall_model_after,
+            overlap: self.model.overlap,
             ..self.batching.batcher_config()
         }
     }

@@ -277,6 +277,7 @@ mod tests {
             request_timeout: Duration::from_secs(30),
             batch_max_wait: Duration::from_secs(60),
             debug_stall_after_calls: None,
+            overlap: false,
         };
         let (ready_tx, ready_rx) = channel();
         let (batcher, worker) = Batcher::start(

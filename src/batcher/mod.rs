@@ -55,6 +55,9 @@ pub struct BatcherConfig {
     /// Test hook (`--debug-stall-model-after`): after this many finished model calls, the
     /// worker blocks for ever inside the next one, as on a hung device. `None` in service.
     pub debug_stall_after_calls: Option<u64>,
+    /// `--overlap on` (whole-batch models): the next batch's inputs are staged while the device
+    /// computes the current one ([`crate::models::staging`]).
+    pub overlap: bool,
 }
 
 /// Whose work an item is: interactive requests go first, batch jobs fill the room left.
@@ -354,6 +357,7 @@ mod tests {
             request_timeout: Duration::from_secs(30),
             batch_max_wait: Duration::from_secs(600),
             debug_stall_after_calls: None,
+            overlap: false,
         }
     }
 
@@ -405,6 +409,40 @@ mod tests {
         assert_eq!(metrics.oom_recoveries_total.get(), 3, "8 -> 4+4 -> 2+2+2+2");
         let sizes = calls.lock().expect("lock").clone();
         assert_eq!(sizes, vec![2, 8, 4, 2, 2, 4, 2, 2]);
+    }
+
+    #[tokio::test]
+    async fn with_overlap_every_request_gets_its_own_answer() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let model = FlakyModel {
+            device: Device::Cpu,
+            max_ok: 64,
+            calls: calls.clone(),
+        };
+        let config = BatcherConfig {
+            overlap: true,
+            ..config(3, 1)
+        };
+        let (batcher, _worker) = start(model, config, Metrics::new());
+        // Ten requests at once: while one batch runs, the next is staged from the queue.
+        let receivers: Vec<_> = (0..10)
+            .map(|i| batcher.submit(pair(i as u8 * 20)).expect("admitted"))
+            .collect();
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let out = rx.await.expect("answered").expect("image");
+            let v: Vec<u8> = out
+                .image
+                .flatten_all()
+                .and_then(|t| t.to_vec1())
+                .expect("pixels");
+            assert!(
+                v.iter().all(|&p| p == 255 - i as u8 * 20),
+                "item {i} got {}",
+                v[0]
+            );
+        }
+        let sizes = calls.lock().expect("lock").clone();
+        assert_eq!(sizes.iter().skip(1).sum::<usize>(), 10, "{sizes:?}");
     }
 
     /// A model that panics on all-white person images.

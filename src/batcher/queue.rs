@@ -201,6 +201,17 @@ impl State {
 
     /// Takes up to `cap` items: interactive requests and promoted batch items, in the order
     /// they were admitted, then batch items in the room that is left.
+    /// The inputs of up to `cap` queued items, interactive ones first: a guess at the next
+    /// batch, for staging it early. [`State::take_batch`] decides what the batch really is.
+    pub(super) fn upcoming(&self, cap: usize) -> Vec<crate::models::ModelInput> {
+        self.interactive
+            .iter()
+            .chain(self.batch.iter())
+            .take(cap)
+            .map(|job| job.inputs.clone())
+            .collect()
+    }
+
     pub(super) fn take_batch(&mut self, cap: usize, now: Instant) -> Vec<Job> {
         let mut taken = Vec::with_capacity(cap.min(self.queued()));
         let (mut promoted, mut waiting): (VecDeque<Job>, VecDeque<Job>) =

@@ -10,11 +10,14 @@ use super::queue::Job;
 use super::worker::Shared;
 use super::{JobError, JobOutput, Stage};
 use crate::metrics::RejectReason;
+use crate::models::staging::Stager;
 use crate::models::{ModelError, ModelInput, TryOnBatch, TryOnModel, MODEL_HEIGHT, MODEL_WIDTH};
+use crate::ops::convert::to_u8_images;
 
 /// Runs one full batch of blank inputs so that the first request meets a warm model.
 pub(super) fn warm_up(model: &dyn TryOnModel, shared: &Shared) -> Result<(), ModelError> {
     let n = shared.config.max_batch_size.max(1);
+    model.prepare_batches(n)?;
     let device = model.device();
     let image = Tensor::zeros(
         (n, 3, MODEL_HEIGHT, MODEL_WIDTH),
@@ -41,6 +44,17 @@ pub(super) fn warm_up(model: &dyn TryOnModel, shared: &Shared) -> Result<(), Mod
 
 pub(super) fn worker_loop(model: &dyn TryOnModel, shared: &Shared) {
     let config = &shared.config;
+    let mut stager = if config.overlap {
+        match Stager::new(model.device()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "--overlap: no copy stream; staging each batch when it is formed");
+                None
+            }
+        }
+    } else {
+        None
+    };
     loop {
         shared.run_beside();
         let jobs = {
@@ -71,7 +85,7 @@ pub(super) fn worker_loop(model: &dyn TryOnModel, shared: &Shared) {
         let taken = jobs.len();
         let live = shared.drop_dead_jobs(jobs);
         if !live.is_empty() {
-            run_batch(model, shared, live);
+            run_batch(model, shared, live, stager.as_mut());
         }
         shared.done_running(taken);
     }
@@ -79,13 +93,21 @@ pub(super) fn worker_loop(model: &dyn TryOnModel, shared: &Shared) {
 
 /// Runs a batch; on a device out-of-memory error it splits the batch in half, lowers the cap
 /// and retries each half.
-fn run_batch(model: &dyn TryOnModel, shared: &Shared, jobs: Vec<Job>) {
+fn run_batch(
+    model: &dyn TryOnModel,
+    shared: &Shared,
+    jobs: Vec<Job>,
+    mut stager: Option<&mut Stager>,
+) {
     let started = Instant::now();
     let n = jobs.len();
     for job in &jobs {
         job.report(0, 1, Stage::Sampling);
     }
-    let result = shared.model_call(|| forward(model, &jobs));
+    let result = shared.model_call(|| match stager.as_deref_mut() {
+        Some(stager) => forward_staged(model, shared, &jobs, stager),
+        None => forward(model, &jobs),
+    });
     // The device was busy for this batch whatever its outcome.
     shared.model_worked(started.elapsed(), jobs.iter().map(|j| (j.priority, 1.0)));
     match result {
@@ -118,8 +140,8 @@ fn run_batch(model: &dyn TryOnModel, shared: &Shared, jobs: Vec<Job>) {
             let half = shared.split_after_out_of_memory(n, n);
             let mut first = jobs;
             let second = first.split_off(half);
-            run_batch(model, shared, first);
-            run_batch(model, shared, second);
+            run_batch(model, shared, first, stager.as_deref_mut());
+            run_batch(model, shared, second, stager);
         }
         Err(e) => {
             tracing::error!(batch = n, error = %e, "batch failed");
@@ -129,6 +151,32 @@ fn run_batch(model: &dyn TryOnModel, shared: &Shared, jobs: Vec<Job>) {
             }
         }
     }
+}
+
+/// [`forward`] with the inputs staged: while the device computes this batch, the inputs of
+/// the requests queued next are staged for the next batch.
+fn forward_staged(
+    model: &dyn TryOnModel,
+    shared: &Shared,
+    jobs: &[Job],
+    stager: &mut Stager,
+) -> Result<Vec<Tensor>, ModelError> {
+    let inputs: Vec<&ModelInput> = jobs.iter().map(|j| &j.inputs).collect();
+    let (batch, _staging) = stager.batch(&inputs)?;
+    // Queued on the device; on a GPU this returns before the device is done.
+    let images = to_u8_images(&model.forward(&batch)?)?;
+    let upcoming = {
+        let state = shared.lock();
+        state.upcoming(state.batch_cap)
+    };
+    if let Err(e) = stager.prestage(&upcoming) {
+        // Only an optimisation: the next batch is staged when it is formed instead.
+        tracing::debug!(error = %e, "staging the next batch early failed");
+    }
+    let images = stager.download(&images)?;
+    (0..batch.len())
+        .map(|i| images.get(i).map_err(ModelError::from))
+        .collect()
 }
 
 fn forward(model: &dyn TryOnModel, jobs: &[Job]) -> Result<Vec<Tensor>, ModelError> {

@@ -226,6 +226,11 @@ pub fn measure(args: &ModelBenchArgs) -> Result<ModelReport, BenchError> {
     } else {
         choice.load(&device, &crate::hub::Reporter::Log)?
     };
+    let model = crate::models::buckets::with_cuda_graphs(
+        model,
+        args.model.cuda_graphs,
+        args.batch_size as usize,
+    )?;
     let options = args
         .options
         .options(family, &args.model.option_limits())
@@ -238,6 +243,7 @@ pub fn measure(args: &ModelBenchArgs) -> Result<ModelReport, BenchError> {
         LoadedModel::Batch(model) => {
             let refs: Vec<&ModelInput> = inputs.iter().collect();
             let batch = TryOnBatch::from_inputs(&refs, &device)?;
+            model.prepare_batches(batch.len())?;
             Box::new(move || {
                 model.forward(&batch)?;
                 Ok(())

@@ -5,6 +5,7 @@
 //! ([`registry`]) is the one place that lists them.
 
 pub mod automasker;
+pub mod buckets;
 pub mod catvton;
 pub mod dmvton;
 pub mod identity_steps;
@@ -12,6 +13,7 @@ pub mod input;
 pub mod options;
 pub mod overlay;
 pub mod registry;
+pub mod staging;
 
 use std::path::PathBuf;
 
@@ -264,6 +266,11 @@ pub trait TryOnModel: Send {
     fn device(&self) -> &Device;
     /// Runs one batch and answers the try-on images, `B×3×H×W` in [-1, 1].
     fn forward(&self, batch: &TryOnBatch) -> Result<Tensor, ModelError>;
+    /// Readies every batch size up to `max_batch` before the first request (e.g. captures CUDA
+    /// graphs, [`buckets::Bucketed`]); by default nothing.
+    fn prepare_batches(&self, _max_batch: usize) -> Result<(), ModelError> {
+        Ok(())
+    }
 }
 
 /// What must match for requests to share one step call.

@@ -43,12 +43,15 @@ pub mod convert;
 pub mod correlation;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod cuda_graph;
+pub mod cudnn_conv;
 pub mod depthwise;
 pub mod flash_attention;
 pub mod grid_sample;
 pub mod group_norm;
 pub mod profile;
 pub mod resize;
+pub mod transfer;
 
 pub use conv::{conv2d_fused, conv2d_winograd, winograd_applies, winograd_weights, ConvActivation};
 pub use correlation::correlation;

@@ -462,6 +462,50 @@ fn flash_attention_that_cannot_run_here_is_a_start_up_error() {
 }
 
 #[test]
+fn gpu_paths_that_cannot_run_here_are_start_up_errors() {
+    // `--cuda-graphs on` and `--cudnn-conv on` on the CPU: refused before any model loads.
+    for flag in ["--cuda-graphs", "--cudnn-conv"] {
+        let o = bench(&[
+            "model",
+            "--model",
+            "overlay",
+            "--device",
+            "cpu",
+            flag,
+            "on",
+            "--iterations",
+            "1",
+        ]);
+        assert!(!o.status.success(), "{flag} on ran on the CPU");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("{flag} on needs a CUDA device")) && err.contains("cpu"),
+            "{err}"
+        );
+        let o = bench(&["model", "--model", "overlay", flag, "maybe"]);
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("use on or off"));
+    }
+    // Off is the default and runs anywhere.
+    let o = bench(&[
+        "model",
+        "--model",
+        "overlay",
+        "--device",
+        "cpu",
+        "--cuda-graphs",
+        "off",
+        "--cudnn-conv",
+        "off",
+        "--iterations",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert_success(&o);
+}
+
+#[test]
 fn http_needs_inputs_and_one_load_shape() {
     let o = bench(&["http", "--url", "http://127.0.0.1:9"]);
     assert!(!o.status.success(), "no --data or --person/--cloth");

@@ -170,6 +170,88 @@ fn a_pair_alone_gives_the_same_output_as_in_the_batch() {
     assert!(max <= 1e-5, "pairs 1, 0: {max:.3e}");
 }
 
+/// A whole-batch model that records the batch sizes it is given.
+struct RecordingSizes {
+    inner: DmVton,
+    sizes: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl TryOnModel for RecordingSizes {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn device(&self) -> &Device {
+        self.inner.device()
+    }
+
+    fn forward(&self, batch: &TryOnBatch) -> Result<Tensor, ModelError> {
+        self.sizes.lock().unwrap().push(batch.len());
+        self.inner.forward(batch)
+    }
+}
+
+#[test]
+fn a_batch_of_five_padded_to_eight_gives_the_same_five_outputs() {
+    use virtualfit::models::buckets::Bucketed;
+    // Five different pairs from the fixture's two: both pairs, the two garments swapped, and
+    // the first pair mirrored.
+    let order = Tensor::new(&[0u32, 1, 1, 0, 0], &Device::Cpu).unwrap();
+    let garments = Tensor::new(&[0u32, 1, 0, 1, 0], &Device::Cpu).unwrap();
+    let pick = |name: &str, rows: &Tensor| reference(name).index_select(rows, 0).unwrap();
+    let mut five = TryOnBatch {
+        person: pick("input.person", &order),
+        cloth: pick("input.cloth", &garments),
+        cloth_mask: pick("input.cloth_mask", &garments),
+    };
+    let mirror = |t: &Tensor| {
+        let w = t.dim(3).unwrap();
+        let flipped = Tensor::arange(0u32, w as u32, &Device::Cpu)
+            .unwrap()
+            .affine(-1.0, (w - 1) as f64)
+            .unwrap();
+        let last = t
+            .narrow(0, 4, 1)
+            .unwrap()
+            .index_select(&flipped, 3)
+            .unwrap();
+        Tensor::cat(&[&t.narrow(0, 0, 4).unwrap(), &last], 0).unwrap()
+    };
+    five.person = mirror(&five.person);
+    five.cloth = mirror(&five.cloth);
+    five.cloth_mask = mirror(&five.cloth_mask);
+
+    let sizes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let padded = Bucketed::padding(
+        Box::new(RecordingSizes {
+            inner: model().clone(),
+            sizes: sizes.clone(),
+        }),
+        8,
+    );
+    assert_eq!(padded.bucket_sizes(), &[1, 2, 4, 8]);
+    let got = padded.forward(&five).unwrap();
+    assert_eq!(
+        *sizes.lock().unwrap(),
+        vec![8],
+        "the model ran the padded batch"
+    );
+    assert_eq!(got.dims(), &[5, 3, 256, 192]);
+
+    let want = model().forward(&five).unwrap();
+    let (rel, max) = errors(&got, &want);
+    println!("batch of 5 padded to 8 vs unpadded: rel L2 {rel:.3e}, max abs {max:.3e}");
+    assert!(max <= 1e-5, "padding changed the real rows by {max:.3e}");
+    // The rows are five different images, so a row mix-up would show.
+    for i in 1..5 {
+        let (_, apart) = errors(
+            &want.narrow(0, i, 1).unwrap(),
+            &want.narrow(0, 0, 1).unwrap(),
+        );
+        assert!(apart > 1e-2, "rows 0 and {i} are the same image");
+    }
+}
+
 // ---- checkpoints ----
 
 /// Converts a fixture `.pt` into safetensors at `dest` with the `safetensors` crate.
