@@ -91,6 +91,7 @@ impl Bucketed {
                 inner.device()
             ))));
         }
+        cuda_graph::keep_pool_memory(inner.device())?;
         Ok(Self {
             inner,
             buckets: buckets(max_batch),

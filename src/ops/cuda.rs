@@ -261,3 +261,57 @@ pub fn reset_peak_memory(dev: &CudaDevice) -> Result<()> {
     };
     status.result().w()
 }
+
+/// The memory `dev`'s pool holds from the driver now, and at most since the last
+/// [`reset_reserved_high`], in bytes: a steady state that allocates nothing new from the driver
+/// keeps both where they were.
+pub fn reserved_memory(dev: &CudaDevice) -> Result<(u64, u64)> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let pool = default_pool(dev)?;
+    let read = |attribute| -> Result<u64> {
+        let mut value: u64 = 0;
+        // SAFETY: both RESERVED_MEM attributes are 64-bit values (cuuint64_t), written to `value`.
+        let status =
+            unsafe { sys::cuMemPoolGetAttribute(pool, attribute, (&mut value as *mut u64).cast()) };
+        status.result().w()?;
+        Ok(value)
+    };
+    Ok((
+        read(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?,
+        read(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?,
+    ))
+}
+
+/// Starts a new high-water mark of the memory `dev`'s pool holds from the driver.
+pub fn reset_reserved_high(dev: &CudaDevice) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let pool = default_pool(dev)?;
+    let mut zero: u64 = 0;
+    // SAFETY: RESERVED_MEM_HIGH may only be set to 0 (a reset), passed as a 64-bit value.
+    let status = unsafe {
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
+            (&mut zero as *mut u64).cast(),
+        )
+    };
+    status.result().w()
+}
+
+/// Lets `dev`'s pool keep the memory it has reserved instead of returning it to the driver at
+/// each synchronisation (its release threshold, 0 by default), so that a steady state of
+/// same-sized batches reuses its memory and asks the driver for none.
+pub fn keep_pool_memory(dev: &CudaDevice) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let pool = default_pool(dev)?;
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: RELEASE_THRESHOLD is a 64-bit value (cuuint64_t), read from `threshold`.
+    let status = unsafe {
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+    };
+    status.result().w()
+}

@@ -28,6 +28,18 @@ impl std::fmt::Debug for Graph {
     }
 }
 
+/// Lets the device's memory pool keep what it reserves (see `ops::cuda::keep_pool_memory`), so
+/// that the eager passes around the graphs ask the driver for no memory in the steady state.
+/// Nothing to do on the CPU.
+pub fn keep_pool_memory(device: &Device) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = device {
+        return super::cuda::keep_pool_memory(dev);
+    }
+    let _ = device;
+    Ok(())
+}
+
 /// Runs `f` with candle's host-to-device cache on: an eager run this way fills the cache that a
 /// capture of the same work needs. On the CPU it simply runs `f`.
 pub fn warm<T>(device: &Device, f: impl FnOnce() -> Result<T>) -> Result<T> {

@@ -681,3 +681,28 @@ fn half_precision_runs_every_op_in_its_dtype_and_stays_near_the_reference() {
         assert_eq!(served.dtype(), DType::F32);
     }
 }
+
+#[test]
+fn the_gpu_paths_check_rehearses_on_the_cpu() {
+    use virtualfit::models::dmvton::gpu_paths::check_paths;
+    // On the CPU the CUDA-only paths are rows with their error, and the staging of the next
+    // batch runs on the host: its answers must be the same bytes as the worker's usual path.
+    let rows = check_paths(&fixture_dir(), &Device::Cpu, &[1], 1);
+    let graphs: Vec<_> = rows.iter().filter(|r| r.path == "cuda-graphs").collect();
+    assert_eq!(graphs.len(), 2, "f32 and f16: {rows:?}");
+    for r in &graphs {
+        assert!(!r.pass);
+        let e = r.error.as_deref().unwrap_or_default();
+        assert!(e.contains("--cuda-graphs on needs a CUDA device"), "{e}");
+    }
+    let conv: Vec<_> = rows.iter().filter(|r| r.path == "cudnn-conv").collect();
+    assert!(
+        !conv.is_empty() && conv.iter().all(|r| !r.pass && r.error.is_some()),
+        "{rows:?}"
+    );
+    let overlap: Vec<_> = rows.iter().filter(|r| r.path == "overlap").collect();
+    assert_eq!(overlap.len(), 1, "{rows:?}");
+    assert!(overlap[0].pass, "{:?}", overlap[0]);
+    assert_eq!(overlap[0].max_abs, 0.0);
+    assert!(overlap[0].old_ms > 0.0 && overlap[0].new_ms > 0.0);
+}

@@ -100,6 +100,9 @@ pub struct Report {
     /// CatVTON's flash attention against the f32 attention: run last, since a kernel that
     /// faults leaves the CUDA context unusable for whatever follows.
     pub flash_attention: Vec<Check>,
+    /// The off-by-default paths (`--cuda-graphs`, `--cudnn-conv`, `--overlap`) against the
+    /// paths they replace: informative, they decide which defaults to flip.
+    pub paths: Vec<super::gpu_paths::PathRow>,
 }
 
 /// ‖a − b‖ / ‖b‖ and max |a − b| over all elements, and whether `a` holds a NaN.
@@ -702,6 +705,10 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
         "CatVTON flash attention (f16/bf16) vs f32 attention (rel L2 <= 1e-2)",
         &report.flash_attention,
     );
+    if let Some(dir) = &args.model_dir {
+        report.paths = super::gpu_paths::check_paths(dir, &gpu, &args.batch_sizes, args.iterations);
+        super::gpu_paths::print(&report.paths);
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;

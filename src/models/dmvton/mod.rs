@@ -8,6 +8,7 @@ pub mod afwm;
 pub mod checkpoint;
 pub mod fpn;
 pub mod gpu_check;
+pub mod gpu_paths;
 pub mod layers;
 pub mod unet;
 
