@@ -9,7 +9,12 @@
 #      spends its time (per stage and op kind, CUDA events), and PyTorch on the same network:
 #      eager, and as deployed (channels-last, cuDNN benchmark, CUDA graphs, a fused Triton
 #      correlation; TF32, bf16 and f16 autocast), after its own self-test;
-#   5. the server end to end (`bench http` at saturation) against the raw forward throughput;
+#   4b. the off-by-default paths on DM-VTON, each against the path it replaces on the same
+#      inputs in the same run (output difference, median times, the pool's growth in the steady
+#      state): --cuda-graphs (batch 5 padded to 8 included), --cudnn-conv, both, in f32 and f16,
+#      and --overlap (batches served from 8-bit requests to 8-bit answers);
+#   5. the server end to end (`bench http` at saturation) against the raw forward throughput,
+#      then again with every off-by-default DM-VTON path on;
 #   5b. DensePose (the automatic mask's third network, seeded weights) on two sample photos at
 #      768x1024: time per image and the memory pool's peak, beside both SCHP parsers;
 #   6. CatVTON: the tiny fixture model on the GPU against the CPU (same request and seed), then
@@ -47,9 +52,9 @@ if [ $GPU = 1 ]; then CHECK_BUDGET=${CHECK_BUDGET_S:-450}; else CHECK_BUDGET=${C
 TORCH_RESERVE=${CATVTON_TORCH_RESERVE_S:-90}
 elapsed() { echo $(( $(date +%s) - CHECK_START )); }
 if [ $GPU = 1 ]; then
-  DM_BATCHES=1,8,32 DM_ITER=30 MAX_BATCH=32 CONCURRENCY=128 HTTP_S=20s HTTP_WARM=3s
+  DM_BATCHES=1,8,32 DM_ITER=30 PATHS_ITER=10 MAX_BATCH=32 CONCURRENCY=128 HTTP_S=20s HTTP_WARM=3s
 else
-  DM_BATCHES=1,2 DM_ITER=2 MAX_BATCH=2 CONCURRENCY=4 HTTP_S=3s HTTP_WARM=1s
+  DM_BATCHES=1,2 DM_ITER=2 PATHS_ITER=1 MAX_BATCH=2 CONCURRENCY=4 HTTP_S=3s HTTP_WARM=1s
 fi
 BIN="$BUNDLE/virtualfit"
 if [ ! -x "$BIN" ] && [ -f "$BUNDLE/virtualfit.gz" ]; then
@@ -85,7 +90,7 @@ fi
 echo "== kernels, parity and forward timings"
 if [ $GPU = 1 ]; then
   "$BIN" gpu-check --device "$DEVICE" --model-dir "$BUNDLE/dmvton" --parity "$BUNDLE/dmvton/parity.safetensors" \
-    --batch-sizes $DM_BATCHES --iterations $DM_ITER --json "$OUT/gpu-check.json" 2>&1 | tee "$OUT/gpu-check.txt"
+    --batch-sizes $DM_BATCHES --iterations $DM_ITER --paths-iterations $PATHS_ITER --json "$OUT/gpu-check.json" 2>&1 | tee "$OUT/gpu-check.txt"
   check_rc=${PIPESTATUS[0]}
 else
   echo "kernels and GPU parity skipped: CUDA only; the forward in each precision, with its profile:"
@@ -167,6 +172,23 @@ curl -s "http://127.0.0.1:$PORT/metrics" | grep '^virtualfit_gpu_' | tee "$OUT/g
 "$BIN" bench http --url "http://127.0.0.1:$PORT" --data "$BUNDLE/samples" --concurrency $CONCURRENCY \
   --duration $HTTP_S --warmup $HTTP_WARM --json "$OUT/http.json" > "$OUT/http.txt" 2>&1
 kill -TERM $SERVER; wait $SERVER
+if [ $GPU = 1 ]; then
+  # The same, with every off-by-default DM-VTON path on (they are CUDA only).
+  NEW_PATHS="--cuda-graphs on --cudnn-conv on --overlap on"
+  "$BIN" serve --bind 127.0.0.1:$PORT --model dmvton --model-dir "$BUNDLE/dmvton" --device "$DEVICE" \
+    --max-batch-size $MAX_BATCH --max-batch-delay-ms 5 --queue-capacity 512 $NEW_PATHS > "$OUT/serve-paths.log" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 1 300); do
+    curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
+    kill -0 $SERVER 2>/dev/null || break
+    sleep 0.2
+  done
+  "$BIN" bench model --model dmvton --model-dir "$BUNDLE/dmvton" --device "$DEVICE" --batch-size $MAX_BATCH \
+    --iterations $DM_ITER --cuda-graphs on --cudnn-conv on --json > "$OUT/model-bmax-paths.json" 2>"$OUT/model-bmax-paths.err"
+  "$BIN" bench http --url "http://127.0.0.1:$PORT" --data "$BUNDLE/samples" --concurrency $CONCURRENCY \
+    --duration $HTTP_S --warmup $HTTP_WARM --json "$OUT/http-paths.json" > "$OUT/http-paths.txt" 2>&1
+  kill -TERM $SERVER; wait $SERVER
+fi
 
 echo "== densepose"
 # Two photos: one warm-up and one measured per network; on the CPU this is the slow part of
@@ -355,6 +377,33 @@ rps = h.get("throughput_rps", float("nan"))
 lat = h.get("latency_ms", {})
 print(f"http: {rps:.1f} req/s at concurrency {concurrency}, p50 {lat.get('p50', float('nan')):.1f} ms, p95 {lat.get('p95', float('nan')):.1f} ms, mean batch {(h.get('server') or {}).get('mean_batch_size')}")
 print(f"raw forward at batch {m.get('batch_size')}: {raw:.1f} images/s; serving efficiency {rps / raw:.2f}")
+paths = g.get("paths", [])
+if paths:
+    print("off-by-default paths vs the path each replaces (speedup = old ms / new ms; grew = MiB the pool took in the steady state):")
+    def num(x, spec):  # JSON has no NaN or infinity: serde writes them as null
+        return format(x, spec) if isinstance(x, (int, float)) else "-"
+    for r in paths:
+        err = f"  error: {r['error'][:120]}" if r.get("error") else ""
+        print(f"  {'ok  ' if r['pass'] else 'FAIL'} {r['path']:<24} {r['dtype']:>4} b{r['batch_size']:<3} "
+              f"diff {num(r['max_abs'], '.1e')}  {num(r['old_ms'], '8.2f')} -> {num(r['new_ms'], '8.2f')} ms  "
+              f"x{num(r['speedup'], '.2f')}  {num(r['images_per_s'], '8.1f')}/s  grew {num(r.get('reserved_growth_mib'), '.1f')}{err}")
+    # The fastest verified f32 and f16 paths against PyTorch as deployed, per batch size.
+    best_torch = {"f32": by_batch(load("torch-best-tf32.json").get("timings")),
+                  "f16": by_batch(load("torch-best-f16.json").get("timings"))}
+    for dtype in ("f32", "f16"):
+        for b in sorted({r["batch_size"] for r in paths if r["dtype"] == dtype}):
+            ok = [r for r in paths if r["dtype"] == dtype and r["batch_size"] == b and r["pass"] and r.get("new_ms")]
+            if not ok:
+                continue
+            fast = min(ok, key=lambda r: r["new_ms"])
+            t = best_torch[dtype].get(b)
+            vs = f"{t['median_batch_ms'] / fast['new_ms']:.2f}x torch best {'tf32' if dtype == 'f32' else 'f16'}" if t else "no torch row"
+            print(f"  best {dtype} b{b}: {fast['path']} {fast['new_ms']:.2f} ms ({fast['images_per_s']:.0f} images/s), {vs}")
+mp, hp = load("model-bmax-paths.json"), load("http-paths.json")
+if "median_batch_s" in mp:
+    raw_p = mp["batch_size"] / mp["median_batch_s"]
+    rps_p = hp.get("throughput_rps", float("nan"))
+    print(f"with every path on: raw forward {raw_p:.1f} images/s, http {rps_p:.1f} req/s, serving efficiency {rps_p / raw_p:.2f}")
 try:
     from PIL import Image
     import numpy as np

@@ -48,6 +48,9 @@ pub struct GpuCheckArgs {
     /// Timed iterations per batch size (after three warm-up runs).
     #[arg(long, default_value_t = 20)]
     pub iterations: usize,
+    /// Timed iterations per row of the off-by-default paths (`paths` in the JSON).
+    #[arg(long, default_value_t = 10)]
+    pub paths_iterations: usize,
     /// Also write the results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -706,7 +709,7 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
         &report.flash_attention,
     );
     if let Some(dir) = &args.model_dir {
-        report.paths = super::gpu_paths::check_paths(dir, &gpu, &args.batch_sizes, args.iterations);
+        report.paths = super::gpu_paths::check_paths(dir, &gpu, &args.batch_sizes, args.paths_iterations);
         super::gpu_paths::print(&report.paths);
     }
     if let Some(path) = &args.json {
