@@ -43,6 +43,7 @@ pub mod convert;
 pub mod correlation;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod cudnn_conv;
 pub mod depthwise;
 pub mod flash_attention;
 pub mod grid_sample;
