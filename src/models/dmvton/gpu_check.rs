@@ -100,6 +100,13 @@ pub struct Report {
     /// CatVTON's flash attention against the f32 attention: run last, since a kernel that
     /// faults leaves the CUDA context unusable for whatever follows.
     pub flash_attention: Vec<Check>,
+    /// cuDNN convolutions (`--cudnn-conv`) against a strict f32 reference and the old path,
+    /// per DM-VTON convolution shape, batch size and precision, each path timed.
+    #[cfg(feature = "cudnn")]
+    pub cudnn_conv: Vec<ops::cudnn_conv::ConvCheck>,
+    /// Why the cuDNN convolution check could not run, if it could not.
+    #[cfg(feature = "cudnn")]
+    pub cudnn_conv_error: Option<String>,
 }
 
 /// ‖a − b‖ / ‖b‖ and max |a − b| over all elements, and whether `a` holds a NaN.
@@ -697,6 +704,8 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
                 }));
         }
     }
+    #[cfg(feature = "cudnn")]
+    cudnn_conv_checks(&gpu, &mut report);
     report.flash_attention = flash_attention_checks(&gpu)?;
     print_checks(
         "CatVTON flash attention (f16/bf16) vs f32 attention (rel L2 <= 1e-2)",
@@ -706,24 +715,20 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let failed: Vec<&Check> = report
+    #[allow(unused_mut)]
+    let mut failed: Vec<String> = report
         .kernels
         .iter()
         .chain(&report.half_kernels)
         .chain(&report.parity)
         .chain(&report.flash_attention)
         .filter(|c| !c.pass)
+        .map(|c| c.name.clone())
         .collect();
+    #[cfg(feature = "cudnn")]
+    failed.extend(cudnn_conv_failures(&report));
     if !failed.is_empty() {
-        bail!(
-            "{} check(s) failed: {}",
-            failed.len(),
-            failed
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
+        bail!("{} check(s) failed: {}", failed.len(), failed.join("; "));
     }
     println!(
         "\nall {} checks passed",
@@ -733,6 +738,51 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
             + report.flash_attention.len()
     );
     Ok(())
+}
+
+/// Runs the cuDNN convolution self-check into `report` and prints its table; an error (no
+/// cuDNN library, a failing call) is recorded and printed, and the other checks go on.
+#[cfg(feature = "cudnn")]
+fn cudnn_conv_checks(gpu: &Device, report: &mut Report) {
+    let tf32 = if candle_core::cuda::gemm_reduced_precision_f32() {
+        " (TF32 allowed)"
+    } else {
+        ""
+    };
+    println!(
+        "\ncuDNN convolutions (--cudnn-conv) vs strict f32 CPU reference{tf32}, old path for \
+         comparison; mean ms of {} calls",
+        ops::cudnn_conv::CHECK_ITERATIONS
+    );
+    match ops::cudnn_conv::self_check(gpu) {
+        Ok(rows) => {
+            for row in &rows {
+                println!("{row}");
+            }
+            report.cudnn_conv = rows;
+        }
+        Err(e) => {
+            println!("FAIL cuDNN convolution check: {e}");
+            report.cudnn_conv_error = Some(e.to_string());
+        }
+    }
+}
+
+/// The names of the cuDNN convolution rows that failed (or the check's error).
+#[cfg(feature = "cudnn")]
+fn cudnn_conv_failures(report: &Report) -> Vec<String> {
+    report
+        .cudnn_conv
+        .iter()
+        .filter(|c| !c.pass)
+        .map(|c| format!("cudnn conv {} {}", c.layer, c.shape))
+        .chain(
+            report
+                .cudnn_conv_error
+                .as_ref()
+                .map(|e| format!("cudnn conv: {e}")),
+        )
+        .collect()
 }
 
 fn print_checks(title: &str, checks: &[Check]) {
