@@ -86,6 +86,19 @@ pub struct PlanKey {
     pub activation: ActivationKey,
     /// Whether f32 convolutions may use TF32 (`--allow-tf32`): it changes the math type.
     pub tf32: bool,
+    pub policy: Policy,
+}
+
+/// How a plan's algorithm is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// The timed search and [`choose`]: what the model runs.
+    #[default]
+    Search,
+    /// The implicit precomputed GEMM with the bias fused, no search: the self-check runs it
+    /// so that the fused call is verified whatever the search picks. Only without activation.
+    FusedPrecompGemm,
 }
 
 impl PlanKey {
@@ -100,7 +113,7 @@ impl std::fmt::Display for PlanKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}x{}x{}x{} -> {} k{} s{} p{} {}{}",
+            "{}x{}x{}x{} -> {} k{} s{} p{} {}{}{}",
             self.n,
             self.ci,
             self.h,
@@ -110,7 +123,11 @@ impl std::fmt::Display for PlanKey {
             self.stride,
             self.padding,
             self.dtype.as_str(),
-            if self.tf32 { " tf32" } else { "" }
+            if self.tf32 { " tf32" } else { "" },
+            match self.policy {
+                Policy::Search => "",
+                Policy::FusedPrecompGemm => " forced-fused",
+            }
         )
     }
 }
@@ -243,6 +260,8 @@ pub struct ConvCheck {
     pub activation: String,
     pub algo: String,
     pub fused: bool,
+    /// The algorithm was not searched but forced ([`Policy::FusedPrecompGemm`]).
+    pub forced: bool,
     pub workspace_bytes: usize,
     /// The new op against the f32 reference: relative L2 and max abs error.
     pub rel_l2: f64,
@@ -261,13 +280,18 @@ impl std::fmt::Display for ConvCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:<4} {:<20} {:<36} {:<10} {:<22} {:<5} rel_l2 {:>9.2e} (old {:>9.2e}) max_abs {:>9.2e}  ms old {:>8.3} new {:>8.3}{}",
+            "{:<4} {:<20} {:<36} {:<10} {:<22} {:<17} rel_l2 {:>9.2e} (old {:>9.2e}) max_abs {:>9.2e}  ms old {:>8.3} new {:>8.3}{}",
             if self.pass { "ok" } else { "FAIL" },
             self.layer,
             self.shape,
             self.activation,
             self.algo,
-            if self.fused { "fused" } else { "" },
+            match (self.fused, self.forced) {
+                (true, true) => "forced fused",
+                (false, true) => "forced, not fused",
+                (true, false) => "fused",
+                (false, false) => "",
+            },
             self.rel_l2,
             self.rel_l2_old,
             self.max_abs,
@@ -753,18 +777,29 @@ mod gpu {
         padding: usize,
         activation: ConvActivation,
     ) -> Result<Tensor> {
-        let input = input.contiguous()?;
-        let weight = weight.contiguous()?;
-        let bias = bias.flatten_all()?.contiguous()?;
-        input.apply_op3_no_bwd(
-            &weight,
-            &bias,
-            &Conv2dCudnn {
+        conv2d_with(
+            input,
+            weight,
+            bias,
+            Conv2dCudnn {
                 stride,
                 padding,
                 activation,
+                policy: Policy::Search,
             },
         )
+    }
+
+    fn conv2d_with(
+        input: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        op: Conv2dCudnn,
+    ) -> Result<Tensor> {
+        let input = input.contiguous()?;
+        let weight = weight.contiguous()?;
+        let bias = bias.flatten_all()?.contiguous()?;
+        input.apply_op3_no_bwd(&weight, &bias, &op)
     }
 
     /// The custom op behind [`conv2d_cudnn`].
@@ -773,6 +808,7 @@ mod gpu {
         pub stride: usize,
         pub padding: usize,
         pub activation: ConvActivation,
+        pub policy: Policy,
     }
 
     /// The contiguous elements of a CUDA tensor of element type `T`; `what` names it in errors.
@@ -817,6 +853,7 @@ mod gpu {
                 dtype,
                 activation: self.activation.into(),
                 tf32: candle_core::cuda::gemm_reduced_precision_f32(),
+                policy: self.policy,
             })
         }
 
@@ -870,7 +907,8 @@ mod gpu {
             let (w_ptr, _w_read) = w.device_ptr(&stream);
             let (b_ptr, _b_read) = b.device_ptr(&stream);
             let (y_ptr, _y_write) = y.device_ptr_mut(&stream);
-            if !state.plans.contains_key(key) {
+            let fresh = !state.plans.contains_key(key);
+            if fresh {
                 let capturing = stream.capture_status().w()?;
                 if capturing != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
                     candle_core::bail!(
@@ -891,9 +929,7 @@ mod gpu {
                 }
                 state.plans.insert(*key, plan);
             }
-            let Some(plan) = state.plans.get(key) else {
-                candle_core::bail!("cudnn_conv {key}: no plan");
-            };
+            let handle = state.handle.0;
             let ws_len = state.workspace.as_ref().map_or(0, |w| w.len());
             let (ws_ptr, _ws_use) = match state.workspace.as_mut() {
                 Some(ws) => {
@@ -902,66 +938,34 @@ mod gpu {
                 }
                 None => (0, None),
             };
-            let ws_ptr = ws_ptr as *mut std::ffi::c_void;
-            let (alpha, beta) = (1f32, 0f32);
-            let d = &plan.desc;
-            let handle = state.handle.0;
-            match plan.epilogue {
-                // SAFETY: the handle is bound to `stream`, on which every buffer is ordered
-                // (the read/write guards above); the descriptors describe these buffers: `x`,
-                // `w` and `b` hold the contiguous elements of the input, weight and bias of
-                // `key`'s shape, `y` was allocated for the output, the workspace holds at least
-                // the plan's size (grown above); alpha and beta are f32, the scaling type of
-                // f32, f16 and bf16 data. With alpha2 = 0, z (= y) is not read.
-                Epilogue::FusedBias => unsafe {
-                    ck(
-                        dnn::convolution_bias_activation_forward(
-                            handle,
-                            (&alpha as *const f32).cast(),
-                            d.x,
-                            x_ptr as *const std::ffi::c_void,
-                            d.w,
-                            w_ptr as *const std::ffi::c_void,
-                            d.conv,
-                            to_sys(plan.algo),
-                            ws_ptr,
-                            ws_len,
-                            (&beta as *const f32).cast(),
-                            d.y,
-                            y_ptr as *const std::ffi::c_void,
-                            d.bias,
-                            b_ptr as *const std::ffi::c_void,
-                            d.identity,
-                            d.y,
-                            y_ptr as *mut std::ffi::c_void,
-                        ),
-                        key,
-                        "cudnnConvolutionBiasActivationForward",
-                    )?;
-                },
-                // SAFETY: as above, without the bias.
-                Epilogue::Separate => unsafe {
-                    ck(
-                        dnn::convolution_forward(
-                            handle,
-                            (&alpha as *const f32).cast(),
-                            d.x,
-                            x_ptr as *const std::ffi::c_void,
-                            d.w,
-                            w_ptr as *const std::ffi::c_void,
-                            d.conv,
-                            to_sys(plan.algo),
-                            ws_ptr,
-                            ws_len,
-                            (&beta as *const f32).cast(),
-                            d.y,
-                            y_ptr as *mut std::ffi::c_void,
-                        ),
-                        key,
-                        "cudnnConvolutionForward",
-                    )?;
-                },
+            let buffers = Buffers {
+                x: x_ptr,
+                w: w_ptr,
+                b: b_ptr,
+                y: y_ptr,
+                workspace: ws_ptr,
+                workspace_len: ws_len,
+            };
+            let Some(plan) = state.plans.get_mut(key) else {
+                candle_core::bail!("cudnn_conv {key}: no plan");
+            };
+            // SAFETY: the handle is bound to `stream`, on which every buffer is ordered (the
+            // read/write guards above); `x`, `w` and `b` hold the contiguous elements of the
+            // input, weight and bias of `key`'s shape, `y` was allocated for its output (zeroed
+            // where the bias may be fused), and the workspace holds at least the plan's size
+            // (grown when the plan was made).
+            let mut status = unsafe { launch(handle, plan, plan.epilogue, &buffers) };
+            if status.is_err() && fresh && plan.epilogue == Epilogue::FusedBias {
+                // A configuration without a fused kernel: keep the bias separate from now on.
+                plan.epilogue = Epilogue::Separate;
+                // SAFETY: as above.
+                status = unsafe { launch(handle, plan, Epilogue::Separate, &buffers) };
             }
+            let call = match plan.epilogue {
+                Epilogue::FusedBias => "cudnnConvolutionBiasActivationForward",
+                Epilogue::Separate => "cudnnConvolutionForward",
+            };
+            ck(status, key, call)?;
             let epilogue = plan.epilogue;
             drop((_x_read, _w_read, _b_read, _y_write, _ws_use));
             drop(states);
@@ -985,12 +989,116 @@ mod gpu {
         }
     }
 
+    /// The device pointers of one call.
+    struct Buffers {
+        x: u64,
+        w: u64,
+        b: u64,
+        y: u64,
+        workspace: u64,
+        workspace_len: usize,
+    }
+
+    /// Queues `plan`'s convolution with `epilogue` on the handle's stream: the bias fused by
+    /// cuDNN, or the convolution alone.
+    ///
+    /// # Safety
+    ///
+    /// `handle` must be the live handle `plan` was made with; the buffers must be device
+    /// memory ordered on its stream, of the sizes and element type of the plan's descriptors
+    /// (`b` one element per output channel), the workspace at least the plan's size, and `y`
+    /// initialised when the bias is fused (its `alpha2 · z` term, with z = y and alpha2 = 0).
+    unsafe fn launch(
+        handle: sys::cudnnHandle_t,
+        plan: &Plan,
+        epilogue: Epilogue,
+        p: &Buffers,
+    ) -> std::result::Result<(), CudnnError> {
+        // Scaling factors are f32 for f32, f16 and bf16 data.
+        let (one, zero) = (1f32, 0f32);
+        let d = &plan.desc;
+        let algo = to_sys(plan.algo);
+        let ws = p.workspace as *mut std::ffi::c_void;
+        // SAFETY: the caller answers for the handle, descriptors and buffers.
+        unsafe {
+            match epilogue {
+                Epilogue::FusedBias => dnn::convolution_bias_activation_forward(
+                    handle,
+                    (&one as *const f32).cast(),
+                    d.x,
+                    p.x as *const std::ffi::c_void,
+                    d.w,
+                    p.w as *const std::ffi::c_void,
+                    d.conv,
+                    algo,
+                    ws,
+                    p.workspace_len,
+                    (&zero as *const f32).cast(),
+                    d.y,
+                    p.y as *const std::ffi::c_void,
+                    d.bias,
+                    p.b as *const std::ffi::c_void,
+                    d.identity,
+                    d.y,
+                    p.y as *mut std::ffi::c_void,
+                ),
+                Epilogue::Separate => dnn::convolution_forward(
+                    handle,
+                    (&one as *const f32).cast(),
+                    d.x,
+                    p.x as *const std::ffi::c_void,
+                    d.w,
+                    p.w as *const std::ffi::c_void,
+                    d.conv,
+                    algo,
+                    ws,
+                    p.workspace_len,
+                    (&zero as *const f32).cast(),
+                    d.y,
+                    p.y as *mut std::ffi::c_void,
+                ),
+            }
+        }
+    }
+
     /// Makes `key`'s plan: its descriptors, and the algorithm chosen by timing every one that
     /// fits [`SEARCH_WORKSPACE_CAP`] on the real buffers (`y` is overwritten; the convolution
     /// runs after). Runs on `state`'s stream and waits for it.
     fn plan(state: &DeviceState, key: &PlanKey, x: u64, w: u64, y: u64) -> Result<Plan> {
         let desc = Descriptors::new(key)?;
         let handle = state.handle.0;
+        let activation = match key.activation {
+            ActivationKey::None => ConvActivation::None,
+            ActivationKey::Relu6 => ConvActivation::Relu6,
+            ActivationKey::LeakyRelu(bits) => ConvActivation::LeakyRelu(f32::from_bits(bits)),
+        };
+        if key.policy == Policy::FusedPrecompGemm {
+            if activation != ConvActivation::None {
+                candle_core::bail!("cudnn_conv {key}: cuDNN fuses no activation but the identity");
+            }
+            let algo = Algo::ImplicitPrecompGemm;
+            // SAFETY: the handle and descriptors are live.
+            let workspace = ck(
+                unsafe {
+                    dnn::get_convolution_forward_workspace_size(
+                        handle,
+                        desc.x,
+                        desc.w,
+                        desc.conv,
+                        desc.y,
+                        to_sys(algo),
+                    )
+                },
+                key,
+                "cudnnGetConvolutionForwardWorkspaceSize",
+            )?;
+            return Ok(Plan {
+                desc,
+                algo,
+                epilogue: Epilogue::FusedBias,
+                workspace,
+            });
+        }
         let mut search_ws = 0usize;
         for algo in ALL_ALGOS {
             // SAFETY: the handle and descriptors are live; an algorithm that does not support
@@ -1069,11 +1177,6 @@ mod gpu {
                 .iter()
                 .find(|p| from_sys(p.algo) == Some(algo) && p.time == ms)
                 .map(|p| p.mathType)
-        };
-        let activation = match key.activation {
-            ActivationKey::None => ConvActivation::None,
-            ActivationKey::Relu6 => ConvActivation::Relu6,
-            ActivationKey::LeakyRelu(bits) => ConvActivation::LeakyRelu(f32::from_bits(bits)),
         };
         let Some((chosen, epilogue)) = choose(&candidates, activation) else {
             candle_core::bail!("cudnn_conv {key}: no cuDNN algorithm runs this convolution");
@@ -1166,14 +1269,16 @@ mod gpu {
     /// bias kernel), compares both with a strict f32 reference computed on the CPU from the
     /// same values, and times both ([`CHECK_ITERATIONS`] calls after a warm-up that makes the
     /// plan). Inputs are random, rounded to bf16 so that every precision sees the same values.
+    /// Shapes without activation also run, at the first batch size, with the fused call forced
+    /// ([`Policy::FusedPrecompGemm`]), so that it is verified whatever the search picks.
     pub fn self_check(device: &Device) -> Result<Vec<ConvCheck>> {
         let Device::Cuda(cuda) = device else {
             candle_core::bail!("cudnn_conv self-check needs a CUDA device");
         };
-        let tf32 = candle_core::cuda::gemm_reduced_precision_f32();
         let mut rows = Vec::new();
-        for &(layer, ci, h, w, co, k, stride, padding, activation) in &DMVTON_SHAPES {
-            for &n in &CHECK_BATCHES {
+        for &shape in &DMVTON_SHAPES {
+            let (_, ci, h, w, co, k, stride, padding, activation) = shape;
+            for (i, &n) in CHECK_BATCHES.iter().enumerate() {
                 let exact = |t: Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
                 let x = exact(Tensor::randn(0f32, 1.0, (n, ci, h, w), &Device::Cpu)?)?;
                 let scale = 1.0 / ((ci * k * k) as f64).sqrt();
@@ -1182,49 +1287,75 @@ mod gpu {
                 let reference = crate::ops::conv2d_fused(&x, &wt, &b, stride, padding, activation)?;
                 for dtype in [DType::F32, DType::F16, DType::BF16] {
                     let on = |t: &Tensor| t.to_dtype(dtype)?.to_device(device);
-                    let (gx, gw, gb) = (on(&x)?, on(&wt)?, on(&b)?);
-                    let new = || conv2d_cudnn(&gx, &gw, &gb, stride, padding, activation);
-                    let old = || conv2d_candle(&gx, &gw, &gb, stride, padding, activation);
-                    let y_new = new()?;
-                    let y_old = old()?;
-                    let (rel_l2, max_abs, nan) = compare(&y_new, &reference)?;
-                    let (rel_l2_old, _, _) = compare(&y_old, &reference)?;
-                    let ms_old = time(cuda, old)?;
-                    let ms_new = time(cuda, new)?;
-                    let key = PlanKey {
-                        n,
-                        ci,
-                        h,
-                        w,
-                        co,
-                        k,
-                        stride,
-                        padding,
-                        dtype,
-                        activation: activation.into(),
-                        tf32,
-                    };
-                    let info = plan_info(cuda, &key);
-                    rows.push(ConvCheck {
-                        layer,
-                        shape: key.to_string(),
-                        dtype: dtype.as_str().to_string(),
-                        activation: activation_name(activation),
-                        algo: info.map_or("-".into(), |i| i.algo.to_string()),
-                        fused: info.is_some_and(|i| i.epilogue == Epilogue::FusedBias),
-                        workspace_bytes: info.map_or(0, |i| i.workspace),
-                        rel_l2,
-                        max_abs,
-                        rel_l2_old,
-                        nan,
-                        pass: !nan && rel_l2 <= check_tolerance(dtype, tf32),
-                        ms_old,
-                        ms_new,
-                    });
+                    let inputs = [on(&x)?, on(&wt)?, on(&b)?];
+                    rows.push(check_row(cuda, shape, &inputs, &reference, Policy::Search)?);
+                    if i == 0 && activation == ConvActivation::None {
+                        let forced = Policy::FusedPrecompGemm;
+                        rows.push(check_row(cuda, shape, &inputs, &reference, forced)?);
+                    }
                 }
             }
         }
         Ok(rows)
+    }
+
+    /// One row of [`self_check`]: `inputs` (input, weight, bias on the GPU) through the new op
+    /// with `policy` and through the old path, against `reference`.
+    fn check_row(
+        cuda: &CudaDevice,
+        shape: CheckShape,
+        inputs: &[Tensor; 3],
+        reference: &Tensor,
+        policy: Policy,
+    ) -> Result<ConvCheck> {
+        let (layer, ci, h, w, co, k, stride, padding, activation) = shape;
+        let [x, wt, b] = inputs;
+        let (n, dtype) = (x.dim(0)?, x.dtype());
+        let tf32 = candle_core::cuda::gemm_reduced_precision_f32();
+        let op = Conv2dCudnn {
+            stride,
+            padding,
+            activation,
+            policy,
+        };
+        let new = || conv2d_with(x, wt, b, op);
+        let old = || conv2d_candle(x, wt, b, stride, padding, activation);
+        let (rel_l2, max_abs, nan) = compare(&new()?, reference)?;
+        let (rel_l2_old, _, _) = compare(&old()?, reference)?;
+        let ms_old = time(cuda, old)?;
+        let ms_new = time(cuda, new)?;
+        let key = PlanKey {
+            n,
+            ci,
+            h,
+            w,
+            co,
+            k,
+            stride,
+            padding,
+            dtype,
+            activation: activation.into(),
+            tf32,
+            policy,
+        };
+        let info = plan_info(cuda, &key);
+        Ok(ConvCheck {
+            layer,
+            shape: key.to_string(),
+            dtype: dtype.as_str().to_string(),
+            activation: activation_name(activation),
+            algo: info.map_or("-".into(), |i| i.algo.to_string()),
+            fused: info.is_some_and(|i| i.epilogue == Epilogue::FusedBias),
+            forced: policy != Policy::Search,
+            workspace_bytes: info.map_or(0, |i| i.workspace),
+            rel_l2,
+            max_abs,
+            rel_l2_old,
+            nan,
+            pass: !nan && rel_l2 <= check_tolerance(dtype, tf32),
+            ms_old,
+            ms_new,
+        })
     }
 
     /// Mean milliseconds of `f` over [`CHECK_ITERATIONS`] calls after two warm-up calls,
@@ -1297,6 +1428,7 @@ mod tests {
             dtype: DType::F32,
             activation: ConvActivation::None.into(),
             tf32: false,
+            policy: Policy::Search,
         }
     }
 
@@ -1341,6 +1473,10 @@ mod tests {
             },
             PlanKey {
                 tf32: true,
+                ..key()
+            },
+            PlanKey {
+                policy: Policy::FusedPrecompGemm,
                 ..key()
             },
         ];
@@ -1527,6 +1663,7 @@ mod tests {
                 dtype: DType::F32,
                 activation: act.into(),
                 tf32: false,
+                policy: Policy::Search,
             };
             let (ho, wo) = key.output_hw();
             assert_eq!(y.dims(), &[1, co, ho, wo], "{layer}");
@@ -1565,6 +1702,7 @@ mod tests {
             activation: activation_name(ConvActivation::None),
             algo: Algo::ImplicitPrecompGemm.to_string(),
             fused: true,
+            forced: false,
             workspace_bytes: 0,
             rel_l2: 1.5e-6,
             max_abs: 2e-5,
