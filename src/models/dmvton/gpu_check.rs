@@ -107,6 +107,12 @@ pub struct Report {
     /// Why the cuDNN convolution check could not run, if it could not.
     #[cfg(feature = "cudnn")]
     pub cudnn_conv_error: Option<String>,
+    /// DM-VTON in f32 with `--cudnn-conv on` against the reference fixtures.
+    #[cfg(feature = "cudnn")]
+    pub parity_cudnn_conv: Vec<Check>,
+    /// The forward timings again with `--cudnn-conv on`, per precision (f32, bf16, f16).
+    #[cfg(feature = "cudnn")]
+    pub timings_cudnn_conv: Vec<HalfTiming>,
 }
 
 /// ‖a − b‖ / ‖b‖ and max |a − b| over all elements, and whether `a` holds a NaN.
@@ -677,6 +683,28 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
             }
         }
         crate::device::set_tf32(false);
+        #[cfg(feature = "cudnn")]
+        {
+            // The same model with `--cudnn-conv on`: the first pass of each batch size plans
+            // its shapes (the timings' warm-up runs).
+            with_cudnn_conv(|| {
+                if let Some(parity) = &parity {
+                    report.parity_cudnn_conv = parity_checks(&model, parity)?;
+                    print_checks(
+                        "DM-VTON parity on the GPU in f32 with --cudnn-conv on (rel L2 <= 1e-4)",
+                        &report.parity_cudnn_conv,
+                    );
+                }
+                let timings = time_and_print(&model, "in f32 with --cudnn-conv on", args)?;
+                report
+                    .timings_cudnn_conv
+                    .extend(timings.into_iter().map(|timing| HalfTiming {
+                        dtype: "f32".into(),
+                        timing,
+                    }));
+                Ok(())
+            })?;
+        }
         // Half precision (`--dtype f16|bf16`): parity against the f32 reference is informative
         // (the error each precision costs), the timings are the point.
         for dtype in [DType::BF16, DType::F16] {
@@ -702,6 +730,18 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
                     dtype: mode.to_string(),
                     timing,
                 }));
+            #[cfg(feature = "cudnn")]
+            with_cudnn_conv(|| {
+                let timings =
+                    time_and_print(&model, &format!("in {mode} with --cudnn-conv on"), args)?;
+                report
+                    .timings_cudnn_conv
+                    .extend(timings.into_iter().map(|timing| HalfTiming {
+                        dtype: mode.to_string(),
+                        timing,
+                    }));
+                Ok(())
+            })?;
         }
     }
     #[cfg(feature = "cudnn")]
@@ -768,6 +808,15 @@ fn cudnn_conv_checks(gpu: &Device, report: &mut Report) {
     }
 }
 
+/// Runs `f` with cuDNN convolutions on, then turns them off again.
+#[cfg(feature = "cudnn")]
+fn with_cudnn_conv(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    ops::cudnn_conv::enable_cudnn_conv(true).map_err(anyhow::Error::msg)?;
+    let result = f();
+    ops::cudnn_conv::enable_cudnn_conv(false).map_err(anyhow::Error::msg)?;
+    result
+}
+
 /// The names of the cuDNN convolution rows that failed (or the check's error).
 #[cfg(feature = "cudnn")]
 fn cudnn_conv_failures(report: &Report) -> Vec<String> {
@@ -776,6 +825,13 @@ fn cudnn_conv_failures(report: &Report) -> Vec<String> {
         .iter()
         .filter(|c| !c.pass)
         .map(|c| format!("cudnn conv {} {}", c.layer, c.shape))
+        .chain(
+            report
+                .parity_cudnn_conv
+                .iter()
+                .filter(|c| !c.pass)
+                .map(|c| format!("--cudnn-conv on: {}", c.name)),
+        )
         .chain(
             report
                 .cudnn_conv_error
