@@ -494,7 +494,7 @@ mod gpu {
     };
 
     use super::*;
-    use crate::ops::conv::{conv2d_candle, BiasActivation};
+    use crate::ops::conv::{conv2d_candle, BiasActivation, Conv2dFused};
 
     /// Workspace the search may give an algorithm, at most: FFT algorithms can ask for
     /// gigabytes, and one that needs more is simply not a candidate.
@@ -1220,18 +1220,23 @@ mod gpu {
             "conv2d_cudnn"
         }
 
+        /// The same convolution on the CPU, as `conv2d_fused` runs it there.
         fn cpu_fwd(
             &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
         ) -> Result<(CpuStorage, Shape)> {
-            candle_core::bail!(
-                "conv2d_cudnn runs on CUDA tensors only; CPU tensors take conv2d_fused's CPU path"
-            )
+            Conv2dFused {
+                stride: self.stride,
+                padding: self.padding,
+                activation: self.activation,
+                winograd_weights: false,
+            }
+            .cpu_fwd(s1, l1, s2, l2, s3, l3)
         }
 
         fn cuda_fwd(
@@ -1487,6 +1492,41 @@ mod tests {
         // Every variant is its own plan, and the first is untouched.
         assert_eq!(plans.len(), variants.len() + 1);
         assert_eq!(plans.get(&key()), Some(&"first"));
+    }
+
+    #[test]
+    fn a_forced_plan_says_so_in_its_name() {
+        assert_eq!(key().to_string(), "8x256x128x96 -> 256 k3 s1 p1 f32");
+        let forced = PlanKey {
+            policy: Policy::FusedPrecompGemm,
+            tf32: true,
+            ..key()
+        };
+        assert_eq!(
+            forced.to_string(),
+            "8x256x128x96 -> 256 k3 s1 p1 f32 tf32 forced-fused"
+        );
+    }
+
+    #[cfg(feature = "cudnn")]
+    #[test]
+    fn on_the_cpu_the_op_computes_what_conv2d_fused_does() {
+        let dev = candle_core::Device::Cpu;
+        let x = candle_core::Tensor::randn(0f32, 1.0, (2, 5, 9, 7), &dev).expect("x");
+        let wt = candle_core::Tensor::randn(0f32, 1.0, (3, 5, 3, 3), &dev).expect("w");
+        let b = candle_core::Tensor::randn(0f32, 1.0, 3, &dev).expect("b");
+        let act = ConvActivation::LeakyRelu(0.1);
+        let want = crate::ops::conv2d_fused(&x, &wt, &b, 2, 1, act).expect("fused");
+        let got = conv2d_cudnn(&x, &wt, &b, 2, 1, act).expect("cudnn op on the cpu");
+        let diff = (got - want)
+            .expect("diff")
+            .abs()
+            .expect("abs")
+            .max_all()
+            .expect("max")
+            .to_scalar::<f32>()
+            .expect("scalar");
+        assert_eq!(diff, 0.0);
     }
 
     #[test]
