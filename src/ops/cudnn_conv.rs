@@ -1,5 +1,5 @@
-//! Dense convolutions through cuDNN with everything that can be decided once decided once
-//! (`cudnn` feature, off unless [`enable_cudnn_conv`] turns it on). Candle's own
+//! Dense convolutions through cuDNN, with what can be decided once per shape decided once
+//! (`cudnn` feature; off unless [`enable_cudnn_conv`] turns it on). Candle's own
 //! `Tensor::conv2d` also calls cuDNN under that feature, but on every call it recreates the
 //! descriptors, picks the algorithm by heuristic and allocates a zeroed workspace. Here each
 //! CUDA device (candle's `CudaDevice`, keyed by its id) holds one cuDNN handle on candle's
@@ -7,8 +7,10 @@
 //! shape: the descriptors, created once, and the algorithm that a timed search
 //! (`cudnnFindConvolutionForwardAlgorithmEx` on the real buffers) chose the first time the
 //! shape was seen. That first call is the warm-up: the server's warm-up and the CUDA-graph
-//! warm-up run every shape, so steady-state calls neither search nor allocate a workspace,
-//! and a CUDA graph can capture them.
+//! warm-up run every shape, so steady-state calls neither search nor grow the workspace, and a
+//! CUDA graph can capture them (a shape first seen during a capture is an error, not a search).
+//! Strict f32 runs FMA kernels only; TF32 (`--allow-tf32`) and f16/bf16 use tensor cores, the
+//! halves accumulating in f32.
 //!
 //! The bias and the activation follow in one of two ways ([`epilogue`]): cuDNN's fused
 //! `cudnnConvolutionBiasActivationForward` supports only ReLU, and the identity only with the
@@ -16,7 +18,7 @@
 //! when that algorithm is (within [`FUSED_SLACK`] of) the fastest; everything else runs
 //! `cudnnConvolutionForward` and then our fused bias and activation kernel. The decisions
 //! (plan key, epilogue, choice among the timed algorithms, workspace growth, math type) are
-//! pure functions, tested on the CPU; the GPU part is checked by [`self_check`], which
+//! pure functions, tested on the CPU; the GPU part is checked by `self_check`, which
 //! `virtualfit gpu-check` runs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
