@@ -104,9 +104,10 @@ pub struct Report {
     /// per DM-VTON convolution shape, batch size and precision, each path timed.
     #[cfg(feature = "cudnn")]
     pub cudnn_conv: Vec<ops::cudnn_conv::ConvCheck>,
-    /// Why the cuDNN convolution check could not run, if it could not.
+    /// What failed to run with cuDNN convolutions (the self-check, or the forward with
+    /// `--cudnn-conv on`), if anything: the other checks go on.
     #[cfg(feature = "cudnn")]
-    pub cudnn_conv_error: Option<String>,
+    pub cudnn_conv_errors: Vec<String>,
     /// DM-VTON in f32 with `--cudnn-conv on` against the reference fixtures.
     #[cfg(feature = "cudnn")]
     pub parity_cudnn_conv: Vec<Check>,
@@ -687,7 +688,7 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
         {
             // The same model with `--cudnn-conv on`: the first pass of each batch size plans
             // its shapes (the timings' warm-up runs).
-            with_cudnn_conv(|| {
+            let run = with_cudnn_conv(|| {
                 if let Some(parity) = &parity {
                     report.parity_cudnn_conv = parity_checks(&model, parity)?;
                     print_checks(
@@ -703,7 +704,8 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
                         timing,
                     }));
                 Ok(())
-            })?;
+            });
+            note_cudnn_conv_error(&mut report, "the f32 forward", run);
         }
         // Half precision (`--dtype f16|bf16`): parity against the f32 reference is informative
         // (the error each precision costs), the timings are the point.
@@ -731,17 +733,20 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
                     timing,
                 }));
             #[cfg(feature = "cudnn")]
-            with_cudnn_conv(|| {
-                let timings =
-                    time_and_print(&model, &format!("in {mode} with --cudnn-conv on"), args)?;
-                report
-                    .timings_cudnn_conv
-                    .extend(timings.into_iter().map(|timing| HalfTiming {
-                        dtype: mode.to_string(),
-                        timing,
-                    }));
-                Ok(())
-            })?;
+            {
+                let run = with_cudnn_conv(|| {
+                    let timings =
+                        time_and_print(&model, &format!("in {mode} with --cudnn-conv on"), args)?;
+                    report
+                        .timings_cudnn_conv
+                        .extend(timings.into_iter().map(|timing| HalfTiming {
+                            dtype: mode.to_string(),
+                            timing,
+                        }));
+                    Ok(())
+                });
+                note_cudnn_conv_error(&mut report, &format!("the {mode} forward"), run);
+            }
         }
     }
     #[cfg(feature = "cudnn")]
@@ -801,10 +806,16 @@ fn cudnn_conv_checks(gpu: &Device, report: &mut Report) {
             }
             report.cudnn_conv = rows;
         }
-        Err(e) => {
-            println!("FAIL cuDNN convolution check: {e}");
-            report.cudnn_conv_error = Some(e.to_string());
-        }
+        Err(e) => note_cudnn_conv_error(report, "the self-check", Err(e.into())),
+    }
+}
+
+/// Prints and records the error of `what` with cuDNN convolutions, if it failed.
+#[cfg(feature = "cudnn")]
+fn note_cudnn_conv_error(report: &mut Report, what: &str, run: anyhow::Result<()>) {
+    if let Err(e) = run {
+        println!("FAIL cuDNN convolutions, {what}: {e:#}");
+        report.cudnn_conv_errors.push(format!("{what}: {e:#}"));
     }
 }
 
@@ -817,7 +828,7 @@ fn with_cudnn_conv(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()>
     result
 }
 
-/// The names of the cuDNN convolution rows that failed (or the check's error).
+/// The names of the cuDNN convolution rows and parity checks that failed, and the errors.
 #[cfg(feature = "cudnn")]
 fn cudnn_conv_failures(report: &Report) -> Vec<String> {
     report
@@ -834,9 +845,9 @@ fn cudnn_conv_failures(report: &Report) -> Vec<String> {
         )
         .chain(
             report
-                .cudnn_conv_error
-                .as_ref()
-                .map(|e| format!("cudnn conv: {e}")),
+                .cudnn_conv_errors
+                .iter()
+                .map(|e| format!("cudnn conv, {e}")),
         )
         .collect()
 }
