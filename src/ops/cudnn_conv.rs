@@ -929,6 +929,13 @@ mod gpu {
                     // write in the same call.
                     state.workspace = Some(unsafe { stream.alloc::<u8>(size) }.w()?);
                 }
+                tracing::debug!(
+                    shape = %key,
+                    algo = %plan.algo,
+                    epilogue = ?plan.epilogue,
+                    workspace = plan.workspace,
+                    "cuDNN convolution planned"
+                );
                 state.plans.insert(*key, plan);
             }
             let handle = state.handle.0;
