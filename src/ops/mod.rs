@@ -55,6 +55,7 @@ pub mod transfer;
 
 pub use conv::{conv2d_fused, conv2d_winograd, winograd_applies, winograd_weights, ConvActivation};
 pub use correlation::correlation;
+pub use cudnn_conv::{cudnn_conv_enabled, enable_cudnn_conv};
 pub use depthwise::depthwise_conv3x3;
 pub use grid_sample::{grid_sample, GridPadding};
 pub use group_norm::group_norm;

@@ -106,6 +106,17 @@ pub struct Report {
     /// The off-by-default paths (`--cuda-graphs`, `--cudnn-conv`, `--overlap`) against the
     /// paths they replace: informative, they decide which defaults to flip.
     pub paths: Vec<super::gpu_paths::PathRow>,
+    /// cuDNN convolutions (`--cudnn-conv`) against a strict f32 reference and the old path,
+    /// per DM-VTON convolution shape, batch size and precision, each path timed.
+    #[cfg(feature = "cudnn")]
+    pub cudnn_conv: Vec<ops::cudnn_conv::ConvCheck>,
+    /// What failed to run with cuDNN convolutions (the self-check, or the forward with
+    /// `--cudnn-conv on`), if anything: the other checks go on.
+    #[cfg(feature = "cudnn")]
+    pub cudnn_conv_errors: Vec<String>,
+    /// DM-VTON in f32 with `--cudnn-conv on` against the reference fixtures.
+    #[cfg(feature = "cudnn")]
+    pub parity_cudnn_conv: Vec<Check>,
 }
 
 /// ‖a − b‖ / ‖b‖ and max |a − b| over all elements, and whether `a` holds a NaN.
@@ -676,6 +687,22 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
             }
         }
         crate::device::set_tf32(false);
+        #[cfg(feature = "cudnn")]
+        {
+            // The same model with `--cudnn-conv on` (its first pass plans the shapes); the
+            // timings against the old path are the `paths` rows.
+            let run = with_cudnn_conv(|| {
+                if let Some(parity) = &parity {
+                    report.parity_cudnn_conv = parity_checks(&model, parity)?;
+                    print_checks(
+                        "DM-VTON parity on the GPU in f32 with --cudnn-conv on (rel L2 <= 1e-4)",
+                        &report.parity_cudnn_conv,
+                    );
+                }
+                Ok(())
+            });
+            note_cudnn_conv_error(&mut report, "the f32 forward", run);
+        }
         // Half precision (`--dtype f16|bf16`): parity against the f32 reference is informative
         // (the error each precision costs), the timings are the point.
         for dtype in [DType::BF16, DType::F16] {
@@ -703,37 +730,36 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
                 }));
         }
     }
+    #[cfg(feature = "cudnn")]
+    cudnn_conv_checks(&gpu, &mut report);
     report.flash_attention = flash_attention_checks(&gpu)?;
     print_checks(
         "CatVTON flash attention (f16/bf16) vs f32 attention (rel L2 <= 1e-2)",
         &report.flash_attention,
     );
     if let Some(dir) = &args.model_dir {
-        report.paths = super::gpu_paths::check_paths(dir, &gpu, &args.batch_sizes, args.paths_iterations);
+        report.paths =
+            super::gpu_paths::check_paths(dir, &gpu, &args.batch_sizes, args.paths_iterations);
         super::gpu_paths::print(&report.paths);
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let failed: Vec<&Check> = report
+    #[allow(unused_mut)]
+    let mut failed: Vec<String> = report
         .kernels
         .iter()
         .chain(&report.half_kernels)
         .chain(&report.parity)
         .chain(&report.flash_attention)
         .filter(|c| !c.pass)
+        .map(|c| c.name.clone())
         .collect();
+    #[cfg(feature = "cudnn")]
+    failed.extend(cudnn_conv_failures(&report));
     if !failed.is_empty() {
-        bail!(
-            "{} check(s) failed: {}",
-            failed.len(),
-            failed
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
+        bail!("{} check(s) failed: {}", failed.len(), failed.join("; "));
     }
     println!(
         "\nall {} checks passed",
@@ -743,6 +769,73 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
             + report.flash_attention.len()
     );
     Ok(())
+}
+
+/// Runs the cuDNN convolution self-check into `report` and prints its table; an error (no
+/// cuDNN library, a failing call) is recorded and printed, and the other checks go on.
+#[cfg(feature = "cudnn")]
+fn cudnn_conv_checks(gpu: &Device, report: &mut Report) {
+    let tf32 = if candle_core::cuda::gemm_reduced_precision_f32() {
+        " (TF32 allowed)"
+    } else {
+        ""
+    };
+    println!(
+        "\ncuDNN convolutions (--cudnn-conv) vs strict f32 CPU reference{tf32}, old path for \
+         comparison; mean ms of {} calls",
+        ops::cudnn_conv::CHECK_ITERATIONS
+    );
+    match ops::cudnn_conv::self_check(gpu) {
+        Ok(rows) => {
+            for row in &rows {
+                println!("{row}");
+            }
+            report.cudnn_conv = rows;
+        }
+        Err(e) => note_cudnn_conv_error(report, "the self-check", Err(e.into())),
+    }
+}
+
+/// Prints and records the error of `what` with cuDNN convolutions, if it failed.
+#[cfg(feature = "cudnn")]
+fn note_cudnn_conv_error(report: &mut Report, what: &str, run: anyhow::Result<()>) {
+    if let Err(e) = run {
+        println!("FAIL cuDNN convolutions, {what}: {e:#}");
+        report.cudnn_conv_errors.push(format!("{what}: {e:#}"));
+    }
+}
+
+/// Runs `f` with cuDNN convolutions on, then turns them off again.
+#[cfg(feature = "cudnn")]
+fn with_cudnn_conv(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    ops::cudnn_conv::enable_cudnn_conv(true).map_err(anyhow::Error::msg)?;
+    let result = f();
+    ops::cudnn_conv::enable_cudnn_conv(false).map_err(anyhow::Error::msg)?;
+    result
+}
+
+/// The names of the cuDNN convolution rows and parity checks that failed, and the errors.
+#[cfg(feature = "cudnn")]
+fn cudnn_conv_failures(report: &Report) -> Vec<String> {
+    report
+        .cudnn_conv
+        .iter()
+        .filter(|c| !c.pass)
+        .map(|c| format!("cudnn conv {} {}", c.layer, c.shape))
+        .chain(
+            report
+                .parity_cudnn_conv
+                .iter()
+                .filter(|c| !c.pass)
+                .map(|c| format!("--cudnn-conv on: {}", c.name)),
+        )
+        .chain(
+            report
+                .cudnn_conv_errors
+                .iter()
+                .map(|e| format!("cudnn conv, {e}")),
+        )
+        .collect()
 }
 
 fn print_checks(title: &str, checks: &[Check]) {
@@ -858,6 +951,7 @@ mod tests {
             parity: None,
             batch_sizes: vec![1],
             iterations: 1,
+            paths_iterations: 1,
             json: None,
         };
         assert!(run(&args).is_err());

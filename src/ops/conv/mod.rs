@@ -2,8 +2,9 @@
 //! in: the ops and what their CPU paths share. On the CPU a convolution runs as banded im2col
 //! and one GEMM per band (`im2col.rs`), or, for 3×3 stride-1 convolutions with enough input
 //! channels and (unless the weight comes transformed) enough output pixels, as Winograd
-//! F(4×4, 3×3) (`winograd.rs`); elsewhere through candle, then one fused
-//! bias and activation pass ([`bias_activation`]).
+//! F(4×4, 3×3) (`winograd.rs`); on CUDA with `--cudnn-conv on`, through cuDNN
+//! (`ops::cudnn_conv`); elsewhere through candle, then one fused bias and activation pass
+//! ([`bias_activation`]).
 
 mod im2col;
 mod winograd;
@@ -104,9 +105,8 @@ pub fn conv2d_fused(
     input.apply_op3_no_bwd(&weight, &bias, &op)
 }
 
-/// Off the CPU: pointwise convolutions as one batched matrix product straight into N×C×H×W
-/// (no im2col, no transpose), others through candle's convolution; then the bias and the
-/// activation in one fused pass.
+/// Off the CPU: through cuDNN with plans cached per shape when `--cudnn-conv` is on and the
+/// tensors are on CUDA ([`crate::ops::cudnn_conv`]), else [`conv2d_candle`].
 fn conv2d_device(
     input: &Tensor,
     weight: &Tensor,
@@ -119,6 +119,26 @@ fn conv2d_device(
         activation,
         ..
     } = op;
+    #[cfg(feature = "cudnn")]
+    if crate::ops::cudnn_conv::applies(input.device()) {
+        return crate::ops::cudnn_conv::conv2d_cudnn(
+            input, weight, bias, stride, padding, activation,
+        );
+    }
+    conv2d_candle(input, weight, bias, stride, padding, activation)
+}
+
+/// Pointwise convolutions as one batched matrix product straight into N×C×H×W (no im2col, no
+/// transpose), others through candle's convolution; then the bias and the activation in one
+/// fused pass.
+pub(crate) fn conv2d_candle(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+    activation: ConvActivation,
+) -> Result<Tensor> {
     let (n, ci, h, w) = input.dims4()?;
     let (co, _, k, _) = weight.dims4()?;
     let y = if k == 1 && stride == 1 && padding == 0 {
