@@ -104,9 +104,9 @@ impl Bucketed {
         &self.buckets
     }
 
-    /// Captures the graph of bucket `b`: two eager passes fill candle's caches (and any
-    /// per-shape plans of the ops), then the capture.
-    fn capture(&self, b: usize) -> Result<Captured, ModelError> {
+    /// Bucket `b`'s static inputs and output, after two eager passes on them that fill candle's
+    /// caches and any per-shape plans of the ops.
+    fn warm_bucket(&self, b: usize) -> Result<(TryOnBatch, Tensor), ModelError> {
         let device = self.inner.device();
         let zeros = |c: usize| Tensor::zeros((b, c, MODEL_HEIGHT, MODEL_WIDTH), DType::F32, device);
         let inputs = TryOnBatch {
@@ -122,7 +122,12 @@ impl Bucketed {
                     .map_err(|e| candle_core::Error::Msg(e.to_string()))
             })?;
         }
-        let (graph, ()) = cuda_graph::capture(device, || {
+        Ok((inputs, output))
+    }
+
+    /// Captures bucket `b`'s pass over its warmed static tensors.
+    fn capture(&self, inputs: TryOnBatch, output: Tensor) -> Result<Captured, ModelError> {
+        let (graph, ()) = cuda_graph::capture(self.inner.device(), || {
             let y = self
                 .inner
                 .forward(&inputs)
@@ -193,16 +198,21 @@ impl TryOnModel for Bucketed {
             return Ok(());
         };
         let mut graphs = graphs.lock().unwrap_or_else(|p| p.into_inner());
+        let failed = |b: usize, e: ModelError| {
+            ModelError::Candle(candle_core::Error::Msg(format!(
+                "capturing the CUDA graph of batch size {b} failed ({e}); run with --cuda-graphs off"
+            )))
+        };
+        // Every bucket runs eagerly before any is captured: the ops' per-shape plans and
+        // workspaces (cuDNN's) are final before a graph records their addresses.
+        let mut warmed = Vec::new();
         for &b in &self.buckets {
-            if graphs.iter().any(|(size, _)| *size == b) {
-                continue;
+            if !graphs.iter().any(|(size, _)| *size == b) {
+                warmed.push((b, self.warm_bucket(b).map_err(|e| failed(b, e))?));
             }
-            let captured = self.capture(b).map_err(|e| {
-                ModelError::Candle(candle_core::Error::Msg(format!(
-                    "capturing the CUDA graph of batch size {b} failed ({e}); \
-                     run with --cuda-graphs off"
-                )))
-            })?;
+        }
+        for (b, (inputs, output)) in warmed {
+            let captured = self.capture(inputs, output).map_err(|e| failed(b, e))?;
             graphs.push((b, captured));
         }
         Ok(())
