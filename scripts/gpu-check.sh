@@ -379,13 +379,14 @@ print(f"http: {rps:.1f} req/s at concurrency {concurrency}, p50 {lat.get('p50', 
 print(f"raw forward at batch {m.get('batch_size')}: {raw:.1f} images/s; serving efficiency {rps / raw:.2f}")
 paths = g.get("paths", [])
 if paths:
-    print("off-by-default paths vs the path each replaces (speedup = old ms / new ms; grew = MiB the pool took in the steady state):")
+    print("off-by-default paths vs the path each replaces (diff: largest output difference; fixture: rel L2 on the parity "
+          "fixture; speedup = old ms / new ms; grew = MiB the pool took in the steady state):")
     def num(x, spec):  # JSON has no NaN or infinity: serde writes them as null
         return format(x, spec) if isinstance(x, (int, float)) else "-"
     for r in paths:
         err = f"  error: {r['error'][:120]}" if r.get("error") else ""
         print(f"  {'ok  ' if r['pass'] else 'FAIL'} {r['path']:<24} {r['dtype']:>4} b{r['batch_size']:<3} "
-              f"diff {num(r['max_abs'], '.1e')}  {num(r['old_ms'], '8.2f')} -> {num(r['new_ms'], '8.2f')} ms  "
+              f"diff {num(r['max_abs'], '.1e')} fixture {num(r.get('fixture_rel_l2'), '.1e')}  {num(r['old_ms'], '8.2f')} -> {num(r['new_ms'], '8.2f')} ms  "
               f"x{num(r['speedup'], '.2f')}  {num(r['images_per_s'], '8.1f')}/s  grew {num(r.get('reserved_growth_mib'), '.1f')}{err}")
     # The fastest verified f32 and f16 paths against PyTorch as deployed, per batch size.
     best_torch = {"f32": by_batch(load("torch-best-tf32.json").get("timings")),

@@ -684,10 +684,19 @@ fn half_precision_runs_every_op_in_its_dtype_and_stays_near_the_reference() {
 
 #[test]
 fn the_gpu_paths_check_rehearses_on_the_cpu() {
-    use virtualfit::models::dmvton::gpu_paths::check_paths;
+    use virtualfit::models::dmvton::gpu_paths::{check_paths, Fixture};
     // On the CPU the CUDA-only paths are rows with their error, and the staging of the next
     // batch runs on the host: its answers must be the same bytes as the worker's usual path.
-    let rows = check_paths(&fixture_dir(), &Device::Cpu, &[1], 1);
+    // The parity fixture, decompressed as the GPU bundle carries it.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("parity.safetensors");
+    candle_core::safetensors::save(parity(), &file).unwrap();
+    let fixture = Fixture::load(&file).unwrap();
+    // What a path's rows compare with: the reference try-on, which the plain model matches.
+    let plain = fixture.error(model()).unwrap();
+    assert!(plain <= 1e-4, "the plain model on the fixture: {plain:.3e}");
+    let rows = check_paths(&fixture_dir(), Some(&fixture), &Device::Cpu, &[1], 1);
+    virtualfit::models::dmvton::gpu_paths::print(&rows);
     let graphs: Vec<_> = rows.iter().filter(|r| r.path == "cuda-graphs").collect();
     assert_eq!(graphs.len(), 2, "f32 and f16: {rows:?}");
     for r in &graphs {

@@ -738,8 +738,18 @@ pub fn run(args: &GpuCheckArgs) -> anyhow::Result<()> {
         &report.flash_attention,
     );
     if let Some(dir) = &args.model_dir {
-        report.paths =
-            super::gpu_paths::check_paths(dir, &gpu, &args.batch_sizes, args.paths_iterations);
+        let fixture = args
+            .parity
+            .as_deref()
+            .map(super::gpu_paths::Fixture::load)
+            .transpose()?;
+        report.paths = super::gpu_paths::check_paths(
+            dir,
+            fixture.as_ref(),
+            &gpu,
+            &args.batch_sizes,
+            args.paths_iterations,
+        );
         super::gpu_paths::print(&report.paths);
     }
     if let Some(path) = &args.json {

@@ -24,6 +24,52 @@ use crate::ops::convert::to_u8_images;
 pub const GRAPH_TOLERANCE: f64 = 1e-6;
 pub const CONV_TOLERANCE_F32: f64 = 1e-4;
 pub const CONV_TOLERANCE_HALF: f64 = 1e-2;
+/// A path's try-on on the parity fixture against the reference (the official code's output):
+/// the parity bound in f32, and in f16 the bound of the CPU's f16 test
+/// (`tests/models/dmvton.rs`, about twice f16's own error).
+pub const FIXTURE_TOLERANCE_F32: f64 = super::gpu_check::PARITY_TOLERANCE;
+pub const FIXTURE_TOLERANCE_F16: f64 = 1.5e-2;
+
+/// The parity fixture's pairs and reference try-on.
+pub struct Fixture {
+    batch: TryOnBatch,
+    tryon: Tensor,
+}
+
+impl Fixture {
+    /// Reads `input.*` and `output.tryon` from a parity file (safetensors).
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let get = |name: &str| -> anyhow::Result<Tensor> {
+            tensors
+                .get(name)
+                .cloned()
+                .with_context(|| format!("{} has no {name}", path.display()))
+        };
+        Ok(Self {
+            batch: TryOnBatch {
+                person: get("input.person")?,
+                cloth: get("input.cloth")?,
+                cloth_mask: get("input.cloth_mask")?,
+            },
+            tryon: get("output.tryon")?,
+        })
+    }
+
+    /// The relative L2 error of `model`'s try-on of the fixture's pairs.
+    pub fn error(&self, model: &dyn TryOnModel) -> anyhow::Result<f64> {
+        let device = model.device();
+        let batch = TryOnBatch {
+            person: self.batch.person.to_device(device)?,
+            cloth: self.batch.cloth.to_device(device)?,
+            cloth_mask: self.batch.cloth_mask.to_device(device)?,
+        };
+        let (rel_l2, _, nan) = compare(&model.forward(&batch)?, &self.tryon)?;
+        Ok(if nan { f64::NAN } else { rel_l2 })
+    }
+}
 
 /// One path at one batch size and precision.
 #[derive(Debug, Clone, Serialize)]
@@ -35,6 +81,9 @@ pub struct PathRow {
     /// `overlap`).
     pub rel_l2: f64,
     pub max_abs: f64,
+    /// The path's try-on of the parity fixture's pairs against the reference outputs (rel L2),
+    /// where a fixture was given; it counts in `pass`.
+    pub fixture_rel_l2: Option<f64>,
     pub pass: bool,
     pub old_ms: f64,
     pub new_ms: f64,
@@ -56,6 +105,7 @@ impl PathRow {
             batch_size,
             rel_l2: f64::INFINITY,
             max_abs: f64::INFINITY,
+            fixture_rel_l2: None,
             pass: false,
             old_ms: f64::NAN,
             new_ms: f64::NAN,
@@ -151,6 +201,7 @@ fn row(
         batch_size,
         rel_l2,
         max_abs,
+        fixture_rel_l2: None,
         pass: !nan && rel_l2 <= tolerance,
         old_ms: old_timing.median_batch_ms,
         new_ms: timing.median_batch_ms,
@@ -173,17 +224,29 @@ fn path_rows(
     old_timings: &[Timing],
     tolerance: f64,
     iterations: usize,
+    fixture: Option<&Fixture>,
     build: impl FnOnce() -> anyhow::Result<Box<dyn TryOnModel>>,
 ) -> Vec<PathRow> {
+    let fail_all = |e: String| -> Vec<PathRow> {
+        sizes
+            .iter()
+            .map(|&b| PathRow::failed(path, dtype, b, e.clone()))
+            .collect()
+    };
     let new = match build() {
         Ok(m) => m,
-        Err(e) => {
-            return sizes
-                .iter()
-                .map(|&b| PathRow::failed(path, dtype, b, format!("{e:#}")))
-                .collect()
-        }
+        Err(e) => return fail_all(format!("{e:#}")),
     };
+    let fixture_rel_l2 = match fixture.map(|f| f.error(new.as_ref())).transpose() {
+        Ok(e) => e,
+        Err(e) => return fail_all(format!("the parity fixture: {e:#}")),
+    };
+    let fixture_tolerance = if dtype == DType::F32 {
+        FIXTURE_TOLERANCE_F32
+    } else {
+        FIXTURE_TOLERANCE_F16
+    };
+    let fixture_ok = fixture_rel_l2.is_none_or(|e| e <= fixture_tolerance);
     sizes
         .iter()
         .map(|&b| {
@@ -198,6 +261,11 @@ fn path_rows(
                 iterations,
                 old_timing,
             )
+            .map(|r| PathRow {
+                fixture_rel_l2,
+                pass: r.pass && fixture_ok,
+                ..r
+            })
             .unwrap_or_else(|e| PathRow::failed(path, dtype, b, format!("{e:#}")))
         })
         .collect()
@@ -278,6 +346,7 @@ fn overlap_row(
         batch_size,
         rel_l2,
         max_abs,
+        fixture_rel_l2: None,
         pass: !nan && max_abs == 0.0,
         old_ms,
         new_ms,
@@ -290,9 +359,10 @@ fn overlap_row(
 }
 
 /// Every off-by-default path on DM-VTON (weights in `dir`) in f32 and f16, at `batch_sizes`
-/// (plus 5, which the graphs run padded to 8).
+/// (plus 5, which the graphs run padded to 8), each also on the parity `fixture` if given.
 pub fn check_paths(
     dir: &std::path::Path,
+    fixture: Option<&Fixture>,
     gpu: &Device,
     batch_sizes: &[usize],
     iterations: usize,
@@ -329,6 +399,7 @@ pub fn check_paths(
             &eager,
             GRAPH_TOLERANCE,
             iterations,
+            fixture,
             || graphed(&model),
         ));
         let conv_tolerance = if dtype == DType::F32 {
@@ -348,6 +419,7 @@ pub fn check_paths(
                     &eager,
                     conv_tolerance,
                     iterations,
+                    fixture,
                     || Ok(Box::new(model.clone())),
                 ));
                 rows.extend(path_rows(
@@ -358,6 +430,7 @@ pub fn check_paths(
                     &eager,
                     conv_tolerance,
                     iterations,
+                    fixture,
                     || graphed(&model),
                 ));
                 let _ = crate::ops::cudnn_conv::enable_cudnn_conv(false);
@@ -407,13 +480,14 @@ impl TryOnModel for SwitchedConv<'_> {
 pub fn print(rows: &[PathRow]) {
     println!("\nOff-by-default GPU paths vs the path each replaces (same inputs, same run)");
     println!(
-        "{:<4} {:<24} {:>5} {:>6} {:>10} {:>10} {:>10} {:>10} {:>8} {:>11} {:>9}",
+        "{:<4} {:<24} {:>5} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>11} {:>9}",
         "",
         "path",
         "dtype",
         "batch",
         "rel_l2",
         "max_abs",
+        "fixture",
         "old ms",
         "new ms",
         "speedup",
@@ -422,13 +496,14 @@ pub fn print(rows: &[PathRow]) {
     );
     for r in rows {
         println!(
-            "{:<4} {:<24} {:>5} {:>6} {:>10.3e} {:>10.3e} {:>10.2} {:>10.2} {:>8.2} {:>11.1} {:>9}{}",
+            "{:<4} {:<24} {:>5} {:>6} {:>10.3e} {:>10.3e} {:>10} {:>10.2} {:>10.2} {:>8.2} {:>11.1} {:>9}{}",
             if r.pass { "ok" } else { "FAIL" },
             r.path,
             r.dtype,
             r.batch_size,
             r.rel_l2,
             r.max_abs,
+            r.fixture_rel_l2.map_or("-".into(), |e| format!("{e:.3e}")),
             r.old_ms,
             r.new_ms,
             r.speedup,
