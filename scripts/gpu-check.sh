@@ -387,7 +387,8 @@ if paths:
         err = f"  error: {r['error'][:120]}" if r.get("error") else ""
         print(f"  {'ok  ' if r['pass'] else 'FAIL'} {r['path']:<24} {r['dtype']:>4} b{r['batch_size']:<3} "
               f"diff {num(r['max_abs'], '.1e')} fixture {num(r.get('fixture_rel_l2'), '.1e')}  {num(r['old_ms'], '8.2f')} -> {num(r['new_ms'], '8.2f')} ms  "
-              f"x{num(r['speedup'], '.2f')}  {num(r['images_per_s'], '8.1f')}/s  grew {num(r.get('reserved_growth_mib'), '.1f')}{err}")
+              f"x{num(r['speedup'], '.2f')}  {num(r['images_per_s'], '8.1f')}/s  grew {num(r.get('reserved_growth_mib'), '.1f')}  "
+              f"peak {num(r.get('peak_memory_mib'), '.0f')} + graphs {num(r.get('graph_memory_mib'), '.0f')} MiB{err}")
     # The fastest verified f32 and f16 paths against PyTorch as deployed, per batch size.
     best_torch = {"f32": by_batch(load("torch-best-tf32.json").get("timings")),
                   "f16": by_batch(load("torch-best-f16.json").get("timings"))}

@@ -315,3 +315,24 @@ pub fn keep_pool_memory(dev: &CudaDevice) -> Result<()> {
     };
     status.result().w()
 }
+
+/// The memory that CUDA graphs' allocations hold on `dev` (graph memory is its own pool, apart
+/// from the default pool of [`peak_memory`]), in bytes.
+pub fn graph_memory(dev: &CudaDevice) -> Result<u64> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let stream = dev.cuda_stream();
+    let ctx = stream.context();
+    ctx.bind_to_thread().w()?;
+    let mut reserved: u64 = 0;
+    // SAFETY: RESERVED_MEM_CURRENT is a 64-bit value (cuuint64_t), written to `reserved`, of the
+    // context's own device.
+    let status = unsafe {
+        sys::cuDeviceGetGraphMemAttribute(
+            ctx.cu_device(),
+            sys::CUgraphMem_attribute::CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT,
+            (&mut reserved as *mut u64).cast(),
+        )
+    };
+    status.result().w()?;
+    Ok(reserved)
+}

@@ -91,6 +91,9 @@ pub struct PathRow {
     pub speedup: f64,
     pub images_per_s: f64,
     pub peak_memory_mib: Option<f64>,
+    /// Memory held by CUDA graphs' allocations (their own pool, not in `peak_memory_mib`) after
+    /// the timed runs; `None` where not measured.
+    pub graph_memory_mib: Option<f64>,
     /// Memory the device's pool took from the driver during the timed runs, past what it held
     /// before them (0: the steady state allocates nothing new); `None` where not measured.
     pub reserved_growth_mib: Option<f64>,
@@ -112,6 +115,7 @@ impl PathRow {
             speedup: f64::NAN,
             images_per_s: f64::NAN,
             peak_memory_mib: None,
+            graph_memory_mib: None,
             reserved_growth_mib: None,
             error: Some(error),
         }
@@ -172,6 +176,17 @@ fn reserved_growth(device: &Device, before: Option<u64>) -> Option<f64> {
     }
 }
 
+/// What CUDA graphs hold on `device`, in MiB.
+fn graph_memory(device: &Device) -> Option<f64> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => crate::ops::cuda::graph_memory(d)
+            .ok()
+            .map(|b| b as f64 / (1 << 20) as f64),
+        _ => None,
+    }
+}
+
 /// One row: `new` against `old` at `batch_size`, outputs compared within `tolerance`.
 #[allow(clippy::too_many_arguments)]
 fn row(
@@ -208,6 +223,7 @@ fn row(
         speedup: old_timing.median_batch_ms / timing.median_batch_ms,
         images_per_s: timing.images_per_s,
         peak_memory_mib: timing.peak_memory_mib,
+        graph_memory_mib: graph_memory(&device),
         reserved_growth_mib: reserved_growth(&device, before),
         error: None,
     })
@@ -353,6 +369,7 @@ fn overlap_row(
         speedup: old_ms / new_ms,
         images_per_s: batch_size as f64 * 1e3 / new_ms,
         peak_memory_mib: None,
+        graph_memory_mib: None,
         reserved_growth_mib: None,
         error: None,
     })
