@@ -374,6 +374,27 @@ mod tests {
         (batcher, worker)
     }
 
+    /// The answers to items `i` submitted as `pair(i · 20)`, each checked: the model negates
+    /// its input, v ↦ 255 − v on the 8-bit scale.
+    async fn negated_answers(receivers: Vec<Receiver>) -> Vec<JobOutput> {
+        let mut answers = Vec::new();
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let out = rx.await.expect("answered").expect("image");
+            let v: Vec<u8> = out
+                .image
+                .flatten_all()
+                .and_then(|t| t.to_vec1())
+                .expect("pixels");
+            assert!(
+                v.iter().all(|&p| p == 255 - i as u8 * 20),
+                "item {i} got {}",
+                v[0]
+            );
+            answers.push(out);
+        }
+        answers
+    }
+
     #[tokio::test]
     async fn out_of_memory_splits_the_batch_and_lowers_the_cap() {
         let calls = Arc::new(Mutex::new(Vec::new()));
@@ -390,19 +411,7 @@ mod tests {
         let receivers: Vec<_> = (0..8)
             .map(|i| batcher.submit(pair(i as u8 * 20)).expect("admitted"))
             .collect();
-        for (i, rx) in receivers.into_iter().enumerate() {
-            let out = rx.await.expect("answered").expect("image");
-            // The model negates its input: v ↦ 255 − v on the 8-bit scale.
-            let v: Vec<u8> = out
-                .image
-                .flatten_all()
-                .and_then(|t| t.to_vec1())
-                .expect("pixels");
-            assert!(
-                v.iter().all(|&p| p == 255 - i as u8 * 20),
-                "item {i} got {}",
-                v[0]
-            );
+        for out in negated_answers(receivers).await {
             assert!(out.batch_size <= 2);
         }
         assert_eq!(batcher.batch_cap(), 2);
@@ -428,19 +437,7 @@ mod tests {
         let receivers: Vec<_> = (0..10)
             .map(|i| batcher.submit(pair(i as u8 * 20)).expect("admitted"))
             .collect();
-        for (i, rx) in receivers.into_iter().enumerate() {
-            let out = rx.await.expect("answered").expect("image");
-            let v: Vec<u8> = out
-                .image
-                .flatten_all()
-                .and_then(|t| t.to_vec1())
-                .expect("pixels");
-            assert!(
-                v.iter().all(|&p| p == 255 - i as u8 * 20),
-                "item {i} got {}",
-                v[0]
-            );
-        }
+        negated_answers(receivers).await;
         let sizes = calls.lock().expect("lock").clone();
         assert_eq!(sizes.iter().skip(1).sum::<usize>(), 10, "{sizes:?}");
     }

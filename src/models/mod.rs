@@ -221,7 +221,7 @@ pub enum ModelError {
         device: &'static str,
         reason: &'static str,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 

@@ -428,28 +428,26 @@ pub fn check_paths(
             Ok(()) => {
                 // The old path's outputs come from the same model with the switch off.
                 let candle_conv = SwitchedConv(&model);
-                rows.extend(path_rows(
-                    "cudnn-conv",
-                    dtype,
-                    &sizes,
-                    &candle_conv,
-                    &eager,
-                    conv_tolerance,
-                    iterations,
-                    fixture,
-                    || Ok(Box::new(model.clone())),
-                ));
-                rows.extend(path_rows(
-                    "cudnn-conv+cuda-graphs",
-                    dtype,
-                    &sizes,
-                    &candle_conv,
-                    &eager,
-                    conv_tolerance,
-                    iterations,
-                    fixture,
-                    || graphed(&model),
-                ));
+                for (path, with_graphs) in [("cudnn-conv", false), ("cudnn-conv+cuda-graphs", true)]
+                {
+                    rows.extend(path_rows(
+                        path,
+                        dtype,
+                        &sizes,
+                        &candle_conv,
+                        &eager,
+                        conv_tolerance,
+                        iterations,
+                        fixture,
+                        || {
+                            if with_graphs {
+                                graphed(&model)
+                            } else {
+                                Ok(Box::new(model.clone()))
+                            }
+                        },
+                    ));
+                }
                 let _ = crate::ops::cudnn_conv::enable_cudnn_conv(false);
             }
             Err(e) => rows.push(PathRow::failed("cudnn-conv", dtype, 0, e)),
