@@ -1,6 +1,8 @@
 //! The whole-batch loop, for models that answer a batch in one call: the worker lets a batch
 //! fill until it is full or its oldest request has waited `max_batch_delay`, runs it, and
-//! answers each request with its image. While a batch runs, the next one accumulates.
+//! answers each request with its image. While a batch runs, the next one accumulates; with
+//! `--overlap on` the inputs of the requests queued next are also staged on the device then
+//! ([`Stager`]), which leaves what the next batch is to the usual rules.
 
 use std::time::Instant;
 
