@@ -45,15 +45,11 @@ pub fn with_cuda_graphs(
     if !on {
         return Ok(model);
     }
-    match model {
-        LoadedModel::Batch(inner) => Ok(LoadedModel::Batch(Box::new(Bucketed::graphed(
-            inner, max_batch,
-        )?))),
-        LoadedModel::Steps(inner) => Err(ModelError::Candle(candle_core::Error::Msg(format!(
-            "--cuda-graphs on applies to whole-batch models; `{}` samples step by step",
-            inner.name()
-        )))),
-    }
+    model.require_whole_batch("--cuda-graphs on")?;
+    Ok(LoadedModel::Batch(Box::new(Bucketed::graphed(
+        model.into_batch()?,
+        max_batch,
+    )?)))
 }
 
 /// One bucket's captured pass: the inputs it reads, the output it writes, and the graph.
@@ -237,6 +233,40 @@ impl TryOnModel for Bucketed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn graphs_and_overlap_refuse_a_step_model_and_graphs_need_a_gpu() {
+        let steps = LoadedModel::Steps(Box::new(crate::models::identity_steps::IdentitySteps));
+        let e = steps
+            .require_whole_batch("--overlap on")
+            .expect_err("a step model");
+        assert!(
+            e.to_string()
+                .contains("--overlap on applies to whole-batch models"),
+            "{e}"
+        );
+        let Err(e) = with_cuda_graphs(steps, true, 8) else {
+            panic!("a step model with graphs");
+        };
+        assert!(e.to_string().contains("--cuda-graphs on applies"), "{e}");
+        // Off: the model as loaded, whatever it is.
+        let steps = LoadedModel::Steps(Box::new(crate::models::identity_steps::IdentitySteps));
+        assert!(matches!(
+            with_cuda_graphs(steps, false, 8),
+            Ok(LoadedModel::Steps(_))
+        ));
+        // On the CPU a whole-batch model cannot have graphs.
+        let overlay = || {
+            LoadedModel::Batch(Box::new(crate::models::overlay::OverlayModel::new(
+                Device::Cpu,
+            )))
+        };
+        assert!(overlay().require_whole_batch("--overlap on").is_ok());
+        let Err(e) = with_cuda_graphs(overlay(), true, 8) else {
+            panic!("graphs on the CPU");
+        };
+        assert!(e.to_string().contains("needs a CUDA device"), "{e}");
+    }
 
     #[test]
     fn buckets_are_powers_of_two_and_the_cap() {

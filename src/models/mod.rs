@@ -346,6 +346,18 @@ impl LoadedModel {
         }
     }
 
+    /// An error naming `flag` when it asks for what only whole-batch models do and this is a
+    /// step model.
+    pub fn require_whole_batch(&self, flag: &str) -> Result<(), ModelError> {
+        match self {
+            LoadedModel::Batch(_) => Ok(()),
+            LoadedModel::Steps(m) => Err(ModelError::Candle(candle_core::Error::Msg(format!(
+                "{flag} applies to whole-batch models; `{}` samples step by step",
+                m.name()
+            )))),
+        }
+    }
+
     /// The whole-batch model, or an error for a step model.
     pub fn into_batch(self) -> Result<Box<dyn TryOnModel>, ModelError> {
         match self {

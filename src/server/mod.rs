@@ -165,11 +165,14 @@ impl Server {
         let device = args.model.open_device()?;
         let device_name = crate::device::name(&device);
         let choice = settings.model.clone();
-        let cuda_graphs = args.model.cuda_graphs;
+        let (cuda_graphs, overlap) = (args.model.cuda_graphs, args.model.overlap);
         let max_batch = settings.batcher.max_batch_size;
         let (model, masker) = tokio::task::spawn_blocking(move || {
             let model = choice.load(&device, &crate::hub::Reporter::Log)?;
             let model = crate::models::buckets::with_cuda_graphs(model, cuda_graphs, max_batch)?;
+            if overlap {
+                model.require_whole_batch("--overlap on")?;
+            }
             let masker = choice.masker(&device, &crate::hub::Reporter::Log)?;
             Ok::<_, crate::models::ModelError>((model, masker))
         })

@@ -463,8 +463,9 @@ fn flash_attention_that_cannot_run_here_is_a_start_up_error() {
 
 #[test]
 fn gpu_paths_that_cannot_run_here_are_start_up_errors() {
-    // `--cuda-graphs on` and `--cudnn-conv on` on the CPU: refused before any model loads.
-    for flag in ["--cuda-graphs", "--cudnn-conv"] {
+    // `--cuda-graphs on`, `--cudnn-conv on` and `--overlap on` on the CPU: refused before any
+    // model loads.
+    for flag in ["--cuda-graphs", "--cudnn-conv", "--overlap"] {
         let o = bench(&[
             "model",
             "--model",
@@ -496,6 +497,8 @@ fn gpu_paths_that_cannot_run_here_are_start_up_errors() {
         "--cuda-graphs",
         "off",
         "--cudnn-conv",
+        "off",
+        "--overlap",
         "off",
         "--iterations",
         "1",
