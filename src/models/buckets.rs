@@ -201,6 +201,7 @@ impl TryOnModel for Bucketed {
         };
         // Every bucket runs eagerly before any is captured: the ops' per-shape plans and
         // workspaces (cuDNN's) are final before a graph records their addresses.
+        let started = std::time::Instant::now();
         let mut warmed = Vec::new();
         for &b in &self.buckets {
             if !graphs.iter().any(|(size, _)| *size == b) {
@@ -211,6 +212,11 @@ impl TryOnModel for Bucketed {
             let captured = self.capture(inputs, output).map_err(|e| failed(b, e))?;
             graphs.push((b, captured));
         }
+        tracing::info!(
+            buckets = ?self.buckets,
+            seconds = started.elapsed().as_secs_f64(),
+            "CUDA graphs captured, one per batch-size bucket"
+        );
         Ok(())
     }
 
