@@ -795,7 +795,7 @@ fn cudnn_conv_checks(gpu: &Device, report: &mut Report) {
          comparison; mean ms of {} calls",
         ops::cudnn_conv::CHECK_ITERATIONS
     );
-    match ops::cudnn_conv::self_check(gpu) {
+    match ops::cudnn_conv::self_check(gpu, &super::gpu_paths::CONV_SHAPES) {
         Ok(rows) => {
             for row in &rows {
                 println!("{row}");

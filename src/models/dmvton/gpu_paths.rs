@@ -17,6 +17,139 @@ use crate::models::buckets::Bucketed;
 use crate::models::staging::Stager;
 use crate::models::{ModelInput, TryOnBatch, TryOnModel, MODEL_HEIGHT, MODEL_WIDTH};
 use crate::ops::convert::to_u8_images;
+use crate::ops::cudnn_conv::CheckShape;
+use crate::ops::ConvActivation;
+
+/// DM-VTON's dense convolutions at 256×192, for the cuDNN self-check. Every class occurs: 1×1
+/// and 3×3, strides 1 and 2, each activation, the FPNs, the flow heads and the generator.
+pub const CONV_SHAPES: [CheckShape; 16] = [
+    ("fpn.first", 3, 256, 192, 32, 3, 1, 1, ConvActivation::Relu6),
+    (
+        "fpn.expand0",
+        32,
+        256,
+        192,
+        32,
+        1,
+        1,
+        0,
+        ConvActivation::Relu6,
+    ),
+    (
+        "fpn.project0",
+        32,
+        256,
+        192,
+        16,
+        1,
+        1,
+        0,
+        ConvActivation::None,
+    ),
+    (
+        "fpn.expand1",
+        16,
+        256,
+        192,
+        96,
+        1,
+        1,
+        0,
+        ConvActivation::Relu6,
+    ),
+    (
+        "fpn.project1",
+        96,
+        128,
+        96,
+        24,
+        1,
+        1,
+        0,
+        ConvActivation::None,
+    ),
+    (
+        "fpn.lateral0",
+        24,
+        128,
+        96,
+        256,
+        1,
+        1,
+        0,
+        ConvActivation::None,
+    ),
+    (
+        "fpn.smooth@128x96",
+        256,
+        128,
+        96,
+        256,
+        3,
+        1,
+        1,
+        ConvActivation::None,
+    ),
+    (
+        "fpn.smooth@16x12",
+        256,
+        16,
+        12,
+        256,
+        3,
+        1,
+        1,
+        ConvActivation::None,
+    ),
+    (
+        "fpn.expand6",
+        160,
+        8,
+        6,
+        960,
+        1,
+        1,
+        0,
+        ConvActivation::Relu6,
+    ),
+    ("fpn.top", 320, 8, 6, 256, 1, 1, 0, ConvActivation::None),
+    (
+        "flow.main0",
+        49,
+        128,
+        96,
+        128,
+        3,
+        1,
+        1,
+        ConvActivation::LeakyRelu(0.1),
+    ),
+    (
+        "flow.main1",
+        128,
+        128,
+        96,
+        64,
+        3,
+        1,
+        1,
+        ConvActivation::LeakyRelu(0.1),
+    ),
+    ("flow.main3", 32, 128, 96, 2, 3, 1, 1, ConvActivation::None),
+    (
+        "flow.refine0",
+        512,
+        64,
+        48,
+        128,
+        3,
+        1,
+        1,
+        ConvActivation::LeakyRelu(0.1),
+    ),
+    ("gen.stem", 7, 256, 192, 32, 3, 2, 1, ConvActivation::Relu6),
+    ("gen.head", 320, 8, 6, 512, 1, 1, 0, ConvActivation::Relu6),
+];
 
 /// A path's output against the old path's: the graphs replay the same kernels, so they must
 /// agree to rounding; the cuDNN convolutions sum in another order (and may use TF32 or tensor
@@ -527,5 +660,30 @@ pub fn print(rows: &[PathRow]) {
                 .map_or("-".into(), |m| format!("{m:.1}")),
             r.error.as_ref().map_or(String::new(), |e| format!("  {e}"))
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checked_shapes_cover_every_class_of_convolution_and_run() {
+        let has = |f: &dyn Fn(&CheckShape) -> bool| CONV_SHAPES.iter().any(f);
+        assert!(has(&|s| s.5 == 1));
+        assert!(has(&|s| s.5 == 3 && s.6 == 1));
+        assert!(has(&|s| s.5 == 3 && s.6 == 2));
+        assert!(has(&|s| s.8 == ConvActivation::None));
+        assert!(has(&|s| s.8 == ConvActivation::Relu6));
+        assert!(has(&|s| matches!(s.8, ConvActivation::LeakyRelu(_))));
+        // Each is a valid convolution, which the CPU path runs to the expected size.
+        for &(layer, ci, h, w, co, k, stride, padding, act) in &CONV_SHAPES {
+            let x = Tensor::zeros((1, ci, h, w), DType::F32, &Device::Cpu).expect("x");
+            let wt = Tensor::zeros((co, ci, k, k), DType::F32, &Device::Cpu).expect("w");
+            let b = Tensor::ones(co, DType::F32, &Device::Cpu).expect("b");
+            let y = crate::ops::conv2d_fused(&x, &wt, &b, stride, padding, act).expect(layer);
+            let out = |n: usize| (n + 2 * padding - k) / stride + 1;
+            assert_eq!(y.dims(), &[1, co, out(h), out(w)], "{layer}");
+        }
     }
 }
