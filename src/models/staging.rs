@@ -150,7 +150,7 @@ mod tests {
             let data: Vec<u8> = (0..4 * 3 * c)
                 .map(|i| (i as u8).wrapping_mul(31).wrapping_add(s))
                 .collect();
-            Tensor::from_vec(data, (4, 3, c), &Device::Cpu).unwrap()
+            Tensor::from_vec(data, (4, 3, c), &Device::Cpu).expect("test data")
         };
         ModelInput {
             person: image(seed, 3),
@@ -169,9 +169,17 @@ mod tests {
             (&a.cloth_mask, &b.cloth_mask),
         ] {
             assert_eq!(x.dims(), y.dims());
-            let d = (x - y).unwrap().abs().unwrap().max_all().unwrap();
+            let d = (x - y)
+                .expect("test data")
+                .abs()
+                .expect("test data")
+                .max_all()
+                .expect("test data");
             assert_eq!(
-                d.to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap(),
+                d.to_dtype(DType::F32)
+                    .expect("test data")
+                    .to_scalar::<f32>()
+                    .expect("test data"),
                 0.0
             );
         }
@@ -181,17 +189,17 @@ mod tests {
     fn a_batch_staged_ahead_is_used_when_it_is_the_batch_formed() {
         let inputs: Vec<ModelInput> = (0..3).map(|s| input(s * 40)).collect();
         let refs: Vec<&ModelInput> = inputs.iter().collect();
-        let mut stager = Stager::new(&Device::Cpu).unwrap();
-        stager.prestage(&inputs).unwrap();
+        let mut stager = Stager::new(&Device::Cpu).expect("test data");
+        stager.prestage(&inputs).expect("test data");
         // The first two requests form the batch: a prefix of what was staged.
-        let (batch, how) = stager.batch(&refs[..2]).unwrap();
+        let (batch, how) = stager.batch(&refs[..2]).expect("test data");
         assert_eq!(how, Staging::Ahead);
         same(
             &batch,
-            &TryOnBatch::from_inputs(&refs[..2], &Device::Cpu).unwrap(),
+            &TryOnBatch::from_inputs(&refs[..2], &Device::Cpu).expect("test data"),
         );
         // Staged rows serve one batch only.
-        let (_, how) = stager.batch(&refs[..2]).unwrap();
+        let (_, how) = stager.batch(&refs[..2]).expect("test data");
         assert_eq!(how, Staging::Now);
     }
 
@@ -199,30 +207,30 @@ mod tests {
     fn another_batch_than_the_one_staged_is_staged_anew() {
         let inputs: Vec<ModelInput> = (0..3).map(|s| input(s * 40)).collect();
         let refs: Vec<&ModelInput> = inputs.iter().collect();
-        let mut stager = Stager::new(&Device::Cpu).unwrap();
-        stager.prestage(&inputs[..2]).unwrap();
+        let mut stager = Stager::new(&Device::Cpu).expect("test data");
+        stager.prestage(&inputs[..2]).expect("test data");
         // Another order, and a request that was not staged.
         let formed = [refs[1], refs[0]];
-        let (batch, how) = stager.batch(&formed).unwrap();
+        let (batch, how) = stager.batch(&formed).expect("test data");
         assert_eq!(how, Staging::Now);
         same(
             &batch,
-            &TryOnBatch::from_inputs(&formed, &Device::Cpu).unwrap(),
+            &TryOnBatch::from_inputs(&formed, &Device::Cpu).expect("test data"),
         );
-        stager.prestage(&inputs[..2]).unwrap();
-        let (batch, how) = stager.batch(&refs).unwrap();
+        stager.prestage(&inputs[..2]).expect("test data");
+        let (batch, how) = stager.batch(&refs).expect("test data");
         assert_eq!(how, Staging::Now);
         same(
             &batch,
-            &TryOnBatch::from_inputs(&refs, &Device::Cpu).unwrap(),
+            &TryOnBatch::from_inputs(&refs, &Device::Cpu).expect("test data"),
         );
         // Equal bytes in other tensors are other requests: not taken for staged ones.
         let copy = ModelInput {
-            person: inputs[0].person.copy().unwrap(),
+            person: inputs[0].person.copy().expect("test data"),
             ..inputs[0].clone()
         };
-        stager.prestage(&inputs[..1]).unwrap();
-        let (_, how) = stager.batch(&[&copy]).unwrap();
+        stager.prestage(&inputs[..1]).expect("test data");
+        let (_, how) = stager.batch(&[&copy]).expect("test data");
         assert_eq!(how, Staging::Now);
     }
 
@@ -230,8 +238,10 @@ mod tests {
     fn a_request_without_a_garment_mask_is_refused_and_not_staged_ahead() {
         let mut no_mask = input(3);
         no_mask.garment_mask = None;
-        let mut stager = Stager::new(&Device::Cpu).unwrap();
-        stager.prestage(std::slice::from_ref(&no_mask)).unwrap();
+        let mut stager = Stager::new(&Device::Cpu).expect("test data");
+        stager
+            .prestage(std::slice::from_ref(&no_mask))
+            .expect("test data");
         assert!(matches!(
             stager.batch(&[&no_mask]),
             Err(ModelError::WrongInput(_))
@@ -240,9 +250,9 @@ mod tests {
 
     #[test]
     fn the_output_comes_back_to_the_cpu() {
-        let mut stager = Stager::new(&Device::Cpu).unwrap();
-        let images = Tensor::zeros((2, 4, 3, 3), DType::U8, &Device::Cpu).unwrap();
-        let back = stager.download(&images).unwrap();
+        let mut stager = Stager::new(&Device::Cpu).expect("test data");
+        let images = Tensor::zeros((2, 4, 3, 3), DType::U8, &Device::Cpu).expect("test data");
+        let back = stager.download(&images).expect("test data");
         assert!(back.device().is_cpu());
         assert_eq!(back.dims(), &[2, 4, 3, 3]);
     }

@@ -250,23 +250,25 @@ mod tests {
 
     #[test]
     fn rows_stack_into_one_buffer_in_order() {
-        let a = Tensor::from_slice(&[1u8, 2, 3, 4, 5, 6], (1, 2, 3), &Device::Cpu).unwrap();
-        let b = Tensor::from_slice(&[7u8, 8, 9, 10, 11, 12], (1, 2, 3), &Device::Cpu).unwrap();
+        let a =
+            Tensor::from_slice(&[1u8, 2, 3, 4, 5, 6], (1, 2, 3), &Device::Cpu).expect("test data");
+        let b = Tensor::from_slice(&[7u8, 8, 9, 10, 11, 12], (1, 2, 3), &Device::Cpu)
+            .expect("test data");
         let mut out = vec![0u8; 12];
-        let dims = stack_bytes(&[&a, &b], &mut out).unwrap();
+        let dims = stack_bytes(&[&a, &b], &mut out).expect("test data");
         assert_eq!(dims, vec![1, 2, 3]);
         assert_eq!(out, (1u8..=12).collect::<Vec<_>>());
     }
 
     #[test]
     fn rows_of_another_shape_or_a_wrong_buffer_are_errors() {
-        let a = Tensor::zeros((2, 3), candle_core::DType::U8, &Device::Cpu).unwrap();
-        let b = Tensor::zeros((3, 2), candle_core::DType::U8, &Device::Cpu).unwrap();
+        let a = Tensor::zeros((2, 3), candle_core::DType::U8, &Device::Cpu).expect("test data");
+        let b = Tensor::zeros((3, 2), candle_core::DType::U8, &Device::Cpu).expect("test data");
         let mut out = vec![0u8; 12];
         assert!(stack_bytes(&[&a, &b], &mut out).is_err());
         let mut short = vec![0u8; 11];
         assert!(stack_bytes(&[&a, &a], &mut short).is_err());
-        let f = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let f = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).expect("test data");
         assert!(stack_bytes(&[&a, &f], &mut out).is_err());
         assert!(stack_bytes(&[], &mut []).is_err());
     }
