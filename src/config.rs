@@ -103,9 +103,15 @@ impl ModelArgs {
         let device = crate::device::select(self.device)?;
         crate::models::enable_flash_attention(self.flash_attention, &device, self.dtype)
             .map_err(crate::device::DeviceError::Unsupported)?;
-        if self.cuda_graphs && !device.is_cuda() {
+        // The paths that wait for a card are CUDA only.
+        let gpu_paths = [
+            (self.cuda_graphs, "--cuda-graphs"),
+            (self.cudnn_conv, "--cudnn-conv"),
+            (self.overlap, "--overlap"),
+        ];
+        if let Some((_, flag)) = gpu_paths.iter().find(|(on, _)| *on && !device.is_cuda()) {
             return Err(crate::device::DeviceError::Unsupported(format!(
-                "--cuda-graphs on needs a CUDA device, and the device is {}{}",
+                "{flag} on needs a CUDA device, and the device is {}{}",
                 crate::device::name(&device),
                 if cfg!(feature = "cuda") {
                     ""
@@ -114,20 +120,8 @@ impl ModelArgs {
                 }
             )));
         }
-        if self.overlap && !device.is_cuda() {
-            return Err(crate::device::DeviceError::Unsupported(format!(
-                "--overlap on needs a CUDA device, and the device is {}",
-                crate::device::name(&device)
-            )));
-        }
         if self.overlap {
             crate::ops::transfer::prepare_device(&device);
-        }
-        if self.cudnn_conv && !device.is_cuda() {
-            return Err(crate::device::DeviceError::Unsupported(format!(
-                "--cudnn-conv on needs a CUDA device, and the device is {}",
-                crate::device::name(&device)
-            )));
         }
         crate::ops::cudnn_conv::enable_cudnn_conv(self.cudnn_conv)
             .map_err(crate::device::DeviceError::Unsupported)?;
