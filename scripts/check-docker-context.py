@@ -18,7 +18,8 @@ CI has no Docker engine, so this is how it knows that the images' build context 
    --release --locked --offline --bin virtualfit`. The target folder, target/docker-context,
    shares the repository's compiled dependencies (hard links of target/release, less this
    crate's own artifacts): cargo gives a crate the same artifact names wherever its folder is,
-   so the stand-ins must never land in the repository's own target folder.
+   so the stand-ins must never land in the repository's own target folder. It is removed once
+   the binary has run.
 
 Usage: scripts/check-docker-context.py [--no-build] [--keep DIR] [--dockerfile FILE]
 Exits 1 with the reason on the first failure.
@@ -325,6 +326,8 @@ def main():
         done = subprocess.run([binary, "--version"], capture_output=True, text=True)
         if done.returncode != 0 or "virtualfit" not in done.stdout:
             fail(f"the binary built from the context does not run: {done.stdout}{done.stderr}")
+        # Its own build outputs (this crate's, and any dependency rebuilt) are only a proof.
+        shutil.rmtree(target_dir, ignore_errors=True)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     print("check-docker-context: the build stages' context is whole")

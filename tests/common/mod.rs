@@ -67,6 +67,37 @@ pub fn fresh_data_dir() -> PathBuf {
     dir
 }
 
+/// A fresh folder under the build's temporary directory that is removed when dropped, for what a
+/// test fills with hundreds of megabytes (a hub cache): the runs must not pile them up on disk.
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub fn new(suffix: &str) -> Self {
+        let dir = fresh_data_dir().with_extension(suffix);
+        std::fs::create_dir_all(&dir).expect("scratch folder");
+        ScratchDir(dir)
+    }
+}
+
+impl std::ops::Deref for ScratchDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for ScratchDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub fn serve_args(extra: &[&str]) -> ServeArgs {
     let mut argv: Vec<String> = ["virtualfit", "--bind", "127.0.0.1:0"]
         .map(String::from)

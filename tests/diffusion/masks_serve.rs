@@ -336,7 +336,7 @@ async fn densepose_reads_the_published_files_from_a_folder() {
     let _turn = ONE_AT_A_TIME.lock().await;
     // The published layout: both YAML files and a pickled checkpoint, holding the seeded
     // weights, which the official run of the fixture had.
-    let root = common::fresh_data_dir().with_extension("densepose");
+    let root = common::ScratchDir::new("densepose");
     let folder = root.join("DensePose");
     tokio::task::spawn_blocking({
         let folder = folder.clone();
@@ -384,5 +384,4 @@ async fn densepose_reads_the_published_files_from_a_folder() {
     ])
     .await;
     assert!(error.contains("model_final_162be9.pkl"), "{error}");
-    let _ = std::fs::remove_dir_all(&root);
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::child::ChildServer;
 use common::fake_hub::{commit_of, FakeHub};
-use common::{fresh_data_dir, pair_form};
+use common::{fresh_data_dir, pair_form, ScratchDir};
 
 const BASE: &str = "booksforcharlie/stable-diffusion-inpainting";
 const VAE: &str = "stabilityai/sd-vae-ft-mse";
@@ -42,11 +42,9 @@ fn asked_files(hub: &FakeHub) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
-/// A fresh, empty hub cache folder.
-fn fresh_cache() -> PathBuf {
-    let dir = fresh_data_dir().with_extension("hub-cache");
-    std::fs::create_dir_all(&dir).expect("cache dir");
-    dir
+/// A fresh, empty hub cache folder, removed when the test ends.
+fn fresh_cache() -> ScratchDir {
+    ScratchDir::new("hub-cache")
 }
 
 /// `virtualfit download --model catvton EXTRA…` with the hub at `hub` and the cache `cache`
@@ -500,7 +498,7 @@ async fn a_wrong_revision_or_repository_is_a_clear_error() {
 async fn download_to_writes_the_folder_layout_and_dmvton_says_where_its_files_are() {
     let hub = FakeHub::start().await;
     let cache = fresh_cache();
-    let to = fresh_data_dir().with_extension("layout");
+    let to = ScratchDir::new("layout");
     let to_text = to.display().to_string();
     assert_ok(&download(&hub, &cache, &["--to", &to_text], &[]).await);
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/catvton/model");
@@ -675,7 +673,7 @@ async fn the_human_parsers_come_from_the_attention_repository_and_lay_out_under_
     ])
     .await;
     let cache = fresh_cache();
-    let to = fresh_data_dir().with_extension("layout");
+    let to = ScratchDir::new("layout");
     let to_text = to.display().to_string();
 
     // Offline with an empty cache: the error names the parsers' files and the command.
