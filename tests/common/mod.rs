@@ -69,12 +69,15 @@ pub fn fresh_data_dir() -> PathBuf {
 
 /// A fresh folder under the build's temporary directory that is removed when dropped, for what a
 /// test fills with hundreds of megabytes (a hub cache): the runs must not pile them up on disk.
-pub struct ScratchDir(PathBuf);
+/// A `tempfile::TempDir` that reads as a `Path` and passes as a command argument.
+pub struct ScratchDir(tempfile::TempDir);
 
 impl ScratchDir {
     pub fn new(suffix: &str) -> Self {
-        let dir = fresh_data_dir().with_extension(suffix);
-        std::fs::create_dir_all(&dir).expect("scratch folder");
+        let dir = tempfile::Builder::new()
+            .suffix(&format!(".{suffix}"))
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("scratch folder");
         ScratchDir(dir)
     }
 }
@@ -82,19 +85,13 @@ impl ScratchDir {
 impl std::ops::Deref for ScratchDir {
     type Target = Path;
     fn deref(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
 }
 
 impl AsRef<std::ffi::OsStr> for ScratchDir {
     fn as_ref(&self) -> &std::ffi::OsStr {
-        self.0.as_os_str()
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path().as_os_str()
     }
 }
 
